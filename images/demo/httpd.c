@@ -1,0 +1,756 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// httpd: the lbctl demo and test application.
+//
+// A tiny HTTP/1.1 server that answers every request with the name of the
+// replica it runs in, so a client can see how the kernel spread its
+// connections.  It is built statically and shipped in a FROM-scratch image
+// (no registry is needed to build it).
+//
+// Environment:
+//   PORT           TCP port (default 8080), bound on 0.0.0.0.
+//   REUSEPORT=0    do not set SO_REUSEPORT (bind then fails next to another
+//                  listener: "bind: Address in use", exit 1).
+//   LBCTL_REPLICA  the name to answer with (fallback: hostname).
+//   DELAY_MS       wait this long before answering each request.
+//   GRACE_MS       upper bound of the graceful shutdown (default 5000).
+//   UDP_PORT       also answer UDP datagrams on this port.
+//
+// `httpd --check` GETs / on 127.0.0.1:$PORT and exits 0 on a 200 (for
+// HEALTHCHECK, as the image has no shell or curl).
+//
+// Design: one thread, one epoll loop, level-triggered, non-blocking sockets.
+// Signals arrive through a signalfd, so shutdown is an ordinary event and no
+// work happens in a signal handler.  Responses are tiny and precomputed.
+
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REQ_BUF 8192     // one request head must fit; larger gets 431
+#define BACKLOG 1024
+#define MAX_EVENTS 256
+#define ACCEPT_BATCH 64  // bound the accept loop so clients are not starved
+#define UDP_BATCH 64
+
+enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
+
+// The first member of every epoll-registered object, so epoll's data.ptr
+// tells us what woke up.
+struct tag {
+    enum kind kind;
+    int fd;
+};
+
+enum cstate {
+    C_READ,     // waiting for (the rest of) a request head
+    C_DELAYED,  // request complete, waiting for DELAY_MS
+    C_WRITE,    // response partly sent, waiting for EPOLLOUT
+};
+
+struct conn {
+    struct tag tag;
+    enum cstate state;
+    bool close_after;     // send "Connection: close" and close after it
+    bool head;            // HEAD request: no body
+    size_t len;           // bytes in buf
+    size_t body_skip;     // request body bytes still to discard
+    const char *out;      // response being written
+    size_t out_len, out_off;
+    int64_t due_ms;       // C_DELAYED: when to answer
+    struct conn *next;    // FIFO of delayed connections
+    struct conn *prev_all, *next_all;  // list of all connections
+    char buf[REQ_BUF];
+};
+
+// Four precomputed responses: {GET, HEAD} x {keep-alive, close}.
+struct response {
+    char *data;
+    size_t len;
+};
+
+static struct {
+    int ep;
+    struct tag listen, udp, sig;
+    char name[256];
+    size_t name_len;
+    struct response resp[2][2];  // [head][close]
+    int64_t delay_ms, grace_ms;
+    bool draining;
+    int64_t drain_deadline;
+    size_t nconns;
+    struct conn *all;                       // every open connection
+    struct conn *dq_head, *dq_tail;         // delayed, in due order
+} S;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long env_long(const char *key, long dflt)
+{
+    const char *v = getenv(key);
+    if (!v || !*v)
+        return dflt;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < 0) {
+        fprintf(stderr, "httpd: ignoring invalid %s=%s\n", key, v);
+        return dflt;
+    }
+    return n;
+}
+
+static void die(const char *what)
+{
+    perror(what);
+    exit(1);
+}
+
+static void build_responses(void)
+{
+    for (int head = 0; head < 2; head++) {
+        for (int cl = 0; cl < 2; cl++) {
+            char *p;
+            // The body is the name plus a newline; HEAD carries the same
+            // Content-Length without the body.
+            int n = asprintf(&p,
+                             "HTTP/1.1 200 OK\r\n"
+                             "Content-Type: text/plain\r\n"
+                             "Content-Length: %zu\r\n"
+                             "X-Replica: %s\r\n"
+                             "Connection: %s\r\n"
+                             "\r\n"
+                             "%s%s",
+                             S.name_len + 1, S.name, cl ? "close" : "keep-alive",
+                             head ? "" : S.name, head ? "" : "\n");
+            if (n < 0)
+                die("asprintf");
+            S.resp[head][cl].data = p;
+            S.resp[head][cl].len = (size_t)n;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Request parsing
+
+// Case-insensitive search for a token in a comma-separated header value
+// ("Connection: keep-alive, Upgrade").
+static bool has_token(const char *v, size_t vlen, const char *tok)
+{
+    size_t tl = strlen(tok);
+    size_t i = 0;
+    while (i < vlen) {
+        while (i < vlen && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+            i++;
+        size_t s = i;
+        while (i < vlen && v[i] != ',')
+            i++;
+        size_t e = i;
+        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
+            e--;
+        if (e - s == tl && strncasecmp(v + s, tok, tl) == 0)
+            return true;
+    }
+    return false;
+}
+
+// Find the end of the request head: the index just past the empty line, or 0
+// if it is not complete yet.  Bare "\n" line ends are accepted too.
+static size_t head_end(const char *b, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (b[i] != '\n')
+            continue;
+        if (i + 1 < len && b[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < len && b[i + 1] == '\r' && b[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+enum parse_result { P_INCOMPLETE, P_OK, P_BAD };
+
+// Parse one request head in c->buf[0..end).  Sets head/close_after/body_skip.
+static enum parse_result parse_head(struct conn *c, size_t end)
+{
+    const char *b = c->buf;
+    const char *lim = b + end;
+    const char *eol = memchr(b, '\n', end);
+    if (!eol)
+        return P_BAD;
+
+    // Request line: METHOD SP TARGET SP HTTP/x.y
+    const char *sp1 = memchr(b, ' ', (size_t)(eol - b));
+    if (!sp1 || sp1 == b)
+        return P_BAD;
+    const char *ver = eol;
+    while (ver > sp1 && ver[-1] != ' ')
+        ver--;
+    if (ver <= sp1 + 1)
+        return P_BAD;
+    size_t vlen = (size_t)(eol - ver);
+    if (vlen && ver[vlen - 1] == '\r')
+        vlen--;
+    bool http11;
+    if (vlen == 8 && memcmp(ver, "HTTP/1.1", 8) == 0)
+        http11 = true;
+    else if (vlen == 8 && memcmp(ver, "HTTP/1.0", 8) == 0)
+        http11 = false;
+    else
+        return P_BAD;
+
+    c->head = (size_t)(sp1 - b) == 4 && memcmp(b, "HEAD", 4) == 0;
+    // HTTP/1.1 keeps the connection unless told otherwise, 1.0 closes it
+    // unless the client asked for keep-alive.
+    c->close_after = !http11;
+    c->body_skip = 0;
+
+    for (const char *line = eol + 1; line < lim;) {
+        const char *nl = memchr(line, '\n', (size_t)(lim - line));
+        if (!nl)
+            break;
+        const char *colon = memchr(line, ':', (size_t)(nl - line));
+        if (colon) {
+            size_t klen = (size_t)(colon - line);
+            const char *v = colon + 1;
+            size_t vl = (size_t)(nl - v);
+            if (vl && v[vl - 1] == '\r')
+                vl--;
+            if (klen == 10 && strncasecmp(line, "Connection", 10) == 0) {
+                if (has_token(v, vl, "close"))
+                    c->close_after = true;
+                else if (has_token(v, vl, "keep-alive"))
+                    c->close_after = false;
+            } else if (klen == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
+                // A body is not expected from GET/HEAD, but discard one so
+                // the next request on the connection parses.
+                char tmp[32];
+                while (vl && (*v == ' ' || *v == '\t'))
+                    v++, vl--;
+                if (vl == 0 || vl >= sizeof tmp)
+                    return P_BAD;
+                memcpy(tmp, v, vl);
+                tmp[vl] = 0;
+                char *e;
+                unsigned long long n = strtoull(tmp, &e, 10);
+                while (*e == ' ' || *e == '\t')
+                    e++;
+                if (*e || tmp[0] == '-')
+                    return P_BAD;
+                c->body_skip = (size_t)n;
+            } else if (klen == 17 && strncasecmp(line, "Transfer-Encoding", 17) == 0) {
+                // Chunked bodies are out of scope: answer, then close, so
+                // the body is never misread as a request.
+                c->close_after = true;
+            }
+        }
+        line = nl + 1;
+    }
+    return P_OK;
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+
+static void ep_ctl(int op, int fd, uint32_t events, void *ptr)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = ptr};
+    if (epoll_ctl(S.ep, op, fd, &ev) < 0)
+        die("epoll_ctl");
+}
+
+static void dq_remove(struct conn *c)
+{
+    // The queue is short-lived and answers leave from the head; a linear
+    // unlink only happens when a delayed connection dies early.
+    struct conn **pp = &S.dq_head, *prev = NULL;
+    while (*pp && *pp != c) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = c->next;
+    if (S.dq_tail == c)
+        S.dq_tail = prev;
+    c->next = NULL;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->state == C_DELAYED)
+        dq_remove(c);
+    close(c->tag.fd);  // also removes it from the epoll set
+    if (c->prev_all)
+        c->prev_all->next_all = c->next_all;
+    else
+        S.all = c->next_all;
+    if (c->next_all)
+        c->next_all->prev_all = c->prev_all;
+    S.nconns--;
+    free(c);
+}
+
+static void conn_on_readable(struct conn *c);
+
+// Send what is left of the response.  Returns false if c was closed.
+static bool conn_flush(struct conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->tag.fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) {
+                if (c->state != C_WRITE) {
+                    c->state = C_WRITE;
+                    ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLOUT, c);
+                }
+                return true;
+            }
+            conn_close(c);
+            return false;
+        }
+        c->out_off += (size_t)n;
+    }
+    if (c->close_after) {
+        conn_close(c);
+        return false;
+    }
+    if (c->state == C_WRITE)
+        ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLIN, c);
+    c->state = C_READ;
+    c->out = NULL;
+    return true;
+}
+
+static void conn_respond(struct conn *c)
+{
+    // While draining, every answer tells the client to go elsewhere.
+    if (S.draining)
+        c->close_after = true;
+    const struct response *r = &S.resp[c->head][c->close_after];
+    c->out = r->data;
+    c->out_len = r->len;
+    c->out_off = 0;
+    if (conn_flush(c) && c->len > 0)
+        conn_on_readable(c);  // bytes of a further request already read
+}
+
+static void conn_send_error(struct conn *c, const char *resp)
+{
+    c->close_after = true;
+    c->out = resp;
+    c->out_len = strlen(resp);
+    c->out_off = 0;
+    conn_flush(c);
+}
+
+// Consume buffered bytes: discard a request body, find a complete head,
+// then answer (now or after DELAY_MS).
+static void conn_process(struct conn *c)
+{
+    if (c->body_skip) {
+        size_t k = c->body_skip < c->len ? c->body_skip : c->len;
+        memmove(c->buf, c->buf + k, c->len - k);
+        c->len -= k;
+        c->body_skip -= k;
+        if (c->body_skip)
+            return;
+    }
+    if (c->len == 0)
+        return;
+    size_t end = head_end(c->buf, c->len);
+    if (end == 0) {
+        if (c->len == sizeof c->buf)
+            conn_send_error(c, "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                               "Content-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    if (parse_head(c, end) != P_OK) {
+        conn_send_error(c, "HTTP/1.1 400 Bad Request\r\n"
+                           "Content-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    memmove(c->buf, c->buf + end, c->len - end);
+    c->len -= end;
+    // Drop the body bytes already buffered; the rest is skipped as it comes.
+    size_t k = c->body_skip < c->len ? c->body_skip : c->len;
+    memmove(c->buf, c->buf + k, c->len - k);
+    c->len -= k;
+    c->body_skip -= k;
+
+    if (S.delay_ms > 0) {
+        // Every request waits the same DELAY_MS, so appending keeps the
+        // queue sorted by due time: a FIFO instead of a timer heap.  We stop
+        // reading the connection while it waits (no pipelining).
+        c->state = C_DELAYED;
+        c->due_ms = now_ms() + S.delay_ms;
+        c->next = NULL;
+        if (S.dq_tail)
+            S.dq_tail->next = c;
+        else
+            S.dq_head = c;
+        S.dq_tail = c;
+        ep_ctl(EPOLL_CTL_MOD, c->tag.fd, 0, c);
+        return;
+    }
+    conn_respond(c);
+}
+
+static void conn_on_readable(struct conn *c)
+{
+    if (c->state == C_READ && c->len < sizeof c->buf) {
+        ssize_t n = recv(c->tag.fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            conn_close(c);
+            return;
+        }
+        if (n > 0)
+            c->len += (size_t)n;
+    }
+    conn_process(c);
+}
+
+static void run_delayed(void)
+{
+    int64_t now = now_ms();
+    while (S.dq_head && S.dq_head->due_ms <= now) {
+        struct conn *c = S.dq_head;
+        S.dq_head = c->next;
+        if (!S.dq_head)
+            S.dq_tail = NULL;
+        c->next = NULL;
+        c->state = C_READ;
+        ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLIN, c);
+        conn_respond(c);
+    }
+}
+
+static void on_accept(void)
+{
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int fd = accept4(S.listen.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
+                return;
+            // EMFILE/ENOMEM: leave the connection queued and try again on
+            // the next wake-up rather than killing the server.
+            perror("accept4");
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            return;
+        }
+        c->tag.kind = K_CONN;
+        c->tag.fd = fd;
+        c->state = C_READ;
+        c->next_all = S.all;
+        if (S.all)
+            S.all->prev_all = c;
+        S.all = c;
+        S.nconns++;
+        ep_ctl(EPOLL_CTL_ADD, fd, EPOLLIN, c);
+    }
+}
+
+static void on_udp(void)
+{
+    char buf[2048];
+    for (int i = 0; i < UDP_BATCH; i++) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        ssize_t n = recvfrom(S.udp.fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &plen);
+        if (n < 0)
+            return;
+        // The GET body (name + "\n") is the tail of the precomputed response.
+        const struct response *r = &S.resp[0][0];
+        sendto(S.udp.fd, r->data + r->len - (S.name_len + 1), S.name_len + 1, 0,
+               (struct sockaddr *)&peer, plen);
+    }
+}
+
+// SIGTERM/SIGINT: stop taking connections at once so the kernel hands the
+// queued ones to the other listeners of the SO_REUSEPORT group (or migrates
+// them with tcp_migrate_req), finish what is in flight, and close idle
+// keep-alive connections.
+static void start_drain(void)
+{
+    if (S.draining)
+        return;
+    S.draining = true;
+    S.drain_deadline = now_ms() + S.grace_ms;
+    if (S.listen.fd >= 0) {
+        close(S.listen.fd);
+        S.listen.fd = -1;
+    }
+    if (S.udp.fd >= 0) {
+        close(S.udp.fd);
+        S.udp.fd = -1;
+    }
+    size_t busy = 0;
+    for (struct conn *c = S.all, *next; c; c = next) {
+        next = c->next_all;
+        // Idle: no partial request buffered, nothing delayed or being sent.
+        if (c->state == C_READ && c->len == 0 && c->body_skip == 0)
+            conn_close(c);
+        else
+            busy++;
+    }
+    fprintf(stderr, "httpd: %s: draining, %zu request(s) in flight\n", S.name, busy);
+}
+
+static void on_signal(bool *stop)
+{
+    struct signalfd_siginfo si;
+    while (read(S.sig.fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+            *stop = true;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Setup
+
+static int bind_socket(int type, int port, bool reuseport)
+{
+    int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket");
+    int one = 1;
+    // SO_REUSEADDR only helps a restart past TIME_WAIT; on Linux it never
+    // lets two listeners share a port, so REUSEPORT=0 still conflicts.
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        die("setsockopt(SO_REUSEPORT)");
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET,
+        .sin_port = htons((uint16_t)port),
+        .sin_addr.s_addr = htonl(INADDR_ANY),
+    };
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (errno == EADDRINUSE) {
+            // A fixed text that tests and operators can grep for.
+            fprintf(stderr, "bind: Address in use (%s port %d)\n",
+                    type == SOCK_STREAM ? "tcp" : "udp", port);
+            exit(1);
+        }
+        die("bind");
+    }
+    return fd;
+}
+
+static void raise_nofile(void)
+{
+    // Many concurrent connections need many fds; take the hard limit.
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int check(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 1;
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET,
+        .sin_port = htons((uint16_t)port),
+        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+    };
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        perror("check: connect");
+        return 1;
+    }
+    static const char req[] = "GET / HTTP/1.1\r\nHost: localhost\r\n"
+                              "User-Agent: httpd-check\r\nConnection: close\r\n\r\n";
+    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof req - 1)) {
+        perror("check: send");
+        return 1;
+    }
+    char buf[64];
+    size_t len = 0;
+    while (len < 12) {
+        ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    // "HTTP/1.1 200" (any minor version)
+    if (len >= 12 && memcmp(buf, "HTTP/1.", 7) == 0 && memcmp(buf + 8, " 200", 4) == 0)
+        return 0;
+    fprintf(stderr, "check: no 200 from 127.0.0.1:%d\n", port);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    long port = env_long("PORT", 8080);
+    if (port < 1 || port > 65535) {
+        fprintf(stderr, "httpd: PORT must be 1..65535\n");
+        return 1;
+    }
+    if (argc > 1 && strcmp(argv[1], "--check") == 0)
+        return check((int)port);
+    if (argc > 1) {
+        fprintf(stderr, "usage: %s [--check]   (configured by environment)\n", argv[0]);
+        return 2;
+    }
+
+    const char *name = getenv("LBCTL_REPLICA");
+    if (name && *name) {
+        snprintf(S.name, sizeof S.name, "%s", name);
+    } else if (gethostname(S.name, sizeof S.name - 1) < 0 || !S.name[0]) {
+        snprintf(S.name, sizeof S.name, "unknown");
+    }
+    // The name goes into a header: keep it to one printable line.
+    for (char *p = S.name; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '_';
+    S.name_len = strlen(S.name);
+    S.delay_ms = env_long("DELAY_MS", 0);
+    S.grace_ms = env_long("GRACE_MS", 5000);
+    const char *rp = getenv("REUSEPORT");
+    bool reuseport = !(rp && strcmp(rp, "0") == 0);
+    long udp_port = env_long("UDP_PORT", 0);
+    if (udp_port > 65535) {
+        fprintf(stderr, "httpd: UDP_PORT must be 1..65535\n");
+        return 1;
+    }
+
+    build_responses();
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+
+    // Block the shutdown signals before anything else so none is lost; as
+    // PID 1 in a container, unhandled signals would be ignored anyway.
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+        die("sigprocmask");
+
+    S.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (S.ep < 0)
+        die("epoll_create1");
+
+    S.sig.kind = K_SIGNAL;
+    S.sig.fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (S.sig.fd < 0)
+        die("signalfd");
+    ep_ctl(EPOLL_CTL_ADD, S.sig.fd, EPOLLIN, &S.sig);
+
+    S.listen.kind = K_LISTEN;
+    S.listen.fd = bind_socket(SOCK_STREAM, (int)port, reuseport);
+    if (listen(S.listen.fd, BACKLOG) < 0)
+        die("listen");
+    ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+
+    S.udp.kind = K_UDP;
+    S.udp.fd = -1;
+    if (udp_port > 0) {
+        S.udp.fd = bind_socket(SOCK_DGRAM, (int)udp_port, reuseport);
+        ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
+    }
+
+    fprintf(stderr, "httpd: %s listening on 0.0.0.0:%ld/tcp%s%s (reuseport=%d delay_ms=%lld)\n",
+            S.name, port, udp_port ? " and udp " : "", udp_port ? getenv("UDP_PORT") : "",
+            reuseport, (long long)S.delay_ms);
+
+    struct epoll_event evs[MAX_EVENTS];
+    for (;;) {
+        if (S.draining && S.nconns == 0)
+            break;
+        int64_t now = now_ms();
+        if (S.draining && now >= S.drain_deadline) {
+            fprintf(stderr, "httpd: %s: grace period over, %zu connection(s) cut\n", S.name,
+                    S.nconns);
+            break;
+        }
+        // Sleep until the next delayed answer or the end of the grace period.
+        int64_t wake = -1;
+        if (S.dq_head)
+            wake = S.dq_head->due_ms;
+        if (S.draining && (wake < 0 || S.drain_deadline < wake))
+            wake = S.drain_deadline;
+        int timeout = wake < 0 ? -1 : (int)(wake > now ? wake - now : 0);
+
+        int n = epoll_wait(S.ep, evs, MAX_EVENTS, timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait");
+        }
+        bool stop = false;
+        for (int i = 0; i < n; i++) {
+            struct tag *t = evs[i].data.ptr;
+            switch (t->kind) {
+            case K_LISTEN:
+                on_accept();
+                break;
+            case K_UDP:
+                on_udp();
+                break;
+            case K_SIGNAL:
+                on_signal(&stop);
+                break;
+            case K_CONN: {
+                struct conn *c = (struct conn *)t;
+                if (c->state == C_DELAYED) {
+                    // Not polled for input while waiting: only an error or
+                    // a hang-up can wake it, and then nobody wants the answer.
+                    if (evs[i].events & (EPOLLERR | EPOLLHUP))
+                        conn_close(c);
+                } else if (c->state == C_WRITE)
+                    conn_flush(c);
+                else if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                    conn_on_readable(c);
+                break;
+            }
+            }
+        }
+        run_delayed();
+        // Draining frees connections other than the one an event named, so
+        // it runs only after this batch of events is done with.
+        if (stop)
+            start_drain();
+    }
+    fprintf(stderr, "httpd: %s: bye\n", S.name);
+    return 0;
+}
