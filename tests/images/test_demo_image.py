@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The offline images against the real engine: lbctl/demo replicas sharing the
+network namespace of an lbctl/pause sandbox, as lbctl's ebpf mode runs them.
+
+Uses the docker CLI (no lbctl code), so a failure here points at the images,
+not at the daemon. Every container is named ``lbctl-test-img-*`` and labelled
+``lbctl.test=1``, and is removed even when a test fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+DEMO = "lbctl/demo:latest"
+DEMO_HEALTH = "lbctl/demo-health:latest"
+PAUSE = "lbctl/pause:latest"
+PORT = 8080
+
+
+def docker(*args: str, timeout: float = 30, check: bool = True) -> str:
+    proc = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def logs(name: str) -> str:
+    proc = subprocess.run(
+        ["docker", "logs", name], capture_output=True, text=True, timeout=10, check=False
+    )
+    return proc.stdout + proc.stderr
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engine_and_images() -> None:
+    if shutil.which("docker") is None:
+        pytest.fail("no docker CLI: run 'make setup'")
+    proc = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        pytest.fail("no Docker engine answers: run 'make setup'")
+    for image in (DEMO, DEMO_HEALTH, PAUSE):
+        if subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, check=False
+        ).returncode:
+            pytest.fail(f"image {image} missing: run 'make setup' (scripts/build-images.sh)")
+
+
+class Pod:
+    """A pause sandbox plus replicas in its network namespace."""
+
+    def __init__(self) -> None:
+        self.prefix = f"lbctl-test-img-{uuid.uuid4().hex[:8]}"
+        self.names: list[str] = []
+        self.sandbox = self._run(f"{self.prefix}-sb", PAUSE)
+        self.ip = docker("inspect", "-f", "{{.NetworkSettings.IPAddress}}", self.sandbox)
+        assert self.ip, "sandbox has no IP on the default bridge"
+
+    def _run(self, name: str, image: str, *opts: str) -> str:
+        self.names.append(name)
+        docker("run", "-d", "--name", name, "--label", "lbctl.test=1", *opts, image)
+        return name
+
+    def replica(self, replica: str, image: str = DEMO, **env: str) -> str:
+        opts = ["--network", f"container:{self.sandbox}", "-e", f"LBCTL_REPLICA={replica}"]
+        for k, v in env.items():
+            opts += ["-e", f"{k}={v}"]
+        return self._run(f"{self.prefix}-{replica}", image, *opts)
+
+    def wait_listening(self, name: str) -> None:
+        wait_for(lambda: "listening on" in logs(name), 10, f"{name} to listen")
+
+    def get(self, *, close: bool = True) -> tuple[int, str, str]:
+        """One request on a new connection: (status, X-Replica, body)."""
+        conn = http.client.HTTPConnection(self.ip, PORT, timeout=2)
+        try:
+            conn.request("GET", "/", headers={"Connection": "close"} if close else {})
+            resp = conn.getresponse()
+            body = resp.read().decode()
+            return resp.status, resp.getheader("X-Replica") or "", body
+        finally:
+            conn.close()
+
+    def remove(self) -> None:
+        # Replicas first: they live in the sandbox's namespace.
+        for name in reversed(self.names):
+            subprocess.run(
+                ["docker", "rm", "-f", name], capture_output=True, timeout=30, check=False
+            )
+
+
+@pytest.fixture
+def pod() -> Iterator[Pod]:
+    p = Pod()
+    try:
+        yield p
+    finally:
+        p.remove()
+
+
+@pytest.fixture
+def pod_ab(pod: Pod) -> Pod:
+    """A sandbox with replicas a and b, both listening on :8080."""
+    for r in ("a", "b"):
+        pod.replica(r)
+    for r in ("a", "b"):
+        pod.wait_listening(f"{pod.prefix}-{r}")
+    return pod
+
+
+def test_two_replicas_share_the_port(pod_ab: Pod) -> None:
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(200):
+        status, replica, body = pod_ab.get()
+        assert status == 200
+        assert body == replica + "\n"
+        seen[replica] += 1
+    assert set(seen) == {"a", "b"}, seen
+    for r in ("a", "b"):
+        assert seen[r] >= 40, f"uneven spread over 200 connections: {dict(seen)}"
+
+
+def test_keepalive_and_head(pod_ab: Pod) -> None:
+    conn = http.client.HTTPConnection(pod_ab.ip, PORT, timeout=2)
+    try:
+        replicas = set()
+        for _ in range(5):  # one connection, one replica
+            conn.request("GET", "/some/path")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            replicas.add(resp.read().decode().strip())
+        assert len(replicas) == 1
+        conn.request("HEAD", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Content-Length") == "2"
+        assert resp.read() == b""
+    finally:
+        conn.close()
+
+
+def test_reuseport_off_cannot_bind_next_to_a_replica(pod_ab: Pod) -> None:
+    name = pod_ab.replica("noreuse", REUSEPORT="0")
+    code = docker("wait", name, timeout=10)
+    assert code == "1"
+    assert "Address in use" in logs(name)
+
+
+def test_sigterm_exits_zero_and_the_other_replica_serves(pod_ab: Pod) -> None:
+    a = f"{pod_ab.prefix}-a"
+    start = time.monotonic()
+    docker("kill", "-s", "TERM", a)
+    code = docker("wait", a, timeout=10)
+    elapsed = time.monotonic() - start
+    assert code == "0", logs(a)
+    assert elapsed < 6, f"replica took {elapsed:.1f} s to stop"
+    for _ in range(20):
+        status, replica, _ = pod_ab.get()
+        assert (status, replica) == (200, "b")
+
+
+def test_sigterm_finishes_a_request_in_flight(pod: Pod) -> None:
+    name = pod.replica("slow", DELAY_MS="1500")
+    pod.wait_listening(name)
+    conn = http.client.HTTPConnection(pod.ip, PORT, timeout=5)
+    try:
+        conn.request("GET", "/")
+        time.sleep(0.3)  # the request is now waiting out DELAY_MS
+        docker("kill", "-s", "TERM", name)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.read() == b"slow\n"
+        assert resp.getheader("Connection") == "close"
+    finally:
+        conn.close()
+    assert docker("wait", name, timeout=10) == "0"
+
+
+def test_udp_answers_with_the_replica_name(pod: Pod) -> None:
+    name = pod.replica("u", UDP_PORT="9090")
+    pod.wait_listening(name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(b"ping", (pod.ip, 9090))
+        data, _ = s.recvfrom(100)
+    assert data == b"u\n"
+
+
+def test_demo_health_becomes_healthy(pod: Pod) -> None:
+    name = pod.replica("h", DEMO_HEALTH)
+
+    def healthy() -> bool:
+        return docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy"
+
+    wait_for(healthy, 15, f"{name} to be healthy")
