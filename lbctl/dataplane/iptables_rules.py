@@ -1,0 +1,373 @@
+"""Render lbctl's whole iptables ruleset as one `iptables-restore` text. Pure: no I/O.
+
+Modelled on kube-proxy's iptables proxier: every sync renders *all* of lbctl's chains from
+the desired state and applies them in a single `iptables-restore --noflush --counters`
+transaction. Declaring a chain (`:LBCTL-X - [0:0]`) in a --noflush restore flushes it, so
+each chain's contents are replaced atomically (no moment where a published port has no
+rules), and chains we no longer need are flushed and deleted (`-X`) in the same transaction.
+Nothing outside chains named `LBCTL-*` is ever written here; the jump rules that hook our
+chains into the built-in chains are listed in `JUMPS` and managed by the I/O layer.
+
+Chain layout (T = tcp|udp, P = host port, p = container port)::
+
+  nat PREROUTING  -> LBCTL-PREROUTING   traffic from other hosts (and containers)
+      one rule per service published on a non-loopback address:
+      [-d HOST_IP/32 | -m addrtype --dst-type LOCAL] -p T --dport P -> LBCTL-SVC-<hash(app)>
+      (loopback-published services get no rule here: only local clients may reach them)
+  nat OUTPUT      -> LBCTL-OUTPUT       local clients, 127.0.0.1 included; same matches
+  LBCTL-SVC-<hash> one DNAT rule per backend, comment "app/replica":
+      rule i of N: -m statistic --mode random --probability 1/(N-i)  (10 decimals)
+      the last rule has no statistic match, so every new connection gets a backend.
+      The DNAT rule's packet counter = new connections sent to that replica (nat only sees
+      the first packet of a connection); it is carried over across restores with [pkts:bytes].
+  nat POSTROUTING -> LBCTL-POSTROUTING  -s 127.0.0.0/8 -d BACKEND -p T --dport p -j MASQUERADE
+      only for services reachable on loopback (host IP 127.x or 0.0.0.0): a DNATed
+      127.0.0.1 client must not reach the container with a 127.0.0.1 source address.
+  filter FORWARD  -> LBCTL-FORWARD      -d BACKEND -p T --dport p --ctstate DNAT
+      --ctorigdstport P -j ACCEPT, for services reachable from other hosts (Docker's
+      FORWARD policy is DROP). Never a blanket ACCEPT.
+  filter INPUT    -> LBCTL-INPUT
+      * services with 0 backends: REJECT (tcp-reset / icmp-port-unreachable) on the host
+        port, so a client is refused at once and the port never falls through to whatever
+        else might listen on the host;
+      * per bridge with route_localnet=1: drop packets from that bridge to 127.0.0.0/8 that
+        are not replies/DNATed (kube-proxy's CVE-2020-8558 guard: route_localnet would
+        otherwise let containers reach the host's loopback-only services).
+
+Chain names are at most 28 characters: app names go into chains only as a hash
+(`LBCTL-SVC-` + base32(sha256(app))[:16], like kube-proxy's KUBE-SVC-*), and the app name
+itself is kept in a `-m comment`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from lbctl.model import Publish
+
+PREFIX = "LBCTL-"
+CHAIN_PREROUTING = "LBCTL-PREROUTING"
+CHAIN_OUTPUT = "LBCTL-OUTPUT"
+CHAIN_POSTROUTING = "LBCTL-POSTROUTING"
+CHAIN_FORWARD = "LBCTL-FORWARD"
+CHAIN_INPUT = "LBCTL-INPUT"
+SVC_PREFIX = "LBCTL-SVC-"
+MAX_CHAIN_LEN = 28
+
+# (table, built-in chain, our chain): the hooks. Each is a single rule inserted at position 1
+# of the built-in chain (ahead of Docker's rules), carrying JUMP_COMMENT so it is recognisably
+# ours in `iptables-save` output.
+JUMP_COMMENT = "lbctl"
+JUMPS: tuple[tuple[str, str, str], ...] = (
+    ("nat", "PREROUTING", CHAIN_PREROUTING),
+    ("nat", "OUTPUT", CHAIN_OUTPUT),
+    ("nat", "POSTROUTING", CHAIN_POSTROUTING),
+    ("filter", "FORWARD", CHAIN_FORWARD),
+    ("filter", "INPUT", CHAIN_INPUT),
+)
+BASE_CHAINS: dict[str, tuple[str, ...]] = {
+    "nat": (CHAIN_PREROUTING, CHAIN_OUTPUT, CHAIN_POSTROUTING),
+    "filter": (CHAIN_FORWARD, CHAIN_INPUT),
+}
+TABLES = ("nat", "filter")
+
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One replica the data plane may send new connections to."""
+
+    name: str  # replica name, e.g. "web-2" (rule comments, counters)
+    ip: str  # container IPv4
+    port: int  # container port
+
+
+@dataclass(frozen=True)
+class Service:
+    """One published app: the host address it answers on and the replicas behind it."""
+
+    app: str
+    publish: Publish
+    backends: tuple[Backend, ...]  # stable order (the controller sorts by name)
+    bridge: str | None  # host bridge of the backends; route_localnet goes there
+
+
+def jump_spec(target: str) -> list[str]:
+    """The rule (minus `-A CHAIN`) that hooks `target` into its built-in chain."""
+    return ["-m", "comment", "--comment", JUMP_COMMENT, "-j", target]
+
+
+def svc_chain(app: str) -> str:
+    """`LBCTL-SVC-` + 16 base32 chars of sha256(app): fits 28 chars for any valid app name
+    and cannot collide with a base chain."""
+    digest = base64.b32encode(hashlib.sha256(app.encode()).digest()).decode()
+    return SVC_PREFIX + digest[:16]
+
+
+def is_loopback_reachable(publish: Publish) -> bool:
+    """Local clients can reach the service through a loopback address (127.x or 0.0.0.0)."""
+    return publish.host_ip == "0.0.0.0" or ipaddress.IPv4Address(publish.host_ip) in _LOOPBACK
+
+
+def is_remote_reachable(publish: Publish) -> bool:
+    """Other hosts (and containers) can reach it: any host IP except loopback ones."""
+    return ipaddress.IPv4Address(publish.host_ip) not in _LOOPBACK
+
+
+def localnet_bridges(services: Iterable[Service]) -> frozenset[str]:
+    """Bridges that need route_localnet=1: DNAT of 127.0.0.1 traffic to a backend on them."""
+    return frozenset(
+        s.bridge
+        for s in services
+        if s.bridge and s.backends and is_loopback_reachable(s.publish)
+    )
+
+
+def wanted_chains(services: Sequence[Service]) -> set[tuple[str, str]]:
+    """(table, chain) pairs the ruleset for `services` declares; everything else named
+    LBCTL-* on the host is stale. No services: no chains at all (full removal)."""
+    if not services:
+        return set()
+    chains = {(t, c) for t, names in BASE_CHAINS.items() for c in names}
+    chains |= {("nat", svc_chain(s.app)) for s in services if s.backends}
+    return chains
+
+
+def chain_table(chain: str) -> str:
+    """Table a bare LBCTL chain name lives in, by lbctl's naming scheme."""
+    return "filter" if chain in BASE_CHAINS["filter"] else "nat"
+
+
+def _probability(i: int, n: int) -> str:
+    # kube-proxy's formula: rule i (0-based) of n takes 1/(n-i) of what is left, so each
+    # backend gets 1/n overall; 10 decimals as kube-proxy prints them.
+    return f"{1.0 / (n - i):0.10f}"
+
+
+def _dst_match(publish: Publish) -> list[str]:
+    if publish.host_ip == "0.0.0.0":
+        return ["-m", "addrtype", "--dst-type", "LOCAL"]
+    return ["-d", f"{publish.host_ip}/32"]
+
+
+def _port_match(proto: str, port: int) -> list[str]:
+    return ["-p", proto, "-m", proto, "--dport", str(port)]
+
+
+def _comment(text: str) -> list[str]:
+    return ["-m", "comment", "--comment", f'"{text}"']
+
+
+def render(
+    services: Sequence[Service],
+    stale_chains: Iterable[str] = (),
+    counters: Mapping[tuple[str, str], tuple[int, int]] = {},  # read-only, never mutated
+) -> str:
+    """The complete `iptables-restore --noflush --counters` text for lbctl's chains.
+
+    `stale_chains`: existing LBCTL-* chains to flush and delete in the same transaction,
+    each "table:CHAIN" or a bare name (table then inferred from lbctl's naming scheme).
+    `counters`: (app, replica) -> (packets, bytes) to carry over onto the replica's DNAT rule,
+    since re-declaring a chain resets its rules' counters.
+    """
+    services = sorted(services, key=lambda s: s.app)
+    apps = [s.app for s in services]
+    if len(set(apps)) != len(apps):
+        raise ValueError(f"duplicate app in services: {apps}")
+    wanted = wanted_chains(services)
+    for _, chain in wanted:
+        assert len(chain) <= MAX_CHAIN_LEN, chain
+
+    stale: dict[str, list[str]] = {t: [] for t in TABLES}
+    for item in stale_chains:
+        table, sep, chain = item.partition(":")
+        if not sep:
+            table, chain = chain_table(item), item
+        if table not in stale:
+            raise ValueError(f"unknown table in stale chain {item!r}")
+        if not chain.startswith(PREFIX):
+            # Safety net: this transaction must never delete a chain that is not ours.
+            raise ValueError(f"refusing to delete foreign chain {item!r}")
+        if (table, chain) not in wanted and chain not in stale[table]:
+            stale[table].append(chain)
+
+    # Rules are collected per chain and written chain by chain, in declaration order, so the
+    # text reads like `iptables-save` output and diffs between syncs stay small.
+    rules: dict[str, list[list[str]]] = {c: [] for _, c in wanted}
+    for bridge in sorted(localnet_bridges(services)):
+        rules[CHAIN_INPUT].append(
+            [
+                "-A", CHAIN_INPUT, "-i", bridge, "-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8",
+                "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+                *_comment(f"route_localnet guard for {bridge}"), "-j", "DROP",
+            ]
+        )  # fmt: skip
+    for s in services:
+        pub, proto = s.publish, s.publish.proto
+        match = [*_dst_match(pub), *_port_match(proto, pub.host_port)]
+        if not s.backends:
+            # Refuse at once rather than let the port fall through to the host. In INPUT every
+            # packet is local already, so 0.0.0.0 needs no address match.
+            dst = [] if pub.host_ip == "0.0.0.0" else ["-d", f"{pub.host_ip}/32"]
+            reject = "tcp-reset" if proto == "tcp" else "icmp-port-unreachable"
+            rules[CHAIN_INPUT].append(
+                [
+                    "-A", CHAIN_INPUT, *dst, *_port_match(proto, pub.host_port),
+                    *_comment(f"{s.app} has no replicas"),
+                    "-j", "REJECT", "--reject-with", reject,
+                ]
+            )  # fmt: skip
+            continue
+        chain = svc_chain(s.app)
+        hooks = [CHAIN_PREROUTING, CHAIN_OUTPUT] if is_remote_reachable(pub) else [CHAIN_OUTPUT]
+        for hook in hooks:
+            rules[hook].append(["-A", hook, *match, *_comment(s.app), "-j", chain])
+        n = len(s.backends)
+        for i, b in enumerate(s.backends):
+            stat = (
+                []
+                if i == n - 1
+                else ["-m", "statistic", "--mode", "random", "--probability", _probability(i, n)]
+            )
+            rule = [
+                "-A", chain, *_comment(f"{s.app}/{b.name}"), "-p", proto, *stat,
+                "-j", "DNAT", "--to-destination", f"{b.ip}:{b.port}",
+            ]  # fmt: skip
+            pkts_bytes = counters.get((s.app, b.name))
+            if pkts_bytes is not None:
+                rule.insert(0, f"[{pkts_bytes[0]}:{pkts_bytes[1]}]")
+            rules[chain].append(rule)
+        for b in s.backends:
+            backend = ["-d", f"{b.ip}/32", *_port_match(proto, b.port)]
+            if is_loopback_reachable(pub):
+                rules[CHAIN_POSTROUTING].append(
+                    [
+                        "-A", CHAIN_POSTROUTING, "-s", "127.0.0.0/8", *backend,
+                        *_comment(f"{s.app}/{b.name} loopback client"), "-j", "MASQUERADE",
+                    ]
+                )  # fmt: skip
+            if is_remote_reachable(pub):
+                orig = [] if pub.host_ip == "0.0.0.0" else ["--ctorigdst", f"{pub.host_ip}/32"]
+                rules[CHAIN_FORWARD].append(
+                    [
+                        "-A", CHAIN_FORWARD, *backend,
+                        "-m", "conntrack", "--ctstate", "DNAT", *orig,
+                        "--ctorigdstport", str(pub.host_port),
+                        *_comment(f"{s.app}/{b.name}"), "-j", "ACCEPT",
+                    ]
+                )  # fmt: skip
+
+    out: list[str] = []
+    for table in TABLES:
+        declared = sorted(c for t, c in wanted if t == table)
+        # Base chains first in a fixed order, then the per-service chains sorted.
+        base = [c for c in BASE_CHAINS[table] if c in declared]
+        declared = base + [c for c in declared if c not in base]
+        if not declared and not stale[table]:
+            continue  # leave a table we have nothing in completely untouched
+        out.append(f"*{table}")
+        out.extend(f":{c} - [0:0]" for c in [*declared, *stale[table]])
+        out.extend(" ".join(r) for c in declared for r in rules[c])
+        out.extend(f"-X {c}" for c in stale[table])
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""
+
+
+# --- reading `iptables-save -c` back (pure: the I/O layer hands in the text) ---------------
+
+
+@dataclass(frozen=True)
+class SavedRule:
+    """One `-A` line of `iptables-save -c` output."""
+
+    chain: str
+    packets: int
+    bytes: int
+    args: tuple[str, ...]  # everything after `-A CHAIN`, shell-unquoted
+
+    def option(self, name: str) -> str | None:
+        """The value following option `name` (e.g. "--comment"), or None."""
+        for i, arg in enumerate(self.args[:-1]):
+            if arg == name:
+                return self.args[i + 1]
+        return None
+
+    @property
+    def target(self) -> str | None:
+        return self.option("-j")
+
+
+@dataclass
+class SavedTable:
+    chains: list[str]
+    rules: list[SavedRule]
+
+
+def parse_save(text: str) -> dict[str, SavedTable]:
+    """Parse `iptables-save [-c]` output into tables of chains and rules (comments skipped)."""
+    tables: dict[str, SavedTable] = {}
+    current: SavedTable | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], SavedTable([], []))
+            continue
+        if current is None:
+            raise ValueError(f"iptables-save line outside a table: {line!r}")
+        if line.startswith(":"):
+            current.chains.append(line[1:].split()[0])
+            continue
+        packets = nbytes = 0
+        if line.startswith("["):
+            counts, _, line = line.partition("] ")
+            p, _, b = counts[1:].partition(":")
+            packets, nbytes = int(p), int(b)
+        tokens = shlex.split(line)
+        if len(tokens) < 2 or tokens[0] != "-A":
+            raise ValueError(f"unexpected iptables-save line: {raw!r}")
+        current.rules.append(SavedRule(tokens[1], packets, nbytes, tuple(tokens[2:])))
+    return tables
+
+
+def _dnat_rules(saved: Mapping[str, SavedTable]) -> list[SavedRule]:
+    nat = saved.get("nat")
+    if nat is None:
+        return []
+    return [r for r in nat.rules if r.chain.startswith(SVC_PREFIX) and r.target == "DNAT"]
+
+
+def dnat_counters(saved: Mapping[str, SavedTable]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(app, replica) -> (packets, bytes) of each replica's DNAT rule, from its "app/replica"
+    comment: what `render(counters=...)` carries over, and what counters() reports."""
+    result: dict[tuple[str, str], tuple[int, int]] = {}
+    for rule in _dnat_rules(saved):
+        app, sep, replica = (rule.option("--comment") or "").partition("/")
+        if sep:
+            p, b = result.get((app, replica), (0, 0))
+            result[(app, replica)] = (p + rule.packets, b + rule.bytes)
+    return result
+
+
+def dnat_endpoints(saved: Mapping[str, SavedTable], proto: str) -> set[tuple[str, int]]:
+    """(ip, port) of every backend our rules DNAT `proto` traffic to (survives restarts, unlike
+    the daemon's memory: used to find the backends a sync removed)."""
+    result: set[tuple[str, int]] = set()
+    for rule in _dnat_rules(saved):
+        dest = rule.option("--to-destination")
+        if rule.option("-p") == proto and dest and ":" in dest:
+            ip, _, port = dest.rpartition(":")
+            result.add((ip, int(port)))
+    return result
+
+
+def service_endpoints(services: Iterable[Service], proto: str) -> set[tuple[str, int]]:
+    """(ip, port) of every `proto` backend in `services`."""
+    return {(b.ip, b.port) for s in services if s.publish.proto == proto for b in s.backends}

@@ -1,0 +1,257 @@
+"""The iptables renderer and the iptables-save parser, pure: exact text, no kernel needed.
+
+Expected rulesets are written out literally on purpose: they are what `iptables-restore`
+will see, and a reviewer should be able to read them as such.
+"""
+
+# ruff: noqa: E501  (expected rulesets are written one iptables line per source line)
+from __future__ import annotations
+
+import pytest
+
+from lbctl.dataplane.iptables_rules import (
+    MAX_CHAIN_LEN,
+    Backend,
+    Service,
+    dnat_counters,
+    dnat_endpoints,
+    localnet_bridges,
+    parse_save,
+    render,
+    svc_chain,
+    wanted_chains,
+)
+from lbctl.model import Publish
+
+WEB = "LBCTL-SVC-JNPFP5XLF5BLSA43"  # svc_chain("web")
+DNS = "LBCTL-SVC-3V22TVX3GCOEHGP6"  # svc_chain("dns")
+
+
+def backends(n: int, port: int = 80) -> tuple[Backend, ...]:
+    return tuple(Backend(f"web-{i}", f"172.17.0.{i + 2}", port) for i in range(n))
+
+
+def web(n: int, host_ip: str = "127.0.0.1") -> Service:
+    return Service("web", Publish(host_ip, 8080, 80), backends(n), "docker0")
+
+
+def test_chain_names_are_short_stable_hashes() -> None:
+    assert svc_chain("web") == WEB
+    assert svc_chain("dns") == DNS
+    longest = svc_chain("a" * 20)
+    assert len(longest) <= MAX_CHAIN_LEN
+    assert longest == "LBCTL-SVC-IJES3IDCGSWQVR3P"
+
+
+def test_nothing_to_do_renders_nothing() -> None:
+    assert render([]) == ""
+
+
+def test_zero_backends_rejects_and_has_no_dnat() -> None:
+    assert render([web(0)]) == (
+        "*nat\n"
+        ":LBCTL-PREROUTING - [0:0]\n"
+        ":LBCTL-OUTPUT - [0:0]\n"
+        ":LBCTL-POSTROUTING - [0:0]\n"
+        "COMMIT\n"
+        "*filter\n"
+        ":LBCTL-FORWARD - [0:0]\n"
+        ":LBCTL-INPUT - [0:0]\n"
+        '-A LBCTL-INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment "web has no replicas" -j REJECT --reject-with tcp-reset\n'
+        "COMMIT\n"
+    )
+    # No backends: no bridge needs route_localnet.
+    assert localnet_bridges([web(0)]) == frozenset()
+
+
+def test_one_backend_is_unconditional() -> None:
+    assert render([web(1)]) == (
+        "*nat\n"
+        ":LBCTL-PREROUTING - [0:0]\n"
+        ":LBCTL-OUTPUT - [0:0]\n"
+        ":LBCTL-POSTROUTING - [0:0]\n"
+        f":{WEB} - [0:0]\n"
+        f'-A LBCTL-OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment "web" -j {WEB}\n'
+        '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-0 loopback client" -j MASQUERADE\n'
+        f'-A {WEB} -m comment --comment "web/web-0" -p tcp -j DNAT --to-destination 172.17.0.2:80\n'
+        "COMMIT\n"
+        "*filter\n"
+        ":LBCTL-FORWARD - [0:0]\n"
+        ":LBCTL-INPUT - [0:0]\n"
+        '-A LBCTL-INPUT -i docker0 -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "route_localnet guard for docker0" -j DROP\n'
+        "COMMIT\n"
+    )
+    assert localnet_bridges([web(1)]) == frozenset({"docker0"})
+
+
+def test_two_backends_half_then_rest() -> None:
+    text = render([web(2)])
+    assert (
+        f'-A {WEB} -m comment --comment "web/web-0" -p tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 172.17.0.2:80\n'
+        f'-A {WEB} -m comment --comment "web/web-1" -p tcp -j DNAT --to-destination 172.17.0.3:80\n'
+        "COMMIT\n"
+    ) in text
+    assert text.count("MASQUERADE") == 2
+
+
+def test_five_backends_on_all_addresses() -> None:
+    assert render([web(5, "0.0.0.0")]) == (
+        "*nat\n"
+        ":LBCTL-PREROUTING - [0:0]\n"
+        ":LBCTL-OUTPUT - [0:0]\n"
+        ":LBCTL-POSTROUTING - [0:0]\n"
+        f":{WEB} - [0:0]\n"
+        f'-A LBCTL-PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -m comment --comment "web" -j {WEB}\n'
+        f'-A LBCTL-OUTPUT -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -m comment --comment "web" -j {WEB}\n'
+        '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-0 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-1 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.4/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-2 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.5/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-3 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.6/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-4 loopback client" -j MASQUERADE\n'
+        f'-A {WEB} -m comment --comment "web/web-0" -p tcp -m statistic --mode random --probability 0.2000000000 -j DNAT --to-destination 172.17.0.2:80\n'
+        f'-A {WEB} -m comment --comment "web/web-1" -p tcp -m statistic --mode random --probability 0.2500000000 -j DNAT --to-destination 172.17.0.3:80\n'
+        f'-A {WEB} -m comment --comment "web/web-2" -p tcp -m statistic --mode random --probability 0.3333333333 -j DNAT --to-destination 172.17.0.4:80\n'
+        f'-A {WEB} -m comment --comment "web/web-3" -p tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 172.17.0.5:80\n'
+        f'-A {WEB} -m comment --comment "web/web-4" -p tcp -j DNAT --to-destination 172.17.0.6:80\n'
+        "COMMIT\n"
+        "*filter\n"
+        ":LBCTL-FORWARD - [0:0]\n"
+        ":LBCTL-INPUT - [0:0]\n"
+        '-A LBCTL-FORWARD -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-0" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-1" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.4/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-2" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.5/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-3" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.6/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-4" -j ACCEPT\n'
+        '-A LBCTL-INPUT -i docker0 -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "route_localnet guard for docker0" -j DROP\n'
+        "COMMIT\n"
+    )
+
+
+def test_specific_host_ip_udp_is_remote_only() -> None:
+    # A non-loopback address: PREROUTING + FORWARD, no MASQUERADE, no route_localnet.
+    dns = Service(
+        "dns", Publish("192.0.2.2", 53, 5353, "udp"), (Backend("dns-0", "10.1.0.5", 5353),), "br-x"
+    )
+    assert localnet_bridges([dns]) == frozenset()
+    assert render([dns]) == (
+        "*nat\n"
+        ":LBCTL-PREROUTING - [0:0]\n"
+        ":LBCTL-OUTPUT - [0:0]\n"
+        ":LBCTL-POSTROUTING - [0:0]\n"
+        f":{DNS} - [0:0]\n"
+        f'-A LBCTL-PREROUTING -d 192.0.2.2/32 -p udp -m udp --dport 53 -m comment --comment "dns" -j {DNS}\n'
+        f'-A LBCTL-OUTPUT -d 192.0.2.2/32 -p udp -m udp --dport 53 -m comment --comment "dns" -j {DNS}\n'
+        f'-A {DNS} -m comment --comment "dns/dns-0" -p udp -j DNAT --to-destination 10.1.0.5:5353\n'
+        "COMMIT\n"
+        "*filter\n"
+        ":LBCTL-FORWARD - [0:0]\n"
+        ":LBCTL-INPUT - [0:0]\n"
+        '-A LBCTL-FORWARD -d 10.1.0.5/32 -p udp -m udp --dport 5353 -m conntrack --ctstate DNAT --ctorigdst 192.0.2.2/32 --ctorigdstport 53 -m comment --comment "dns/dns-0" -j ACCEPT\n'
+        "COMMIT\n"
+    )
+
+
+def test_udp_zero_backends_port_unreachable() -> None:
+    dns = Service("dns", Publish("0.0.0.0", 53, 53, "udp"), (), None)
+    assert (
+        '-A LBCTL-INPUT -p udp -m udp --dport 53 -m comment --comment "dns has no replicas" -j REJECT --reject-with icmp-port-unreachable\n'
+    ) in render([dns])
+
+
+def test_removal_flushes_and_deletes_stale_chains() -> None:
+    stale = ["nat:LBCTL-PREROUTING", "nat:LBCTL-OUTPUT", "nat:LBCTL-POSTROUTING", f"nat:{WEB}",
+             "filter:LBCTL-FORWARD", "filter:LBCTL-INPUT"]  # fmt: skip
+    assert render([], stale) == (
+        "*nat\n"
+        ":LBCTL-PREROUTING - [0:0]\n"
+        ":LBCTL-OUTPUT - [0:0]\n"
+        ":LBCTL-POSTROUTING - [0:0]\n"
+        f":{WEB} - [0:0]\n"
+        "-X LBCTL-PREROUTING\n"
+        "-X LBCTL-OUTPUT\n"
+        "-X LBCTL-POSTROUTING\n"
+        f"-X {WEB}\n"
+        "COMMIT\n"
+        "*filter\n"
+        ":LBCTL-FORWARD - [0:0]\n"
+        ":LBCTL-INPUT - [0:0]\n"
+        "-X LBCTL-FORWARD\n"
+        "-X LBCTL-INPUT\n"
+        "COMMIT\n"
+    )
+
+
+def test_scale_down_deletes_only_the_stale_service_chain() -> None:
+    old = svc_chain("old")
+    # Bare names are placed by the naming scheme; wanted chains listed as stale are ignored.
+    text = render([web(1)], [old, "filter:LBCTL-INPUT", WEB])
+    assert f":{old} - [0:0]\n" in text
+    assert text.count(f"-X {old}\n") == 1
+    assert "-X" not in text.replace(f"-X {old}\n", "")
+    nat, filt = text.split("*filter\n")
+    assert old in nat and old not in filt
+
+
+def test_refuses_foreign_chains() -> None:
+    with pytest.raises(ValueError, match="foreign"):
+        render([], ["filter:DOCKER-USER"])
+    with pytest.raises(ValueError, match="duplicate"):
+        render([web(1), web(2)])
+
+
+def test_counters_carried_over() -> None:
+    text = render([web(2)], counters={("web", "web-1"): (7, 420), ("gone", "gone-0"): (1, 60)})
+    assert (
+        f'[7:420] -A {WEB} -m comment --comment "web/web-1" -p tcp -j DNAT --to-destination 172.17.0.3:80\n'
+    ) in text
+    assert f'-A {WEB} -m comment --comment "web/web-0" -p tcp -m statistic' in text
+    assert "gone" not in text
+
+
+def test_wanted_chains() -> None:
+    assert wanted_chains([]) == set()
+    assert ("nat", WEB) in wanted_chains([web(1)])
+    assert ("nat", WEB) not in wanted_chains([web(0)])
+    assert ("filter", "LBCTL-FORWARD") in wanted_chains([web(0)])
+
+
+SAVE = """\
+# Generated by iptables-save v1.8.9 (nf_tables) on Sun Nov 22 05:05:09 2026
+*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [3:180]
+:DOCKER - [0:0]
+:LBCTL-OUTPUT - [0:0]
+:LBCTL-SVC-JNPFP5XLF5BLSA43 - [0:0]
+:LBCTL-SVC-3V22TVX3GCOEHGP6 - [0:0]
+[0:0] -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+[12:720] -A OUTPUT -m comment --comment lbctl -j LBCTL-OUTPUT
+[12:720] -A LBCTL-OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment web -j LBCTL-SVC-JNPFP5XLF5BLSA43
+[5:300] -A LBCTL-SVC-JNPFP5XLF5BLSA43 -p tcp -m comment --comment web/web-0 -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 172.17.0.2:80
+[7:420] -A LBCTL-SVC-JNPFP5XLF5BLSA43 -p tcp -m comment --comment web/web-1 -j DNAT --to-destination 172.17.0.3:80
+[2:90] -A LBCTL-SVC-3V22TVX3GCOEHGP6 -p udp -m comment --comment "dns/dns-0" -j DNAT --to-destination 10.1.0.5:5353
+COMMIT
+# Completed on Sun Nov 22 05:05:09 2026
+*filter
+:INPUT ACCEPT [0:0]
+:LBCTL-INPUT - [0:0]
+-A INPUT -m comment --comment "lbctl" -j LBCTL-INPUT
+COMMIT
+"""
+
+
+def test_parse_save() -> None:
+    saved = parse_save(SAVE)
+    assert saved["nat"].chains == [
+        "PREROUTING", "OUTPUT", "DOCKER", "LBCTL-OUTPUT", WEB, DNS,
+    ]  # fmt: skip
+    jump = saved["filter"].rules[0]
+    assert (jump.chain, jump.target, jump.packets) == ("INPUT", "LBCTL-INPUT", 0)
+    assert jump.args == ("-m", "comment", "--comment", "lbctl", "-j", "LBCTL-INPUT")
+    assert dnat_counters(saved) == {
+        ("web", "web-0"): (5, 300),
+        ("web", "web-1"): (7, 420),
+        ("dns", "dns-0"): (2, 90),
+    }
+    assert dnat_endpoints(saved, "udp") == {("10.1.0.5", 5353)}
+    assert dnat_endpoints(saved, "tcp") == {("172.17.0.2", 80), ("172.17.0.3", 80)}
