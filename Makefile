@@ -1,0 +1,25 @@
+# lbctl: `make setup` installs everything (idempotent), `make test` runs the whole suite,
+# `make demo` shows 3 then 5 replicas sharing 127.0.0.1:8080.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: setup demo test lint unit bench clean-host
+setup:
+	bash scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check lbctl tests bench
+	$(VENV)/bin/mypy --strict lbctl
+
+test: setup lint
+	$(VENV)/bin/pytest -v -p no:cacheprovider tests
+
+unit: setup
+	$(VENV)/bin/pytest -q -m "not engine and not kernel" tests
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(PY) -m bench

@@ -1,0 +1,145 @@
+"""`lbctl daemon`: wires the engine, the state store, the data planes, the controller, the
+control socket and the metrics endpoint together, and runs until SIGTERM.
+
+Stopping the daemon leaves the data plane as it is: the rules and the attached eBPF program
+keep serving the replicas that run, and a restarted daemon adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from lbctl import __version__, sdnotify
+from lbctl.api.server import Api
+from lbctl.controller.reconciler import Controller, Settings
+from lbctl.controller.store import StateStore
+from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.dataplane.iptables import IptablesDataplane
+from lbctl.metrics import Metrics
+from lbctl.model import InvalidInput, Mode
+from lbctl.runtime.engine import Engine
+
+log = logging.getLogger("lbctl.daemon")
+
+DEFAULT_STATE_DIR = "/var/lib/lbctl"
+DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
+
+
+@dataclass
+class DaemonConfig:
+    socket: Path
+    state_dir: Path
+    metrics_addr: str
+    docker_host: str | None
+    drain_timeout: float = 10.0
+    stop_grace: int = 10
+    bpf_pin_root: Path = Path("/sys/fs/bpf/lbctl")
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"invalid address {text!r}: use HOST:PORT")
+    return host, int(port)
+
+
+async def serve(cfg: DaemonConfig) -> None:
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = StateStore(cfg.state_dir)
+    metrics = Metrics()
+    engine = Engine(cfg.docker_host)
+    ebpf: EbpfDataplane | None = None
+    reason = EbpfDataplane.unavailable_reason()
+    if reason is None:
+        ebpf = EbpfDataplane(cfg.state_dir, cfg.bpf_pin_root)
+    else:
+        log.warning("ebpf mode unavailable: %s; apps default to iptables mode", reason)
+    settings = Settings(
+        drain_timeout=cfg.drain_timeout,
+        stop_grace=cfg.stop_grace,
+        default_mode=Mode.EBPF if ebpf else Mode.IPTABLES,
+    )
+    controller = Controller(
+        engine, store, IptablesDataplane(cfg.state_dir), ebpf, metrics, settings
+    )
+    controller.load()  # a damaged state file stops us here, before anything is touched
+
+    api = Api(controller)
+    await api.start(cfg.socket)
+    metrics_runner = await _serve_metrics(cfg.metrics_addr, controller, metrics)
+    log.info(
+        "lbctl daemon started",
+        extra={
+            "version": __version__,
+            "socket": str(cfg.socket),
+            "engine": engine.url,
+            "apps": len(controller.desired),
+            "default_mode": str(settings.default_mode),
+        },
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    run = asyncio.create_task(controller.run())
+    ready = asyncio.create_task(_notify_ready(controller))
+    watchdog = asyncio.create_task(_watchdog())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if run in done:
+            run.result()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        log.info("lbctl daemon stopping; the data plane keeps serving")
+        for t in (run, ready, watchdog, stopper):
+            t.cancel()
+        await asyncio.gather(run, ready, watchdog, stopper, return_exceptions=True)
+        await api.stop()
+        await metrics_runner.cleanup()
+        await engine.close()
+        with contextlib.suppress(OSError):
+            cfg.socket.unlink()
+
+
+async def _notify_ready(controller: Controller) -> None:
+    await controller.first_sync.wait()
+    sdnotify.notify("READY=1")
+    log.info("first sync done", extra={"apps": len(controller.desired)})
+
+
+async def _watchdog() -> None:
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return
+    while True:
+        # This task shares the loop with the controller: if the loop is stuck, it is too.
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+async def _serve_metrics(addr: str, controller: Controller, metrics: Metrics) -> web.AppRunner:
+    host, port = parse_addr(addr)
+
+    async def handle(request: web.Request) -> web.Response:
+        await controller.counters()  # kernel counters are read at scrape time
+        return web.Response(
+            body=metrics.render(), content_type="text/plain", charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

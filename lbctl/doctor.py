@@ -1,0 +1,109 @@
+"""`lbctl doctor`: every prerequisite, ok or missing, and the fix for what is missing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.runtime.engine import Engine, EngineError
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _capabilities() -> Check:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+                need = {12: "CAP_NET_ADMIN", 19: "CAP_SYS_PTRACE", 21: "CAP_SYS_ADMIN"}
+                missing = [n for bit, n in need.items() if not caps >> bit & 1]
+                if missing:
+                    return Check("privileges", False, "missing " + ", ".join(missing),
+                                 "run the daemon as root (the systemd unit does)")
+                return Check("privileges", True, "root with NET_ADMIN, SYS_PTRACE, SYS_ADMIN")
+    except OSError:
+        pass
+    return Check("privileges", os.geteuid() == 0, f"euid {os.geteuid()}", "run as root")
+
+
+def _kernel() -> Check:
+    release = platform.release()
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return Check("kernel", False, f"cannot parse {release}")
+    ok = (major, minor) >= (5, 14)  # BPF_SK_REUSEPORT_SELECT_OR_MIGRATE and tcp_migrate_req
+    return Check("kernel", ok, release, "" if ok else "ebpf mode needs Linux 5.14 or newer")
+
+
+def _migrate_req() -> Check:
+    p = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+    if not p.exists():
+        return Check("tcp_migrate_req", False, "sysctl missing",
+                     "a kernel >= 5.14 is needed for zero-loss drains in ebpf mode")
+    return Check("tcp_migrate_req", True, "available (set per app in its sandbox)")
+
+
+def _iptables() -> Check:
+    exe = shutil.which("iptables-restore")
+    if not exe:
+        return Check("iptables", False, "iptables-restore not found", "apt-get install iptables")
+    out = subprocess.run(["iptables", "-V"], capture_output=True, text=True, check=False)
+    return Check("iptables", out.returncode == 0, out.stdout.strip() or out.stderr.strip())
+
+
+def _conntrack() -> Check:
+    ok = shutil.which("conntrack") is not None
+    return Check("conntrack", ok, "found" if ok else "not found",
+                 "" if ok else "apt-get install conntrack (stale UDP flows to removed replicas)")
+
+
+def _ebpf() -> Check:
+    reason = EbpfDataplane.unavailable_reason()
+    if reason is None:
+        return Check("ebpf (bcc, headers, bpffs)", True, "ebpf mode available")
+    return Check("ebpf (bcc, headers, bpffs)", False, reason,
+                 "run `make setup` (python3-bpfcc, linux-headers, bpffs); iptables mode works")
+
+
+async def run_doctor(docker_host: str | None = None) -> int:
+    checks: list[Check] = []
+    sync_checks: list[Callable[[], Check]] = [
+        _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ebpf,
+    ]
+    checks.extend(f() for f in sync_checks)
+    engine = Engine(docker_host)
+    try:
+        info = await engine.version()
+        checks.append(Check("container engine", True,
+                            f"{engine.flavor} {info.get('Version')} at {engine.url}"))
+        has_pause = await engine.image_exists("lbctl/pause:latest")
+        checks.append(Check("sandbox image", has_pause, "lbctl/pause:latest",
+                            "" if has_pause else "run `make setup` (builds lbctl/pause)"))
+    except EngineError as e:
+        checks.append(Check("container engine", False, str(e),
+                            "start dockerd (or podman system service) or pass --docker-host"))
+    finally:
+        await engine.close()
+    if EbpfDataplane.unavailable_reason() is None:
+        err = await EbpfDataplane.check_program_static()
+        checks.append(Check("eBPF program (verifier)", err is None,
+                            "loads and passes the verifier" if err is None else err))
+    for c in checks:
+        mark = "ok     " if c.ok else "MISSING"
+        print(f"{mark} {c.name:<28} {c.detail}")
+        if not c.ok and c.fix:
+            print(f"        fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1
