@@ -38,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lbctl", description="N replicas on one host port, balanced by the kernel")
     p.add_argument("--version", action="version", version=f"lbctl {__version__}")
-    p.add_argument("--socket", help="control socket (default $LBCTL_SOCKET or /run/lbctl/lbctl.sock)")
+    p.add_argument(
+        "--socket", help="control socket (default $LBCTL_SOCKET or /run/lbctl/lbctl.sock)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     d = sub.add_parser("daemon", help="run the controller")
@@ -141,8 +143,13 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
 def _daemon(args: argparse.Namespace) -> int:
     from lbctl import logs
     from lbctl.controller.store import StateError
-    from lbctl.daemon import DEFAULT_METRICS_ADDR, DEFAULT_STATE_DIR, DaemonConfig, parse_addr
-    from lbctl.daemon import serve
+    from lbctl.daemon import (
+        DEFAULT_METRICS_ADDR,
+        DEFAULT_STATE_DIR,
+        DaemonConfig,
+        parse_addr,
+        serve,
+    )
 
     logs.setup(args.log_level)
     metrics_addr = args.metrics_addr or DEFAULT_METRICS_ADDR

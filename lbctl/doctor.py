@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,8 @@ async def run_doctor(docker_host: str | None = None) -> int:
     finally:
         await engine.close()
     if EbpfDataplane.unavailable_reason() is None:
-        err = await EbpfDataplane.check_program_static()
+        with tempfile.TemporaryDirectory() as tmp:
+            err = await EbpfDataplane(Path(tmp), Path(tmp) / "pins").check_program()
         checks.append(Check("eBPF program (verifier)", err is None,
                             "loads and passes the verifier" if err is None else err))
     for c in checks:

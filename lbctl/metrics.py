@@ -6,6 +6,7 @@ controllers in one process without "duplicated timeseries" errors.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -83,10 +84,8 @@ class Metrics:
 
     def forget_app(self, app: str) -> None:
         for state in ReplicaState:
-            try:
+            with contextlib.suppress(KeyError):
                 self.replicas.remove(app, str(state))
-            except KeyError:
-                pass
         for key in [k for k in self.connections.values if k[0] == app]:
             del self.connections.values[key]
 

@@ -87,7 +87,9 @@ class Publish:
         """Parse docker's `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]` (host IP defaults to
         127.0.0.1: publishing to every interface must be asked for, as 0.0.0.0)."""
         if not isinstance(text, str) or not text:
-            raise InvalidInput("publish must look like [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]")
+            raise InvalidInput(
+                "publish must look like [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"
+            )
         spec, _, proto = text.partition("/")
         proto = proto or "tcp"
         if proto not in ("tcp", "udp"):
@@ -156,7 +158,7 @@ class AppSpec:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
         name = validate_name(data.get("name"))
         image = data.get("image")
-        if not isinstance(image, str) or not image or len(image) > 255 or not _IMAGE_RE.match(image):
+        if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.match(image):
             raise InvalidInput(f"invalid image {image!r}")
         publish = Publish.parse(data.get("publish"))
         replicas = validate_replicas(data.get("replicas", 1))

@@ -18,7 +18,7 @@ fail() { echo "setup: $*" >&2; exit 1; }
 arch=$(dpkg --print-architecture)
 packages=(
     docker.io iptables conntrack python3-bpfcc bpfcc-tools "linux-headers-$arch"
-    wrk busybox-static python3-venv gcc libc6-dev nginx-light haproxy prometheus
+    wrk curl busybox-static python3-venv gcc libc6-dev nginx-light haproxy prometheus
     procps iproute2
 )
 missing=()

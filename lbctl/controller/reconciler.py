@@ -23,7 +23,7 @@ from lbctl.controller.store import StateStore
 from lbctl.dataplane.ebpf import EbpfDataplane, ListenerError, Member
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.iptables_rules import Backend, Service
-from lbctl.dataplane.sockets import established_connections
+from lbctl.dataplane.sockets import count_open
 from lbctl.metrics import Metrics
 from lbctl.model import (
     ROLE_REPLICA,
@@ -250,6 +250,7 @@ class Controller:
 
     async def _sync_dataplane(self, p: Plan) -> None:
         services: list[Service] = []
+        backends: tuple[Backend, ...]
         for name in sorted(self.desired):
             spec = self.desired[name]
             port = spec.publish.container_port
@@ -319,7 +320,7 @@ class Controller:
                 if self.ebpf is None or c.pid is None:
                     return False
                 try:
-                    return await self.ebpf.has_listener(c.pid, port)
+                    return await self.ebpf.has_listener(c.pid, port, c.name)
                 except ListenerError as e:
                     self._fail_app(spec.name, str(e))
                     return False
@@ -342,13 +343,14 @@ class Controller:
             if c is None or not c.running or c.pid is None:
                 d.done = True
             elif now - d.started >= self.settings.drain_timeout:
-                log.warning("drain timeout: stopping with connections open", extra=self._fields(cid))
+                log.warning("drain timeout: stopping it with connections open",
+                            extra=self._fields(cid))
                 d.done = True
             else:
                 port = spec.publish.container_port if spec else None
                 if port is None:  # a deleted app's replica drains on its old port
                     port = self._deleted_ports.get(c.app)
-                n = await established_connections(c.pid, port) if port else 0
+                n = await asyncio.to_thread(count_open, c.pid, port) if port else 0
                 d.done = n == 0
 
     async def _remove(self, c: Container) -> None:

@@ -284,8 +284,8 @@ class Engine:
         (re)connect before trusting the events that follow. Ends when the engine closes the
         stream; raises EngineError when it cannot connect. Reconnecting is the caller's job.
         """
-        stream = DockerEvents(self.docker)
-        sub = stream.subscribe(create_task=False)
+        stream = DockerEvents(self.docker)  # type: ignore[no-untyped-call]
+        sub = stream.subscribe(create_task=False)  # type: ignore[no-untyped-call]
         task = asyncio.create_task(
             stream.run(filters=json.dumps({"type": ["container"], "label": [LABEL_APP]}))
         )

@@ -1,0 +1,172 @@
+"""Shared test helpers: a real `lbctl daemon` process on a private socket, state dir and pin root,
+talking to the real engine, and helpers to send real HTTP traffic to 127.0.0.1.
+
+Test apps are named `t<pid>-...` so cleanup can find exactly what the tests made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LBCTL = [sys.executable, "-m", "lbctl"]
+PREFIX = f"t{os.getpid() % 10000}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> str:
+    """One request on a new connection; returns the replica name that answered."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read().decode().strip()
+        if resp.status != 200:
+            raise OSError(f"HTTP {resp.status}")
+        return body
+    finally:
+        conn.close()
+
+
+def spread(port: int, n: int) -> Counter[str]:
+    return Counter(get(port) for _ in range(n))
+
+
+class Daemon:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.socket = tmp / "lbctl.sock"
+        self.state_dir = tmp / "state"
+        self.metrics_port = free_port()
+        self.pin_root = Path(f"/sys/fs/bpf/lbctl-{PREFIX}")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LBCTL_SOCKET": str(self.socket), "PYTHONUNBUFFERED": "1"}
+
+    def start(self, *extra: str) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*LBCTL, "daemon", "--state-dir", str(self.state_dir),
+                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
+                 "--bpf-pin-root", str(self.pin_root), "--drain-timeout", "5",
+                 "--stop-grace", "5", *extra],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {self.log.read_text()[-2000:]}")
+            try:
+                if self.api("GET", "/healthz").get("synced"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"daemon did not sync in 30 s: {self.log.read_text()[-2000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        conn = _UnixHTTPConnection(str(self.socket))
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=payload,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"null")
+            if resp.status >= 400:
+                raise ApiFailure(resp.status, data)
+            return data
+        finally:
+            conn.close()
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*LBCTL, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    def ok(self, *args: str, timeout: float = 120) -> str:
+        r = self.cli(*args, timeout=timeout)
+        assert r.returncode == 0, f"lbctl {' '.join(args)} -> {r.returncode}: {r.stderr}"
+        return r.stdout
+
+    def status(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.api("GET", f"/apps/{name}")
+        return data
+
+    def wait(self, pred: Any, timeout: float = 30, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ApiFailure):
+                if pred():
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, data: Any) -> None:
+        super().__init__(f"{status}: {data}")
+        self.status = status
+        self.data = data
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=180)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(180)
+        self.sock.connect(self.path)
+
+
+def docker(*args: str, check: bool = True) -> str:
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def app_containers(app: str) -> list[dict[str, Any]]:
+    ids = docker("ps", "-aq", "--filter", f"label=lbctl.app={app}").split()
+    if not ids:
+        return []
+    data: list[dict[str, Any]] = json.loads(docker("inspect", *ids))
+    return data
+
+
+def iptables_save() -> str:
+    """Every table, without counters and comment lines (timestamps)."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return "\n".join(line for line in out.splitlines() if not line.startswith("#")) + "\n"
+
+
+def cleanup_leftovers() -> None:
+    out = docker("ps", "-a", "--format", "{{.ID}} {{.Label \"lbctl.app\"}}", check=False)
+    ids = [i for i, _, app in (ln.partition(" ") for ln in out.splitlines())
+           if app.startswith(PREFIX)]
+    if ids:
+        docker("rm", "-f", *ids, check=False)
