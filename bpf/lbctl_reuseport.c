@@ -53,6 +53,9 @@ BPF_ARRAY(config, u32, N_CFG);
 /* Per-CPU so that counting never contends; user space sums over CPUs. */
 BPF_PERCPU_ARRAY(steered, u64, MAX_SLOTS);
 BPF_PERCPU_ARRAY(reasons, u64, N_REASONS);
+/* Round-robin position, one per CPU: bcc 0.26 builds for BPF ISA v1/v2, which has no atomic
+ * fetch-and-add, and a per-CPU cursor needs none. */
+BPF_PERCPU_ARRAY(cursor, u32, 1);
 
 #define SOCKETS_MAP ((void *)bpf_pseudo_fd(1, -1))
 
@@ -90,11 +93,20 @@ int lbctl_select(struct sk_reuseport_md *md)
         return SK_PASS;
     }
 
-    /* md->hash is the kernel's flow hash (4-tuple, or the migrating socket's own hash): new
-     * connections from one client differ by source port and spread evenly, while a SYN
-     * retransmit or a syncookie ACK of the same flow lands on the same replica.  Reduce it
-     * with a multiply-shift rather than a modulo: unbiased enough and no division. */
-    u32 idx = (u32)(((u64)md->hash * len) >> 32);
+    /* Round-robin over the table rather than md->hash: a hash spreads only statistically
+     * (1,000 connections over 64 replicas come out +-25% per replica), round-robin spreads
+     * exactly and honours weights exactly.  The cursor is per CPU, so two CPUs each walk the
+     * table; they start half a table apart so their leftovers do not pile up on the first
+     * entries.  TCP needs no flow affinity here: a retransmitted SYN finds its request
+     * socket in the established hash before reuseport selection runs, and a syncookie ACK
+     * validates on any listener of the group (the SYN-queue overflow stamp is per group). */
+    key = 0;
+    u32 *pos0 = cursor.lookup(&key);
+    if (!pos0)
+        return SK_PASS;
+    u32 c = *pos0;
+    *pos0 = c + 1;
+    u32 idx = (c + bpf_get_smp_processor_id() * ((len + 1) / 2)) % len;
 
 #pragma unroll
     for (int i = 0; i < MAX_TRIES; i++) {

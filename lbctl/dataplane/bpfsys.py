@@ -23,6 +23,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 
 BPF_ANY = 0
@@ -34,6 +35,7 @@ BPF_PROG_TYPE_SK_REUSEPORT = 21
 SO_REUSEPORT = 15
 SO_ATTACH_REUSEPORT_EBPF = 52
 SO_COOKIE = 57
+SO_DETACH_REUSEPORT_BPF = 68
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -101,6 +103,18 @@ def map_delete(fd: int, key: bytes) -> bool:
         if e.errno == errno.ENOENT:
             return False
         raise
+    return True
+
+
+def prog_exists(prog_id: int) -> bool:
+    """Is a program with this id still loaded anywhere (pinned, attached or held open)?"""
+    try:
+        fd = _sys(BPF_PROG_GET_FD_BY_ID, _attr(struct.pack("=I", prog_id)), "program by id")
+    except BpfSysError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    os.close(fd)
     return True
 
 

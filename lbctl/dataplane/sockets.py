@@ -1,0 +1,222 @@
+"""Find a replica's listening socket from the host and borrow it (pidfd_getfd).
+
+A replica is a container whose init process has host PID `pid`.  Its processes are those in
+the same PID namespace as `pid`; when `pid` shares the *daemon's* PID namespace (a bare
+process, as in the tests, or a container run with --pid=host) that would be every process on
+the host, so then the replica is `pid` and its descendants instead.
+
+Everything here but established_connections() is blocking (/proc reads, syscalls): callers
+run it in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lbctl.dataplane import bpfsys
+
+TCP_LISTEN = 0x0A
+# States that still hold an accepted connection the replica must finish (TIME_WAIT sockets
+# have no owner and no inode: the replica is done with them).
+_OPEN_STATES = {0x01, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0B}  # ESTABLISHED FIN_WAIT1/2 ... CLOSING
+
+
+class ListenerError(RuntimeError):
+    """The replica's listener cannot be used in ebpf mode: one line, user-facing."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening socket as seen from the host."""
+
+    pid: int  # a process holding it (fd numbers are per process)
+    fd: int  # its fd number in that process
+    inode: int
+    family: int  # socket.AF_INET or AF_INET6
+    accept_queue: int  # connections waiting for accept() right now
+
+
+@dataclass(frozen=True)
+class _TcpRow:
+    inode: int
+    state: int
+    port: int
+    rx_queue: int
+    family: int
+
+
+def _ns_id(pid: int, kind: str) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/{kind}")
+    return st.st_dev, st.st_ino
+
+
+def same_netns(pid_a: int, pid_b: int) -> bool:
+    return _ns_id(pid_a, "net") == _ns_id(pid_b, "net")
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def replica_pids(pid: int) -> list[int]:
+    """Processes of the replica whose init is `pid` (see the module doc)."""
+    try:
+        target = _ns_id(pid, "pid")
+    except FileNotFoundError:
+        return []
+    if target != _ns_id(os.getpid(), "pid"):
+        out = []
+        for p in _all_pids():
+            with contextlib.suppress(OSError):
+                if _ns_id(p, "pid") == target:
+                    out.append(p)
+        return out
+    # Same PID namespace as ours: walk the process tree below pid (no /proc/*/children here).
+    parent: dict[int, int] = {}
+    for p in _all_pids():
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # comm may hold spaces and parentheses: the fields after the last ')' are fixed.
+        parent[p] = int(stat[stat.rindex(")") + 2:].split()[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        nxt = [c for c, pp in parent.items() if pp in frontier and c not in tree]
+        tree.update(nxt)
+        frontier = nxt
+    return sorted(tree)
+
+
+def _socket_fds(pid: int) -> dict[int, int]:
+    """inode -> fd number for the sockets `pid` holds (first fd wins)."""
+    out: dict[int, int] = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.setdefault(int(link[8:-1]), int(name))
+    return out
+
+
+def _tcp_rows(pid: int) -> Iterable[_TcpRow]:
+    """TCP sockets of pid's network namespace (/proc/PID/net/tcp{,6} show that netns)."""
+    for fname, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/{pid}/net/{fname}") as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10:
+                continue
+            # For a listener, rx_queue is the accept queue length (sk_ack_backlog).
+            rx = int(parts[4].split(":")[1], 16)
+            yield _TcpRow(
+                inode=int(parts[9]),
+                state=int(parts[3], 16),
+                port=int(parts[1].rsplit(":", 1)[1], 16),
+                rx_queue=rx,
+                family=family,
+            )
+
+
+def find_listeners(pid: int, port: int) -> list[Listener]:
+    """The replica's listeners on `port`, IPv4 first (clients of a published IPv4 address
+    reach the IPv4 reuseport group), then by inode for a stable choice."""
+    pids = replica_pids(pid)
+    if not pids:
+        return []
+    rows = {
+        r.inode: r for r in _tcp_rows(pid) if r.state == TCP_LISTEN and r.port == port and r.inode
+    }
+    if not rows:
+        return []
+    found: dict[int, Listener] = {}
+    for p in pids:
+        for inode, fd in _socket_fds(p).items():
+            row = rows.get(inode)
+            if row and inode not in found:
+                found[inode] = Listener(p, fd, inode, row.family, row.rx_queue)
+    return sorted(found.values(), key=lambda lst: (lst.family != socket.AF_INET, lst.inode))
+
+
+def count_open(pid: int, port: int) -> int:
+    """Connections the replica accepted on `port` and has not finished, plus those waiting in
+    its accept queue: 0 means stopping it now loses nobody."""
+    pids = replica_pids(pid)
+    owned: set[int] = set()
+    for p in pids:
+        owned.update(_socket_fds(p))
+    n = 0
+    for r in _tcp_rows(pid):
+        if r.port != port or r.inode not in owned:
+            continue
+        if r.state == TCP_LISTEN:
+            n += r.rx_queue
+        elif r.state in _OPEN_STATES:
+            n += 1
+    return n
+
+
+async def established_connections(pid: int, port: int) -> int:
+    """count_open() off the event loop: what a drain waits to reach 0, in either mode."""
+    return await asyncio.to_thread(count_open, pid, port)
+
+
+def take(listener: Listener) -> int:
+    """Duplicate the listener into this process; the caller closes the returned fd.  Checks
+    that the fd still is that socket (the owner may have closed and reused the number)."""
+    pidfd = bpfsys.pidfd_open(listener.pid)
+    try:
+        fd = bpfsys.pidfd_getfd(pidfd, listener.fd)
+    finally:
+        os.close(pidfd)
+    if os.fstat(fd).st_ino != listener.inode:
+        os.close(fd)
+        raise OSError(f"fd {listener.fd} of pid {listener.pid} changed while being taken")
+    return fd
+
+
+def has_reuseport(fd: int) -> bool:
+    with socket.socket(fileno=os.dup(fd)) as s:
+        return bool(s.getsockopt(socket.SOL_SOCKET, bpfsys.SO_REUSEPORT))
+
+
+def cookie(fd: int) -> int:
+    """The socket's cookie: what a SOCKMAP lookup from user space returns for its entry."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        raw = s.getsockopt(socket.SOL_SOCKET, bpfsys.SO_COOKIE, 8)
+    return int(struct.unpack("=Q", raw)[0])
+
+
+def attach_program(fd: int, prog_fd: int) -> None:
+    """Attach (or atomically replace) the reuseport program of fd's whole group."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        s.setsockopt(socket.SOL_SOCKET, bpfsys.SO_ATTACH_REUSEPORT_EBPF, prog_fd)
+
+
+def detach_program(fd: int) -> None:
+    with socket.socket(fileno=os.dup(fd)) as s:
+        s.setsockopt(socket.SOL_SOCKET, bpfsys.SO_DETACH_REUSEPORT_BPF, 0)
+
+
+def no_reuseport_message(name: str, port: int) -> str:
+    return (
+        f"{name} listens on {port} without SO_REUSEPORT: ebpf mode needs an app that sets "
+        "SO_REUSEPORT; run it with --mode iptables"
+    )
