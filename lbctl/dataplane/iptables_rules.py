@@ -24,8 +24,9 @@ Chain layout (T = tcp|udp, P = host port, p = container port)::
       only for services reachable on loopback (host IP 127.x or 0.0.0.0): a DNATed
       127.0.0.1 client must not reach the container with a 127.0.0.1 source address.
   filter FORWARD  -> LBCTL-FORWARD      -d BACKEND -p T --dport p --ctstate DNAT
-      --ctorigdstport P -j ACCEPT, for services reachable from other hosts (Docker's
-      FORWARD policy is DROP). Never a blanket ACCEPT.
+      --ctorigdstport P --ctdir ORIGINAL -j ACCEPT, and the same for the replies
+      (-s BACKEND --sport p ... --ctdir REPLY), for services reachable from other hosts
+      (Docker's FORWARD policy is DROP). Never a blanket ACCEPT.
   filter INPUT    -> LBCTL-INPUT
       * services with 0 backends: REJECT (tcp-reset / icmp-port-unreachable) on the host
         port, so a client is refused at once and the port never falls through to whatever
@@ -45,7 +46,7 @@ import base64
 import hashlib
 import ipaddress
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lbctl.model import Publish
@@ -168,6 +169,8 @@ def render(
     services: Sequence[Service],
     stale_chains: Iterable[str] = (),
     counters: Mapping[tuple[str, str], tuple[int, int]] = {},  # read-only, never mutated
+    *,
+    unchanged: Collection[tuple[str, str]] = (),
 ) -> str:
     """The complete `iptables-restore --noflush --counters` text for lbctl's chains.
 
@@ -175,6 +178,9 @@ def render(
     each "table:CHAIN" or a bare name (table then inferred from lbctl's naming scheme).
     `counters`: (app, replica) -> (packets, bytes) to carry over onto the replica's DNAT rule,
     since re-declaring a chain resets its rules' counters.
+    `unchanged`: (table, chain) pairs known to hold exactly what `render_chains()` gives for
+    them; they are left out of the transaction so their counters are not touched at all
+    (kube-proxy's partial sync: a re-sync of the same state then writes nothing).
     """
     services = sorted(services, key=lambda s: s.app)
     apps = [s.app for s in services]
@@ -197,9 +203,40 @@ def render(
         if (table, chain) not in wanted and chain not in stale[table]:
             stale[table].append(chain)
 
+    rules = _chain_rules(services, wanted, counters)
+    skip = {c for t, c in unchanged if (t, c) in wanted}
+    out: list[str] = []
+    for table in TABLES:
+        declared = sorted(c for t, c in wanted if t == table)
+        # Base chains first in a fixed order, then the per-service chains sorted.
+        base = [c for c in BASE_CHAINS[table] if c in declared]
+        declared = [c for c in base + [c for c in declared if c not in base] if c not in skip]
+        if not declared and not stale[table]:
+            continue  # leave a table we have nothing in completely untouched
+        out.append(f"*{table}")
+        out.extend(f":{c} - [0:0]" for c in [*declared, *stale[table]])
+        out.extend(" ".join(r) for c in declared for r in rules[c])
+        out.extend(f"-X {c}" for c in stale[table])
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def render_chains(services: Sequence[Service]) -> dict[tuple[str, str], list[str]]:
+    """(table, chain) -> its rule lines (without counters), for spotting unchanged chains."""
+    wanted = wanted_chains(services)
+    rules = _chain_rules(services, wanted, {})
+    return {(t, c): [" ".join(r) for r in rules[c]] for t, c in wanted}
+
+
+def _chain_rules(
+    services: Sequence[Service],
+    wanted: set[tuple[str, str]],
+    counters: Mapping[tuple[str, str], tuple[int, int]],
+) -> dict[str, list[list[str]]]:
     # Rules are collected per chain and written chain by chain, in declaration order, so the
     # text reads like `iptables-save` output and diffs between syncs stay small.
     rules: dict[str, list[list[str]]] = {c: [] for _, c in wanted}
+    services = sorted(services, key=lambda s: s.app)
     for bridge in sorted(localnet_bridges(services)):
         rules[CHAIN_INPUT].append(
             [
@@ -253,30 +290,27 @@ def render(
                     ]
                 )  # fmt: skip
             if is_remote_reachable(pub):
+                # Only connections we DNATed from this host port to this backend, both ways:
+                # the reply rule makes lbctl independent of the engine's own FORWARD rules
+                # (Docker accepts its bridges' outbound traffic, other setups may not).
                 orig = [] if pub.host_ip == "0.0.0.0" else ["--ctorigdst", f"{pub.host_ip}/32"]
+                ct = ["-m", "conntrack", "--ctstate", "DNAT", *orig,
+                      "--ctorigdstport", str(pub.host_port)]  # fmt: skip
                 rules[CHAIN_FORWARD].append(
                     [
-                        "-A", CHAIN_FORWARD, *backend,
-                        "-m", "conntrack", "--ctstate", "DNAT", *orig,
-                        "--ctorigdstport", str(pub.host_port),
+                        "-A", CHAIN_FORWARD, *backend, *ct, "--ctdir", "ORIGINAL",
                         *_comment(f"{s.app}/{b.name}"), "-j", "ACCEPT",
                     ]
                 )  # fmt: skip
+                rules[CHAIN_FORWARD].append(
+                    [
+                        "-A", CHAIN_FORWARD, "-s", f"{b.ip}/32", "-p", proto, "-m", proto,
+                        "--sport", str(b.port), *ct, "--ctdir", "REPLY",
+                        *_comment(f"{s.app}/{b.name} replies"), "-j", "ACCEPT",
+                    ]
+                )  # fmt: skip
 
-    out: list[str] = []
-    for table in TABLES:
-        declared = sorted(c for t, c in wanted if t == table)
-        # Base chains first in a fixed order, then the per-service chains sorted.
-        base = [c for c in BASE_CHAINS[table] if c in declared]
-        declared = base + [c for c in declared if c not in base]
-        if not declared and not stale[table]:
-            continue  # leave a table we have nothing in completely untouched
-        out.append(f"*{table}")
-        out.extend(f":{c} - [0:0]" for c in [*declared, *stale[table]])
-        out.extend(" ".join(r) for c in declared for r in rules[c])
-        out.extend(f"-X {c}" for c in stale[table])
-        out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else ""
+    return rules
 
 
 # --- reading `iptables-save -c` back (pure: the I/O layer hands in the text) ---------------

@@ -18,6 +18,7 @@ from lbctl.dataplane.iptables_rules import (
     localnet_bridges,
     parse_save,
     render,
+    render_chains,
     svc_chain,
     wanted_chains,
 )
@@ -117,11 +118,16 @@ def test_five_backends_on_all_addresses() -> None:
         "*filter\n"
         ":LBCTL-FORWARD - [0:0]\n"
         ":LBCTL-INPUT - [0:0]\n"
-        '-A LBCTL-FORWARD -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-0" -j ACCEPT\n'
-        '-A LBCTL-FORWARD -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-1" -j ACCEPT\n'
-        '-A LBCTL-FORWARD -d 172.17.0.4/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-2" -j ACCEPT\n'
-        '-A LBCTL-FORWARD -d 172.17.0.5/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-3" -j ACCEPT\n'
-        '-A LBCTL-FORWARD -d 172.17.0.6/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-4" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment "web/web-0" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -s 172.17.0.2/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir REPLY -m comment --comment "web/web-0 replies" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment "web/web-1" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -s 172.17.0.3/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir REPLY -m comment --comment "web/web-1 replies" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.4/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment "web/web-2" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -s 172.17.0.4/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir REPLY -m comment --comment "web/web-2 replies" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.5/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment "web/web-3" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -s 172.17.0.5/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir REPLY -m comment --comment "web/web-3 replies" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 172.17.0.6/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment "web/web-4" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -s 172.17.0.6/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir REPLY -m comment --comment "web/web-4 replies" -j ACCEPT\n'
         '-A LBCTL-INPUT -i docker0 -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "route_localnet guard for docker0" -j DROP\n'
         "COMMIT\n"
     )
@@ -146,7 +152,8 @@ def test_specific_host_ip_udp_is_remote_only() -> None:
         "*filter\n"
         ":LBCTL-FORWARD - [0:0]\n"
         ":LBCTL-INPUT - [0:0]\n"
-        '-A LBCTL-FORWARD -d 10.1.0.5/32 -p udp -m udp --dport 5353 -m conntrack --ctstate DNAT --ctorigdst 192.0.2.2/32 --ctorigdstport 53 -m comment --comment "dns/dns-0" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -d 10.1.0.5/32 -p udp -m udp --dport 5353 -m conntrack --ctstate DNAT --ctorigdst 192.0.2.2/32 --ctorigdstport 53 --ctdir ORIGINAL -m comment --comment "dns/dns-0" -j ACCEPT\n'
+        '-A LBCTL-FORWARD -s 10.1.0.5/32 -p udp -m udp --sport 5353 -m conntrack --ctstate DNAT --ctorigdst 192.0.2.2/32 --ctorigdstport 53 --ctdir REPLY -m comment --comment "dns/dns-0 replies" -j ACCEPT\n'
         "COMMIT\n"
     )
 
@@ -255,3 +262,19 @@ def test_parse_save() -> None:
     }
     assert dnat_endpoints(saved, "udp") == {("10.1.0.5", 5353)}
     assert dnat_endpoints(saved, "tcp") == {("172.17.0.2", 80), ("172.17.0.3", 80)}
+
+
+def test_unchanged_chains_are_left_out() -> None:
+    chains = render_chains([web(2)])
+    assert chains[("nat", WEB)] == [
+        f'-A {WEB} -m comment --comment "web/web-0" -p tcp -m statistic --mode random --probability 0.5000000000 -j DNAT --to-destination 172.17.0.2:80',
+        f'-A {WEB} -m comment --comment "web/web-1" -p tcp -j DNAT --to-destination 172.17.0.3:80',
+    ]
+    # Everything unchanged: nothing to write at all.
+    assert render([web(2)], unchanged=set(chains)) == ""
+    # Only the service chain changed (a backend replaced): only it is re-declared.
+    moved = Service("web", web(2).publish, (backends(2)[0], Backend("web-1", "172.17.0.9", 80)), "docker0")
+    text = render([moved], unchanged={("nat", WEB), ("filter", "LBCTL-INPUT")})
+    assert f":{WEB} - [0:0]" not in text
+    assert ":LBCTL-INPUT" not in text
+    assert ":LBCTL-POSTROUTING - [0:0]" in text and ":LBCTL-FORWARD - [0:0]" in text

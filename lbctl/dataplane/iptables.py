@@ -1,0 +1,330 @@
+"""The iptables data plane: applies `iptables_rules.render()` to the kernel, kube-proxy style.
+
+Every `sync()` is a full sync (kube-proxy's syncProxyRules): read the current ruleset once
+(`iptables-save -c`), render all of lbctl's chains, apply them in ONE `iptables-restore
+--noflush --counters` transaction, then make sure the five jump rules exist. A failed sync
+raises IptablesError and changes nothing in our chains (the transaction is all or nothing);
+the caller simply retries with another full sync. See iptables_rules for the chain layout.
+
+Things kept outside the restore transaction, and why:
+  * jump rules in the built-in chains (PREROUTING, OUTPUT, POSTROUTING, FORWARD, INPUT):
+    `--noflush` cannot express "insert unless present", so they are inserted at position 1
+    with `iptables -I` after the restore when missing, de-duplicated, and removed (before the
+    restore that deletes our chains) by `sync([])`;
+  * `net.ipv4.conf.<bridge>.route_localnet` (needed to DNAT 127.0.0.1 clients): set to 1 on
+    backend bridges only, before the restore; the original value is persisted in
+    state_dir/iptables-sysctl.json first (atomically), so a crashed or restarted daemon still
+    puts it back when no service needs the bridge any more;
+  * conntrack clean-up of UDP flows to removed backends (see lbctl.dataplane.conntrack).
+
+Counters: re-declaring a chain zeroes its rules' counters, so each replica's DNAT counter is
+read from the same `iptables-save -c` and written back with `[pkts:bytes]`. Syncs and
+counters() share one lock, so nobody can read counters between that save and the restore:
+the values counters() returns never go down, across syncs and daemon restarts (the rules
+outlive the daemon). Chains whose rules did not change since this process's last successful
+sync are left out of the transaction altogether (kube-proxy's partial sync), so their
+counters stay exact; only when an app's backends change (or at the first sync of a process)
+may connections arriving in the milliseconds between save and restore go uncounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+
+from lbctl.dataplane import conntrack
+from lbctl.dataplane.iptables_rules import (
+    JUMPS,
+    PREFIX,
+    SavedTable,
+    Service,
+    dnat_counters,
+    dnat_endpoints,
+    jump_spec,
+    localnet_bridges,
+    parse_save,
+    render,
+    render_chains,
+    service_endpoints,
+    wanted_chains,
+)
+
+log = logging.getLogger(__name__)
+
+IPTABLES = "iptables"
+IPTABLES_SAVE = "iptables-save"
+IPTABLES_RESTORE = "iptables-restore"
+# One sync should take milliseconds; the bound only keeps a wedged xtables lock holder from
+# hanging the controller forever (it retries anyway).
+COMMAND_TIMEOUT = 30.0
+SYSCTL_STATE_FILE = "iptables-sysctl.json"
+FAILED_RULES_FILE = "iptables-failed.rules"
+_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,14}$")  # a Linux interface name
+_LINE_RE = re.compile(r"line (\d+)")
+
+
+class IptablesError(RuntimeError):
+    """A sync step failed; the message is one line. The caller retries with a full sync."""
+
+
+def _sysctl_path(bridge: str) -> pathlib.Path:
+    if not _BRIDGE_RE.match(bridge) or bridge in (".", ".."):
+        raise IptablesError(f"invalid bridge name {bridge!r}")
+    return pathlib.Path("/proc/sys/net/ipv4/conf") / bridge / "route_localnet"
+
+
+class IptablesDataplane:
+    """lbctl's iptables rules on this host; one instance per daemon."""
+
+    def __init__(self, state_dir: pathlib.Path) -> None:
+        self._state_dir = pathlib.Path(state_dir)
+        self._lock = asyncio.Lock()
+        # Backend count per app at the last successful sync, to spot UDP services that just
+        # got their first backend. None until the first sync: after a restart we do not know.
+        self._last_counts: dict[str, int] | None = None
+        # What each of our chains got at the last successful sync. A chain that would get the
+        # same rules again (and still has as many rules in the kernel) is left out of the
+        # transaction, kube-proxy's partial sync: its counters are then exact, and a re-sync
+        # of an unchanged state writes nothing. Emptied on failure, so that the retry (and
+        # the first sync of every process) rewrites every chain.
+        self._last_chains: dict[tuple[str, str], list[str]] = {}
+
+    # --- public ------------------------------------------------------------------------
+
+    async def sync(self, services: Sequence[Service]) -> None:
+        """Make the kernel match `services` exactly; `sync([])` removes everything lbctl added.
+
+        Idempotent, and safe to call over a ruleset left by an earlier daemon: the restore
+        replaces each chain's contents atomically, so re-applying the same services does not
+        interrupt traffic.
+        """
+        services = list(services)
+        async with self._lock:
+            try:
+                await self._sync(services)
+            except BaseException:
+                self._last_chains = {}
+                raise
+
+    async def _sync(self, services: list[Service]) -> None:
+        """One full sync; the caller holds the lock."""
+        started = time.monotonic()
+        saved = parse_save(await self._run_checked([IPTABLES_SAVE, "-c"]))
+        ours = {
+            (table, chain)
+            for table, tab in saved.items()
+            for chain in tab.chains
+            if chain.startswith(PREFIX)
+        }
+        stale = sorted(ours - wanted_chains(services))
+        bridges = localnet_bridges(services)
+        old_udp = dnat_endpoints(saved, "udp")
+
+        if services:
+            # Before the rules, so the first DNATed 127.0.0.1 packet is already routable.
+            self._enable_localnet(bridges)
+        else:
+            # Our chains cannot be deleted while a built-in chain still jumps to them.
+            await self._remove_jumps(saved)
+        chains = render_chains(services)
+        unchanged = {
+            key
+            for key, lines in chains.items()
+            if self._last_chains.get(key) == lines
+            and key[0] in saved
+            and key[1] in saved[key[0]].chains
+            and sum(r.chain == key[1] for r in saved[key[0]].rules) == len(lines)
+        }
+        text = render(
+            services,
+            [f"{t}:{c}" for t, c in stale],
+            dnat_counters(saved),
+            unchanged=unchanged,
+        )
+        if text:
+            await self._restore(text)
+        if services:
+            await self._ensure_jumps(saved)
+        self._restore_localnet(keep=bridges)
+        await self._clean_conntrack(services, old_udp)
+        self._last_counts = {s.app: len(s.backends) for s in services}
+        self._last_chains = chains
+        log.debug(
+            "iptables sync of %d service(s) took %.3fs (%d stale chain(s) removed)",
+            len(services), time.monotonic() - started, len(stale),
+        )  # fmt: skip
+
+    async def counters(self) -> dict[tuple[str, str], int]:
+        """(app, replica) -> new connections the rules sent to that replica (DNAT packets)."""
+        async with self._lock:
+            text = await self._run_checked([IPTABLES_SAVE, "-c", "-t", "nat"])
+        return {key: pkts for key, (pkts, _) in dnat_counters(parse_save(text)).items()}
+
+    # --- jump rules ----------------------------------------------------------------------
+
+    async def _ensure_jumps(self, saved: Mapping[str, SavedTable]) -> None:
+        for table, builtin, target in JUMPS:
+            tab = saved.get(table)
+            present = [
+                r for r in (tab.rules if tab else []) if r.chain == builtin and r.target == target
+            ]
+            if not present:
+                await self._iptables(table, "-I", builtin, "1", *jump_spec(target))
+            for extra in present[1:]:  # a hand-made or racing duplicate: keep exactly one
+                await self._iptables(table, "-D", builtin, *extra.args)
+
+    async def _remove_jumps(self, saved: Mapping[str, SavedTable]) -> None:
+        builtins = {(table, builtin) for table, builtin, _ in JUMPS}
+        for table, tab in saved.items():
+            for rule in tab.rules:
+                # Any jump from a built-in chain into an LBCTL- chain is ours, whatever its
+                # exact form (an older lbctl may have written it differently).
+                if (table, rule.chain) in builtins and (rule.target or "").startswith(PREFIX):
+                    await self._iptables(table, "-D", rule.chain, *rule.args)
+
+    # --- route_localnet ------------------------------------------------------------------
+
+    def _load_sysctl_state(self) -> dict[str, str]:
+        path = self._state_dir / SYSCTL_STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise IptablesError(f"cannot read {path}: {e}") from None
+        originals = data.get("route_localnet", {}) if isinstance(data, dict) else {}
+        return {str(k): str(v) for k, v in originals.items()}
+
+    def _save_sysctl_state(self, originals: Mapping[str, str]) -> None:
+        # Atomic (temp file + rename + fsync): a crash must never leave a half-written file
+        # that loses the original value we promised to put back.
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        path = self._state_dir / SYSCTL_STATE_FILE
+        fd, tmp = tempfile.mkstemp(dir=self._state_dir, prefix=".iptables-sysctl.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"route_localnet": dict(sorted(originals.items()))}, f, indent=2)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _enable_localnet(self, bridges: frozenset[str]) -> None:
+        originals = self._load_sysctl_state()
+        for bridge in sorted(bridges):
+            path = _sysctl_path(bridge)
+            try:
+                current = path.read_text().strip()
+                if bridge not in originals:
+                    originals[bridge] = current
+                    self._save_sysctl_state(originals)  # persisted before we change anything
+                if current != "1":
+                    path.write_text("1\n")
+            except FileNotFoundError:
+                # The bridge is gone (network removed under us): its backends are unreachable
+                # anyway; the controller's next sync will not list it.
+                log.warning("bridge %s has no route_localnet sysctl; skipping", bridge)
+            except OSError as e:
+                raise IptablesError(f"cannot set {path}: {e}") from None
+
+    def _restore_localnet(self, keep: frozenset[str]) -> None:
+        originals = self._load_sysctl_state()
+        changed = False
+        for bridge in sorted(set(originals) - keep):
+            path = _sysctl_path(bridge)
+            try:
+                path.write_text(originals[bridge] + "\n")
+            except FileNotFoundError:
+                pass  # bridge deleted: nothing left to restore
+            except OSError as e:
+                raise IptablesError(f"cannot restore {path}: {e}") from None
+            del originals[bridge]
+            changed = True
+        if changed:
+            self._save_sysctl_state(originals)
+
+    # --- conntrack -----------------------------------------------------------------------
+
+    async def _clean_conntrack(
+        self, services: Sequence[Service], old_udp: set[tuple[str, int]]
+    ) -> None:
+        """Best effort: the rules are already right, so a failure here is logged, not raised."""
+        try:
+            for ip, port in sorted(old_udp - service_endpoints(services, "udp")):
+                await conntrack.delete_flows("udp", reply_src=ip, reply_port_src=port)
+            last = self._last_counts
+            if last is None:
+                return
+            for s in services:
+                if s.publish.proto == "udp" and s.backends and not last.get(s.app, 0):
+                    # Packets sent while there was no backend left un-NATed entries that would
+                    # keep bypassing the new DNAT rules.
+                    orig_dst = None if s.publish.host_ip == "0.0.0.0" else s.publish.host_ip
+                    await conntrack.delete_flows(
+                        "udp", orig_dst=orig_dst, orig_port_dst=s.publish.host_port
+                    )
+        except conntrack.ConntrackError as e:
+            log.warning("conntrack clean-up failed (rules are applied): %s", e)
+
+    # --- running commands ------------------------------------------------------------------
+
+    async def _iptables(self, table: str, *args: str) -> None:
+        await self._run_checked([IPTABLES, "-w", "-t", table, *args])
+
+    async def _restore(self, text: str) -> None:
+        cmd = [IPTABLES_RESTORE, "-w", "--noflush", "--counters"]
+        rc, _, err = await self._run(cmd, text.encode())
+        if rc == 0:
+            return
+        lines = text.splitlines()
+        detail = " ".join(err.split()) or f"exit code {rc}"
+        m = _LINE_RE.search(err)
+        if m and 1 <= int(m.group(1)) <= len(lines):
+            detail += f" (line {m.group(1)}: {lines[int(m.group(1)) - 1]})"
+        with contextlib.suppress(OSError):  # keep the rejected input for a post-mortem
+            self._state_dir.mkdir(parents=True, exist_ok=True)
+            (self._state_dir / FAILED_RULES_FILE).write_text(text)
+        raise IptablesError(f"iptables-restore failed: {detail}")
+
+    async def _run_checked(self, cmd: list[str]) -> str:
+        rc, out, err = await self._run(cmd)
+        if rc != 0:
+            detail = " ".join(err.split()) or f"exit code {rc}"
+            raise IptablesError(f"{' '.join(cmd)} failed: {detail}")
+        return out
+
+    async def _run(self, cmd: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except FileNotFoundError:
+            raise IptablesError(
+                f"{cmd[0]} not found: install iptables (`apt-get install iptables`)"
+            ) from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), COMMAND_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise IptablesError(
+                f"{' '.join(cmd)} did not finish in {COMMAND_TIMEOUT:.0f}s (xtables lock held?)"
+            ) from None
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")

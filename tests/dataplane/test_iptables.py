@@ -1,0 +1,383 @@
+"""The iptables data plane against the real kernel, with real traffic and no Docker.
+
+Three network namespaces on a bridge `lbt0` that this test creates (10.251.0.0/24 exists only
+inside them and on that bridge) stand in for containers; each runs a tiny TCP+UDP server that
+answers its own name. Clients are this process on 127.0.0.1, the hard case (route_localnet +
+MASQUERADE). Everything is removed in fixture finalizers, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
+from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.model import Publish
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("iptables-restore") or not shutil.which("ip"),
+        reason="needs root, iproute2 and iptables",
+    ),
+]
+
+BRIDGE = "lbt0"
+GATEWAY = "10.251.0.1"
+NAMES = ("web-0", "web-1", "web-2")
+IPS = ("10.251.0.10", "10.251.0.11", "10.251.0.12")
+NETNS = ("lbtns0", "lbtns1", "lbtns2")
+TCP_PORT = 8000
+UDP_PORT = 5353
+# A "remote" client: its own namespace, routed to the host over a veth pair (no bridge).
+CLIENT_NS = "lbtcl"
+CLIENT_HOST_IP = "10.252.0.1"
+CLIENT_IP = "10.252.0.2"
+LOCALNET = pathlib.Path(f"/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet")
+
+# Runs in each namespace: answers every TCP request and every UDP datagram with its name.
+SERVER = r"""
+import socket, socketserver, sys, threading
+name = sys.argv[1].encode()
+class T(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(name), name))
+class U(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request[1].sendto(name, self.client_address)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.daemon_threads = True
+tcp = socketserver.ThreadingTCPServer(("0.0.0.0", %(tcp)d), T)
+udp = socketserver.UDPServer(("0.0.0.0", %(udp)d), U)
+threading.Thread(target=udp.serve_forever, daemon=True).start()
+tcp.serve_forever()
+""".replace("%(tcp)d", str(TCP_PORT)).replace("%(udp)d", str(UDP_PORT))
+
+
+def sh(*args: str, check: bool = True) -> str:
+    return subprocess.run(args, check=check, capture_output=True, text=True).stdout
+
+
+def iptables_snapshot() -> list[str]:
+    """`iptables-save` of every table minus comment lines and counters: what must be
+    identical before the test and after sync([])."""
+    lines = []
+    for line in sh("iptables-save").splitlines():
+        if line.startswith("#"):
+            continue
+        lines.append(re.sub(r" \[\d+:\d+\]$", "", line))  # chain policy counters
+    return lines
+
+
+def _docker_line(line: str) -> bool:
+    return bool(re.search(r"DOCKER|docker0|br-[0-9a-f]{12}", line))
+
+
+def assert_restored(before: list[str]) -> None:
+    """iptables-save is back to `before`, line for line and in order. Only the Docker engine
+    may have changed its own rules meanwhile (other tests' containers), so if anything
+    differs, the comparison is repeated without Docker's lines."""
+    after = iptables_snapshot()
+    assert "LBCTL" not in "\n".join(after)
+    if after != before:
+        assert [x for x in after if not _docker_line(x)] == [
+            x for x in before if not _docker_line(x)
+        ]
+
+
+def localnet() -> str:
+    return LOCALNET.read_text()
+
+
+def nat_rules() -> list[str]:
+    return re.sub(r"\[\d+:\d+\]", "", sh("iptables-save", "-t", "nat")).splitlines()[1:-1]
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _teardown_net() -> None:
+    for ns in NETNS:
+        sh("ip", "netns", "pids", ns, check=False)
+        for pid in sh("ip", "netns", "pids", ns, check=False).split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "netns", "del", CLIENT_NS, check=False)
+    sh("ip", "link", "del", BRIDGE, check=False)
+    sh("ip", "link", "del", "lbtc", check=False)
+
+
+@pytest.fixture(scope="module")
+def testnet() -> Iterator[None]:
+    """Bridge + 3 namespaces with servers; the backends every test here uses."""
+    _teardown_net()  # leftovers of an earlier interrupted run
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
+        sh("ip", "link", "set", BRIDGE, "up")
+        for i, (ns, ip, name) in enumerate(zip(NETNS, IPS, NAMES, strict=True)):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", f"lbtv{i}", "type", "veth", "peer", "name", "eth0",
+               "netns", ns)  # fmt: skip
+            sh("ip", "link", "set", f"lbtv{i}", "master", BRIDGE, "up")
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", GATEWAY)
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, name],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        sh("ip", "netns", "add", CLIENT_NS)
+        sh("ip", "link", "add", "lbtc", "type", "veth", "peer", "name", "eth0", "netns", CLIENT_NS)
+        sh("ip", "addr", "add", f"{CLIENT_HOST_IP}/24", "dev", "lbtc")
+        sh("ip", "link", "set", "lbtc", "up")
+        sh("ip", "-n", CLIENT_NS, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
+        sh("ip", "-n", CLIENT_NS, "link", "set", "eth0", "up")
+        sh("ip", "-n", CLIENT_NS, "route", "add", "default", "via", CLIENT_HOST_IP)
+        deadline = time.monotonic() + 10
+        for ip in IPS:  # wait until each server answers on its own address
+            while True:
+                try:
+                    socket.create_connection((ip, TCP_PORT), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        _teardown_net()
+
+
+@pytest.fixture
+def host(testnet: None, tmp_path: pathlib.Path) -> Iterator[tuple[list[str], str]]:
+    """A foreign chain to protect, then the host's iptables and route_localnet as they were
+    before lbctl touched anything; leftovers are removed even if the test fails."""
+    if "LBCTL-" in sh("iptables-save"):
+        pytest.skip("LBCTL- chains already exist: another lbctl owns this host's rules now")
+    sh("iptables", "-w", "-N", "FOREIGN-TEST")
+    sh("iptables", "-w", "-A", "FOREIGN-TEST", "-p", "tcp", "--dport", "9", "-m", "comment",
+       "--comment", "foreign rule", "-j", "RETURN")  # fmt: skip
+    try:
+        yield iptables_snapshot(), LOCALNET.read_text()
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run(IptablesDataplane(tmp_path / "cleanup").sync([]))
+        sh("iptables", "-w", "-F", "FOREIGN-TEST", check=False)
+        sh("iptables", "-w", "-X", "FOREIGN-TEST", check=False)
+
+
+def service(n: int, port: int, proto: str = "tcp", app: str = "lbtest") -> Service:
+    container_port = TCP_PORT if proto == "tcp" else UDP_PORT
+    backends = tuple(Backend(NAMES[i], IPS[i], container_port) for i in range(n))
+    return Service(app, Publish("127.0.0.1", port, container_port, proto), backends, BRIDGE)
+
+
+async def get(port: int) -> str:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    try:
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 2)
+    finally:
+        writer.close()
+    return data.decode().partition("\r\n\r\n")[2]
+
+
+async def spread(port: int, n: int) -> collections.Counter[str]:
+    return collections.Counter([await get(port) for _ in range(n)])
+
+
+async def test_balance_scale_counters_and_full_removal(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    before, localnet_before = host
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    started = time.monotonic()
+    await dp.sync([service(3, port)])
+    assert time.monotonic() - started < 2
+    assert localnet().strip() == "1"
+    assert (tmp_path / "iptables-sysctl.json").exists()
+
+    seen = await spread(port, 300)
+    assert sum(seen.values()) == 300
+    assert set(seen) == set(NAMES)
+    assert min(seen.values()) >= 60, seen  # each of 3 gets >= 20 %
+    counts = await dp.counters()
+    assert counts == {("lbtest", n): seen[n] for n in NAMES}
+
+    # Re-syncing the same services (here while traffic flows) and a restarted daemon (a new
+    # instance over the existing rules) break no connection and keep the counters.
+    async def resync() -> None:
+        for _ in range(5):
+            await dp.sync([service(3, port)])
+            await asyncio.sleep(0.01)
+
+    during, _ = await asyncio.gather(spread(port, 100), resync())
+    restarted = IptablesDataplane(tmp_path)
+    await restarted.sync([service(3, port)])
+    after_restart = await restarted.counters()
+    total = seen + during
+    assert after_restart == {("lbtest", n): total[n] for n in NAMES}
+    assert sum(after_restart.values()) == 400
+
+    # Exactly one jump per built-in chain, however many syncs ran.
+    saved = sh("iptables-save")
+    assert saved.count("-j LBCTL-OUTPUT") == 1
+    assert saved.count("-j LBCTL-INPUT") == 1
+
+    # Scale to one backend: all traffic goes there, its counter keeps counting.
+    await restarted.sync([service(1, port)])
+    assert await spread(port, 50) == {"web-0": 50}
+    assert await restarted.counters() == {("lbtest", "web-0"): total["web-0"] + 50}
+    assert "LBCTL-SVC" in sh("iptables-save", "-t", "nat")
+
+    # sync([]) puts the host back exactly as it was; the foreign chain is untouched.
+    await restarted.sync([])
+    assert_restored(before)
+    foreign = sh("iptables", "-w", "-S", "FOREIGN-TEST").splitlines()
+    assert foreign == [
+        "-N FOREIGN-TEST",
+        '-A FOREIGN-TEST -p tcp -m tcp --dport 9 -m comment --comment "foreign rule" -j RETURN',
+    ]
+    assert localnet() == localnet_before
+    assert await restarted.counters() == {}
+    with pytest.raises(ConnectionRefusedError):
+        await get(port)  # nothing listens on the host port itself
+
+
+# Runs in the client namespace: N new connections, prints {answer: count} as JSON.
+REMOTE_CLIENT = r"""
+import collections, json, socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = collections.Counter()
+for _ in range(n):
+    with socket.create_connection((host, port), timeout=2) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    seen[data.partition(b"\r\n\r\n")[2].decode()] += 1
+print(json.dumps(seen))
+"""
+
+
+async def test_remote_clients_on_all_addresses(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    """0.0.0.0 publishing: another host's client goes through PREROUTING and FORWARD (whose
+    policy Docker sets to DROP), keeps its source address, and local clients still work."""
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    svc = service(3, port)
+    await dp.sync([Service(svc.app, Publish("0.0.0.0", port, TCP_PORT), svc.backends, BRIDGE)])
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", CLIENT_NS, sys.executable, "-c", REMOTE_CLIENT,
+        CLIENT_HOST_IP, str(port), "90",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    remote = json.loads(out)
+    assert sum(remote.values()) == 90 and set(remote) == set(NAMES), remote
+    assert sum((await spread(port, 30)).values()) == 30  # 127.0.0.1 is a local address too
+    assert sum((await dp.counters()).values()) == 120
+    await dp.sync([])
+    assert_restored(host[0])
+    assert localnet() == host[1]
+
+
+async def test_zero_backends_refused_at_once(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    await dp.sync([service(0, port)])
+    assert localnet() == host[1]  # no backend: no route_localnet needed
+    assert "REJECT" in sh("iptables", "-w", "-S", "LBCTL-INPUT")
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        await get(port)
+    assert time.monotonic() - started < 0.5
+    await dp.sync([service(2, port)])
+    assert await get(port) in NAMES[:2]
+    await dp.sync([])
+    assert_restored(host[0])
+
+
+async def test_failed_sync_is_one_line_and_changes_nothing(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    await dp.sync([service(2, port)])
+    rules = nat_rules()
+    bad = Service("lbtest", Publish("127.0.0.1", port, TCP_PORT), (Backend("web-9", "10.251.0.300", 1),), BRIDGE)  # fmt: skip  # noqa: E501
+    with pytest.raises(IptablesError) as e:
+        await dp.sync([bad])
+    msg = str(e.value)
+    assert "\n" not in msg and "line" in msg and "10.251.0.300" in msg, msg
+    assert (tmp_path / "iptables-failed.rules").exists()
+    # The transaction was all or nothing: the previous rules still serve.
+    assert nat_rules() == rules
+    assert await get(port) in NAMES[:2]
+    await dp.sync([])
+    assert_restored(host[0])
+
+
+async def test_udp_flow_leaves_a_removed_backend(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    if not shutil.which("conntrack"):
+        pytest.skip("conntrack-tools not installed")
+    port = free_port(socket.SOCK_DGRAM)
+    dp = IptablesDataplane(tmp_path)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.connect(("127.0.0.1", port))
+
+        async def ask() -> str:
+            await loop.sock_sendall(s, b"?")
+            return (await asyncio.wait_for(loop.sock_recv(s, 100), 2)).decode()
+
+        await dp.sync([service(3, port, "udp", app="lbudp")])
+        first = await ask()
+        assert all([await ask() == first for _ in range(5)])  # one flow sticks to a replica
+        # Remove exactly that replica (its server keeps running, like a slow-dying container):
+        # without the conntrack clean-up the flow would still reach it.
+        rest = [i for i, n in enumerate(NAMES) if n != first]
+        svc = service(3, port, "udp", app="lbudp")
+        svc = Service(svc.app, svc.publish, tuple(svc.backends[i] for i in rest), BRIDGE)
+        await dp.sync([svc])
+        assert await ask() in {NAMES[i] for i in rest}
+    await dp.sync([])
+    assert_restored(host[0])
