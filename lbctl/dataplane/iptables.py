@@ -253,7 +253,11 @@ class IptablesDataplane:
             del originals[bridge]
             changed = True
         if changed:
-            self._save_sysctl_state(originals)
+            try:
+                self._save_sysctl_state(originals)
+            except OSError as e:
+                state = self._state_dir / SYSCTL_STATE_FILE
+                raise IptablesError(f"cannot write {state}: {e}") from None
 
     # --- conntrack -----------------------------------------------------------------------
 
