@@ -5,8 +5,11 @@
  * All replicas of an app share one network namespace and each listens on the app port with
  * SO_REUSEPORT, so the kernel forms one reuseport group.  This SK_REUSEPORT program (loaded
  * with attach type BPF_SK_REUSEPORT_SELECT_OR_MIGRATE) runs for every SYN that reaches the
- * group and for every queued connection of a listener that closes (tcp_migrate_req=1), and
- * steers it to a *ready* replica's listener.
+ * group and for every queued connection of a listener that closes, and steers it to a
+ * *ready* replica's listener.  With this attach type the kernel migrates a closing
+ * listener's queue even when net.ipv4.tcp_migrate_req=0 (verified on 6.18); the sandbox sets
+ * the sysctl anyway so that a group without the program migrates by hash instead of
+ * resetting.
  *
  * The controller (lbctl/dataplane/ebpf.py) owns the maps; it never reloads this program to
  * change the replica set or the weights, it only rewrites `selection` and `config`.
