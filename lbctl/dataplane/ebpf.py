@@ -101,6 +101,7 @@ class _App:
     held: dict[int, _Held] = field(default_factory=dict)
     table: list[int] | None = None  # live selection table as last written/read
     active: int = 0
+    upgrade_failed: str | None = None  # tag whose load failed; not retried by this daemon
 
 
 def _u32(v: int) -> bytes:
@@ -320,9 +321,17 @@ class EbpfDataplane:
             return
         # The pinned program is another version: load the current one beside it; the next
         # _sync_blocking fills its maps, carries the counters and swaps it in atomically.
+        if st.upgrade_failed == want:
+            return  # keep steering with the pinned program; retried by a restarted daemon
         log.info("ebpf %s: upgrading program %s -> %s", app, st.maps.tag, want)
         await asyncio.to_thread(shutil.rmtree, nxt, True)
-        await self._run_loader(["--pin-dir", str(nxt)])
+        try:
+            await self._run_loader(["--pin-dir", str(nxt)])
+        except EbpfError as e:
+            # The pinned program still works: a failed upgrade must not stop replica changes.
+            log.error("ebpf %s: new program failed to load, keeping %s: %s", app, st.maps.tag, e)
+            st.upgrade_failed = want
+            return
         st.old_maps = st.maps
         st.maps = await asyncio.to_thread(_open_pins, nxt)
         st.held.clear()  # the new sockmap is empty

@@ -386,6 +386,20 @@ async def test_program_upgrade_swaps_in_place(
     assert sum((await dp.counters(APP)).values()) == 200  # carried over
 
 
+async def test_failed_upgrade_keeps_the_pinned_program(
+    dp: EbpfDataplane, netns: Netns, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids = netns.farm(["web-1", "web-2"])
+    await dp.sync(APP, PORT, netns.pid, members(pids))
+    old_tag = dp.loaded_tag(APP)
+    bad = tmp_path / "bad.c"
+    bad.write_text("int broken(")
+    monkeypatch.setenv("LBCTL_BPF_SRC", str(bad))
+    await dp.sync(APP, PORT, netns.pid, members(pids)[:1], draining=members(pids)[1:])
+    assert dp.loaded_tag(APP) == old_tag
+    assert (await connect(netns, 50)) == {"web-1": 50}  # replica changes still applied
+
+
 async def test_listener_checks_and_established(dp: EbpfDataplane, netns: Netns) -> None:
     plain = netns.farm(["web-plain"], mode="noreuse")
     with pytest.raises(ListenerError) as e:
