@@ -106,6 +106,7 @@ class Controller:
         self.backoff: dict[tuple[str, int], Backoff] = {}
         self.app_status: dict[str, AppStatus] = {}
         self.in_dataplane: dict[str, tuple[str, ...]] = {}  # app -> container ids served
+        self.doomed: set[str] = set()  # containers the engine is stopping or killing
         self.first_sync = asyncio.Event()
         self._wake = asyncio.Event()
         self._passed = asyncio.Condition()
@@ -114,6 +115,11 @@ class Controller:
         self._stopping = False
         self._had_sandbox: set[str] = set()
         self._deleted_ports: dict[str, int] = {}
+        # Bumped on every change of `desired`; a plan made before the latest change cannot
+        # say the app has converged (a `scale` right after the last pass would else return
+        # at once with the old replica set).
+        self.generation = 0
+        self.planned_generation = -1
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -149,6 +155,11 @@ class Controller:
                         backoff = 0.2
                     else:
                         self.metrics.events.labels(action=ev.action).inc()
+                        if ev.fatal:
+                            # `kill` is announced before the signal is delivered: taking the
+                            # replica out now closes most of the window in which new
+                            # connections would still be sent to a dying process.
+                            self.doomed.add(ev.container_id)
                     self.trigger()
                 log.warning("engine event stream ended; reconnecting")
             except EngineError as e:
@@ -197,6 +208,7 @@ class Controller:
     # ---- one pass --------------------------------------------------------------------
 
     async def reconcile_once(self) -> None:
+        generation = self.generation
         containers = await self.engine.list_containers()
         self.containers = containers
         live = {c.id for c in containers}
@@ -204,6 +216,8 @@ class Controller:
         for cid in list(self.draining):
             if cid not in live:
                 del self.draining[cid]
+        running = {c.id for c in containers if c.running}
+        self.doomed &= running
         # Never sync a fresh container set before its replicas were probed once: a restarted
         # daemon would otherwise publish an empty backend set for a moment.
         await self._probe(containers, only_new=True)
@@ -213,7 +227,9 @@ class Controller:
         observed = Observed(
             containers=containers,
             probes={
-                c.id: s for c in containers if (s := self.prober.state(c.id)) is not None
+                c.id: ReplicaState.UNHEALTHY if c.id in self.doomed else s
+                for c in containers
+                if (s := self.prober.state(c.id)) is not None
             },
             draining={cid: d.done for cid, d in self.draining.items()},
             failed_apps=frozenset(a for a, s in self.app_status.items() if s.error),
@@ -232,6 +248,7 @@ class Controller:
 
         await self._sync_dataplane(p)
         self.last_plan = p
+        self.planned_generation = generation
         self.first_sync.set()
 
         for c in p.remove:
@@ -505,6 +522,7 @@ class Controller:
         del desired[name]
         self.store.save(desired)
         self.desired = desired
+        self.generation += 1
         self.trigger()
         await self.wait_for(lambda: self._app_gone(name), timeout)
         self.app_status.pop(name, None)
@@ -521,6 +539,7 @@ class Controller:
         desired[spec.name] = spec
         self.store.save(desired)  # durable before it is acted on
         self.desired = desired
+        self.generation += 1
         self.trigger()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
@@ -595,7 +614,9 @@ class Controller:
                     "image": spec.image,
                     "desired": spec.replicas,
                     "ready": ready,
-                    "converged": bool(p.converged.get(app)) and app in self.in_dataplane,
+                    "converged": bool(p.converged.get(app))
+                    and app in self.in_dataplane
+                    and self.planned_generation == self.generation,
                     "error": st.error,
                     "last_event": st.last_event,
                     "replicas": replicas,

@@ -60,6 +60,14 @@ class EngineEvent:
     action: str  # normalized: "health_status" for every health_status: ... variant
     container_id: str
     app: str | None
+    signal: int | None = None  # for "kill": the signal the engine is about to send
+
+    @property
+    def fatal(self) -> bool:
+        """The container is going away (a kill with a terminating signal, die, stop, oom)."""
+        if self.action == "kill":
+            return self.signal in (2, 3, 9, 15)
+        return self.action in ("die", "stop", "oom", "pause")
 
 
 @dataclass(frozen=True)
@@ -317,7 +325,10 @@ def _parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:
     actor = ev.get("Actor") or {}
     attrs = actor.get("Attributes") or {}
     cid = str(actor.get("ID") or ev.get("id") or "")
-    return EngineEvent(action=action, container_id=cid, app=attrs.get(LABEL_APP))
+    sig: int | None = None
+    with contextlib.suppress(TypeError, ValueError):
+        sig = int(attrs.get("signal"))
+    return EngineEvent(action=action, container_id=cid, app=attrs.get(LABEL_APP), signal=sig)
 
 
 def _parse_time(text: str) -> float | None:
