@@ -100,7 +100,9 @@ def map_delete(fd: int, key: bytes) -> bool:
     try:
         _elem(BPF_MAP_DELETE_ELEM, fd, key, None, 0, "map delete")
     except BpfSysError as e:
-        if e.errno == errno.ENOENT:
+        # A SOCKMAP answers EINVAL, not ENOENT, for a slot whose socket is already gone
+        # (a closed socket leaves the map by itself).
+        if e.errno in (errno.ENOENT, errno.EINVAL):
             return False
         raise
     return True

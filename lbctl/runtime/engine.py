@@ -327,7 +327,7 @@ def _parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:
     cid = str(actor.get("ID") or ev.get("id") or "")
     sig: int | None = None
     with contextlib.suppress(TypeError, ValueError):
-        sig = int(attrs.get("signal"))
+        sig = int(str(attrs.get("signal")))
     return EngineEvent(action=action, container_id=cid, app=attrs.get(LABEL_APP), signal=sig)
 
 
