@@ -15,7 +15,6 @@ import pytest
 
 from tests.helpers import PREFIX, Daemon, cleanup_leftovers
 
-
 E2E_LOCK = "/run/lock/lbctl-e2e.lock"
 
 
