@@ -170,3 +170,32 @@ def cleanup_leftovers() -> None:
            if app.startswith(PREFIX)]
     if ids:
         docker("rm", "-f", *ids, check=False)
+
+
+class Wrk:
+    """A bounded wrk run in the background (new connection per request by default)."""
+
+    def __init__(self, url: str, seconds: int, connections: int = 16, close: bool = True) -> None:
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "3s"]
+        if close:
+            cmd += ["-H", "Connection: close"]
+        self.proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
+        self.output = ""
+
+    def result(self) -> dict[str, int]:
+        self.output, _ = self.proc.communicate(timeout=120)
+        return parse_wrk(self.output)
+
+
+def parse_wrk(out: str) -> dict[str, int]:
+    import re
+
+    res = {"requests": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
+    if m := re.search(r"(\d+) requests in", out):
+        res["requests"] = int(m.group(1))
+    if m := re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        res.update(connect=int(m[1]), read=int(m[2]), write=int(m[3]), timeout=int(m[4]))
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        res["non2xx"] = int(m.group(1))
+    res["failed"] = res["connect"] + res["read"] + res["write"] + res["timeout"] + res["non2xx"]
+    return res
