@@ -57,10 +57,12 @@ class Daemon:
         self.pin_root = Path(f"/sys/fs/bpf/lbctl-{PREFIX}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
+        self.extra_env: dict[str, str] = {}
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "LBCTL_SOCKET": str(self.socket), "PYTHONUNBUFFERED": "1"}
+        return {**os.environ, "LBCTL_SOCKET": str(self.socket), "PYTHONUNBUFFERED": "1",
+                **self.extra_env}
 
     def start(self, *extra: str) -> None:
         with open(self.log, "ab") as log:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -26,12 +29,15 @@ def _query(prom_port: int, expr: str) -> list[dict[str, object]]:
     return result
 
 
-def test_prometheus_scrape_adds_up(daemon: Daemon, app_name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_prometheus_scrape_adds_up(
+    daemon: Daemon, app_name: str, tmp_path: Path, mode: str
+) -> None:
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is installed by make setup"
     port = free_port()
     daemon.ok("run", app_name, "--image", "lbctl/demo:latest", "-p", f"127.0.0.1:{port}:8080",
-              "--replicas", "3", "--mode", "iptables")
+              "--replicas", "3", "--mode", mode)
     sent = 200
     seen = spread(port, sent)
     assert sum(seen.values()) == sent
@@ -63,9 +69,9 @@ def test_prometheus_scrape_adds_up(daemon: Daemon, app_name: str, tmp_path: Path
             except OSError:
                 pass
             time.sleep(0.5)
-        print(f"requests sent {sent}, Prometheus says {total}")
-        # the daemon's own readiness probes do not go through the DNAT, so the kernel's
-        # counters see exactly the test's connections
+        print(f"{mode}: requests sent {sent}, Prometheus says {total}")
+        # the daemon's own readiness probes go neither through the DNAT nor through the
+        # program, so the kernel's counters see exactly the test's connections
         assert total == sent
         per = _query(prom_port, f'lbctl_replica_connections_total{{app="{app_name}"}}')
         assert len(per) == 3
@@ -91,3 +97,57 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
                        check=False)
     problems = [ln for ln in r.stderr.splitlines() if "lbctl.service" in ln]
     assert r.returncode == 0 and not problems, r.stderr
+
+
+def test_doctor_reports_every_prerequisite() -> None:
+    r = subprocess.run([sys.executable, "-m", "lbctl", "doctor"], capture_output=True,
+                       text=True, check=False)
+    print(r.stdout)
+    lines = r.stdout.splitlines()
+    for name in ("privileges", "kernel", "tcp_migrate_req", "iptables", "conntrack",
+                 "ebpf", "container engine", "sandbox image", "eBPF program"):
+        assert any(name in ln for ln in lines), name
+    # this machine was set up by `make setup`: everything must be there
+    assert r.returncode == 0 and all(ln.startswith("ok") for ln in lines), r.stdout
+
+
+def test_doctor_names_the_fix_for_a_missing_engine() -> None:
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    r = subprocess.run([sys.executable, "-m", "lbctl", "doctor"], capture_output=True,
+                       text=True, check=False, env=env)
+    assert r.returncode == 1
+    assert "MISSING container engine" in r.stdout and "fix: start dockerd" in r.stdout
+
+
+def test_notify_ready_after_first_sync_and_watchdog(tmp_path: Path) -> None:
+    """Type=notify: READY=1 once the first sync is done, WATCHDOG=1 while the loop runs."""
+    import socket as socketlib
+
+    from tests.helpers import Daemon
+
+    sock_path = tmp_path / "notify.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(20)
+    d = Daemon(tmp_path)
+    d.extra_env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    import fcntl
+
+    from tests.conftest import E2E_LOCK
+
+    with open(E2E_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        d.start()
+        try:
+            got: list[str] = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not (
+                "READY=1" in got and got.count("WATCHDOG=1") >= 2
+            ):
+                got.append(listener.recv(256).decode())
+            assert "READY=1" in got and got.count("WATCHDOG=1") >= 2, got
+            d.kill(signal.SIGTERM)
+            assert d.proc is not None and d.proc.returncode == 0
+        finally:
+            d.kill()
+            listener.close()
