@@ -218,6 +218,7 @@ class Container:
     ip: str | None  # address on its network (the sandbox's for ebpf-mode replicas)
     pid: int | None  # init PID on the host, for socket discovery
     started_at: float | None  # epoch seconds
+    paused: bool = False  # frozen by `docker pause`: alive, but answers nobody
     network_mode: str = ""  # "container:<id>" for replicas joined to a sandbox
     bridge: str | None = None  # host bridge interface its network lives on (docker0, br-...)
 

@@ -141,6 +141,8 @@ def plan(desired: Mapping[str, AppSpec], observed: Observed) -> Plan:
             if c.managed and c.index is not None:
                 kept[c.index] = c
             state = observed.probes.get(c.id, ReplicaState.STARTING)
+            if c.paused:  # kept (someone will unpause it) but sent nothing meanwhile
+                state = ReplicaState.UNHEALTHY
             states[c.id] = state
             if state is ReplicaState.READY and (spec.mode is Mode.IPTABLES or joined):
                 serving.append(c)

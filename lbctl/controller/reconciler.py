@@ -216,7 +216,7 @@ class Controller:
         for cid in list(self.draining):
             if cid not in live:
                 del self.draining[cid]
-        running = {c.id for c in containers if c.running}
+        running = {c.id for c in containers if c.running and not c.paused}
         self.doomed &= running
         # Never sync a fresh container set before its replicas were probed once: a restarted
         # daemon would otherwise publish an empty backend set for a moment.
@@ -317,7 +317,7 @@ class Controller:
         jobs: list[Awaitable[tuple[ReplicaState, bool]]] = []
         for c in containers:
             spec = self.desired.get(c.app)
-            if spec is None or c.role != ROLE_REPLICA or not c.running:
+            if spec is None or c.role != ROLE_REPLICA or not c.running or c.paused:
                 continue
             if c.id in self.draining:
                 continue

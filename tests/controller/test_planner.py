@@ -160,3 +160,13 @@ def test_other_apps_are_independent() -> None:
     cs = [rep(1), rep(1, app="api"), rep(2, app="api")]
     p = plan(desired, Observed(cs, probes=ready(*cs)))
     assert p.converged == {"web": True, "api": True}
+
+
+def test_paused_replica_is_kept_but_serves_nothing() -> None:
+    from dataclasses import replace
+
+    cs = [rep(1), replace(rep(2), paused=True)]
+    p = plan(app(2), Observed(cs, probes=ready(*cs)))
+    assert [c.name for c in p.backends["web"]] == ["web-1"]
+    assert p.states["idweb2"] is ReplicaState.UNHEALTHY
+    assert p.remove == () and p.create_replicas == ()

@@ -212,3 +212,29 @@ def test_daemon_not_running_says_how_to_start(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "lbctl daemon is not running" in r.stderr and "lbctl daemon" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_replica_that_stops_answering_leaves_within_a_second(
+    daemon: Daemon, app_name: str
+) -> None:
+    port = free_port()
+    run_app(daemon, app_name, port, 3)
+    victim = f"{app_name}-2"
+    docker("pause", victim)
+    try:
+        t0 = time.monotonic()
+        daemon.wait(
+            lambda: any(r["name"] == victim and r["state"] == "unhealthy"
+                        for r in daemon.status(app_name)["replicas"]),
+            5, "paused replica marked unhealthy",
+        )
+        left = time.monotonic() - t0
+        seen = spread(port, 100)  # every request must be answered by the others
+        print(f"paused replica out of the data plane after {left:.3f}s; then {dict(seen)}")
+        assert left < 1.0
+        assert victim not in seen and sum(seen.values()) == 100
+        assert len(app_containers(app_name)) == 3  # kept: someone will unpause it
+    finally:
+        docker("unpause", victim, check=False)
+    daemon.wait(lambda: daemon.status(app_name)["ready"] == 3, 10, "unpaused replica back")
+    assert victim in spread(port, 60)
