@@ -9,7 +9,7 @@ setup:
 	bash scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check lbctl tests bench
+	$(VENV)/bin/ruff check lbctl tests $(wildcard bench)
 	$(VENV)/bin/mypy --strict lbctl
 
 test: setup lint
