@@ -107,6 +107,8 @@ async def serve(cfg: DaemonConfig) -> None:
         await api.stop()
         await metrics_runner.cleanup()
         await engine.close()
+        if ebpf is not None:
+            ebpf.close()  # our fds only: the pins and the attached programs keep serving
         with contextlib.suppress(OSError):
             cfg.socket.unlink()
 

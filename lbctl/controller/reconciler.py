@@ -20,7 +20,7 @@ from typing import Any
 from lbctl.controller.planner import Observed, Plan, plan
 from lbctl.controller.probes import Prober, tcp_probe
 from lbctl.controller.store import StateStore
-from lbctl.dataplane.ebpf import EbpfDataplane, ListenerError, Member
+from lbctl.dataplane.ebpf import EbpfDataplane, EbpfError, ListenerError, Member
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.dataplane.sockets import count_open
@@ -47,6 +47,10 @@ SANDBOX_IMAGE = "lbctl/pause:latest"
 
 class NotFound(LookupError):
     pass
+
+
+class DataplaneError(RuntimeError):
+    """A sync failed; already logged with its cause."""
 
 
 @dataclass
@@ -183,7 +187,7 @@ class Controller:
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
-            except EngineError as e:
+            except (EngineError, DataplaneError) as e:
                 log.warning("reconcile: %s; retrying in %.1fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -284,24 +288,29 @@ class Controller:
             services.append(Service(name, spec.publish, backends, bridge))
 
         # eBPF first: a replica joins the selection table before the DNAT could send it
-        # traffic, and leaves it in the same pass as it leaves the rules.
+        # traffic, and leaves it in the same pass as it leaves the rules. One app's failure
+        # does not hold back the others' sync; it fails the pass afterwards, so that no
+        # container of a half-synced app is stopped and the next pass retries in full.
+        failed: list[str] = []
         if self.ebpf is not None:
             for name, spec in sorted(self.desired.items()):
-                if spec.mode is not Mode.EBPF or name not in p.sandboxes:
+                sandbox = p.sandboxes.get(name)
+                if spec.mode is not Mode.EBPF or sandbox is None or sandbox.pid is None:
                     continue
-                sandbox = p.sandboxes[name]
                 ready = [Member(c.name, c.pid) for c in p.backends.get(name, ()) if c.pid]
                 drains = [Member(c.name, c.pid) for c in p.draining.get(name, ()) if c.pid]
-                if sandbox.pid is None:
-                    continue
                 with self.metrics.sync_seconds.labels(dataplane="ebpf").time():
                     try:
                         await self.ebpf.sync(
                             name, spec.publish.container_port, sandbox.pid, ready, drains
                         )
-                    except Exception:
+                    except ListenerError as e:
+                        self._fail_app(name, str(e))  # the app must change, not lbctl
+                    except EbpfError as e:
                         self.metrics.sync_errors.labels(dataplane="ebpf").inc()
-                        raise
+                        self._note(name, e.summary)
+                        log.error("eBPF sync failed: %s", e, extra={"app": name})
+                        failed.append(name)
         with self.metrics.sync_seconds.labels(dataplane="iptables").time():
             try:
                 await self.iptables.sync(services)
@@ -309,8 +318,10 @@ class Controller:
                 self.metrics.sync_errors.labels(dataplane="iptables").inc()
                 raise
         self.in_dataplane = {
-            app: tuple(c.id for c in cs) for app, cs in p.backends.items()
+            app: tuple(c.id for c in cs) for app, cs in p.backends.items() if app not in failed
         }
+        if failed:
+            raise DataplaneError(f"eBPF sync failed for {', '.join(failed)}")
 
     async def _probe(self, containers: list[Container], only_new: bool) -> bool:
         """Probe running replicas of desired apps; True when a verdict changed."""
