@@ -33,6 +33,7 @@ from typing import Any
 
 from lbctl.dataplane import bpf_loader, bpfsys, sockets
 from lbctl.dataplane.sockets import ListenerError
+from lbctl.fsutil import atomic_write
 
 __all__ = ["REASONS", "EbpfDataplane", "EbpfError", "ListenerError", "Member"]
 
@@ -372,9 +373,7 @@ class EbpfDataplane:
                 for s, h in st.held.items()
             },
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data, sort_keys=True).encode())
 
     # ---------------------------------------------------------------- sync
 

@@ -33,10 +33,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import pathlib
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 
@@ -56,6 +54,7 @@ from lbctl.dataplane.iptables_rules import (
     service_endpoints,
     wanted_chains,
 )
+from lbctl.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -206,20 +205,9 @@ class IptablesDataplane:
     def _save_sysctl_state(self, originals: Mapping[str, str]) -> None:
         # Atomic (temp file + rename + fsync): a crash must never leave a half-written file
         # that loses the original value we promised to put back.
-        self._state_dir.mkdir(parents=True, exist_ok=True)
-        path = self._state_dir / SYSCTL_STATE_FILE
-        fd, tmp = tempfile.mkstemp(dir=self._state_dir, prefix=".iptables-sysctl.")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"route_localnet": dict(sorted(originals.items()))}, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        doc = {"route_localnet": dict(sorted(originals.items()))}
+        data = json.dumps(doc, indent=2).encode() + b"\n"
+        atomic_write(self._state_dir / SYSCTL_STATE_FILE, data)
 
     def _enable_localnet(self, bridges: frozenset[str]) -> None:
         originals = self._load_sysctl_state()
