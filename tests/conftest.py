@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -13,21 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PREFIX, Daemon, cleanup_leftovers
-
-E2E_LOCK = "/run/lock/lbctl-e2e.lock"
+from tests.helpers import PREFIX, Daemon, cleanup_leftovers, host_lock
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     if os.geteuid() != 0 or shutil.which("docker") is None:
         pytest.fail("integration tests need root and a Docker engine: run `make setup`")
-    # One lbctl daemon owns the host's LBCTL- chains: test runs (and benchmarks) that start
-    # one take this lock, so two checkouts on one machine wait for each other.
-    os.makedirs(os.path.dirname(E2E_LOCK), exist_ok=True)
-    lock = open(E2E_LOCK, "w")  # noqa: SIM115 - held for the whole fixture
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    request_cleanup = [lock.close]
+    lock = host_lock()
+    lock.__enter__()
+    request_cleanup = [lambda: lock.__exit__(None, None, None)]
     d = Daemon(tmp_path)
     d.start()
     try:
@@ -52,3 +46,12 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 def app_name(request: pytest.FixtureRequest) -> str:
     short = "".join(ch for ch in request.node.name[5:].lower() if ch.isalnum())[:9]
     return f"{PREFIX}-{short}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test is not a passed one: a run that skipped anything fails."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and exitstatus == 0:
+        print(f"\n{skipped} test(s) skipped: the suite needs everything `make setup` installs")
+        session.exitstatus = 1

@@ -16,12 +16,29 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LBCTL = [sys.executable, "-m", "lbctl"]
 PREFIX = f"t{os.getpid() % 10000}"
+
+
+E2E_LOCK = "/run/lock/lbctl-e2e.lock"
+
+
+@contextlib.contextmanager
+def host_lock() -> Iterator[None]:
+    """One lbctl daemon owns the host's LBCTL- chains: every test (and benchmark) that starts
+    a daemon or syncs rules holds this lock, so two runs on one machine wait for each other
+    instead of wiping each other's rules."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(E2E_LOCK), exist_ok=True)
+    with open(E2E_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def free_port() -> int:

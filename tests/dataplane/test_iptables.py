@@ -27,6 +27,7 @@ import pytest
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
+from tests.helpers import host_lock
 
 pytestmark = [
     pytest.mark.kernel,
@@ -181,8 +182,12 @@ def testnet() -> Iterator[None]:
 def host(testnet: None, tmp_path: pathlib.Path) -> Iterator[tuple[list[str], str]]:
     """A foreign chain to protect, then the host's iptables and route_localnet as they were
     before lbctl touched anything; leftovers are removed even if the test fails."""
-    if "LBCTL-" in sh("iptables-save"):
-        pytest.skip("LBCTL- chains already exist: another lbctl owns this host's rules now")
+    with host_lock():
+        assert "LBCTL-" not in sh("iptables-save"), "a stray lbctl owns this host's rules"
+        yield from _host(tmp_path)
+
+
+def _host(tmp_path: pathlib.Path) -> Iterator[tuple[list[str], str]]:
     sh("iptables", "-w", "-N", "FOREIGN-TEST")
     sh("iptables", "-w", "-A", "FOREIGN-TEST", "-p", "tcp", "--dport", "9", "-m", "comment",
        "--comment", "foreign rule", "-j", "RETURN")  # fmt: skip
@@ -356,8 +361,7 @@ async def test_failed_sync_is_one_line_and_changes_nothing(
 async def test_udp_flow_leaves_a_removed_backend(
     host: tuple[list[str], str], tmp_path: pathlib.Path
 ) -> None:
-    if not shutil.which("conntrack"):
-        pytest.skip("conntrack-tools not installed")
+    assert shutil.which("conntrack"), "conntrack is installed by make setup"
     port = free_port(socket.SOCK_DGRAM)
     dp = IptablesDataplane(tmp_path)
     loop = asyncio.get_running_loop()

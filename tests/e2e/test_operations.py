@@ -131,12 +131,9 @@ def test_notify_ready_after_first_sync_and_watchdog(tmp_path: Path) -> None:
     listener.settimeout(20)
     d = Daemon(tmp_path)
     d.extra_env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
-    import fcntl
+    from tests.helpers import host_lock
 
-    from tests.conftest import E2E_LOCK
-
-    with open(E2E_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with host_lock():
         d.start()
         try:
             got: list[str] = []
