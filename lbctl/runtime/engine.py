@@ -158,9 +158,10 @@ class Engine:
 
     async def _inspect(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         key = (str(summary["Id"]), str(summary.get("State")))
-        status = str(summary.get("Status", ""))
+        # Health changes without a State change; the list's Status text shows it, next to an
+        # uptime ("Up 5 seconds (healthy)") that changes every second and must not count.
+        status = _health_marker(str(summary.get("Status", "")))
         cached = self._inspect_cache.get(key)
-        # Health changes without a State change; the list's Status text shows it.
         if cached is not None and cached.get("_lbctl_status") == status:
             return cached
         try:
@@ -316,6 +317,11 @@ class Engine:
                 await task
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise EngineError(f"event stream failed: {task.exception()}")
+
+
+def _health_marker(status: str) -> str:
+    start = status.rfind("(")
+    return status[start:] if start >= 0 and status.endswith(")") else ""
 
 
 def _parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:

@@ -1,0 +1,86 @@
+"""The engine facade: event parsing (pure) and the real engine's list/create/remove."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from lbctl.model import LABEL_APP
+from lbctl.runtime.engine import (
+    CreateRequest,
+    Engine,
+    ImageNotFound,
+    _health_marker,
+    _parse_event,
+    _parse_time,
+    replica_labels,
+)
+from tests.helpers import PREFIX
+
+
+def test_events_are_normalized() -> None:
+    ev = _parse_event({"Type": "container", "Action": "health_status: unhealthy",
+                       "Actor": {"ID": "abc", "Attributes": {LABEL_APP: "web"}}})
+    assert ev is not None and (ev.action, ev.container_id, ev.app) == (
+        "health_status", "abc", "web")
+    kill = _parse_event({"status": "kill", "id": "abc",
+                         "Actor": {"Attributes": {"signal": "9"}}})
+    assert kill is not None and kill.fatal and kill.signal == 9
+    hup = _parse_event({"Action": "kill", "Actor": {"ID": "a", "Attributes": {"signal": "1"}}})
+    assert hup is not None and not hup.fatal  # a reload signal does not doom a replica
+    assert _parse_event({"Action": "exec_start: sh -c x", "Actor": {"ID": "a"}}) is None
+
+
+def test_uptime_does_not_count_as_a_change() -> None:
+    assert _health_marker("Up 5 seconds (healthy)") == _health_marker("Up 6 seconds (healthy)")
+    assert _health_marker("Up 5 seconds") != _health_marker("Up 5 seconds (unhealthy)")
+
+
+def test_docker_timestamps() -> None:
+    t = _parse_time("2026-11-22T05:01:06.123456789Z")
+    assert t is not None and abs(t - 1795323666.123456) < 1e-3
+    assert _parse_time("0001-01-01T00:00:00Z") is not None
+    assert _parse_time("garbage") is None
+
+
+@pytest.mark.engine
+async def test_list_create_events_remove_on_the_real_engine() -> None:
+    engine = Engine()
+    app = f"{PREFIX}-engine"
+    name = f"{app}-1"
+    events: list[str] = []
+
+    async def watch() -> None:
+        async for ev in engine.events():
+            if ev is not None and ev.app == app:
+                events.append(ev.action)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.sleep(0.3)
+        with pytest.raises(ImageNotFound):
+            await engine.create_and_start(CreateRequest(
+                name=f"{app}-x", image="lbctl/no-such-image:1", labels={}, env={}))
+        cid = await engine.create_and_start(CreateRequest(
+            name=name, image="lbctl/demo:latest", labels=replica_labels(app, "replica", 1),
+            env={"LBCTL_REPLICA": name}))
+        [c] = await engine.list_containers(app)
+        assert (c.id, c.name, c.app, c.index, c.managed, c.running) == (
+            cid, name, app, 1, True, True)
+        assert c.ip and c.pid and c.bridge == "docker0" and c.started_at
+        await engine.stop_and_remove(cid, grace=2)
+        assert await engine.list_containers(app) == []
+        for _ in range(50):
+            if "destroy" in events:
+                break
+            await asyncio.sleep(0.05)
+        assert {"create", "start", "destroy"} <= set(events), events
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        for c in await engine.list_containers(app):
+            await engine.stop_and_remove(c.id, grace=0)
+        await engine.close()
