@@ -9,6 +9,9 @@ PORT=${DEMO_PORT:-8080}
 export LBCTL_SOCKET=/run/lbctl/lbctl.sock
 LOG=/tmp/lbctl-demo-daemon.log
 
+# One lbctl owns the host's LBCTL- chains: wait for a test run that holds them.
+mkdir -p /run/lock && exec 9>/run/lock/lbctl-e2e.lock && flock 9
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 requests() {
   for _ in $(seq 1 "$1"); do curl -s --max-time 2 -H 'Connection: close' "http://127.0.0.1:$PORT/" || echo "(failed)"; done \
