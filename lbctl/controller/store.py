@@ -38,7 +38,11 @@ class StateStore:
                 f"state file {self.path} is unreadable ({e}); fix or move it away "
                 "(lbctl will not guess: an empty state would remove every app)"
             ) from e
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+        if (
+            not isinstance(raw, dict)
+            or raw.get("version") != STATE_VERSION
+            or not isinstance(raw.get("apps", []), list)
+        ):
             raise StateError(
                 f"state file {self.path} has an unknown format; fix or move it away"
             )
@@ -48,7 +52,9 @@ class StateStore:
                 spec = AppSpec.from_json(item)
                 apps[spec.name] = spec
         except InvalidInput as e:
-            raise StateError(f"state file {self.path} holds an invalid app: {e}") from e
+            raise StateError(
+                f"state file {self.path} holds an invalid app: {e}; fix or move it away"
+            ) from e
         return apps
 
     def save(self, apps: Mapping[str, AppSpec]) -> None:
