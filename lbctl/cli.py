@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name")
     rm.add_argument("--timeout", type=float, default=120.0)
 
+    ex = sub.add_parser("export", help="print an app as a compose file or Kubernetes manifests")
+    ex.add_argument("name")
+    ex.add_argument("--format", choices=["compose", "kubernetes"], default="compose")
+
     sub.add_parser("doctor", help="check what this host needs")
     return p
 
@@ -137,6 +141,9 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.cmd == "rm":
         validate_name(args.name)
         return asyncio.run(_rm(sock, args.name, args.timeout))
+    if args.cmd == "export":
+        validate_name(args.name)
+        return asyncio.run(_export(sock, args.name, args.format))
     raise InvalidInput(f"unknown command {args.cmd}")
 
 
@@ -359,6 +366,15 @@ def _uptime(seconds: float | None) -> str:
     if s < 172800:
         return f"{s // 3600}h"
     return f"{s // 86400}d"
+
+
+async def _export(sock: Path, name: str, fmt: str) -> int:
+    from lbctl.export import export
+
+    async with Client(sock) as c:
+        data = await c.request("GET", f"/apps/{name}/spec")
+    print(export(AppSpec.from_json(data), fmt), end="")
+    return 0
 
 
 async def _rm(sock: Path, name: str, timeout: float) -> int:

@@ -1,0 +1,41 @@
+"""`lbctl export` through the CLI against a real daemon."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.helpers import Daemon, free_port
+
+pytestmark = pytest.mark.engine
+
+
+def test_export_through_the_cli(daemon: Daemon, app_name: str) -> None:
+    port = free_port()
+    daemon.ok("run", app_name, "--image", "lbctl/demo:latest", "-p", f"127.0.0.1:{port}:8080",
+              "--replicas", "2", "--mode", "iptables", "-e", "GREETING=hi",
+              timeout=90)
+
+    compose = yaml.safe_load(daemon.ok("export", app_name, "--format", "compose"))
+    svc = compose["services"][app_name]
+    assert svc["image"] == "lbctl/demo:latest"
+    assert svc["deploy"]["replicas"] == 2
+    assert svc["environment"]["GREETING"] == "hi"
+    assert "command" not in svc
+    assert svc["labels"] == {"lbctl.app": app_name}
+    assert compose["x-lbctl"]["publish"] == f"127.0.0.1:{port}:8080/tcp"
+
+    dep, service = yaml.safe_load_all(daemon.ok("export", app_name, "--format", "kubernetes"))
+    assert dep["spec"]["replicas"] == 2
+    assert service["spec"]["ports"][0]["port"] == port
+    assert service["spec"]["ports"][0]["targetPort"] == 8080
+
+    for args, message in [
+        (["export", "nosuchapp"], "no app named nosuchapp"),
+        (["export", app_name, "--format", "helm"], "invalid choice"),
+        (["export", "Bad/Name"], "invalid app name"),
+    ]:
+        r = daemon.cli(*args)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, r.stderr)

@@ -1,0 +1,93 @@
+"""`lbctl export`: the YAML parses and carries image, ports, replicas, env and command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from lbctl.export import export, k8s_name, to_compose, to_kubernetes
+from lbctl.model import AppSpec, InvalidInput, Mode, Publish
+
+
+def _spec(**kw: Any) -> AppSpec:
+    base: dict[str, Any] = {
+        "name": "web",
+        "image": "lbctl/demo:latest",
+        "publish": Publish.parse("127.0.0.1:8080:80"),
+        "replicas": 3,
+        "mode": Mode.EBPF,
+        "env": {"GREETING": "yes", "PORTS": "8080:80"},  # YAML 1.1 traps: bool, base 60
+        "command": ("--port", "80"),
+    }
+    base.update(kw)
+    return AppSpec(**base)
+
+
+def test_compose_parses_and_carries_everything() -> None:
+    text = to_compose(_spec())
+    doc = yaml.safe_load(text)
+    svc = doc["services"]["web"]
+    assert svc["image"] == "lbctl/demo:latest"
+    assert svc["command"] == ["--port", "80"]
+    assert svc["environment"] == {"GREETING": "yes", "PORTS": "8080:80", "LBCTL_APP": "web"}
+    assert svc["labels"] == {"lbctl.app": "web"}
+    assert svc["deploy"] == {"replicas": 3}
+    assert "scale" not in svc  # docker-compose 1.29 refuses scale beside deploy.replicas
+    assert svc["expose"] == ["80/tcp"]
+    # Compose publishes nothing: N replicas cannot share a host port there; lbctl holds it.
+    assert "ports" not in svc
+    assert doc["x-lbctl"] == {"app": "web", "publish": "127.0.0.1:8080:80/tcp", "mode": "ebpf"}
+    assert "lbctl run web --image lbctl/demo:latest -p 127.0.0.1:8080:80/tcp --replicas 0" in text
+
+
+def test_compose_without_command_or_env() -> None:
+    svc = yaml.safe_load(to_compose(_spec(command=(), env={})))["services"]["web"]
+    assert "command" not in svc
+    assert svc["environment"] == {"LBCTL_APP": "web"}
+
+
+def test_kubernetes_deployment_and_service() -> None:
+    udp = _spec(publish=Publish.parse("0.0.0.0:80:8080/udp"))
+    docs = list(yaml.safe_load_all(to_kubernetes(udp)))
+    assert [d["kind"] for d in docs] == ["Deployment", "Service"]
+    dep, svc = docs
+    assert dep["apiVersion"] == "apps/v1" and dep["spec"]["replicas"] == 3
+    sel = dep["spec"]["selector"]["matchLabels"]
+    pod = dep["spec"]["template"]
+    assert sel.items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == "lbctl/demo:latest"
+    assert c["args"] == ["--port", "80"]  # lbctl's command is the Cmd, not the entrypoint
+    assert c["ports"] == [{"containerPort": 8080, "protocol": "UDP"}]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+    assert env["GREETING"] == "yes" and env["PORTS"] == "8080:80" and env["LBCTL_APP"] == "web"
+    assert env["LBCTL_REPLICA"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "readinessProbe" not in c  # no TCP probe for a UDP port
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["selector"] == sel
+    assert svc["spec"]["ports"] == [
+        {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": 8080}
+    ]
+
+
+def test_kubernetes_tcp_has_readiness_probe() -> None:
+    dep = next(yaml.safe_load_all(to_kubernetes(_spec())))
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"] == {"tcpSocket": {"port": 80}}
+
+
+def test_kubernetes_names_are_dns_labels() -> None:
+    assert k8s_name("web") == "web"
+    assert k8s_name("my_app.v2") == "my-app-v2"
+    assert k8s_name("2fast") == "app-2fast"
+    docs = list(yaml.safe_load_all(to_kubernetes(_spec(name="my_app"))))
+    assert all(d["metadata"]["name"] == "my-app" for d in docs)
+    assert docs[0]["metadata"]["labels"]["lbctl.app"] == "my_app"
+
+
+def test_unknown_format() -> None:
+    assert export(_spec(), "compose") == to_compose(_spec())
+    with pytest.raises(InvalidInput, match="unknown export format"):
+        export(_spec(), "helm")
