@@ -1,0 +1,279 @@
+"""Faults, restarts and hostile conditions on the real engine and kernel: keep serving, lose
+nothing, let no one in. Every test prints its figures (requests sent, failed, time to converge)
+so that `pytest -s` and CI logs show them."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.helpers import (
+    Daemon,
+    app_containers,
+    docker,
+    free_port,
+    get,
+    iptables_save,
+    spread,
+)
+
+pytestmark = pytest.mark.engine
+
+IMAGE = "lbctl/demo:latest"
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+class Load:
+    """New connection per request from `clients` threads, bounded in count and time; every
+    outcome is kept with its time so a test can say when failures happened."""
+
+    def __init__(self, port: int, clients: int = 4, seconds: float = 60,
+                 max_requests: int = 200_000) -> None:
+        self.port = port
+        self.seen: Counter[str] = Counter()
+        self.ok_at: list[float] = []
+        self.failed: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + seconds
+        self._budget = max_requests
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    @property
+    def ok(self) -> int:
+        return len(self.ok_at)
+
+    @property
+    def sent(self) -> int:
+        return self.ok + len(self.failed)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._lock:
+                if self._budget <= 0:
+                    return
+                self._budget -= 1
+            try:
+                who = get(self.port, timeout=3)
+                with self._lock:
+                    self.ok_at.append(time.monotonic())
+                    self.seen[who] += 1
+            except OSError as e:
+                with self._lock:
+                    self.failed.append((time.monotonic(), repr(e)))
+            time.sleep(0.001)
+
+    def between(self, t0: float, t1: float) -> tuple[int, int]:
+        """(ok, failed) whose outcome was known in [t0, t1)."""
+        with self._lock:
+            ok = sum(1 for t in self.ok_at if t0 <= t < t1)
+            bad = sum(1 for t, _ in self.failed if t0 <= t < t1)
+        return ok, bad
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+def run_app(d: Daemon, name: str, port: int, replicas: int, mode: str, *extra: str) -> None:
+    d.ok("run", name, "--image", IMAGE, "-p", f"127.0.0.1:{port}:8080",
+         "--replicas", str(replicas), "--mode", mode, *extra, timeout=90)
+
+
+def replicas_of(app: str) -> list[dict[str, Any]]:
+    return [c for c in app_containers(app)
+            if c["Config"]["Labels"].get("lbctl.role", "replica") == "replica"]
+
+
+def sandboxes_of(app: str) -> list[dict[str, Any]]:
+    return [c for c in app_containers(app)
+            if c["Config"]["Labels"].get("lbctl.role") == "sandbox"]
+
+
+def assert_consistent(d: Daemon, app: str, n: int, mode: str) -> dict[str, Any]:
+    """desired == ready == running containers == n, one container per index 1..n, every
+    container the status shows is the one the engine runs, nothing else labelled for app."""
+    st = d.status(app)
+    cs = replicas_of(app)
+    names = sorted(c["Name"].lstrip("/") for c in cs)
+    indexes = sorted(int(c["Config"]["Labels"]["lbctl.index"]) for c in cs)
+    assert st["desired"] == n and st["ready"] == n, st
+    assert all(c["State"]["Running"] for c in cs), [c["Name"] for c in cs]
+    assert indexes == list(range(1, n + 1)), names
+    assert names == sorted(f"{app}-{i}" for i in range(1, n + 1)), names
+    assert sorted(r["container_id"] for r in st["replicas"]) == sorted(c["Id"] for c in cs)
+    assert all(r["state"] == "ready" for r in st["replicas"]), st["replicas"]
+    sbs = sandboxes_of(app)
+    if mode == "ebpf":
+        assert len(sbs) == 1 and sbs[0]["State"]["Running"], [s["Name"] for s in sbs]
+        for c in cs:
+            assert c["HostConfig"]["NetworkMode"] == f"container:{sbs[0]['Id']}"
+    else:
+        assert sbs == []
+    return st
+
+
+def lbctl_rules() -> list[str]:
+    return [ln for ln in iptables_save().splitlines() if "LBCTL-" in ln]
+
+
+def pins(d: Daemon) -> list[str]:
+    if not d.pin_root.exists():
+        return []
+    return sorted(str(p.relative_to(d.pin_root)) for p in d.pin_root.rglob("*"))
+
+
+def metric(d: Daemon, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`, scraped from the daemon."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:]+)(?:\{([^}]*)\})? (\S+)$", line)
+        if m and m[1] == name and all(f'{k}="{v}"' in (m[2] or "") for k, v in labels.items()):
+            total += float(m[3])
+    return total
+
+
+def wait_until(pred: Any, timeout: float, what: str, step: float = 0.05) -> float:
+    """Poll pred until true; returns the seconds it took."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with contextlib.suppress(Exception):
+            if pred():
+                return time.monotonic() - t0
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def serves(port: int) -> bool:
+    try:
+        get(port, timeout=0.5)
+        return True
+    except OSError:
+        return False
+
+
+# ---- daemon killed under load --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_daemon_sigkill_under_load_loses_nothing_and_adopts_everything(
+    daemon: Daemon, app_name: str, mode: str
+) -> None:
+    port = free_port()
+    run_app(daemon, app_name, port, 3, mode)
+    before = assert_consistent(daemon, app_name, 3, mode)
+    ids = sorted(c["Id"] for c in app_containers(app_name))  # replicas and sandbox
+    rules = lbctl_rules()
+    pinned = pins(daemon)
+    if mode == "ebpf":
+        assert pinned, "ebpf mode pins its program and maps"
+
+    with Load(port, clients=4, seconds=40) as load:
+        time.sleep(1.0)
+        t_kill = time.monotonic()
+        daemon.kill(signal.SIGKILL)
+        time.sleep(3.0)  # the data plane alone serves meanwhile
+        t_start = time.monotonic()
+        daemon.start()
+        t_synced = time.monotonic()
+        converge = wait_until(lambda: daemon.status(app_name)["converged"], 30, "converged")
+        time.sleep(1.0)
+    down_ok, down_failed = load.between(t_kill, t_synced)
+    print(f"\n[{mode}] daemon SIGKILL under load: sent {load.sent}, failed {len(load.failed)}; "
+          f"while down ({t_synced - t_kill:.2f}s): {down_ok} ok, {down_failed} failed; "
+          f"restart to first sync {t_synced - t_start:.2f}s, then converged in {converge:.2f}s; "
+          f"spread {dict(load.seen)}")
+    assert load.failed == [], load.failed[:5]
+    assert down_ok > 100, "load must have run while the daemon was down"
+
+    # Adopted, not recreated: the same containers, no duplicate, no orphan, same rules/pins.
+    assert sorted(c["Id"] for c in app_containers(app_name)) == ids
+    after = assert_consistent(daemon, app_name, 3, mode)
+    assert [r["container_id"] for r in after["replicas"]] == [
+        r["container_id"] for r in before["replicas"]
+    ]
+    assert lbctl_rules() == rules
+    assert pins(daemon) == pinned
+    assert set(load.seen) == {f"{app_name}-{i}" for i in (1, 2, 3)}
+    log = daemon.log.read_text()
+    assert "replica started" not in log.split("lbctl daemon started")[-1], (
+        "the restarted daemon created a replica"
+    )
+    assert "removing container" not in log.split("lbctl daemon started")[-1]
+
+
+# ---- a replica crashes under load ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_replica_crash_under_load_leaves_within_a_second_and_is_replaced(
+    daemon: Daemon, app_name: str, mode: str
+) -> None:
+    port = free_port()
+    clients = 4
+    run_app(daemon, app_name, port, 3, mode)
+    assert_consistent(daemon, app_name, 3, mode)
+    victim_name = f"{app_name}-2"
+    victim = next(c["Id"] for c in replicas_of(app_name) if c["Name"] == f"/{victim_name}")
+
+    def victim_ready() -> bool:
+        return any(r["container_id"] == victim and r["state"] == "ready"
+                   for r in daemon.status(app_name)["replicas"])
+
+    with Load(port, clients=clients, seconds=40) as load:
+        time.sleep(1.0)
+        assert victim_ready()
+        t_kill = time.monotonic()
+        docker("kill", victim)
+        wait_until(lambda: not victim_ready(), 5, "crashed replica out of status", step=0.01)
+        left = time.monotonic() - t_kill  # counted from before `docker kill` was called
+        replaced = wait_until(
+            lambda: any(r["name"] == victim_name and r["state"] == "ready"
+                        and r["container_id"] != victim
+                        for r in daemon.status(app_name)["replicas"]),
+            30, "replacement ready",
+        )
+        t_replaced = time.monotonic()
+        time.sleep(1.5)
+    after_ok, _ = load.between(t_replaced, time.monotonic())
+    fail_times = [round(t - t_kill, 3) for t, _ in load.failed]
+    print(f"\n[{mode}] replica crash under load ({clients} clients): sent {load.sent}, "
+          f"failed {len(load.failed)} at {fail_times} s after the kill; out of the data plane "
+          f"after {left:.3f}s, replacement ready after {left + replaced:.2f}s; "
+          f"spread {dict(load.seen)}")
+    assert load.sent > 1000
+    assert left < 1.0, f"the crashed replica stayed ready for {left:.3f}s"
+    # Only connections that were on the replica when it died may fail, and none once it left
+    # the data plane. ebpf: the dead socket leaves the SOCKMAP with the process and its accept
+    # queue migrates, so at most the requests in flight (one per client). iptables: the DNAT
+    # also sends the connections that arrive in the few ms between the death and the rule
+    # update (engine event -> one pass) to the dead address, which refuses them; the bound is
+    # that window, not a share of the traffic.
+    limit = clients if mode == "ebpf" else 4 * clients
+    assert len(load.failed) <= limit, load.failed
+    assert all(0 <= t <= left + 0.05 for t in fail_times), (fail_times, left)
+    assert after_ok > 100
+    st = assert_consistent(daemon, app_name, 3, mode)
+    assert victim not in {r["container_id"] for r in st["replicas"]}
+    assert victim not in {c["Id"] for c in app_containers(app_name)}, "dead container left behind"
+    seen = spread(port, 60)
+    assert set(seen) == {f"{app_name}-{i}" for i in (1, 2, 3)}, seen
