@@ -19,7 +19,7 @@ arch=$(dpkg --print-architecture)
 packages=(
     docker.io iptables conntrack python3-bpfcc bpfcc-tools "linux-headers-$arch"
     wrk curl busybox-static python3-venv gcc libc6-dev nginx-light haproxy prometheus
-    procps iproute2
+    procps iproute2 docker-compose
 )
 missing=()
 for p in "${packages[@]}"; do

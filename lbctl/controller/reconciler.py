@@ -272,6 +272,7 @@ class Controller:
     async def _sync_dataplane(self, p: Plan) -> None:
         services: list[Service] = []
         backends: tuple[Backend, ...]
+        bridges: tuple[str, ...]
         for name in sorted(self.desired):
             spec = self.desired[name]
             port = spec.publish.container_port
@@ -280,12 +281,13 @@ class Controller:
                 if sandbox is None or sandbox.ip is None:
                     continue
                 backends = (Backend(sandbox.name, sandbox.ip, port),)
-                bridge = sandbox.bridge
+                bridges = (sandbox.bridge,) if sandbox.bridge else ()
             else:
                 members = [c for c in p.backends.get(name, ()) if c.ip]
                 backends = tuple(Backend(c.name, c.ip or "", port) for c in members)
-                bridge = next((c.bridge for c in members if c.bridge), None)
-            services.append(Service(name, spec.publish, backends, bridge))
+                # Adopted containers (docker-compose) sit on their project's own bridge.
+                bridges = tuple(sorted({c.bridge for c in members if c.bridge}))
+            services.append(Service(name, spec.publish, backends, bridges))
 
         # eBPF first: a replica joins the selection table before the DNAT could send it
         # traffic, and leaves it in the same pass as it leaves the rules. One app's failure
@@ -534,8 +536,13 @@ class Controller:
         self.store.save(desired)
         self.desired = desired
         self.generation += 1
+        generation = self.generation
         self.trigger()
-        await self.wait_for(lambda: self._app_gone(name), timeout)
+        # Also wait for a pass that planned without the app: with no container of its own
+        # (only adopted ones, or none), nothing else would hold this until its rules are gone.
+        await self.wait_for(
+            lambda: self.planned_generation >= generation and self._app_gone(name), timeout
+        )
         self.app_status.pop(name, None)
         self.metrics.forget_app(name)
         self._deleted_ports.pop(name, None)

@@ -96,7 +96,10 @@ class Service:
     app: str
     publish: Publish
     backends: tuple[Backend, ...]  # stable order (the controller sorts by name)
-    bridge: str | None  # host bridge of the backends; route_localnet goes there
+    # Host bridges of the backends; route_localnet goes on each. More than one when an app's
+    # backends live on several networks (lbctl's replicas on docker0 beside containers that
+    # `docker-compose up` started on its project's br-<id> and lbctl adopted).
+    bridges: tuple[str, ...]
 
 
 def jump_spec(target: str) -> list[str]:
@@ -124,9 +127,11 @@ def is_remote_reachable(publish: Publish) -> bool:
 def localnet_bridges(services: Iterable[Service]) -> frozenset[str]:
     """Bridges that need route_localnet=1: DNAT of 127.0.0.1 traffic to a backend on them."""
     return frozenset(
-        s.bridge
+        b
         for s in services
-        if s.bridge and s.backends and is_loopback_reachable(s.publish)
+        if s.backends and is_loopback_reachable(s.publish)
+        for b in s.bridges
+        if b
     )
 
 

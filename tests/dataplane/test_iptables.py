@@ -203,7 +203,7 @@ def _host(tmp_path: pathlib.Path) -> Iterator[tuple[list[str], str]]:
 def service(n: int, port: int, proto: str = "tcp", app: str = "lbtest") -> Service:
     container_port = TCP_PORT if proto == "tcp" else UDP_PORT
     backends = tuple(Backend(NAMES[i], IPS[i], container_port) for i in range(n))
-    return Service(app, Publish("127.0.0.1", port, container_port, proto), backends, BRIDGE)
+    return Service(app, Publish("127.0.0.1", port, container_port, proto), backends, (BRIDGE,))
 
 
 async def get(port: int) -> str:
@@ -303,7 +303,7 @@ async def test_remote_clients_on_all_addresses(
     port = free_port(socket.SOCK_STREAM)
     dp = IptablesDataplane(tmp_path)
     svc = service(3, port)
-    await dp.sync([Service(svc.app, Publish("0.0.0.0", port, TCP_PORT), svc.backends, BRIDGE)])
+    await dp.sync([Service(svc.app, Publish("0.0.0.0", port, TCP_PORT), svc.backends, (BRIDGE,))])
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", CLIENT_NS, sys.executable, "-c", REMOTE_CLIENT,
         CLIENT_HOST_IP, str(port), "90",
@@ -345,7 +345,7 @@ async def test_failed_sync_is_one_line_and_changes_nothing(
     dp = IptablesDataplane(tmp_path)
     await dp.sync([service(2, port)])
     rules = nat_rules()
-    bad = Service("lbtest", Publish("127.0.0.1", port, TCP_PORT), (Backend("web-9", "10.251.0.300", 1),), BRIDGE)  # fmt: skip  # noqa: E501
+    bad = Service("lbtest", Publish("127.0.0.1", port, TCP_PORT), (Backend("web-9", "10.251.0.300", 1),), (BRIDGE,))  # fmt: skip  # noqa: E501
     with pytest.raises(IptablesError) as e:
         await dp.sync([bad])
     msg = str(e.value)
@@ -380,7 +380,7 @@ async def test_udp_flow_leaves_a_removed_backend(
         # without the conntrack clean-up the flow would still reach it.
         rest = [i for i, n in enumerate(NAMES) if n != first]
         svc = service(3, port, "udp", app="lbudp")
-        svc = Service(svc.app, svc.publish, tuple(svc.backends[i] for i in rest), BRIDGE)
+        svc = Service(svc.app, svc.publish, tuple(svc.backends[i] for i in rest), (BRIDGE,))
         await dp.sync([svc])
         assert await ask() in {NAMES[i] for i in rest}
     await dp.sync([])

@@ -33,7 +33,7 @@ def backends(n: int, port: int = 80) -> tuple[Backend, ...]:
 
 
 def web(n: int, host_ip: str = "127.0.0.1") -> Service:
-    return Service("web", Publish(host_ip, 8080, 80), backends(n), "docker0")
+    return Service("web", Publish(host_ip, 8080, 80), backends(n), ("docker0",))
 
 
 def test_chain_names_are_short_stable_hashes() -> None:
@@ -83,6 +83,27 @@ def test_one_backend_is_unconditional() -> None:
         "COMMIT\n"
     )
     assert localnet_bridges([web(1)]) == frozenset({"docker0"})
+
+
+def test_backends_on_two_bridges_get_route_localnet_and_a_guard_on_each() -> None:
+    # lbctl's own replica on docker0 beside a container docker-compose started on its
+    # project's bridge (adopted): loopback clients are DNATed to both, so both need it.
+    mixed = Service(
+        "web", Publish("127.0.0.1", 8080, 80),
+        (Backend("web-1", "172.17.0.2", 80), Backend("proj_web_1", "172.20.0.2", 80)),
+        ("br-0123456789ab", "docker0"),
+    )
+    assert localnet_bridges([mixed]) == frozenset({"docker0", "br-0123456789ab"})
+    text = render([mixed])
+    for bridge in ("br-0123456789ab", "docker0"):
+        assert (
+            f"-A LBCTL-INPUT -i {bridge} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate "
+            f'RELATED,ESTABLISHED,DNAT -m comment --comment "route_localnet guard for {bridge}" '
+            "-j DROP\n"
+        ) in text
+    # Remote-only publishing needs route_localnet on neither.
+    remote = Service("web", Publish("192.0.2.2", 8080, 80), mixed.backends, mixed.bridges)
+    assert localnet_bridges([remote]) == frozenset()
 
 
 def test_two_backends_half_then_rest() -> None:
@@ -136,7 +157,7 @@ def test_five_backends_on_all_addresses() -> None:
 def test_specific_host_ip_udp_is_remote_only() -> None:
     # A non-loopback address: PREROUTING + FORWARD, no MASQUERADE, no route_localnet.
     dns = Service(
-        "dns", Publish("192.0.2.2", 53, 5353, "udp"), (Backend("dns-0", "10.1.0.5", 5353),), "br-x"
+        "dns", Publish("192.0.2.2", 53, 5353, "udp"), (Backend("dns-0", "10.1.0.5", 5353),), ("br-x",)
     )
     assert localnet_bridges([dns]) == frozenset()
     assert render([dns]) == (
@@ -159,7 +180,7 @@ def test_specific_host_ip_udp_is_remote_only() -> None:
 
 
 def test_udp_zero_backends_port_unreachable() -> None:
-    dns = Service("dns", Publish("0.0.0.0", 53, 53, "udp"), (), None)
+    dns = Service("dns", Publish("0.0.0.0", 53, 53, "udp"), (), ())
     assert (
         '-A LBCTL-INPUT -p udp -m udp --dport 53 -m comment --comment "dns has no replicas" -j REJECT --reject-with icmp-port-unreachable\n'
     ) in render([dns])
@@ -273,7 +294,7 @@ def test_unchanged_chains_are_left_out() -> None:
     # Everything unchanged: nothing to write at all.
     assert render([web(2)], unchanged=set(chains)) == ""
     # Only the service chain changed (a backend replaced): only it is re-declared.
-    moved = Service("web", web(2).publish, (backends(2)[0], Backend("web-1", "172.17.0.9", 80)), "docker0")
+    moved = Service("web", web(2).publish, (backends(2)[0], Backend("web-1", "172.17.0.9", 80)), ("docker0",))
     text = render([moved], unchanged={("nat", WEB), ("filter", "LBCTL-INPUT")})
     assert f":{WEB} - [0:0]" not in text
     assert ":LBCTL-INPUT" not in text
