@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test lint unit bench clean-host
+.PHONY: setup demo test lint unit bench bench-smoke clean-host
 setup:
 	bash scripts/setup.sh
 
@@ -21,5 +21,11 @@ unit: setup
 demo: setup
 	bash scripts/demo.sh
 
+# The full run (~15 min) rewrites bench/RESULTS.md and bench/results.png (matplotlib: the
+# `bench` extra). bench-smoke is the harness's own check, a few seconds of load.
 bench: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) -m bench
+
+bench-smoke: setup
+	$(VENV)/bin/pytest -v -p no:cacheprovider tests/bench

@@ -1,0 +1,208 @@
+"""`python -m bench`: every lbctl benchmark in one run, then bench/RESULTS.md + results.png.
+
+Sets up what it needs (the bench-nginx image, a private lbctl daemon, host proxies), holds
+the host lock (one lbctl daemon per host) the whole time, and removes everything it made at
+the end, on failure and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import dynamics, image, report, synccost, throughput, wrk
+from bench.env import PIN_ROOT, Env, remove_bench_containers
+from tests.helpers import E2E_LOCK, host_lock
+
+HERE = Path(__file__).resolve().parent
+EXTRA = ("scale", "convergence", "sync", "footprint")
+ALL = (*throughput.PATHS, *EXTRA)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _version(cmd: list[str], pick: Callable[[str], str]) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        return pick(r.stdout + r.stderr)
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return "?"
+
+
+def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = ", ".join([
+        _version(["nginx", "-v"], lambda s: s.strip().split(":", 1)[1].strip()),
+        "HAProxy " + _version(["haproxy", "-v"], lambda s: s.split()[2]),
+        _version(["wrk", "-v"], lambda s: s.split()[0] + " " + s.split()[1]),
+        "Docker " + _version(["docker", "version", "--format", "{{.Server.Version}}"],
+                             lambda s: s.strip()),
+        f"Python {platform.python_version()}",
+    ])
+    return {
+        "command": " ".join(["python -m bench", *argv]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "duration": args.duration,
+        "rounds": args.rounds,
+        "quick": args.quick,
+        "wrk": f"taskset -c {wrk.WRK_CPU} wrk -t1 -c{wrk.CONNECTIONS} --latency",
+        "versions": versions,
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds per wrk run (default 6; 2 with --quick)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per path (default 2; 1 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: N=2 only, 1 round, fewer tries, shorter storms")
+    ap.add_argument("--only", default=",".join(ALL),
+                    help=f"comma-separated scenarios (default all): {','.join(ALL)}")
+    ap.add_argument("--out", type=Path, default=HERE,
+                    help="where RESULTS.md, results.png and results.json go (default bench/)")
+    args = ap.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(ALL))
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 6.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
+    return args
+
+
+def _phase(res: dict[str, Any], name: str, fn: Callable[[], Any]) -> Any:
+    log(f"== {name}")
+    t0 = time.monotonic()
+    try:
+        value = fn()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:
+        traceback.print_exc()
+        res.setdefault("errors", {})[name] = f"{type(e).__name__}: {str(e)[:300]}"
+        return None
+    log(f"   ({time.monotonic() - t0:.0f} s)")
+    return value
+
+
+def _leftover_rules() -> bool:
+    r = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    return "bench-" in r.stdout and "LBCTL-" in r.stdout
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    res: dict[str, Any] = {"meta": _meta(args, argv), "notes": []}
+    only = args.only
+    log("building lbctl/bench-nginx (offline) ...")
+    image.build()
+    log(f"waiting for the host lock ({E2E_LOCK}: one lbctl daemon per host) ...")
+    with host_lock(), tempfile.TemporaryDirectory(prefix="lbctl-bench-") as tmp:
+        remove_bench_containers()
+        shutil.rmtree(PIN_ROOT, ignore_errors=True)
+        env = Env(Path(tmp))
+        try:
+            if "sync" in only:  # before the daemon: it owns the LBCTL- chains once it runs
+                sizes = [1, 10, 100, 1000] + ([] if args.quick else [5000])
+                ipt = _phase(res, "sync cost: iptables", lambda: synccost.iptables(sizes, log))
+                bpf = _phase(res, "sync cost: eBPF maps", lambda: synccost.bpf(sizes, log))
+                res["sync"] = {"iptables": [asdict(s) for s in ipt or []],
+                               "bpf": bpf.to_json() if bpf else None}
+            paths = [p for p in throughput.PATHS if p in only]
+            if paths:
+                counts = [2] if args.quick else [2, 4]
+                samples = _phase(res, "throughput", lambda: throughput.run(
+                    env, paths, counts, args.duration, args.rounds,
+                    warmup=0 if args.quick else 2, log=log))
+                res["throughput"] = [s.to_json() for s in samples or []]
+            if "scale" in only:
+                secs = 10 if args.quick else 25
+                sl = _phase(res, "scale under load", lambda: dynamics.scale_under_load(
+                    env, ["ebpf", "iptables", "reuseport"], secs, log))
+                res["scale"] = [s.to_json() for s in sl or []]
+            if "convergence" in only:
+                tries = 5 if args.quick else 20
+                cv = _phase(res, "convergence", lambda: dynamics.convergence(
+                    env, ["ebpf", "iptables"], tries, log))
+                res["convergence"] = [c.to_json() for c in cv or []]
+            if "footprint" in only:
+                fp = _phase(res, "footprint", lambda: dynamics.footprint(
+                    env, idle=3 if args.quick else 10, storm=15 if args.quick else 30, log=log))
+                res["footprint"] = asdict(fp) if fp else None
+        finally:
+            log("cleaning up ...")
+            env.close()
+            if _leftover_rules():
+                import asyncio
+
+                from lbctl.dataplane.iptables import IptablesDataplane
+
+                asyncio.run(IptablesDataplane(Path(tmp)).sync([]))
+    res["meta"]["runtime_s"] = time.monotonic() - started
+    return res
+
+
+def write(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    if not report.chart(res, out / "results.png"):
+        res["notes"].append("results.png not drawn: matplotlib is missing "
+                            "(`.venv/bin/pip install -e '.[bench]'`).")
+    (out / "RESULTS.md").write_text(report.markdown(res))
+    log(f"wrote {out / 'RESULTS.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (Docker, iptables, eBPF); run `make bench` as root",
+              file=sys.stderr)
+        return 1
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        res = run(args, argv)
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is removed", file=sys.stderr)
+        return 130
+    write(res, args.out)
+    if res.get("errors"):
+        print(f"bench: phase(s) failed: {', '.join(res['errors'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

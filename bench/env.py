@@ -1,0 +1,249 @@
+"""What the benchmarks run against: containers, a private lbctl daemon, host proxies.
+
+Everything made here carries the label `lbctl.app=bench-*` (containers) or lives in one temp
+dir (proxy configs, the daemon's socket and state), and `Env.close()` removes all of it.
+The daemon is tests.helpers.Daemon (private socket, state dir, metrics port) with its own
+bpf pin root; the caller holds the host lock (tests.helpers.host_lock) the whole time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.image import IMAGE, PORT
+from tests.helpers import Daemon, free_port
+
+LABEL = "lbctl.app"
+PREFIX = "bench-"
+PIN_ROOT = Path("/sys/fs/bpf/lbctl-bench")
+PAUSE_IMAGE = "lbctl/pause:latest"
+
+
+def docker(*args: str, check: bool = True) -> str:
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args[:3])}...: {r.stderr.strip()}")
+    return r.stdout
+
+
+def inspect(ref: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = json.loads(docker("inspect", ref))
+    return data[0]
+
+
+def container_ip(ref: str) -> str:
+    info = inspect(ref)
+    ip = str(info["NetworkSettings"].get("IPAddress") or "")
+    if not ip:  # a user network
+        nets = info["NetworkSettings"].get("Networks") or {}
+        ip = next((str(n["IPAddress"]) for n in nets.values() if n.get("IPAddress")), "")
+    if not ip:
+        raise RuntimeError(f"container {ref} has no IP address")
+    return ip
+
+
+def container_pid(ref: str) -> int:
+    return int(inspect(ref)["State"]["Pid"])
+
+
+def bench_containers() -> list[str]:
+    out = docker("ps", "-a", "--filter", f"label={LABEL}",
+                 "--format", "{{.ID}} {{.Label \"lbctl.app\"}}", check=False)
+    return [cid for cid, _, app in (ln.partition(" ") for ln in out.splitlines())
+            if app.startswith(PREFIX)]
+
+
+def remove_bench_containers() -> None:
+    ids = bench_containers()
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+
+
+def wait_http(host: str, port: int, timeout: float = 20.0) -> None:
+    """Until host:port answers an HTTP request (nginx takes a moment to start)."""
+    from tests.helpers import get
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            get(port, host=host, timeout=1.0)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing answers on {host}:{port}") from None
+            time.sleep(0.05)
+
+
+def run_backend(name: str, app: str, network: str | None = None,
+                publish: str | None = None) -> str:
+    """One nginx replica not managed by lbctl; returns its container id."""
+    args = ["run", "-d", "--name", name, "--label", f"{LABEL}={app}",
+            "-e", f"LBCTL_REPLICA={name}"]
+    if network:
+        args += ["--network", network]
+    if publish:
+        args += ["-p", publish]
+    return docker(*args, IMAGE).strip()
+
+
+def run_sandbox(name: str, app: str) -> str:
+    return docker("run", "-d", "--name", name, "--label", f"{LABEL}={app}",
+                  "--sysctl", "net.ipv4.tcp_migrate_req=1", PAUSE_IMAGE).strip()
+
+
+class HostProxy:
+    """Debian's nginx or HAProxy on the host, in front of `upstreams` (ip:port)."""
+
+    def __init__(self, kind: str, upstreams: list[str], tmp: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.dir = tmp / f"{kind}-{self.port}"
+        self.dir.mkdir(parents=True)
+        if kind == "nginx":
+            conf = self.dir / "nginx.conf"
+            conf.write_text(nginx_proxy_conf(upstreams, self.port, self.dir))
+            cmd = ["nginx", "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"]
+        elif kind == "haproxy":
+            conf = self.dir / "haproxy.cfg"
+            conf.write_text(haproxy_conf(upstreams, self.port))
+            cmd = ["haproxy", "-db", "-f", str(conf)]
+        else:
+            raise ValueError(kind)
+        self.log = open(self.dir / "out.log", "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        try:
+            wait_http("127.0.0.1", self.port, timeout=10)
+        except RuntimeError as e:
+            self.stop()
+            out = (self.dir / "out.log").read_text()
+            raise RuntimeError(f"{kind} did not start: {out}") from e
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def nginx_proxy_conf(upstreams: list[str], port: int, prefix: Path) -> str:
+    servers = "".join(f"        server {u};\n" for u in upstreams)
+    return f"""\
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    keepalive_requests 100000;
+    upstream backends {{
+{servers}        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(upstreams: list[str], port: int) -> str:
+    servers = "".join(f"    server s{i} {u}\n" for i, u in enumerate(upstreams))
+    return f"""\
+global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    balance roundrobin
+{servers}"""
+
+
+class Env:
+    """The shared pieces of one benchmark run; close() undoes everything."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.daemon: Daemon | None = None
+        self.proxies: list[HostProxy] = []
+
+    # ---- lbctl daemon ----------------------------------------------------------------
+    def lbctl(self) -> Daemon:
+        if self.daemon is None or self.daemon.proc is None or self.daemon.proc.poll() is not None:
+            d = Daemon(self.tmp / "daemon")
+            d.tmp.mkdir(parents=True, exist_ok=True)
+            d.pin_root = PIN_ROOT
+            d.start()
+            self.daemon = d
+        return self.daemon
+
+    def run_app(self, app: str, replicas: int, mode: str) -> int:
+        """`lbctl run`; returns the host port (127.0.0.1) it answers on."""
+        port = free_port()
+        self.lbctl().ok("run", app, "--image", IMAGE, "-p", f"127.0.0.1:{port}:{PORT}",
+                        "--replicas", str(replicas), "--mode", mode, timeout=180)
+        wait_http("127.0.0.1", port)
+        return port
+
+    def scale(self, app: str, replicas: int) -> None:
+        self.lbctl().ok("scale", f"{app}={replicas}", timeout=180)
+
+    def rm_app(self, app: str) -> None:
+        if self.daemon is not None:
+            self.daemon.cli("rm", app, timeout=180)
+
+    def stop_daemon(self) -> None:
+        d, self.daemon = self.daemon, None
+        if d is None or d.proc is None or d.proc.poll() is not None:
+            return
+        with contextlib.suppress(Exception):
+            for a in d.api("GET", "/apps")["apps"]:
+                d.cli("rm", a["name"], timeout=120)
+        d.kill(signal.SIGTERM)
+
+    # ---- host proxies ----------------------------------------------------------------
+    def proxy(self, kind: str, upstreams: list[str]) -> HostProxy:
+        p = HostProxy(kind, upstreams, self.tmp)
+        self.proxies.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.proxies:
+            with contextlib.suppress(Exception):
+                p.stop()
+        self.proxies = []
+        try:
+            self.stop_daemon()
+        finally:
+            remove_bench_containers()
+            shutil.rmtree(PIN_ROOT, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Run wrk (bounded, pinned to one CPU) and parse its report."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CONNECTIONS = 64
+WRK_CPU = "1"  # wrk gets CPU 1 to itself as far as taskset can say so; the rest floats
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+@dataclass
+class WrkResult:
+    requests: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    connect: int = 0
+    read: int = 0
+    write: int = 0
+    timeout: int = 0
+    non2xx: int = 0
+
+    @property
+    def socket_errors(self) -> int:
+        return self.connect + self.read + self.write + self.timeout
+
+    @property
+    def failed(self) -> int:
+        return self.socket_errors + self.non2xx
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "failed": self.failed}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit]
+
+
+def parse(out: str) -> WrkResult:
+    """Parse wrk 4.x output (with --latency)."""
+    r = WrkResult()
+    if m := re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out):
+        r.requests = int(m[1])
+        r.seconds = _ms(m[2], m[3]) / 1e3
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        r.rps = float(m[1])
+    for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
+        if m := re.search(rf"^\s*{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+            setattr(r, attr, _ms(m[1], m[2]))
+    if m := re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        r.connect, r.read, r.write, r.timeout = (int(m[i]) for i in range(1, 5))
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        r.non2xx = int(m[1])
+    return r
+
+
+def command(url: str, seconds: float, close: bool, connections: int = CONNECTIONS) -> list[str]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+           "--timeout", "5s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    cmd.append(url)
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", WRK_CPU, *cmd]
+    return cmd
+
+
+def start(url: str, seconds: float, close: bool,
+          connections: int = CONNECTIONS) -> subprocess.Popen[str]:
+    return subprocess.Popen(command(url, seconds, close, connections), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str], seconds: float) -> WrkResult:
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out.strip()[-300:]}")
+    return parse(out)
+
+
+def run(url: str, seconds: float, close: bool, connections: int = CONNECTIONS) -> WrkResult:
+    return finish(start(url, seconds, close, connections), seconds)

@@ -1,0 +1,87 @@
+"""The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
+real engine and kernel (direct + lbctl ebpf), checking the report it writes.
+
+The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
+not hold it: it only waits for it like any other run would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import parse_args
+from bench.wrk import parse
+from tests.helpers import ROOT
+
+WRK_OUT = """\
+Running 1s test @ http://127.0.0.1:8080/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.30ms    0.86ms   1.20s    65.34%
+  Latency Distribution
+     50%  812.00us
+     75%    2.02ms
+     90%    2.52ms
+     99%    1.20s
+  16730 requests in 1.00s, 2.49MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:  16685.62
+"""
+
+
+def test_wrk_parse() -> None:
+    r = parse(WRK_OUT)
+    assert (r.requests, r.rps) == (16730, 16685.62)
+    assert r.p50_ms == pytest.approx(0.812) and r.p99_ms == pytest.approx(1200.0)
+    assert (r.socket_errors, r.non2xx, r.failed) == (10, 5, 15)
+
+
+def test_only_rejects_unknown_scenarios() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "direct,nope"])
+    assert parse_args(["--quick"]).duration == 2.0
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(240)  # the run itself is ~30 s; the rest is waiting for the host lock
+def test_quick_run_writes_results(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("docker") is None or shutil.which("wrk") is None:
+        pytest.fail("the bench smoke test needs root, Docker and wrk: run `make setup`")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "direct,ebpf", "--duration", "1",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=230, check=False,
+    )
+    assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    md = (out / "RESULTS.md").read_text()
+    for row in ("one backend, direct", "lbctl ebpf mode"):
+        line = next((ln for ln in md.splitlines() if ln.startswith(f"| {row}")), None)
+        assert line is not None, f"no {row!r} row in RESULTS.md:\n{md}"
+        rps = [float(m) for m in re.findall(r"\| ([\d.]+)k? \|", line)]
+        assert rps and all(x > 0 for x in rps), line
+    for key in ("command", "kernel", "CPUs", "date"):
+        assert f"| {key} |" in md
+    data = json.loads((out / "results.json").read_text())
+    samples = data["throughput"]
+    assert {(s["path"], s["mode"]) for s in samples} == {
+        (p, m) for p in ("direct", "ebpf") for m in ("keepalive", "close")
+    }
+    assert all(s["rps"] > 0 and s["failed"] == 0 for s in samples), samples
+    # nothing left behind: no bench containers, no pins
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=lbctl.app"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    names = subprocess.run(["docker", "inspect", "--format", "{{index .Config.Labels "
+                            "\"lbctl.app\"}}", *left], capture_output=True, text=True,
+                           check=False).stdout.split() if left else []
+    assert not [n for n in names if n.startswith("bench-")], names
+    assert not Path("/sys/fs/bpf/lbctl-bench").exists()
