@@ -242,6 +242,11 @@ class Controller:
         p = plan(self.desired, observed)
 
         for app in p.create_sandboxes:
+            # A dead sandbox still holds the name the new one needs, and `remove` only runs
+            # after the sync: take it away first (it serves nothing, it is not running).
+            for c in p.remove:
+                if c.app == app and c.role == ROLE_SANDBOX and not c.running:
+                    await self._remove(c)
             await self._create_sandbox(app)
         now = time.monotonic()
         for cid in p.start_drain:
