@@ -41,6 +41,7 @@ class Load:
         self.port = port
         self.seen: Counter[str] = Counter()
         self.ok_at: list[float] = []
+        self.latency: list[tuple[float, float]] = []  # (start, seconds) of each answered one
         self.failed: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -62,10 +63,12 @@ class Load:
                 if self._budget <= 0:
                     return
                 self._budget -= 1
+            start = time.monotonic()
             try:
                 who = get(self.port, timeout=3)
                 with self._lock:
                     self.ok_at.append(time.monotonic())
+                    self.latency.append((start, self.ok_at[-1] - start))
                     self.seen[who] += 1
             except OSError as e:
                 with self._lock:
@@ -163,9 +166,9 @@ def wait_until(pred: Any, timeout: float, what: str, step: float = 0.05) -> floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def serves(port: int) -> bool:
+def serves(port: int, timeout: float = 0.5) -> bool:
     try:
-        get(port, timeout=0.5)
+        get(port, timeout=timeout)
         return True
     except OSError:
         return False
@@ -277,3 +280,45 @@ def test_replica_crash_under_load_leaves_within_a_second_and_is_replaced(
     assert victim not in {c["Id"] for c in app_containers(app_name)}, "dead container left behind"
     seen = spread(port, 60)
     assert set(seen) == {f"{app_name}-{i}" for i in (1, 2, 3)}, seen
+
+
+# ---- the sandbox (ebpf mode) is killed ------------------------------------------------------
+
+
+def test_sandbox_killed_is_repaired_and_replicas_rejoin(daemon: Daemon, app_name: str) -> None:
+    port = free_port()
+    run_app(daemon, app_name, port, 3, "ebpf")
+    assert_consistent(daemon, app_name, 3, "ebpf")
+    old_sandbox = sandboxes_of(app_name)[0]["Id"]
+    old_replicas = {c["Id"] for c in replicas_of(app_name)}
+    assert metric(daemon, "lbctl_sandbox_repairs_total", app=app_name) == 0
+
+    with Load(port, clients=2, seconds=60) as load:
+        time.sleep(1.0)
+        t_kill = time.monotonic()
+        docker("kill", old_sandbox)
+        # Poll with short requests: interrupted from the first one that fails to the first
+        # one that succeeds again.
+        t_down = t_kill + wait_until(lambda: not serves(port, 0.3), 10, "the outage", 0.02)
+        t_up = t_down + wait_until(lambda: serves(port, 0.3), 60, "service back", 0.02)
+        wait_until(lambda: daemon.status(app_name)["converged"], 60, "converged")
+        converged_at = time.monotonic() - t_kill
+        time.sleep(1.0)
+    slowest = max((lat for start, lat in load.latency if start >= t_kill - 0.5), default=0.0)
+    back = t_up - t_kill
+    print(f"\n[ebpf] sandbox killed under load: sent {load.sent}, failed {len(load.failed)}; "
+          f"service interrupted for {t_up - t_down:.2f}s (down at {t_down - t_kill:.2f}s, "
+          f"serving again at {back:.2f}s after the kill), converged at {converged_at:.2f}s; "
+          f"slowest answered request under load {slowest:.2f}s (held in SYN retransmits)")
+    assert back < 20, f"service took {back:.1f}s to come back"
+    st = assert_consistent(daemon, app_name, 3, "ebpf")
+    new_sandbox = sandboxes_of(app_name)[0]["Id"]
+    assert new_sandbox != old_sandbox
+    # the replicas of the dead namespace were replaced by ones that joined the new sandbox
+    assert not old_replicas & {r["container_id"] for r in st["replicas"]}
+    assert not {old_sandbox, *old_replicas} & {c["Id"] for c in app_containers(app_name)}
+    assert metric(daemon, "lbctl_sandbox_repairs_total", app=app_name) == 1
+    seen = spread(port, 60)
+    assert set(seen) == {f"{app_name}-{i}" for i in (1, 2, 3)}, seen
+    # after the repair, no more failures
+    assert all(t <= t_kill + back for t, _ in load.failed)
