@@ -5,11 +5,14 @@ so that `pytest -s` and CI logs show them."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -322,3 +325,96 @@ def test_sandbox_killed_is_repaired_and_replicas_rejoin(daemon: Daemon, app_name
     assert set(seen) == {f"{app_name}-{i}" for i in (1, 2, 3)}, seen
     # after the repair, no more failures
     assert all(t <= t_kill + back for t, _ in load.failed)
+
+
+# ---- the Docker engine restarts under a running daemon -------------------------------------
+
+DOCKERD_LOG = "/var/log/lbctl-dockerd.log"
+
+
+def _engine_up() -> bool:
+    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                       capture_output=True, text=True, timeout=20, check=False)
+    return r.returncode == 0 and bool(r.stdout.strip())
+
+
+def _pids(name: str) -> list[int]:
+    r = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True, check=False)
+    return [int(p) for p in r.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_dockerd(timeout: float = 60) -> None:
+    """SIGTERM dockerd (it stops its containers and its containerd), wait until all are gone."""
+    targets = _pids("dockerd") + _pids("containerd")
+    assert _pids("dockerd"), "no dockerd runs: make setup starts one"
+    for pid in _pids("dockerd"):
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not any(_alive(p) for p in targets), timeout, "dockerd to exit", 0.1)
+
+
+def start_dockerd(timeout: float = 60) -> None:
+    """Start the engine the way scripts/setup.sh does, and wait until it answers."""
+    if not any(_alive(p) for p in _pids("dockerd")):
+        subprocess.run(
+            ["bash", "-c", f"setsid nohup dockerd >>{DOCKERD_LOG} 2>&1 </dev/null &"], check=True
+        )
+    wait_until(_engine_up, timeout, "the Docker engine to answer", 0.2)
+
+
+@contextlib.contextmanager
+def engine_always_running() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if not _engine_up():
+            start_dockerd()
+
+
+def test_engine_restart_daemon_reconnects_and_resyncs(daemon: Daemon, app_name: str) -> None:
+    apps = {"iptables": (f"{app_name}-i", free_port()), "ebpf": (f"{app_name}-e", free_port())}
+    for mode, (name, port) in apps.items():
+        run_app(daemon, name, port, 2, mode)
+        assert_consistent(daemon, name, 2, mode)
+    old_ids = {c["Id"] for name, _ in apps.values() for c in app_containers(name)}
+    reconnects = metric(daemon, "lbctl_runtime_watch_reconnects_total")
+
+    with engine_always_running():
+        t_stop = time.monotonic()
+        stop_dockerd()
+        t_stopped = time.monotonic()
+        # The engine is gone and so are the replicas (restart policy "no"); the daemon stays
+        # up and keeps answering its API.
+        time.sleep(1.0)
+        assert daemon.proc is not None and daemon.proc.poll() is None, "daemon died with dockerd"
+        assert daemon.api("GET", "/healthz")["ok"]
+        start_dockerd()
+        t_up = time.monotonic()
+        back: dict[str, float] = {}
+        for mode, (_, port) in apps.items():
+            wait_until(lambda p=port: serves(p, 0.3), 60, f"{mode} app serving", 0.05)
+            back[mode] = time.monotonic() - t_up
+        wait_until(lambda: all(daemon.status(n)["converged"] for n, _ in apps.values()),
+                   60, "both apps converged")
+        converged = time.monotonic() - t_up
+    print(f"\nengine restart: dockerd stopped in {t_stopped - t_stop:.2f}s, answered again "
+          f"{t_up - t_stopped:.2f}s later; serving again after the engine was back: "
+          + ", ".join(f"{m} {s:.2f}s" for m, s in back.items())
+          + f"; both apps converged after {converged:.2f}s; watch reconnects "
+          f"{metric(daemon, 'lbctl_runtime_watch_reconnects_total') - reconnects:.0f}")
+    assert daemon.proc is not None and daemon.proc.poll() is None
+    assert metric(daemon, "lbctl_runtime_watch_reconnects_total") > reconnects
+    assert max(back.values()) < 30 and converged < 45
+    for mode, (name, port) in apps.items():
+        assert_consistent(daemon, name, 2, mode)
+        seen = spread(port, 40)
+        assert set(seen) == {f"{name}-1", f"{name}-2"}, seen
+    new_ids = {c["Id"] for name, _ in apps.values() for c in app_containers(name)}
+    assert not old_ids & new_ids, "dead containers of the old engine run left behind"
