@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
+    LBCTL,
     Daemon,
     app_containers,
     docker,
@@ -418,3 +419,70 @@ def test_engine_restart_daemon_reconnects_and_resyncs(daemon: Daemon, app_name: 
         assert set(seen) == {f"{name}-1", f"{name}-2"}, seen
     new_ids = {c["Id"] for name, _ in apps.values() for c in app_containers(name)}
     assert not old_ids & new_ids, "dead containers of the old engine run left behind"
+
+
+# ---- a damaged state dir: refuse to start, touch nothing ------------------------------------
+
+
+def daemon_argv(d: Daemon, *extra: str) -> list[str]:
+    """The command line tests.helpers.Daemon.start uses, for a run we watch ourselves."""
+    return [*LBCTL, "daemon", "--state-dir", str(d.state_dir),
+            "--metrics-addr", f"127.0.0.1:{d.metrics_port}", "--bpf-pin-root", str(d.pin_root),
+            "--drain-timeout", "5", "--stop-grace", "5", *extra]
+
+
+def host_snapshot(app: str) -> tuple[str, list[tuple[str, str, bool]]]:
+    cs = app_containers(app)
+    return iptables_save(), sorted((c["Id"], c["Name"], c["State"]["Running"]) for c in cs)
+
+
+def test_damaged_state_file_refuses_to_start_and_touches_nothing(
+    daemon: Daemon, app_name: str
+) -> None:
+    port = free_port()
+    run_app(daemon, app_name, port, 2, "ebpf")
+    state_file = daemon.state_dir / "state.json"
+    good = state_file.read_bytes()
+    daemon.kill(signal.SIGKILL)
+    before = host_snapshot(app_name)
+    pinned = pins(daemon)
+    sock = daemon.socket.lstat() if daemon.socket.exists() else None  # left by the SIGKILL
+
+    def other_state() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in daemon.state_dir.iterdir()
+                if p.is_file() and p.name != "state.json"}
+
+    kept = other_state()
+    damages = {
+        "truncated": good[: len(good) // 2],
+        "garbage": b"\x00\x01 this is not json",
+        "empty": b"",
+        "apps not a list": b'{"version": 1, "apps": {"web": 1}}',
+    }
+    try:
+        for what, data in damages.items():
+            state_file.write_bytes(data)
+            t0 = time.monotonic()
+            r = subprocess.run(daemon_argv(daemon), env=daemon.env, capture_output=True,
+                               text=True, timeout=60, check=False)
+            took = time.monotonic() - t0
+            lines = r.stderr.strip().splitlines()
+            print(f"\n{what} state.json: exit {r.returncode} after {took:.2f}s: {r.stderr.strip()}")
+            assert r.returncode == 1, (what, r.returncode, r.stderr)
+            assert len(lines) == 1 and str(state_file) in lines[0], (what, r.stderr)
+            assert "move it away" in lines[0], lines
+            assert state_file.read_bytes() == data, "the daemon rewrote the damaged file"
+            now = daemon.socket.lstat() if daemon.socket.exists() else None
+            assert (now and (now.st_ino, now.st_mtime_ns)) == (
+                sock and (sock.st_ino, sock.st_mtime_ns)), "the refused daemon made a socket"
+            assert other_state() == kept
+            # nothing touched: same containers, same rules, same pins; and the data plane
+            # left by the last good daemon keeps serving
+            assert host_snapshot(app_name) == before, what
+            assert pins(daemon) == pinned
+            assert serves(port)
+    finally:
+        state_file.write_bytes(good)
+    daemon.start()
+    assert_consistent(daemon, app_name, 2, "ebpf")
+    assert host_snapshot(app_name) == before
