@@ -529,6 +529,9 @@ class Controller:
             raise NotFound(f"no app named {name}")
         new = spec.with_replicas(replicas)
         await self._set_desired(new)
+        # One line per accepted change, in the order they were applied: with racing clients
+        # it is the record of which request won.
+        log.info("scale accepted", extra={"app": name, "replicas": replicas})
         return new
 
     async def delete_app(self, name: str, timeout: float) -> None:
