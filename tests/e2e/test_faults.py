@@ -5,6 +5,7 @@ so that `pytest -s` and CI logs show them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -486,3 +487,51 @@ def test_damaged_state_file_refuses_to_start_and_touches_nothing(
     daemon.start()
     assert_consistent(daemon, app_name, 2, "ebpf")
     assert host_snapshot(app_name) == before
+
+
+# ---- concurrent clients ------------------------------------------------------------------
+
+
+def test_racing_scale_calls_end_in_the_last_accepted_state(daemon: Daemon, app_name: str) -> None:
+    import random
+
+    port = free_port()
+    run_app(daemon, app_name, port, 2, "ebpf")
+    rng = random.Random(6)
+    targets = [rng.randint(1, 6) for _ in range(20)]
+    mark = len(daemon.log.read_text())
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen([*LBCTL, "scale", f"{app_name}={n}", "--timeout", "90"],
+                         env=daemon.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in targets
+    ]
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        results.append((p.returncode, err.strip()))
+    took = time.monotonic() - t0
+    log = daemon.log.read_text()[mark:]
+    accepted = [int(m[1]) for m in re.finditer(
+        rf'msg="scale accepted" app={re.escape(app_name)} replicas=(\d+)', log)]
+    final = daemon.status(app_name)
+    state = json.loads((daemon.state_dir / "state.json").read_text())
+    stored = next(a["replicas"] for a in state["apps"] if a["name"] == app_name)
+    print(f"\n20 racing `lbctl scale` calls {targets}: exits {[c for c, _ in results]}, "
+          f"accepted in order {accepted}; final desired {final['desired']}, ready "
+          f"{final['ready']}, containers {len(replicas_of(app_name))}; all returned in {took:.2f}s")
+    assert all(code == 0 for code, _ in results), results
+    assert sorted(accepted) == sorted(targets), "every answered request was applied once"
+    assert final["desired"] == accepted[-1] == stored
+    assert_consistent(daemon, app_name, accepted[-1], "ebpf")
+    # No replica was created twice: between two starts of one name, it was removed.
+    alive: set[str] = set()
+    for m in re.finditer(r'msg="(replica started|removing container)" app=\S+ replica=(\S+)', log):
+        if m[1] == "replica started":
+            assert m[2] not in alive, f"{m[2]} started twice without a removal"
+            alive.add(m[2])
+        else:
+            alive.discard(m[2])
+    assert "Conflict" not in log and "already in use" not in log
+    seen = spread(port, 20 * accepted[-1])
+    assert set(seen) == {f"{app_name}-{i}" for i in range(1, accepted[-1] + 1)}, seen
