@@ -39,6 +39,8 @@ async def _body(request: web.Request) -> Any:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("request body is not valid JSON") from None
+    except RecursionError:  # "[[[[...": 64 KiB of nesting is far past the parser's limit
+        raise InvalidInput("request body is nested too deeply") from None
 
 
 @web.middleware
