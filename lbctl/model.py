@@ -90,8 +90,8 @@ class Publish:
             raise InvalidInput(
                 "publish must look like [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"
             )
-        spec, _, proto = text.partition("/")
-        proto = proto or "tcp"
+        spec, slash, proto = text.partition("/")
+        proto = proto if slash else "tcp"  # "8080:80/" names no protocol: refused below
         if proto not in ("tcp", "udp"):
             raise InvalidInput(f"invalid protocol {proto!r} in publish {text!r}: use tcp or udp")
         parts = spec.rsplit(":", 2)
@@ -162,7 +162,9 @@ class AppSpec:
             raise InvalidInput(f"invalid image {image!r}")
         publish = Publish.parse(data.get("publish"))
         replicas = validate_replicas(data.get("replicas", 1))
-        mode_raw = data.get("mode") or str(default_mode)
+        mode_raw = data.get("mode")
+        if mode_raw is None:  # absent or null: the daemon's default; 0, false, "" are errors
+            mode_raw = str(default_mode)
         try:
             mode = Mode(mode_raw)
         except ValueError:
