@@ -1,0 +1,269 @@
+"""Hostile input on the control API, against a real daemon's unix socket: every bad request
+gets a 4xx with a JSON {"error": ...}, the daemon stays up and nothing changes (state.json
+bytes, the app list, the containers, the rules)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import (
+    PREFIX,
+    Daemon,
+    _UnixHTTPConnection,
+    app_containers,
+    docker,
+    free_port,
+    iptables_save,
+)
+
+pytestmark = pytest.mark.engine
+
+IMAGE = "lbctl/demo:latest"
+MAX_BODY = 64 * 1024
+VALID_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,19}")
+
+
+@dataclass(frozen=True)
+class Req:
+    kind: str
+    method: str
+    path: str
+    body: bytes | None = None
+    chunked: bool = False
+
+    def __repr__(self) -> str:
+        body = self.body if self.body is None or len(self.body) <= 120 else (
+            self.body[:60] + b"..." + self.body[-20:])
+        return f"Req({self.kind!r}, {self.method} {self.path[:120]!r}, body={body!r} " \
+               f"({len(self.body or b'')} bytes), chunked={self.chunked})"
+
+
+def send(d: Daemon, r: Req) -> tuple[int, str, bytes]:
+    conn = _UnixHTTPConnection(str(d.socket))
+    conn.timeout = 30
+    try:
+        headers = {"Content-Type": "application/json"}
+        if r.chunked:
+            assert r.body is not None
+            body: Any = _chunks(r.body)
+            conn.request(r.method, r.path, body=body, headers=headers, encode_chunked=True)
+        else:
+            conn.request(r.method, r.path, body=r.body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type") or "", resp.read()
+    finally:
+        conn.close()
+
+
+def _chunks(data: bytes, size: int = 8192) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+# ---- strategies: every one of them yields a request that must be refused ----------------------
+
+FIXED_HOSTILE_NAMES = [
+    "../x", "..", ".", "a;rm -rf /", "a;rm -rf", "$(id)", "`id`", "a b", "A", "Web", "-x", ".x",
+    "_x", "x/y", "x\\y", "ü", "名前", "a" * 21, "a" * 300, "", "x\x00y", "web\n", "%2e%2e",
+    "a|b", "a&b", "a>b", "'x'", '"x"', "*", "x?y", "x#y",
+]
+hostile_names = st.one_of(
+    st.sampled_from(FIXED_HOSTILE_NAMES),
+    st.text(max_size=40).filter(lambda s: not VALID_NAME.fullmatch(s)),
+)
+# valid names of apps that do not exist
+unknown_names = st.from_regex(r"\Azz[a-z0-9]{1,10}\Z")
+
+wrong_types = st.one_of(
+    st.none(), st.booleans(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+bad_replicas = st.one_of(
+    st.integers(max_value=-1),
+    st.integers(min_value=65, max_value=10**6),
+    st.integers(min_value=10**18, max_value=10**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["3", "1", "", "-1", "1e3", True, False, None, [3], {"n": 3}]),
+)
+MALFORMED = [
+    b"{", b"}", b"{'replicas': 1}", b"nul", b"[1,", b"\xff\xfe\xfd", b'{"replicas": }',
+    b'{"replicas": 1,}', b"{replicas: 1}", b"\x00", b'{"a":1}{"b":2}', b"[" * 20000 + b"]" * 20000,
+    b'{"a":' * 10000 + b"1" + b"}" * 10000,
+]
+
+
+def _is_json(b: bytes) -> bool:
+    try:
+        json.loads(b)
+        return True
+    except (ValueError, RecursionError):
+        return False
+
+
+malformed = st.one_of(st.sampled_from(MALFORMED), st.binary(min_size=1, max_size=200).filter(
+    lambda b: not _is_json(b)))
+
+
+def huge(valid_prefix: bytes) -> st.SearchStrategy[bytes]:
+    """Bodies over 64 KiB (valid JSON or not)."""
+    return st.sampled_from([
+        valid_prefix[:-1] + b', "pad": "' + b"x" * (MAX_BODY + 100) + b'"}',
+        b"[" + b"1," * (MAX_BODY // 2 + 10) + b"1]",
+        b"x" * (MAX_BODY + 1),
+        b" " * (4 * MAX_BODY) + valid_prefix,
+    ])
+
+
+def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
+    scale = f"/apps/{existing}/scale"
+    valid_spec = {"name": "zznew", "image": IMAGE, "publish": f"127.0.0.1:{port}:8080",
+                  "replicas": 1, "mode": "iptables"}
+
+    def spec_with(**change: Any) -> bytes:
+        return json.dumps({**valid_spec, **change}).encode()
+
+    bad_fields = st.one_of(
+        hostile_names.map(lambda n: ("name", n)),
+        st.sampled_from(["lbctl/demo;rm -rf /", "$(id)", "`id`", "a b", "", "../../x", "-x",
+                         "x" * 300, "lbctl/nosuch:1"]).map(lambda i: ("image", i)),
+        st.sampled_from(["", "abc", "99999:8080", "8080", "1:2:3:4", "127.0.0.1:0:80",
+                         "::1:80:80", "1.2.3:80:80", "80:80/sctp", "80:80/", "$(id):80:80",
+                         "a;b"]).map(lambda p: ("publish", p)),
+        st.integers().map(lambda p: ("publish", p)),
+        bad_replicas.map(lambda r: ("replicas", r)),
+        st.one_of(st.sampled_from(["ipvs", "EBPF", "", "proxy", 0, False]), wrong_types.filter(
+            lambda v: v is not None and v not in ("iptables", "ebpf"))).map(
+            lambda m: ("mode", m)),  # absent or null is the default mode: anything else fails
+        st.sampled_from([{"A B": "1"}, {"1X": "1"}, {"X": 1}, {"X": None}, ["NOEQUALS"], 5,
+                         "A=1", {"$(id)": "x"}]).map(lambda e: ("env", e)),
+        st.sampled_from(["sh -c id", [1, 2], {"a": 1}, 5, [None]]).map(lambda c: ("command", c)),
+        st.just(("name", existing)),  # already exists
+    )
+    create_bad = bad_fields.map(lambda kv: Req("create: bad " + str(kv[0]), "POST", "/apps",
+                                               spec_with(**{kv[0]: kv[1]})))
+    create_unknown = st.text(min_size=1, max_size=20).filter(
+        lambda k: k not in valid_spec and k not in ("env", "command")
+    ).map(lambda k: Req("create: unknown field", "POST", "/apps", spec_with(**{k: 1})))
+    create_wrong_top = wrong_types.map(
+        lambda v: Req("create: not an object", "POST", "/apps", json.dumps(v).encode()))
+    put_changed = st.sampled_from([("image", "lbctl/pause:latest"), ("mode", "ebpf"),
+                                   ("env", {"X": "1"}), ("command", ["x"]),
+                                   ("publish", f"127.0.0.1:{free_port()}:8080")]).map(
+        lambda kv: Req("put: different spec", "PUT", f"/apps/{existing}",
+                       spec_with(name=existing, **{kv[0]: kv[1]})))
+    put_other_name = unknown_names.map(
+        lambda n: Req("put: name differs from path", "PUT", f"/apps/{existing}",
+                      spec_with(name=n)))
+    scale_bad = bad_replicas.map(lambda v: Req(
+        "scale: bad replicas", "POST", scale, json.dumps({"replicas": v}).encode()))
+    scale_wrong_top = wrong_types.map(
+        lambda v: Req("scale: not an object", "POST", scale, json.dumps(v).encode()))
+    scale_unknown = st.text(max_size=10).filter(lambda k: k != "replicas").map(
+        lambda k: Req("scale: unknown field", "POST", scale,
+                      json.dumps({"replicas": 2, k: 1}).encode()))
+    scale_name = hostile_names.map(lambda n: Req(
+        "scale: hostile name", "POST", f"/apps/{_q(n)}/scale", b'{"replicas": 1}'))
+    scale_unknown_app = unknown_names.map(lambda n: Req(
+        "scale: unknown app", "POST", f"/apps/{n}/scale", b'{"replicas": 1}'))
+    bad_json = st.tuples(
+        st.sampled_from([("POST", "/apps"), ("PUT", f"/apps/{existing}"), ("POST", scale)]),
+        malformed,
+    ).map(lambda t: Req("malformed JSON", t[0][0], t[0][1], t[1]))
+    huge_body = st.tuples(
+        st.sampled_from([("POST", "/apps", spec_with()), ("PUT", f"/apps/{existing}",
+                         spec_with(name=existing, replicas=1)),
+                         ("POST", scale, b'{"replicas": 1}')]),
+        st.booleans(), st.data(),
+    ).map(lambda t: Req("huge body" + (" (chunked)" if t[1] else ""), t[0][0], t[0][1],
+                        t[2].draw(huge(t[0][2])), chunked=t[1]))
+    name_paths = st.tuples(st.sampled_from(["GET", "DELETE"]), hostile_names, st.sampled_from(
+        ["", "/spec"])).filter(lambda t: not (t[0] == "DELETE" and t[2])).map(
+        lambda t: Req(f"{t[0]} hostile name", t[0], f"/apps/{_q(t[1])}{t[2]}"))
+    unknown_app = st.tuples(st.sampled_from(["GET", "DELETE"]), unknown_names).map(
+        lambda t: Req(f"{t[0]} unknown app", t[0], f"/apps/{t[1]}"))
+    bad_timeout = st.sampled_from(["abc", "-1", "0", "3601", "nan", "inf", "1e9", "", "%20"]).map(
+        lambda t: Req("delete: bad timeout", "DELETE", f"/apps/{existing}?timeout={t}"))
+    wrong_route = st.one_of(
+        st.sampled_from([
+            ("PATCH", "/apps"), ("DELETE", "/apps"), ("PUT", "/apps"), ("PUT", scale),
+            ("GET", scale), ("DELETE", scale), ("POST", f"/apps/{existing}"),
+            ("PATCH", f"/apps/{existing}"), ("POST", "/healthz"), ("GET", "/"),
+            ("GET", "/nope"), ("GET", f"/apps/{existing}/spec/x"), ("GET", "/apps/a/b/c"),
+            ("GET", f"/apps/{existing}/../../etc/passwd"), ("OPTIONS", "/apps"),
+            ("TRACE", "/apps"), ("DELETE", "/healthz"), ("GET", "//apps"),
+        ]),
+        st.tuples(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), st.text(
+            alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=30).filter(
+            lambda p: not p.startswith("apps") and p != "healthz").map(
+            lambda p: "/x/" + urllib.parse.quote(p, safe="/"))),
+    ).map(lambda t: Req("wrong method/path", t[0], t[1]))
+
+    return st.one_of(
+        create_bad, create_unknown, create_wrong_top, put_changed, put_other_name, scale_bad,
+        scale_wrong_top, scale_unknown, scale_name, scale_unknown_app, bad_json, huge_body,
+        name_paths, unknown_app, bad_timeout, wrong_route,
+    )
+
+
+def test_hostile_requests_get_4xx_json_and_change_nothing(daemon: Daemon) -> None:
+    existing = f"{PREFIX}-hostile"
+    port = free_port()
+    daemon.ok("run", existing, "--image", IMAGE, "-p", f"127.0.0.1:{port}:8080",
+              "--replicas", "1", "--mode", "iptables", timeout=90)
+    state_file = daemon.state_dir / "state.json"
+    state = state_file.read_bytes()
+
+    def listing() -> list[tuple[str, int, str]]:
+        return [(a["name"], a["desired"], a["publish"]) for a in daemon.api("GET", "/apps")["apps"]]
+
+    apps = listing()
+    rules = iptables_save()
+    ids = sorted(c["Id"] for c in app_containers(existing))
+    before_all = set(docker("ps", "-aq").split())
+    kinds: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    t0 = time.monotonic()
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much])
+    @given(r=requests(existing, free_port()))
+    def check(r: Req) -> None:
+        status, ctype, body = send(daemon, r)
+        kinds[r.kind] += 1
+        statuses[status] += 1
+        what = f"{r.method} {r.path[:80]} ({r.kind}, body {len(r.body or b'')} bytes)"
+        assert 400 <= status < 500, (what, status, body[:300])
+        assert ctype.startswith("application/json"), (what, ctype, body[:200])
+        data = json.loads(body)
+        assert isinstance(data, dict) and isinstance(data.get("error"), str) and data["error"], (
+            what, data)
+        assert daemon.proc is not None and daemon.proc.poll() is None, f"daemon died on {what}"
+        assert state_file.read_bytes() == state, f"state.json changed by {what}"
+        assert listing() == apps, f"app list changed by {what}"
+
+    check()
+    took = time.monotonic() - t0
+    print(f"\nhostile API: {sum(kinds.values())} requests in {took:.1f}s, statuses "
+          f"{dict(sorted(statuses.items()))}; by kind {dict(sorted(kinds.items()))}")
+    assert daemon.api("GET", "/healthz")["ok"]
+    assert sorted(c["Id"] for c in app_containers(existing)) == ids
+    assert set(docker("ps", "-aq").split()) == before_all, "a hostile request made a container"
+    assert iptables_save() == rules
+    assert state_file.read_bytes() == state
