@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -535,3 +536,116 @@ def test_racing_scale_calls_end_in_the_last_accepted_state(daemon: Daemon, app_n
     assert "Conflict" not in log and "already in use" not in log
     seen = spread(port, 20 * accepted[-1])
     assert set(seen) == {f"{app_name}-{i}" for i in range(1, accepted[-1] + 1)}, seen
+
+
+# ---- access: who may use the control socket, what listens -----------------------------------
+
+OUTSIDER = "lbctl-test-nobody"
+MEMBER = "lbctl-test-member"
+
+
+def _ensure_user(name: str, in_group: bool) -> None:
+    if subprocess.run(["id", name], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", name], check=True)
+    if in_group:
+        subprocess.run(["usermod", "-aG", "lbctl", name], check=True)
+    groups = subprocess.run(["id", "-nG", name], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert ("lbctl" in groups) == in_group, (name, groups)
+
+
+def _as_user(user: str, sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", *LBCTL, "--socket", str(sock), *args],
+                          capture_output=True, text=True, timeout=60, check=False, cwd="/",
+                          env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8"})
+
+
+def tcp_listeners(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that process `pid` holds."""
+    import ipaddress
+
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    out = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in inodes:
+                continue
+            hexaddr, hexport = f[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            if width == 8:
+                addr = str(ipaddress.IPv4Address(raw[::-1]))
+            else:
+                addr = str(ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1]
+                                                          for i in range(0, 16, 4))))
+            out.append((addr, int(hexport, 16)))
+    return sorted(out)
+
+
+def test_control_socket_access_and_listeners(daemon: Daemon, app_name: str) -> None:
+    import grp
+    import stat
+
+    _ensure_user(OUTSIDER, in_group=False)
+    _ensure_user(MEMBER, in_group=True)
+    port = free_port()
+    run_app(daemon, app_name, port, 1, "iptables")
+
+    # Restart the daemon on a socket in a traversable dir (pytest's tmp dirs are 0700) and
+    # with the default metrics address.
+    sock_dir = Path(f"/run/lbctl-test-{os.getpid()}")
+    sock_dir.mkdir(mode=0o755, exist_ok=True)
+    sock_dir.chmod(0o755)
+    orig_socket, orig_metrics = daemon.socket, daemon.metrics_port
+    daemon.kill(signal.SIGTERM)
+    daemon.socket = sock_dir / "lbctl.sock"
+    try:
+        argv = daemon_argv(daemon)
+        i = argv.index("--metrics-addr")
+        del argv[i:i + 2]  # the default, which must be loopback
+        with open(daemon.log, "ab") as log:
+            daemon.proc = subprocess.Popen(argv, env=daemon.env, stdout=log,
+                                           stderr=subprocess.STDOUT)
+        daemon.metrics_port = 9477
+        wait_until(lambda: daemon.api("GET", "/healthz")["synced"], 30, "daemon on the new socket")
+
+        st = daemon.socket.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        group = grp.getgrgid(st.st_gid).gr_name
+        outsider = _as_user(OUTSIDER, daemon.socket, "status")
+        member = _as_user(MEMBER, daemon.socket, "status", "-o", "json")
+        member_scale = _as_user(MEMBER, daemon.socket, "scale", f"{app_name}=2")
+        listeners = tcp_listeners(daemon.proc.pid)
+        print(f"\nsocket {daemon.socket}: mode {mode:o} uid {st.st_uid} group {group}; "
+              f"{OUTSIDER}: exit {outsider.returncode} {outsider.stderr.strip()!r}; "
+              f"{MEMBER}: status exit {member.returncode}, scale exit "
+              f"{member_scale.returncode}; daemon TCP listeners {listeners}")
+        assert (mode, st.st_uid, group) == (0o660, 0, "lbctl")
+        assert outsider.returncode == 1, outsider
+        lines = outsider.stderr.strip().splitlines()
+        assert len(lines) == 1 and "permission denied" in lines[0].lower(), outsider.stderr
+        assert member.returncode == 0, member.stderr
+        assert [a["name"] for a in json.loads(member.stdout)["apps"]] == [app_name]
+        assert member_scale.returncode == 0, member_scale.stderr
+        assert daemon.status(app_name)["ready"] == 2
+        # Only the metrics endpoint listens, on loopback; there is no TCP control port.
+        assert listeners == [("127.0.0.1", 9477)], listeners
+        bridge_ip = json.loads(docker("network", "inspect", "bridge"))[0]["IPAM"]["Config"][0][
+            "Gateway"]
+        import socket
+
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((bridge_ip, 9477)) != 0, "metrics reachable off loopback"
+    finally:
+        daemon.kill(signal.SIGTERM)
+        daemon.socket, daemon.metrics_port = orig_socket, orig_metrics
+        daemon.start()
+        with contextlib.suppress(OSError):
+            sock_dir.rmdir()
