@@ -4,14 +4,19 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
+# ENGINE=podman: set up Podman too (beside Docker). `make test` always does: the suite
+# runs its core scenarios against both engines.
+ENGINE ?= docker
+
 .PHONY: setup demo test lint unit bench bench-smoke clean-host
 setup:
-	bash scripts/setup.sh
+	LBCTL_ENGINE=$(ENGINE) bash scripts/setup.sh
 
 lint: setup
 	$(VENV)/bin/ruff check lbctl tests $(wildcard bench)
 	$(VENV)/bin/mypy --strict lbctl
 
+test: ENGINE = podman
 test: setup lint
 	$(VENV)/bin/pytest -v -p no:cacheprovider tests
 

@@ -9,6 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
+# LBCTL_ENGINE=podman (`make setup ENGINE=podman`; `make test` sets it): Podman too, beside
+# Docker (lbctl's images are built with Docker and loaded into Podman's store).
+with_podman=0
+[[ ${LBCTL_ENGINE:-docker} == podman ]] && with_podman=1
+
 say() { echo "setup: $*"; }
 fail() { echo "setup: $*" >&2; exit 1; }
 
@@ -21,6 +26,7 @@ packages=(
     wrk curl busybox-static python3-venv gcc libc6-dev nginx-light haproxy prometheus
     procps iproute2 docker-compose
 )
+if [[ $with_podman == 1 ]]; then packages+=(podman); fi
 missing=()
 for p in "${packages[@]}"; do
     # "ii" = installed and configured; anything else (absent, half-installed)
@@ -162,5 +168,48 @@ if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
         say "mounted bpffs at /sys/fs/bpf"
     else
         say "could not mount bpffs at /sys/fs/bpf (pinning unavailable; continuing)"
+    fi
+fi
+
+# --- 8. Podman (LBCTL_ENGINE=podman) -------------------------------------------
+if [[ $with_podman == 1 ]]; then
+    # Podman 4.3 on this kind of host starts no container with the inherited limits (runc:
+    # "error setting rlimit ... operation not permitted"). A drop-in, so that the admin's
+    # containers.conf stays untouched, lowers them for `podman run` and podman-compose;
+    # lbctl passes its own Ulimits on create (API creates need them explicit).
+    nofile=$(ulimit -Hn)
+    if [[ $nofile == unlimited || $nofile -gt 65536 ]]; then nofile=65536; fi
+    dropin=/etc/containers/containers.conf.d/lbctl.conf
+    want_conf=$(printf '%s\n' "# written by lbctl's scripts/setup.sh: Podman needs explicit lower ulimits here" \
+        '[containers]' "default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=4096:8192\"]")
+    if [[ $(cat "$dropin" 2>/dev/null) != "$want_conf" ]]; then
+        mkdir -p "$(dirname "$dropin")"
+        echo "$want_conf" >"$dropin"
+        say "wrote $dropin (default_ulimits)"
+    fi
+
+    podman_sock=/run/podman/podman.sock
+    podman_up() { curl -sf --max-time 5 --unix-socket "$podman_sock" http://d/_ping >/dev/null; }
+    if ! podman_up; then
+        say "starting podman system service on $podman_sock (log: /var/log/lbctl-podman.log)"
+        mkdir -p "$(dirname "$podman_sock")"
+        setsid nohup podman system service --time=0 "unix://$podman_sock" \
+            >>/var/log/lbctl-podman.log 2>&1 </dev/null &
+        for _ in $(seq 60); do podman_up && break; sleep 0.5; done
+        podman_up || fail "podman system service did not answer within 30 s; see /var/log/lbctl-podman.log"
+    fi
+
+    # The images Docker has (built above), into Podman's store when their build label differs.
+    stale=()
+    for image in lbctl/pause:latest lbctl/demo:latest lbctl/demo-health:latest; do
+        label='{{ index .Config.Labels "lbctl.build-sha256" }}'
+        want=$(docker image inspect --format "$label" "$image")
+        have=$(podman image inspect --format "$label" "$image" 2>/dev/null || true)
+        if [[ $have != "$want" ]]; then stale+=("$image"); fi
+    done
+    if ((${#stale[@]})); then
+        docker save "${stale[@]}" | podman load -q >/dev/null ||
+            fail "loading ${stale[*]} into Podman failed"
+        say "loaded ${stale[*]} into Podman"
     fi
 fi

@@ -6,23 +6,40 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PREFIX, Daemon, cleanup_leftovers, host_lock
+from tests.helpers import ENGINES, PREFIX, Daemon, cleanup_leftovers, host_lock
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    if os.geteuid() != 0 or shutil.which("docker") is None:
-        pytest.fail("integration tests need root and a Docker engine: run `make setup`")
+def engine() -> str:
+    """The engine the `daemon` fixture's daemon talks to: "docker" unless a test parametrizes
+    it (tests/e2e/test_podman.py runs its scenarios with "docker" and "podman")."""
+    return "docker"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, engine: str) -> Iterator[Daemon]:
+    cli, docker_host = ENGINES[engine]
+    if os.geteuid() != 0 or shutil.which(cli) is None:
+        pytest.fail(f"integration tests need root and {cli}: run `make setup ENGINE={engine}`")
+    if docker_host is not None:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(docker_host.removeprefix("unix://"))
+            except OSError as e:
+                pytest.fail(f"{engine} does not answer on {docker_host} ({e.strerror}): "
+                            f"run `make setup ENGINE={engine}`")
     lock = host_lock()
     lock.__enter__()
     request_cleanup = [lambda: lock.__exit__(None, None, None)]
     d = Daemon(tmp_path)
+    d.docker_host = docker_host
     d.start()
     try:
         yield d
@@ -35,7 +52,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
                     d.api("DELETE", f"/apps/{a['name']}")
         finally:
             d.kill(signal.SIGTERM)
-            cleanup_leftovers()
+            cleanup_leftovers(cli)
             if d.log.exists():
                 sys.stdout.write(d.log.read_text()[-3000:])
             for f in request_cleanup:

@@ -26,6 +26,12 @@ PREFIX = f"t{os.getpid() % 10000}"
 
 
 E2E_LOCK = "/run/lock/lbctl-e2e.lock"
+PODMAN_HOST = "unix:///run/podman/podman.sock"  # what `make setup ENGINE=podman` serves
+# engine -> (CLI on this host, --docker-host for the daemon; None: the default, Docker)
+ENGINES: dict[str, tuple[str, str | None]] = {
+    "docker": ("docker", None),
+    "podman": ("podman", PODMAN_HOST),
+}
 
 
 @contextlib.contextmanager
@@ -75,6 +81,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.extra_env: dict[str, str] = {}
+        self.docker_host: str | None = None  # --docker-host (None: Docker's default socket)
 
     @property
     def env(self) -> dict[str, str]:
@@ -87,7 +94,8 @@ class Daemon:
                 [*LBCTL, "daemon", "--state-dir", str(self.state_dir),
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                  "--bpf-pin-root", str(self.pin_root), "--drain-timeout", "5",
-                 "--stop-grace", "5", *extra],
+                 "--stop-grace", "5",
+                 *(["--docker-host", self.docker_host] if self.docker_host else []), *extra],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
@@ -162,18 +170,19 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def docker(*args: str, check: bool = True) -> str:
-    r = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+def docker(*args: str, check: bool = True, cli: str = "docker") -> str:
+    """The engine's CLI (`cli="podman"` for Podman's): stdout, or RuntimeError."""
+    r = subprocess.run([cli, *args], capture_output=True, text=True, check=False)
     if check and r.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)}: {r.stderr.strip()}")
+        raise RuntimeError(f"{cli} {' '.join(args)}: {r.stderr.strip()}")
     return r.stdout
 
 
-def app_containers(app: str) -> list[dict[str, Any]]:
-    ids = docker("ps", "-aq", "--filter", f"label=lbctl.app={app}").split()
+def app_containers(app: str, cli: str = "docker") -> list[dict[str, Any]]:
+    ids = docker("ps", "-aq", "--filter", f"label=lbctl.app={app}", cli=cli).split()
     if not ids:
         return []
-    data: list[dict[str, Any]] = json.loads(docker("inspect", *ids))
+    data: list[dict[str, Any]] = json.loads(docker("inspect", *ids, cli=cli))
     return data
 
 
@@ -183,12 +192,16 @@ def iptables_save() -> str:
     return "\n".join(line for line in out.splitlines() if not line.startswith("#")) + "\n"
 
 
-def cleanup_leftovers() -> None:
-    out = docker("ps", "-a", "--format", "{{.ID}} {{.Label \"lbctl.app\"}}", check=False)
-    ids = [i for i, _, app in (ln.partition(" ") for ln in out.splitlines())
-           if app.startswith(PREFIX)]
-    if ids:
-        docker("rm", "-f", *ids, check=False)
+def cleanup_leftovers(cli: str = "docker") -> None:
+    label = "{{index .Labels %s}}" if cli == "podman" else "{{.Label %s}}"
+    fmt = " ".join(["{{.ID}}", label % '"lbctl.app"', label % '"lbctl.role"'])
+    out = docker("ps", "-a", "--format", fmt, check=False, cli=cli)
+    rows = [[*ln.split(), "", ""][:3] for ln in out.splitlines()]
+    ours = [(i, role) for i, app, role in rows if app.startswith(PREFIX)]
+    # Podman refuses to remove a sandbox while replicas that joined it exist: those first.
+    for batch in ([i for i, r in ours if r != "sandbox"], [i for i, r in ours if r == "sandbox"]):
+        if batch:
+            docker("rm", "-f", *batch, check=False, cli=cli)
 
 
 class Wrk:

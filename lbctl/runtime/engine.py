@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,6 +94,7 @@ class Engine:
         # mode do not change while its State stays the same, so a full list costs one call.
         self._inspect_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.flavor = "docker"  # or "podman", learned from /version
+        self._version_known = False
         self.default_ulimits: list[dict[str, Any]] = []
 
     @property
@@ -111,15 +113,11 @@ class Engine:
             info: dict[str, Any] = await self.docker.version()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
             raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
+        self._version_known = True
         components = info.get("Components") or []
         if any("podman" in str(c.get("Name", "")).lower() for c in components):
             self.flavor = "podman"
-            # Podman on this kind of host refuses to start containers with the inherited
-            # (unlimited) ulimits; explicit lower limits are what works (HOST.md).
-            self.default_ulimits = [
-                {"Name": "nofile", "Soft": 65536, "Hard": 65536},
-                {"Name": "nproc", "Soft": 4096, "Hard": 8192},
-            ]
+            self.default_ulimits = podman_ulimits()
         return info
 
     async def image_exists(self, image: str) -> bool:
@@ -228,16 +226,23 @@ class Engine:
             data = await info.show()
             opts = data.get("Options") or {}
             bridge = opts.get("com.docker.network.bridge.name")
-            if not bridge and data.get("Driver") == "bridge":
+            if self.flavor == "podman":
+                # Podman's compat inspect has no bridge name (its network is `podman`, its
+                # bridge cni-podman0 with CNI, podman0 with netavark); its own API has.
+                own = await self.docker._query_json(
+                    f"v4.0.0/libpod/networks/{key}/json", versioned_api=False
+                )
+                bridge = own.get("network_interface") if isinstance(own, dict) else None
+            elif not bridge and data.get("Driver") == "bridge":
                 bridge = "docker0" if net_name == "bridge" else f"br-{str(data['Id'])[:12]}"
-            if not bridge:
-                bridge = data.get("network_interface")  # podman
         except aiodocker.DockerError:
             bridge = None
         self._bridges[key] = bridge
         return bridge
 
     async def create_and_start(self, req: CreateRequest) -> str:
+        if not self._version_known:  # Podman's ulimits must be known before the first create
+            await self.version()
         host_config: dict[str, Any] = {
             "NetworkMode": req.network_mode,
             "RestartPolicy": {"Name": "no"},
@@ -275,6 +280,12 @@ class Engine:
                 await c.stop(t=grace)
             await c.delete(force=True)
         except aiodocker.DockerError as e:
+            if self.flavor == "podman" and "dependent containers" in str(e.message):
+                # Podman keeps a sandbox while replicas still use its namespace (Docker removes
+                # it anyway). The same pass removes those replicas; the next one the sandbox.
+                log.info("container %s still has joined containers; removing it later",
+                         container_id[:12])
+                return
             if e.status != 404:
                 raise EngineError(f"removing container {container_id[:12]}: {e.message}") from e
 
@@ -296,9 +307,14 @@ class Engine:
         """
         stream = DockerEvents(self.docker)  # type: ignore[no-untyped-call]
         sub = stream.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-        task = asyncio.create_task(
-            stream.run(filters=json.dumps({"type": ["container"], "label": [LABEL_APP]}))
-        )
+        if not self._version_known:
+            await self.version()
+        filters: dict[str, list[str]] = {"type": ["container"]}
+        if self.flavor == "docker":
+            # Podman 4.3's label filter needs key=value: a bare key matches no event at all,
+            # so there lbctl's containers are picked out below (every event carries labels).
+            filters["label"] = [LABEL_APP]
+        task = asyncio.create_task(stream.run(filters=json.dumps(filters)))
         try:
             # The engine sends the HTTP headers only when the first event arrives on some
             # versions; a version call proves the engine answers before we claim "connected".
@@ -309,7 +325,7 @@ class Engine:
                 if ev is None:
                     break
                 parsed = _parse_event(ev)
-                if parsed is not None:
+                if parsed is not None and parsed.app is not None:
                     yield parsed
         finally:
             task.cancel()
@@ -319,14 +335,37 @@ class Engine:
             raise EngineError(f"event stream failed: {task.exception()}")
 
 
+def podman_ulimits() -> list[dict[str, Any]]:
+    """Ulimits for every container lbctl creates on Podman.
+
+    Podman 4.3's Docker-compatible API asks runc for limits above what this host lets a
+    process raise to (`error setting rlimit type 7: operation not permitted`), and it does
+    not apply containers.conf's `default_ulimits` to API creates: explicit nofile *and* nproc
+    are what work (either alone fails on the other). nofile may not exceed the hard limit
+    the engine runs under (20000 here); lbctl's own is the best guess it has of it.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 65536 if hard == resource.RLIM_INFINITY else max(1024, min(65536, hard))
+    return [
+        {"Name": "nofile", "Soft": nofile, "Hard": nofile},
+        {"Name": "nproc", "Soft": 4096, "Hard": 8192},
+    ]
+
+
 def _health_marker(status: str) -> str:
     start = status.rfind("(")
     return status[start:] if start >= 0 and status.endswith(")") else ""
 
 
+# Podman's names for the events lbctl watches (its `kill` carries no signal attribute, so a
+# kill is not taken as fatal there; the `die` that follows is).
+_PODMAN_ACTIONS = {"remove": "destroy"}
+
+
 def _parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:
     action = str(ev.get("Action") or ev.get("status") or "")
     action = action.split(":", 1)[0].strip()  # "health_status: healthy", "exec_start: sh"
+    action = _PODMAN_ACTIONS.get(action, action)
     if action not in WATCHED_ACTIONS and action != "health_status":
         return None
     actor = ev.get("Actor") or {}

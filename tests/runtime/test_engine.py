@@ -15,6 +15,7 @@ from lbctl.runtime.engine import (
     _health_marker,
     _parse_event,
     _parse_time,
+    podman_ulimits,
     replica_labels,
 )
 from tests.helpers import PREFIX
@@ -31,6 +32,33 @@ def test_events_are_normalized() -> None:
     hup = _parse_event({"Action": "kill", "Actor": {"ID": "a", "Attributes": {"signal": "1"}}})
     assert hup is not None and not hup.fatal  # a reload signal does not doom a replica
     assert _parse_event({"Action": "exec_start: sh -c x", "Actor": {"ID": "a"}}) is None
+
+
+def test_podman_events_are_normalized() -> None:
+    # As Podman 4.3's compat stream sends them: `status` = `Action`, no signal on kill,
+    # "remove" for Docker's "destroy", extra init/cleanup.
+    def podman(action: str) -> dict[str, object]:
+        return {"status": action, "id": "abc", "Type": "container", "Action": action,
+                "Actor": {"ID": "abc", "Attributes": {"containerExitCode": "0", "name": "web-1",
+                                                      LABEL_APP: "web"}}}
+
+    rm = _parse_event(podman("remove"))
+    assert rm is not None and (rm.action, rm.app) == ("destroy", "web")
+    kill = _parse_event(podman("kill"))
+    assert kill is not None and not kill.fatal  # no signal: the die that follows is fatal
+    die = _parse_event(podman("die"))
+    assert die is not None and die.fatal
+    assert _parse_event(podman("init")) is None and _parse_event(podman("cleanup")) is None
+
+
+def test_podman_ulimits_stay_under_the_hard_limit() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limits = {u["Name"]: u for u in podman_ulimits()}
+    assert set(limits) == {"nofile", "nproc"}  # either alone fails on the other
+    assert limits["nofile"]["Soft"] == limits["nofile"]["Hard"] <= max(1024, hard)
+    assert limits["nproc"]["Soft"] <= limits["nproc"]["Hard"]
 
 
 def test_uptime_does_not_count_as_a_change() -> None:
