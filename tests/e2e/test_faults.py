@@ -649,3 +649,167 @@ def test_control_socket_access_and_listeners(daemon: Daemon, app_name: str) -> N
         daemon.start()
         with contextlib.suppress(OSError):
             sock_dir.rmdir()
+
+
+# ---- ownership: what lbctl did not create stays as it was ---------------------------------
+
+
+class ForeignMap:
+    """A pinned BPF array map of our own (not lbctl's), with a value in it."""
+
+    def __init__(self, path: Path) -> None:
+        import struct
+
+        from lbctl.dataplane import bpfsys
+
+        self.path = path
+        bpf_map_create, bpf_map_type_array = 0, 2
+        attr = bpfsys._attr(struct.pack("=IIII", bpf_map_type_array, 4, 8, 4))
+        fd = bpfsys._sys(bpf_map_create, attr, "map create")
+        try:
+            bpfsys.map_update(fd, struct.pack("=I", 1), struct.pack("=Q", 0xDEADBEEF))
+            bpfsys.obj_pin(fd, str(path))
+            self.identity = self.read()
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[int, int, int, int, bytes | None]:
+        import struct
+
+        from lbctl.dataplane import bpfsys
+
+        fd = bpfsys.obj_get(str(self.path))
+        try:
+            info = bpfsys._info(fd, 88)
+            map_id = struct.unpack_from("=I", info, 4)[0]
+            mtype, _, vsize, maxe = bpfsys.map_info(fd)
+            return map_id, mtype, vsize, maxe, bpfsys.map_lookup(fd, struct.pack("=I", 1), 8)
+        finally:
+            os.close(fd)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _ipt(*args: str) -> None:
+    subprocess.run(["iptables", "-w", *args], check=True)
+
+
+def foreign_rules(marker: str) -> list[str]:
+    """Every iptables-save line (all tables, counters off) that mentions our foreign chains,
+    with its table, in order."""
+    out, table = [], ""
+    for line in subprocess.run(["iptables-save"], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        if line.startswith("*"):
+            table = line
+        elif marker in line:
+            out.append(table + " " + re.sub(r"\[\d+:\d+\]", "[-]", line))
+    return out
+
+
+def route_localnet() -> dict[str, str]:
+    """route_localnet of every interface but containers' veths (they come and go with them)."""
+    return {p.parent.name: p.read_text().strip()
+            for p in Path("/proc/sys/net/ipv4/conf").glob("*/route_localnet")
+            if not p.parent.name.startswith("veth")}
+
+
+def test_what_lbctl_did_not_create_is_untouched(daemon: Daemon, app_name: str) -> None:
+    tag = f"LBTEST{os.getpid() % 100000}"
+    chains = [("filter", f"{tag}-F"), ("nat", f"{tag}-N"), ("nat", f"LBCTLX{os.getpid() % 1000}")]
+    foreign_map = Path(f"/sys/fs/bpf/foreign-test-{os.getpid()}")
+    foreign_name = f"{app_name}-foreign"
+    adopted_name = f"{app_name}-i-adopted"
+    ipt_app, ebpf_app = f"{app_name}-i", f"{app_name}-e"
+    ipt_port, ebpf_port = free_port(), free_port()
+    host_before = iptables_save()
+    # The kernel default on the docker bridge, so that "restored" means something: lbctl sets
+    # it to 1 while it DNATs 127.0.0.1 clients there and must put back what it found.
+    docker0 = Path("/proc/sys/net/ipv4/conf/docker0/route_localnet")
+    docker0_found = docker0.read_text()
+    docker0.write_text("0\n")
+    localnet_before = route_localnet()
+    fmap: ForeignMap | None = None
+    try:
+        for table, chain in chains:
+            _ipt("-t", table, "-N", chain)
+            _ipt("-t", table, "-A", chain, "-s", "127.0.0.99/32", "-m", "comment", "--comment",
+                 "not lbctl's", "-j", "RETURN")
+        # a jump from a built-in chain lbctl also hooks, matching nothing real
+        _ipt("-t", "nat", "-A", "OUTPUT", "-d", "127.0.0.99/32", "-p", "tcp", "--dport", "9",
+             "-j", chains[1][1])
+        fmap = ForeignMap(foreign_map)
+        foreign_id = docker("run", "-d", "--name", foreign_name, "--label", "lbctl.test=1",
+                            "lbctl/pause:latest").strip()
+        with_foreign = iptables_save()
+        rules = foreign_rules(tag) + foreign_rules(chains[2][1])
+        assert len(rules) == 7, rules
+
+        def untouched(step: str) -> None:
+            now = foreign_rules(tag) + foreign_rules(chains[2][1])
+            assert now == rules, f"foreign iptables changed after {step}: {now}"
+            assert fmap is not None and fmap.read() == fmap.identity, f"foreign map after {step}"
+            c = json.loads(docker("inspect", foreign_id))[0]
+            assert c["State"]["Running"] and c["RestartCount"] == 0, f"foreign ctr after {step}"
+            print(f"  untouched after {step}")
+
+        print()
+        run_app(daemon, ipt_app, ipt_port, 2, "iptables")
+        run_app(daemon, ebpf_app, ebpf_port, 2, "ebpf")
+        # a container lbctl did not create but adopts: served, never removed
+        adopted_id = docker("run", "-d", "--name", adopted_name, "--label", f"lbctl.app={ipt_app}",
+                            "-e", f"LBCTL_REPLICA={adopted_name}", IMAGE).strip()
+        wait_until(lambda: daemon.status(ipt_app)["ready"] == 3, 20, "adopted replica ready")
+        assert docker0.read_text().strip() == "1", "iptables mode on docker0 needs route_localnet"
+        assert adopted_name in spread(ipt_port, 60)
+        untouched("run")
+        daemon.ok("scale", f"{ipt_app}=3", f"{ebpf_app}=3")
+        untouched("scale")
+        for app in (ipt_app, ebpf_app):
+            victim = next(c["Id"] for c in replicas_of(app) if c["Name"] == f"/{app}-1")
+            docker("kill", victim)
+            wait_until(lambda a=app, v=victim: any(  # type: ignore[misc]
+                r["name"] == f"{a}-1" and r["state"] == "ready" and r["container_id"] != v
+                for r in daemon.status(a)["replicas"]), 30, f"{app}-1 replaced")
+        untouched("crash")
+        daemon.kill(signal.SIGKILL)
+        daemon.start()
+        wait_until(lambda: all(daemon.status(a)["converged"] for a in (ipt_app, ebpf_app)), 30,
+                   "converged after restart")
+        untouched("restart")
+        daemon.ok("rm", ipt_app)
+        daemon.ok("rm", ebpf_app)
+        untouched("rm")
+
+        # The host is as it was, but for what we made ourselves.
+        after = iptables_save()
+        managed = docker("ps", "-aq", "--filter", "label=lbctl.managed=true",
+                         "--filter", f"label=lbctl.app={ipt_app}").split() + docker(
+            "ps", "-aq", "--filter", "label=lbctl.managed=true",
+            "--filter", f"label=lbctl.app={ebpf_app}").split()
+        adopted = json.loads(docker("inspect", adopted_id))[0]
+        print(f"after rm: iptables identical {after == with_foreign}, pins {pins(daemon)}, "
+              f"managed containers {managed}, adopted running {adopted['State']['Running']}, "
+              f"route_localnet restored {route_localnet() == localnet_before}")
+        assert after == with_foreign
+        assert pins(daemon) == []
+        assert managed == []
+        assert adopted["State"]["Running"], "lbctl removed a container it did not create"
+        assert route_localnet() == localnet_before
+    finally:
+        docker("rm", "-f", foreign_name, adopted_name, check=False)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-D", "OUTPUT", "-d", "127.0.0.99/32",
+                        "-p", "tcp", "--dport", "9", "-j", chains[1][1]],
+                       check=False, capture_output=True)
+        for table, chain in chains:
+            subprocess.run(["iptables", "-w", "-t", table, "-F", chain], check=False,
+                           capture_output=True)
+            subprocess.run(["iptables", "-w", "-t", table, "-X", chain], check=False,
+                           capture_output=True)
+        if fmap is not None:
+            fmap.remove()
+        docker0.write_text(docker0_found)
+    assert iptables_save() == host_before
+    assert not foreign_map.exists()
