@@ -274,11 +274,14 @@ def test_replica_crash_under_load_leaves_within_a_second_and_is_replaced(
     # Only connections that were on the replica when it died may fail, and none once it left
     # the data plane. ebpf: the dead socket leaves the SOCKMAP with the process and its accept
     # queue migrates, so at most the requests in flight (one per client). iptables: the DNAT
-    # also sends the connections that arrive in the few ms between the death and the rule
-    # update (engine event -> one pass) to the dead address, which refuses them; the bound is
-    # that window, not a share of the traffic.
-    limit = clients if mode == "ebpf" else 4 * clients
-    assert len(load.failed) <= limit, load.failed
+    # also sends the connections that arrive between the death and the rule update (engine
+    # event -> one pass, ~20 ms here) to the dead address, which refuses them: the bound is
+    # that window (all failures within 100 ms of the kill) and a small share of the traffic.
+    if mode == "ebpf":
+        assert len(load.failed) <= clients, load.failed
+    else:
+        assert all(t <= 0.1 for t in fail_times), fail_times
+        assert len(load.failed) <= load.sent // 200, load.failed
     assert all(0 <= t <= left + 0.05 for t in fail_times), (fail_times, left)
     assert after_ok > 100
     st = assert_consistent(daemon, app_name, 3, mode)
