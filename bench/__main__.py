@@ -33,6 +33,29 @@ EXTRA = ("scale", "convergence", "sync", "footprint")
 ALL = (*throughput.PATHS, *EXTRA)
 
 
+NOTES = [
+    "Proxies: Debian's nginx with `worker_processes 1` (upstream `keepalive 64`, "
+    "`proxy_http_version 1.1`, `proxy_set_header Connection \"\"`) and HAProxy with "
+    "`nbthread 1` (`mode http`, `http-reuse always`, `balance roundrobin`): one worker each, "
+    "like each nginx replica, because on 2 cores shared with wrk and the replicas a second "
+    "proxy worker only takes CPU from the backends.",
+    "`ebpf` and `iptables` are reached as users reach them, on 127.0.0.1:PORT through lbctl's "
+    "DNAT (+ MASQUERADE of the 127.0.0.1 source); `reuseport` and `ebpf-sandbox` are hit on the "
+    "sandbox's bridge IP, which isolates the program's cost from the DNAT's.",
+    "New-connection runs are sensitive to TIME_WAIT and conntrack state left by the run before "
+    "them (tens of thousands of connections per run); rounds alternate the order of the paths "
+    "to spread that, but single close-mode figures still move by 20-30 % between rounds "
+    "(see results.json for every round).",
+    "Profile of the idle daemon (py-spy record, 2 apps x 4 replicas, by hand during "
+    "development): ~73 % of samples in `lbctl.dataplane.sockets._tcp_rows`, i.e. the ebpf "
+    "readiness probe reading /proc/PID/net/tcp{,6} for every replica several times a second; "
+    "each read walks the kernel's whole TCP hash (~10 ms for tcp+tcp6 here). That is what "
+    "the idle CPU figure measures; a sock_diag query filtered on LISTEN would avoid it.",
+    "docker-proxy is Docker's userland proxy for `-p` published ports (local clients); lbctl "
+    "never puts it in the path.",
+]
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -84,6 +107,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="smoke run: N=2 only, 1 round, fewer tries, shorter storms")
     ap.add_argument("--only", default=",".join(ALL),
                     help=f"comma-separated scenarios (default all): {','.join(ALL)}")
+    ap.add_argument("--report-from", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="run nothing: redraw RESULTS.md and results.png from a results.json")
     ap.add_argument("--out", type=Path, default=HERE,
                     help="where RESULTS.md, results.png and results.json go (default bench/)")
     args = ap.parse_args(argv)
@@ -120,7 +145,7 @@ def _leftover_rules() -> bool:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     started = time.monotonic()
-    res: dict[str, Any] = {"meta": _meta(args, argv), "notes": []}
+    res: dict[str, Any] = {"meta": _meta(args, argv), "notes": list(NOTES)}
     only = args.only
     log("building lbctl/bench-nginx (offline) ...")
     image.build()
@@ -183,6 +208,11 @@ def write(res: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.report_from is not None:
+        res = json.loads(args.report_from.read_text())
+        res["notes"] = NOTES + [n for n in res.get("notes", []) if n not in NOTES]
+        write(res, args.out)
+        return 0
     if os.geteuid() != 0:
         print("bench: needs root (Docker, iptables, eBPF); run `make bench` as root",
               file=sys.stderr)

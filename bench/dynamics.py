@@ -16,7 +16,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench import wrk
-from bench.env import PIN_ROOT, Env, container_ip, container_pid, docker, run_backend, run_sandbox
+from bench.env import (
+    PIN_ROOT,
+    Env,
+    container_ip,
+    container_pid,
+    docker,
+    proc_cpu_seconds,
+    run_backend,
+    run_sandbox,
+)
 from bench.image import PORT
 from lbctl.dataplane import ebpf
 from lbctl.dataplane.iptables_rules import svc_chain
@@ -145,6 +154,20 @@ def _wait_ready(env: Env, app: str, n: int, timeout: float = 60) -> None:
                      timeout=timeout, what=f"{app} at {n} ready replicas")
 
 
+def _victim(env: Env, app: str) -> tuple[dict[str, Any], int]:
+    """A ready replica (the second) and its host PID, once the app has 3 ready replicas and
+    the engine reports that PID (0 means not running: never signal 0, the process group)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _wait_ready(env, app, 3)
+        victim = _replicas(env, app)[1]
+        pid = container_pid(victim["container_id"])
+        if pid > 0:
+            return victim, pid
+        time.sleep(0.2)
+    raise RuntimeError(f"{app}: no running replica to kill")
+
+
 def convergence(env: Env, modes: list[str], tries: int, log: Log) -> list[Convergence]:
     """Per mode: (a) SIGKILL a replica's process, time until the data plane has dropped it;
     (b) ask for one more replica, time until the new replica answers a request."""
@@ -156,11 +179,10 @@ def convergence(env: Env, modes: list[str], tries: int, log: Log) -> list[Conver
         out.append(c)
         try:
             for i in range(tries):
-                _wait_ready(env, app, 3)
-                victim = _replicas(env, app)[1]
-                pid = container_pid(victim["container_id"])
+                victim, pid = _victim(env, app)
                 gone = _watcher(env, app, mode, victim["name"])
                 t0 = time.monotonic()
+                assert pid > 1, pid  # never a process group
                 os.kill(pid, signal.SIGKILL)
                 c.kill_ms.append((gone(t0) - t0) * 1e3)
                 log(f"  convergence {mode} kill {i + 1}/{tries}: {c.kill_ms[-1]:.1f} ms")
@@ -202,15 +224,33 @@ def _watcher(env: Env, app: str, mode: str, replica: str) -> Callable[[float], f
             return tag in r.stdout
     else:
         assert env.daemon is not None
-        state = json.loads((env.daemon.state_dir / "ebpf" / f"{app}.json").read_text())
-        slot = int(state["slots"][replica])
+        state_file = env.daemon.state_dir / "ebpf" / f"{app}.json"
         maps = ebpf._open_pins(PIN_ROOT / ebpf._encode(app))
 
-        def present() -> bool:
-            return slot in ebpf._read_table(maps)[1]
+        def slot() -> int | None:
+            with contextlib.suppress(OSError, ValueError):
+                found = json.loads(state_file.read_text())["slots"].get(replica)
+                return None if found is None else int(found)
+            return None
 
-    if not present():
-        raise RuntimeError(f"{replica} is not in the data plane before the kill")
+        fixed: list[int] = []  # the slot, once known: removal is watched in the table only
+
+        def present() -> bool:
+            s = fixed[0] if fixed else slot()
+            if s is None or s not in ebpf._read_table(maps)[1]:
+                return False
+            fixed[:] = [s]
+            return True
+
+    # `ready` in status means the controller put the replica in the data plane; check that
+    # the kernel agrees before starting the clock.
+    deadline = time.monotonic() + 10
+    while not present():
+        if time.monotonic() > deadline:
+            if mode != "iptables":
+                maps.close()
+            raise RuntimeError(f"{replica} is ready in status but not in the data plane")
+        time.sleep(0.01)
 
     def wait(t0: float) -> float:
         try:
@@ -253,12 +293,6 @@ def _rss_mb(pid: int) -> tuple[float, float]:
     return rss, hwm
 
 
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
     """The daemon's RSS and CPU idle (with one app of 4 replicas in each mode) and during a
     storm of scale 1 <-> 4 in both modes at once."""
@@ -271,11 +305,13 @@ def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
         for app, mode in apps.items():
             env.run_app(app, 4, mode)
         fp.apps_idle = len(apps)
-        time.sleep(1)
-        c0, t0 = _cpu_s(pid), time.monotonic()
+        for app in apps:
+            _wait_ready(env, app, 4)
+        time.sleep(2)
+        c0, t0 = proc_cpu_seconds(pid), time.monotonic()
         time.sleep(idle)
         fp.idle_seconds = time.monotonic() - t0
-        fp.idle_cpu_pct = 100 * (_cpu_s(pid) - c0) / fp.idle_seconds
+        fp.idle_cpu_pct = 100 * (proc_cpu_seconds(pid) - c0) / fp.idle_seconds
         fp.idle_rss_mb = _rss_mb(pid)[0]
         log(f"  footprint idle: {fp.idle_rss_mb:.1f} MB RSS, {fp.idle_cpu_pct:.2f}% CPU")
 
@@ -289,14 +325,14 @@ def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        c0, t0 = _cpu_s(pid), time.monotonic()
+        c0, t0 = proc_cpu_seconds(pid), time.monotonic()
         cycles = 0
         while time.monotonic() - t0 < storm:
             for target in (1, 4):
                 d.ok("scale", *(f"{a}={target}" for a in apps), timeout=180)
             cycles += 1
         fp.storm_seconds = time.monotonic() - t0
-        fp.storm_cpu_pct = 100 * (_cpu_s(pid) - c0) / fp.storm_seconds
+        fp.storm_cpu_pct = 100 * (proc_cpu_seconds(pid) - c0) / fp.storm_seconds
         stop.set()
         sampler.join()
         fp.storm_cycles = cycles

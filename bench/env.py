@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -50,7 +51,18 @@ def container_ip(ref: str) -> str:
 
 
 def container_pid(ref: str) -> int:
-    return int(inspect(ref)["State"]["Pid"])
+    """Host PID of the container's init process; 0 when it is not running."""
+    try:
+        return int(inspect(ref)["State"]["Pid"] or 0)
+    except RuntimeError:  # gone
+        return 0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_containers() -> list[str]:
@@ -174,7 +186,7 @@ def haproxy_conf(upstreams: list[str], port: int) -> str:
     return f"""\
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
 defaults
     mode http
     timeout connect 5s
@@ -206,6 +218,10 @@ class Env:
             d.start()
             self.daemon = d
         return self.daemon
+
+    def daemon_pid(self) -> int | None:
+        d = self.daemon
+        return d.proc.pid if d and d.proc and d.proc.poll() is None else None
 
     def run_app(self, app: str, replicas: int, mode: str) -> int:
         """`lbctl run`; returns the host port (127.0.0.1) it answers on."""

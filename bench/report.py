@@ -51,6 +51,10 @@ def _ms(x: float) -> str:
     return f"{x:.1f} ms" if x >= 1 else f"{x * 1000:.0f} us"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}%"
+
+
 def _verdict(ok: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not measured"}[ok]
 
@@ -191,8 +195,12 @@ def markdown(res: Results) -> str:
           "`worker_processes 1`, `listen 8080 reuseport`, `return 200 \"<replica>\\n\"`). "
           "Keep-alive: wrk's 64 connections stay open; close: `Connection: close`, a new TCP "
           "connection per request.\n")
-        w("| path | N | keep-alive req/s | p50 | p99 | new conn. req/s | p50 | p99 |")
-        w("|---|---|---|---|---|---|---|---|")
+        w("*daemon CPU*: the lbctl daemon's CPU during that run (% of one core, keep-alive / "
+          "new connection). The daemon runs through every path's runs, since it manages the "
+          "`ebpf` and `iptables` apps measured beside them.\n")
+        w("| path | N | keep-alive req/s | p50 | p99 | new conn. req/s | p50 | p99 | "
+          "daemon CPU |")
+        w("|---|---|---|---|---|---|---|---|---|")
         for n in ns:
             for p in PATHS:
                 ka, cl = _tp(res, p, n, "keepalive"), _tp(res, p, n, "close")
@@ -201,7 +209,8 @@ def markdown(res: Results) -> str:
                 nn = "1" if p in ("direct", "dockerproxy") else str(n)
                 w(f"| {LABELS[p]} | {nn} | {_k(ka['rps'])} | {_ms(ka['p50_ms'])} | "
                   f"{_ms(ka['p99_ms'])} | {_k(cl['rps'])} | {_ms(cl['p50_ms'])} | "
-                  f"{_ms(cl['p99_ms'])} |")
+                  f"{_ms(cl['p99_ms'])} | {_pct(ka.get('daemon_cpu_pct'))} / "
+                  f"{_pct(cl.get('daemon_cpu_pct'))} |")
         w("\n`direct` and `dockerproxy` have one replica whatever N is; they are measured again "
           "in each N's block, next to the others.\n")
         w("### Ratios (same run, same replicas)\n")

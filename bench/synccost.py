@@ -15,6 +15,7 @@ members; larger N is extrapolated linearly from the per-entry cost and marked so
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import resource
 import shutil
@@ -71,7 +72,8 @@ def _service(n: int, port: int, shift: int = 0) -> Service:
         Backend(f"r{i:05d}", f"127.1.{(i + shift) // 250}.{(i + shift) % 250 + 1}", 8080)
         for i in range(n)
     )
-    return Service("bench-sync", Publish("127.0.0.1", port, 8080), backends, None)
+    return Service(app="bench-sync", publish=Publish("127.0.0.1", port, 8080),
+                   backends=backends, bridges=())
 
 
 def iptables(sizes: list[int], log: Log) -> list[IptSync]:
@@ -94,7 +96,7 @@ def iptables(sizes: list[int], log: Log) -> list[IptSync]:
                     # one replica replaced: the last backend gets a new address
                     svc = _service(n, port)
                     moved = Backend(svc.backends[-1].name, "127.2.0.1", 8080)
-                    svc = Service(svc.app, svc.publish, (*svc.backends[:-1], moved), None)
+                    svc = dataclasses.replace(svc, backends=(*svc.backends[:-1], moved))
                     change = await timed([svc])
                     await dp.sync([])
                     out.append(IptSync(n, *first, *change))

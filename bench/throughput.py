@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import wrk
-from bench.env import Env, container_ip, docker, run_backend, run_sandbox, wait_http
+from bench.env import (
+    Env,
+    container_ip,
+    docker,
+    proc_cpu_seconds,
+    run_backend,
+    run_sandbox,
+    wait_http,
+)
 from bench.image import PORT
 from tests.helpers import free_port
 
@@ -50,6 +58,8 @@ class Sample:
     replicas: int
     mode: str
     rounds: list[wrk.WrkResult] = field(default_factory=list)
+    # CPU of the lbctl daemon during each round, % of one core (None: no daemon running)
+    daemon_cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> wrk.WrkResult:
@@ -61,6 +71,8 @@ class Sample:
         return {"path": self.path, "replicas": self.replicas, "mode": self.mode,
                 "rps": round(m.rps, 1), "p50_ms": round(m.p50_ms, 3),
                 "p99_ms": round(m.p99_ms, 3), "failed": m.failed,
+                "daemon_cpu_pct": round(statistics.median(self.daemon_cpu), 1)
+                if self.daemon_cpu else None,
                 "rounds": [r.to_json() for r in self.rounds]}
 
 
@@ -156,11 +168,17 @@ def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, r
             for r in range(rounds):
                 for mode in MODES:
                     for path in order if r % 2 == 0 else reversed(order):
+                        pid = env.daemon_pid()
+                        c0, t0 = (proc_cpu_seconds(pid), time.monotonic()) if pid else (0, 0)
                         res = wrk.run(urls[path], seconds, close=mode == "close")
                         s = by_key.setdefault((path, mode), Sample(path, n, mode))
                         s.rounds.append(res)
+                        if pid:
+                            s.daemon_cpu.append(
+                                100 * (proc_cpu_seconds(pid) - c0) / (time.monotonic() - t0))
                         log(f"  N={n} {mode:9} {path:12} round {r + 1}: {res.rps:9.0f} req/s "
                             f"p50 {res.p50_ms:.2f} ms p99 {res.p99_ms:.2f} ms"
+                            + (f" daemon CPU {s.daemon_cpu[-1]:.0f}%" if pid else "")
                             + (f" FAILED {res.failed}" if res.failed else ""))
                         time.sleep(0.5)  # let TIME_WAIT churn and stray CPU settle
             samples += [by_key[(p, m)] for p in order for m in MODES]
