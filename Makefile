@@ -26,7 +26,7 @@ unit: setup
 demo: setup
 	bash scripts/demo.sh
 
-# The full run (~15 min) rewrites bench/RESULTS.md and bench/results.png (matplotlib: the
+# The full run (~12 min) rewrites bench/RESULTS.md and bench/results.png (matplotlib: the
 # `bench` extra). bench-smoke is the harness's own check, a few seconds of load.
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
