@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ CONNECT_TIMEOUT = 0.25
 class ProbeRecord:
     state: ReplicaState = ReplicaState.STARTING
     failures: int = 0
+    checked_at: float = 0.0  # time.monotonic() of the last probe
 
 
 async def tcp_probe(ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
@@ -48,6 +50,10 @@ class Prober:
         rec = self.records.get(container_id)
         return rec.state if rec else None
 
+    def checked_at(self, container_id: str) -> float:
+        rec = self.records.get(container_id)
+        return rec.checked_at if rec else 0.0
+
     def forget_missing(self, live: set[str]) -> None:
         for cid in list(self.records):
             if cid not in live:
@@ -58,6 +64,7 @@ class Prober:
     ) -> tuple[ReplicaState, bool]:
         """Probe one replica; returns (state, changed)."""
         rec = self.records.setdefault(c.id, ProbeRecord())
+        rec.checked_at = time.monotonic()
         before = rec.state
         if c.health == "unhealthy":
             rec.state, rec.failures = ReplicaState.UNHEALTHY, FAILURES_TO_UNHEALTHY

@@ -42,6 +42,8 @@ log = logging.getLogger("lbctl.controller")
 
 PASS_INTERVAL = 1.0
 PROBE_INTERVAL = 0.25
+EBPF_READY_RECHECK = 5.0
+DOOM_GRACE = 15.0  # longer than `docker stop`'s default 10 s before its SIGKILL
 SANDBOX_IMAGE = "lbctl/pause:latest"
 
 
@@ -110,7 +112,8 @@ class Controller:
         self.backoff: dict[tuple[str, int], Backoff] = {}
         self.app_status: dict[str, AppStatus] = {}
         self.in_dataplane: dict[str, tuple[str, ...]] = {}  # app -> container ids served
-        self.doomed: set[str] = set()  # containers the engine is stopping or killing
+        # containers the engine is stopping, killing or pausing -> when the mark expires
+        self.doomed: dict[str, float] = {}
         self.first_sync = asyncio.Event()
         self._wake = asyncio.Event()
         self._passed = asyncio.Condition()
@@ -162,8 +165,12 @@ class Controller:
                         if ev.fatal:
                             # `kill` is announced before the signal is delivered: taking the
                             # replica out now closes most of the window in which new
-                            # connections would still be sent to a dying process.
-                            self.doomed.add(ev.container_id)
+                            # connections would still be sent to a dying process. The mark
+                            # expires, since the engine's list may never show the change
+                            # (a pause undone within a second, a signal the app survives).
+                            self.doomed[ev.container_id] = time.monotonic() + DOOM_GRACE
+                        elif ev.action in ("start", "unpause"):
+                            self.doomed.pop(ev.container_id, None)
                     self.trigger()
                 log.warning("engine event stream ended; reconnecting")
             except EngineError as e:
@@ -221,7 +228,10 @@ class Controller:
             if cid not in live:
                 del self.draining[cid]
         running = {c.id for c in containers if c.running and not c.paused}
-        self.doomed &= running
+        now = time.monotonic()
+        self.doomed = {
+            cid: until for cid, until in self.doomed.items() if cid in running and now < until
+        }
         # Never sync a fresh container set before its replicas were probed once: a restarted
         # daemon would otherwise publish an empty backend set for a moment.
         await self._probe(containers, only_new=True)
@@ -333,18 +343,36 @@ class Controller:
     async def _probe(self, containers: list[Container], only_new: bool) -> bool:
         """Probe running replicas of desired apps; True when a verdict changed."""
         jobs: list[Awaitable[tuple[ReplicaState, bool]]] = []
+        probed: list[Container] = []
+        now = time.monotonic()
         for c in containers:
             spec = self.desired.get(c.app)
             if spec is None or c.role != ROLE_REPLICA or not c.running or c.paused:
                 continue
             if c.id in self.draining:
                 continue
-            if only_new and self.prober.state(c.id) is not None:
+            state = self.prober.state(c.id)
+            if only_new and state is not None:
+                continue
+            if (
+                spec.mode is Mode.EBPF
+                and state is ReplicaState.READY
+                and c.health != "unhealthy"
+                and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
+            ):
+                # A ready replica's listener is in the sockmap, and a closed socket leaves
+                # the map by itself (the program then skips its slot), so re-reading the
+                # namespace's socket table (every TIME_WAIT included) 4 times a second buys
+                # nothing: under a new-connection load it cost the daemon a whole core.
                 continue
             jobs.append(self.prober.check(c, self._answers_for(spec)))
+            probed.append(c)
         if not jobs:
             return False
         results = await asyncio.gather(*jobs)
+        for c, (state, changed) in zip(probed, results, strict=True):
+            if changed:
+                log.info("replica %s", state, extra={"app": c.app, "replica": c.name})
         return any(changed for _, changed in results)
 
     def _answers_for(self, spec: AppSpec) -> Callable[[Container], Awaitable[bool]]:
