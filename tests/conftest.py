@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,8 +56,28 @@ def daemon(tmp_path: Path, engine: str) -> Iterator[Daemon]:
             cleanup_leftovers(cli)
             if d.log.exists():
                 sys.stdout.write(d.log.read_text()[-3000:])
+            leaked = _sweep(d)
             for f in request_cleanup:
                 f()
+    # Deleting every app must leave no rule and no eBPF object behind; the sweep above keeps
+    # the next test clean either way, and this makes the leak this test's failure.
+    assert not leaked, f"left behind after every app was deleted: {leaked}"
+
+
+def _sweep(d: Daemon) -> list[str]:
+    import asyncio
+
+    from lbctl.dataplane.iptables import IptablesDataplane
+
+    leaked: list[str] = []
+    if "LBCTL-" in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout:
+        leaked.append("LBCTL- iptables chains")
+        asyncio.run(IptablesDataplane(d.state_dir).sync([]))
+    if d.pin_root.exists() and any(d.pin_root.iterdir()):
+        leaked.append(f"pins under {d.pin_root}")
+    if d.pin_root.exists():
+        subprocess.run(["rm", "-rf", str(d.pin_root)], check=False)
+    return leaked
 
 
 @pytest.fixture
