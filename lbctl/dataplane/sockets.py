@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import socket
 import struct
@@ -112,7 +113,65 @@ def _socket_fds(pid: int) -> dict[int, int]:
     return out
 
 
-def _tcp_rows(pid: int) -> Iterable[_TcpRow]:
+_LISTEN_MASK = 1 << TCP_LISTEN
+_OPEN_MASK = sum(1 << st for st in _OPEN_STATES)
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _tcp_rows(pid: int, states: int) -> list[_TcpRow]:
+    """TCP sockets of pid's network namespace in `states` (a bitmask of 1 << TCP state).
+
+    Asked through sock_diag inside that namespace, so the kernel filters by state: a busy
+    replica's namespace holds tens of thousands of TIME_WAIT sockets, which the text of
+    /proc/PID/net/tcp lists one by one (the first version read it and cost the daemon a core
+    under a new-connection load). Falls back to /proc where sock_diag is not available.
+    """
+    try:
+        return _diag_rows(pid, states)
+    except OSError:
+        return [r for r in _proc_rows(pid) if states >> r.state & 1]
+
+
+def _diag_rows(pid: int, states: int) -> list[_TcpRow]:
+    from pyroute2 import DiagSocket
+
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    except OSError:
+        os.close(own)
+        return []
+    rows: list[_TcpRow] = []
+    try:
+        # setns switches only this thread (callers run us in a worker thread), and a netlink
+        # socket belongs to the namespace it was created in: enter, create, ask, leave.
+        if _libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            with DiagSocket() as ds:
+                ds.bind()
+                for family in (socket.AF_INET, socket.AF_INET6):
+                    for m in ds.get_sock_stats(family=family, states=states):
+                        rows.append(_TcpRow(
+                            inode=int(m["idiag_inode"]),
+                            state=int(m["idiag_state"]),
+                            port=int(m["idiag_sport"]),
+                            # for a listener, rqueue is the accept queue length
+                            rx_queue=int(m["idiag_rqueue"]),
+                            family=family,
+                        ))  # fmt: skip
+        finally:
+            if _libc.setns(own, _CLONE_NEWNET) != 0:  # never leave a worker thread inside
+                raise SystemExit(f"cannot return to the daemon's network namespace: "
+                                 f"{os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(target)
+        os.close(own)
+    return rows
+
+
+def _proc_rows(pid: int) -> Iterable[_TcpRow]:
     """TCP sockets of pid's network namespace (/proc/PID/net/tcp{,6} show that netns)."""
     for fname, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
@@ -142,7 +201,9 @@ def find_listeners(pid: int, port: int) -> list[Listener]:
     if not pids:
         return []
     rows = {
-        r.inode: r for r in _tcp_rows(pid) if r.state == TCP_LISTEN and r.port == port and r.inode
+        r.inode: r
+        for r in _tcp_rows(pid, _LISTEN_MASK)
+        if r.state == TCP_LISTEN and r.port == port and r.inode
     }
     if not rows:
         return []
@@ -163,7 +224,7 @@ def count_open(pid: int, port: int) -> int:
     for p in pids:
         owned.update(_socket_fds(p))
     n = 0
-    for r in _tcp_rows(pid):
+    for r in _tcp_rows(pid, _LISTEN_MASK | _OPEN_MASK):
         if r.port != port or r.inode not in owned:
             continue
         if r.state == TCP_LISTEN:

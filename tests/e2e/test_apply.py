@@ -1,0 +1,44 @@
+"""`lbctl apply -f`: create, then converge a file of apps; refuse what it cannot change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Daemon, free_port, spread
+
+pytestmark = pytest.mark.engine
+
+
+def _toml(name: str, port: int, replicas: int, mode: str, image: str = "lbctl/demo") -> str:
+    return (f'[[app]]\nname = "{name}"\nimage = "{image}"\n'
+            f'publish = "127.0.0.1:{port}:8080"\nreplicas = {replicas}\nmode = "{mode}"\n'
+            'env = { GREETING = "hi" }\n\n')
+
+
+def test_apply_creates_scales_and_refuses_changes(
+    daemon: Daemon, app_name: str, tmp_path: Path
+) -> None:
+    a, b = f"{app_name}-a", f"{app_name}-b"
+    pa, pb = free_port(), free_port()
+    f = tmp_path / "apps.toml"
+    f.write_text(_toml(a, pa, 2, "iptables") + _toml(b, pb, 1, "ebpf"))
+    daemon.ok("apply", "-f", str(f))
+    assert len(spread(pa, 40)) == 2 and len(spread(pb, 10)) == 1
+
+    # the same file again changes nothing; new counts scale both apps
+    daemon.ok("apply", "-f", str(f))
+    f.write_text(_toml(a, pa, 1, "iptables") + _toml(b, pb, 3, "ebpf"))
+    daemon.ok("apply", "-f", str(f))
+    apps = {x["name"]: x for x in json.loads(daemon.ok("status", "-o", "json"))["apps"]}
+    assert (apps[a]["ready"], apps[b]["ready"]) == (1, 3)
+    assert len(spread(pb, 30)) == 3
+
+    # a different image cannot be applied in place: exit 2, one line, nothing changed
+    state = (daemon.state_dir / "state.json").read_bytes()
+    f.write_text(_toml(a, pa, 1, "iptables", image="lbctl/demo-health"))
+    r = daemon.cli("apply", "-f", str(f))
+    assert r.returncode == 2 and "rm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (daemon.state_dir / "state.json").read_bytes() == state
