@@ -23,7 +23,7 @@ from lbctl.controller.store import StateStore
 from lbctl.dataplane.ebpf import EbpfDataplane, EbpfError, ListenerError, Member
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.iptables_rules import Backend, Service
-from lbctl.dataplane.sockets import count_open
+from lbctl.dataplane.sockets import established_connections
 from lbctl.metrics import Metrics
 from lbctl.model import (
     ROLE_REPLICA,
@@ -413,7 +413,7 @@ class Controller:
                 port = spec.publish.container_port if spec else None
                 if port is None:  # a deleted app's replica drains on its old port
                     port = self._deleted_ports.get(c.app)
-                n = await asyncio.to_thread(count_open, c.pid, port) if port else 0
+                n = await established_connections(c.pid, port) if port else 0
                 d.done = n == 0
 
     async def _remove(self, c: Container) -> None:

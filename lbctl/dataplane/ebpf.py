@@ -208,7 +208,7 @@ class EbpfDataplane:
 
     async def established(self, pid: int, port: int) -> int:
         """Connections the replica accepted on `port` and still holds, plus its accept queue."""
-        return await asyncio.to_thread(sockets.count_open, pid, port)
+        return await sockets.established_connections(pid, port)
 
     # ---------------------------------------------------------------- per app
 
