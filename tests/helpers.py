@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -214,20 +215,77 @@ class Wrk:
         self.proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
         self.output = ""
 
-    def result(self) -> dict[str, int]:
+    def result(self) -> dict[str, Any]:
         self.output, _ = self.proc.communicate(timeout=120)
         return parse_wrk(self.output)
 
 
-def parse_wrk(out: str) -> dict[str, int]:
-    import re
+def parse_wrk(out: str) -> dict[str, Any]:
+    """wrk's counts as a dict (requests, connect/read/write/timeout, non2xx, failed): the
+    benchmark's parser, so tests and bench read wrk the same way."""
+    from bench.wrk import parse
 
-    res = {"requests": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
-    if m := re.search(r"(\d+) requests in", out):
-        res["requests"] = int(m.group(1))
-    if m := re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        res.update(connect=int(m[1]), read=int(m[2]), write=int(m[3]), timeout=int(m[4]))
-    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        res["non2xx"] = int(m.group(1))
-    res["failed"] = res["connect"] + res["read"] + res["write"] + res["timeout"] + res["non2xx"]
-    return res
+    return parse(out).to_json()
+
+
+class Load:
+    """New connection per request from `clients` threads, bounded in count and time; every
+    outcome is kept with its time so a test can say when failures happened."""
+
+    def __init__(self, port: int, clients: int = 4, seconds: float = 60,
+                 max_requests: int = 200_000) -> None:
+        self.port = port
+        self.seen: Counter[str] = Counter()
+        self.ok_at: list[float] = []
+        self.latency: list[tuple[float, float]] = []  # (start, seconds) of each answered one
+        self.failed: list[tuple[float, str]] = []
+        self.failed_started: list[float] = []  # when each failed request was sent
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + seconds
+        self._budget = max_requests
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    @property
+    def ok(self) -> int:
+        return len(self.ok_at)
+
+    @property
+    def sent(self) -> int:
+        return self.ok + len(self.failed)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            with self._lock:
+                if self._budget <= 0:
+                    return
+                self._budget -= 1
+            start = time.monotonic()
+            try:
+                who = get(self.port, timeout=3)
+                with self._lock:
+                    self.ok_at.append(time.monotonic())
+                    self.latency.append((start, self.ok_at[-1] - start))
+                    self.seen[who] += 1
+            except OSError as e:
+                with self._lock:
+                    self.failed.append((time.monotonic(), repr(e)))
+                    self.failed_started.append(start)
+            time.sleep(0.001)
+
+    def between(self, t0: float, t1: float) -> tuple[int, int]:
+        """(ok, failed) whose outcome was known in [t0, t1)."""
+        with self._lock:
+            ok = sum(1 for t in self.ok_at if t0 <= t < t1)
+            bad = sum(1 for t, _ in self.failed if t0 <= t < t1)
+        return ok, bad
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)

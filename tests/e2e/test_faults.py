@@ -10,9 +10,7 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import pytest
 from tests.helpers import (
     LBCTL,
     Daemon,
+    Load,
     app_containers,
     docker,
     free_port,
@@ -36,69 +35,6 @@ IMAGE = "lbctl/demo:latest"
 
 
 # ---- helpers -----------------------------------------------------------------------------
-
-
-class Load:
-    """New connection per request from `clients` threads, bounded in count and time; every
-    outcome is kept with its time so a test can say when failures happened."""
-
-    def __init__(self, port: int, clients: int = 4, seconds: float = 60,
-                 max_requests: int = 200_000) -> None:
-        self.port = port
-        self.seen: Counter[str] = Counter()
-        self.ok_at: list[float] = []
-        self.latency: list[tuple[float, float]] = []  # (start, seconds) of each answered one
-        self.failed: list[tuple[float, str]] = []
-        self.failed_started: list[float] = []  # when each failed request was sent
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + seconds
-        self._budget = max_requests
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    @property
-    def ok(self) -> int:
-        return len(self.ok_at)
-
-    @property
-    def sent(self) -> int:
-        return self.ok + len(self.failed)
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
-            with self._lock:
-                if self._budget <= 0:
-                    return
-                self._budget -= 1
-            start = time.monotonic()
-            try:
-                who = get(self.port, timeout=3)
-                with self._lock:
-                    self.ok_at.append(time.monotonic())
-                    self.latency.append((start, self.ok_at[-1] - start))
-                    self.seen[who] += 1
-            except OSError as e:
-                with self._lock:
-                    self.failed.append((time.monotonic(), repr(e)))
-                    self.failed_started.append(start)
-            time.sleep(0.001)
-
-    def between(self, t0: float, t1: float) -> tuple[int, int]:
-        """(ok, failed) whose outcome was known in [t0, t1)."""
-        with self._lock:
-            ok = sum(1 for t in self.ok_at if t0 <= t < t1)
-            bad = sum(1 for t, _ in self.failed if t0 <= t < t1)
-        return ok, bad
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
 
 
 def run_app(d: Daemon, name: str, port: int, replicas: int, mode: str, *extra: str) -> None:

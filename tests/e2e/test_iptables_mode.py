@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,10 +12,10 @@ import pytest
 
 from tests.helpers import (
     Daemon,
+    Load,
     app_containers,
     docker,
     free_port,
-    get,
     iptables_save,
     spread,
 )
@@ -29,38 +28,6 @@ IMAGE = "lbctl/demo:latest"
 def run_app(d: Daemon, name: str, port: int, replicas: int, mode: str = "iptables") -> None:
     d.ok("run", name, "--image", IMAGE, "-p", f"127.0.0.1:{port}:8080",
          "--replicas", str(replicas), "--mode", mode, timeout=90)
-
-
-class Load:
-    """New-connection-per-request load in a thread, counting failures, bounded in time."""
-
-    def __init__(self, port: int, seconds: float = 60) -> None:
-        self.port = port
-        self.ok = 0
-        self.failed: list[str] = []
-        self.failed_at: list[float] = []
-        self.seen: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + seconds
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
-            try:
-                self.seen[get(self.port, timeout=3)] += 1
-                self.ok += 1
-            except OSError as e:
-                self.failed.append(repr(e))
-                self.failed_at.append(time.monotonic())
-            time.sleep(0.002)
-
-    def __enter__(self) -> Load:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(10)
 
 
 def test_run_scale_kill_restart_rm(daemon: Daemon, app_name: str) -> None:
@@ -108,7 +75,7 @@ def test_run_scale_kill_restart_rm(daemon: Daemon, app_name: str) -> None:
         # kill a replica under load: traffic keeps flowing while it is replaced
         daemon.ok("scale", f"{app_name}=3")
         victim = next(c for c in app_containers(app_name) if c["Name"] == f"/{app_name}-2")
-        with Load(port) as load:
+        with Load(port, clients=1) as load:
             time.sleep(1.0)
             t0 = time.monotonic()
             docker("kill", victim["Id"])
@@ -128,13 +95,13 @@ def test_run_scale_kill_restart_rm(daemon: Daemon, app_name: str) -> None:
         # iptables mode cannot save a connection sent to a process in the instant it is
         # killed; what must hold is that failures stop at once (the replica leaves the
         # rules on the engine's kill event) and stay a small fraction.
-        assert all(t - t0 < 0.5 for t in load.failed_at), (load.failed, load.failed_at, t0)
+        assert all(t - t0 < 0.5 for t, _ in load.failed), (load.failed, t0)
         assert len(load.failed) <= max(3, load.ok // 100), load.failed
         assert load.seen[f"{app_name}-2"] > 0  # the replacement took traffic
 
         # daemon restart (SIGKILL) adopts everything without duplicates, traffic flows
         ids = sorted(c["Id"] for c in app_containers(app_name))
-        with Load(port) as load:
+        with Load(port, clients=1) as load:
             time.sleep(0.5)
             daemon.kill(signal.SIGKILL)
             time.sleep(1.0)
