@@ -18,13 +18,19 @@ from aiohttp import web
 
 from lbctl import __version__, sdnotify
 from lbctl.api.server import Api
-from lbctl.controller.reconciler import Controller, Settings
+from lbctl.controller import status as status_mod
+from lbctl.controller.admission import Admission
+from lbctl.controller.apps import AppsService
+from lbctl.controller.hostrules import HostRules
 from lbctl.controller.store import StateStore
+from lbctl.controller.supervisor import Controller
+from lbctl.controller.worker import Settings, Shared
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.iptables import IptablesDataplane
+from lbctl.dataplane.sockets import established_connections
 from lbctl.metrics import Metrics
 from lbctl.model import InvalidInput, Mode
-from lbctl.runtime.engine import Engine
+from lbctl.runtime.engine import CALL_TIMEOUT, Engine
 
 log = logging.getLogger("lbctl.daemon")
 
@@ -41,6 +47,8 @@ class DaemonConfig:
     drain_timeout: float = 10.0
     stop_grace: int = 10
     bpf_pin_root: Path = Path("/sys/fs/bpf/lbctl")
+    engine_timeout: float = CALL_TIMEOUT
+    unhealthy_grace: float = 30.0
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -50,11 +58,11 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def serve(cfg: DaemonConfig) -> None:
+def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, Settings]:
+    """Every part, wired: the one place that knows the concrete classes."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = StateStore(cfg.state_dir)
     metrics = Metrics()
-    engine = Engine(cfg.docker_host)
+    engine = Engine(cfg.docker_host, call_timeout=cfg.engine_timeout)
     ebpf: EbpfDataplane | None = None
     reason = EbpfDataplane.unavailable_reason()
     if reason is None:
@@ -65,22 +73,39 @@ async def serve(cfg: DaemonConfig) -> None:
         drain_timeout=cfg.drain_timeout,
         stop_grace=cfg.stop_grace,
         default_mode=Mode.EBPF if ebpf else Mode.IPTABLES,
+        unhealthy_grace=cfg.unhealthy_grace,
     )
-    controller = Controller(
-        engine, store, IptablesDataplane(cfg.state_dir), ebpf, metrics, settings
-    )
-    controller.load()  # a damaged state file stops us here, before anything is touched
 
-    api = Api(controller)
+    def on_sync(seconds: float, ok: bool) -> None:
+        metrics.sync_seconds.labels(dataplane="iptables").observe(seconds)
+        if not ok:
+            metrics.sync_errors.labels(dataplane="iptables").inc()
+
+    hostrules = HostRules(IptablesDataplane(cfg.state_dir), cfg.state_dir, on_sync)
+    unavailable = EbpfDataplane.unavailable_reason
+    apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable))
+    shared = Shared(
+        engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
+        open_connections=established_connections, metrics=metrics, settings=settings,
+    )
+    controller = Controller(shared)
+    apps.on_change = controller.on_change
+    apps.load()  # a damaged state file stops us here, before anything is touched
+    return controller, engine, ebpf, settings
+
+
+async def serve(cfg: DaemonConfig) -> None:
+    controller, engine, ebpf, settings = build(cfg)
+    api = Api(controller, settings.default_mode)
     await api.start(cfg.socket)
-    metrics_runner = await _serve_metrics(cfg.metrics_addr, controller, metrics)
+    metrics_runner = await _serve_metrics(cfg.metrics_addr, controller)
     log.info(
         "lbctl daemon started",
         extra={
             "version": __version__,
             "socket": str(cfg.socket),
             "engine": engine.url,
-            "apps": len(controller.desired),
+            "apps": len(controller.apps.state.apps),
             "default_mode": str(settings.default_mode),
         },
     )
@@ -92,7 +117,7 @@ async def serve(cfg: DaemonConfig) -> None:
 
     run = asyncio.create_task(controller.run())
     ready = asyncio.create_task(_notify_ready(controller))
-    watchdog = asyncio.create_task(_watchdog())
+    watchdog = asyncio.create_task(_watchdog(controller))
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,24 +141,35 @@ async def serve(cfg: DaemonConfig) -> None:
 async def _notify_ready(controller: Controller) -> None:
     await controller.first_sync.wait()
     sdnotify.notify("READY=1")
-    log.info("first sync done", extra={"apps": len(controller.desired)})
+    log.info("first sync done", extra={"apps": len(controller.apps.state.apps)})
 
 
-async def _watchdog() -> None:
+async def _watchdog(controller: Controller) -> None:
+    """Fed only while the controller works: the engine answered a full list and every
+    worker finished a pass recently. A wedged engine stops the feeding, and systemd restarts
+    the daemon (the data plane keeps serving meanwhile)."""
     interval = sdnotify.watchdog_interval()
     if interval is None:
         return
+    window = max(2 * interval, 15.0)
+    stalled = False
     while True:
-        # This task shares the loop with the controller: if the loop is stuck, it is too.
-        sdnotify.notify("WATCHDOG=1")
+        if controller.alive(window):
+            sdnotify.notify("WATCHDOG=1")
+            stalled = False
+        elif not stalled:
+            log.error("controller stalled (the engine does not answer): not feeding the "
+                      "watchdog")
+            stalled = True
         await asyncio.sleep(interval)
 
 
-async def _serve_metrics(addr: str, controller: Controller, metrics: Metrics) -> web.AppRunner:
+async def _serve_metrics(addr: str, controller: Controller) -> web.AppRunner:
     host, port = parse_addr(addr)
+    metrics = controller.s.metrics
 
     async def handle(request: web.Request) -> web.Response:
-        await controller.counters()  # kernel counters are read at scrape time
+        await status_mod.counters(controller)  # kernel counters are read at scrape time
         return web.Response(
             body=metrics.render(), content_type="text/plain", charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},

@@ -1,38 +1,38 @@
 """Prometheus metrics, named as in the contract.
 
 A registry of our own (not the process-global default) so that tests can run several
-controllers in one process without "duplicated timeseries" errors.
+controllers in one process without "duplicated timeseries" errors. Every labelled counter
+whose label values are known up front exists from the start at 0, so a rate() over it works
+before the first error.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from lbctl import __version__
 from lbctl.model import ReplicaState
 
+DATAPLANES = ("iptables", "ebpf")
 
-class _ConnectionsCollector(Collector):
-    """Connection counters come from the kernel (eBPF maps, rule counters); they are read at
-    each sync and exposed as they are, so a counter never goes backwards in Prometheus'
-    eyes as long as the kernel's does not."""
 
-    def __init__(self) -> None:
+class _KernelCounters(Collector):
+    """Counters kept by the kernel (eBPF maps, rule counters), read at scrape time and exposed
+    as they are: they never go backwards as long as the kernel's do not."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, str]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
         self.values: dict[tuple[str, str], int] = {}
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        fam = CounterMetricFamily(
-            "lbctl_replica_connections",
-            "New connections the data plane sent to a replica",
-            labels=["app", "replica"],
-        )
-        for (app, replica), v in sorted(self.values.items()):
-            fam.add_metric([app, replica], float(v))
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
+        for key, v in sorted(self.values.items()):
+            fam.add_metric(list(key), float(v))
         yield fam
 
 
@@ -53,30 +53,50 @@ class Metrics:
         self.sync_errors = Counter(
             "lbctl_dataplane_sync_errors", "Failed data-plane syncs", ["dataplane"], registry=r
         )
+        for dp in DATAPLANES:
+            self.sync_errors.labels(dataplane=dp)
         self.events = Counter(
             "lbctl_runtime_events", "Container engine events seen", ["action"], registry=r
         )
         self.watch_restarts = Counter(
             "lbctl_runtime_watch_reconnects",
-            "Times the engine event stream was (re)connected",
+            "Times the engine event stream was reconnected after it was lost",
             registry=r,
         )
-        self.bpf_reasons = Gauge(
-            "lbctl_bpf_verdicts",
-            "eBPF program verdicts other than a normal steer, by reason",
-            ["app", "reason"],
+        self.pass_errors = Counter(
+            "lbctl_controller_pass_errors", "Failed controller passes, by app", ["app"],
             registry=r,
         )
         self.sandbox_repairs = Counter(
             "lbctl_sandbox_repairs", "Sandboxes recreated after they were lost", ["app"],
             registry=r,
         )
-        self.build_info = Gauge(
-            "lbctl_build_info", "lbctl version", ["version"], registry=r
+        self.rollout_in_progress = Gauge(
+            "lbctl_rollout_in_progress", "1 while a rollout of the app is under way", ["app"],
+            registry=r,
         )
+        self.rollout_revision = Gauge(
+            "lbctl_rollout_revision", "Revision the app's replicas run or move to", ["app"],
+            registry=r,
+        )
+        self.rollout_failures = Counter(
+            "lbctl_rollout_failures", "Rollouts that failed (rolled back or paused)", ["app"],
+            registry=r,
+        )
+        self.build_info = Gauge("lbctl_build_info", "lbctl version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
-        self.connections = _ConnectionsCollector()
+        self.connections = _KernelCounters(
+            "lbctl_replica_connections",
+            "New connections the data plane sent to a replica",
+            ("app", "replica"),
+        )
         r.register(self.connections)
+        self.bpf_reasons = _KernelCounters(
+            "lbctl_bpf_verdicts",
+            "eBPF program verdicts other than a normal steer, by reason",
+            ("app", "reason"),
+        )
+        r.register(self.bpf_reasons)
 
     def set_replica_states(self, app: str, counts: Mapping[ReplicaState, int]) -> None:
         for state in ReplicaState:
@@ -86,8 +106,12 @@ class Metrics:
         for state in ReplicaState:
             with contextlib.suppress(KeyError):
                 self.replicas.remove(app, str(state))
-        for key in [k for k in self.connections.values if k[0] == app]:
-            del self.connections.values[key]
+        for metric in (self.rollout_in_progress, self.rollout_revision):
+            with contextlib.suppress(KeyError):
+                metric.remove(app)
+        for values in (self.connections.values, self.bpf_reasons.values):
+            for key in [k for k in values if k[0] == app]:
+                del values[key]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

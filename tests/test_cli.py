@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lbctl.cli import _parse_targets, _specs_from_toml, render_table
+from lbctl.cli import parse_targets as _parse_targets
+from lbctl.cli import render_table
+from lbctl.cli import specs_from_toml as _specs_from_toml
 from lbctl.model import InvalidInput
 
 

@@ -1,8 +1,8 @@
 """The control API: HTTP+JSON on a Unix socket (no TCP port exists, by design).
 
-Every handler validates its input completely before it touches the controller, so bad input
-gets a 4xx with {"error": "..."} and changes nothing. Changes to one app are serialized by a
-per-app lock, so racing `lbctl scale` calls end in the state of the last accepted request.
+Every handler validates its input completely before it asks the apps service for a change, so
+bad input gets a 4xx with {"error": "..."} and changes nothing. The API holds no lock of its
+own: the apps service serializes changes, and waiting (for a removal) happens outside it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from lbctl.controller.reconciler import Controller, NotFound
-from lbctl.model import AppSpec, InvalidInput, validate_name, validate_replicas
+from lbctl.controller import status as status_mod
+from lbctl.controller.apps import NotFound
+from lbctl.controller.supervisor import Controller
+from lbctl.model import AppSpec, InvalidInput, Mode, validate_name, validate_replicas
+from lbctl.model.spec import parse_env
 
 log = logging.getLogger("lbctl.api")
 
@@ -29,12 +32,16 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def _body(request: web.Request) -> Any:
+async def read_json(request: web.Request) -> Any:
+    """The whole body as JSON. `read()` collects every segment up to the end of the body (a
+    single `content.read(n)` returns whatever arrived first: half a JSON document when the
+    client's write was split in two segments)."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise InvalidInput(f"request body larger than {MAX_BODY} bytes") from None
     try:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -61,18 +68,47 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(500, f"internal error: {e}")
 
 
+def _name(request: web.Request) -> str:
+    return validate_name(request.match_info["name"])
+
+
+def _timeout(request: web.Request, default: str = "120") -> float:
+    try:
+        timeout = float(request.query.get("timeout", default))
+    except ValueError:
+        raise InvalidInput("timeout must be a number of seconds") from None
+    if not 0 < timeout <= 3600:
+        raise InvalidInput("timeout must be between 0 and 3600 seconds")
+    return timeout
+
+
+def _canary(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 99:
+        raise InvalidInput(f"canary must be a percentage from 1 to 99, not {value!r}")
+    return value
+
+
 class Api:
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, default_mode: Mode) -> None:
         self.c = controller
+        self.apps = controller.apps
+        self.default_mode = default_mode
         app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
-        app.router.add_get("/apps", self.list_apps)
-        app.router.add_post("/apps", self.create_app)
-        app.router.add_get("/apps/{name}", self.get_app)
-        app.router.add_put("/apps/{name}", self.put_app)
-        app.router.add_delete("/apps/{name}", self.delete_app)
-        app.router.add_post("/apps/{name}/scale", self.scale_app)
-        app.router.add_get("/apps/{name}/spec", self.get_spec)
-        app.router.add_get("/healthz", self.healthz)
+        r = app.router
+        r.add_get("/apps", self.list_apps)
+        r.add_post("/apps", self.create_app)
+        r.add_post("/apply", self.apply)
+        r.add_get("/apps/{name}", self.get_app)
+        r.add_put("/apps/{name}", self.put_app)
+        r.add_delete("/apps/{name}", self.delete_app)
+        r.add_post("/apps/{name}/scale", self.scale_app)
+        r.add_post("/apps/{name}/update", self.update_app)
+        r.add_get("/apps/{name}/spec", self.get_spec)
+        r.add_get("/apps/{name}/rollout", self.get_rollout)
+        r.add_post("/apps/{name}/rollout/{action}", self.rollout_action)
+        r.add_get("/healthz", self.healthz)
         self.app = app
         self.runner: web.AppRunner | None = None
 
@@ -102,57 +138,132 @@ class Api:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def _spec(self, body: object) -> AppSpec:
+        return AppSpec.from_json(body, self.default_mode)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "synced": self.c.first_sync.is_set()})
 
     async def list_apps(self, request: web.Request) -> web.Response:
-        return web.json_response({"apps": await self.c.status()})
+        return web.json_response({"apps": await status_mod.status(self.c)})
 
     async def get_app(self, request: web.Request) -> web.Response:
-        name = validate_name(request.match_info["name"])
-        apps = await self.c.status(name)
+        apps = await status_mod.status(self.c, _name(request))
         return web.json_response(apps[0])
 
     async def get_spec(self, request: web.Request) -> web.Response:
-        name = validate_name(request.match_info["name"])
-        return web.json_response(dict(self.c.spec_json(name)))
+        return web.json_response(self.apps.spec(_name(request)).to_json())
 
     async def create_app(self, request: web.Request) -> web.Response:
-        spec = AppSpec.from_json(await _body(request), self.c.settings.default_mode)
-        async with self.c.lock(spec.name):
-            await self.c.create_app(spec)
+        spec = self._spec(await read_json(request))
+        await self.apps.create(spec)
         return web.json_response({"app": spec.to_json()}, status=201)
 
     async def put_app(self, request: web.Request) -> web.Response:
-        name = validate_name(request.match_info["name"])
-        body = await _body(request)
-        if isinstance(body, dict) and body.get("name", name) != name:
-            raise InvalidInput("the name in the body differs from the one in the path")
+        """Create the app, or change it: a new template rolls out, a new count scales."""
+        name = _name(request)
+        body = await read_json(request)
         if isinstance(body, dict):
+            if body.get("name", name) != name:
+                raise InvalidInput("the name in the body differs from the one in the path")
             body = {**body, "name": name}
-        spec = AppSpec.from_json(body, self.c.settings.default_mode)
-        async with self.c.lock(name):
-            created = await self.c.create_app(spec, replace=True)
-        return web.json_response({"app": spec.to_json()}, status=201 if created else 200)
+        spec = self._spec(body)
+        outcome = await self.apps.apply([spec])
+        what = outcome[name]
+        return web.json_response({"app": spec.to_json(), "result": what},
+                                 status=201 if what == "created" else 200)
+
+    async def apply(self, request: web.Request) -> web.Response:
+        """Several apps at once, all or nothing."""
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) != {"apps"} or not isinstance(
+            body["apps"], list
+        ) or not body["apps"]:
+            raise InvalidInput('body must be {"apps": [app, ...]}')
+        specs = [self._spec(item) for item in body["apps"]]
+        outcome = await self.apps.apply(specs)
+        return web.json_response({"result": outcome})
+
+    async def update_app(self, request: web.Request) -> web.Response:
+        """Change some fields of an app: any field of the spec (replaced), `env_add` (merged
+        into env), `env_rm` (keys removed from env), and `canary` (percent held for the new
+        revision until `rollout resume`)."""
+        name = _name(request)
+        body = await read_json(request)
+        if not isinstance(body, dict) or not body:
+            raise InvalidInput("body must be an object of the fields to change")
+        if "name" in body and body["name"] != name:
+            raise InvalidInput("an app cannot be renamed")
+        canary = _canary(body.get("canary"))
+        current = self.apps.spec(name).to_json()
+        merged = {**current, **{k: v for k, v in body.items()
+                                if k not in ("env_add", "env_rm", "canary")}}
+        env = dict(merged.get("env") or {}) if isinstance(merged.get("env"), dict) else {}
+        add = body.get("env_add", {})
+        if isinstance(add, list):
+            for item in add:
+                env.update(parse_env(item))
+        elif isinstance(add, dict):
+            env.update(add)
+        else:
+            raise InvalidInput("env_add must be a list of KEY=VALUE or an object")
+        rm = body.get("env_rm", [])
+        if not isinstance(rm, list) or not all(isinstance(k, str) for k in rm):
+            raise InvalidInput("env_rm must be a list of keys")
+        for k in rm:
+            env.pop(k, None)
+        if "env" in body or "env_add" in body or "env_rm" in body:
+            merged["env"] = env
+        spec = self._spec(merged)
+        if canary is not None and spec.spec_hash() == self.apps.spec(name).spec_hash():
+            raise InvalidInput("--canary needs a change of the replica template (image, env, "
+                               "command, ...): there is nothing new to send traffic to")
+        outcome = await self.apps.apply([spec], canary=canary)
+        return web.json_response({"app": spec.to_json(), "result": outcome[name]})
 
     async def scale_app(self, request: web.Request) -> web.Response:
-        name = validate_name(request.match_info["name"])
-        body = await _body(request)
+        name = _name(request)
+        body = await read_json(request)
         if not isinstance(body, dict) or set(body) != {"replicas"}:
             raise InvalidInput('body must be {"replicas": N}')
         replicas = validate_replicas(body["replicas"])
-        async with self.c.lock(name):
-            spec = await self.c.scale(name, replicas)
+        spec = await self.apps.scale(name, replicas)
         return web.json_response({"app": spec.to_json()})
 
     async def delete_app(self, request: web.Request) -> web.Response:
-        name = validate_name(request.match_info["name"])
-        try:
-            timeout = float(request.query.get("timeout", "120"))
-        except ValueError:
-            raise InvalidInput("timeout must be a number of seconds") from None
-        if not 0 < timeout <= 3600:
-            raise InvalidInput("timeout must be between 0 and 3600 seconds")
-        async with self.c.lock(name):
-            await self.c.delete_app(name, timeout)
+        name = _name(request)
+        timeout = _timeout(request)
+        await self.apps.delete(name)
+        await self.apps.wait_gone(name, timeout)
         return web.json_response({"deleted": name})
+
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        rec = self.apps.record(name)
+        if rec is None:
+            raise NotFound(f"no app named {name}")
+        return web.json_response({
+            "name": name,
+            "revision": rec.revision,
+            "rollout": rec.rollout.to_json() if rec.rollout else None,
+            "history": [
+                {**r.to_json(), "current": r.number == rec.revision} for r in rec.history
+            ],
+        })
+
+    async def rollout_action(self, request: web.Request) -> web.Response:
+        name = _name(request)
+        action = request.match_info["action"]
+        body = await read_json(request) if request.can_read_body else None
+        if action == "pause":
+            ro = await self.apps.rollout_pause(name)
+        elif action == "resume":
+            ro = await self.apps.rollout_resume(name)
+        elif action == "undo":
+            to = body.get("revision") if isinstance(body, dict) else None
+            if to is not None and (isinstance(to, bool) or not isinstance(to, int)):
+                raise InvalidInput(f"revision must be a whole number, not {to!r}")
+            ro = await self.apps.rollout_undo(name, to)
+        else:
+            raise InvalidInput(f"unknown rollout action {action!r}: use pause, resume or undo")
+        return web.json_response({"rollout": ro.to_json()})

@@ -1,198 +1,444 @@
-"""plan(desired, observed) -> actions: every decision of the controller, and no I/O.
+"""plan_app(desired, observed) -> AppPlan: every decision about one app, and no I/O.
 
-The reconciler gathers what the engine and the probes see, asks this module what to do, and
-applies the answer in a fixed order that never misroutes traffic:
+The app's worker gathers what the engine and the probes see, asks this module what to do and
+applies the answer in an order that never misroutes traffic:
 
-1. create sandboxes (ebpf mode), 2. sync the data plane to `backends` (new ready replicas
-   in, dead, unhealthy and draining ones out), 3. remove containers, 4. create replicas.
+1. create the sandbox (ebpf mode), 2. sync the data plane to `backends` (new ready replicas
+   in; dead, unhealthy and retiring ones out), 3. only after that sync succeeded, start the
+   retirement (drain, then stop and remove) of `retire`, 4. create replicas.
 
-So a container is only stopped once a successful sync has taken it out of the data plane
-(draining replicas leave it in the pass that starts their drain and are removed in a later
-pass), and dead replicas are replaced by the same index once their name is free.
+So a container is stopped only once a successful sync has taken it out of the data plane,
+and a dead replica is replaced by the same index once its name is free.
+
+Revisions: every managed replica carries the hash of the spec it was created from. Replicas
+of another hash than the target's are "old"; while any exist a rollout is in progress and
+`_roll` replaces them under the app's UpdatePolicy, with Kubernetes' arithmetic: never more
+than desired + surge replicas, never fewer available than desired - unavailable, a new
+replica available only once it stayed ready for `monitor` seconds. Everything here is level-
+triggered, so a restarted daemon goes on from whatever runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lbctl.model import ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
+from lbctl.model.rollout import UpdatePolicy
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The last readiness verdict of a running replica and since when it holds."""
+
+    state: ReplicaState
+    since: float  # monotonic seconds
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the app should be. `spec` is None for a deleted app whose containers still go."""
+
+    spec: AppSpec | None
+    # The hash replicas should run; None: the spec's own (no rollout state kept).
+    target_hash: str | None = None
+    revision: int | None = None
+    # The hash of the revision a canary runs beside; old replicas that crash during a canary
+    # are replaced with it, so the canary's share stays what the user asked for.
+    stable_hash: str | None = None
+    canary: int | None = None  # percent of new connections for the new revision, held
+    paused: bool = False
+    # Deleted app: the port its replicas drained on (to count their open connections).
+    drain_port: int | None = None
+
+    @property
+    def hash(self) -> str | None:
+        if self.target_hash is not None:
+            return self.target_hash
+        return self.spec.spec_hash() if self.spec else None
 
 
 @dataclass(frozen=True)
 class Observed:
     containers: Sequence[Container]
-    # Probe verdict for running replicas: STARTING, READY or UNHEALTHY (absent: STARTING).
-    probes: Mapping[str, ReplicaState] = field(default_factory=dict)
-    # Replicas whose drain has begun: container id -> drain finished (no connection left, or
-    # the drain timeout passed).
-    draining: Mapping[str, bool] = field(default_factory=dict)
-    # Apps whose replicas must not be (re)created: the app failed in a way that retrying
-    # cannot fix (for example it does not set SO_REUSEPORT in ebpf mode).
-    failed_apps: frozenset[str] = frozenset()
-    # Apps that own eBPF objects in the kernel (pinned programs and maps).
-    dataplane_apps: frozenset[str] = frozenset()
+    probes: Mapping[str, Probe] = field(default_factory=dict)
+    # Containers whose retirement (drain, stop, remove) is under way.
+    retiring: frozenset[str] = frozenset()
+    # Of those, the ones still draining that left only because there were too many: a
+    # scale-up takes them back instead of starting new ones.
+    reclaimable: frozenset[str] = frozenset()
+    # Of those, the ones already stopping: their name is free in a moment, so a successor
+    # waits for it rather than take a new index.
+    stopping: frozenset[str] = frozenset()
+    # Running containers the engine announced it is stopping, killing or pausing.
+    doomed: frozenset[str] = frozenset()
+    # Replicas that were ready at least once (a crash of one that never was is a crash loop).
+    ever_ready: frozenset[str] = frozenset()
+    now: float = 0.0  # monotonic, for probe ages
+    wall: float = 0.0  # epoch seconds, for container start times
+    # No replica may be created: the app failed in a way retrying cannot fix, or its mode is
+    # unavailable on this host now.
+    blocked: bool = False
+    unhealthy_grace: float = 30.0
+    # Monotonic time of the rollout's last step (a batch started), for the policy's delay.
+    last_step: float = 0.0
 
 
 @dataclass(frozen=True)
-class Plan:
-    create_sandboxes: tuple[str, ...] = ()
-    create_replicas: tuple[tuple[str, int], ...] = ()
-    start_drain: tuple[str, ...] = ()
-    cancel_drain: tuple[str, ...] = ()
-    remove: tuple[Container, ...] = ()
-    # app -> replicas the data plane must serve (ready, not draining), sorted by name
-    backends: Mapping[str, tuple[Container, ...]] = field(default_factory=dict)
-    # app -> replicas still draining (ebpf: kept out of the selection table)
-    draining: Mapping[str, tuple[Container, ...]] = field(default_factory=dict)
-    # app -> the running sandbox (ebpf mode)
-    sandboxes: Mapping[str, Container] = field(default_factory=dict)
-    # container id -> state to report
+class Create:
+    index: int
+    spec_hash: str  # which revision to create it from
+
+
+@dataclass(frozen=True)
+class AppPlan:
+    create_sandbox: bool = False
+    sandbox: Container | None = None  # the running sandbox (ebpf mode)
+    create: tuple[Create, ...] = ()
+    # Leave the data plane in this pass; once the sync succeeded, drain (running ones) and
+    # remove. Never an adopted container. `surplus`: the ones retired only because there are
+    # too many (a scale-up may reclaim them while they drain).
+    retire: tuple[Container, ...] = ()
+    surplus: frozenset[str] = frozenset()
+    # Draining replicas to take back into service (their retirement is cancelled).
+    reclaim: tuple[Container, ...] = ()
+    # Replicas the data plane must serve (ready, not retiring), sorted by name, and their
+    # weights (a canary's share of new connections); absent weight: 1.
+    backends: tuple[Container, ...] = ()
+    weights: Mapping[str, int] = field(default_factory=dict)
     states: Mapping[str, ReplicaState] = field(default_factory=dict)
-    # deleted apps whose containers are all gone but which still own eBPF objects
-    gone_apps: tuple[str, ...] = ()
-    # app -> every managed replica is at its desired count, ready, and nothing drains
-    converged: Mapping[str, bool] = field(default_factory=dict)
+    # Managed replicas that died without ever being ready: the crash loop to report.
+    crashed: tuple[Container, ...] = ()
+    # A new replica failed the rollout (exited, stayed unready, turned unhealthy): why.
+    rollout_failure: str | None = None
+    rollout_complete: bool = False
+    rollout_step: bool = False  # a new batch starts in this pass (for the policy's delay)
+    # Every wanted replica runs the target revision, is ready, and nothing retires.
+    converged: bool = False
+    # A deleted app with no managed container left: its worker may finish.
+    done: bool = False
 
     @property
-    def empty(self) -> bool:
-        return not (
-            self.create_sandboxes
-            or self.create_replicas
-            or self.start_drain
-            or self.cancel_drain
-            or self.remove
+    def changes(self) -> bool:
+        return bool(self.create_sandbox or self.create or self.retire)
+
+
+def plan_app(desired: Desired, observed: Observed) -> AppPlan:
+    spec = desired.spec
+    containers = sorted(observed.containers, key=lambda c: c.name)
+    replicas = [c for c in containers if c.role != ROLE_SANDBOX]
+    sandboxes = [c for c in containers if c.role == ROLE_SANDBOX and c.managed]
+    retiring = observed.retiring
+    if spec is None:
+        return _plan_deleted(replicas, sandboxes, retiring)
+
+    retire: list[Container] = []
+    sandbox: Container | None = None
+    create_sandbox = False
+    if spec.mode is Mode.EBPF:
+        running = [s for s in sandboxes if s.running and s.id not in retiring]
+        sandbox = running[0] if running else None
+        retire += [s for s in sandboxes if s is not sandbox and s.id not in retiring]
+        # A dead sandbox still holds the name its successor needs: it goes first.
+        create_sandbox = sandbox is None and not observed.blocked and not any(
+            s.id in retiring or not s.running for s in sandboxes
         )
+    else:
+        retire += [s for s in sandboxes if s.id not in retiring]  # from an earlier ebpf app
 
-
-def plan(desired: Mapping[str, AppSpec], observed: Observed) -> Plan:
-    by_app: dict[str, list[Container]] = {}
-    for c in observed.containers:
-        by_app.setdefault(c.app, []).append(c)
-
-    create_sandboxes: list[str] = []
-    create_replicas: list[tuple[str, int]] = []
-    start_drain: list[str] = []
-    cancel_drain: list[str] = []
-    remove: list[Container] = []
-    backends: dict[str, tuple[Container, ...]] = {}
-    draining: dict[str, tuple[Container, ...]] = {}
-    sandboxes: dict[str, Container] = {}
     states: dict[str, ReplicaState] = {}
-    converged: dict[str, bool] = {}
-
-    for app in sorted(set(desired) | set(by_app)):
-        spec = desired.get(app)
-        containers = sorted(by_app.get(app, []), key=lambda c: c.name)
-        replicas = [c for c in containers if c.role != ROLE_SANDBOX]
-        own_sandboxes = [c for c in containers if c.role == ROLE_SANDBOX and c.managed]
-
-        if spec is None:
-            # Deleted app: its data plane entry is already gone (it is not in `desired`), so
-            # replicas only wait for their established connections before they stop.
-            live = False
-            for c in replicas:
-                if not c.managed:
-                    continue
-                if not c.running:
-                    remove.append(c)
-                    continue
-                live = True
-                _drain(c, observed, start_drain, remove, states)
-            for s in own_sandboxes:
-                if not live:
-                    remove.append(s)
+    active: list[Container] = []  # managed, running, not retiring: what counts as a replica
+    serving: list[Container] = []
+    crashed: list[Container] = []
+    dead_indexes: set[int] = set()
+    for c in replicas:
+        if c.id in retiring:
+            if c.running:
+                states[c.id] = ReplicaState.DRAINING
+            if c.managed and c.index is not None and (
+                not c.running or c.id in observed.stopping
+            ):
+                dead_indexes.add(c.index)  # its successor waits for the name
             continue
+        if not c.running:
+            if c.managed:
+                retire.append(c)
+                if c.index is not None:
+                    dead_indexes.add(c.index)
+                if c.id not in observed.ever_ready:
+                    crashed.append(c)
+            continue
+        joined = sandbox is not None and c.joined_to == sandbox.id
+        if spec.mode is Mode.EBPF and c.managed and not joined:
+            # In a namespace whose sandbox is gone: unreachable, so replace it now.
+            retire.append(c)
+            continue
+        state = _state(c, observed)
+        states[c.id] = state
+        if c.managed and c.index is not None:
+            active.append(c)
+        if state is ReplicaState.READY and (spec.mode is Mode.IPTABLES or joined):
+            serving.append(c)
 
-        sandbox: Container | None = None
-        if spec.mode is Mode.EBPF:
-            running = [s for s in own_sandboxes if s.running]
-            sandbox = running[0] if running else None
-            for s in own_sandboxes:
-                if s is not sandbox:
-                    remove.append(s)
-            if sandbox is None:
-                create_sandboxes.append(app)
-            else:
-                sandboxes[app] = sandbox
-        else:
-            remove.extend(own_sandboxes)  # left over from an earlier ebpf-mode app
+    target = desired.hash or spec.spec_hash()
+    # Replaced after the grace: a replica that stays unhealthy is not coming back by itself.
+    # A paused one is (someone will unpause it) and a doomed one is going anyway.
+    expired = [
+        c for c in active
+        if states[c.id] is ReplicaState.UNHEALTHY and not c.paused
+        and c.id not in observed.doomed
+        and observed.now - _since(c, observed) >= observed.unhealthy_grace
+    ]  # fmt: skip
+    retire += expired
+    active = [c for c in active if c not in expired]
 
-        kept: dict[int, Container] = {}
-        serving: list[Container] = []
-        drains: list[Container] = []
-        for c in replicas:
-            joined = sandbox is not None and c.network_mode == f"container:{sandbox.id}"
-            if spec.mode is Mode.EBPF and c.managed and c.running and not joined:
-                # In a namespace whose sandbox is gone: unreachable, so replace it now.
-                remove.append(c)
-                continue
-            if not c.running:
-                if c.managed:
-                    remove.append(c)
-                continue
-            wanted = c.managed and c.index is not None and 1 <= c.index <= spec.replicas
-            if c.managed and (not wanted or c.index in kept):
-                _drain(c, observed, start_drain, remove, states)
-                drains.append(c)
-                continue
-            if c.id in observed.draining:
-                cancel_drain.append(c.id)  # scaled back up before it finished draining
-            if c.managed and c.index is not None:
-                kept[c.index] = c
-            state = observed.probes.get(c.id, ReplicaState.STARTING)
-            if c.paused:  # kept (someone will unpause it) but sent nothing meanwhile
-                state = ReplicaState.UNHEALTHY
-            states[c.id] = state
-            if state is ReplicaState.READY and (spec.mode is Mode.IPTABLES or joined):
-                serving.append(c)
+    roll = _roll(spec, desired, observed, active, states, target)
+    retire += roll.retire
+    out = {c.id for c in roll.retire}
+    serving = [c for c in serving if c.id not in out and c not in expired]
+    for c in roll.retire:
+        if c.running:
+            states[c.id] = ReplicaState.DRAINING
+    for c in expired:
+        states[c.id] = ReplicaState.DRAINING
 
-        missing = [i for i in range(1, spec.replicas + 1) if i not in kept]
-        can_create = app not in observed.failed_apps and (
-            spec.mode is Mode.IPTABLES or sandbox is not None
-        )
-        if can_create:
-            create_replicas.extend((app, i) for i in missing)
-        backends[app] = tuple(serving)
-        draining[app] = tuple(drains)
-        ready_managed = sum(1 for c in serving if c.managed)
-        converged[app] = not missing and not drains and ready_managed == spec.replicas
-
-    gone = tuple(
-        sorted(
-            a
-            for a in observed.dataplane_apps - set(desired)
-            if not _has_managed(by_app.get(a, []))
-        )
+    # A replica that drains only because it was surplus goes back into service rather than a
+    # new one being started (scale flapping churns no container).
+    reclaim: list[Container] = []
+    pool = sorted(
+        (c for c in replicas if c.id in observed.reclaimable and c.running),
+        key=lambda c: c.index or 0,
     )
-    return Plan(
-        create_sandboxes=tuple(create_sandboxes),
-        create_replicas=tuple(create_replicas),
-        start_drain=tuple(start_drain),
-        cancel_drain=tuple(cancel_drain),
-        remove=tuple(remove),
-        backends=backends,
-        draining=draining,
-        sandboxes=sandboxes,
+    wanted: list[str] = []
+    for h in roll.create:
+        back = next((c for c in pool if _hash(c, target) == h), None)
+        if back is not None:
+            pool.remove(back)
+            reclaim.append(back)
+            states[back.id] = observed.probes[back.id].state if back.id in observed.probes \
+                else ReplicaState.STARTING
+        else:
+            wanted.append(h)
+    roll.create = wanted
+
+    creates: list[Create] = []
+    if not observed.blocked and (spec.mode is Mode.IPTABLES or sandbox is not None):
+        used = {c.index for c in replicas if c.managed and c.index is not None}
+        free = _free_indexes(used, len(roll.create) + len(dead_indexes))
+        waiting = sorted(dead_indexes)
+        for h in roll.create:
+            # A crashed replica's successor takes its index once the dead one is removed
+            # (this pass retires it): wait for the name rather than take a new index.
+            if waiting and waiting[0] < free[0]:
+                waiting.pop(0)
+                continue
+            creates.append(Create(free.pop(0), h))
+
+    weights = _weights(desired, serving, target)
+    ready_target = sum(
+        1 for c in active
+        if _hash(c, target) == target and states[c.id] is ReplicaState.READY
+        and c.id not in out
+    )  # fmt: skip
+    old_left = any(_hash(c, target) != target for c in active if c.id not in out)
+    converged = (
+        not creates and not roll.create and not dead_indexes and not reclaim
+        and not any(c.running for c in retire) and not any(c.id in retiring for c in replicas)
+        and not old_left and ready_target == spec.replicas
+        and (spec.mode is Mode.IPTABLES or sandbox is not None)
+    )  # fmt: skip
+    return AppPlan(
+        create_sandbox=create_sandbox,
+        sandbox=sandbox,
+        create=tuple(creates),
+        retire=tuple(_unique(retire)),
+        surplus=frozenset(c.id for c in roll.surplus),
+        reclaim=tuple(reclaim),
+        backends=tuple(serving),
+        weights=weights,
         states=states,
-        gone_apps=gone,
+        crashed=tuple(crashed),
+        rollout_failure=roll.failure,
+        rollout_complete=not old_left and ready_target == spec.replicas,
+        rollout_step=roll.step,
         converged=converged,
     )
 
 
-def _drain(
-    c: Container,
+@dataclass
+class _Roll:
+    create: list[str] = field(default_factory=list)  # spec hashes, one per replica to create
+    retire: list[Container] = field(default_factory=list)
+    surplus: list[Container] = field(default_factory=list)  # retired for being too many
+    failure: str | None = None
+    step: bool = False
+
+
+def _roll(
+    spec: AppSpec,
+    desired: Desired,
     observed: Observed,
-    start_drain: list[str],
-    remove: list[Container],
-    states: dict[str, ReplicaState],
-) -> None:
-    states[c.id] = ReplicaState.DRAINING
-    if c.id not in observed.draining:
-        start_drain.append(c.id)
-    elif observed.draining[c.id]:
-        remove.append(c)
+    active: list[Container],
+    states: Mapping[str, ReplicaState],
+    target: str,
+) -> _Roll:
+    """Replica count and revision: what to create and what to retire."""
+    n = spec.replicas
+    policy = spec.update
+    new = [c for c in active if _hash(c, target) == target]
+    old = [c for c in active if _hash(c, target) != target]
+    r = _Roll()
+
+    def ready(c: Container) -> bool:
+        return states[c.id] is ReplicaState.READY
+
+    if not old:
+        # Steady state: scale. Surplus goes unready first, then the highest index.
+        if len(new) > n:
+            r.retire = r.surplus = _by_retire_order(new, ready)[: len(new) - n]
+        r.create = [target] * max(0, n - len(new))
+        return r
+
+    # A rollout is under way: did a new replica fail it?
+    r.failure = _rollout_failure(new, desired, observed, states, target, policy)
+    if desired.canary is not None:
+        k = min(n, max(1, math.ceil(n * desired.canary / 100)))
+        if len(new) > k:
+            r.retire += _by_retire_order(new, ready)[: len(new) - k]
+        elif not r.failure:
+            r.create += [target] * (k - len(new))
+        stable = desired.stable_hash or _hash(old[0], target)
+        if len(old) > n:
+            r.retire += _by_retire_order(old, ready)[: len(old) - n]
+        r.create += [stable] * max(0, n - len(old))
+        return r
+
+    # Unready old replicas leave at once: they serve nobody, so availability does not drop.
+    unready_old = [c for c in old if not ready(c)]
+    r.retire += unready_old
+    old = [c for c in old if ready(c)]
+    if desired.paused or r.failure:
+        # Hold: no new batch; keep the replica count (a crashed replica is replaced).
+        r.create = [target] * max(0, n - len(new) - len(old))
+        return r
+
+    stable_new = [
+        c for c in new if ready(c) and observed.now - _since(c, observed) >= policy.monitor
+    ]
+    available = len(stable_new) + len(old)
+    min_available = n - policy.unavailable
+    retire_n = max(0, min(len(old), available - min_available))
+    # Never below the count the user asked for by more than the policy allows, and never
+    # more than `parallelism` old replicas leave in one step.
+    retire_n = min(retire_n, policy.parallelism)
+    delayed = policy.delay > 0 and observed.now - observed.last_step < policy.delay
+    if delayed:
+        retire_n = 0
+    r.retire += _by_retire_order(old, ready)[:retire_n]
+    total = len(new) + len(old) - retire_n
+    grow = min(n - len(new), n + policy.surge - total)
+    if grow > 0 and not delayed:
+        r.create = [target] * grow
+        r.step = True
+    return r
 
 
-def _has_managed(containers: Sequence[Container]) -> bool:
-    return any(c.managed for c in containers)
+def _rollout_failure(
+    new: list[Container],
+    desired: Desired,
+    observed: Observed,
+    states: Mapping[str, ReplicaState],
+    target: str,
+    policy: UpdatePolicy,
+) -> str | None:
+    for c in observed.containers:
+        if (
+            c.managed and c.role != ROLE_SANDBOX and not c.running
+            and _hash(c, target) == target and c.id not in observed.retiring
+        ):  # fmt: skip
+            code = f" with code {c.exit_code}" if c.exit_code is not None else ""
+            return f"{c.name} exited{code}"
+    for c in new:
+        st = states[c.id]
+        if st is ReplicaState.UNHEALTHY and not c.paused and c.id not in observed.doomed:
+            return f"{c.name} is unhealthy"
+        if (
+            st is ReplicaState.STARTING and c.started_at is not None
+            and observed.wall - c.started_at > policy.ready_timeout
+        ):  # fmt: skip
+            return f"{c.name} was not ready after {policy.ready_timeout:g}s"
+    return None
+
+
+def _plan_deleted(
+    replicas: list[Container], sandboxes: list[Container], retiring: frozenset[str]
+) -> AppPlan:
+    # Its data plane entry goes in this pass (the worker removes it whatever the plan says):
+    # running replicas then only wait for their established connections before they stop.
+    retire = [c for c in replicas if c.managed and c.id not in retiring]
+    states = {c.id: ReplicaState.DRAINING for c in replicas if c.managed and c.running}
+    # Podman keeps a sandbox while containers that joined it exist: replicas go first.
+    if not any(c.managed for c in replicas):
+        retire += [s for s in sandboxes if s.id not in retiring]
+    done = not any(c.managed for c in replicas) and not sandboxes
+    return AppPlan(retire=tuple(retire), states=states, done=done)
+
+
+def _state(c: Container, observed: Observed) -> ReplicaState:
+    if c.paused or c.id in observed.doomed:
+        return ReplicaState.UNHEALTHY  # kept (paused: someone will unpause it), sent nothing
+    p = observed.probes.get(c.id)
+    return p.state if p else ReplicaState.STARTING
+
+
+def _since(c: Container, observed: Observed) -> float:
+    p = observed.probes.get(c.id)
+    return p.since if p else observed.now
+
+
+def _hash(c: Container, target: str) -> str:
+    # A replica without the label predates revisions: it runs the only spec there was.
+    return c.spec_hash or target
+
+
+def _by_retire_order(
+    cs: list[Container], ready: Callable[[Container], bool]
+) -> list[Container]:
+    """Who leaves first: unready before ready, then the highest index."""
+    return sorted(cs, key=lambda c: (ready(c), -(c.index or 0)))
+
+
+def _free_indexes(used: set[int], n: int) -> list[int]:
+    out: list[int] = []
+    i = 1
+    while len(out) < n + 1:
+        if i not in used:
+            out.append(i)
+        i += 1
+    return out
+
+
+def _weights(desired: Desired, serving: list[Container], target: str) -> dict[str, int]:
+    """A canary's share of new connections as integer weights: k new replicas at w_new and
+    m old ones at w_old give the new ones pct % when w_new = pct*m and w_old = (100-pct)*k."""
+    if desired.canary is None:
+        return {}
+    new = [c for c in serving if _hash(c, target) == target]
+    old = [c for c in serving if _hash(c, target) != target]
+    if not new or not old:
+        return {}
+    pct = desired.canary
+    g = math.gcd(pct * len(old), (100 - pct) * len(new)) or 1
+    w_new, w_old = pct * len(old) // g, (100 - pct) * len(new) // g
+    return {**{c.id: w_new for c in new}, **{c.id: w_old for c in old}}
+
+
+def _unique(cs: list[Container]) -> list[Container]:
+    seen: set[str] = set()
+    out = []
+    for c in cs:
+        if c.id not in seen:
+            seen.add(c.id)
+            out.append(c)
+    return out

@@ -1,26 +1,53 @@
-"""Desired state on disk: the apps as the user last asked for them.
+"""Desired state on disk: the apps as the user last asked for them, their revisions and
+rollouts, and the apps being removed.
 
 It is the one thing a restarted daemon cannot rebuild from the engine (the engine knows what
 runs, not what should), so writes are atomic (write a temp file, fsync, rename, fsync the
 directory) and a damaged file stops the daemon instead of being taken as "no apps": a silent
-reset to empty would tear down every app on the host.
+reset to empty would tear down every app on the host. An app being removed stays in the file
+(`deleted`) until its last container is gone, so a daemon restarted in the middle of `rm`
+still knows the port its replicas drain on.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lbctl.fsutil import atomic_write
 from lbctl.model import AppSpec, InvalidInput
+from lbctl.model.rollout import MAX_HISTORY, Revision, Rollout
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class StateError(RuntimeError):
     """The state file exists but cannot be trusted."""
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    spec: AppSpec  # what replicas should run now (the target revision) and how many
+    revision: int = 1
+    history: tuple[Revision, ...] = ()  # oldest first, the current one included
+    rollout: Rollout | None = None
+
+    def revision_of(self, number: int) -> Revision | None:
+        return next((r for r in self.history if r.number == number), None)
+
+    def with_history(self, rev: Revision) -> tuple[Revision, ...]:
+        kept = [r for r in self.history if r.number != rev.number] + [rev]
+        return tuple(kept[-MAX_HISTORY:])
+
+
+@dataclass
+class State:
+    apps: dict[str, AppRecord] = field(default_factory=dict)
+    deleted: dict[str, AppSpec] = field(default_factory=dict)
 
 
 class StateStore:
@@ -28,9 +55,9 @@ class StateStore:
         self.dir = state_dir
         self.path = state_dir / "state.json"
 
-    def load(self) -> dict[str, AppSpec]:
+    def load_state(self) -> State:
         if not self.path.exists():
-            return {}
+            return State()
         try:
             raw: Any = json.loads(self.path.read_bytes())
         except (OSError, ValueError) as e:
@@ -40,26 +67,61 @@ class StateStore:
             ) from e
         if (
             not isinstance(raw, dict)
-            or raw.get("version") != STATE_VERSION
+            or raw.get("version") not in READABLE_VERSIONS
             or not isinstance(raw.get("apps", []), list)
+            or not isinstance(raw.get("deleted", []), list)
         ):
-            raise StateError(
-                f"state file {self.path} has an unknown format; fix or move it away"
-            )
-        apps: dict[str, AppSpec] = {}
+            raise StateError(f"state file {self.path} has an unknown format; fix or move it away")
+        state = State()
         try:
             for item in raw.get("apps", []):
+                rec = _record(item) if raw["version"] == 2 else AppRecord(AppSpec.from_json(item))
+                if not rec.history:
+                    rec = AppRecord(rec.spec, rec.revision,
+                                    (Revision(rec.revision, rec.spec, 0.0, "adopted"),),
+                                    rec.rollout)
+                state.apps[rec.spec.name] = rec
+            for item in raw.get("deleted", []):
                 spec = AppSpec.from_json(item)
-                apps[spec.name] = spec
-        except InvalidInput as e:
+                state.deleted[spec.name] = spec
+        except (InvalidInput, KeyError, TypeError, ValueError) as e:
             raise StateError(
                 f"state file {self.path} holds an invalid app: {e}; fix or move it away"
             ) from e
-        return apps
+        return state
 
-    def save(self, apps: Mapping[str, AppSpec]) -> None:
+    def load(self) -> dict[str, AppSpec]:
+        return {name: rec.spec for name, rec in self.load_state().apps.items()}
+
+    def save_state(self, state: State) -> None:
         doc = {
             "version": STATE_VERSION,
-            "apps": [apps[name].to_json() for name in sorted(apps)],
+            "apps": [_record_json(state.apps[n]) for n in sorted(state.apps)],
+            "deleted": [state.deleted[n].to_json() for n in sorted(state.deleted)],
         }
         atomic_write(self.path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+
+    def save(self, apps: Mapping[str, AppSpec]) -> None:
+        self.save_state(State({n: AppRecord(s) for n, s in apps.items()}))
+
+
+def _record_json(rec: AppRecord) -> dict[str, Any]:
+    return {
+        "spec": rec.spec.to_json(),
+        "revision": rec.revision,
+        "history": [r.to_json() for r in rec.history],
+        "rollout": rec.rollout.to_json() if rec.rollout else None,
+    }
+
+
+def _record(item: Any) -> AppRecord:
+    if not isinstance(item, dict):
+        raise TypeError("an app record must be an object")
+    spec = AppSpec.from_json(item["spec"])
+    history = tuple(
+        Revision(int(h["revision"]), AppSpec.from_json(h["spec"]), float(h["created"]),
+                 str(h.get("note", "")))
+        for h in item.get("history", [])
+    )
+    rollout = Rollout.from_json(item["rollout"]) if item.get("rollout") else None
+    return AppRecord(spec, int(item.get("revision", 1)), history, rollout)

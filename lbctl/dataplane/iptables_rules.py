@@ -87,6 +87,9 @@ class Backend:
     name: str  # replica name, e.g. "web-2" (rule comments, counters)
     ip: str  # container IPv4
     port: int  # container port
+    # Share of new connections relative to the other backends (a canary's weight); the
+    # statistic rules turn weights into probabilities, 1:1:1 into kube-proxy's 1/(n-i).
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -150,10 +153,12 @@ def chain_table(chain: str) -> str:
     return "filter" if chain in BASE_CHAINS["filter"] else "nat"
 
 
-def _probability(i: int, n: int) -> str:
-    # kube-proxy's formula: rule i (0-based) of n takes 1/(n-i) of what is left, so each
-    # backend gets 1/n overall; 10 decimals as kube-proxy prints them.
-    return f"{1.0 / (n - i):0.10f}"
+def _probability(weights: Sequence[int], i: int) -> str:
+    # kube-proxy's formula generalised to weights: rule i (0-based) takes its weight's share
+    # of what the rules before it left, w_i / (w_i + ... + w_n-1); equal weights give
+    # 1/(n-i). 10 decimals as kube-proxy prints them.
+    rest = sum(weights[i:])
+    return f"{weights[i] / rest:0.10f}"
 
 
 def _dst_match(publish: Publish) -> list[str]:
@@ -271,12 +276,14 @@ def _chain_rules(
         for hook in hooks:
             rules[hook].append(["-A", hook, *match, *_comment(s.app), "-j", chain])
         n = len(s.backends)
+        weights = [max(1, b.weight) for b in s.backends]
         for i, b in enumerate(s.backends):
             stat = (
                 []
                 if i == n - 1
-                else ["-m", "statistic", "--mode", "random", "--probability", _probability(i, n)]
-            )
+                else ["-m", "statistic", "--mode", "random", "--probability",
+                      _probability(weights, i)]
+            )  # fmt: skip
             rule = [
                 "-A", chain, *_comment(f"{s.app}/{b.name}"), "-p", proto, *stat,
                 "-j", "DNAT", "--to-destination", f"{b.ip}:{b.port}",

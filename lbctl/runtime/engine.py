@@ -1,9 +1,9 @@
 """The container engine, seen through its Docker-compatible API (Docker or Podman).
 
-Everything engine-specific lives here: the raw inspect/list/event JSON of Docker and Podman
-differs in small ways (health in `State.Health` or `State.Healthcheck`, networks named
-`bridge` or `podman`, event `Action` vs `status`), and this module turns it into
-`lbctl.model.Container` so that nothing above it has to know which engine answered.
+Everything engine-specific lives in lbctl.runtime: this facade turns aiodocker's calls into
+lbctl's few operations, each bounded by a timeout (a wedged engine must fail a call, not hang
+the controller: aiohttp's default session has no timeout at all), and keeps the inspect cache
+that makes a full list cost one call.
 """
 
 from __future__ import annotations
@@ -13,39 +13,34 @@ import contextlib
 import json
 import logging
 import os
-import resource
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
 from aiodocker.events import DockerEvents
 
-from lbctl.model import (
-    LABEL_APP,
-    LABEL_INDEX,
-    LABEL_MANAGED,
-    LABEL_ROLE,
-    ROLE_REPLICA,
-    ROLE_SANDBOX,
-    Container,
-)
+from lbctl.model import LABEL_APP, Container
+from lbctl.runtime.convert import first_network, health_marker, join_mode, to_container
+from lbctl.runtime.events import EngineEvent, parse_event
+from lbctl.runtime.podman import podman_ulimits
 
 log = logging.getLogger("lbctl.runtime")
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# A list, an inspect or a create answers in milliseconds on a healthy engine; 15 s is far
+# beyond that and still short enough that a wedged engine shows up in `status` and stops the
+# watchdog long before anyone would notice otherwise.
+CALL_TIMEOUT = 15.0
+# Removal waits for the container's own stop grace first.
+REMOVE_MARGIN = 15.0
 
-# Events that can change what the data plane should hold. Everything else (exec, attach,
-# resize, ...) is noise for us.
-WATCHED_ACTIONS = frozenset(
-    {"create", "start", "die", "kill", "stop", "destroy", "oom", "pause", "unpause", "rename"}
-)
+T = TypeVar("T")
 
 
 class EngineError(RuntimeError):
-    """The engine refused a request or could not be reached."""
+    """The engine refused a request, could not be reached or did not answer in time."""
 
 
 class ImageNotFound(EngineError):
@@ -57,41 +52,30 @@ def docker_host(explicit: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class EngineEvent:
-    action: str  # normalized: "health_status" for every health_status: ... variant
-    container_id: str
-    app: str | None
-    signal: int | None = None  # for "kill": the signal the engine is about to send
-
-    @property
-    def fatal(self) -> bool:
-        """The container is going away (a kill with a terminating signal, die, stop, oom)."""
-        if self.action == "kill":
-            return self.signal in (2, 3, 9, 15)
-        return self.action in ("die", "stop", "oom", "pause")
-
-
-@dataclass(frozen=True)
 class CreateRequest:
     name: str
     image: str
     labels: Mapping[str, str]
     env: Mapping[str, str]
     command: Sequence[str] = ()
-    network_mode: str = "bridge"
+    join: str | None = None  # id of a container whose network namespace this one shares
     sysctls: Mapping[str, str] | None = None
     ulimits: Sequence[Mapping[str, Any]] = ()
+    extra_host_config: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Engine:
     """A thin, typed facade over aiodocker with lbctl's conventions built in."""
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, call_timeout: float = CALL_TIMEOUT) -> None:
         self.url = docker_host(url)
+        self.call_timeout = call_timeout
         self._docker: aiodocker.Docker | None = None
         self._bridges: dict[str, str | None] = {}
         # Inspect results keyed by (id, list-level State); a container's PID, IP and network
         # mode do not change while its State stays the same, so a full list costs one call.
+        # Every event about a container drops its entry (forget), so a restart between two
+        # lists is never served from the cache.
         self._inspect_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self.flavor = "docker"  # or "podman", learned from /version
         self._version_known = False
@@ -100,7 +84,10 @@ class Engine:
     @property
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self.url)
+            self._docker = aiodocker.Docker(
+                url=self.url,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.call_timeout),
+            )
         return self._docker
 
     async def close(self) -> None:
@@ -108,11 +95,29 @@ class Engine:
             await self._docker.close()
             self._docker = None
 
+    async def _call(self, what: str, aw: Awaitable[T], timeout: float | None = None) -> T:
+        """One engine operation, bounded in time, with engine errors as EngineError."""
+        limit = self.call_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await aw
+        except TimeoutError:
+            raise EngineError(
+                f"{what}: the container engine at {self.url} did not answer in {limit:.0f}s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
+
+    def forget(self, container_id: str) -> None:
+        """Drop what is cached about a container: called for every event about it."""
+        for key in [k for k in self._inspect_cache if k[0] == container_id]:
+            del self._inspect_cache[key]
+
     async def version(self) -> dict[str, Any]:
         try:
-            info: dict[str, Any] = await self.docker.version()
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as e:
-            raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
+            info: dict[str, Any] = await self._call("version", self.docker.version())
+        except aiodocker.DockerError as e:
+            raise EngineError(f"container engine at {self.url}: {e.message}") from e
         self._version_known = True
         components = info.get("Components") or []
         if any("podman" in str(c.get("Name", "")).lower() for c in components):
@@ -122,17 +127,18 @@ class Engine:
 
     async def image_exists(self, image: str) -> bool:
         try:
-            await self.docker.images.inspect(image)
+            await self._call(f"inspecting image {image}", self.docker.images.inspect(image))
         except aiodocker.DockerError as e:
             if e.status == 404:
                 return False
             raise EngineError(f"inspecting image {image}: {e.message}") from e
-        except (aiohttp.ClientError, OSError) as e:
-            raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
         return True
 
     async def list_containers(self, app: str | None = None) -> list[Container]:
         """Every container labelled `lbctl.app` (or `lbctl.app=app`), running or not."""
+        return await self._call("listing containers", self._list(app))
+
+    async def _list(self, app: str | None) -> list[Container]:
         label = f"{LABEL_APP}={app}" if app else LABEL_APP
         try:
             raw = await self.docker.containers.list(
@@ -142,23 +148,20 @@ class Engine:
             details = await asyncio.gather(*(self._inspect(s) for s in summaries))
         except aiodocker.DockerError as e:
             raise EngineError(f"listing containers: {e.message}") from e
-        except (aiohttp.ClientError, OSError) as e:
-            raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
         live = {(s["Id"], str(s.get("State"))) for s in summaries}
-        for key in list(self._inspect_cache):
-            if key not in live:
+        for key, data in list(self._inspect_cache.items()):
+            labels = (data.get("Config") or {}).get("Labels") or {}
+            if key not in live and (app is None or labels.get(LABEL_APP) == app):
                 del self._inspect_cache[key]
         out = []
         for d in details:
             if d is not None:
-                out.append(await self._to_container(d))
+                out.append(to_container(d, await self._bridge(d)))
         return out
 
     async def _inspect(self, summary: dict[str, Any]) -> dict[str, Any] | None:
         key = (str(summary["Id"]), str(summary.get("State")))
-        # Health changes without a State change; the list's Status text shows it, next to an
-        # uptime ("Up 5 seconds (healthy)") that changes every second and must not count.
-        status = _health_marker(str(summary.get("Status", "")))
+        status = health_marker(str(summary.get("Status", "")))
         cached = self._inspect_cache.get(key)
         if cached is not None and cached.get("_lbctl_status") == status:
             return cached
@@ -169,51 +172,13 @@ class Engine:
                 return None
             raise
         data["_lbctl_status"] = status
+        self.forget(key[0])  # older states of the same container
         self._inspect_cache[key] = data
         return data
 
-    async def _to_container(self, d: dict[str, Any]) -> Container:
-        cfg = d.get("Config") or {}
-        labels: dict[str, str] = cfg.get("Labels") or {}
-        state = d.get("State") or {}
-        host_cfg = d.get("HostConfig") or {}
-        net = d.get("NetworkSettings") or {}
-        health_obj = state.get("Health") or state.get("Healthcheck") or None
-        health = str(health_obj.get("Status")) if health_obj and health_obj.get("Status") else None
-        if health == "":
-            health = None
-        ip: str | None = None
-        bridge: str | None = None
-        for net_name, n in (net.get("Networks") or {}).items():
-            if n and n.get("IPAddress"):
-                ip = str(n["IPAddress"])
-                bridge = await self._bridge_of(str(net_name), str(n.get("NetworkID") or ""))
-                break
-        if ip is None and net.get("IPAddress"):
-            ip = str(net["IPAddress"])
-        index: int | None = None
-        with contextlib.suppress(ValueError, TypeError):
-            index = int(labels.get(LABEL_INDEX, ""))
-        started: float | None = None
-        if state.get("Running") and state.get("StartedAt"):
-            started = _parse_time(str(state["StartedAt"]))
-        pid = int(state.get("Pid") or 0) or None
-        return Container(
-            id=str(d["Id"]),
-            name=str(d.get("Name", "")).lstrip("/"),
-            app=labels.get(LABEL_APP, ""),
-            role=labels.get(LABEL_ROLE, ROLE_REPLICA),
-            managed=labels.get(LABEL_MANAGED) == "true",
-            index=index,
-            running=bool(state.get("Running")),
-            paused=bool(state.get("Paused")),
-            health=health,
-            ip=ip,
-            pid=pid,
-            started_at=started,
-            network_mode=str(host_cfg.get("NetworkMode") or ""),
-            bridge=bridge,
-        )
+    async def _bridge(self, d: dict[str, Any]) -> str | None:
+        first = first_network(d)
+        return await self._bridge_of(first[0], first[1]) if first else None
 
     async def _bridge_of(self, net_name: str, net_id: str) -> str | None:
         """The host bridge interface of a network: where route_localnet has to be set."""
@@ -241,10 +206,13 @@ class Engine:
         return bridge
 
     async def create_and_start(self, req: CreateRequest) -> str:
+        return await self._call(f"creating container {req.name}", self._create(req))
+
+    async def _create(self, req: CreateRequest) -> str:
         if not self._version_known:  # Podman's ulimits must be known before the first create
             await self.version()
         host_config: dict[str, Any] = {
-            "NetworkMode": req.network_mode,
+            "NetworkMode": join_mode(req.join) if req.join else "bridge",
             "RestartPolicy": {"Name": "no"},
             "Init": False,
         }
@@ -253,6 +221,7 @@ class Engine:
         ulimits = list(req.ulimits) or self.default_ulimits
         if ulimits:
             host_config["Ulimits"] = ulimits
+        host_config.update(req.extra_host_config)
         config: dict[str, Any] = {
             "Image": req.image,
             "Labels": dict(req.labels),
@@ -274,6 +243,13 @@ class Engine:
         return str(container.id)
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
+        await self._call(
+            f"removing container {container_id[:12]}",
+            self._stop_and_remove(container_id, grace),
+            timeout=grace + REMOVE_MARGIN,
+        )
+
+    async def _stop_and_remove(self, container_id: str, grace: int) -> None:
         c = self.docker.containers.container(container_id)
         try:
             with contextlib.suppress(aiodocker.DockerError):
@@ -282,21 +258,27 @@ class Engine:
         except aiodocker.DockerError as e:
             if self.flavor == "podman" and "dependent containers" in str(e.message):
                 # Podman keeps a sandbox while replicas still use its namespace (Docker removes
-                # it anyway). The same pass removes those replicas; the next one the sandbox.
-                log.info("container %s still has joined containers; removing it later",
-                         container_id[:12])
-                return
+                # it anyway); it is removed once they are gone.
+                raise EngineError(
+                    f"container {container_id[:12]} still has joined containers"
+                ) from e
             if e.status != 404:
                 raise EngineError(f"removing container {container_id[:12]}: {e.message}") from e
+        finally:
+            self.forget(container_id)
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
+        """The last lines a container wrote (stdout and stderr), joined into one line."""
         try:
-            out = await self.docker.containers.container(container_id).log(
-                stdout=True, stderr=True, tail=lines
+            out = await self._call(
+                "reading logs",
+                self.docker.containers.container(container_id).log(
+                    stdout=True, stderr=True, tail=lines
+                ),
             )
-        except aiodocker.DockerError:
+        except (aiodocker.DockerError, EngineError):
             return ""
-        return " ".join(s.strip() for s in out if s.strip())[-300:]
+        return " | ".join(s.strip() for s in out if s.strip())[-300:]
 
     async def events(self) -> AsyncIterator[EngineEvent | None]:
         """Container events for lbctl's containers, for as long as the stream lasts.
@@ -324,8 +306,10 @@ class Engine:
                 ev = await sub.get()
                 if ev is None:
                     break
-                parsed = _parse_event(ev)
+                parsed = parse_event(ev)
                 if parsed is not None and parsed.app is not None:
+                    if parsed.changes_identity:
+                        self.forget(parsed.container_id)
                     yield parsed
         finally:
             task.cancel()
@@ -335,76 +319,11 @@ class Engine:
             raise EngineError(f"event stream failed: {task.exception()}")
 
 
-def podman_ulimits() -> list[dict[str, Any]]:
-    """Ulimits for every container lbctl creates on Podman.
-
-    Podman 4.3's Docker-compatible API asks runc for limits above what this host lets a
-    process raise to (`error setting rlimit type 7: operation not permitted`), and it does
-    not apply containers.conf's `default_ulimits` to API creates: explicit nofile *and* nproc
-    are what work (either alone fails on the other). nofile may not exceed the hard limit
-    the engine runs under (20000 here); lbctl's own is the best guess it has of it.
-    """
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nofile = 65536 if hard == resource.RLIM_INFINITY else max(1024, min(65536, hard))
-    return [
-        {"Name": "nofile", "Soft": nofile, "Hard": nofile},
-        {"Name": "nproc", "Soft": 4096, "Hard": 8192},
-    ]
-
-
-def _health_marker(status: str) -> str:
-    start = status.rfind("(")
-    return status[start:] if start >= 0 and status.endswith(")") else ""
-
-
-# Podman's names for the events lbctl watches (its `kill` carries no signal attribute, so a
-# kill is not taken as fatal there; the `die` that follows is).
-_PODMAN_ACTIONS = {"remove": "destroy"}
-
-
-def _parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:
-    action = str(ev.get("Action") or ev.get("status") or "")
-    action = action.split(":", 1)[0].strip()  # "health_status: healthy", "exec_start: sh"
-    action = _PODMAN_ACTIONS.get(action, action)
-    if action not in WATCHED_ACTIONS and action != "health_status":
-        return None
-    actor = ev.get("Actor") or {}
-    attrs = actor.get("Attributes") or {}
-    cid = str(actor.get("ID") or ev.get("id") or "")
-    sig: int | None = None
-    with contextlib.suppress(TypeError, ValueError):
-        sig = int(str(attrs.get("signal")))
-    return EngineEvent(action=action, container_id=cid, app=attrs.get(LABEL_APP), signal=sig)
-
-
-def _parse_time(text: str) -> float | None:
-    # Docker gives nanoseconds ("2026-11-22T05:01:06.123456789Z"); fromisoformat wants micro.
-    try:
-        head, _, frac = text.rstrip("Z").partition(".")
-        frac = (frac + "000000")[:6]
-        tz = "+00:00"
-        if "+" in head[10:] or head[10:].count("-"):
-            return datetime.fromisoformat(text).timestamp()
-        return datetime.fromisoformat(f"{head}.{frac}{tz}").timestamp()
-    except ValueError:
-        return None
-
-
-def replica_labels(app: str, role: str, index: int | None = None) -> dict[str, str]:
-    labels = {LABEL_APP: app, LABEL_MANAGED: "true", LABEL_ROLE: role}
-    if index is not None:
-        labels[LABEL_INDEX] = str(index)
-    return labels
-
-
 __all__ = [
-    "ROLE_REPLICA",
-    "ROLE_SANDBOX",
     "CreateRequest",
     "Engine",
     "EngineError",
     "EngineEvent",
     "ImageNotFound",
     "docker_host",
-    "replica_labels",
 ]

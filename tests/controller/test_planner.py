@@ -1,8 +1,10 @@
-"""The planner is pure: observed containers + desired apps in, actions out."""
+"""The planner is pure: one app's desired state + observed containers in, actions out."""
 
 from __future__ import annotations
 
-from lbctl.controller.planner import Observed, plan
+from dataclasses import replace
+
+from lbctl.controller.planner import AppPlan, Desired, Observed, Probe, plan_app
 from lbctl.model import (
     ROLE_REPLICA,
     ROLE_SANDBOX,
@@ -12,20 +14,36 @@ from lbctl.model import (
     Publish,
     ReplicaState,
 )
+from lbctl.model.rollout import Order, UpdatePolicy
 
 PUB = Publish("127.0.0.1", 8080, 8080)
+NOW = 1000.0
+OLD_IMAGE, NEW_IMAGE = "lbctl/demo:1", "lbctl/demo:2"
 
 
-def app(n: int, mode: Mode = Mode.IPTABLES, name: str = "web") -> dict[str, AppSpec]:
-    return {name: AppSpec(name, "lbctl/demo", PUB, n, mode)}
+def spec(n: int, mode: Mode = Mode.IPTABLES, image: str = OLD_IMAGE,
+         policy: UpdatePolicy | None = None) -> AppSpec:
+    return AppSpec("web", image, PUB, n, mode, update=policy or UpdatePolicy())
 
 
-def rep(i: int, running: bool = True, managed: bool = True, app: str = "web",
-        net: str = "bridge", cid: str | None = None) -> Container:
+def want(n: int, mode: Mode = Mode.IPTABLES, image: str = OLD_IMAGE, **kw: object) -> Desired:
+    policy = kw.pop("policy", None)
+    s = spec(n, mode, image, policy)  # type: ignore[arg-type]
+    return Desired(s, s.spec_hash(), 1, **kw)  # type: ignore[arg-type]
+
+
+def h(image: str) -> str:
+    return spec(1, image=image).spec_hash()
+
+
+def rep(i: int, running: bool = True, managed: bool = True, image: str = OLD_IMAGE,
+        joined: str | None = None, cid: str | None = None, **kw: object) -> Container:
     return Container(
-        id=cid or f"id{app}{i}", name=f"{app}-{i}", app=app, role=ROLE_REPLICA,
+        id=cid or f"id{i}{image[-1]}", name=f"web-{i}", app="web", role=ROLE_REPLICA,
         managed=managed, index=i if managed else None, running=running, health=None,
-        ip=f"10.0.0.{i}", pid=1000 + i, started_at=0.0, network_mode=net, bridge="docker0",
+        ip=f"10.0.0.{i}", pid=1000 + i, started_at=NOW - 100, joined_to=joined,
+        bridge="docker0", spec_hash=h(image), revision=1 if image == OLD_IMAGE else 2,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -36,137 +54,288 @@ def sandbox(running: bool = True, cid: str = "sb1") -> Container:
     )
 
 
-def ready(*cs: Container) -> dict[str, ReplicaState]:
-    return {c.id: ReplicaState.READY for c in cs}
+def ready(*cs: Container, since: float = 0.0) -> dict[str, Probe]:
+    return {c.id: Probe(ReplicaState.READY, since) for c in cs}
+
+
+def seen(cs: list[Container], probes: dict[str, Probe] | None = None, **kw: object) -> Observed:
+    return Observed(cs, probes=probes or {}, now=NOW, wall=NOW,
+                    ever_ready=frozenset(c.id for c in cs), **kw)  # type: ignore[arg-type]
+
+
+def names(cs: tuple[Container, ...] | list[Container]) -> list[str]:
+    return sorted(c.name for c in cs)
+
+
+def indexes(p: AppPlan) -> list[int]:
+    return [c.index for c in p.create]
+
+
+# ---- scaling --------------------------------------------------------------------------------
 
 
 def test_creates_missing_replicas_from_nothing() -> None:
-    p = plan(app(3), Observed(containers=[]))
-    assert p.create_replicas == (("web", 1), ("web", 2), ("web", 3))
-    assert p.backends["web"] == ()
-    assert not p.converged["web"]
+    p = plan_app(want(3), seen([]))
+    assert indexes(p) == [1, 2, 3] and {c.spec_hash for c in p.create} == {h(OLD_IMAGE)}
+    assert p.backends == () and not p.converged
 
 
 def test_only_ready_replicas_are_backends() -> None:
     cs = [rep(1), rep(2), rep(3)]
-    p = plan(app(3), Observed(cs, probes={"idweb1": ReplicaState.READY,
-                                          "idweb2": ReplicaState.UNHEALTHY}))
-    assert [c.name for c in p.backends["web"]] == ["web-1"]
-    assert p.states["idweb3"] is ReplicaState.STARTING
-    assert p.create_replicas == ()
-    assert not p.converged["web"]
+    probes = {**ready(cs[0]), cs[1].id: Probe(ReplicaState.UNHEALTHY, NOW)}
+    p = plan_app(want(3), seen(cs, probes))
+    assert names(p.backends) == ["web-1"]
+    assert p.states[cs[2].id] is ReplicaState.STARTING
+    assert p.create == () and not p.converged
 
 
 def test_converged_when_all_ready() -> None:
     cs = [rep(1), rep(2)]
-    p = plan(app(2), Observed(cs, probes=ready(*cs)))
-    assert p.converged["web"] and p.empty
+    p = plan_app(want(2), seen(cs, ready(*cs)))
+    assert p.converged and not p.changes
 
 
-def test_scale_down_drains_before_removal() -> None:
+def test_scale_down_retires_the_highest_unready_first() -> None:
     cs = [rep(1), rep(2), rep(3)]
-    first = plan(app(1), Observed(cs, probes=ready(*cs)))
-    # the surplus leave the data plane at once, but are not removed yet
-    assert first.start_drain == ("idweb2", "idweb3")
-    assert [c.name for c in first.backends["web"]] == ["web-1"]
-    assert first.remove == ()
-    # still draining: kept
-    second = plan(app(1), Observed(cs, probes=ready(*cs),
-                                   draining={"idweb2": False, "idweb3": False}))
-    assert second.remove == () and second.start_drain == ()
-    assert second.states["idweb2"] is ReplicaState.DRAINING
-    # drained: removed, after the sync of this pass
-    third = plan(app(1), Observed(cs, probes=ready(*cs),
-                                  draining={"idweb2": True, "idweb3": False}))
-    assert [c.name for c in third.remove] == ["web-2"]
+    p = plan_app(want(1), seen(cs, ready(cs[0], cs[2])))
+    # two too many: web-2 (not ready) goes first, then the highest ready one
+    assert names(p.retire) == ["web-2", "web-3"]
+    assert p.surplus == {cs[1].id, cs[2].id}
+    assert names(p.backends) == ["web-1"]
+    assert p.states[cs[2].id] is ReplicaState.DRAINING
 
 
-def test_scale_back_up_cancels_drain() -> None:
+def test_retiring_replicas_are_draining_and_not_counted() -> None:
     cs = [rep(1), rep(2)]
-    p = plan(app(2), Observed(cs, probes=ready(*cs), draining={"idweb2": False}))
-    assert p.cancel_drain == ("idweb2",)
-    assert len(p.backends["web"]) == 2
+    p = plan_app(want(1), seen(cs, ready(*cs), retiring=frozenset({cs[1].id})))
+    assert p.retire == () and p.create == ()
+    assert p.states[cs[1].id] is ReplicaState.DRAINING
+    assert not p.converged  # something is still draining
 
 
-def test_dead_replica_is_removed_and_replaced() -> None:
-    cs = [rep(1), rep(2, running=False), rep(3)]
-    p = plan(app(3), Observed(cs, probes=ready(cs[0], cs[2])))
-    assert [c.name for c in p.remove] == ["web-2"]
-    assert p.create_replicas == (("web", 2),)
-    assert [c.name for c in p.backends["web"]] == ["web-1", "web-3"]
+def test_scale_back_up_reclaims_a_draining_replica() -> None:
+    cs = [rep(1), rep(2)]
+    p = plan_app(want(2), seen(cs, ready(*cs), retiring=frozenset({cs[1].id}),
+                               reclaimable=frozenset({cs[1].id})))
+    assert names(p.reclaim) == ["web-2"] and p.create == ()
 
 
-def test_adopted_containers_serve_but_are_never_removed() -> None:
-    foreign = rep(7, managed=False, cid="compose1")
-    dead_foreign = rep(8, managed=False, running=False, cid="compose2")
-    cs = [rep(1), foreign, dead_foreign]
-    p = plan(app(1), Observed(cs, probes=ready(cs[0], foreign)))
-    assert {c.id for c in p.backends["web"]} == {"idweb1", "compose1"}
-    assert p.remove == () and p.start_drain == ()
-    # and when the app is deleted, they are left alone
-    gone = plan({}, Observed(cs, probes=ready(*cs)))
-    assert foreign not in gone.remove and dead_foreign not in gone.remove
-    assert gone.start_drain == ("idweb1",)
+def test_a_stopping_replica_keeps_its_index_for_its_successor() -> None:
+    cs = [rep(1), rep(2)]
+    stopping = frozenset({cs[1].id})
+    p = plan_app(want(2), seen(cs, ready(*cs), retiring=stopping, stopping=stopping))
+    assert p.create == () and p.reclaim == ()  # web-2 is created once the old one is gone
 
 
-def test_deleted_app_drains_then_removes_sandbox_last() -> None:
-    cs = [sandbox(), rep(1, net="container:sb1")]
-    p = plan({}, Observed(cs, draining={"idweb1": False}))
-    assert p.remove == ()
-    p = plan({}, Observed(cs, draining={"idweb1": True}))
-    assert [c.name for c in p.remove] == ["web-1"]
-    p = plan({}, Observed([sandbox()]))
-    assert [c.name for c in p.remove] == ["web-sandbox"]
+def test_dead_replica_is_retired_and_replaced_by_its_index() -> None:
+    cs = [rep(1), rep(2, running=False, exit_code=137), rep(3)]
+    p = plan_app(want(3), seen(cs, ready(cs[0], cs[2])))
+    assert names(p.retire) == ["web-2"]
+    assert p.create == ()  # waits for web-2's name
+    gone = [cs[0], cs[2]]
+    p = plan_app(want(3), seen(gone, ready(*gone)))
+    assert indexes(p) == [2]
+    assert names(p.backends) == ["web-1", "web-3"]
 
 
-def test_ebpf_creates_sandbox_before_replicas() -> None:
-    p = plan(app(2, Mode.EBPF), Observed([]))
-    assert p.create_sandboxes == ("web",)
-    assert p.create_replicas == ()  # they need the sandbox's id to join its namespace
-    p = plan(app(2, Mode.EBPF), Observed([sandbox()]))
-    assert p.create_replicas == (("web", 1), ("web", 2))
-    assert p.sandboxes["web"].id == "sb1"
+def test_a_replica_that_died_before_it_was_ready_is_a_crash() -> None:
+    c = rep(1, running=False, exit_code=127)
+    p = plan_app(want(1), Observed([c], now=NOW, wall=NOW))
+    assert names(p.crashed) == ["web-1"]
+    p = plan_app(want(1), Observed([c], now=NOW, wall=NOW, ever_ready=frozenset({c.id})))
+    assert p.crashed == ()  # it served before: a crash of a running service, not a loop
 
 
-def test_ebpf_lost_sandbox_replaces_its_replicas() -> None:
-    old = [rep(1, net="container:sbOLD"), rep(2, net="container:sbOLD")]
-    p = plan(app(2, Mode.EBPF), Observed([sandbox(running=False), *old], probes=ready(*old)))
-    assert p.create_sandboxes == ("web",)
-    assert {c.name for c in p.remove} == {"web-sandbox", "web-1", "web-2"}
-    assert p.backends["web"] == ()
-
-
-def test_ebpf_only_joined_replicas_serve() -> None:
-    joined = rep(1, net="container:sb1")
-    p = plan(app(1, Mode.EBPF), Observed([sandbox(), joined], probes=ready(joined)))
-    assert [c.name for c in p.backends["web"]] == ["web-1"]
-    assert p.converged["web"]
-
-
-def test_failed_app_gets_no_new_replicas() -> None:
-    p = plan(app(2), Observed([], failed_apps=frozenset({"web"})))
-    assert p.create_replicas == ()
-
-
-def test_gone_app_with_ebpf_objects_is_cleaned() -> None:
-    p = plan({}, Observed([], dataplane_apps=frozenset({"old", "web"})))
-    assert p.gone_apps == ("old", "web")
-    p = plan(app(1), Observed([sandbox()], dataplane_apps=frozenset({"web"})))
-    assert p.gone_apps == ()
-
-
-def test_other_apps_are_independent() -> None:
-    desired = {**app(1), **app(2, name="api")}
-    cs = [rep(1), rep(1, app="api"), rep(2, app="api")]
-    p = plan(desired, Observed(cs, probes=ready(*cs)))
-    assert p.converged == {"web": True, "api": True}
+def test_unhealthy_replica_is_replaced_after_the_grace() -> None:
+    cs = [rep(1), rep(2)]
+    probes = {**ready(cs[0]), cs[1].id: Probe(ReplicaState.UNHEALTHY, NOW - 5)}
+    p = plan_app(want(2), seen(cs, probes, unhealthy_grace=30))
+    assert p.retire == () and p.create == ()  # within the grace: it may come back
+    p = plan_app(want(2), seen(cs, probes, unhealthy_grace=3))
+    assert names(p.retire) == ["web-2"] and indexes(p) == [3]
 
 
 def test_paused_replica_is_kept_but_serves_nothing() -> None:
-    from dataclasses import replace
+    cs = [rep(1), rep(2, paused=True)]
+    probes = {**ready(cs[0]), cs[1].id: Probe(ReplicaState.READY, NOW - 100)}
+    p = plan_app(want(2), seen(cs, probes, unhealthy_grace=1))
+    assert names(p.backends) == ["web-1"]
+    assert p.states[cs[1].id] is ReplicaState.UNHEALTHY
+    assert p.retire == () and p.create == ()
 
-    cs = [rep(1), replace(rep(2), paused=True)]
-    p = plan(app(2), Observed(cs, probes=ready(*cs)))
-    assert [c.name for c in p.backends["web"]] == ["web-1"]
-    assert p.states["idweb2"] is ReplicaState.UNHEALTHY
-    assert p.remove == () and p.create_replicas == ()
+
+def test_doomed_replica_leaves_the_data_plane_at_once() -> None:
+    cs = [rep(1), rep(2)]
+    p = plan_app(want(2), seen(cs, ready(*cs), doomed=frozenset({cs[1].id})))
+    assert names(p.backends) == ["web-1"] and p.retire == () and p.create == ()
+
+
+def test_adopted_containers_serve_but_are_never_retired() -> None:
+    foreign = rep(7, managed=False, cid="compose1")
+    dead_foreign = rep(8, managed=False, running=False, cid="compose2")
+    cs = [rep(1), foreign, dead_foreign]
+    p = plan_app(want(1), seen(cs, ready(cs[0], foreign)))
+    assert {c.id for c in p.backends} == {cs[0].id, "compose1"}
+    assert p.retire == () and p.converged
+    gone = plan_app(Desired(None), seen(cs, ready(*cs)))
+    assert names(gone.retire) == ["web-1"]
+
+
+def test_blocked_app_gets_no_new_replicas() -> None:
+    p = plan_app(want(2), seen([], blocked=True))
+    assert p.create == ()
+
+
+# ---- deletion ------------------------------------------------------------------------------
+
+
+def test_deleted_app_retires_replicas_then_its_sandbox() -> None:
+    cs = [sandbox(), rep(1, joined="sb1")]
+    p = plan_app(Desired(None), seen(cs))
+    assert names(p.retire) == ["web-1"] and not p.done
+    p = plan_app(Desired(None), seen(cs, retiring=frozenset({cs[1].id})))
+    assert p.retire == ()  # the sandbox waits for the replicas (Podman insists)
+    p = plan_app(Desired(None), seen([sandbox()]))
+    assert names(p.retire) == ["web-sandbox"] and not p.done
+    assert plan_app(Desired(None), seen([])).done
+
+
+# ---- ebpf mode -----------------------------------------------------------------------------
+
+
+def test_ebpf_creates_sandbox_before_replicas() -> None:
+    p = plan_app(want(2, Mode.EBPF), seen([]))
+    assert p.create_sandbox and p.create == ()  # replicas need its id to join it
+    p = plan_app(want(2, Mode.EBPF), seen([sandbox()]))
+    assert not p.create_sandbox and indexes(p) == [1, 2]
+    assert p.sandbox is not None and p.sandbox.id == "sb1"
+
+
+def test_ebpf_lost_sandbox_replaces_its_replicas() -> None:
+    old = [rep(1, joined="sbOLD"), rep(2, joined="sbOLD")]
+    dead = sandbox(running=False)
+    p = plan_app(want(2, Mode.EBPF), seen([dead, *old], ready(*old)))
+    assert not p.create_sandbox  # the dead one holds the name: it is removed first
+    assert names(p.retire) == ["web-1", "web-2", "web-sandbox"]
+    assert p.backends == ()
+    p = plan_app(want(2, Mode.EBPF), seen([], ready(*old)))
+    assert p.create_sandbox
+
+
+def test_ebpf_only_joined_replicas_serve() -> None:
+    joined = rep(1, joined="sb1")
+    p = plan_app(want(1, Mode.EBPF), seen([sandbox(), joined], ready(joined)))
+    assert names(p.backends) == ["web-1"] and p.converged
+
+
+# ---- rollouts ------------------------------------------------------------------------------
+
+
+def rolling(n: int, **kw: object) -> Desired:
+    return want(n, image=NEW_IMAGE, **kw)
+
+
+def test_a_new_template_starts_one_new_replica_first() -> None:
+    old = [rep(i) for i in (1, 2, 3, 4)]
+    p = plan_app(rolling(4), seen(old, ready(*old)))
+    assert p.retire == ()  # nothing old leaves before something new is available
+    assert indexes(p) == [5] and p.create[0].spec_hash == h(NEW_IMAGE)
+    assert p.rollout_step and not p.converged
+
+
+def test_an_old_replica_drains_once_a_new_one_stayed_ready_for_monitor() -> None:
+    old = [rep(i) for i in (1, 2, 3, 4)]
+    new = rep(5, image=NEW_IMAGE)
+    policy = UpdatePolicy(monitor=5.0)
+    fresh = {**ready(*old), **ready(new, since=NOW - 1)}
+    p = plan_app(rolling(4, policy=policy), seen([*old, new], fresh))
+    assert p.retire == () and p.create == ()  # surge used, new one not stable yet
+    assert names(p.backends) == ["web-1", "web-2", "web-3", "web-4", "web-5"]
+    stable = {**ready(*old), **ready(new, since=NOW - 6)}
+    p = plan_app(rolling(4, policy=policy), seen([*old, new], stable))
+    assert names(p.retire) == ["web-4"]
+    assert indexes(p) == [6]  # the next batch starts at once (web-4's index is draining)
+
+
+def test_rollout_completes_when_no_old_replica_is_left() -> None:
+    new = [rep(i, image=NEW_IMAGE) for i in (1, 2, 5, 6)]
+    p = plan_app(rolling(4), seen(new, ready(*new)))
+    assert p.rollout_complete and p.converged
+
+
+def test_parallelism_and_stop_first() -> None:
+    old = [rep(i) for i in (1, 2, 3, 4)]
+    p = plan_app(rolling(4, policy=UpdatePolicy(parallelism=2)), seen(old, ready(*old)))
+    assert indexes(p) == [5, 6]
+    stop_first = UpdatePolicy(parallelism=2, order=Order.STOP_FIRST)
+    p = plan_app(rolling(4, policy=stop_first), seen(old, ready(*old)))
+    # never above the count: two old ones leave the data plane, two new ones start
+    assert names(p.retire) == ["web-3", "web-4"] and indexes(p) == [5, 6]
+
+
+def test_delay_holds_the_next_batch() -> None:
+    old = [rep(i) for i in (1, 2, 3, 4)]
+    new = rep(5, image=NEW_IMAGE)
+    probes = {**ready(*old), **ready(new, since=0.0)}
+    policy = UpdatePolicy(delay=10.0)
+    p = plan_app(rolling(4, policy=policy), seen([*old, new], probes, last_step=NOW - 2))
+    assert p.retire == () and p.create == ()
+    p = plan_app(rolling(4, policy=policy), seen([*old, new], probes, last_step=NOW - 11))
+    assert names(p.retire) == ["web-4"] and indexes(p) == [6]
+
+
+def test_a_new_replica_that_exits_fails_the_rollout() -> None:
+    old = [rep(i) for i in (1, 2)]
+    dead = rep(3, image=NEW_IMAGE, running=False, exit_code=1)
+    p = plan_app(rolling(2), seen([*old, dead], ready(*old)))
+    assert p.rollout_failure == "web-3 exited with code 1"
+    assert p.create == ()  # no new batch after a failure
+    assert names(p.backends) == ["web-1", "web-2"]
+
+
+def test_a_new_replica_never_ready_fails_the_rollout() -> None:
+    old = [rep(1)]
+    slow = replace(rep(2, image=NEW_IMAGE), started_at=NOW - 61)
+    p = plan_app(rolling(1), seen([*old, slow], ready(*old)))
+    assert p.rollout_failure == "web-2 was not ready after 60s"
+
+
+def test_rollback_is_a_rollout_to_the_old_template() -> None:
+    # the failed new replica is "old" now; it serves nobody, so it leaves at once
+    old = [rep(1), rep(2)]
+    failed = rep(3, image=NEW_IMAGE)
+    p = plan_app(want(2), seen([*old, failed], ready(*old)))
+    assert names(p.retire) == ["web-3"] and p.create == ()
+    assert names(p.backends) == ["web-1", "web-2"]
+
+
+def test_paused_rollout_holds() -> None:
+    old = [rep(i) for i in (1, 2, 3)]
+    new = rep(4, image=NEW_IMAGE)
+    probes = {**ready(*old), **ready(new)}
+    p = plan_app(rolling(3, paused=True), seen([*old, new], probes))
+    assert p.retire == () and p.create == ()
+
+
+def test_canary_holds_its_share_beside_all_old_replicas() -> None:
+    old = [rep(i) for i in (1, 2, 3, 4)]
+    p = plan_app(rolling(4, canary=25, stable_hash=h(OLD_IMAGE)), seen(old, ready(*old)))
+    assert indexes(p) == [5] and p.retire == ()
+    new = rep(5, image=NEW_IMAGE)
+    p = plan_app(rolling(4, canary=25, stable_hash=h(OLD_IMAGE)),
+                 seen([*old, new], {**ready(*old), **ready(new)}))
+    assert p.create == () and p.retire == () and not p.converged
+    w = p.weights
+    share = w[new.id] / sum(w.values())
+    assert abs(share - 0.25) < 1e-9, w
+    # an old replica that crashes during the canary is replaced with the old revision
+    crashed = [old[0], old[1], old[2], rep(4, running=False), new]
+    p = plan_app(rolling(4, canary=25, stable_hash=h(OLD_IMAGE)),
+                 seen([c for c in crashed if c.index != 4], ready(*old[:3], new)))
+    assert [c.spec_hash for c in p.create] == [h(OLD_IMAGE)]
+
+
+def test_replicas_without_a_hash_label_run_the_current_spec() -> None:
+    legacy = [replace(rep(i), spec_hash=None) for i in (1, 2)]
+    p = plan_app(rolling(2), seen(legacy, ready(*legacy)))
+    assert p.converged and p.create == ()

@@ -1,4 +1,5 @@
-"""`lbctl apply -f`: create, then converge a file of apps; refuse what it cannot change."""
+"""`lbctl apply -f`: create, then converge a file of apps (all or nothing); roll a new template;
+refuse what it cannot change."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, free_port, spread
+from tests.helpers import Daemon, app_containers, free_port, spread
 
 pytestmark = pytest.mark.engine
 
@@ -18,7 +19,7 @@ def _toml(name: str, port: int, replicas: int, mode: str, image: str = "lbctl/de
             'env = { GREETING = "hi" }\n\n')
 
 
-def test_apply_creates_scales_and_refuses_changes(
+def test_apply_creates_scales_rolls_and_refuses_changes(
     daemon: Daemon, app_name: str, tmp_path: Path
 ) -> None:
     a, b = f"{app_name}-a", f"{app_name}-b"
@@ -36,9 +37,25 @@ def test_apply_creates_scales_and_refuses_changes(
     assert (apps[a]["ready"], apps[b]["ready"]) == (1, 3)
     assert len(spread(pb, 30)) == 3
 
-    # a different image cannot be applied in place: exit 2, one line, nothing changed
+    # a changed publish cannot be applied in place: exit 2, one line, nothing changed
     state = (daemon.state_dir / "state.json").read_bytes()
-    f.write_text(_toml(a, pa, 1, "iptables", image="lbctl/demo-health"))
+    f.write_text(_toml(a, free_port(), 1, "iptables"))
     r = daemon.cli("apply", "-f", str(f))
     assert r.returncode == 2 and "rm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (daemon.state_dir / "state.json").read_bytes() == state
+
+    # all or nothing: a valid change of one app and a refused change of another in one file
+    f.write_text(_toml(a, pa, 2, "iptables") + _toml(b, pb, 3, "iptables"))
+    r = daemon.cli("apply", "-f", str(f))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (daemon.state_dir / "state.json").read_bytes() == state
+    assert daemon.status(a)["desired"] == 1
+
+    # a new image rolls the app: apply returns once every replica runs it
+    f.write_text(_toml(a, pa, 2, "iptables", image="lbctl/demo-health"))
+    out = daemon.ok("apply", "-f", str(f))
+    assert f"{a}: rolling" in out, out
+    images = {c["Config"]["Image"] for c in app_containers(a)}
+    assert images == {"lbctl/demo-health"}, images
+    st = daemon.status(a)
+    assert st["ready"] == 2 and st["revision"] == 2 and st["rollout"]["state"] == "complete"

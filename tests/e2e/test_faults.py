@@ -459,7 +459,7 @@ def test_racing_scale_calls_end_in_the_last_accepted_state(daemon: Daemon, app_n
         rf'msg="scale accepted" app={re.escape(app_name)} replicas=(\d+)', log)]
     final = daemon.status(app_name)
     state = json.loads((daemon.state_dir / "state.json").read_text())
-    stored = next(a["replicas"] for a in state["apps"] if a["name"] == app_name)
+    stored = next(a["spec"]["replicas"] for a in state["apps"] if a["spec"]["name"] == app_name)
     print(f"\n20 racing `lbctl scale` calls {targets}: exits {[c for c, _ in results]}, "
           f"accepted in order {accepted}; final desired {final['desired']}, ready "
           f"{final['ready']}, containers {len(replicas_of(app_name))}; all returned in {took:.2f}s")

@@ -8,16 +8,12 @@ import contextlib
 import pytest
 
 from lbctl.model import LABEL_APP
-from lbctl.runtime.engine import (
-    CreateRequest,
-    Engine,
-    ImageNotFound,
-    _health_marker,
-    _parse_event,
-    _parse_time,
-    podman_ulimits,
-    replica_labels,
-)
+from lbctl.runtime.convert import health_marker as _health_marker
+from lbctl.runtime.convert import parse_time as _parse_time
+from lbctl.runtime.convert import replica_labels
+from lbctl.runtime.engine import CreateRequest, Engine, ImageNotFound
+from lbctl.runtime.events import parse_event as _parse_event
+from lbctl.runtime.podman import podman_ulimits
 from tests.helpers import PREFIX
 
 

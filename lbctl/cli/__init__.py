@@ -1,0 +1,135 @@
+"""The `lbctl` command line.
+
+Exit codes (the contract): 0 done; 2 bad input, nothing changed; 1 anything else. Every
+failure is one line on stderr that says what failed and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from lbctl.api.client import ApiError, DaemonUnavailable, socket_path
+from lbctl.cli import commands
+from lbctl.cli.inputs import (
+    parse_targets,
+    spec_from_run,
+    specs_from_toml,
+    update_from_args,
+)
+from lbctl.cli.parser import EXIT_USAGE, build_parser
+from lbctl.cli.render import render_table
+from lbctl.cli.wait import Failure
+from lbctl.model import InvalidInput, validate_name
+
+EXIT_FAIL = 1
+
+__all__ = ["main", "parse_targets", "render_table", "specs_from_toml"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in args_list:
+        i = args_list.index("--")
+        args_list, command = args_list[:i], args_list[i + 1 :]
+    args = build_parser().parse_args(args_list)
+    try:
+        code = _dispatch(args, command)
+    except InvalidInput as e:
+        _die(str(e), EXIT_USAGE)
+    except ApiError as e:
+        _die(str(e), EXIT_USAGE if 400 <= e.status < 500 else EXIT_FAIL)
+    except (DaemonUnavailable, Failure) as e:
+        _die(str(e), EXIT_FAIL)
+    except KeyboardInterrupt:
+        _die("interrupted", EXIT_FAIL)
+    raise SystemExit(code)
+
+
+def _die(message: str, code: int) -> NoReturn:
+    print(f"lbctl: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
+    if command and args.cmd not in ("run", "update"):
+        raise InvalidInput("`-- COMMAND` is only valid with `lbctl run` and `lbctl update`")
+    if args.cmd == "daemon":
+        return _daemon(args)
+    if args.cmd == "doctor":
+        from lbctl.doctor import run_doctor
+
+        return asyncio.run(run_doctor())
+    sock = socket_path(args.socket)
+    if args.cmd == "run":
+        spec = spec_from_run(args, command)
+        return asyncio.run(commands.run(sock, spec, args.no_wait, args.timeout))
+    if args.cmd == "update":
+        validate_name(args.name)
+        body = update_from_args(args, command)
+        return asyncio.run(commands.update(sock, args.name, body, args.no_wait, args.timeout))
+    if args.cmd == "apply":
+        specs = specs_from_toml(Path(args.file))
+        return asyncio.run(commands.apply(sock, specs, args.no_wait, args.timeout))
+    if args.cmd == "scale":
+        targets = parse_targets(args.targets)
+        return asyncio.run(commands.scale(sock, targets, args.no_wait, args.timeout))
+    if args.cmd == "status":
+        if args.name:
+            validate_name(args.name)
+        return asyncio.run(commands.status(sock, args.name, args.output, args.watch))
+    if args.cmd == "rollout":
+        validate_name(args.name)
+        return asyncio.run(commands.rollout(sock, args.action, args.name, args.to_revision,
+                                            args.output, args.no_wait, args.timeout))
+    if args.cmd == "rm":
+        validate_name(args.name)
+        return asyncio.run(commands.rm(sock, args.name, args.timeout))
+    if args.cmd == "export":
+        validate_name(args.name)
+        return asyncio.run(commands.export(sock, args.name, args.format))
+    raise InvalidInput(f"unknown command {args.cmd}")
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from lbctl import logs
+    from lbctl.controller.store import StateError
+    from lbctl.daemon import (
+        DEFAULT_METRICS_ADDR,
+        DEFAULT_STATE_DIR,
+        DaemonConfig,
+        parse_addr,
+        serve,
+    )
+
+    logs.setup(args.log_level)
+    metrics_addr = args.metrics_addr or DEFAULT_METRICS_ADDR
+    parse_addr(metrics_addr)
+    if args.drain_timeout < 0 or args.stop_grace < 0:
+        raise InvalidInput("--drain-timeout and --stop-grace must not be negative")
+    if args.engine_timeout <= 0 or args.unhealthy_grace < 0:
+        raise InvalidInput("--engine-timeout must be positive, --unhealthy-grace not negative")
+    cfg = DaemonConfig(
+        socket=socket_path(args.daemon_socket or args.socket),
+        state_dir=Path(args.state_dir or os.environ.get("STATE_DIRECTORY") or DEFAULT_STATE_DIR),
+        metrics_addr=metrics_addr,
+        docker_host=args.docker_host,
+        drain_timeout=args.drain_timeout,
+        stop_grace=args.stop_grace,
+        bpf_pin_root=Path(args.bpf_pin_root),
+        engine_timeout=args.engine_timeout,
+        unhealthy_grace=args.unhealthy_grace,
+    )
+    try:
+        asyncio.run(serve(cfg))
+    except StateError as e:
+        raise Failure(str(e)) from None
+    except OSError as e:
+        raise Failure(f"daemon failed to start: {e}") from None
+    return 0

@@ -1,0 +1,119 @@
+"""The command line's grammar: every command and flag, and usage errors as one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from lbctl import __version__
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"lbctl: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _wait_flags(p: argparse.ArgumentParser, default: float = 60.0) -> None:
+    p.add_argument("--no-wait", action="store_true", help="return once the change is accepted")
+    p.add_argument("--timeout", type=float, default=default,
+                   help=f"seconds to wait for the data plane (default {default:g})")
+
+
+def _update_policy_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rolling update (how a changed spec replaces replicas)")
+    g.add_argument("--parallelism", type=int, help="replicas replaced at once (default 1)")
+    g.add_argument("--delay", type=float, help="seconds between batches (default 0)")
+    g.add_argument("--max-unavailable", type=int,
+                   help="ready replicas a rollout may go below the count by (default 0)")
+    g.add_argument("--monitor", type=float,
+                   help="seconds a new replica must stay ready before an old one drains "
+                        "(default 5)")
+    g.add_argument("--ready-timeout", type=float,
+                   help="seconds a new replica may take to get ready (default 60)")
+    g.add_argument("--failure-action", choices=["rollback", "pause"],
+                   help="what a failed rollout does (default rollback)")
+    g.add_argument("--update-order", choices=["start-first", "stop-first"],
+                   help="start a new replica before draining an old one, or after "
+                        "(default start-first)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="lbctl", description="N replicas on one host port, balanced by the kernel")
+    p.add_argument("--version", action="version", version=f"lbctl {__version__}")
+    p.add_argument(
+        "--socket", help="control socket (default $LBCTL_SOCKET or /run/lbctl/lbctl.sock)"
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+
+    d = sub.add_parser("daemon", help="run the controller")
+    d.add_argument("--socket", dest="daemon_socket")
+    d.add_argument("--state-dir", default=None)
+    d.add_argument("--metrics-addr", default=None)
+    d.add_argument("--docker-host", default=None)
+    d.add_argument("--drain-timeout", type=float, default=10.0)
+    d.add_argument("--stop-grace", type=int, default=10)
+    d.add_argument("--bpf-pin-root", default="/sys/fs/bpf/lbctl")
+    d.add_argument("--engine-timeout", type=float, default=15.0,
+                   help="seconds any one engine call may take (default 15)")
+    d.add_argument("--unhealthy-grace", type=float, default=30.0,
+                   help="seconds an unhealthy replica is kept before it is replaced (default 30)")
+    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    r = sub.add_parser("run", help="run an app: N replicas on one host port (again: update it)")
+    r.add_argument("name")
+    r.add_argument("--image", required=True)
+    r.add_argument("-p", "--publish", required=True)
+    r.add_argument("--replicas", default="1")
+    r.add_argument("--mode", choices=["iptables", "ebpf"])
+    r.add_argument("-e", "--env", action="append", default=[])
+    _update_policy_flags(r)
+    _wait_flags(r)
+
+    u = sub.add_parser("update", help="change an app; a new image, env or command rolls out")
+    u.add_argument("name")
+    u.add_argument("--image")
+    u.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE to add or change")
+    u.add_argument("--env-rm", action="append", default=[], help="KEY to remove")
+    u.add_argument("--replicas")
+    u.add_argument("--canary", type=int, metavar="PCT",
+                   help="hold the new revision beside the old one with PCT%% of new "
+                        "connections, until `lbctl rollout resume` or `undo`")
+    _update_policy_flags(u)
+    _wait_flags(u, 300.0)
+
+    a = sub.add_parser("apply", help="create or change the apps of a TOML file (all or nothing)")
+    a.add_argument("-f", "--file", required=True)
+    _wait_flags(a, 300.0)
+
+    s = sub.add_parser("scale", help="set the number of replicas: NAME=N ...")
+    s.add_argument("targets", nargs="+", metavar="NAME=N")
+    _wait_flags(s)
+
+    st = sub.add_parser("status", help="show apps and replicas")
+    st.add_argument("name", nargs="?")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st.add_argument("-w", "--watch", action="store_true")
+
+    ro = sub.add_parser("rollout", help="follow and steer an app's rollout")
+    ro.add_argument("action", choices=["status", "pause", "resume", "undo", "history"])
+    ro.add_argument("name")
+    ro.add_argument("--to-revision", type=int, help="undo: go back to this revision")
+    ro.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ro.add_argument("--timeout", type=float, default=300.0,
+                    help="status, undo, resume: seconds to wait for the rollout to end")
+    ro.add_argument("--no-wait", action="store_true")
+
+    rm = sub.add_parser("rm", help="remove an app, its containers, rules and maps")
+    rm.add_argument("name")
+    rm.add_argument("--timeout", type=float, default=120.0)
+
+    ex = sub.add_parser("export", help="print an app as a compose file or Kubernetes manifests")
+    ex.add_argument("name")
+    ex.add_argument("--format", choices=["compose", "kubernetes"], default="compose")
+
+    sub.add_parser("doctor", help="check what this host needs")
+    return p

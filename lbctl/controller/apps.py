@@ -1,0 +1,339 @@
+"""The apps service: the one owner of desired state. The API asks it for changes; the workers
+ask it what their app should be and tell it how a rollout went.
+
+Every change is checked completely first (input, then what needs I/O: the image, the host
+port) and then committed under one short lock that holds no I/O but the atomic state write:
+so racing requests end in the state of the last accepted one, a multi-app apply is all or
+nothing, and nothing waits on an engine call while holding the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from lbctl.controller.admission import Admission
+from lbctl.controller.planner import Desired
+from lbctl.controller.store import AppRecord, State, StateStore
+from lbctl.model import AppSpec, InvalidInput
+from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
+
+log = logging.getLogger("lbctl.controller")
+
+
+class NotFound(LookupError):
+    pass
+
+
+class AppsService:
+    def __init__(
+        self,
+        store: StateStore,
+        admission: Admission,
+        on_change: Callable[[str], None] = lambda app: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.admission = admission
+        self.on_change = on_change
+        self.clock = clock
+        self.state = State()
+        self._commit = asyncio.Lock()
+        # Bumped on every change of an app; a plan made before the latest change cannot say
+        # the app has converged (a `scale` right after a pass would else return at once).
+        self.generations: dict[str, int] = {}
+        self._gone: dict[str, asyncio.Event] = {}
+
+    def load(self) -> None:
+        self.state = self.store.load_state()
+
+    # ---- what workers read ---------------------------------------------------------------
+
+    def names(self) -> set[str]:
+        return set(self.state.apps) | set(self.state.deleted)
+
+    def record(self, name: str) -> AppRecord | None:
+        return self.state.apps.get(name)
+
+    def spec(self, name: str) -> AppSpec:
+        rec = self.state.apps.get(name)
+        if rec is None:
+            raise NotFound(f"no app named {name}")
+        return rec.spec
+
+    def generation(self, name: str) -> int:
+        return self.generations.get(name, 0)
+
+    def desired(self, name: str) -> Desired:
+        rec = self.state.apps.get(name)
+        if rec is None:
+            gone = self.state.deleted.get(name)
+            return Desired(None, drain_port=gone.publish.container_port if gone else None)
+        ro = rec.rollout
+        canary = ro.canary if ro is not None and ro.active else None
+        stable = None
+        if canary is not None and ro is not None and ro.previous is not None:
+            prev = rec.revision_of(ro.previous)
+            stable = prev.spec.spec_hash() if prev else None
+        paused = ro is not None and ro.state in (RolloutState.PAUSED, RolloutState.FAILED)
+        return Desired(rec.spec, rec.spec.spec_hash(), rec.revision, stable, canary, paused)
+
+    def revision_spec(self, name: str, spec_hash: str) -> AppSpec | None:
+        """The spec of the app's revision with this hash (a canary's stable replicas)."""
+        rec = self.state.apps.get(name)
+        if rec is None:
+            return None
+        for r in reversed(rec.history):
+            if r.spec.spec_hash() == spec_hash:
+                return replace(r.spec, replicas=rec.spec.replicas)
+        return None
+
+    # ---- changes from the API ------------------------------------------------------------
+
+    async def create(self, spec: AppSpec) -> None:
+        if spec.name in self.state.apps:
+            raise InvalidInput(
+                f"app {spec.name} already exists: change it with `lbctl update`, `lbctl apply` "
+                "or `lbctl scale`"
+            )
+        await self.apply([spec])
+
+    async def apply(self, specs: Sequence[AppSpec], canary: int | None = None) -> dict[str, str]:
+        """Create or change every app in `specs`, all or nothing. Returns name -> what
+        happened: created, rolling (a new revision), scaled/updated, unchanged."""
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise InvalidInput("an app appears twice")
+        for s in specs:
+            self._check_change(s)
+        await self.admission.check_new(
+            [s for s in specs if s.name not in self.state.apps],
+            [s for s in specs if s.name in self.state.apps],
+            others=self._published_except(names),
+        )
+        async with self._commit:
+            # Re-check against the state as it is now: another request may have committed
+            # while the checks above waited on the engine.
+            for s in specs:
+                self._check_change(s)
+            self.admission.check_clashes(specs, self._published_except(names))
+            outcome: dict[str, str] = {}
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            for s in specs:
+                outcome[s.name] = self._stage(state, s, canary)
+            self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
+        for name, what in outcome.items():
+            if what != "unchanged":
+                log.info("app %s", what, extra={"app": name, "replicas": self.spec(name).replicas})
+        return outcome
+
+    async def scale(self, name: str, replicas: int) -> AppSpec:
+        async with self._commit:
+            rec = self._record(name)
+            new = replace(rec, spec=rec.spec.with_replicas(replicas))
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = new
+            self._save(state, [name])
+        # One line per accepted change, in the order they were applied: with racing clients
+        # it is the record of which request won.
+        log.info("scale accepted", extra={"app": name, "replicas": replicas})
+        return new.spec
+
+    async def delete(self, name: str) -> None:
+        """Forget the app's spec; its worker drains and removes what remains. Returns at once:
+        `wait_gone` waits for the end."""
+        async with self._commit:
+            rec = self._record(name)
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            del state.apps[name]
+            state.deleted[name] = rec.spec
+            self._gone.setdefault(name, asyncio.Event()).clear()
+            self._save(state, [name])
+        log.info("app deleted; draining what remains", extra={"app": name})
+
+    async def wait_gone(self, name: str, timeout: float) -> None:
+        ev = self._gone.setdefault(name, asyncio.Event())
+        if name not in self.state.deleted and name not in self.state.apps:
+            return
+        await asyncio.wait_for(ev.wait(), timeout)
+
+    # ---- rollout control -----------------------------------------------------------------
+
+    async def rollout_pause(self, name: str) -> Rollout:
+        def pause(ro: Rollout) -> Rollout:
+            if not ro.active:
+                raise InvalidInput(f"app {name} has no rollout in progress ({ro.state})")
+            return replace(ro, state=RolloutState.PAUSED, message="paused by the user")
+
+        return await self._set_rollout(name, pause)
+
+    async def rollout_resume(self, name: str) -> Rollout:
+        def resume(ro: Rollout) -> Rollout:
+            if ro.state not in (RolloutState.PAUSED, RolloutState.FAILED, RolloutState.PROGRESSING):
+                raise InvalidInput(f"app {name} has no paused rollout to resume")
+            return replace(ro, state=RolloutState.PROGRESSING, canary=None, message="resumed")
+
+        return await self._set_rollout(name, resume)
+
+    async def rollout_undo(self, name: str, to: int | None = None) -> Rollout:
+        """Roll back to revision `to` (default: the one before the current)."""
+        async with self._commit:
+            rec = self._record(name)
+            if to is None:
+                older = [r for r in rec.history if r.number < rec.revision]
+                if rec.rollout is not None and rec.rollout.previous is not None:
+                    to = rec.rollout.previous
+                elif older:
+                    to = older[-1].number
+            back = rec.revision_of(to) if to is not None else None
+            if back is None:
+                raise InvalidInput(f"app {name} has no earlier revision to go back to"
+                                   if to is None else f"app {name} has no revision {to}")
+            if back.number == rec.revision:
+                raise InvalidInput(f"app {name} already runs revision {back.number}")
+            now = self.clock()
+            spec = _with_template(rec.spec, back.spec)
+            ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
+                         f"undo: back to revision {back.number}", now, now)
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = AppRecord(spec, back.number, rec.history, ro)
+            self._save(state, [name])
+        log.info("rollout undo", extra={"app": name, "revision": back.number})
+        return ro
+
+    # ---- what workers report ---------------------------------------------------------------
+
+    async def rollout_complete(self, name: str, revision: int) -> None:
+        async with self._commit:
+            rec = self.state.apps.get(name)
+            ro = rec.rollout if rec else None
+            if rec is None or ro is None or rec.revision != revision:
+                return
+            if ro.state is not RolloutState.PROGRESSING or ro.canary is not None:
+                return
+            done = replace(ro, state=RolloutState.COMPLETE, updated=self.clock(),
+                           message=f"revision {revision} is live")
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = replace(rec, rollout=done)
+            self._save(state, [name], bump=False)
+        log.info("rollout complete", extra={"app": name, "revision": revision})
+
+    async def rollout_failed(self, name: str, revision: int, reason: str) -> None:
+        """A new replica failed the rollout: go back (rollback) or hold (pause)."""
+        async with self._commit:
+            rec = self.state.apps.get(name)
+            ro = rec.rollout if rec else None
+            if rec is None or ro is None or rec.revision != revision or not ro.active:
+                return
+            now = self.clock()
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            back = rec.revision_of(ro.previous) if ro.previous is not None else None
+            if rec.spec.update.failure_action is FailureAction.ROLLBACK and back is not None:
+                msg = f"revision {revision} failed ({reason}); rolled back to {back.number}"
+                new = AppRecord(
+                    _with_template(rec.spec, back.spec), back.number, rec.history,
+                    Rollout(RolloutState.ROLLED_BACK, back.number, revision, None, msg,
+                            ro.started, now),
+                )
+            else:
+                msg = f"revision {revision} failed ({reason}); rollout paused"
+                new = replace(rec, rollout=replace(ro, state=RolloutState.FAILED, message=msg,
+                                                   updated=now))
+            state.apps[name] = new
+            self._save(state, [name])
+        log.error("rollout failed: %s", msg, extra={"app": name})
+
+    def finish_delete(self, name: str) -> None:
+        """The app's worker removed the last of it."""
+        if name in self.state.deleted:
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            del state.deleted[name]
+            try:
+                self.store.save_state(state)
+            except OSError as e:
+                log.warning("cannot write state: %s", e)
+            self.state = state
+        self._gone.setdefault(name, asyncio.Event()).set()
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _record(self, name: str) -> AppRecord:
+        rec = self.state.apps.get(name)
+        if rec is None:
+            raise NotFound(f"no app named {name}")
+        return rec
+
+    def _check_change(self, spec: AppSpec) -> None:
+        if spec.name in self.state.deleted:
+            raise InvalidInput(f"app {spec.name} is still being removed: try again in a moment")
+        old = self.state.apps.get(spec.name)
+        if old is None:
+            return
+        if old.spec.publish != spec.publish or old.spec.mode != spec.mode:
+            raise InvalidInput(
+                f"app {spec.name} exists with publish {old.spec.publish} in {old.spec.mode} "
+                "mode: changing either changes the data plane, so `lbctl rm` it and run it again"
+            )
+
+    def _published_except(self, names: Sequence[str]) -> list[AppSpec]:
+        skip = set(names)
+        live = [r.spec for n, r in self.state.apps.items() if n not in skip]
+        return live + [s for n, s in self.state.deleted.items() if n not in skip]
+
+    def _stage(self, state: State, spec: AppSpec, canary: int | None) -> str:
+        now = self.clock()
+        old = state.apps.get(spec.name)
+        if old is None:
+            rev = Revision(1, spec, now, "created")
+            state.apps[spec.name] = AppRecord(spec, 1, (rev,), None)
+            return "created"
+        if old.spec == spec and canary is None:
+            return "unchanged"
+        if old.spec.spec_hash() == spec.spec_hash():
+            state.apps[spec.name] = replace(old, spec=spec)
+            return "updated"
+        number = max((r.number for r in old.history), default=old.revision) + 1
+        rev = Revision(number, spec, now, _change_note(old.spec, spec))
+        ro = Rollout(RolloutState.PROGRESSING, number, old.revision, canary,
+                     f"rolling to revision {number}", now, now)
+        state.apps[spec.name] = AppRecord(spec, number, old.with_history(rev), ro)
+        return "rolling"
+
+    async def _set_rollout(self, name: str, change: Callable[[Rollout], Rollout]) -> Rollout:
+        async with self._commit:
+            rec = self._record(name)
+            if rec.rollout is None:
+                raise InvalidInput(f"app {name} has no rollout")
+            ro = change(rec.rollout)
+            ro = replace(ro, updated=self.clock())
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = replace(rec, rollout=ro)
+            self._save(state, [name])
+        log.info("rollout %s", ro.state, extra={"app": name, "revision": ro.target})
+        return ro
+
+    def _save(self, state: State, changed: Sequence[str], bump: bool = True) -> None:
+        self.store.save_state(state)  # durable before it is acted on
+        self.state = state
+        for name in changed:
+            if bump:
+                self.generations[name] = self.generations.get(name, 0) + 1
+            self.on_change(name)
+
+
+def _with_template(current: AppSpec, template: AppSpec) -> AppSpec:
+    """`template`'s replica template with `current`'s count, placement and policy."""
+    return replace(template, replicas=current.replicas, publish=current.publish,
+                   mode=current.mode, update=current.update)
+
+
+def _change_note(old: AppSpec, new: AppSpec) -> str:
+    a, b = old.template_json(), new.template_json()
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    parts = []
+    for k in changed:
+        parts.append(f"image {b[k]}" if k == "image" else k)
+    return "changed " + ", ".join(parts) if parts else "changed"

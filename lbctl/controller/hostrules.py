@@ -1,0 +1,158 @@
+"""The host's iptables rules: one shared, serialized step for every app's worker.
+
+The rules of all apps are one ruleset applied in one transaction (kube-proxy's
+syncProxyRules), so they cannot be synced per app. Each worker hands in its app's `Service`
+and waits for a sync that includes it; syncs are coalesced (one `iptables-restore` for
+whatever changed meanwhile, at most one per `min_interval`) and a failed sync is retried with
+backoff by this loop, the next attempt being a full one.
+
+What was last applied is kept in the state dir: a restarted daemon starts from it, so the
+rules of an app whose worker has not finished its first pass are re-applied as they were,
+never dropped because another app's worker synced first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lbctl.controller.ports import RulesPort
+from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.fsutil import atomic_write
+from lbctl.model import InvalidInput, Publish
+
+log = logging.getLogger("lbctl.controller")
+
+STATE_FILE = "services.json"
+MIN_INTERVAL = 0.01
+# Someone may flush our chains (an admin, a firewall reload): a periodic full sync repairs
+# them, as kube-proxy's does. It writes nothing when the rules are as they should be.
+RESYNC_INTERVAL = 30.0
+
+
+class SyncFailed(RuntimeError):
+    """The host sync that should have included a worker's change failed."""
+
+
+class HostRules:
+    def __init__(
+        self,
+        rules: RulesPort,
+        state_dir: Path,
+        on_sync: Callable[[float, bool], None] = lambda seconds, ok: None,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        self.rules = rules
+        self.path = Path(state_dir) / STATE_FILE
+        self.on_sync = on_sync
+        self.min_interval = min_interval
+        self.services: dict[str, Service] = {}
+        self._version = 0  # bumped on every change of `services`
+        self._synced = -1  # version of the last successful sync
+        self._failed: tuple[int, str] | None = None  # (version, error) of the last failure
+        self._wake = asyncio.Event()
+        self._done = asyncio.Condition()
+        self.last_ok = 0.0  # monotonic time of the last successful sync
+
+    def load(self) -> set[str]:
+        """Start from what the last daemon applied; returns the apps it holds."""
+        try:
+            raw: Any = json.loads(self.path.read_text())
+            self.services = {s.app: s for s in (_service(d) for d in raw["services"])}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, InvalidInput) as e:
+            # The kernel still holds the rules; the first worker passes rebuild this file.
+            log.warning("ignoring damaged %s (%s): apps' rules are rebuilt by their workers",
+                        self.path, e)
+            self.services = {}
+        return set(self.services)
+
+    def apps(self) -> set[str]:
+        return set(self.services)
+
+    async def set(self, app: str, service: Service | None, timeout: float = 30.0) -> None:
+        """Make `service` the app's rules (None: the app has none) and wait until a sync
+        that includes it succeeded. Raises SyncFailed (or TimeoutError)."""
+        current = self.services.get(app)
+        if service == current and self._synced == self._version:
+            return
+        if service != current:
+            if service is None:
+                del self.services[app]
+            else:
+                self.services[app] = service
+            self._version += 1
+        mine = self._version
+        self._wake.set()
+        async with asyncio.timeout(timeout), self._done:
+            while self._synced < mine:
+                if self._failed is not None and self._failed[0] >= mine:
+                    raise SyncFailed(self._failed[1])
+                await self._done.wait()
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RESYNC_INTERVAL)
+            self._wake.clear()
+            version = self._version
+            services = sorted(self.services.values(), key=lambda s: s.app)
+            t0 = time.monotonic()
+            try:
+                await self.rules.sync(services)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.on_sync(time.monotonic() - t0, False)
+                log.warning("iptables sync failed: %s; retrying in %.1fs", e, backoff)
+                async with self._done:
+                    self._failed = (version, str(e))
+                    self._done.notify_all()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+                continue
+            self.on_sync(time.monotonic() - t0, True)
+            backoff = 0.2
+            self.last_ok = time.monotonic()
+            self._save(services)
+            async with self._done:
+                self._synced = max(self._synced, version)
+                self._done.notify_all()
+            await asyncio.sleep(self.min_interval)
+
+    def _save(self, services: list[Service]) -> None:
+        doc = {"services": [_service_json(s) for s in services]}
+        data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        try:
+            if self.path.exists() and self.path.read_bytes() == data:
+                return
+            atomic_write(self.path, data)
+        except OSError as e:
+            log.warning("cannot write %s: %s", self.path, e)
+
+
+def _service_json(s: Service) -> dict[str, Any]:
+    return {
+        "app": s.app,
+        "publish": str(s.publish),
+        "backends": [[b.name, b.ip, b.port, b.weight] for b in s.backends],
+        "bridges": list(s.bridges),
+    }
+
+
+def _service(d: dict[str, Any]) -> Service:
+    return Service(
+        app=str(d["app"]),
+        publish=Publish.parse(d["publish"]),
+        backends=tuple(Backend(str(n), str(ip), int(p), int(w)) for n, ip, p, w in d["backends"]),
+        bridges=tuple(str(b) for b in d["bridges"]),
+    )

@@ -1,0 +1,65 @@
+"""What the controller needs from the world, as Protocols: the engine, the eBPF data plane and
+the host's rules. The real implementations (lbctl.runtime.engine, lbctl.dataplane) satisfy
+them structurally; tests put fakes here to drive the controller without an engine or a kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from lbctl.dataplane.ebpf import Member
+from lbctl.dataplane.iptables_rules import Service
+from lbctl.model import Container
+from lbctl.runtime.engine import CreateRequest, EngineEvent
+
+
+class EnginePort(Protocol):
+    url: str
+
+    async def list_containers(self, app: str | None = None) -> list[Container]: ...
+
+    async def create_and_start(self, req: CreateRequest) -> str: ...
+
+    async def stop_and_remove(self, container_id: str, grace: int) -> None: ...
+
+    async def image_exists(self, image: str) -> bool: ...
+
+    async def logs_tail(self, container_id: str, lines: int = 3) -> str: ...
+
+    def events(self) -> AsyncIterator[EngineEvent | None]: ...
+
+    def forget(self, container_id: str) -> None: ...
+
+
+class EbpfPort(Protocol):
+    async def sync(
+        self,
+        app: str,
+        port: int,
+        netns_pid: int,
+        ready: Sequence[Member],
+        draining: Sequence[Member] = (),
+    ) -> None: ...
+
+    async def has_listener(self, pid: int, port: int, name: str | None = None) -> bool: ...
+
+    async def counters(self, app: str) -> dict[str, int]: ...
+
+    async def reasons(self, app: str) -> dict[str, int]: ...
+
+    async def remove(self, app: str) -> None: ...
+
+    def pinned_apps(self) -> list[str]: ...
+
+
+class RulesPort(Protocol):
+    async def sync(self, services: Sequence[Service]) -> None: ...
+
+    async def counters(self) -> dict[tuple[str, str], int]: ...
+
+
+class ConnectionCounter(Protocol):
+    """Open connections a replica still has on its port (what a drain waits to reach 0)."""
+
+    async def __call__(self, pid: int, port: int) -> int: ...

@@ -1,0 +1,136 @@
+"""Retiring a container: drain it, then stop and remove it, as a task of its own.
+
+A drain waits (bounded by the drain timeout) until the replica holds no open connection on
+its port; a stop waits up to the stop grace for the process to exit. Both can take seconds,
+so they never run inside a worker's pass: scaling 64 -> 1 an image that ignores SIGTERM must
+not hold the app's own failover, let alone another app's. The worker starts a retirement
+only after a successful sync took the container out of the data plane, and is woken when it
+ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lbctl.controller.ports import ConnectionCounter, EnginePort
+from lbctl.model import Container
+
+log = logging.getLogger("lbctl.controller")
+
+DRAIN_POLL = 0.1
+REMOVE_ATTEMPTS = 5
+
+
+@dataclass
+class Retirement:
+    container: Container
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    surplus: bool = False  # retired for being too many: may be taken back while it drains
+    drained: bool = False
+    error: str | None = None
+
+
+class Retirements:
+    """The retirements of one app's containers, keyed by container id."""
+
+    def __init__(
+        self,
+        engine: EnginePort,
+        open_connections: ConnectionCounter,
+        drain_timeout: float,
+        stop_grace: int,
+        on_done: Callable[[], None],
+    ) -> None:
+        self.engine = engine
+        self.open_connections = open_connections
+        self.drain_timeout = drain_timeout
+        self.stop_grace = stop_grace
+        self.on_done = on_done
+        self.active: dict[str, Retirement] = {}
+        # Removed, but perhaps still in a list the worker took before the removal ended:
+        # planned as retiring (never retired twice) until the engine no longer lists them.
+        self.removed: set[str] = set()
+
+    def ids(self) -> frozenset[str]:
+        return frozenset(self.active) | frozenset(self.removed)
+
+    def reclaimable(self) -> frozenset[str]:
+        return frozenset(cid for cid, r in self.active.items() if r.surplus and not r.drained)
+
+    def stopping(self) -> frozenset[str]:
+        return frozenset(cid for cid, r in self.active.items() if r.drained)
+
+    def reclaim(self, cid: str) -> bool:
+        """Take a draining replica back into service; False once it is being stopped."""
+        r = self.active.get(cid)
+        if r is None or r.drained or r.task is None:
+            return False
+        r.task.cancel()
+        del self.active[cid]
+        log.info("replica back in service", extra={"app": r.container.app,
+                                                   "replica": r.container.name})
+        return True
+
+    def start(self, c: Container, port: int | None, surplus: bool = False) -> None:
+        if c.id in self.active:
+            return
+        r = Retirement(c, surplus=surplus)
+        r.task = asyncio.create_task(self._run(r, port), name=f"retire {c.name}")
+        self.active[c.id] = r
+
+    def forget_missing(self, live: set[str]) -> None:
+        self.removed &= live
+
+    async def cancel_all(self) -> None:
+        tasks = [r.task for r in self.active.values() if r.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, r: Retirement, port: int | None) -> None:
+        c = r.container
+        fields = {"app": c.app, "replica": c.name}
+        try:
+            if c.running and c.pid is not None and port is not None:
+                log.info("draining replica", extra=fields)
+                await self._drain(r, c.pid, port)
+            r.drained = True
+            delay = 0.5
+            for attempt in range(1, REMOVE_ATTEMPTS + 1):
+                try:
+                    log.info("removing container", extra=fields)
+                    await self.engine.stop_and_remove(c.id, self.stop_grace)
+                    self.removed.add(c.id)
+                    return
+                except Exception as e:
+                    r.error = str(e)
+                    log.warning("removing %s failed (attempt %d): %s", c.name, attempt, e,
+                                extra=fields)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            # Whatever happened, the next pass sees the container's true state: gone, or
+            # still there (and then planned again, with a fresh retirement).
+            if self.active.get(c.id) is r:
+                self.active.pop(c.id, None)
+            self.on_done()
+
+    async def _drain(self, r: Retirement, pid: int, port: int) -> None:
+        deadline = r.started + self.drain_timeout
+        while True:
+            try:
+                left = await self.open_connections(pid, port)
+            except Exception:
+                return
+            if left == 0:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("drain timeout: stopping it with %d connection(s) open", left,
+                            extra={"app": r.container.app, "replica": r.container.name})
+                return
+            await asyncio.sleep(DRAIN_POLL)

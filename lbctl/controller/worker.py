@@ -1,0 +1,541 @@
+"""One worker per app (kopf's shape): observe -> plan -> apply for that app alone.
+
+Engine events and probe verdicts only wake the worker; each pass lists the app's containers
+afresh, asks `planner.plan_app` what to do and applies it. A pass is bounded in time, a failed
+one is retried with the worker's own backoff and shown as the app's error in `status`; the
+next pass is a full one, so nothing is lost when an event is. One app's fault (a squatted
+sandbox name, a remove error, a damaged eBPF state file, a hung engine call) therefore stays
+that app's: the other workers go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbctl.controller.apps import AppsService
+from lbctl.controller.hostrules import HostRules
+from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
+from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort
+from lbctl.controller.probes import Answers, Prober, tcp_probe
+from lbctl.controller.retire import Retirements
+from lbctl.dataplane.ebpf import EbpfError, ListenerError, Member
+from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.metrics import Metrics
+from lbctl.model import ROLE_REPLICA, ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
+from lbctl.model.names import replica_name, sandbox_name
+from lbctl.runtime.convert import replica_labels
+from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent
+
+log = logging.getLogger("lbctl.controller")
+
+PROBE_INTERVAL = 0.25
+EBPF_READY_RECHECK = 5.0
+DOOM_GRACE = 15.0  # longer than `docker stop`'s default 10 s before its SIGKILL
+SANDBOX_IMAGE = "lbctl/pause:latest"
+
+
+@dataclass
+class Settings:
+    drain_timeout: float = 10.0
+    stop_grace: int = 10
+    sandbox_image: str = SANDBOX_IMAGE
+    default_mode: Mode = Mode.IPTABLES
+    unhealthy_grace: float = 30.0
+    resync_interval: float = 1.0
+    # Longer than any single engine call (they time out on their own), so a pass that hits
+    # its limit means something beyond one slow call.
+    pass_timeout: float = 60.0
+
+
+@dataclass
+class Shared:
+    """What every worker uses: the engine, the data planes and the desired state."""
+
+    engine: EnginePort
+    apps: AppsService
+    hostrules: HostRules
+    ebpf: EbpfPort | None
+    ebpf_unavailable: Callable[[], str | None]
+    open_connections: ConnectionCounter
+    metrics: Metrics
+    settings: Settings
+
+
+@dataclass
+class CrashReport:
+    replica: str
+    exit_code: int | None
+    log: str
+    at: float  # epoch seconds
+    revision: int | None
+
+    @property
+    def line(self) -> str:
+        code = f"exited with code {self.exit_code}" if self.exit_code is not None else "exited"
+        return f"{self.replica} {code}" + (f": {self.log}" if self.log else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"replica": self.replica, "exit_code": self.exit_code, "log": self.log,
+                "at": self.at, "revision": self.revision, "message": self.line}
+
+
+@dataclass
+class AppView:
+    """What the worker last saw and did: `status` reads it, never the engine."""
+
+    containers: list[Container] = field(default_factory=list)
+    plan: AppPlan = field(default_factory=AppPlan)
+    in_dataplane: frozenset[str] = frozenset()
+    planned_generation: int = -1
+    error: str | None = None  # the app cannot run as specified (until its spec changes)
+    error_generation: int = -1
+    pass_error: str | None = None  # the last pass failed (cleared by the next good one)
+    last_event: str | None = None
+    crash: CrashReport | None = None
+    synced: bool = False  # one pass went through
+
+
+class AppWorker:
+    def __init__(self, name: str, shared: Shared) -> None:
+        self.name = name
+        self.s = shared
+        self.view = AppView()
+        self.prober = Prober()
+        self.retirements = Retirements(
+            shared.engine, shared.open_connections, shared.settings.drain_timeout,
+            shared.settings.stop_grace, self.wake,
+        )
+        self.doomed: dict[str, float] = {}
+        self.ever_ready: set[str] = set()
+        self.reported: set[str] = set()  # containers whose crash was reported
+        self.last_pass = 0.0  # monotonic time the last pass ended (ok or not)
+        self.last_ok = 0.0
+        self.last_step = 0.0
+        self.create_failures = 0
+        self.create_not_before = 0.0
+        self._wake = asyncio.Event()
+        self._passed = asyncio.Condition()
+        self._had_sandbox = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- feeding --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_event(self, ev: EngineEvent) -> None:
+        if ev.fatal:
+            # `kill` is announced before the signal is delivered: taking the replica out now
+            # closes most of the window in which new connections would still be sent to a
+            # dying process. The mark expires, since the engine's list may never show the
+            # change (a pause undone within a second, a signal the app survives).
+            self.doomed[ev.container_id] = time.monotonic() + DOOM_GRACE
+        elif ev.action in ("start", "unpause"):
+            self.doomed.pop(ev.container_id, None)
+        self.wake()
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until the app is deleted and nothing of it is left."""
+        probe = asyncio.create_task(self._probe_loop(), name=f"probe {self.name}")
+        backoff = 0.2
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.s.settings.resync_interval)
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(self.s.settings.pass_timeout):
+                        done = await self.pass_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    self._pass_failed(e)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    self.wake()
+                    continue
+                backoff = 0.2
+                self.view.pass_error = None
+                self.last_pass = self.last_ok = time.monotonic()
+                async with self._passed:
+                    self._passed.notify_all()
+                if done:
+                    return
+        finally:
+            probe.cancel()
+            for t in list(self._tasks):
+                t.cancel()
+            await self.retirements.cancel_all()
+            await asyncio.gather(probe, *self._tasks, return_exceptions=True)
+
+    def _pass_failed(self, e: Exception) -> None:
+        self.last_pass = time.monotonic()
+        if isinstance(e, TimeoutError):
+            msg = f"a pass took longer than {self.s.settings.pass_timeout:g}s"
+        else:
+            msg = _summary(e)
+        if msg != self.view.pass_error:
+            if isinstance(e, EngineError | EbpfError | TimeoutError) or "sync" in msg:
+                log.warning("pass failed: %s; retrying", msg, extra={"app": self.name})
+            else:
+                log.error("pass failed: %s; retrying", msg, extra={"app": self.name},
+                          exc_info=e)
+        self.view.pass_error = msg
+        self.s.metrics.pass_errors.labels(app=self.name).inc()
+
+    async def wait_pass(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout), self._passed:
+            await self._passed.wait()
+
+    # ---- one pass ---------------------------------------------------------------------------
+
+    async def pass_once(self) -> bool:
+        """Observe, plan, apply. True once a deleted app is completely gone."""
+        apps = self.s.apps
+        generation = apps.generation(self.name)
+        desired = apps.desired(self.name)
+        spec = desired.spec
+        if self.view.error is not None and self.view.error_generation != generation:
+            self.view.error = None  # the spec changed: let it try again
+        containers = await self.s.engine.list_containers(self.name)
+        live = {c.id for c in containers}
+        self.prober.forget_missing(live)
+        self.retirements.forget_missing(live)
+        self.ever_ready &= live
+        now = time.monotonic()
+        running = {c.id for c in containers if c.running and not c.paused}
+        self.doomed = {cid: t for cid, t in self.doomed.items() if cid in running and now < t}
+        blocked = self._blocked(desired)
+        if spec is not None:
+            # Never sync a fresh container set before its replicas were probed once: a
+            # restarted daemon would otherwise publish an empty backend set for a moment.
+            await self._probe(spec, containers, only_new=True)
+        observed = Observed(
+            containers=containers,
+            probes=self.prober.verdicts(),
+            retiring=self.retirements.ids(),
+            reclaimable=self.retirements.reclaimable(),
+            stopping=self.retirements.stopping(),
+            doomed=frozenset(self.doomed),
+            ever_ready=frozenset(self.ever_ready),
+            now=time.monotonic(),
+            wall=time.time(),
+            blocked=blocked,
+            unhealthy_grace=self.s.settings.unhealthy_grace,
+            last_step=self.last_step,
+        )
+        p = plan_app(desired, observed)
+        self.view.containers = containers
+        for c in p.reclaim:
+            # Back in service in the next pass; or too late (it is being stopped), and then
+            # the next pass starts a successor.
+            self.retirements.reclaim(c.id)
+            self.wake()
+
+        if p.create_sandbox and spec is not None:
+            await self._create_sandbox(spec)
+            self.wake()  # replicas join it in the next pass
+        await self._sync(desired, p, containers)
+        self.view.plan = p
+        self.view.planned_generation = generation
+        self.view.synced = True
+
+        port = spec.publish.container_port if spec else desired.drain_port
+        for c in p.retire:
+            self.retirements.start(c, port if c.role == ROLE_REPLICA else None,
+                                   surplus=c.id in p.surplus)
+            if c.running and c.role == ROLE_REPLICA and c.spec_hash not in (None, desired.hash):
+                self._step_log("draining", c)
+        if spec is None:
+            if p.done:
+                if self.s.ebpf is not None and self.name in self.s.ebpf.pinned_apps():
+                    await self.s.ebpf.remove(self.name)
+                return True
+            return False
+
+        await self._report(desired, p)
+        if p.create:
+            await self._create_replicas(spec, desired, p)
+        if p.converged:
+            self.create_failures = 0
+        self.s.metrics.set_replica_states(self.name, _counts(p, containers))
+        return False
+
+    def _blocked(self, desired: Desired) -> bool:
+        spec = desired.spec
+        if spec is None:
+            return True
+        if spec.mode is Mode.EBPF:
+            reason = self.s.ebpf_unavailable() if self.s.ebpf is not None else "disabled"
+            if reason:
+                self._fail(f"ebpf mode is not available on this host now ({reason}): "
+                           "remove the app and run it again with --mode iptables")
+                return True
+        return self.view.error is not None
+
+    # ---- apply ------------------------------------------------------------------------------
+
+    async def _sync(self, desired: Desired, p: AppPlan, containers: list[Container]) -> None:
+        """The data plane to the plan: eBPF first (a replica joins the selection table before
+        the DNAT could send it traffic), then the host rules. Raises when either fails, so
+        that no retirement starts on a half-synced app."""
+        spec = desired.spec
+        if spec is None:
+            await self.s.hostrules.set(self.name, None)
+            self.view.in_dataplane = frozenset()
+            return
+        port = spec.publish.container_port
+        weights = p.weights
+        if spec.mode is Mode.EBPF:
+            if p.sandbox is None or p.sandbox.ip is None or p.sandbox.pid is None:
+                # Being repaired: leave the rules as they are. A SYN to the lost sandbox's
+                # address goes unanswered and is retried by the client until the new one
+                # (usually on the same address) is up, where a REJECT would fail it at once.
+                if self.name not in self.s.hostrules.apps():
+                    await self.s.hostrules.set(self.name, Service(self.name, spec.publish, (), ()))
+                return
+            await self._sync_ebpf(spec, p, containers)
+            sb = p.sandbox
+            backends: tuple[Backend, ...] = (Backend(sb.name, sb.ip or "", port),)
+            bridges: tuple[str, ...] = (sb.bridge,) if sb.bridge else ()
+        else:
+            members = [c for c in p.backends if c.ip]
+            backends = tuple(Backend(c.name, c.ip or "", port, weights.get(c.id, 1))
+                             for c in members)
+            # Adopted containers (docker-compose) sit on their project's own bridge.
+            bridges = tuple(sorted({c.bridge for c in members if c.bridge}))
+        await self.s.hostrules.set(self.name, Service(self.name, spec.publish, backends, bridges))
+        self.view.in_dataplane = frozenset(c.id for c in p.backends)
+
+    async def _sync_ebpf(self, spec: AppSpec, p: AppPlan, containers: list[Container]) -> None:
+        assert self.s.ebpf is not None and p.sandbox is not None and p.sandbox.pid is not None
+        leaving = self.retirements.ids() | {c.id for c in p.retire}
+        ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
+        drains = [
+            Member(c.name, c.pid) for c in containers
+            if c.id in leaving and c.running and c.pid and c.role == ROLE_REPLICA
+        ]  # fmt: skip
+        with self.s.metrics.sync_seconds.labels(dataplane="ebpf").time():
+            try:
+                await self.s.ebpf.sync(
+                    self.name, spec.publish.container_port, p.sandbox.pid, ready, drains
+                )
+            except ListenerError as e:
+                self._fail(str(e))  # the app must change, not lbctl
+            except EbpfError:
+                self.s.metrics.sync_errors.labels(dataplane="ebpf").inc()
+                raise
+
+    async def _create_sandbox(self, spec: AppSpec) -> None:
+        if self._had_sandbox:
+            self.s.metrics.sandbox_repairs.labels(app=self.name).inc()
+            log.warning("sandbox lost: recreating it and re-joining replicas",
+                        extra={"app": self.name})
+        req = CreateRequest(
+            name=sandbox_name(self.name),
+            image=self.s.settings.sandbox_image,
+            labels=replica_labels(self.name, ROLE_SANDBOX),
+            env={"LBCTL_APP": self.name},
+            sysctls={"net.ipv4.tcp_migrate_req": "1"},
+        )
+        try:
+            await self.s.engine.create_and_start(req)
+        except EngineError as e:
+            self._note(f"creating sandbox: {e}")
+            raise
+        self._had_sandbox = True
+
+    async def _create_replicas(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
+        now = time.monotonic()
+        if now < self.create_not_before:
+            asyncio.get_running_loop().call_later(self.create_not_before - now, self.wake)
+            return
+        jobs = []
+        for create in p.create:
+            template = spec
+            revision = desired.revision
+            if create.spec_hash != spec.spec_hash():
+                found = self.s.apps.revision_spec(self.name, create.spec_hash)
+                if found is None:
+                    continue
+                template = found
+                revision = None
+            name = replica_name(self.name, create.index)
+            env = dict(template.env)
+            env.update({"LBCTL_APP": self.name, "LBCTL_REPLICA": name})
+            req = CreateRequest(
+                name=name,
+                image=template.image,
+                labels=replica_labels(self.name, ROLE_REPLICA, create.index,
+                                      create.spec_hash, revision),
+                env=env,
+                command=template.command,
+                join=p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None,
+            )
+            jobs.append(self._create_one(req, revision))
+        if p.rollout_step:
+            self.last_step = now
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _create_one(self, req: CreateRequest, revision: int | None) -> None:
+        fields = {"app": self.name, "replica": req.name}
+        try:
+            await self.s.engine.create_and_start(req)
+            log.info("replica started", extra={**fields, "revision": revision})
+        except EngineError as e:
+            self._note(str(e))
+            log.warning("replica start failed: %s", e, extra=fields)
+            self._bump_backoff()
+            # A failed start leaves a created container behind; a later pass removes it.
+
+    def _bump_backoff(self) -> None:
+        """Crash-looping replicas are recreated with exponential backoff, not in a tight
+        loop; a converged app starts afresh."""
+        self.create_failures += 1
+        self.create_not_before = time.monotonic() + min(30.0, 0.5 * 2 ** (self.create_failures - 1))
+
+    # ---- reports ------------------------------------------------------------------------------
+
+    async def _report(self, desired: Desired, p: AppPlan) -> None:
+        for c in p.crashed:
+            if c.id in self.reported:
+                continue
+            self.reported.add(c.id)
+            self._bump_backoff()
+            self._spawn(self._report_crash(c))
+        apps = self.s.apps
+        rec = apps.record(self.name)
+        ro = rec.rollout if rec else None
+        if ro is None or desired.revision is None or not ro.active:
+            return
+        if p.rollout_failure:
+            self.s.metrics.rollout_failures.labels(app=self.name).inc()
+            await apps.rollout_failed(self.name, desired.revision, p.rollout_failure)
+        elif p.rollout_complete and desired.canary is None:
+            await apps.rollout_complete(self.name, desired.revision)
+
+    async def _report_crash(self, c: Container) -> None:
+        tail = await self.s.engine.logs_tail(c.id, 1)
+        rep = CrashReport(c.name, c.exit_code, tail, time.time(), c.revision)
+        self.view.crash = rep
+        self._note(rep.line)
+        log.warning("replica exited before it was ready: %s", rep.line,
+                    extra={"app": self.name, "replica": c.name})
+
+    def _step_log(self, what: str, c: Container) -> None:
+        log.info("rollout step: %s %s", what, c.name,
+                 extra={"app": self.name, "replica": c.name, "revision": c.revision})
+
+    def _fail(self, message: str) -> None:
+        if self.view.error != message:
+            log.error("app failed: %s", message, extra={"app": self.name})
+        self.view.error = message
+        self.view.error_generation = self.s.apps.generation(self.name)
+
+    def _note(self, message: str) -> None:
+        self.view.last_event = message
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- probes -------------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            spec = self.s.apps.desired(self.name).spec
+            if spec is None:
+                continue
+            try:
+                if await self._probe(spec, self.view.containers, only_new=False):
+                    self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("probe round failed", extra={"app": self.name})
+
+    async def _probe(self, spec: AppSpec, containers: list[Container], only_new: bool) -> bool:
+        """Probe running replicas; True when a verdict changed."""
+        jobs = []
+        probed: list[Container] = []
+        now = time.monotonic()
+        leaving = self.retirements.ids()
+        answers = self._answers_for(spec)
+        for c in containers:
+            if c.role != ROLE_REPLICA or not c.running or c.paused or c.id in leaving:
+                continue
+            state = self.prober.state(c.id)
+            if only_new and state is not None:
+                continue
+            if (
+                spec.mode is Mode.EBPF
+                and state is ReplicaState.READY
+                and c.health != "unhealthy"
+                and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
+            ):
+                # A ready replica's listener is in the sockmap, and a closed socket leaves
+                # the map by itself (the program then skips its slot), so re-reading the
+                # namespace's socket table 4 times a second buys nothing: under a
+                # new-connection load it cost the daemon a whole core.
+                continue
+            jobs.append(self.prober.check(c, answers))
+            probed.append(c)
+        if not jobs:
+            return False
+        results = await asyncio.gather(*jobs)
+        changed = False
+        for c, (state, did_change) in zip(probed, results, strict=True):
+            if state is ReplicaState.READY:
+                self.ever_ready.add(c.id)
+            if did_change:
+                changed = True
+                log.info("replica %s", state, extra={"app": c.app, "replica": c.name})
+        return changed
+
+    def _answers_for(self, spec: AppSpec) -> Answers:
+        port = spec.publish.container_port
+        ebpf = self.s.ebpf
+
+        async def answers(c: Container) -> bool:
+            if spec.mode is Mode.EBPF:
+                if ebpf is None or c.pid is None:
+                    return False
+                try:
+                    return await ebpf.has_listener(c.pid, port, c.name)
+                except ListenerError as e:
+                    self._fail(str(e))
+                    return False
+            if spec.publish.proto == "udp":
+                return True  # no handshake to probe; running (and healthy) is all we know
+            if not c.ip:
+                return False
+            return await tcp_probe(c.ip, port)
+
+        return answers
+
+
+def _counts(p: AppPlan, containers: list[Container]) -> dict[ReplicaState, int]:
+    counts: dict[ReplicaState, int] = {}
+    for c in containers:
+        st = p.states.get(c.id)
+        if st is not None:
+            counts[st] = counts.get(st, 0) + 1
+    return counts
+
+
+def _summary(e: BaseException) -> str:
+    if isinstance(e, EbpfError):
+        return e.summary
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

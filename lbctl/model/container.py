@@ -1,0 +1,41 @@
+"""Containers as the engine shows them, and the states lbctl reports for replicas.
+
+Engine differences (Docker or Podman, health in one field or another, `container:<id>`
+network modes) are smoothed over in lbctl.runtime before a `Container` is built, so nothing
+above the runtime parses engine syntax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container labelled `lbctl.app`."""
+
+    id: str
+    name: str
+    app: str
+    role: str  # ROLE_REPLICA or ROLE_SANDBOX
+    managed: bool  # created by lbctl (never remove one that is not)
+    index: int | None  # replica index for managed replicas
+    running: bool
+    health: str | None  # "healthy", "unhealthy", "starting", or None when the image has none
+    ip: str | None  # address on its network (the sandbox's for ebpf-mode replicas)
+    pid: int | None  # init PID on the host, for socket discovery
+    started_at: float | None  # epoch seconds
+    paused: bool = False  # frozen by `docker pause`: alive, but answers nobody
+    joined_to: str | None = None  # id of the container whose network namespace it joined
+    bridge: str | None = None  # host bridge interface its network lives on (docker0, br-...)
+    spec_hash: str | None = None  # the spec revision it was created from (lbctl.spec-hash)
+    revision: int | None = None  # that revision's number (lbctl.revision)
+    exit_code: int | None = None  # for a container that is not running: how it ended

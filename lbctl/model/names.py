@@ -1,0 +1,62 @@
+"""Names and labels: what lbctl calls its containers and how it recognises them.
+
+Replica containers are named NAME-<index> and the sandbox NAME-sandbox; both must stay valid
+Docker names, and the app name also ends up in iptables chain names (28 chars at most) and
+bpffs paths, so the rule is Docker's container-name rule, shortened.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lbctl.model.errors import InvalidInput
+
+LABEL_APP = "lbctl.app"
+LABEL_MANAGED = "lbctl.managed"
+LABEL_ROLE = "lbctl.role"
+LABEL_INDEX = "lbctl.index"
+# Which revision of the app's spec a replica runs: the hash decides (it is what a replica was
+# created from), the number is for people and `rollout history`.
+LABEL_SPEC_HASH = "lbctl.spec-hash"
+LABEL_REVISION = "lbctl.revision"
+ROLE_REPLICA = "replica"
+ROLE_SANDBOX = "sandbox"
+
+MAX_NAME_LEN = 20
+MAX_REPLICAS = 64
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("app name must be a non-empty string")
+    if len(name) > MAX_NAME_LEN:
+        raise InvalidInput(f"app name {name!r} is longer than {MAX_NAME_LEN} characters")
+    if not _NAME_RE.match(name):
+        raise InvalidInput(
+            f"invalid app name {name!r}: use lower-case letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_replicas(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"replicas must be a whole number, not {value!r}")
+    if value < 0 or value > MAX_REPLICAS:
+        raise InvalidInput(f"replicas must be between 0 and {MAX_REPLICAS}, not {value}")
+    return value
+
+
+def parse_replicas(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text.strip()):
+        raise InvalidInput(f"replicas must be a whole number, not {text!r}")
+    return validate_replicas(int(text))
+
+
+def replica_name(app: str, index: int) -> str:
+    return f"{app}-{index}"
+
+
+def sandbox_name(app: str) -> str:
+    return f"{app}-sandbox"

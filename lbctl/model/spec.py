@@ -1,0 +1,119 @@
+"""An app as the user wants it: what `lbctl run`, `[[app]]` tables and the API carry, validated
+once here so that nothing invalid reaches the engine, a chain name or the state file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from lbctl.model.errors import InvalidInput
+from lbctl.model.names import validate_name, validate_replicas
+from lbctl.model.publish import Publish
+from lbctl.model.rollout import UpdatePolicy
+
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+
+
+class Mode(StrEnum):
+    IPTABLES = "iptables"
+    EBPF = "ebpf"
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """An app as the user asked for it."""
+
+    name: str
+    image: str
+    publish: Publish
+    replicas: int = 1
+    mode: Mode = Mode.IPTABLES
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] = ()
+    # How a changed template rolls out; not part of the template (changing it alone restarts
+    # nothing).
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "image": self.image,
+            "publish": str(self.publish),
+            "replicas": self.replicas,
+            "mode": str(self.mode),
+            "env": dict(self.env),
+            "command": list(self.command),
+            "update": self.update.to_json(),
+        }
+
+    def template_json(self) -> dict[str, Any]:
+        """What every replica is created from. Two specs with the same template run the same
+        containers; any change to it is a new revision that replicas roll to."""
+        return {"image": self.image, "env": dict(sorted(self.env.items())),
+                "command": list(self.command)}
+
+    def spec_hash(self) -> str:
+        """Short, stable hash of the template: the label that tells a replica's revision."""
+        doc = json.dumps(self.template_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(doc.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_json(cls, data: object, default_mode: Mode = Mode.IPTABLES) -> AppSpec:
+        """Validate untrusted input (API body, TOML table, state file) into an AppSpec."""
+        if not isinstance(data, dict):
+            raise InvalidInput("an app must be a JSON object")
+        known = {"name", "image", "publish", "replicas", "mode", "env", "command", "update"}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+        name = validate_name(data.get("name"))
+        image = data.get("image")
+        if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.match(image):
+            raise InvalidInput(f"invalid image {image!r}")
+        publish = Publish.parse(data.get("publish"))
+        replicas = validate_replicas(data.get("replicas", 1))
+        mode_raw = data.get("mode")
+        if mode_raw is None:  # absent or null: the daemon's default; 0, false, "" are errors
+            mode_raw = str(default_mode)
+        try:
+            mode = Mode(mode_raw)
+        except ValueError:
+            raise InvalidInput(f"invalid mode {mode_raw!r}: use iptables or ebpf") from None
+        env = _env(data.get("env", {}))
+        command = data.get("command", [])
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+            raise InvalidInput("command must be a list of strings")
+        update = UpdatePolicy.from_json(data.get("update"))
+        return cls(name, image, publish, replicas, mode, env, tuple(command), update)
+
+    def with_replicas(self, replicas: int) -> AppSpec:
+        return replace(self, replicas=replicas)
+
+
+def _env(raw: object) -> dict[str, str]:
+    if isinstance(raw, list):  # ["K=V", ...] as on the command line
+        pairs: dict[str, str] = {}
+        for item in raw:
+            pairs.update(parse_env(item))
+        return pairs
+    if not isinstance(raw, dict):
+        raise InvalidInput("env must be an object of strings or a list of KEY=VALUE")
+    for k, v in raw.items():
+        if not isinstance(k, str) or not _ENV_KEY_RE.match(k) or not isinstance(v, str):
+            raise InvalidInput(f"invalid env entry {k!r}")
+    return dict(raw)
+
+
+def parse_env(item: object) -> dict[str, str]:
+    if not isinstance(item, str) or "=" not in item:
+        raise InvalidInput(f"invalid env {item!r}: use KEY=VALUE")
+    k, _, v = item.partition("=")
+    if not _ENV_KEY_RE.match(k):
+        raise InvalidInput(f"invalid env key {k!r}")
+    return {k: v}
