@@ -27,8 +27,15 @@ from lbctl.dataplane import bpf_loader, bpfsys, sockets
 from lbctl.dataplane.ebpf import pins, slots
 from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
 from lbctl.dataplane.ebpf.pins import Maps
-from lbctl.dataplane.ebpf.slots import Held, SlotBook
-from lbctl.dataplane.ebpf.table import REASONS, build_table, read_table, u32, write_table
+from lbctl.dataplane.ebpf.slots import Held, SlotBook, Snapshot
+from lbctl.dataplane.ebpf.table import (
+    MAX_SLOTS,
+    REASONS,
+    build_table,
+    read_table,
+    u32,
+    write_table,
+)
 
 __all__ = ["EbpfDataplane", "Member"]
 
@@ -50,6 +57,13 @@ class _App:
     old_maps: Maps | None = None  # during an upgrade: the program being replaced
     loaded: bool = False  # persisted state read
     book: SlotBook = field(default_factory=SlotBook)
+    # What the state file holds, to save only on a change.  Compared with this rather than
+    # with the book at the start of a sync, so a sync that failed after changing the book
+    # (and before saving it) still gets it saved by the next one.
+    saved: Snapshot | None = None
+    # The state file was damaged, so the sockmap may hold entries of slots the book no longer
+    # knows: the next sync empties every slot it does not hold.
+    sweep: bool = False
     table: list[int] | None = None  # live selection table as last written/read
     active: int = 0
     upgrade_failed: str | None = None  # tag whose load failed; not retried by this daemon
@@ -141,11 +155,22 @@ class EbpfDataplane:
         sockmap, the selection table = ready members by weight, the program attached; other
         members out.  Idempotent and cheap when nothing changed (one map lookup per member).
         Raises ListenerError after applying everything else when a member's listener is
-        unusable (no SO_REUSEPORT, other namespace)."""
+        unusable (no SO_REUSEPORT, other namespace), EbpfError when lbctl or the kernel
+        failed (for this app only: the caller goes on with the others and retries)."""
         st = self._apps.setdefault(app, _App())
         async with st.lock:
-            await self._ensure_program(app, st)
-            await asyncio.to_thread(self._sync_blocking, app, st, port, netns_pid, ready, draining)
+            try:
+                await self._ensure_program(app, st)
+                await asyncio.to_thread(
+                    self._sync_blocking, app, st, port, netns_pid, ready, draining
+                )
+            except OSError as e:
+                # A bpf(2) call, a setsockopt, a pin rename or the state file's write failed:
+                # one line for the user, as an EbpfError so that the caller treats it as this
+                # app's data-plane error (a bare OSError would end the whole pass, and every
+                # other app's sync with it).
+                summary = " ".join(str(e).split())
+                raise EbpfError(f"system call failed: {summary}") from e
 
     async def counters(self, app: str) -> dict[str, int]:
         """Replica name -> new connections steered to it (sum over CPUs, monotonic)."""
@@ -228,7 +253,8 @@ class EbpfDataplane:
         if st.loaded:
             return
         st.loaded = True
-        st.book = slots.load(self._state_file(app))
+        st.book, st.sweep = slots.load(self._state_file(app))
+        st.saved = st.book.snapshot()
         if st.maps is not None:
             st.active, st.table = read_table(st.maps.fds)
 
@@ -249,7 +275,6 @@ class EbpfDataplane:
         book = st.book
         wanted: dict[str, Member] = {m.name: m for m in draining}
         wanted.update({m.name: m for m in ready})  # ready wins if listed twice
-        before = book.snapshot()
 
         for name in [n for n in book.slots if n not in wanted]:
             bpfsys.map_delete(maps.fds["sockets"], u32(book.retire(name)))
@@ -278,6 +303,14 @@ class EbpfDataplane:
             if table != st.table:
                 st.active = write_table(maps.fds, st.active, table)
                 st.table = table
+            if st.sweep:
+                # Leftovers of the lost bookkeeping.  The table just written names held slots
+                # only, so emptying the others changes no steering; it keeps the sockmap what
+                # the book says, so a slot handed out later starts empty.
+                for slot in range(MAX_SLOTS):
+                    if slot not in book.held:
+                        bpfsys.map_delete(maps.fds["sockets"], u32(slot))
+                st.sweep = False
             # Attach after the table is written, so a freshly loaded program (first load or
             # upgrade) never sees an empty table.  Every fd gets it: an app whose replicas mix
             # IPv4 and IPv6 listeners has two reuseport groups.
@@ -288,8 +321,10 @@ class EbpfDataplane:
                 os.close(fd)  # never keep a replica's listener alive
         if st.old_maps is not None:
             self._finish_upgrade(app, st)
-        if book.snapshot() != before:
+        now = book.snapshot()
+        if now != st.saved:
             slots.save(self._state_file(app), book)
+            st.saved = now
         if errors:
             raise ListenerError(errors[0])
 
