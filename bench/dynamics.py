@@ -27,7 +27,7 @@ from bench.env import (
     run_sandbox,
 )
 from bench.image import PORT
-from lbctl.dataplane import ebpf
+from lbctl.dataplane.ebpf import pins, table
 from lbctl.dataplane.iptables_rules import svc_chain
 
 Log = Callable[[str], None]
@@ -225,7 +225,7 @@ def _watcher(env: Env, app: str, mode: str, replica: str) -> Callable[[float], f
     else:
         assert env.daemon is not None
         state_file = env.daemon.state_dir / "ebpf" / f"{app}.json"
-        maps = ebpf._open_pins(PIN_ROOT / ebpf._encode(app))
+        maps = pins.open_pins(pins.pin_dir(PIN_ROOT, app))
 
         def slot() -> int | None:
             with contextlib.suppress(OSError, ValueError):
@@ -237,7 +237,7 @@ def _watcher(env: Env, app: str, mode: str, replica: str) -> Callable[[float], f
 
         def present() -> bool:
             s = fixed[0] if fixed else slot()
-            if s is None or s not in ebpf._read_table(maps)[1]:
+            if s is None or s not in table.read_table(maps.fds)[1]:
                 return False
             fixed[:] = [s]
             return True

@@ -32,6 +32,8 @@ from typing import Any
 
 from bench.env import PIN_ROOT
 from lbctl.dataplane import bpfsys, ebpf
+from lbctl.dataplane.ebpf import pins
+from lbctl.dataplane.ebpf.table import write_table
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
@@ -117,7 +119,7 @@ def bpf(sizes: list[int], log: Log) -> BpfSync:
                         str(pin)], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RuntimeError(f"bpf loader failed: {r.stderr.strip()[-500:]}")
-    maps = ebpf._open_pins(pin)
+    maps = pins.open_pins(pin)
     socks: list[socket.socket] = []
     try:
         sel = maps.fds["selection"]
@@ -146,7 +148,7 @@ def bpf(sizes: list[int], log: Log) -> BpfSync:
         for n in [m for m in sizes if m <= ebpf.MAX_SLOTS] + [ebpf.MAX_SLOTS]:
             table = ebpf.build_table([(s, 1) for s in range(n)])
             t0 = time.perf_counter()
-            active = ebpf._write_table(maps, active, table)
+            active = write_table(maps.fds, active, table)
             table_ms[n] = (time.perf_counter() - t0) * 1e3
         extra = {n: n * (per_entry + per_sock) * 1e3 for n in sizes if n > ebpf.MAX_SLOTS}
         res = BpfSync(per_entry * 1e6, per_sock * 1e6, table_ms, extra)

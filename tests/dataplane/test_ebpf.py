@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import secrets
@@ -29,7 +30,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from lbctl.dataplane import bpf_loader, bpfsys
-from lbctl.dataplane.ebpf import EbpfDataplane, EbpfError, ListenerError, Member, build_table
+from lbctl.dataplane.ebpf import (
+    MAX_SLOTS,
+    EbpfDataplane,
+    EbpfError,
+    ListenerError,
+    Member,
+    build_table,
+)
 
 pytestmark = [
     pytest.mark.kernel,
@@ -367,6 +375,52 @@ async def test_restarted_daemon_keeps_slots_counters_and_steering(
         assert await second.counters(APP) == {n: c2[n] + after[n] for n in pids}
     finally:
         await EbpfDataplane(tmp_path / "state", pin_root).remove(APP)
+
+
+async def test_damaged_state_file_is_set_aside_and_the_app_steers_again(
+    tmp_path: pathlib.Path, pin_root: pathlib.Path, netns: Netns,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restarted daemon finds the app's state file damaged (valid JSON, wrong shape: the
+    old code raised from deep inside the sync).  The sync must set it aside, start with no
+    slots and steer again; web-1 left meanwhile, so the fresh slots differ from the lost
+    ones and the sockmap holds leftovers that the sync must empty."""
+    pids = netns.farm(["web-1", "web-2", "web-3"])
+    state = tmp_path / "state"
+    path = state / "ebpf" / f"{APP}.json"
+    first = EbpfDataplane(state, pin_root)
+    try:
+        await first.sync(APP, PORT, netns.pid, members(pids))
+        await connect(netns, 90)
+        assert json.loads(path.read_text())["slots"] == {"web-1": 0, "web-2": 1, "web-3": 2}
+        first.close()
+        path.write_text('{"held": {"x": "y"}}')
+
+        second = EbpfDataplane(state, pin_root)
+        stay = [m for m in members(pids) if m.name != "web-1"]
+        with caplog.at_level(logging.WARNING, logger="lbctl.dataplane.ebpf"):
+            await second.sync(APP, PORT, netns.pid, stay)
+        [warning] = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+        assert str(path) in warning and "restart from 0" in warning
+        assert path.with_name(f"{APP}.json.damaged").read_text() == '{"held": {"x": "y"}}'
+
+        tally = await connect(netns, 200)
+        assert_even(tally, ["web-2", "web-3"], 200, 0.15)  # web-1 gets nothing
+        assert await second.counters(APP) == {"web-2": tally["web-2"], "web-3": tally["web-3"]}
+        assert (await second.reasons(APP))["fallback"] == 0
+        saved = json.loads(path.read_text())["slots"]
+        assert set(saved) == {"web-2", "web-3"}
+        fd = bpfsys.obj_get(str(pin_root / "web~t" / "sockets"))
+        try:
+            occupied = {s for s in range(MAX_SLOTS)
+                        if bpfsys.map_lookup(fd, struct.pack("=I", s), 8) is not None}
+        finally:
+            os.close(fd)
+        assert occupied == set(saved.values())  # no leftover of the lost bookkeeping
+        await second.sync(APP, PORT, netns.pid, stay)  # and a quiet sync after it
+        assert (await connect(netns, 50))["web-1"] == 0
+    finally:
+        await EbpfDataplane(state, pin_root).remove(APP)
 
 
 async def test_program_upgrade_swaps_in_place(

@@ -1,0 +1,42 @@
+"""ebpf mode: the replicas of an app share one network namespace and listen on the app port
+with SO_REUSEPORT; an SK_REUSEPORT program (bpf/lbctl_reuseport.c) picks the replica for every
+new connection from a SOCKMAP that the daemon keeps in step with the ready replicas.
+
+Life of an app's objects:
+  * the program and its maps are compiled and loaded by a short-lived helper process
+    (lbctl.dataplane.bpf_loader) and pinned under <pin_root>/<app>/, so the daemon never maps
+    LLVM and the data plane outlives the daemon (a restarted daemon reopens the pins; the
+    attached program kept steering meanwhile and its counters survive);
+  * slots (sockmap keys) are stable per replica name and persisted in
+    <state_dir>/ebpf/<app>.json, so counters keep their meaning across restarts;
+  * a listener is borrowed from the replica (pidfd_getfd) only long enough to insert it into
+    the sockmap and attach the program: the daemon never keeps a replica's listener alive.
+
+The package is split by what each part is responsible for, so each can be read (and the
+pure parts tested) on its own:
+  table   the contract with the C program: map sizes, config keys, reasons, the selection
+          table and its double-buffered write;
+  pins    the bpffs directories: loader subprocess, opening pins, upgrade and recovery;
+  slots   which replica sits in which slot, persisted in the state dir;
+  errors  EbpfError (lbctl's problem) vs ListenerError (the app's);
+  plane   EbpfDataplane, the facade the daemon uses, ordering the above under a per-app lock.
+
+Importers use this package's names; the modules are for the package and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
+from lbctl.dataplane.ebpf.plane import EbpfDataplane, Member
+from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS, TABLE_LEN, build_table
+
+__all__ = [
+    "MAX_SLOTS",
+    "REASONS",
+    "TABLE_LEN",
+    "EbpfDataplane",
+    "EbpfError",
+    "ListenerError",
+    "Member",
+    "build_table",
+]

@@ -1,0 +1,239 @@
+"""Which replica sits in which sockmap slot, and why that is written down.
+
+A slot is the key of a replica's listener in the app's `sockets` map and of its counter in
+`steered`, and the selection table lists slots.  Slots are stable per replica name, and the
+bookkeeping is persisted in <state_dir>/ebpf/<app>.json, so that a restarted daemon gives
+every name its slot back: counters keep their meaning, and a sync after a restart finds the
+live table already right and changes nothing.  A name that goes away keeps a claim on its
+slot for a while (`retired`), so a replica that comes back under the same name gets its
+counter back, and a new name gets a slot nobody used recently.
+
+This module is the bookkeeping only; the one kernel effect of allocating (zeroing the slot's
+counter) is passed in by the caller, so everything here runs without a kernel.
+
+The state file is trusted only after its shape is checked: a file of the wrong shape (a bad
+disk, a hand edit, a bug of another version) would otherwise fail deep inside every sync of
+the app, for good.  A damaged file is set aside and the app starts with no slots, which is
+safe (see load()).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbctl.dataplane.ebpf.errors import EbpfError
+from lbctl.dataplane.ebpf.table import MAX_SLOTS
+from lbctl.fsutil import atomic_write
+
+__all__ = [
+    "DamagedState",
+    "Held",
+    "SlotBook",
+    "Snapshot",
+    "forget",
+    "load",
+    "parse",
+    "save",
+    "set_aside_path",
+    "state_file",
+]
+
+# The package's one logger name (see plane.py).
+log = logging.getLogger("lbctl.dataplane.ebpf")
+
+_U64 = 1 << 64
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+class DamagedState(ValueError):
+    """The state file holds something no version of lbctl writes; the message says what."""
+
+
+@dataclass
+class Held:
+    """What a slot holds: the member's pid and its socket, recognised by cookie (a sockmap
+    lookup from user space returns the cookie), plus where the socket lives in the replica so
+    remove() can detach the program without searching."""
+
+    pid: int
+    inode: int
+    cookie: int
+    owner_pid: int
+    owner_fd: int
+
+
+# A copy of a SlotBook's three mappings, compared to tell whether the file needs rewriting.
+Snapshot = tuple[dict[str, int], dict[str, int], dict[int, Held]]
+
+
+@dataclass
+class SlotBook:
+    """One app's slots: name -> slot in use, name -> last slot of a name gone (for reuse),
+    slot -> the listener the daemon put there."""
+
+    slots: dict[str, int] = field(default_factory=dict)
+    retired: dict[str, int] = field(default_factory=dict)
+    held: dict[int, Held] = field(default_factory=dict)
+
+    def snapshot(self) -> Snapshot:
+        """A copy to compare with later: the state file is rewritten only on a change."""
+        return dict(self.slots), dict(self.retired), dict(self.held)
+
+    def alloc(self, name: str, zero_counter: Callable[[int], None]) -> int:
+        """Give `name` a stable slot; a returning name gets its old slot (and its counter)
+        back when free, a new name a slot nobody retired recently, zeroed through
+        `zero_counter(slot)`."""
+        used = set(self.slots.values())
+        old = self.retired.pop(name, None)
+        if old is not None and old not in used:
+            self.slots[name] = old
+            return old
+        reserved = set(self.retired.values())
+        free = [s for s in range(MAX_SLOTS) if s not in used]
+        if not free:
+            raise EbpfError(f"no free eBPF slot (all {MAX_SLOTS} in use)")
+        slot = next((s for s in free if s not in reserved), free[0])
+        self.retired = {n: s for n, s in self.retired.items() if s != slot}
+        zero_counter(slot)
+        self.slots[name] = slot
+        return slot
+
+    def retire(self, name: str) -> int:
+        """Take `name` out of its slot, keeping its claim in `retired`; returns the slot (the
+        caller empties it in the sockmap)."""
+        slot = self.slots.pop(name)
+        self.held.pop(slot, None)
+        self.retired[name] = slot
+        return slot
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slots": self.slots,
+            "retired": self.retired,
+            "held": {
+                str(s): [h.pid, h.inode, h.cookie, h.owner_pid, h.owner_fd]
+                for s, h in self.held.items()
+            },
+        }
+
+
+def state_file(state_dir: pathlib.Path, app: str) -> pathlib.Path:
+    return state_dir / "ebpf" / f"{app}.json"
+
+
+def set_aside_path(path: pathlib.Path) -> pathlib.Path:
+    """Where a damaged state file is kept for a post-mortem (the latest one only)."""
+    return path.with_name(path.name + ".damaged")
+
+
+def parse(data: object) -> SlotBook:
+    """The bookkeeping in `data` (the state file's JSON), checked to be what to_json()
+    writes: DamagedState otherwise.  Bounds are checked too, since a slot out of range fails
+    a map update (E2BIG) and two names on one slot would overwrite each other's listener:
+    both would fail later, inside a sync, where nothing can repair them.  A missing key is
+    an empty mapping (a file with nothing to say); a key this version does not know is
+    ignored."""
+    if not isinstance(data, dict):
+        raise DamagedState(f"the top level is {_kind(data)}, not an object")
+    book = SlotBook(
+        slots=_names(data, "slots"),
+        retired=_names(data, "retired"),
+        held=_held(data.get("held", {})),
+    )
+    if len(set(book.slots.values())) != len(book.slots):
+        raise DamagedState("two replicas share one slot in 'slots'")
+    return book
+
+
+def _kind(v: object) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _names(data: dict[Any, Any], key: str) -> dict[str, int]:
+    raw = data.get(key, {})
+    if not isinstance(raw, dict):
+        raise DamagedState(f"{key!r} is {_kind(raw)}, not an object")
+    return {str(name): _slot(v, f"{key}[{name!r}]") for name, v in raw.items()}
+
+
+def _slot(v: object, where: str) -> int:
+    # type() and not isinstance(): JSON true would pass as the int 1.
+    if type(v) is not int or not 0 <= v < MAX_SLOTS:
+        raise DamagedState(f"{where} is {v!r}, not a slot (0 to {MAX_SLOTS - 1})")
+    return v
+
+
+def _held(raw: object) -> dict[int, Held]:
+    if not isinstance(raw, dict):
+        raise DamagedState(f"'held' is {_kind(raw)}, not an object")
+    out: dict[int, Held] = {}
+    for k, v in raw.items():
+        if not isinstance(k, str) or not _DECIMAL.fullmatch(k):
+            raise DamagedState(f"'held' has key {k!r}, not a slot number")
+        slot = _slot(int(k), f"'held' key {k!r}")
+        if (
+            not isinstance(v, list)
+            or len(v) != 5
+            or not all(type(x) is int and 0 <= x < _U64 for x in v)
+        ):
+            raise DamagedState(f"held[{k!r}] is {v!r}, not five non-negative integers")
+        out[slot] = Held(*v)
+    return out
+
+
+def load(path: pathlib.Path) -> tuple[SlotBook, bool]:
+    """The app's bookkeeping, and whether its file was damaged.  Never raises: a damaged or
+    unreadable file is moved aside (set_aside_path()) with one warning, and the app starts
+    with no slots.
+
+    Starting empty is safe.  The bookkeeping is a cache of what the daemon put in the app's
+    maps, not the source of truth about replicas: the next sync gives every wanted replica a
+    slot again, finds nothing held, so takes each ready member's listener once more and
+    re-inserts it into the sockmap, then writes a selection table of those slots only.  What
+    is lost is the name -> slot history, so the names' connection counters restart from 0.
+    A missing file is not damage: it is an app with no slots yet (or one just removed)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return SlotBook(), False
+    except OSError as e:  # e.g. EIO, or a directory where the file should be
+        reason = f"unreadable: {e.strerror or e}"
+    else:
+        try:
+            return parse(json.loads(raw)), False
+        except RecursionError:  # json.loads of a deeply nested document
+            reason = "nested too deeply"
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, DamagedState
+            reason = " ".join(str(e).split())[:200]
+    aside = set_aside_path(path)
+    try:
+        os.replace(path, aside)
+        kept = f"moved to {aside}"
+    except OSError as e:
+        kept = f"could not move it to {aside} ({e.strerror or e})"
+    log.warning(
+        "ebpf state file %s is damaged (%s): %s; starting with no slots, the next sync "
+        "re-inserts every replica's listener and the replicas' connection counters restart "
+        "from 0",
+        path, reason, kept,
+    )
+    return SlotBook(), True
+
+
+def save(path: pathlib.Path, book: SlotBook) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(book.to_json(), sort_keys=True).encode())
+
+
+def forget(path: pathlib.Path) -> None:
+    """The app is removed: its slots mean nothing any more."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
