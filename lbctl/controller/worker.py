@@ -18,18 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lbctl.controller import backends, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
 from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort
-from lbctl.controller.probes import Answers, Prober, tcp_probe
+from lbctl.controller.probes import Answers, Prober
 from lbctl.controller.retire import Retirements
-from lbctl.dataplane.ebpf import EbpfError, ListenerError, Member
-from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.dataplane.ebpf import EbpfError, ListenerError
+from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
-from lbctl.model import ROLE_REPLICA, ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
-from lbctl.model.names import replica_name, sandbox_name
-from lbctl.runtime.convert import replica_labels
+from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
 from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent
 
 log = logging.getLogger("lbctl.controller")
@@ -37,14 +36,14 @@ log = logging.getLogger("lbctl.controller")
 PROBE_INTERVAL = 0.25
 EBPF_READY_RECHECK = 5.0
 DOOM_GRACE = 15.0  # longer than `docker stop`'s default 10 s before its SIGKILL
-SANDBOX_IMAGE = "lbctl/pause:latest"
+
 
 
 @dataclass
 class Settings:
     drain_timeout: float = 10.0
     stop_grace: int = 10
-    sandbox_image: str = SANDBOX_IMAGE
+    sandbox_image: str = template.SANDBOX_IMAGE
     default_mode: Mode = Mode.IPTABLES
     unhealthy_grace: float = 30.0
     resync_interval: float = 1.0
@@ -292,8 +291,6 @@ class AppWorker:
             await self.s.hostrules.set(self.name, None)
             self.view.in_dataplane = frozenset()
             return
-        port = spec.publish.container_port
-        weights = p.weights
         if spec.mode is Mode.EBPF:
             if p.sandbox is None or p.sandbox.ip is None or p.sandbox.pid is None:
                 # Being repaired: leave the rules as they are. A SYN to the lost sandbox's
@@ -303,26 +300,13 @@ class AppWorker:
                     await self.s.hostrules.set(self.name, Service(self.name, spec.publish, (), ()))
                 return
             await self._sync_ebpf(spec, p, containers)
-            sb = p.sandbox
-            backends: tuple[Backend, ...] = (Backend(sb.name, sb.ip or "", port),)
-            bridges: tuple[str, ...] = (sb.bridge,) if sb.bridge else ()
-        else:
-            members = [c for c in p.backends if c.ip]
-            backends = tuple(Backend(c.name, c.ip or "", port, weights.get(c.id, 1))
-                             for c in members)
-            # Adopted containers (docker-compose) sit on their project's own bridge.
-            bridges = tuple(sorted({c.bridge for c in members if c.bridge}))
-        await self.s.hostrules.set(self.name, Service(self.name, spec.publish, backends, bridges))
+        await self.s.hostrules.set(self.name, backends.service(spec, p))
         self.view.in_dataplane = frozenset(c.id for c in p.backends)
 
     async def _sync_ebpf(self, spec: AppSpec, p: AppPlan, containers: list[Container]) -> None:
         assert self.s.ebpf is not None and p.sandbox is not None and p.sandbox.pid is not None
         leaving = self.retirements.ids() | {c.id for c in p.retire}
-        ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
-        drains = [
-            Member(c.name, c.pid) for c in containers
-            if c.id in leaving and c.running and c.pid and c.role == ROLE_REPLICA
-        ]  # fmt: skip
+        ready, drains = backends.ebpf_members(p, containers, leaving)
         with self.s.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
                 await self.s.ebpf.sync(
@@ -339,13 +323,7 @@ class AppWorker:
             self.s.metrics.sandbox_repairs.labels(app=self.name).inc()
             log.warning("sandbox lost: recreating it and re-joining replicas",
                         extra={"app": self.name})
-        req = CreateRequest(
-            name=sandbox_name(self.name),
-            image=self.s.settings.sandbox_image,
-            labels=replica_labels(self.name, ROLE_SANDBOX),
-            env={"LBCTL_APP": self.name},
-            sysctls={"net.ipv4.tcp_migrate_req": "1"},
-        )
+        req = template.sandbox_request(spec, self.s.settings.sandbox_image)
         try:
             await self.s.engine.create_and_start(req)
         except EngineError as e:
@@ -360,26 +338,17 @@ class AppWorker:
             return
         jobs = []
         for create in p.create:
-            template = spec
+            template_spec = spec
             revision = desired.revision
             if create.spec_hash != spec.spec_hash():
                 found = self.s.apps.revision_spec(self.name, create.spec_hash)
                 if found is None:
                     continue
-                template = found
+                template_spec = found
                 revision = None
-            name = replica_name(self.name, create.index)
-            env = dict(template.env)
-            env.update({"LBCTL_APP": self.name, "LBCTL_REPLICA": name})
-            req = CreateRequest(
-                name=name,
-                image=template.image,
-                labels=replica_labels(self.name, ROLE_REPLICA, create.index,
-                                      create.spec_hash, revision),
-                env=env,
-                command=template.command,
-                join=p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None,
-            )
+            join = p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None
+            req = template.replica_request(template_spec, create.index, create.spec_hash,
+                                           revision, join)
             jobs.append(self._create_one(req, revision))
         if p.rollout_step:
             self.last_step = now
@@ -504,25 +473,7 @@ class AppWorker:
         return changed
 
     def _answers_for(self, spec: AppSpec) -> Answers:
-        port = spec.publish.container_port
-        ebpf = self.s.ebpf
-
-        async def answers(c: Container) -> bool:
-            if spec.mode is Mode.EBPF:
-                if ebpf is None or c.pid is None:
-                    return False
-                try:
-                    return await ebpf.has_listener(c.pid, port, c.name)
-                except ListenerError as e:
-                    self._fail(str(e))
-                    return False
-            if spec.publish.proto == "udp":
-                return True  # no handshake to probe; running (and healthy) is all we know
-            if not c.ip:
-                return False
-            return await tcp_probe(c.ip, port)
-
-        return answers
+        return readiness.answers_for(spec, self.s.ebpf, self._fail)
 
 
 def _counts(p: AppPlan, containers: list[Container]) -> dict[ReplicaState, int]:

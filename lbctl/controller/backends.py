@@ -1,0 +1,40 @@
+"""A plan, as each data plane needs it: the host rules' `Service` of an app and the members
+of its eBPF selection table. Pure: the worker applies what these return."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from lbctl.controller.planner import AppPlan
+from lbctl.dataplane.ebpf import Member
+from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode
+
+
+def service(spec: AppSpec, p: AppPlan) -> Service:
+    """iptables mode: a DNAT to every ready replica, weighted. ebpf mode: a DNAT to the
+    sandbox (the program picks the replica inside). The caller checks the sandbox runs."""
+    port = spec.publish.container_port
+    if spec.mode is Mode.EBPF:
+        sb = p.sandbox
+        assert sb is not None and sb.ip is not None
+        return Service(spec.name, spec.publish, (Backend(sb.name, sb.ip, port),),
+                       (sb.bridge,) if sb.bridge else ())
+    members = [c for c in p.backends if c.ip]
+    backends = tuple(Backend(c.name, c.ip or "", port, p.weights.get(c.id, 1)) for c in members)
+    # Adopted containers (docker-compose) sit on their project's own bridge.
+    bridges = tuple(sorted({c.bridge for c in members if c.bridge}))
+    return Service(spec.name, spec.publish, backends, bridges)
+
+
+def ebpf_members(
+    p: AppPlan, containers: Iterable[Container], leaving: frozenset[str]
+) -> tuple[list[Member], list[Member]]:
+    """(ready, draining) members: ready replicas by weight in the selection table; draining
+    ones stay in the socket map only, so their queued connections can still migrate."""
+    ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
+    draining = [
+        Member(c.name, c.pid) for c in containers
+        if c.id in leaving and c.running and c.pid and c.role == ROLE_REPLICA
+    ]  # fmt: skip
+    return ready, draining
