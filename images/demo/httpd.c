@@ -8,16 +8,21 @@
 // (no registry is needed to build it).
 //
 // Environment:
-//   PORT           TCP port (default 8080), bound on 0.0.0.0.
+//   PORT           TCP port (default 8080), bound on BIND.
+//   BIND           address to listen on (default 0.0.0.0). An IPv6 address
+//                  listens on IPv6; "::" takes IPv4 clients too (a dual-stack
+//                  socket, IPV6_V6ONLY off), as an app serving both families
+//                  through lbctl's IPv6 publishes would.
 //   REUSEPORT=0    do not set SO_REUSEPORT (bind then fails next to another
 //                  listener: "bind: Address in use", exit 1).
 //   LBCTL_REPLICA  the name to answer with (fallback: hostname).
 //   DELAY_MS       wait this long before answering each request.
 //   GRACE_MS       upper bound of the graceful shutdown (default 5000).
-//   UDP_PORT       also answer UDP datagrams on this port.
+//   UDP_PORT       also answer UDP datagrams on this port (bound on BIND).
 //
-// `httpd --check` GETs / on 127.0.0.1:$PORT and exits 0 on a 200 (for
-// HEALTHCHECK, as the image has no shell or curl).
+// `httpd --check` GETs / on 127.0.0.1:$PORT (BIND's address when it names
+// one) and exits 0 on a 200 (for HEALTHCHECK, as the image has no shell or
+// curl).
 //
 // Design: one thread, one epoll loop, level-triggered, non-blocking sockets.
 // Signals arrive through a signalfd, so shutdown is an ordinary event and no
@@ -85,6 +90,14 @@ struct response {
     char *data;
     size_t len;
 };
+
+// The address every socket binds (BIND).
+static struct {
+    int family;
+    struct in_addr v4;
+    struct in6_addr v6;
+    bool any;
+} B = {.family = AF_INET, .any = true};
 
 static struct {
     int ep;
@@ -541,23 +554,60 @@ static void on_signal(bool *stop)
 // ---------------------------------------------------------------------------
 // Setup
 
+// BIND: 0.0.0.0 unless set; false if it is no IPv4 or IPv6 address.
+static bool parse_bind(const char *v)
+{
+    if (!v || !*v)
+        return true;
+    if (inet_pton(AF_INET, v, &B.v4) == 1) {
+        B.family = AF_INET;
+        B.any = B.v4.s_addr == htonl(INADDR_ANY);
+        return true;
+    }
+    if (inet_pton(AF_INET6, v, &B.v6) == 1) {
+        B.family = AF_INET6;
+        B.any = IN6_IS_ADDR_UNSPECIFIED(&B.v6);
+        return true;
+    }
+    return false;
+}
+
+// The BIND address and `port` as a sockaddr; returns its length.
+static socklen_t bind_addr(struct sockaddr_storage *ss, int port)
+{
+    memset(ss, 0, sizeof *ss);
+    if (B.family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        a->sin6_addr = B.v6;
+        return sizeof *a;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    a->sin_addr = B.v4;
+    return sizeof *a;
+}
+
 static int bind_socket(int type, int port, bool reuseport)
 {
-    int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(B.family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket");
-    int one = 1;
+    int one = 1, zero = 0;
     // SO_REUSEADDR only helps a restart past TIME_WAIT; on Linux it never
     // lets two listeners share a port, so REUSEPORT=0 still conflicts.
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         die("setsockopt(SO_REUSEPORT)");
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET,
-        .sin_port = htons((uint16_t)port),
-        .sin_addr.s_addr = htonl(INADDR_ANY),
-    };
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    // "::" serves IPv4 too, whatever net.ipv6.bindv6only says.
+    if (B.family == AF_INET6 && B.any &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
+        die("setsockopt(IPV6_V6ONLY)");
+    struct sockaddr_storage sa;
+    socklen_t salen = bind_addr(&sa, port);
+    if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
         if (errno == EADDRINUSE) {
             // A fixed text that tests and operators can grep for.
             fprintf(stderr, "bind: Address in use (%s port %d)\n",
@@ -581,18 +631,27 @@ static void raise_nofile(void)
 
 static int check(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // A wildcard BIND is asked on 127.0.0.1 ("::" serves IPv4 too); an address
+    // on that address.
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    if (B.any) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&sa;
+        memset(&sa, 0, sizeof sa);
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        salen = sizeof *a;
+    } else {
+        salen = bind_addr(&sa, port);
+    }
+    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 1;
     struct timeval tv = {.tv_sec = 2};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET,
-        .sin_port = htons((uint16_t)port),
-        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-    };
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    if (connect(fd, (struct sockaddr *)&sa, salen) < 0) {
         perror("check: connect");
         return 1;
     }
@@ -614,7 +673,7 @@ static int check(int port)
     // "HTTP/1.1 200" (any minor version)
     if (len >= 12 && memcmp(buf, "HTTP/1.", 7) == 0 && memcmp(buf + 8, " 200", 4) == 0)
         return 0;
-    fprintf(stderr, "check: no 200 from 127.0.0.1:%d\n", port);
+    fprintf(stderr, "check: no 200 from port %d\n", port);
     return 1;
 }
 
@@ -623,6 +682,10 @@ int main(int argc, char **argv)
     long port = env_long("PORT", 8080);
     if (port < 1 || port > 65535) {
         fprintf(stderr, "httpd: PORT must be 1..65535\n");
+        return 1;
+    }
+    if (!parse_bind(getenv("BIND"))) {
+        fprintf(stderr, "httpd: BIND must be an IPv4 or IPv6 address\n");
         return 1;
     }
     if (argc > 1 && strcmp(argv[1], "--check") == 0)
@@ -689,9 +752,12 @@ int main(int argc, char **argv)
         ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
     }
 
-    fprintf(stderr, "httpd: %s listening on 0.0.0.0:%ld/tcp%s%s (reuseport=%d delay_ms=%lld)\n",
-            S.name, port, udp_port ? " and udp " : "", udp_port ? getenv("UDP_PORT") : "",
-            reuseport, (long long)S.delay_ms);
+    const char *bind_text = getenv("BIND");
+    bool v6 = B.family == AF_INET6;
+    fprintf(stderr, "httpd: %s listening on %s%s%s:%ld/tcp%s%s (reuseport=%d delay_ms=%lld)\n",
+            S.name, v6 ? "[" : "", bind_text && *bind_text ? bind_text : "0.0.0.0",
+            v6 ? "]" : "", port, udp_port ? " and udp " : "",
+            udp_port ? getenv("UDP_PORT") : "", reuseport, (long long)S.delay_ms);
 
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {
