@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lbctl.model import AppSpec, InvalidInput, Mode, Publish, parse_replicas, validate_name
@@ -62,3 +64,77 @@ def test_spec_round_trip() -> None:
 def test_spec_rejects(body: object) -> None:
     with pytest.raises(InvalidInput):
         AppSpec.from_json(body)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[::1]:8080:80", Publish("::1", 8080, 80, "tcp")),
+        ("[::]:80:8080/udp", Publish("::", 80, 8080, "udp")),
+        ("[2001:db8::1]:80:8080", Publish("2001:db8::1", 80, 8080, "tcp")),
+        ("[2001:DB8:0::0:1]:80:8080", Publish("2001:db8::1", 80, 8080, "tcp")),
+    ],
+)
+def test_publish_parses_ipv6(text: str, expected: Publish) -> None:
+    pub = Publish.parse(text)
+    assert pub == expected and pub.family == 6
+    assert Publish.parse(str(pub)) == pub  # str() writes it back in brackets
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("::1:8080:80", "brackets"),
+        ("[::1]8080:80", "[IPV6]"),
+        ("[::1:8080:80", "[IPV6]"),
+        ("[::1]:80", "[IPV6]"),
+        ("[1.2.3.4]:80:80", "IPv6"),
+        ("[fe80::1]:80:80", "cannot be published"),
+        ("[::ffff:1.2.3.4]:80:80", "cannot be published"),
+        ("[ff02::1]:80:80", "cannot be published"),
+        ("[::1]:0:80", "invalid port"),
+    ],
+)
+def test_publish_rejects_bad_ipv6(text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        Publish.parse(text)
+
+
+def test_publish_families_and_clashes() -> None:
+    v4, v6 = Publish.parse("0.0.0.0:80:8080"), Publish.parse("[::]:80:8080")
+    assert (v4.family, v6.family) == (4, 6) and v4.wildcard and v6.wildcard
+    assert not v4.clashes_with(v6)  # one family's rules never see the other's packets
+    assert v6.clashes_with(Publish.parse("[::1]:80:8080"))
+    assert not v6.clashes_with(Publish.parse("[::]:81:8080"))
+    assert not v6.clashes_with(Publish.parse("[::]:80:8080/udp"))
+    assert str(v6) == "[::]:80:8080/tcp" and v6.host_addr == "[::]:80"
+
+
+def test_several_publishes_round_trip_and_keep_the_first_as_publish() -> None:
+    body = {"name": "web", "image": "x", "publish": ["0.0.0.0:80:8080", "[::]:80:8080"]}
+    spec = AppSpec.from_json(body)
+    assert spec.publish == Publish("0.0.0.0", 80, 8080)
+    assert spec.publishes == (spec.publish, Publish("::", 80, 8080)) and spec.wants_ipv6
+    assert spec.to_json()["publish"] == ["0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
+    assert AppSpec.from_json(spec.to_json()) == spec
+    # One publish stays a plain string in JSON (state files, API bodies), as before.
+    one = AppSpec.from_json({"name": "web", "image": "x", "publish": "8080:80"})
+    assert one.to_json()["publish"] == "127.0.0.1:8080:80/tcp" and not one.wants_ipv6
+    assert AppSpec.from_json({**body, "publish": ["8080:80"]}) == one
+
+
+@pytest.mark.parametrize(
+    ("publish", "message"),
+    [
+        ([], "publish"),
+        (["0.0.0.0:80:8080", "[::]:80:9090"], "CONTAINER_PORT"),
+        (["0.0.0.0:80:8080", "[::]:80:8080/udp"], "protocol"),
+        (["0.0.0.0:80:8080", "127.0.0.1:80:8080"], "overlaps"),
+        (["[::]:80:8080", "[::]:80:8080"], "overlaps"),
+        ([f"127.0.0.1:{p}:80" for p in range(1, 10)], "at most 8"),
+        (["0.0.0.0:80:8080", 5], "publish must look like"),
+    ],
+)
+def test_several_publishes_rejected(publish: object, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        AppSpec.from_json({"name": "web", "image": "x", "publish": publish})

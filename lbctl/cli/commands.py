@@ -31,7 +31,9 @@ async def run(sock: Path, spec: dict[str, Any], no_wait: bool, timeout: float) -
                 await c.request("DELETE", f"/apps/{name}")
             raise
         if result == "created":
-            print(f"{name}: {spec['replicas']} replicas ready on {spec['publish']}")
+            pub = spec["publish"]
+            shown = ", ".join(pub) if isinstance(pub, list) else pub
+            print(f"{name}: {spec['replicas']} replicas ready on {shown}")
         elif result == "rolling":
             print(f"{name}: revision {goal.revision} is live")
         else:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lbctl.model import AppSpec, InvalidInput, Publish, parse_env, parse_replicas, validate_name
+from lbctl.model import AppSpec, InvalidInput, parse_env, parse_replicas, validate_name
+from lbctl.model.publish import parse_publishes
 from lbctl.model.rollout import UpdatePolicy
 
 _POLICY_FLAGS = {
@@ -42,7 +43,7 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
     data: dict[str, Any] = {
         "name": validate_name(args.name),
         "image": args.image,
-        "publish": str(Publish.parse(args.publish)),
+        "publish": _publish_json(args.publish),
         "replicas": parse_replicas(args.replicas),
         "env": env,
         "command": command,
@@ -54,6 +55,12 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
         data["update"] = policy
     AppSpec.from_json(data)  # validate everything before talking to the daemon
     return data
+
+
+def _publish_json(given: Sequence[str]) -> str | list[str]:
+    """`-p` once: a string, as the API always took; more often: the list."""
+    pubs = [str(p) for p in parse_publishes(list(given))]
+    return pubs[0] if len(pubs) == 1 else pubs
 
 
 def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:

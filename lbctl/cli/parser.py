@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an app: N replicas on one host port (again: update it)")
     r.add_argument("name")
     r.add_argument("--image", required=True)
-    r.add_argument("-p", "--publish", required=True)
+    r.add_argument("-p", "--publish", required=True, action="append",
+                   help="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]; IPv6 in brackets "
+                        "([::]:80:8080); repeat for more addresses (both families: "
+                        "-p 0.0.0.0:80:8080 -p [::]:80:8080)")
     r.add_argument("--replicas", default="1")
     r.add_argument("--mode", choices=["iptables", "ebpf"])
     r.add_argument("-e", "--env", action="append", default=[])

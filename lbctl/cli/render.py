@@ -14,7 +14,8 @@ def render_table(apps: list[dict[str, Any]]) -> str:
     for a in apps:
         total = sum(r["connections_total"] for r in a["replicas"]) or 0
         rev = f"  rev {a['revision']}" if a.get("revision") else ""
-        head = f"{a['name']}  {a['mode']}  {a['publish']}  {a['ready']}/{a['desired']} ready{rev}"
+        published = ",".join(a.get("publishes") or [a["publish"]])
+        head = f"{a['name']}  {a['mode']}  {published}  {a['ready']}/{a['desired']} ready{rev}"
         lines.append(head)
         if a.get("error"):
             lines.append(f"  error: {a['error']}")

@@ -272,9 +272,10 @@ class AppsService:
         old = self.state.apps.get(spec.name)
         if old is None:
             return
-        if old.spec.publish != spec.publish or old.spec.mode != spec.mode:
+        if old.spec.publishes != spec.publishes or old.spec.mode != spec.mode:
+            shown = ", ".join(str(p) for p in old.spec.publishes)
             raise InvalidInput(
-                f"app {spec.name} exists with publish {old.spec.publish} in {old.spec.mode} "
+                f"app {spec.name} exists with publish {shown} in {old.spec.mode} "
                 "mode: changing either changes the data plane, so `lbctl rm` it and run it again"
             )
 
@@ -327,7 +328,8 @@ class AppsService:
 def _with_template(current: AppSpec, template: AppSpec) -> AppSpec:
     """`template`'s replica template with `current`'s count, placement and policy."""
     return replace(template, replicas=current.replicas, publish=current.publish,
-                   mode=current.mode, update=current.update)
+                   extra_publishes=current.extra_publishes, mode=current.mode,
+                   update=current.update)
 
 
 def _change_note(old: AppSpec, new: AppSpec) -> str:

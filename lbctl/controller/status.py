@@ -97,7 +97,8 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
     return {
         "name": name,
         "mode": str(spec.mode),
-        "publish": str(spec.publish),
+        "publish": str(spec.publish),  # the first, as a string (the contract's field)
+        "publishes": [str(p) for p in spec.publishes],
         "image": spec.image,
         "desired": spec.replicas,
         "ready": ready,

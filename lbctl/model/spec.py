@@ -13,7 +13,7 @@ from typing import Any
 
 from lbctl.model.errors import InvalidInput
 from lbctl.model.names import validate_name, validate_replicas
-from lbctl.model.publish import Publish
+from lbctl.model.publish import Publish, parse_publishes
 from lbctl.model.rollout import UpdatePolicy
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -39,12 +39,27 @@ class AppSpec:
     # How a changed template rolls out; not part of the template (changing it alone restarts
     # nothing).
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    # Further host addresses after `publish` (another family, another address): same
+    # container port and protocol, checked by model.publish.validate_publishes.
+    extra_publishes: tuple[Publish, ...] = ()
+
+    @property
+    def publishes(self) -> tuple[Publish, ...]:
+        """Every host address the app answers on, `publish` first."""
+        return (self.publish, *self.extra_publishes)
+
+    @property
+    def wants_ipv6(self) -> bool:
+        """Some publish is IPv6: replicas need IPv6 addresses (see controller.template)."""
+        return any(p.family == 6 for p in self.publishes)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "image": self.image,
-            "publish": str(self.publish),
+            # One publish stays a string, as it always was; several are a list.
+            "publish": (str(self.publish) if not self.extra_publishes
+                        else [str(p) for p in self.publishes]),
             "replicas": self.replicas,
             "mode": str(self.mode),
             "env": dict(self.env),
@@ -76,7 +91,7 @@ class AppSpec:
         image = data.get("image")
         if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.match(image):
             raise InvalidInput(f"invalid image {image!r}")
-        publish = Publish.parse(data.get("publish"))
+        publishes = parse_publishes(data.get("publish"))
         replicas = validate_replicas(data.get("replicas", 1))
         mode_raw = data.get("mode")
         if mode_raw is None:  # absent or null: the daemon's default; 0, false, "" are errors
@@ -90,7 +105,8 @@ class AppSpec:
         if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
             raise InvalidInput("command must be a list of strings")
         update = UpdatePolicy.from_json(data.get("update"))
-        return cls(name, image, publish, replicas, mode, env, tuple(command), update)
+        return cls(name, image, publishes[0], replicas, mode, env, tuple(command), update,
+                   publishes[1:])
 
     def with_replicas(self, replicas: int) -> AppSpec:
         return replace(self, replicas=replicas)
