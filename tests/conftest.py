@@ -68,11 +68,14 @@ def _sweep(d: Daemon) -> list[str]:
     import asyncio
 
     from lbctl.dataplane.iptables import IptablesDataplane
+    from lbctl.dataplane.iptables_rules import IPV4, IPV6
 
     leaked: list[str] = []
-    if "LBCTL-" in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout:
-        leaked.append("LBCTL- iptables chains")
-        asyncio.run(IptablesDataplane(d.state_dir).sync([]))
+    for family in (IPV4, IPV6):
+        save = subprocess.run([f"{family.tool}-save"], capture_output=True, text=True).stdout
+        if "LBCTL-" in save:
+            leaked.append(f"LBCTL- {family.tool} chains")
+            asyncio.run(IptablesDataplane(d.state_dir, family).sync([]))
     if d.pin_root.exists() and any(d.pin_root.iterdir()):
         leaked.append(f"pins under {d.pin_root}")
     if d.pin_root.exists():

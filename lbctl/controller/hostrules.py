@@ -141,18 +141,28 @@ class HostRules:
 
 
 def _service_json(s: Service) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "app": s.app,
         "publish": str(s.publish),
-        "backends": [[b.name, b.ip, b.port, b.weight] for b in s.backends],
+        "backends": [[b.name, b.ip, b.port, b.weight, *([b.ip6] if b.ip6 else [])]
+                     for b in s.backends],
         "bridges": list(s.bridges),
     }
+    if s.extra_publishes:
+        doc["extra_publishes"] = [str(p) for p in s.extra_publishes]
+    return doc
 
 
 def _service(d: dict[str, Any]) -> Service:
+    # Files of an older lbctl have no IPv6 address in a backend and no extra publishes.
     return Service(
         app=str(d["app"]),
         publish=Publish.parse(d["publish"]),
-        backends=tuple(Backend(str(n), str(ip), int(p), int(w)) for n, ip, p, w in d["backends"]),
+        backends=tuple(
+            Backend(str(b[0]), str(b[1]), int(b[2]), int(b[3]),
+                    str(b[4]) if len(b) > 4 else None)
+            for b in d["backends"]
+        ),
         bridges=tuple(str(b) for b in d["bridges"]),
+        extra_publishes=tuple(Publish.parse(p) for p in d.get("extra_publishes", [])),
     )

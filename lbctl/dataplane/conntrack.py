@@ -28,6 +28,7 @@ async def delete_flows(
     orig_port_dst: int | None = None,
     reply_src: str | None = None,
     reply_port_src: int | None = None,
+    family: int = 4,
 ) -> int:
     """Delete the entries of `proto` matching every given filter; return how many went.
 
@@ -36,7 +37,8 @@ async def delete_flows(
     """
     if proto not in ("tcp", "udp"):
         raise ValueError(f"unsupported protocol {proto!r}")
-    args = [CONNTRACK, "-D", "-p", proto]
+    # conntrack reads IPv4 entries unless told otherwise, even when only ports are given.
+    args = [CONNTRACK, "-D", "-f", "ipv6" if family == 6 else "ipv4", "-p", proto]
     if orig_dst is not None:
         args += ["--orig-dst", orig_dst]
     if orig_port_dst is not None:
@@ -45,7 +47,7 @@ async def delete_flows(
         args += ["--reply-src", reply_src]
     if reply_port_src is not None:
         args += ["--reply-port-src", str(reply_port_src)]
-    if len(args) == 4:
+    if len(args) == 6:
         raise ValueError("refusing to delete every conntrack entry of a protocol")
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -1,4 +1,4 @@
-"""Render lbctl's whole iptables ruleset as one `iptables-restore` text. Pure: no I/O.
+"""Render lbctl's whole iptables (or ip6tables) ruleset as one restore text. Pure: no I/O.
 
 Modelled on kube-proxy's iptables proxier: every sync renders *all* of lbctl's chains from
 the desired state and applies them in a single `iptables-restore --noflush --counters`
@@ -8,31 +8,58 @@ rules), and chains we no longer need are flushed and deleted (`-X`) in the same 
 Nothing outside chains named `LBCTL-*` is ever written here; the jump rules that hook our
 chains into the built-in chains are listed in `JUMPS` and managed by the I/O layer.
 
+IPv6 has the same chains, names and shapes in ip6tables: `for_family()` cuts each app's
+`Service` down to one family (its publishes of that family, its backends' addresses of that
+family) and `render(..., family=IPV6)` writes /128 matches, `[addr]:port` targets and
+icmp6 rejects. What differs is said where it differs below.
+
 Chain layout (T = tcp|udp, P = host port, p = container port)::
 
   nat PREROUTING  -> LBCTL-PREROUTING   traffic from other hosts (and containers)
-      one rule per service published on a non-loopback address:
+      one rule per publish on a non-loopback address:
       [-d HOST_IP/32 | -m addrtype --dst-type LOCAL] -p T --dport P -> LBCTL-SVC-<hash(app)>
       (loopback-published services get no rule here: only local clients may reach them)
-  nat OUTPUT      -> LBCTL-OUTPUT       local clients, 127.0.0.1 included; same matches
+  nat OUTPUT      -> LBCTL-OUTPUT       local clients, 127.0.0.1 included; same matches.
+      IPv6: never ::1. The kernel cannot NAT IPv6 loopback traffic to another host or
+      namespace (a reply de-NATed to ::1 arrives on a bridge and is dropped as a martian;
+      there is no route_localnet for IPv6, measured on this kernel with br_netfilter on and
+      off), so a `[::]` publish leaves ::1 alone and `[::1]` gets no NAT rule at all.
   LBCTL-SVC-<hash> one DNAT rule per backend, comment "app/replica":
       rule i of N: -m statistic --mode random --probability 1/(N-i)  (10 decimals)
       the last rule has no statistic match, so every new connection gets a backend.
       The DNAT rule's packet counter = new connections sent to that replica (nat only sees
       the first packet of a connection); it is carried over across restores with [pkts:bytes].
-  nat POSTROUTING -> LBCTL-POSTROUTING  -s 127.0.0.0/8 -d BACKEND -p T --dport p -j MASQUERADE
-      only for services reachable on loopback (host IP 127.x or 0.0.0.0): a DNATed
-      127.0.0.1 client must not reach the container with a 127.0.0.1 source address.
+  nat POSTROUTING -> LBCTL-POSTROUTING  source NAT where the reply would not come back to us:
+      * IPv4 loopback clients: -s 127.0.0.0/8 -d BACKEND -p T --dport p -j MASQUERADE, for
+        services reachable on loopback (127.x or 0.0.0.0): a DNATed 127.0.0.1 client must
+        not reach the container with a 127.0.0.1 source address. IPv6: every local client
+        (-m addrtype --src-type LOCAL, DNATed): a reply to the host's own non-loopback
+        address, de-NATed on its way in, is dropped otherwise (measured; IPv4 does not need
+        it);
+      * hairpin, for services containers can reach (any non-loopback publish):
+        -s BACKEND -d BACKEND ... --ctstate DNAT -j MASQUERADE: a replica (or, in ebpf
+        mode, any replica of the sandbox) that the DNAT sent its own connection back to
+        would otherwise see a packet from its own address and drop it (kube-proxy does the
+        same). With br_netfilter such a packet is bridged back out of the port it came in
+        by, so the backend's bridge port also needs hairpin_mode=1 (lbctl.dataplane.hairpin
+        sets it on the containers lbctl creates);
+      * the same bridge, where bridged traffic skips netfilter (no br_netfilter, or its
+        bridge-nf-call-ip(6)tables=0): -s NET -d NET ... --ctstate DNAT -m physdev !
+        --physdev-is-bridged -j MASQUERADE per network NET of a backend's bridge: another
+        container on that bridge gets the reply straight from the backend, past the NAT it
+        has to go back through. Bridged packets (br_netfilter on) do pass conntrack, so
+        there the client keeps its address. Measured in a namespace of its own with
+        br_netfilter on and off (tests/dataplane/test_hairpin.py).
   filter FORWARD  -> LBCTL-FORWARD      -d BACKEND -p T --dport p --ctstate DNAT
       --ctorigdstport P --ctdir ORIGINAL -j ACCEPT, and the same for the replies
       (-s BACKEND --sport p ... --ctdir REPLY), for services reachable from other hosts
       (Docker's FORWARD policy is DROP). Never a blanket ACCEPT.
   filter INPUT    -> LBCTL-INPUT
-      * services with 0 backends: REJECT (tcp-reset / icmp-port-unreachable) on the host
+      * services with 0 backends: REJECT (tcp-reset / icmp(6)-port-unreachable) on the host
         port, so a client is refused at once and the port never falls through to whatever
         else might listen on the host;
-      * per bridge with route_localnet=1: drop packets from that bridge to 127.0.0.0/8 that
-        are not replies/DNATed (kube-proxy's CVE-2020-8558 guard: route_localnet would
+      * IPv4, per bridge with route_localnet=1: drop packets from that bridge to 127.0.0.0/8
+        that are not replies/DNATed (kube-proxy's CVE-2020-8558 guard: route_localnet would
         otherwise let containers reach the host's loopback-only services).
 
 Chain names are at most 28 characters: app names go into chains only as a hash
@@ -44,10 +71,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import shlex
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lbctl.model import Publish
 
@@ -77,7 +103,27 @@ BASE_CHAINS: dict[str, tuple[str, ...]] = {
 }
 TABLES = ("nat", "filter")
 
-_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the iptables and the ip6tables rendering of the same services."""
+
+    version: int  # 4 or 6
+    tool: str  # "iptables" or "ip6tables": also the prefix of -save and -restore
+    host_len: int  # prefix length of one address
+    loopback: str  # the loopback network
+    reject_udp: str  # what a UDP port with no backends answers
+
+    def host(self, ip: str) -> str:
+        return f"{ip}/{self.host_len}"
+
+    def endpoint(self, ip: str, port: int) -> str:
+        return f"[{ip}]:{port}" if self.version == 6 else f"{ip}:{port}"
+
+
+IPV4 = Family(4, "iptables", 32, "127.0.0.0/8", "icmp-port-unreachable")
+IPV6 = Family(6, "ip6tables", 128, "::1/128", "icmp6-port-unreachable")
+FAMILIES = {4: IPV4, 6: IPV6}
 
 
 @dataclass(frozen=True)
@@ -85,16 +131,17 @@ class Backend:
     """One replica the data plane may send new connections to."""
 
     name: str  # replica name, e.g. "web-2" (rule comments, counters)
-    ip: str  # container IPv4
+    ip: str  # container IPv4 (after for_family(.., 6): its IPv6 address)
     port: int  # container port
     # Share of new connections relative to the other backends (a canary's weight); the
     # statistic rules turn weights into probabilities, 1:1:1 into kube-proxy's 1/(n-i).
     weight: int = 1
+    ip6: str | None = None  # container IPv6, where its network has IPv6
 
 
 @dataclass(frozen=True)
 class Service:
-    """One published app: the host address it answers on and the replicas behind it."""
+    """One published app: the host addresses it answers on and the replicas behind it."""
 
     app: str
     publish: Publish
@@ -103,6 +150,30 @@ class Service:
     # backends live on several networks (lbctl's replicas on docker0 beside containers that
     # `docker-compose up` started on its project's br-<id> and lbctl adopted).
     bridges: tuple[str, ...]
+    # Further publishes of the app (model.AppSpec.extra_publishes): same container port and
+    # protocol, another address or family.
+    extra_publishes: tuple[Publish, ...] = ()
+
+    @property
+    def publishes(self) -> tuple[Publish, ...]:
+        return (self.publish, *self.extra_publishes)
+
+
+def for_family(services: Iterable[Service], family: Family) -> list[Service]:
+    """Each service as the `family` ruleset sees it: only its publishes of that family, and
+    its backends by their address of that family (a backend without one is left out).
+    Services with no publish of the family are dropped."""
+    out = []
+    for s in services:
+        pubs = [p for p in s.publishes if p.family == family.version]
+        if not pubs:
+            continue
+        if family.version == 4:
+            backends = tuple(b for b in s.backends if b.ip)
+        else:
+            backends = tuple(replace(b, ip=b.ip6, ip6=None) for b in s.backends if b.ip6)
+        out.append(Service(s.app, pubs[0], backends, s.bridges, tuple(pubs[1:])))
+    return out
 
 
 def jump_spec(target: str) -> list[str]:
@@ -118,13 +189,19 @@ def svc_chain(app: str) -> str:
 
 
 def is_loopback_reachable(publish: Publish) -> bool:
-    """Local clients can reach the service through a loopback address (127.x or 0.0.0.0)."""
-    return publish.host_ip == "0.0.0.0" or ipaddress.IPv4Address(publish.host_ip) in _LOOPBACK
+    """Local IPv4 clients can reach the service through a loopback address (127.x or
+    0.0.0.0), which takes route_localnet and a MASQUERADE. IPv6 loopback is never NATed."""
+    return publish.family == 4 and (publish.wildcard or publish.loopback)
 
 
 def is_remote_reachable(publish: Publish) -> bool:
     """Other hosts (and containers) can reach it: any host IP except loopback ones."""
-    return ipaddress.IPv4Address(publish.host_ip) not in _LOOPBACK
+    return not publish.loopback
+
+
+def is_natted(publish: Publish) -> bool:
+    """The kernel's NAT can serve it at all: everything but IPv6 loopback (see above)."""
+    return not (publish.family == 6 and publish.loopback)
 
 
 def localnet_bridges(services: Iterable[Service]) -> frozenset[str]:
@@ -132,7 +209,7 @@ def localnet_bridges(services: Iterable[Service]) -> frozenset[str]:
     return frozenset(
         b
         for s in services
-        if s.backends and is_loopback_reachable(s.publish)
+        if s.backends and any(is_loopback_reachable(p) for p in s.publishes)
         for b in s.bridges
         if b
     )
@@ -161,10 +238,13 @@ def _probability(weights: Sequence[int], i: int) -> str:
     return f"{weights[i] / rest:0.10f}"
 
 
-def _dst_match(publish: Publish) -> list[str]:
-    if publish.host_ip == "0.0.0.0":
-        return ["-m", "addrtype", "--dst-type", "LOCAL"]
-    return ["-d", f"{publish.host_ip}/32"]
+def _dst_match(publish: Publish, family: Family, hook: str) -> list[str]:
+    if not publish.wildcard:
+        return ["-d", family.host(publish.host_ip)]
+    if family.version == 6 and hook == CHAIN_OUTPUT:
+        # ::1 is LOCAL too, and cannot be NATed (module doc).
+        return ["!", "-d", family.loopback, "-m", "addrtype", "--dst-type", "LOCAL"]
+    return ["-m", "addrtype", "--dst-type", "LOCAL"]
 
 
 def _port_match(proto: str, port: int) -> list[str]:
@@ -181,9 +261,12 @@ def render(
     counters: Mapping[tuple[str, str], tuple[int, int]] = {},  # read-only, never mutated
     *,
     unchanged: Collection[tuple[str, str]] = (),
+    family: Family = IPV4,
+    bridge_nets: Mapping[str, Sequence[str]] = {},  # read-only, never mutated
 ) -> str:
     """The complete `iptables-restore --noflush --counters` text for lbctl's chains.
 
+    `services` are of `family` already (see for_family).
     `stale_chains`: existing LBCTL-* chains to flush and delete in the same transaction,
     each "table:CHAIN" or a bare name (table then inferred from lbctl's naming scheme).
     `counters`: (app, replica) -> (packets, bytes) to carry over onto the replica's DNAT rule,
@@ -191,6 +274,8 @@ def render(
     `unchanged`: (table, chain) pairs known to hold exactly what `render_chains()` gives for
     them; they are left out of the transaction so their counters are not touched at all
     (kube-proxy's partial sync: a re-sync of the same state then writes nothing).
+    `bridge_nets`: bridge -> its networks of `family` (CIDR), for the same-bridge hairpin
+    rules; a bridge not in it gets none.
     """
     services = sorted(services, key=lambda s: s.app)
     apps = [s.app for s in services]
@@ -213,7 +298,7 @@ def render(
         if (table, chain) not in wanted and chain not in stale[table]:
             stale[table].append(chain)
 
-    rules = _chain_rules(services, wanted, counters)
+    rules = _chain_rules(services, wanted, counters, family, bridge_nets)
     skip = {c for t, c in unchanged if (t, c) in wanted}
     out: list[str] = []
     for table in TABLES:
@@ -231,10 +316,14 @@ def render(
     return "\n".join(out) + "\n" if out else ""
 
 
-def render_chains(services: Sequence[Service]) -> dict[tuple[str, str], list[str]]:
+def render_chains(
+    services: Sequence[Service],
+    family: Family = IPV4,
+    bridge_nets: Mapping[str, Sequence[str]] = {},  # read-only, never mutated
+) -> dict[tuple[str, str], list[str]]:
     """(table, chain) -> its rule lines (without counters), for spotting unchanged chains."""
     wanted = wanted_chains(services)
-    rules = _chain_rules(services, wanted, {})
+    rules = _chain_rules(services, wanted, {}, family, bridge_nets)
     return {(t, c): [" ".join(r) for r in rules[c]] for t, c in wanted}
 
 
@@ -242,39 +331,46 @@ def _chain_rules(
     services: Sequence[Service],
     wanted: set[tuple[str, str]],
     counters: Mapping[tuple[str, str], tuple[int, int]],
+    family: Family,
+    bridge_nets: Mapping[str, Sequence[str]],
 ) -> dict[str, list[list[str]]]:
     # Rules are collected per chain and written chain by chain, in declaration order, so the
     # text reads like `iptables-save` output and diffs between syncs stay small.
     rules: dict[str, list[list[str]]] = {c: [] for _, c in wanted}
     services = sorted(services, key=lambda s: s.app)
-    for bridge in sorted(localnet_bridges(services)):
-        rules[CHAIN_INPUT].append(
-            [
-                "-A", CHAIN_INPUT, "-i", bridge, "-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8",
-                "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
-                *_comment(f"route_localnet guard for {bridge}"), "-j", "DROP",
-            ]
-        )  # fmt: skip
-    for s in services:
-        pub, proto = s.publish, s.publish.proto
-        match = [*_dst_match(pub), *_port_match(proto, pub.host_port)]
-        if not s.backends:
-            # Refuse at once rather than let the port fall through to the host. In INPUT every
-            # packet is local already, so 0.0.0.0 needs no address match.
-            dst = [] if pub.host_ip == "0.0.0.0" else ["-d", f"{pub.host_ip}/32"]
-            reject = "tcp-reset" if proto == "tcp" else "icmp-port-unreachable"
+    if family.version == 4:
+        for bridge in sorted(localnet_bridges(services)):
             rules[CHAIN_INPUT].append(
                 [
-                    "-A", CHAIN_INPUT, *dst, *_port_match(proto, pub.host_port),
-                    *_comment(f"{s.app} has no replicas"),
-                    "-j", "REJECT", "--reject-with", reject,
+                    "-A", CHAIN_INPUT, "-i", bridge, "-d", "127.0.0.0/8", "!", "-s",
+                    "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+                    *_comment(f"route_localnet guard for {bridge}"), "-j", "DROP",
                 ]
             )  # fmt: skip
+    for s in services:
+        proto = s.publish.proto
+        if not s.backends:
+            for pub in s.publishes:
+                # Refuse at once rather than let the port fall through to the host. In INPUT
+                # every packet is local already, so a wildcard needs no address match.
+                dst = [] if pub.wildcard else ["-d", family.host(pub.host_ip)]
+                reject = "tcp-reset" if proto == "tcp" else family.reject_udp
+                rules[CHAIN_INPUT].append(
+                    [
+                        "-A", CHAIN_INPUT, *dst, *_port_match(proto, pub.host_port),
+                        *_comment(f"{s.app} has no replicas"),
+                        "-j", "REJECT", "--reject-with", reject,
+                    ]
+                )  # fmt: skip
             continue
         chain = svc_chain(s.app)
-        hooks = [CHAIN_PREROUTING, CHAIN_OUTPUT] if is_remote_reachable(pub) else [CHAIN_OUTPUT]
-        for hook in hooks:
-            rules[hook].append(["-A", hook, *match, *_comment(s.app), "-j", chain])
+        natted = [p for p in s.publishes if is_natted(p)]
+        for hook in (CHAIN_PREROUTING, CHAIN_OUTPUT):
+            for pub in natted:
+                if hook == CHAIN_PREROUTING and not is_remote_reachable(pub):
+                    continue
+                match = [*_dst_match(pub, family, hook), *_port_match(proto, pub.host_port)]
+                rules[hook].append(["-A", hook, *match, *_comment(s.app), "-j", chain])
         n = len(s.backends)
         weights = [max(1, b.weight) for b in s.backends]
         for i, b in enumerate(s.backends):
@@ -286,28 +382,20 @@ def _chain_rules(
             )  # fmt: skip
             rule = [
                 "-A", chain, *_comment(f"{s.app}/{b.name}"), "-p", proto, *stat,
-                "-j", "DNAT", "--to-destination", f"{b.ip}:{b.port}",
+                "-j", "DNAT", "--to-destination", family.endpoint(b.ip, b.port),
             ]  # fmt: skip
             pkts_bytes = counters.get((s.app, b.name))
             if pkts_bytes is not None:
                 rule.insert(0, f"[{pkts_bytes[0]}:{pkts_bytes[1]}]")
             rules[chain].append(rule)
+        rules[CHAIN_POSTROUTING].extend(_source_nat(s, natted, family, bridge_nets))
+        remote = [p for p in natted if is_remote_reachable(p)]
         for b in s.backends:
-            backend = ["-d", f"{b.ip}/32", *_port_match(proto, b.port)]
-            if is_loopback_reachable(pub):
-                rules[CHAIN_POSTROUTING].append(
-                    [
-                        "-A", CHAIN_POSTROUTING, "-s", "127.0.0.0/8", *backend,
-                        *_comment(f"{s.app}/{b.name} loopback client"), "-j", "MASQUERADE",
-                    ]
-                )  # fmt: skip
-            if is_remote_reachable(pub):
+            backend = ["-d", family.host(b.ip), *_port_match(proto, b.port)]
+            for ct in _ct_matches(remote, family):
                 # Only connections we DNATed from this host port to this backend, both ways:
                 # the reply rule makes lbctl independent of the engine's own FORWARD rules
                 # (Docker accepts its bridges' outbound traffic, other setups may not).
-                orig = [] if pub.host_ip == "0.0.0.0" else ["--ctorigdst", f"{pub.host_ip}/32"]
-                ct = ["-m", "conntrack", "--ctstate", "DNAT", *orig,
-                      "--ctorigdstport", str(pub.host_port)]  # fmt: skip
                 rules[CHAIN_FORWARD].append(
                     [
                         "-A", CHAIN_FORWARD, *backend, *ct, "--ctdir", "ORIGINAL",
@@ -316,13 +404,78 @@ def _chain_rules(
                 )  # fmt: skip
                 rules[CHAIN_FORWARD].append(
                     [
-                        "-A", CHAIN_FORWARD, "-s", f"{b.ip}/32", "-p", proto, "-m", proto,
+                        "-A", CHAIN_FORWARD, "-s", family.host(b.ip), "-p", proto, "-m", proto,
                         "--sport", str(b.port), *ct, "--ctdir", "REPLY",
                         *_comment(f"{s.app}/{b.name} replies"), "-j", "ACCEPT",
                     ]
                 )  # fmt: skip
 
     return rules
+
+
+def _ct_matches(pubs: Sequence[Publish], family: Family) -> list[list[str]]:
+    """One conntrack match per distinct original destination: "DNATed from this publish"."""
+    out: list[list[str]] = []
+    for pub in pubs:
+        orig = [] if pub.wildcard else ["--ctorigdst", family.host(pub.host_ip)]
+        ct = ["-m", "conntrack", "--ctstate", "DNAT", *orig,
+              "--ctorigdstport", str(pub.host_port)]  # fmt: skip
+        if ct not in out:
+            out.append(ct)
+    return out
+
+
+def _source_nat(
+    s: Service,
+    natted: Sequence[Publish],
+    family: Family,
+    bridge_nets: Mapping[str, Sequence[str]],
+) -> list[list[str]]:
+    """LBCTL-POSTROUTING rules of one service with backends (module doc: loopback or local
+    clients, hairpin to the backend itself, same-bridge clients where bridging skips
+    netfilter)."""
+    proto = s.publish.proto
+    port = s.backends[0].port
+    out: list[list[str]] = []
+    remote = [p for p in natted if is_remote_reachable(p)]
+    hairpin_ports = sorted({p.host_port for p in remote})
+    for b in s.backends:
+        backend = ["-d", family.host(b.ip), *_port_match(proto, b.port)]
+        if family.version == 4 and any(is_loopback_reachable(p) for p in natted):
+            out.append(
+                [
+                    "-A", CHAIN_POSTROUTING, "-s", "127.0.0.0/8", *backend,
+                    *_comment(f"{s.app}/{b.name} loopback client"), "-j", "MASQUERADE",
+                ]
+            )  # fmt: skip
+        if family.version == 6 and natted:
+            out.append(
+                [
+                    "-A", CHAIN_POSTROUTING, "-m", "addrtype", "--src-type", "LOCAL", *backend,
+                    "-m", "conntrack", "--ctstate", "DNAT",
+                    *_comment(f"{s.app}/{b.name} local client"), "-j", "MASQUERADE",
+                ]
+            )  # fmt: skip
+        for host_port in hairpin_ports:
+            out.append(
+                [
+                    "-A", CHAIN_POSTROUTING, "-s", family.host(b.ip), *backend,
+                    "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", str(host_port),
+                    *_comment(f"{s.app}/{b.name} hairpin"), "-j", "MASQUERADE",
+                ]
+            )  # fmt: skip
+    for bridge in s.bridges:
+        for net in bridge_nets.get(bridge, ()):
+            for host_port in hairpin_ports:
+                out.append(
+                    [
+                        "-A", CHAIN_POSTROUTING, "-s", net, "-d", net, *_port_match(proto, port),
+                        "-m", "conntrack", "--ctstate", "DNAT", "--ctorigdstport", str(host_port),
+                        "-m", "physdev", "!", "--physdev-is-bridged",
+                        *_comment(f"{s.app} clients on {bridge}"), "-j", "MASQUERADE",
+                    ]
+                )  # fmt: skip
+    return out
 
 
 # --- reading `iptables-save -c` back (pure: the I/O layer hands in the text) ---------------
@@ -410,7 +563,7 @@ def dnat_endpoints(saved: Mapping[str, SavedTable], proto: str) -> set[tuple[str
         dest = rule.option("--to-destination")
         if rule.option("-p") == proto and dest and ":" in dest:
             ip, _, port = dest.rpartition(":")
-            result.add((ip, int(port)))
+            result.add((ip.strip("[]"), int(port)))  # IPv6 targets read [addr]:port
     return result
 
 

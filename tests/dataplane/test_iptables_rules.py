@@ -10,11 +10,14 @@ from __future__ import annotations
 import pytest
 
 from lbctl.dataplane.iptables_rules import (
+    IPV4,
+    IPV6,
     MAX_CHAIN_LEN,
     Backend,
     Service,
     dnat_counters,
     dnat_endpoints,
+    for_family,
     localnet_bridges,
     parse_save,
     render,
@@ -117,6 +120,7 @@ def test_two_backends_half_then_rest() -> None:
 
 
 def test_five_backends_on_all_addresses() -> None:
+    # 0.0.0.0 is reachable from containers too: each backend gets its hairpin MASQUERADE.
     assert render([web(5, "0.0.0.0")]) == (
         "*nat\n"
         ":LBCTL-PREROUTING - [0:0]\n"
@@ -126,10 +130,15 @@ def test_five_backends_on_all_addresses() -> None:
         f'-A LBCTL-PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -m comment --comment "web" -j {WEB}\n'
         f'-A LBCTL-OUTPUT -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -m comment --comment "web" -j {WEB}\n'
         '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-0 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-0 hairpin" -j MASQUERADE\n'
         '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-1 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 172.17.0.3/32 -d 172.17.0.3/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-1 hairpin" -j MASQUERADE\n'
         '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.4/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-2 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 172.17.0.4/32 -d 172.17.0.4/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-2 hairpin" -j MASQUERADE\n'
         '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.5/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-3 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 172.17.0.5/32 -d 172.17.0.5/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-3 hairpin" -j MASQUERADE\n'
         '-A LBCTL-POSTROUTING -s 127.0.0.0/8 -d 172.17.0.6/32 -p tcp -m tcp --dport 80 -m comment --comment "web/web-4 loopback client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s 172.17.0.6/32 -d 172.17.0.6/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-4 hairpin" -j MASQUERADE\n'
         f'-A {WEB} -m comment --comment "web/web-0" -p tcp -m statistic --mode random --probability 0.2000000000 -j DNAT --to-destination 172.17.0.2:80\n'
         f'-A {WEB} -m comment --comment "web/web-1" -p tcp -m statistic --mode random --probability 0.2500000000 -j DNAT --to-destination 172.17.0.3:80\n'
         f'-A {WEB} -m comment --comment "web/web-2" -p tcp -m statistic --mode random --probability 0.3333333333 -j DNAT --to-destination 172.17.0.4:80\n'
@@ -155,7 +164,8 @@ def test_five_backends_on_all_addresses() -> None:
 
 
 def test_specific_host_ip_udp_is_remote_only() -> None:
-    # A non-loopback address: PREROUTING + FORWARD, no MASQUERADE, no route_localnet.
+    # A non-loopback address: PREROUTING + FORWARD, no route_localnet, and only the hairpin
+    # MASQUERADE (the backend reaching its own service).
     dns = Service(
         "dns", Publish("192.0.2.2", 53, 5353, "udp"), (Backend("dns-0", "10.1.0.5", 5353),), ("br-x",)
     )
@@ -168,6 +178,7 @@ def test_specific_host_ip_udp_is_remote_only() -> None:
         f":{DNS} - [0:0]\n"
         f'-A LBCTL-PREROUTING -d 192.0.2.2/32 -p udp -m udp --dport 53 -m comment --comment "dns" -j {DNS}\n'
         f'-A LBCTL-OUTPUT -d 192.0.2.2/32 -p udp -m udp --dport 53 -m comment --comment "dns" -j {DNS}\n'
+        '-A LBCTL-POSTROUTING -s 10.1.0.5/32 -d 10.1.0.5/32 -p udp -m udp --dport 5353 -m conntrack --ctstate DNAT --ctorigdstport 53 -m comment --comment "dns/dns-0 hairpin" -j MASQUERADE\n'
         f'-A {DNS} -m comment --comment "dns/dns-0" -p udp -j DNAT --to-destination 10.1.0.5:5353\n'
         "COMMIT\n"
         "*filter\n"
@@ -299,3 +310,87 @@ def test_unchanged_chains_are_left_out() -> None:
     assert f":{WEB} - [0:0]" not in text
     assert ":LBCTL-INPUT" not in text
     assert ":LBCTL-POSTROUTING - [0:0]" in text and ":LBCTL-FORWARD - [0:0]" in text
+
+
+def dual(*pubs: str, n: int = 2) -> Service:
+    """web on both families: backends with an IPv4 and an IPv6 address."""
+    first, *rest = (Publish.parse(p) for p in pubs)
+    bs = tuple(Backend(f"web-{i}", f"172.30.0.{i + 2}", 80, ip6=f"fd00:1::{i + 2}")
+               for i in range(n))
+    return Service("web", first, bs, ("lbctl0",), tuple(rest))
+
+
+def test_for_family_splits_publishes_and_addresses() -> None:
+    svc = dual("0.0.0.0:8080:80", "127.0.0.1:9090:80", "[::]:8080:80")
+    (v4,) = for_family([svc], IPV4)
+    assert v4.publishes == (Publish("0.0.0.0", 8080, 80), Publish("127.0.0.1", 9090, 80))
+    assert [b.ip for b in v4.backends] == ["172.30.0.2", "172.30.0.3"]
+    (v6,) = for_family([svc], IPV6)
+    assert v6.publishes == (Publish("::", 8080, 80),)
+    assert [(b.name, b.ip, b.ip6) for b in v6.backends] == [
+        ("web-0", "fd00:1::2", None), ("web-1", "fd00:1::3", None)]
+    # No IPv6 publish: nothing in ip6tables. A backend without IPv6 is no IPv6 backend.
+    assert for_family([web(2)], IPV6) == []
+    mixed = Service("web", Publish("::", 80, 80), (Backend("a", "172.17.0.2", 80),), ("docker0",))
+    assert for_family([mixed], IPV6)[0].backends == ()
+
+
+def test_ipv6_wildcard_never_nats_loopback() -> None:
+    (v6,) = for_family([dual("[::]:8080:80")], IPV6)
+    text = render([v6], family=IPV6)
+    assert (
+        '-A LBCTL-PREROUTING -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -m comment --comment "web" -j ' + WEB + "\n"
+        '-A LBCTL-OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 8080 -m comment --comment "web" -j ' + WEB + "\n"
+        '-A LBCTL-POSTROUTING -m addrtype --src-type LOCAL -d fd00:1::2/128 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m comment --comment "web/web-0 local client" -j MASQUERADE\n'
+        '-A LBCTL-POSTROUTING -s fd00:1::2/128 -d fd00:1::2/128 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m comment --comment "web/web-0 hairpin" -j MASQUERADE\n'
+    ) in text
+    assert f'-A {WEB} -m comment --comment "web/web-1" -p tcp -j DNAT --to-destination [fd00:1::3]:80\n' in text
+    assert "-A LBCTL-FORWARD -d fd00:1::3/128 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir ORIGINAL" in text
+    # No route_localnet and no guard for it in IPv6, no 127.0.0.0/8 anywhere.
+    assert "127.0.0.0" not in text and "route_localnet" not in text
+
+
+def test_ipv6_loopback_publish_gets_no_nat_rule() -> None:
+    (v6,) = for_family([dual("[::1]:8080:80")], IPV6)
+    text = render([v6], family=IPV6)
+    assert "-A LBCTL-OUTPUT" not in text and "-A LBCTL-PREROUTING" not in text
+    assert "hairpin" not in text and "-A LBCTL-FORWARD" not in text
+    empty = Service("web", Publish("::1", 8080, 80, "udp"), (), ())
+    assert (
+        '-A LBCTL-INPUT -d ::1/128 -p udp -m udp --dport 8080 -m comment --comment "web has no replicas" -j REJECT --reject-with icmp6-port-unreachable\n'
+    ) in render([empty], family=IPV6)
+
+
+def test_several_publishes_share_one_service_chain() -> None:
+    (v4,) = for_family([dual("127.0.0.1:8080:80", "192.0.2.2:80:80")], IPV4)
+    text = render([v4])
+    assert text.count(f"-j {WEB}\n") == 3  # OUTPUT x2, PREROUTING for the remote one only
+    assert f'-A LBCTL-PREROUTING -d 192.0.2.2/32 -p tcp -m tcp --dport 80 -m comment --comment "web" -j {WEB}' in text
+    assert text.count("DNAT --to-destination") == 2  # one per backend, whatever the publishes
+    assert text.count("loopback client") == 2 and text.count("hairpin") == 2
+    assert "--ctorigdst 192.0.2.2/32 --ctorigdstport 80 --ctdir ORIGINAL" in text
+    assert localnet_bridges([v4]) == frozenset({"lbctl0"})
+
+
+def test_same_bridge_clients_masqueraded_only_where_bridging_skips_netfilter() -> None:
+    (v4,) = for_family([dual("0.0.0.0:8080:80")], IPV4)
+    nets = {"lbctl0": ["172.30.0.0/16"], "docker0": ["172.17.0.0/16"]}
+    text = render([v4], bridge_nets=nets)
+    assert text.count("--physdev-is-bridged") == 1
+    assert (
+        "-A LBCTL-POSTROUTING -s 172.30.0.0/16 -d 172.30.0.0/16 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 -m physdev ! --physdev-is-bridged -m comment --comment \"web clients on lbctl0\" -j MASQUERADE\n"
+    ) in text
+    # Loopback-only publishes are out of containers' reach: no hairpin of any kind.
+    (lo,) = for_family([dual("127.0.0.1:8080:80")], IPV4)
+    text = render([lo], bridge_nets=nets)
+    assert "physdev" not in text and "hairpin" not in text
+
+
+def test_ipv6_endpoints_parse_back() -> None:
+    saved = parse_save(
+        "*nat\n:LBCTL-SVC-JNPFP5XLF5BLSA43 - [0:0]\n"
+        '[3:180] -A LBCTL-SVC-JNPFP5XLF5BLSA43 -p udp -m comment --comment "web/web-0" -j DNAT --to-destination [fd00:1::2]:53\n'
+        "COMMIT\n"
+    )
+    assert dnat_endpoints(saved, "udp") == {("fd00:1::2", 53)}
+    assert dnat_counters(saved) == {("web", "web-0"): (3, 180)}
