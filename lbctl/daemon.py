@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +20,16 @@ from aiohttp import web
 from lbctl import __version__, sdnotify
 from lbctl.api.server import Api
 from lbctl.controller import status as status_mod
+from lbctl.controller import template
 from lbctl.controller.admission import Admission
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import Settings, Shared
+from lbctl.dataplane import hairpin
 from lbctl.dataplane.ebpf import EbpfDataplane
-from lbctl.dataplane.iptables import IptablesDataplane
+from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
 from lbctl.metrics import Metrics
 from lbctl.model import InvalidInput, Mode
@@ -58,6 +61,16 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _machine_id() -> str:
+    """What makes this host's ULA subnet its own (template.ula_subnet)."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            text = Path(path).read_text().strip()
+            if text:
+                return text
+    return socket.gethostname()
+
+
 def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, Settings]:
     """Every part, wired: the one place that knows the concrete classes."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -74,6 +87,7 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
         stop_grace=cfg.stop_grace,
         default_mode=Mode.EBPF if ebpf else Mode.IPTABLES,
         unhealthy_grace=cfg.unhealthy_grace,
+        ipv6_subnet=template.ula_subnet(_machine_id()),
     )
 
     def on_sync(seconds: float, ok: bool) -> None:
@@ -81,12 +95,13 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
         if not ok:
             metrics.sync_errors.labels(dataplane="iptables").inc()
 
-    hostrules = HostRules(IptablesDataplane(cfg.state_dir), cfg.state_dir, on_sync)
+    hostrules = HostRules(DualStackRules(cfg.state_dir), cfg.state_dir, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
     apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable))
     shared = Shared(
         engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
         open_connections=established_connections, metrics=metrics, settings=settings,
+        hairpin=hairpin.enable_async,
     )
     controller = Controller(shared)
     apps.on_change = controller.on_change

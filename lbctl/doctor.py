@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lbctl.dataplane import hostnet
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.runtime.engine import Engine, EngineError
 
@@ -71,6 +72,33 @@ def _conntrack() -> Check:
                  "" if ok else "apt-get install conntrack (stale UDP flows to removed replicas)")
 
 
+def _ipv6() -> Check:
+    reason = hostnet.ipv6_unavailable_reason()
+    if reason is not None:
+        return Check("ipv6", False, reason,
+                     "IPv4 publishes work without it; for [::] publishes enable IPv6 "
+                     "(sysctl net.ipv6.conf.all.disable_ipv6=0) and install iptables")
+    fwd = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+    forwarding = fwd.read_text().strip() == "1" if fwd.exists() else False
+    return Check("ipv6", True,
+                 "IPv6 publishes available (lbctl's network `lbctl`, ip6tables); forwarding "
+                 + ("on" if forwarding else "off until the engine creates that network")
+                 + "; [::1] is never NATed by the kernel, use [::] or a host address")
+
+
+def _bridge_nf() -> Check:
+    state = {4: hostnet.bridge_nf_call(4), 6: hostnet.bridge_nf_call(6)}
+    if state[4] is None:
+        detail = ("br_netfilter absent: same-bridge clients are masqueraded by lbctl's "
+                  "hairpin rules")
+    else:
+        shown = ", ".join(f"ip{'' if f == 4 else '6'}tables={'1' if on else '0'}"
+                          for f, on in state.items())
+        detail = (f"bridge-nf-call {shown}: containers calling their own published address "
+                  "need hairpin_mode on their bridge port (lbctl sets it on its containers)")
+    return Check("bridge netfilter", True, detail)
+
+
 def _ebpf() -> Check:
     reason = EbpfDataplane.unavailable_reason()
     if reason is None:
@@ -82,7 +110,7 @@ def _ebpf() -> Check:
 async def run_doctor(docker_host: str | None = None) -> int:
     checks: list[Check] = []
     sync_checks: list[Callable[[], Check]] = [
-        _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ebpf,
+        _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ipv6, _bridge_nf, _ebpf,
     ]
     checks.extend(f() for f in sync_checks)
     engine = Engine(docker_host)

@@ -18,13 +18,20 @@ def service(spec: AppSpec, p: AppPlan) -> Service:
     if spec.mode is Mode.EBPF:
         sb = p.sandbox
         assert sb is not None and sb.ip is not None
-        return Service(spec.name, spec.publish, (Backend(sb.name, sb.ip, port),),
-                       (sb.bridge,) if sb.bridge else ())
+        return Service(spec.name, spec.publish, (dnat_target(sb, port),),
+                       (sb.bridge,) if sb.bridge else (), spec.extra_publishes)
     members = [c for c in p.backends if c.ip]
-    backends = tuple(Backend(c.name, c.ip or "", port, p.weights.get(c.id, 1)) for c in members)
+    backends = tuple(dnat_target(c, port, p.weights.get(c.id, 1)) for c in members)
     # Adopted containers (docker-compose) sit on their project's own bridge.
     bridges = tuple(sorted({c.bridge for c in members if c.bridge}))
-    return Service(spec.name, spec.publish, backends, bridges)
+    return Service(spec.name, spec.publish, backends, bridges, spec.extra_publishes)
+
+
+def dnat_target(c: Container, port: int, weight: int = 1) -> Backend:
+    """Where the DNAT sends connections for container `c` (a replica, or ebpf mode's
+    sandbox): its addresses on the network template.network_for placed it on, IPv6 too
+    where that network has it."""
+    return Backend(c.name, c.ip or "", port, weight, c.ip6)
 
 
 def ebpf_members(

@@ -11,7 +11,7 @@ from typing import Protocol
 from lbctl.dataplane.ebpf import Member
 from lbctl.dataplane.iptables_rules import Service
 from lbctl.model import Container
-from lbctl.runtime.engine import CreateRequest, EngineEvent
+from lbctl.runtime.engine import CreateRequest, EngineEvent, NetworkSpec
 
 
 class EnginePort(Protocol):
@@ -22,6 +22,10 @@ class EnginePort(Protocol):
     async def create_and_start(self, req: CreateRequest) -> str: ...
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None: ...
+
+    async def ensure_network(self, spec: NetworkSpec) -> None: ...
+
+    async def remove_network(self, name: str) -> bool: ...
 
     async def image_exists(self, image: str) -> bool: ...
 
@@ -57,6 +61,13 @@ class RulesPort(Protocol):
     async def sync(self, services: Sequence[Service]) -> None: ...
 
     async def counters(self) -> dict[tuple[str, str], int]: ...
+
+
+class Hairpin(Protocol):
+    """Puts the bridge ports of a container's namespace in hairpin mode (lbctl.dataplane.
+    hairpin); returns the ports it changed."""
+
+    async def __call__(self, pid: int) -> list[str]: ...
 
 
 class ConnectionCounter(Protocol):

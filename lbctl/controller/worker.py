@@ -22,7 +22,7 @@ from lbctl.controller import backends, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
-from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort
+from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort, Hairpin
 from lbctl.controller.probes import Answers, Prober
 from lbctl.controller.retire import Retirements
 from lbctl.dataplane.ebpf import EbpfError, ListenerError
@@ -50,6 +50,8 @@ class Settings:
     # Longer than any single engine call (they time out on their own), so a pass that hits
     # its limit means something beyond one slow call.
     pass_timeout: float = 60.0
+    # lbctl's own network's IPv6 subnet (template.ula_subnet of the machine id).
+    ipv6_subnet: str = template.ula_subnet("lbctl")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Shared:
     open_connections: ConnectionCounter
     metrics: Metrics
     settings: Settings
+    hairpin: Hairpin | None = None
 
 
 @dataclass
@@ -122,6 +125,7 @@ class AppWorker:
         self._passed = asyncio.Condition()
         self._had_sandbox = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.hairpinned: set[str] = set()  # containers whose bridge port was looked at
 
     # ---- feeding --------------------------------------------------------------------------
 
@@ -209,6 +213,7 @@ class AppWorker:
         self.prober.forget_missing(live)
         self.retirements.forget_missing(live)
         self.ever_ready &= live
+        self.hairpinned &= live
         now = time.monotonic()
         running = {c.id for c in containers if c.running and not c.paused}
         self.doomed = {cid: t for cid, t in self.doomed.items() if cid in running and now < t}
@@ -257,6 +262,9 @@ class AppWorker:
             if p.done:
                 if self.s.ebpf is not None and self.name in self.s.ebpf.pinned_apps():
                     await self.s.ebpf.remove(self.name)
+                # lbctl's network goes with the last app on it (the engine refuses while
+                # another app's container is attached; that app's removal tries again).
+                await self.s.engine.remove_network(template.NETWORK)
                 return True
             return False
 
@@ -297,9 +305,11 @@ class AppWorker:
                 # address goes unanswered and is retried by the client until the new one
                 # (usually on the same address) is up, where a REJECT would fail it at once.
                 if self.name not in self.s.hostrules.apps():
-                    await self.s.hostrules.set(self.name, Service(self.name, spec.publish, (), ()))
+                    await self.s.hostrules.set(
+                        self.name, Service(self.name, spec.publish, (), (), spec.extra_publishes))
                 return
             await self._sync_ebpf(spec, p, containers)
+        await self._hairpin(spec, p)
         await self.s.hostrules.set(self.name, backends.service(spec, p))
         self.view.in_dataplane = frozenset(c.id for c in p.backends)
 
@@ -318,11 +328,43 @@ class AppWorker:
                 self.s.metrics.sync_errors.labels(dataplane="ebpf").inc()
                 raise
 
+    async def _hairpin(self, spec: AppSpec, p: AppPlan) -> None:
+        """Hairpin mode on the bridge port of each DNAT target lbctl created, once per
+        container (lbctl.dataplane.hairpin): without it, a replica calling the published
+        address and sent to itself is not served where bridges pass netfilter. Best effort:
+        other clients are served either way, so a failure is logged, not the pass's."""
+        if self.s.hairpin is None:
+            return
+        targets = [p.sandbox] if spec.mode is Mode.EBPF and p.sandbox else list(p.backends)
+        for c in targets:
+            if c.id in self.hairpinned or not c.managed or not c.pid:
+                continue
+            self.hairpinned.add(c.id)
+            try:
+                changed = await self.s.hairpin(c.pid)
+            except Exception as e:
+                log.warning("cannot set hairpin mode on %s's bridge port: %s", c.name, e,
+                            extra={"app": self.name, "replica": c.name})
+                continue
+            if changed:
+                log.debug("hairpin mode on %s", ", ".join(changed),
+                          extra={"app": self.name, "replica": c.name})
+
+    async def _ensure_network(self, spec: AppSpec) -> None:
+        if template.network_for(spec) is not None:
+            try:
+                await self.s.engine.ensure_network(
+                    template.network_spec(self.s.settings.ipv6_subnet))
+            except EngineError as e:
+                self._note(str(e))
+                raise
+
     async def _create_sandbox(self, spec: AppSpec) -> None:
         if self._had_sandbox:
             self.s.metrics.sandbox_repairs.labels(app=self.name).inc()
             log.warning("sandbox lost: recreating it and re-joining replicas",
                         extra={"app": self.name})
+        await self._ensure_network(spec)
         req = template.sandbox_request(spec, self.s.settings.sandbox_image)
         try:
             await self.s.engine.create_and_start(req)
@@ -336,6 +378,8 @@ class AppWorker:
         if now < self.create_not_before:
             asyncio.get_running_loop().call_later(self.create_not_before - now, self.wake)
             return
+        if spec.mode is Mode.IPTABLES:
+            await self._ensure_network(spec)
         jobs = []
         for create in p.create:
             template_spec = spec
@@ -440,7 +484,7 @@ class AppWorker:
         probed: list[Container] = []
         now = time.monotonic()
         leaving = self.retirements.ids()
-        answers = self._answers_for(spec)
+        answers = self._answers_for(spec, containers)
         for c in containers:
             if c.role != ROLE_REPLICA or not c.running or c.paused or c.id in leaving:
                 continue
@@ -472,8 +516,12 @@ class AppWorker:
                 log.info("replica %s", state, extra={"app": c.app, "replica": c.name})
         return changed
 
-    def _answers_for(self, spec: AppSpec) -> Answers:
-        return readiness.answers_for(spec, self.s.ebpf, self._fail)
+    def _answers_for(self, spec: AppSpec, containers: list[Container]) -> Answers:
+        # A replica that joined a sandbox has no network of its own: its traffic crosses the
+        # sandbox's bridge.
+        by_id = {c.id: c.bridge for c in containers}
+        bridges = {c.id: c.bridge or by_id.get(c.joined_to or "") for c in containers}
+        return readiness.answers_for(spec, self.s.ebpf, self._fail, bridges)
 
 
 def _counts(p: AppPlan, containers: list[Container]) -> dict[ReplicaState, int]:

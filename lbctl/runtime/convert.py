@@ -42,6 +42,17 @@ def first_network(d: dict[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
+def first_ipv6(d: dict[str, Any]) -> str | None:
+    """The global IPv6 address on the network first_network() names (an IPv6-enabled one,
+    such as lbctl's own; Docker's default bridge has none unless the daemon enables it)."""
+    first = first_network(d)
+    if first is None:
+        return None
+    n = ((d.get("NetworkSettings") or {}).get("Networks") or {}).get(first[0]) or {}
+    addr = n.get("GlobalIPv6Address")
+    return str(addr) if addr else None
+
+
 def to_container(d: dict[str, Any], bridge: str | None) -> Container:
     cfg = d.get("Config") or {}
     labels: dict[str, str] = cfg.get("Labels") or {}
@@ -69,6 +80,7 @@ def to_container(d: dict[str, Any], bridge: str | None) -> Container:
         paused=bool(state.get("Paused")),
         health=health or None,
         ip=ip,
+        ip6=first_ipv6(d),
         pid=int(state.get("Pid") or 0) or None,
         started_at=started,
         joined_to=joined_to(str(host_cfg.get("NetworkMode") or "")),

@@ -59,9 +59,20 @@ class CreateRequest:
     env: Mapping[str, str]
     command: Sequence[str] = ()
     join: str | None = None  # id of a container whose network namespace this one shares
+    network: str | None = None  # network to attach to (None: the engine's default bridge)
     sysctls: Mapping[str, str] | None = None
     ulimits: Sequence[Mapping[str, Any]] = ()
     extra_host_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A bridge network lbctl creates for its containers (see controller.template)."""
+
+    name: str
+    labels: Mapping[str, str]
+    ipv6_subnet: str | None = None  # IPv6 enabled with this subnet
+    bridge: str | None = None  # host bridge interface name, where the engine lets us pick
 
 
 class Engine:
@@ -212,7 +223,7 @@ class Engine:
         if not self._version_known:  # Podman's ulimits must be known before the first create
             await self.version()
         host_config: dict[str, Any] = {
-            "NetworkMode": join_mode(req.join) if req.join else "bridge",
+            "NetworkMode": join_mode(req.join) if req.join else (req.network or "bridge"),
             "RestartPolicy": {"Name": "no"},
             "Init": False,
         }
@@ -241,6 +252,59 @@ class Engine:
         except aiodocker.DockerError as e:
             raise EngineError(f"starting container {req.name}: {e.message}") from e
         return str(container.id)
+
+    async def ensure_network(self, spec: NetworkSpec) -> None:
+        """Create the bridge network `spec` unless a network of that name exists (then it is
+        used as it is: lbctl never changes a network it finds)."""
+        await self._call(f"creating network {spec.name}", self._ensure_network(spec))
+
+    async def _ensure_network(self, spec: NetworkSpec) -> None:
+        try:
+            await self.docker.networks.get(spec.name)
+            return
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                raise EngineError(f"inspecting network {spec.name}: {e.message}") from e
+        config: dict[str, Any] = {
+            "Name": spec.name,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Labels": dict(spec.labels),
+            "EnableIPv6": spec.ipv6_subnet is not None,
+        }
+        if spec.ipv6_subnet is not None:
+            # IPv4 comes from the engine's own pools; only the IPv6 /64 is ours to pick.
+            config["IPAM"] = {"Driver": "default", "Config": [{"Subnet": spec.ipv6_subnet}]}
+        if spec.bridge and self.flavor == "docker":
+            config["Options"] = {"com.docker.network.bridge.name": spec.bridge}
+        try:
+            await self.docker.networks.create(config)
+        except aiodocker.DockerError as e:
+            if e.status == 409:  # created meanwhile (another worker): just as good
+                return
+            raise EngineError(f"creating network {spec.name}: {e.message}") from e
+        self._bridges.pop(spec.name, None)
+        log.info("network created", extra={"network": spec.name, "ipv6": spec.ipv6_subnet})
+
+    async def remove_network(self, name: str) -> bool:
+        """Remove network `name` if it exists and no container uses it; True if it went.
+        Never raises for "in use" or "absent": the next app that needs it creates it again."""
+        return await self._call(f"removing network {name}", self._remove_network(name))
+
+    async def _remove_network(self, name: str) -> bool:
+        try:
+            net = await self.docker.networks.get(name)
+            info = await net.show()
+            if info.get("Containers"):
+                return False
+            await net.delete()
+        except aiodocker.DockerError as e:
+            if e.status in (403, 404, 409) or "in use" in str(e.message).lower():
+                return False
+            raise EngineError(f"removing network {name}: {e.message}") from e
+        self._bridges = {k: v for k, v in self._bridges.items() if k != name}
+        log.info("network removed", extra={"network": name})
+        return True
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
         await self._call(
@@ -325,5 +389,6 @@ __all__ = [
     "EngineError",
     "EngineEvent",
     "ImageNotFound",
+    "NetworkSpec",
     "docker_host",
 ]
