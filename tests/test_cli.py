@@ -81,3 +81,21 @@ def test_version() -> None:
     r = subprocess.run([sys.executable, "-m", "lbctl", "--version"], capture_output=True,
                        text=True, check=False)
     assert r.returncode == 0 and r.stdout.startswith("lbctl ")
+
+
+def test_publish_repeated_and_in_brackets() -> None:
+    from lbctl.cli.inputs import spec_from_run
+    from lbctl.cli.parser import build_parser
+
+    def body(*publish: str) -> dict[str, object]:
+        flags = [x for p in publish for x in ("-p", p)]
+        args = build_parser().parse_args(["run", "web", "--image", "x", *flags])
+        return spec_from_run(args, [])
+
+    assert body("8080:80")["publish"] == "127.0.0.1:8080:80/tcp"  # one stays a string
+    assert body("0.0.0.0:80:8080", "[::]:80:8080")["publish"] == [
+        "0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
+    with pytest.raises(InvalidInput, match="overlaps"):
+        body("0.0.0.0:80:8080", "127.0.0.1:80:8080")
+    dual = {**_app(1), "publishes": ["0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]}
+    assert "web  ebpf  0.0.0.0:80:8080/tcp,[::]:80:8080/tcp  1/1 ready" in render_table([dual])

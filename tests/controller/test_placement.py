@@ -1,0 +1,94 @@
+"""Where an app's DNAT targets live and what the rules send to them (pure: no engine)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from lbctl.controller import backends, hostrules, readiness, template
+from lbctl.controller.planner import AppPlan
+from lbctl.dataplane.iptables_rules import Backend
+from lbctl.model import AppSpec, Container
+from lbctl.runtime.convert import to_container
+
+
+def spec(mode: str, *publish: str) -> AppSpec:
+    return AppSpec.from_json({"name": "web", "image": "x", "publish": list(publish),
+                              "mode": mode, "replicas": 2})
+
+
+def container(name: str, ip: str, ip6: str | None, role: str = "replica") -> Container:
+    return Container(f"id-{name}", name, "web", role, True, 1, True, None, ip, 10, 0.0,
+                     bridge="lbctl0", ip6=ip6)
+
+
+def test_only_ipv6_apps_move_to_lbctls_network() -> None:
+    v4 = spec("iptables", "0.0.0.0:80:8080")
+    dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
+    assert template.network_for(v4) is None
+    assert template.network_for(dual) == template.NETWORK
+    assert template.replica_request(dual, 1, "h", 1, None).network == "lbctl"
+    assert template.replica_request(v4, 1, "h", 1, None).network is None
+    ebpf = spec("ebpf", "[::]:80:8080")
+    # ebpf mode: the sandbox holds the namespace; replicas join it and need no network.
+    assert template.sandbox_request(ebpf).network == "lbctl"
+    assert template.replica_request(ebpf, 1, "h", 1, "sandbox-id").network is None
+    net = template.network_spec(template.ula_subnet("machine"))
+    assert (net.name, net.bridge, net.labels) == ("lbctl", "lbctl0", {"lbctl.managed": "true"})
+
+
+def test_ula_subnet_is_a_stable_unique_local_64() -> None:
+    a, b = template.ula_subnet("host-a"), template.ula_subnet("host-b")
+    assert a == template.ula_subnet("host-a") and a != b
+    net = ipaddress.IPv6Network(a)
+    assert net.prefixlen == 64 and net.subnet_of(ipaddress.IPv6Network("fd00::/8"))
+
+
+def test_service_carries_both_addresses_and_every_publish() -> None:
+    dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
+    a, b = container("web-1", "172.30.0.2", "fd00::2"), container("web-2", "172.30.0.3", None)
+    svc = backends.service(dual, AppPlan(backends=[a, b]))
+    assert svc.backends == (Backend("web-1", "172.30.0.2", 8080, 1, "fd00::2"),
+                            Backend("web-2", "172.30.0.3", 8080, 1, None))
+    assert svc.publishes == dual.publishes and svc.bridges == ("lbctl0",)
+    sb = container("web-sandbox", "172.30.0.9", "fd00::9", "sandbox")
+    svc = backends.service(spec("ebpf", "0.0.0.0:80:8080", "[::]:80:8080"), AppPlan(sandbox=sb))
+    assert svc.backends == (Backend("web-sandbox", "172.30.0.9", 8080, 1, "fd00::9"),)
+    # What the daemon keeps in services.json comes back the same, and an older file (no
+    # IPv6, no extra publishes) still reads.
+    saved = hostrules._service_json(svc)
+    assert hostrules._service(saved) == svc
+    old = {"app": "web", "publish": "127.0.0.1:80:8080/tcp", "bridges": ["docker0"],
+           "backends": [["web-1", "172.17.0.2", 8080, 1]]}
+    assert hostrules._service(old).backends == (Backend("web-1", "172.17.0.2", 8080, 1),)
+
+
+def test_engine_json_gives_the_ipv6_address() -> None:
+    d: dict[str, Any] = {
+        "Id": "abc", "Name": "/web-1", "State": {"Running": True, "Pid": 7},
+        "Config": {"Labels": {"lbctl.app": "web"}},
+        "NetworkSettings": {"Networks": {"lbctl": {
+            "NetworkID": "n1", "IPAddress": "172.30.0.2", "GlobalIPv6Address": "fd00::2"}}},
+    }
+    c = to_container(d, "lbctl0")
+    assert (c.ip, c.ip6, c.bridge) == ("172.30.0.2", "fd00::2", "lbctl0")
+    d["NetworkSettings"]["Networks"]["lbctl"]["GlobalIPv6Address"] = ""
+    assert to_container(d, "docker0").ip6 is None
+
+
+async def test_no_replica_of_an_ipv6_app_is_ready_while_its_bridge_is_tentative() -> None:
+    dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
+    c = container("web-1", "127.0.0.1", "::1")
+    asked: list[str | None] = []
+
+    def tentative(bridge: str | None) -> bool:
+        asked.append(bridge)
+        return False
+
+    answers = readiness.answers_for(dual, None, lambda m: None, {c.id: "lbctl0"}, tentative)
+    assert await answers(c) is False and asked == ["lbctl0"]
+    # An IPv4-only app does not ask.
+    v4 = spec("iptables", "127.0.0.1:80:8080")
+    asked.clear()
+    await readiness.answers_for(v4, None, lambda m: None, {}, tentative)(c)
+    assert asked == []

@@ -1,0 +1,246 @@
+"""Every kind of client end to end: a remote host, another container, a replica calling its
+own service (hairpin), IPv6 and UDP. Real daemon, real engine, real rules, real traffic.
+
+The other clients of the suite are this process on 127.0.0.1; here they are:
+- a "remote host": a network namespace of the test's own behind a veth pair (tests.clients),
+  reaching the host's address on that link over IPv4 and IPv6;
+- a container on the engine's bridge (lbctl/client, built from images/client), reaching the
+  host's address on that bridge;
+- a replica's own network namespace (`--network container:<replica>`, or the sandbox's in
+  ebpf mode, which is every replica's): its source address is the replica's, so the DNAT can
+  send it back to itself, the hairpin case that needs both lbctl's MASQUERADE and the
+  bridge port's hairpin_mode.
+Each test ends with `lbctl rm` and checks that iptables-save and ip6tables-save are as they
+were before the app existed (lbctl's own IPv6 network goes with its last app).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import (
+    container_requests,
+    hairpin_port,
+    ip6tables_save,
+    ipv6_forwarding,
+    local_requests,
+    ns_requests,
+    remote_host,
+    restore_ipv6_forwarding,
+    source_image,
+)
+from tests.helpers import ENGINES, Daemon, app_containers, docker, free_port, iptables_save
+
+pytestmark = pytest.mark.engine
+
+TAG = 20 + os.getpid() % 200  # this process's remote-host subnet (tests.clients.remote_host)
+
+
+@pytest.fixture
+def host_tables(daemon: Daemon) -> Iterator[tuple[str, str]]:
+    """iptables-save and ip6tables-save before the test's app; afterwards IPv6 forwarding as it
+    was (Docker turns it on for the whole host when lbctl creates its IPv6 network, and
+    leaves it on) and no network of lbctl's left behind."""
+    forwarding = ipv6_forwarding()
+    try:
+        yield iptables_save(), ip6tables_save()
+    finally:
+        for cli in ("docker", "podman"):
+            docker("network", "rm", "lbctl", check=False, cli=cli)
+        restore_ipv6_forwarding(forwarding)
+
+
+def _gateway(cli: str) -> str:
+    """The host's address on the engine's default bridge."""
+    name = "bridge" if cli == "docker" else "podman"
+    info = json.loads(docker("network", "inspect", name, cli=cli))[0]
+    if cli == "docker":
+        return str(info["IPAM"]["Config"][0]["Gateway"])
+    for sub in info.get("subnets") or info.get("Subnets") or []:
+        if sub.get("gateway"):
+            return str(sub["gateway"])
+    raise LookupError(f"no gateway in podman network: {info}")
+
+
+def _replicas(name: str, n: int) -> set[str]:
+    return {f"{name}-{i}" for i in range(1, n + 1)}
+
+
+def _assert_spread(seen: Counter[str], name: str, n: int, sent: int, what: str) -> None:
+    print(f"{what}: {dict(seen)}")
+    assert sum(seen.values()) == sent
+    assert set(seen) == _replicas(name, n), f"{what}: {dict(seen)}"
+    assert min(seen.values()) >= sent // (3 * n), f"{what}: {dict(seen)}"
+
+
+# Lines the engines write for their own containers and networks: others' containers may come
+# and go while a test runs (the e2e lock serializes lbctl's tests, not every engine user).
+_ENGINE_LINE = re.compile(r"DOCKER|docker0|br-[0-9a-f]{12}|CNI-|cni-podman|podman")
+
+
+def _same_rules(after: str, before: str) -> None:
+    assert "LBCTL" not in after
+    if after != before:
+        def ours(text: str) -> list[str]:
+            return [ln for ln in text.splitlines() if not _ENGINE_LINE.search(ln)]
+        assert ours(after) == ours(before)
+
+
+def _assert_host_as_before(d: Daemon, name: str, tables: tuple[str, str], cli: str) -> None:
+    d.ok("rm", name)
+    assert app_containers(name, cli=cli) == []
+    _same_rules(iptables_save(), tables[0])
+    _same_rules(ip6tables_save(), tables[1])
+    assert "lbctl" not in docker("network", "ls", "--format", "{{.Name}}", cli=cli).split()
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_remote_host_and_ipv6(daemon: Daemon, app_name: str, mode: str,
+                              host_tables: tuple[str, str]) -> None:
+    image = source_image("demo")
+    port = free_port()
+    daemon.ok("run", app_name, "--image", image, "-p", f"0.0.0.0:{port}:8080",
+              "-p", f"[::]:{port}:8080", "--replicas", "3", "--mode", mode,
+              "-e", "BIND=::", timeout=120)
+    st = daemon.status(app_name)
+    assert st["publish"] == f"0.0.0.0:{port}:8080/tcp"
+    assert st["publishes"] == [f"0.0.0.0:{port}:8080/tcp", f"[::]:{port}:8080/tcp"]
+    assert st["ready"] == 3
+    sent = 0
+    with remote_host(TAG) as r:
+        seen = ns_requests(r, "tcp", r.host_ip, port, 90)
+        _assert_spread(seen, app_name, 3, 90, f"{mode}: remote host over IPv4 to {r.host_ip}")
+        seen = ns_requests(r, "tcp", r.host_ip6, port, 90)
+        _assert_spread(seen, app_name, 3, 90, f"{mode}: remote host over IPv6 to {r.host_ip6}")
+        # This host's own clients, to its IPv6 address on that link, and on 127.0.0.1.
+        seen = local_requests("tcp", r.host_ip6, port, 60)
+        _assert_spread(seen, app_name, 3, 60, f"{mode}: local client to {r.host_ip6}")
+        sent = 240
+    seen = local_requests("tcp", "127.0.0.1", port, 60)
+    _assert_spread(seen, app_name, 3, 60, f"{mode}: local client to 127.0.0.1")
+    sent += 60
+
+    # IPv6 loopback is never NATed (the kernel drops the replies): a [::] publish leaves ::1
+    # to the host, where nothing listens, so a ::1 client is refused at once, not left hanging.
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("::1", port), 3):
+        pass
+    print(f"{mode}: [::1] refused in {1000 * (time.monotonic() - t0):.1f} ms")
+
+    # Both families' connections are counted per replica.
+    total = sum(r["connections_total"] for r in daemon.status(app_name)["replicas"])
+    print(f"{mode}: connections_total over the replicas: {total} (sent {sent})")
+    assert total >= sent
+    _assert_host_as_before(daemon, app_name, host_tables, "docker")
+
+
+@pytest.mark.parametrize(
+    ("engine", "mode"),
+    [("docker", "iptables"), ("docker", "ebpf"), ("podman", "iptables")],
+)
+def test_container_client_and_hairpin(daemon: Daemon, app_name: str, engine: str, mode: str,
+                                      host_tables: tuple[str, str]) -> None:
+    cli = ENGINES[engine][0]
+    name = f"{app_name}{engine[0]}{mode[0]}"
+    image, client = source_image("demo", cli), source_image("client", cli)
+    port = free_port()
+    daemon.ok("run", name, "--image", image, "-p", f"0.0.0.0:{port}:8080",
+              "--replicas", "3", "--mode", mode, timeout=120)
+    gw = _gateway(cli)
+
+    # Another container on the engine's bridge, to the host's address on that bridge.
+    seen = container_requests(client, "tcp", gw, port, 60, cli=cli)
+    _assert_spread(seen, name, 3, 60, f"{engine}/{mode}: container on the bridge to {gw}")
+
+    # A replica calling its own service through the published address: its namespace is
+    # the replica's (ebpf mode: the sandbox's, shared by every replica).
+    cs = app_containers(name, cli=cli)
+    role = "sandbox" if mode == "ebpf" else "replica"
+    caller = next(c for c in cs if c["Config"]["Labels"].get("lbctl.role", "replica") == role)
+    me = caller["Name"].lstrip("/")
+    seen = container_requests(client, "tcp", gw, port, 30, network=f"container:{caller['Id']}",
+                              cli=cli)
+    print(f"{engine}/{mode}: {me} calling {gw}:{port}: {dict(seen)}")
+    assert sum(seen.values()) == 30 and set(seen) <= _replicas(name, 3), seen
+    if mode == "iptables":
+        assert me in seen, "the DNAT never sent the replica to itself: hairpin not exercised"
+
+    # What makes the hairpin work where bridges pass netfilter: the port's hairpin_mode,
+    # which lbctl set (Docker does not; Podman's CNI config does). Without it, the calls the
+    # DNAT sends back to the caller are lost: all of them in ebpf mode.
+    port_mode = hairpin_port(int(caller["State"]["Pid"]))
+    assert port_mode.read_text().strip() == "1"
+    port_mode.write_text("0\n")
+    try:
+        tries = 10 if mode == "ebpf" else 24
+        off = container_requests(client, "tcp", gw, port, tries, timeout_ms=400,
+                                 network=f"container:{caller['Id']}", cli=cli)
+    finally:
+        port_mode.write_text("1\n")
+    answered = {k: v for k, v in off.items() if not k.startswith("ERR")}
+    print(f"{engine}/{mode}: with hairpin_mode=0: {sum(answered.values())} of {tries} "
+          f"answered: {dict(off)}")
+    assert me not in answered
+    if mode == "ebpf":
+        assert not answered
+    else:
+        assert sum(answered.values()) < tries
+    _assert_host_as_before(daemon, name, host_tables, cli)
+
+
+def test_udp_iptables_both_families(daemon: Daemon, app_name: str,
+                                    host_tables: tuple[str, str]) -> None:
+    image, client = source_image("demo"), source_image("client")
+    port = free_port()
+    daemon.ok("run", app_name, "--image", image, "-p", f"0.0.0.0:{port}:5353/udp",
+              "-p", f"[::]:{port}:5353/udp", "--replicas", "3", "--mode", "iptables",
+              "-e", "UDP_PORT=5353", "-e", "BIND=::", timeout=120)
+    assert daemon.status(app_name)["ready"] == 3
+    # A UDP replica is ready once it runs (no handshake to probe): give the three a moment to
+    # bind, bounded, before measuring.
+    deadline = time.monotonic() + 10
+    first = local_requests("udp", "127.0.0.1", port, 30, timeout=0.5)
+    while set(first) != _replicas(app_name, 3) and time.monotonic() < deadline:
+        first = local_requests("udp", "127.0.0.1", port, 30, timeout=0.5)
+    print(f"udp: first datagrams after run returned: {dict(first)}")
+
+    # Each datagram from a socket of its own: a new flow, DNATed afresh. The demo's reply
+    # starts with the replica's name (or is "<name> <payload>" where it echoes).
+    seen = local_requests("udp", "127.0.0.1", port, 90)
+    _assert_spread(seen, app_name, 3, 90, "udp: local client to 127.0.0.1")
+    with remote_host(TAG) as r:
+        seen = ns_requests(r, "udp", r.host_ip, port, 90)
+        _assert_spread(seen, app_name, 3, 90, f"udp: remote host over IPv4 to {r.host_ip}")
+        seen = ns_requests(r, "udp", r.host_ip6, port, 90)
+        _assert_spread(seen, app_name, 3, 90, f"udp: remote host over IPv6 to {r.host_ip6}")
+    # From a container on docker0 to a service whose replicas live on lbctl's own network:
+    # across bridges, through lbctl's FORWARD rules ahead of Docker's isolation.
+    seen = container_requests(client, "udp", _gateway("docker"), port, 60)
+    _assert_spread(seen, app_name, 3, 60, "udp: container on docker0")
+    _assert_host_as_before(daemon, app_name, host_tables, "docker")
+
+
+def test_ipv6_refused_in_one_line_where_it_cannot_work(daemon: Daemon, app_name: str,
+                                                      tmp_path: Path) -> None:
+    """[::1] cannot be NATed by the kernel: refused with exit 2 and nothing changed."""
+    before = iptables_save(), ip6tables_save()
+    r = daemon.cli("run", app_name, "--image", "lbctl/demo", "-p", "[::1]:8080:8080")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "does not NAT IPv6 loopback" in r.stderr
+    r = daemon.cli("run", app_name, "--image", "lbctl/demo", "-p", "::1:8080:8080")
+    assert r.returncode == 2 and "brackets" in r.stderr, r.stderr
+    r = daemon.cli("run", app_name, "--image", "lbctl/demo", "-p", "0.0.0.0:80:8080",
+                   "-p", "[::]:80:9090")
+    assert r.returncode == 2 and "CONTAINER_PORT" in r.stderr, r.stderr
+    assert daemon.api("GET", "/apps")["apps"] == []
+    _same_rules(iptables_save(), before[0])
+    _same_rules(ip6tables_save(), before[1])
