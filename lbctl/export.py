@@ -59,17 +59,27 @@ def to_compose(spec: AppSpec) -> str:
     service["deploy"] = {"replicas": spec.replicas}
     doc = {
         "services": {spec.name: service},
-        "x-lbctl": {"app": spec.name, "publish": str(pub), "mode": str(spec.mode)},
+        "x-lbctl": {"app": spec.name, "publish": _publish_field(spec), "mode": str(spec.mode)},
     }
     header = (
         f"# {spec.name}: exported by `lbctl export {spec.name} --format compose`.\n"
         f"# Compose cannot share one host port between replicas; lbctl publishes it and\n"
         f"# adopts these containers (label {LABEL_APP}={spec.name}):\n"
-        f"#   lbctl run {spec.name} --image {spec.image} -p {pub} --replicas 0 "
+        f"#   lbctl run {spec.name} --image {spec.image} {_publish_flags(spec)} --replicas 0 "
         f"--mode iptables\n"
         f"#   docker-compose up -d\n"
     )
     return header + _dump(doc)
+
+
+def _publish_field(spec: AppSpec) -> str | list[str]:
+    """One publish as a string, several as a list: as in lbctl's own JSON."""
+    pubs = [str(p) for p in spec.publishes]
+    return pubs[0] if len(pubs) == 1 else pubs
+
+
+def _publish_flags(spec: AppSpec) -> str:
+    return " ".join(f"-p {p}" for p in spec.publishes)
 
 
 def k8s_name(name: str) -> str:
@@ -105,14 +115,22 @@ def to_kubernetes(spec: AppSpec) -> str:
             "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
         },
     }
+    host_ports = sorted({p.host_port for p in spec.publishes})
     service_spec: dict[str, Any] = {
         "type": "LoadBalancer",
         "selector": {"app.kubernetes.io/name": name},
         "ports": [
-            {"name": pub.proto, "protocol": proto, "port": pub.host_port,
-             "targetPort": pub.container_port}
+            {"name": pub.proto if len(host_ports) == 1 else f"{pub.proto}-{port}",
+             "protocol": proto, "port": port, "targetPort": pub.container_port}
+            for port in host_ports
         ],
     }
+    families = {p.family for p in spec.publishes}
+    if families == {4, 6}:
+        service_spec["ipFamilyPolicy"] = "PreferDualStack"
+        service_spec["ipFamilies"] = ["IPv4", "IPv6"]
+    elif families == {6}:
+        service_spec["ipFamilies"] = ["IPv6"]
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -123,7 +141,8 @@ def to_kubernetes(spec: AppSpec) -> str:
         f"# {spec.name}: exported by `lbctl export {spec.name} --format kubernetes`.\n"
         f"# Service type LoadBalancer: port {pub.host_port} as lbctl publishes it (a NodePort\n"
         f"# would have to be in 30000-32767); targetPort {pub.container_port}.\n"
-        + (f"# lbctl publishes it on {pub.host_ip} only; restrict access on the cluster side.\n"
-           if pub.host_ip != "0.0.0.0" else "")
+        + (f"# lbctl publishes it on {', '.join(p.host_ip for p in spec.publishes)} only; "
+           "restrict access on the cluster side.\n"
+           if not any(p.wildcard for p in spec.publishes) else "")
     )
     return header + _dump(deployment, service)

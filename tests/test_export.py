@@ -91,3 +91,15 @@ def test_unknown_format() -> None:
     assert export(_spec(), "compose") == to_compose(_spec())
     with pytest.raises(InvalidInput, match="unknown export format"):
         export(_spec(), "helm")
+
+
+def test_several_publishes_export_every_address_and_family() -> None:
+    spec = AppSpec.from_json({"name": "web", "image": "lbctl/demo:latest", "replicas": 2,
+                              "publish": ["0.0.0.0:80:8080", "[::]:80:8080"]})
+    compose = export(spec, "compose")
+    assert "-p 0.0.0.0:80:8080/tcp -p [::]:80:8080/tcp --replicas 0" in compose
+    assert yaml.safe_load(compose)["x-lbctl"]["publish"] == [
+        "0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
+    svc = list(yaml.safe_load_all(export(spec, "kubernetes")))[1]["spec"]
+    assert svc["ports"] == [{"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": 8080}]
+    assert svc["ipFamilyPolicy"] == "PreferDualStack" and svc["ipFamilies"] == ["IPv4", "IPv6"]

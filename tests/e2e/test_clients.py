@@ -222,11 +222,57 @@ def test_udp_iptables_both_families(daemon: Daemon, app_name: str,
         _assert_spread(seen, app_name, 3, 90, f"udp: remote host over IPv4 to {r.host_ip}")
         seen = ns_requests(r, "udp", r.host_ip6, port, 90)
         _assert_spread(seen, app_name, 3, 90, f"udp: remote host over IPv6 to {r.host_ip6}")
-    # From a container on docker0 to a service whose replicas live on lbctl's own network:
-    # across bridges, through lbctl's FORWARD rules ahead of Docker's isolation.
-    seen = container_requests(client, "udp", _gateway("docker"), port, 60)
-    _assert_spread(seen, app_name, 3, 60, "udp: container on docker0")
+        # From a container on docker0 to a service whose replicas live on lbctl's own
+        # network: across bridges, through lbctl's FORWARD rules ahead of Docker's isolation.
+        seen = container_requests(client, "udp", _gateway("docker"), port, 60)
+        _assert_spread(seen, app_name, 3, 60, "udp: container on docker0")
+        _flows_leave_a_paused_replica(daemon, app_name, port, ["127.0.0.1", r.host_ip6])
     _assert_host_as_before(daemon, app_name, host_tables, "docker")
+
+
+def _udp_ask(s: socket.socket, host: str, port: int, tries: int = 1) -> str:
+    for _ in range(tries):
+        s.sendto(b"which\n", (host, port))
+        try:
+            return s.recv(4096).decode().split()[0]
+        except OSError:
+            continue
+    return "ERR no answer"
+
+
+def _flows_leave_a_paused_replica(d: Daemon, name: str, port: int, hosts: list[str]) -> None:
+    """UDP flows (one socket each: its datagrams are one conntrack entry) keep their replica,
+    and move to another when theirs leaves the data plane while it still exists. Without
+    lbctl deleting the removed backend's conntrack entries they would keep going to it until
+    the entry times out. (A removed container is no test of that: Docker deletes the entries
+    of an address it releases; a paused one keeps its address.)"""
+    flows = [(h, socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET,
+                               socket.SOCK_DGRAM)) for h in hosts for _ in range(8)]
+    victim = ""
+    try:
+        for _, s in flows:
+            s.settimeout(1.0)
+        before = [_udp_ask(s, h, port, 3) for h, s in flows]
+        again = [_udp_ask(s, h, port, 3) for h, s in flows]
+        print(f"udp: {len(flows)} flows on {Counter(before)}")
+        assert again == before, "a flow changed replica with nothing changed"
+        victim = Counter(before).most_common(1)[0][0]
+        docker("pause", victim)
+        t0 = time.monotonic()
+        d.wait(lambda: all(r["state"] != "ready" or r["name"] != victim
+                           for r in d.status(name)["replicas"]), 15, f"{victim} out")
+        after = [_udp_ask(s, h, port, 3) for h, s in flows]
+        print(f"udp: {victim} paused, out of the data plane in {time.monotonic() - t0:.2f}s; "
+              f"the flows now on {Counter(after)}")
+        for was, now in zip(before, after, strict=True):
+            assert now != victim and not now.startswith("ERR"), (before, after)
+            if was != victim:
+                assert now == was, "a flow of a replica still serving moved"
+    finally:
+        if victim:
+            docker("unpause", victim, check=False)
+        for _, s in flows:
+            s.close()
 
 
 def test_ipv6_refused_in_one_line_where_it_cannot_work(daemon: Daemon, app_name: str,
