@@ -5,7 +5,7 @@ them structurally; tests put fakes here to drive the controller without an engin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from lbctl.dataplane.ebpf import Member
@@ -25,7 +25,7 @@ class EnginePort(Protocol):
 
     async def ensure_network(self, spec: NetworkSpec) -> None: ...
 
-    async def remove_network(self, name: str) -> bool: ...
+    async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool: ...
 
     async def image_exists(self, image: str) -> bool: ...
 

@@ -264,7 +264,8 @@ class AppWorker:
                     await self.s.ebpf.remove(self.name)
                 # lbctl's network goes with the last app on it (the engine refuses while
                 # another app's container is attached; that app's removal tries again).
-                await self.s.engine.remove_network(template.NETWORK)
+                net = template.network_spec(self.s.settings.ipv6_subnet)
+                await self.s.engine.remove_network(net.name, net.labels)
                 return True
             return False
 

@@ -260,11 +260,18 @@ class Engine:
 
     async def _ensure_network(self, spec: NetworkSpec) -> None:
         try:
-            await self.docker.networks.get(spec.name)
-            return
+            net = await self.docker.networks.get(spec.name)
+            info = await net.show()
         except aiodocker.DockerError as e:
             if e.status != 404:
                 raise EngineError(f"inspecting network {spec.name}: {e.message}") from e
+        else:
+            if not _has_labels(info, spec.labels):
+                raise EngineError(
+                    f"a network named {spec.name} exists and is not lbctl's: rename or remove "
+                    "it (lbctl places apps that publish IPv6 on a network of its own)"
+                )
+            return
         config: dict[str, Any] = {
             "Name": spec.name,
             "Driver": "bridge",
@@ -286,16 +293,17 @@ class Engine:
         self._bridges.pop(spec.name, None)
         log.info("network created", extra={"network": spec.name, "ipv6": spec.ipv6_subnet})
 
-    async def remove_network(self, name: str) -> bool:
-        """Remove network `name` if it exists and no container uses it; True if it went.
-        Never raises for "in use" or "absent": the next app that needs it creates it again."""
-        return await self._call(f"removing network {name}", self._remove_network(name))
+    async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Remove network `name` if it carries `labels` (it is lbctl's) and no container uses
+        it; True if it went. Never raises for "in use" or "absent": the next app that needs
+        it creates it again."""
+        return await self._call(f"removing network {name}", self._remove_network(name, labels))
 
-    async def _remove_network(self, name: str) -> bool:
+    async def _remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
         try:
             net = await self.docker.networks.get(name)
             info = await net.show()
-            if info.get("Containers"):
+            if info.get("Containers") or not _has_labels(info, labels):
                 return False
             await net.delete()
         except aiodocker.DockerError as e:
@@ -381,6 +389,12 @@ class Engine:
                 await task
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise EngineError(f"event stream failed: {task.exception()}")
+
+
+def _has_labels(network: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    # Docker says "Labels", Podman's compatible API "Labels" or its own "labels".
+    have = network.get("Labels") or network.get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
 
 
 __all__ = [

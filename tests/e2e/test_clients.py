@@ -55,7 +55,10 @@ def host_tables(daemon: Daemon) -> Iterator[tuple[str, str]]:
         yield iptables_save(), ip6tables_save()
     finally:
         for cli in ("docker", "podman"):
-            docker("network", "rm", "lbctl", check=False, cli=cli)
+            ours = docker("network", "ls", "-q", "--filter", "label=lbctl.managed=true",
+                          check=False, cli=cli).split()
+            if ours:
+                docker("network", "rm", *ours, check=False, cli=cli)
         restore_ipv6_forwarding(forwarding)
 
 
@@ -290,3 +293,19 @@ def test_ipv6_refused_in_one_line_where_it_cannot_work(daemon: Daemon, app_name:
     assert daemon.api("GET", "/apps")["apps"] == []
     _same_rules(iptables_save(), before[0])
     _same_rules(ip6tables_save(), before[1])
+
+
+def test_a_foreign_network_named_lbctl_is_neither_used_nor_removed(
+    daemon: Daemon, app_name: str
+) -> None:
+    docker("network", "create", "--label", "lbctl.test=1", "lbctl")
+    try:
+        r = daemon.cli("run", app_name, "--image", "lbctl/demo", "-p", f"[::]:{free_port()}:8080",
+                       "--mode", "iptables", "--timeout", "8")
+        print(f"run beside a foreign `lbctl` network: exit {r.returncode}: {r.stderr.strip()}")
+        assert r.returncode == 1 and "a network named lbctl exists and is not lbctl's" in r.stderr
+        assert daemon.api("GET", "/apps")["apps"] == []  # a failed run leaves nothing
+        labels = docker("network", "inspect", "lbctl", "--format", "{{json .Labels}}")
+        assert json.loads(labels) == {"lbctl.test": "1"}
+    finally:
+        docker("network", "rm", "lbctl", check=False)
