@@ -64,6 +64,10 @@ class Shared:
     open_connections: ConnectionCounter
     metrics: Metrics
     settings: Settings
+    # How a spec's replicas are probed (tests replace it; see controller/readiness.py).
+    answers: Callable[[AppSpec, EbpfPort | None, Callable[[str], None]], Answers] = (
+        readiness.answers_for
+    )
 
 
 @dataclass
@@ -473,7 +477,7 @@ class AppWorker:
         return changed
 
     def _answers_for(self, spec: AppSpec) -> Answers:
-        return readiness.answers_for(spec, self.s.ebpf, self._fail)
+        return self.s.answers(spec, self.s.ebpf, self._fail)
 
 
 def _counts(p: AppPlan, containers: list[Container]) -> dict[ReplicaState, int]:
