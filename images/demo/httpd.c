@@ -15,6 +15,12 @@
 //   DELAY_MS       wait this long before answering each request.
 //   GRACE_MS       upper bound of the graceful shutdown (default 5000).
 //   UDP_PORT       also answer UDP datagrams on this port.
+//   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
+//                  behave): `docker stop` then waits its whole grace and kills.
+//
+// Signals: SIGTERM/SIGINT drain and exit; SIGUSR1 closes the TCP listener and
+// keeps running (a replica that stopped serving: probes and health checks
+// fail), SIGUSR2 opens it again.
 //
 // `httpd --check` GETs / on 127.0.0.1:$PORT and exits 0 on a 200 (for
 // HEALTHCHECK, as the image has no shell or curl).
@@ -89,6 +95,8 @@ struct response {
 static struct {
     int ep;
     struct tag listen, udp, sig;
+    int port;        // the TCP port, to open the listener again after SIGUSR1
+    bool reuseport;
     char name[256];
     size_t name_len;
     struct response resp[2][2];  // [head][close]
@@ -529,12 +537,22 @@ static void start_drain(void)
     fprintf(stderr, "httpd: %s: draining, %zu request(s) in flight\n", S.name, busy);
 }
 
+static void open_listener(void);
+
 static void on_signal(bool *stop)
 {
     struct signalfd_siginfo si;
     while (read(S.sig.fd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
             *stop = true;
+        else if (si.ssi_signo == SIGUSR1 && S.listen.fd >= 0 && !S.draining) {
+            close(S.listen.fd);  // epoll forgets a closed fd by itself
+            S.listen.fd = -1;
+            fprintf(stderr, "httpd: %s: listener closed (SIGUSR1)\n", S.name);
+        } else if (si.ssi_signo == SIGUSR2 && S.listen.fd < 0 && !S.draining) {
+            open_listener();
+            fprintf(stderr, "httpd: %s: listener open again (SIGUSR2)\n", S.name);
+        }
     }
 }
 
@@ -567,6 +585,14 @@ static int bind_socket(int type, int port, bool reuseport)
         die("bind");
     }
     return fd;
+}
+
+static void open_listener(void)
+{
+    S.listen.fd = bind_socket(SOCK_STREAM, S.port, S.reuseport);
+    if (listen(S.listen.fd, BACKLOG) < 0)
+        die("listen");
+    ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
 }
 
 static void raise_nofile(void)
@@ -661,8 +687,14 @@ int main(int argc, char **argv)
     // PID 1 in a container, unhandled signals would be ignored anyway.
     sigset_t mask;
     sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
+    const char *it = getenv("IGNORE_TERM");
+    if (it && strcmp(it, "1") == 0)
+        signal(SIGTERM, SIG_IGN);
+    else
+        sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGUSR2);
     if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
         die("sigprocmask");
 
@@ -677,10 +709,9 @@ int main(int argc, char **argv)
     ep_ctl(EPOLL_CTL_ADD, S.sig.fd, EPOLLIN, &S.sig);
 
     S.listen.kind = K_LISTEN;
-    S.listen.fd = bind_socket(SOCK_STREAM, (int)port, reuseport);
-    if (listen(S.listen.fd, BACKLOG) < 0)
-        die("listen");
-    ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+    S.port = (int)port;
+    S.reuseport = reuseport;
+    open_listener();
 
     S.udp.kind = K_UDP;
     S.udp.fd = -1;

@@ -116,7 +116,9 @@ class Api:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket():
             path.unlink()
-        self.runner = web.AppRunner(self.app, access_log=None)
+        # A stopping daemon does not wait for long requests (an `rm` waiting for its drains):
+        # their clients see the connection close and `lbctl status` tells the rest.
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
         # Create the socket with no access for others from the first moment, then open it
         # to the lbctl group: a chmod after bind would leave a window.

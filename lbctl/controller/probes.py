@@ -56,6 +56,11 @@ class Prober:
         rec = self.records.get(container_id)
         return rec.state if rec else None
 
+    def failing(self, container_id: str) -> bool:
+        """The last probe failed (a verdict may be one probe away)."""
+        rec = self.records.get(container_id)
+        return rec is not None and rec.failures > 0
+
     def checked_at(self, container_id: str) -> float:
         rec = self.records.get(container_id)
         return rec.checked_at if rec else 0.0

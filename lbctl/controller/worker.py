@@ -123,6 +123,7 @@ class AppWorker:
         self.create_failures = 0
         self.create_not_before = 0.0
         self._wake = asyncio.Event()
+        self._fast = False  # a replica is going away: take it out before asking the engine
         self._passed = asyncio.Condition()
         self._had_sandbox = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,7 +134,8 @@ class AppWorker:
         self._wake.set()
 
     def on_event(self, ev: EngineEvent) -> None:
-        if ev.fatal:
+        if ev.fatal and ev.container_id not in self.doomed:
+            self._fast = True
             # `kill` is announced before the signal is delivered: taking the replica out now
             # closes most of the window in which new connections would still be sent to a
             # dying process. The mark expires, since the engine's list may never show the
@@ -156,6 +158,9 @@ class AppWorker:
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(self.s.settings.pass_timeout):
+                        if self._fast:
+                            self._fast = False
+                            await self.fast_sync()
                         done = await self.pass_once()
                 except asyncio.CancelledError:
                     raise
@@ -255,7 +260,8 @@ class AppWorker:
         for c in p.retire:
             self.retirements.start(c, port if c.role == ROLE_REPLICA else None,
                                    surplus=c.id in p.surplus)
-            if c.running and c.role == ROLE_REPLICA and c.spec_hash not in (None, desired.hash):
+            if (spec is not None and c.running and c.role == ROLE_REPLICA
+                    and c.spec_hash not in (None, desired.hash)):
                 self._step_log("draining", c)
         if spec is None:
             if p.done:
@@ -271,6 +277,31 @@ class AppWorker:
             self.create_failures = 0
         self.s.metrics.set_replica_states(self.name, _counts(p, containers))
         return False
+
+    async def fast_sync(self) -> None:
+        """The data plane only, from what the last pass saw plus the engine's announcement
+        that a replica is going away: no engine call stands between a `kill` event and the
+        replica leaving the data plane (an engine busy stopping 63 containers of another app
+        answers a list in seconds). The full pass that follows confirms it."""
+        desired = self.s.apps.desired(self.name)
+        containers = self.view.containers
+        if desired.spec is None or not containers:
+            return
+        now = time.monotonic()
+        self.doomed = {cid: t for cid, t in self.doomed.items() if now < t}
+        observed = Observed(
+            containers=containers,
+            probes=self.prober.verdicts(),
+            retiring=self.retirements.ids(),
+            doomed=frozenset(self.doomed),
+            ever_ready=frozenset(self.ever_ready),
+            now=now,
+            wall=time.time(),
+            blocked=True,  # nothing is created from a stale view
+            unhealthy_grace=self.s.settings.unhealthy_grace,
+            last_step=self.last_step,
+        )
+        await self._sync(desired, plan_app(desired, observed), containers)
 
     def _blocked(self, desired: Desired) -> bool:
         spec = desired.spec
@@ -455,6 +486,7 @@ class AppWorker:
                 spec.mode is Mode.EBPF
                 and state is ReplicaState.READY
                 and c.health != "unhealthy"
+                and not self.prober.failing(c.id)
                 and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
             ):
                 # A ready replica's listener is in the sockmap, and a closed socket leaves
