@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, free_port, spread
+from harness.daemon import Daemon
+from harness.host import free_port
+from harness.traffic import spread
 
 pytestmark = pytest.mark.engine
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENGINES, Daemon, app_containers, docker, free_port, iptables_save, spread
+from harness.daemon import Daemon
+from harness.engine import ENGINES, app_containers, docker
+from harness.host import free_port, iptables_save
+from harness.traffic import spread
 
 pytestmark = pytest.mark.engine
 

@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 
+from harness import PREFIX
 from lbctl.model import LABEL_APP
 from lbctl.runtime.engine import (
     CreateRequest,
@@ -18,7 +19,6 @@ from lbctl.runtime.engine import (
     podman_ulimits,
     replica_labels,
 )
-from tests.helpers import PREFIX
 
 
 def test_events_are_normalized() -> None:
