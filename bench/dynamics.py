@@ -15,18 +15,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import wrk
 from bench.env import (
     PIN_ROOT,
     Env,
     container_ip,
     container_pid,
-    docker,
     proc_cpu_seconds,
     run_backend,
     run_sandbox,
 )
 from bench.image import PORT
+from harness import wrk
+from harness.engine import docker
 from lbctl.dataplane.ebpf import pins, table
 from lbctl.dataplane.iptables_rules import svc_chain
 

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import PIN_ROOT
+from harness.host import free_port
 from lbctl.dataplane import bpfsys, ebpf
 from lbctl.dataplane.ebpf import pins
 from lbctl.dataplane.ebpf.table import write_table
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
-from tests.helpers import free_port
 
 Log = Callable[[str], None]
 

@@ -1,4 +1,4 @@
-"""Fixtures for the whole suite (helpers live in tests/helpers.py)."""
+"""Fixtures for the whole suite (the daemon, engine and traffic helpers live in harness/)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENGINES, PREFIX, Daemon, cleanup_leftovers, host_lock
+from harness import PREFIX
+from harness.daemon import Daemon
+from harness.engine import ENGINES, cleanup_leftovers
+from harness.host import host_lock
 
 
 @pytest.fixture

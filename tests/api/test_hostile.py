@@ -17,15 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import (
-    PREFIX,
-    Daemon,
-    _UnixHTTPConnection,
-    app_containers,
-    docker,
-    free_port,
-    iptables_save,
-)
+from harness import PREFIX
+from harness.daemon import Daemon, UnixHTTPConnection
+from harness.engine import app_containers, docker
+from harness.host import free_port, iptables_save
 
 pytestmark = pytest.mark.engine
 
@@ -50,7 +45,7 @@ class Req:
 
 
 def send(d: Daemon, r: Req) -> tuple[int, str, bytes]:
-    conn = _UnixHTTPConnection(str(d.socket))
+    conn = UnixHTTPConnection(str(d.socket))
     conn.timeout = 30
     try:
         headers = {"Content-Type": "application/json"}

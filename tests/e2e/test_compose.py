@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, docker, free_port, spread
+from harness.daemon import Daemon
+from harness.engine import docker
+from harness.host import free_port
+from harness.traffic import spread
 
 pytestmark = pytest.mark.engine
 

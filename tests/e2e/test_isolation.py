@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.daemon import Daemon
+from harness.engine import docker
+from harness.host import free_port
+from harness.traffic import Load, get, spread
 from tests.e2e.engineproxy import EngineProxy
-from tests.helpers import Daemon, Load, docker, free_port, get, spread
 
 pytestmark = pytest.mark.engine
 
