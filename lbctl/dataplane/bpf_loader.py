@@ -28,7 +28,7 @@ import time
 PROG_NAME = "lbctl_select"
 PROG_TYPE_SK_REUSEPORT = 21  # bcc 0.26 has no constant for it
 ATTACH_SELECT_OR_MIGRATE = 40  # BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: migration of queued conns
-MAP_NAMES = ("sockets", "selection", "config", "steered", "reasons", "cursor")
+MAP_NAMES = ("sockets", "groups", "selection", "config", "flows", "steered", "reasons", "cursor")
 BPFFS = pathlib.Path("/sys/fs/bpf")
 
 

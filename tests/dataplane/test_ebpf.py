@@ -392,7 +392,8 @@ async def test_damaged_state_file_is_set_aside_and_the_app_steers_again(
     try:
         await first.sync(APP, PORT, netns.pid, members(pids))
         await connect(netns, 90)
-        assert json.loads(path.read_text())["slots"] == {"web-1": 0, "web-2": 1, "web-3": 2}
+        assert json.loads(path.read_text())["slots"] == {
+            "web-1 tcp4 127.0.0.1": 0, "web-2 tcp4 127.0.0.1": 1, "web-3 tcp4 127.0.0.1": 2}
         first.close()
         path.write_text('{"held": {"x": "y"}}')
 
@@ -409,7 +410,7 @@ async def test_damaged_state_file_is_set_aside_and_the_app_steers_again(
         assert await second.counters(APP) == {"web-2": tally["web-2"], "web-3": tally["web-3"]}
         assert (await second.reasons(APP))["fallback"] == 0
         saved = json.loads(path.read_text())["slots"]
-        assert set(saved) == {"web-2", "web-3"}
+        assert set(saved) == {"web-2 tcp4 127.0.0.1", "web-3 tcp4 127.0.0.1"}
         fd = bpfsys.obj_get(str(pin_root / "web~t" / "sockets"))
         try:
             occupied = {s for s in range(MAX_SLOTS)
