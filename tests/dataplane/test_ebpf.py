@@ -15,12 +15,13 @@ import os
 import pathlib
 import signal
 import struct
+import subprocess
 import sys
 import time
 
 import pytest
 
-from lbctl.dataplane import bpf_loader, bpfsys
+from lbctl.dataplane import bpf_loader, bpfsys, sockets
 from lbctl.dataplane.ebpf import (
     MAX_SLOTS,
     EbpfDataplane,
@@ -314,3 +315,83 @@ async def test_established_counts_open_connections(dp: EbpfDataplane, netns: Net
         assert bpfsys.map_lookup(fd, struct.pack("=I", 0), 8) is None
     finally:
         os.close(fd)  # the kernel dropped the closed socket from the sockmap
+
+
+async def test_upgrade_from_the_program_before_listener_groups(
+    tmp_path: pathlib.Path, pin_root: pathlib.Path, netns: Netns
+) -> None:
+    """A host that ran the previous lbctl: its program (one table, no groups, no flows) is
+    pinned and attached, its state file keys slots by replica name.  The first sync of this
+    version must swap the current program in, keep every replica on its slot and counter,
+    and steer on."""
+    old_src = pathlib.Path(__file__).parent / "data" / "lbctl_reuseport_v1.c"
+    old_tag = bpf_loader.source_tag(old_src)
+    pin = pin_root / "web~t"
+    pin.mkdir(parents=True)
+    old_maps = ("sockets", "selection", "config", "steered", "reasons", "cursor")
+    script = (
+        "import sys, bcc\n"
+        "from lbctl.dataplane import bpfsys\n"
+        "src, pin, tag = sys.argv[1:4]\n"
+        "b = bcc.BPF(src_file=src.encode())\n"
+        "fn = b.load_func(b'lbctl_select', 21, attach_type=40)\n"
+        "bpfsys.obj_pin(fn.fd, f'{pin}/prog_{tag}')\n"
+        "for name in sys.argv[4:]:\n"
+        "    bpfsys.obj_pin(bcc.libbcc.lib.bpf_table_fd(b.module, name.encode()),\n"
+        "                   f'{pin}/{name}')\n"
+    )
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script, str(old_src), str(pin), old_tag,
+                         *old_maps], check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    pids = netns.farm(["web-1", "web-2"])
+
+    def plant() -> dict[str, list[int]]:
+        """What the old daemon wrote: a slot per name, one table (entries [0, 256)), its
+        length and active half in config[1] and config[0]; the program attached."""
+        fds = {name: bpfsys.obj_get(str(pin / name)) for name in old_maps}
+        prog = bpfsys.obj_get(str(pin / f"prog_{old_tag}"))
+        held = {}
+        try:
+            for slot, pid in enumerate(pids[n] for n in sorted(pids)):
+                [listener] = sockets.find_listeners(pid, PORT)
+                fd = sockets.take(listener)
+                try:
+                    bpfsys.map_update(fds["sockets"], struct.pack("=I", slot),
+                                      struct.pack("=Q", fd))  # fmt: skip
+                    held[str(slot)] = [pid, listener.inode, sockets.cookie(fd), listener.pid,
+                                       listener.fd]  # fmt: skip
+                    bpfsys.map_update(fds["selection"], struct.pack("=I", slot),
+                                      struct.pack("=I", slot))  # fmt: skip
+                    if slot == 0:
+                        sockets.attach_program(fd, prog)
+                finally:
+                    os.close(fd)
+            bpfsys.map_update(fds["config"], struct.pack("=I", 1), struct.pack("=I", 2))
+        finally:
+            for fd in [*fds.values(), prog]:
+                os.close(fd)
+        return held
+
+    held = await asyncio.to_thread(plant)
+    state = tmp_path / "state"
+    (state / "ebpf").mkdir(parents=True)
+    (state / "ebpf" / f"{APP}.json").write_text(json.dumps(
+        {"slots": {"web-1": 0, "web-2": 1}, "retired": {}, "held": held}))
+    before = await connect(netns, 100)
+    assert_even(before, list(pids), 100, 0.15)  # the old program steers
+
+    dp = EbpfDataplane(state, pin_root)
+    try:
+        await dp.sync(APP, PORT, netns.pid, members(pids))
+        assert dp.loaded_tag(APP) == bpf_loader.source_tag() != old_tag
+        assert {"groups", "flows"} <= set(os.listdir(pin))
+        saved = json.loads((state / "ebpf" / f"{APP}.json").read_text())
+        assert saved["slots"] == {"web-1 tcp4 127.0.0.1": 0, "web-2 tcp4 127.0.0.1": 1}
+        assert await dp.counters(APP) == dict(before)  # carried, per replica
+        after = await connect(netns, 100)
+        assert_even(after, list(pids), 100, 0.15)
+        assert await dp.counters(APP) == dict(before + after)
+        assert (await dp.reasons(APP))["fallback"] == 0
+    finally:
+        await dp.remove(APP)
