@@ -8,7 +8,7 @@ at ~130 MB RSS for good, while the daemon must stay small.  The daemon only open
 Pins written into DIR (created atomically: everything goes into a sibling temp dir that is
 renamed to DIR at the end, so a half-written DIR never exists):
     prog_<tag>   the program (tag = version of the C source, see source_tag())
-    sockets selection config steered reasons cursor   its maps
+    sockets groups selection config flows steered reasons cursor   its maps (MAP_NAMES)
 
 On failure the process exits 1 with the reason on stderr; libbcc prints the verifier log to
 stderr as well, and the daemon puts all of it in the exception it raises.

@@ -9,6 +9,11 @@ and /proc work runs in worker threads (asyncio.to_thread), so the event loop nev
 A listener is borrowed from the replica (pidfd_getfd) only long enough to insert it into the
 sockmap and attach the program: the daemon never keeps a replica's listener alive, so
 stopping a replica frees its port at once.
+
+A replica's listeners are searched for (sock_diag, /proc) only while it has none in the map
+yet, lost one, or started less than STARTUP_RESCAN ago; afterwards a sync costs one map
+lookup per listener.  A socket that a replica opens later in its life is not seen until its
+others close (its group then works without it: the kernel's own choice for that socket).
 """
 
 from __future__ import annotations
