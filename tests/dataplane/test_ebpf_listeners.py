@@ -13,6 +13,7 @@ import asyncio
 import collections
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lbctl.dataplane import bpfsys
+from lbctl.dataplane import bpf_loader, bpfsys
 from lbctl.dataplane.ebpf import EbpfDataplane, ListenerError, Member
 from tests.dataplane.ebpf_harness import APP, KERNEL, PORT, Netns, members
 
@@ -353,6 +354,29 @@ async def test_a_group_without_sockets_is_unregistered(
     assert set(await flows.send("b", v4.start)) == {"web-1"}
     reasons = await dp.reasons(APP)
     assert reasons["no_group"] == 10 and reasons["select_error"] == 0
+
+
+async def test_udp_flows_keep_their_replica_across_a_program_upgrade(
+    dp: EbpfDataplane, netns: Netns, flows: UdpFlows, tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The new program gets the old one's flow map: no flow changes replicas, even one that
+    the new table alone would hash elsewhere (web-2 drains across the upgrade)."""
+    pids = farm(netns, "udp4", ["web-1", "web-2", "web-3"])
+    one, two, three = members(pids)
+    await dp.sync(APP, PORT, netns.pid, [one, two, three], proto="udp")
+    await flows.add(200)
+    before = await flows.send("a")
+    counted = await dp.counters(APP)
+    src = tmp_path / "lbctl_reuseport.c"
+    src.write_text(bpf_loader.source_path().read_text() + "\n/* v2 */\n")
+    monkeypatch.setenv("LBCTL_BPF_SRC", str(src))
+    old_tag = dp.loaded_tag(APP)
+    await dp.sync(APP, PORT, netns.pid, [one, three], draining=[two], proto="udp")
+    assert dp.loaded_tag(APP) == bpf_loader.source_tag(src) != old_tag
+    assert await flows.send("b") == before
+    assert await dp.counters(APP) == counted  # flows, carried; none new
+    assert (await dp.reasons(APP))["flow_moved"] == 0
 
 
 async def test_udp_socket_without_reuseport_is_refused(dp: EbpfDataplane, netns: Netns) -> None:
