@@ -15,8 +15,12 @@
  *
  * Which group: the packet's own family is the wrong key (a dual-stack AF_INET6 group receives
  * IPv4 packets), so the group is named by its socket, md->sk: family, protocol, bound address
- * and port, looked up in `groups`, which the controller fills with a small index per group.
- * Each group has its own double-buffered selection table and round-robin cursor.
+ * and port.  The controller registers a small index per group: a group bound to the wildcard
+ * address (the usual case; md->bind_inany) in `wildcard`, an array keyed by protocol and
+ * family that the verifier turns into a few loads, any other in `groups`, a hash of the whole
+ * key (measured with bench/progcost.py: the hash lookup costs a TCP SYN ~80 ns, the array
+ * next to nothing).  Each group has its own double-buffered selection table and round-robin
+ * cursor.
  *
  * TCP: exact round-robin over the table; queued connections of a closing listener migrate.
  * UDP: a datagram of a known flow goes to the replica that flow went to, as long as that
@@ -104,8 +108,13 @@ struct flow {
 /* slot -> socket of a replica (ready or draining); value: fd on update, socket cookie on
  * lookup (8-byte values make the cookie readable from user space). */
 BPF_TABLE("sockmap", u32, u64, sockets, MAX_SLOTS);
-/* Written by the controller only, entries added and deleted but never rewritten in place;
- * not preallocated, so a deleted entry is freed only after every program run that saw it. */
+/* Wildcard-bound groups: key (protocol == UDP) * 2 + (family == AF_INET6), value the group's
+ * index + 1 (0: none registered).  The port needs no place in the key: the program is only
+ * attached to groups on the app's port. */
+BPF_ARRAY(wildcard, u32, 4);
+/* Groups bound to a specific address.  Written by the controller only, entries added and
+ * deleted but never rewritten in place; not preallocated, so a deleted entry is freed only
+ * after every program run that saw it. */
 BPF_F_TABLE("hash", struct group_key, u32, groups, MAX_GROUPS, BPF_F_NO_PREALLOC);
 BPF_ARRAY(selection, u32, MAX_GROUPS * 2 * TABLE_LEN);
 BPF_ARRAY(config, u32, MAX_GROUPS * N_CFG);
@@ -171,27 +180,39 @@ int lbctl_select(struct sk_reuseport_md *md)
     struct bpf_sock *sk = md->sk;
     if (!sk)
         return SK_PASS; /* the kernel always sets it; the check costs nothing */
-    struct group_key gk = {};
-    gk.family = sk->family;
-    gk.protocol = sk->protocol;
-    gk.port = sk->src_port;
-    if (gk.family == AF_INET6) {
-        gk.addr[0] = sk->src_ip6[0];
-        gk.addr[1] = sk->src_ip6[1];
-        gk.addr[2] = sk->src_ip6[2];
-        gk.addr[3] = sk->src_ip6[3];
+    u32 protocol = sk->protocol;
+    u32 g;
+    if (md->bind_inany) {
+        u32 w = (protocol == IPPROTO_UDP) * 2 + (sk->family == AF_INET6);
+        u32 *wp = wildcard.lookup(&w);
+        if (!wp || *wp == 0) {
+            /* A group the controller has not registered yet (its first listener is being
+             * inserted) or no longer serves: the kernel's own hash keeps the client served. */
+            count_reason(R_NO_GROUP);
+            return SK_PASS;
+        }
+        g = *wp - 1;
     } else {
-        gk.addr[0] = sk->src_ip4;
+        struct group_key gk = {};
+        gk.family = sk->family;
+        gk.protocol = protocol;
+        gk.port = sk->src_port;
+        if (gk.family == AF_INET6) {
+            gk.addr[0] = sk->src_ip6[0];
+            gk.addr[1] = sk->src_ip6[1];
+            gk.addr[2] = sk->src_ip6[2];
+            gk.addr[3] = sk->src_ip6[3];
+        } else {
+            gk.addr[0] = sk->src_ip4;
+        }
+        u32 *gp = groups.lookup(&gk);
+        if (!gp) {
+            /* Not registered (as above): the kernel's own hash. */
+            count_reason(R_NO_GROUP);
+            return SK_PASS;
+        }
+        g = *gp;
     }
-    /* The one lookup classing costs: the group's index, which every other key derives from. */
-    u32 *gp = groups.lookup(&gk);
-    if (!gp) {
-        /* A group the controller has not registered yet (its first listener is being
-         * inserted) or no longer serves: the kernel's own hash keeps the client served. */
-        count_reason(R_NO_GROUP);
-        return SK_PASS;
-    }
-    u32 g = *gp;
     if (g >= MAX_GROUPS)
         return SK_PASS; /* the controller never writes one; the verifier wants the bound */
 
@@ -208,7 +229,7 @@ int lbctl_select(struct sk_reuseport_md *md)
     if (len > TABLE_LEN)
         len = TABLE_LEN;
 
-    if (gk.protocol == IPPROTO_UDP) {
+    if (protocol == IPPROTO_UDP) {
         struct flow_key fk = {.hash = md->hash, .group = g};
         u64 now = bpf_ktime_get_ns();
         struct flow *f = flows.lookup(&fk);

@@ -27,6 +27,7 @@ BPF_OBJ_GET = 7
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_ENABLE_STATS = 32
 
 BPF_ANY = 0
 
@@ -198,6 +199,20 @@ def prog_info(fd: int) -> tuple[int, int]:
     """(program type, program id) of a program fd."""
     ptype, pid = struct.unpack_from("=II", _info(fd, 256))
     return ptype, pid
+
+
+def prog_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program fd: counted only while some process holds the fd
+    that enable_stats() returns (bench/progcost.py)."""
+    raw = _info(fd, 232)  # struct bpf_prog_info, up to and past run_cnt
+    run_ns, runs = struct.unpack_from("=QQ", raw, 192)
+    return run_ns, runs
+
+
+def enable_stats() -> int:
+    """Turn the kernel's per-program run-time statistics on until the returned fd is closed
+    (BPF_ENABLE_STATS: unlike the kernel.bpf_stats_enabled sysctl, it cannot be left on)."""
+    return _sys(BPF_ENABLE_STATS, _attr(struct.pack("=I", 0)), "enable stats")
 
 
 @cache

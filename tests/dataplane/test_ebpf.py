@@ -385,7 +385,7 @@ async def test_upgrade_from_the_program_before_listener_groups(
     try:
         await dp.sync(APP, PORT, netns.pid, members(pids))
         assert dp.loaded_tag(APP) == bpf_loader.source_tag() != old_tag
-        assert {"groups", "flows"} <= set(os.listdir(pin))
+        assert {"wildcard", "groups", "flows"} <= set(os.listdir(pin))
         saved = json.loads((state / "ebpf" / f"{APP}.json").read_text())
         assert saved["slots"] == {"web-1 tcp4 127.0.0.1": 0, "web-2 tcp4 127.0.0.1": 1}
         assert await dp.counters(APP) == dict(before)  # carried, per replica

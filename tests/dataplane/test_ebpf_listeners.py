@@ -3,8 +3,9 @@ sockets, each reuseport group with its own table (namespaces and fixtures: ebpf_
 
 The replicas here are forked by MULTI_FARM, each with the sockets a spec lists on PORT:
 tcp4/udp4 on 0.0.0.0, tcp6/udp6 on :: with IPV6_V6ONLY, tcpdual/udpdual on :: taking IPv4
-too; a trailing "!" leaves SO_REUSEPORT off.  A TCP connection is answered with the replica's
-name, a datagram with "<name> <payload>", so a client knows who answered what it sent.
+too; "@ADDR" binds ADDR instead of the wildcard, a trailing "!" leaves SO_REUSEPORT off.
+A TCP connection is answered with the replica's name, a datagram with "<name> <payload>", so
+a client knows who answered what it sent.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lbctl.dataplane import bpf_loader, bpfsys
-from lbctl.dataplane.ebpf import EbpfDataplane, ListenerError, Member
+from lbctl.dataplane import bpf_loader
+from lbctl.dataplane.ebpf import EbpfDataplane, ListenerError, Member, pins, table
 from tests.dataplane.ebpf_harness import APP, KERNEL, PORT, Netns, members
 
 pytestmark = KERNEL
@@ -32,7 +33,7 @@ import os, select, signal, socket, sys, time
 port, specs, names = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3:]
 def make(spec):
     reuse = not spec.endswith("!")
-    spec = spec.rstrip("!")
+    spec, _, addr = spec.rstrip("!").partition("@")
     proto, fam = spec[:3], spec[3:]
     family = socket.AF_INET if fam == "4" else socket.AF_INET6
     s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
@@ -40,7 +41,7 @@ def make(spec):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if fam == "dual" else 1)
-    s.bind(("0.0.0.0" if fam == "4" else "::", port))
+    s.bind((addr or ("0.0.0.0" if fam == "4" else "::"), port))
     if proto == "tcp":
         s.listen(1024)
     return s
@@ -325,6 +326,29 @@ async def test_separate_ipv4_and_ipv6_sockets_each_get_their_group_s_table(
         assert (await flows.send("b", fresh.start)).count("web-3") > 10
 
 
+async def test_sockets_bound_to_an_address_are_found_by_the_whole_key(
+    dp: EbpfDataplane, netns: Netns, flows: UdpFlows
+) -> None:
+    """Groups bound to a specific address are registered in the `groups` hash (the wildcard
+    ones in an array by protocol and family): UDP flows on both families steered by them."""
+    names = ["web-1", "web-2", "web-3"]
+    pids = farm(netns, "udp4@127.0.0.1,udp6@::1", names)
+    await dp.sync(APP, PORT, netns.pid, members(pids), proto="udp")
+    assert set(state(dp)["groups"]) == {"udp4 127.0.0.1", "udp6 ::1"}
+    maps = pins.open_pins(dp.pin_root / "web~t")
+    try:
+        assert sorted(map(len, table.registered_groups(maps.fds))) == [28, 28]  # hash keys
+    finally:
+        maps.close()
+    await flows.add(300, "4")
+    await flows.add(300, "6")
+    got = await flows.send("a")
+    assert await flows.send("b") == got
+    assert_spread(collections.Counter(got[:300]), names, 0.3)
+    assert_spread(collections.Counter(got[300:]), names, 0.3)
+    await assert_clean(dp)
+
+
 async def test_a_group_without_sockets_is_unregistered(
     dp: EbpfDataplane, netns: Netns, flows: UdpFlows
 ) -> None:
@@ -339,11 +363,11 @@ async def test_a_group_without_sockets_is_unregistered(
     assert state(dp)["groups"] == {"udp4 0.0.0.0": 0, "udp6 ::": 1}
     await dp.sync(APP, PORT, netns.pid, [Member("web-2", new["web-2"])], proto="udp")
     assert state(dp)["groups"] == {"udp6 ::": 1}
-    fd = bpfsys.obj_get(str(dp.pin_root / "web~t" / "groups"))
+    maps = pins.open_pins(dp.pin_root / "web~t")
     try:
-        assert len(bpfsys.map_keys(fd, 28)) == 1
+        assert table.registered_groups(maps.fds) == [3]  # wildcard udp6 only
     finally:
-        os.close(fd)
+        maps.close()
     # IPv6 clients reach the dual-stack group and its table; IPv4 ones reach the old IPv4
     # group (web-1 still listens, and an IPv4 socket outranks a dual-stack one for them),
     # which has no registration any more: the kernel's own choice, counted as such

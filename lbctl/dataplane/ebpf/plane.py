@@ -295,7 +295,7 @@ class EbpfDataplane:
     ) -> None:
         maps = st.maps
         assert maps is not None
-        if "groups" not in maps.fds:
+        if "wildcard" not in maps.fds:
             # Only when the upgrade from a program older than listener groups failed: that
             # program keeps steering with its maps as they are, which this daemon cannot
             # change.  The loader's error was logged; a restarted daemon tries again.
@@ -426,10 +426,10 @@ class EbpfDataplane:
                 st.active[idx] = table.write_table(fds, st.active[idx], want, idx)
                 st.tables[idx] = want
             if group not in st.registered:
-                bpfsys.map_update(fds["groups"], table.group_key(group, port), u32(idx))
+                table.register_group(fds, group, port, idx)
                 st.registered.add(group)
         for group in [g for g in book.groups if g not in by_group]:
-            bpfsys.map_delete(fds["groups"], table.group_key(group, port))
+            table.unregister_group(fds, group, port)
             st.registered.discard(group)
             st.tables.pop(book.groups.pop(group), None)
 
@@ -441,10 +441,10 @@ class EbpfDataplane:
         for slot in range(MAX_SLOTS):
             if slot not in book.held:
                 bpfsys.map_delete(maps.fds["sockets"], u32(slot))
-        known = {table.group_key(g, port) for g in book.groups}
-        for key in bpfsys.map_keys(maps.fds["groups"], table.GROUP_KEY_SIZE):
-            if key not in known:
-                bpfsys.map_delete(maps.fds["groups"], key)
+        known = {table.registration(g, port) for g in book.groups}
+        for reg in table.registered_groups(maps.fds):
+            if reg not in known:
+                table.drop_registration(maps.fds, reg)
 
     @staticmethod
     def _still_held(maps: Maps, slot: int, held: Held | None, pid: int) -> bool:

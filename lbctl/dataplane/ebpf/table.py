@@ -14,6 +14,7 @@ a kernel.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -29,10 +30,15 @@ __all__ = [
     "REASONS",
     "TABLE_LEN",
     "build_table",
+    "drop_registration",
     "group_key",
     "read_group",
     "read_table",
+    "register_group",
+    "registered_groups",
+    "registration",
     "u32",
+    "unregister_group",
     "write_table",
 ]
 
@@ -91,10 +97,63 @@ def group_key(gid: str, port: int) -> bytes:
     return struct.pack("=III", family, sockets.PROTOCOLS[proto], port) + raw.ljust(16, b"\0")
 
 
+def _wildcard(gid: str) -> int | None:
+    """The `wildcard` key of a group bound to the wildcard address, else None."""
+    proto, family, addr = sockets.parse_group_id(gid)
+    if not ipaddress.ip_address(addr).is_unspecified:
+        return None
+    return (proto == "udp") * 2 + (family == socket.AF_INET6)
+
+
 def read_group(fds: Mapping[str, int], gid: str, port: int) -> int | None:
     """The index the program finds for group `gid`, or None when it is not registered."""
+    w = _wildcard(gid)
+    if w is not None:
+        raw = bpfsys.map_lookup(fds["wildcard"], u32(w), 4)
+        v = int(struct.unpack("=I", raw)[0]) if raw else 0
+        return v - 1 if v else None
     raw = bpfsys.map_lookup(fds["groups"], group_key(gid, port), 4)
     return int(struct.unpack("=I", raw)[0]) if raw else None
+
+
+def register_group(fds: Mapping[str, int], gid: str, port: int, index: int) -> None:
+    """Let the program find group `gid`'s table at `index` (write its table first)."""
+    w = _wildcard(gid)
+    if w is not None:
+        bpfsys.map_update(fds["wildcard"], u32(w), u32(index + 1))
+    else:
+        bpfsys.map_update(fds["groups"], group_key(gid, port), u32(index))
+
+
+def unregister_group(fds: Mapping[str, int], gid: str, port: int) -> None:
+    w = _wildcard(gid)
+    if w is not None:
+        bpfsys.map_update(fds["wildcard"], u32(w), u32(0))
+    else:
+        bpfsys.map_delete(fds["groups"], group_key(gid, port))
+
+
+def registered_groups(fds: Mapping[str, int]) -> list[bytes | int]:
+    """Every registration the program has: `groups` keys, and `wildcard` keys in use."""
+    found: list[bytes | int] = list(bpfsys.map_keys(fds["groups"], GROUP_KEY_SIZE))
+    for w in range(4):
+        raw = bpfsys.map_lookup(fds["wildcard"], u32(w), 4)
+        if raw and struct.unpack("=I", raw)[0]:
+            found.append(w)
+    return found
+
+
+def registration(gid: str, port: int) -> bytes | int:
+    """What registered_groups() lists for `gid`."""
+    w = _wildcard(gid)
+    return w if w is not None else group_key(gid, port)
+
+
+def drop_registration(fds: Mapping[str, int], reg: bytes | int) -> None:
+    if isinstance(reg, int):
+        bpfsys.map_update(fds["wildcard"], u32(reg), u32(0))
+    else:
+        bpfsys.map_delete(fds["groups"], reg)
 
 
 def _sel(group: int, half: int, pos: int) -> bytes:
