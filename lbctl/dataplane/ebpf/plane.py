@@ -402,8 +402,9 @@ class EbpfDataplane:
         listening: set[str],
     ) -> None:
         """Each group with a socket in the sockmap gets its table (its ready members' sockets
-        by weight; empty when all drain) and, once the table is written, its registration in
-        `groups`; a group with no socket left is unregistered and its index freed."""
+        by weight; empty when all drain) and, once the table is written, its registration
+        (table.register_group); a group with no socket left is unregistered and its index
+        freed."""
         weights = {m.name: max(0, m.weight) for m in ready}
         by_group: dict[str, list[tuple[int, int]]] = {}
         for key in sorted(listening, key=lambda k: book.slots[k]):

@@ -3,12 +3,13 @@ the only thing the daemon rewrites to change which replicas get traffic (it neve
 program for that).
 
 This module is the Python side of the contract with bpf/lbctl_reuseport.c: map sizes, the
-keys of `groups`, `config` and `reasons`, and the double-buffered layout of `selection`, one
-pair of tables per reuseport group (a group index, 0 to MAX_GROUPS - 1, chosen by the daemon
-and registered in `groups` under the group's key).  Keeping them together means a change to the
-C layout has one Python file to follow it (flows.py for the UDP flow map).  Nothing here knows
-about apps, pins or replicas; build_table is pure so it can be tested (and benchmarked) without
-a kernel.
+keys of `wildcard`, `groups`, `config` and `reasons`, and the double-buffered layout of
+`selection`, one pair of tables per reuseport group (a group index, 0 to MAX_GROUPS - 1,
+chosen by the daemon and registered under the group's key: in `wildcard` by protocol and
+family for a group bound to the wildcard address, in `groups` by the whole key otherwise).
+Keeping them together means a change to the C layout has one Python file to follow it
+(flows.py for the UDP flow map).  Nothing here knows about apps, pins or replicas;
+build_table is pure so it can be tested (and benchmarked) without a kernel.
 """
 
 from __future__ import annotations
