@@ -38,7 +38,9 @@ def ask(s: socket.socket, port: int, payload: str) -> str | None:
         data, _ = s.recvfrom(2048)
     except OSError:
         return None
-    name, _, echo = data.decode().partition(" ")
+    name, sep, echo = data.decode().partition(" ")
+    # The engine's images are shared: one built from a tree without UDP_ECHO answers "name\n".
+    assert sep, f"{IMAGE} has no UDP_ECHO (answered {data!r}): run scripts/build-images.sh"
     assert echo == payload, (data, payload)  # a late answer to an earlier datagram
     return name
 
