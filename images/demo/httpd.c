@@ -8,13 +8,22 @@
 // (no registry is needed to build it).
 //
 // Environment:
-//   PORT           TCP port (default 8080), bound on 0.0.0.0.
+//   PORT           TCP port (default 8080).
+//   BIND           address both sockets bind (default 0.0.0.0).  An IPv6
+//                  address makes them IPv6 sockets, dual-stack (taking IPv4
+//                  too) unless V6ONLY=1: BIND=:: serves both families with
+//                  one socket per protocol.
+//   V6ONLY=1       with an IPv6 BIND: set IPV6_V6ONLY (IPv6 clients only).
 //   REUSEPORT=0    do not set SO_REUSEPORT (bind then fails next to another
 //                  listener: "bind: Address in use", exit 1).
 //   LBCTL_REPLICA  the name to answer with (fallback: hostname).
 //   DELAY_MS       wait this long before answering each request.
 //   GRACE_MS       upper bound of the graceful shutdown (default 5000).
-//   UDP_PORT       also answer UDP datagrams on this port.
+//   UDP_PORT       also answer UDP datagrams on this port: with the name and a
+//                  newline, whatever the datagram held.
+//   UDP_ECHO=1     answer each datagram with "<name> <payload>" instead (the
+//                  payload as received, nothing added), so that a client can
+//                  tell which of its datagrams which replica answered.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
 //
@@ -22,8 +31,9 @@
 // keeps running (a replica that stopped serving: probes and health checks
 // fail), SIGUSR2 opens it again.
 //
-// `httpd --check` GETs / on 127.0.0.1:$PORT and exits 0 on a 200 (for
-// HEALTHCHECK, as the image has no shell or curl).
+// `httpd --check` GETs / on the loopback address of BIND's family, port
+// $PORT, and exits 0 on a 200 (for HEALTHCHECK, as the image has no shell or
+// curl).
 //
 // Design: one thread, one epoll loop, level-triggered, non-blocking sockets.
 // Signals arrive through a signalfd, so shutdown is an ordinary event and no
@@ -101,6 +111,7 @@ static struct {
     size_t name_len;
     struct response resp[2][2];  // [head][close]
     int64_t delay_ms, grace_ms;
+    bool udp_echo;
     bool draining;
     int64_t drain_deadline;
     size_t nconns;
@@ -493,13 +504,22 @@ static void on_accept(void)
 
 static void on_udp(void)
 {
-    char buf[2048];
+    // The reply is built in place: "<name> " then the payload received after it.
+    char buf[sizeof S.name + 1 + 2048];
+    memcpy(buf, S.name, S.name_len);
+    buf[S.name_len] = ' ';
+    char *payload = buf + S.name_len + 1;
     for (int i = 0; i < UDP_BATCH; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
-        ssize_t n = recvfrom(S.udp.fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &plen);
+        ssize_t n = recvfrom(S.udp.fd, payload, 2048, 0, (struct sockaddr *)&peer, &plen);
         if (n < 0)
             return;
+        if (S.udp_echo) {
+            sendto(S.udp.fd, buf, S.name_len + 1 + (size_t)n, 0, (struct sockaddr *)&peer,
+                   plen);
+            continue;
+        }
         // The GET body (name + "\n") is the tail of the precomputed response.
         const struct response *r = &S.resp[0][0];
         sendto(S.udp.fd, r->data + r->len - (S.name_len + 1), S.name_len + 1, 0,
@@ -559,9 +579,55 @@ static void on_signal(bool *stop)
 // ---------------------------------------------------------------------------
 // Setup
 
+// Where the sockets bind (BIND, V6ONLY): parsed once in main().
+static struct {
+    int family;
+    struct in_addr v4;
+    struct in6_addr v6;
+    bool v6only;
+    char text[INET6_ADDRSTRLEN];
+} B = {.family = AF_INET, .text = "0.0.0.0"};
+
+static bool parse_bind(const char *v)
+{
+    if (!v || !*v)
+        return true;  // the default: 0.0.0.0
+    if (strlen(v) >= sizeof B.text)
+        return false;
+    if (inet_pton(AF_INET, v, &B.v4) == 1)
+        B.family = AF_INET;
+    else if (inet_pton(AF_INET6, v, &B.v6) == 1)
+        B.family = AF_INET6;
+    else
+        return false;
+    snprintf(B.text, sizeof B.text, "%s", v);
+    return true;
+}
+
+// The sockaddr for BIND (or its family's loopback) and `port`; returns its length.
+static socklen_t bind_addr(struct sockaddr_storage *ss, int port, bool loopback)
+{
+    memset(ss, 0, sizeof *ss);
+    if (B.family == AF_INET6) {
+        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)ss;
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons((uint16_t)port);
+        sa->sin6_addr = loopback ? in6addr_loopback : B.v6;
+        return sizeof *sa;
+    }
+    struct sockaddr_in *sa = (struct sockaddr_in *)ss;
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (loopback)
+        sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else
+        sa->sin_addr = B.v4;
+    return sizeof *sa;
+}
+
 static int bind_socket(int type, int port, bool reuseport)
 {
-    int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(B.family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket");
     int one = 1;
@@ -570,12 +636,15 @@ static int bind_socket(int type, int port, bool reuseport)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         die("setsockopt(SO_REUSEPORT)");
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET,
-        .sin_port = htons((uint16_t)port),
-        .sin_addr.s_addr = htonl(INADDR_ANY),
-    };
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    if (B.family == AF_INET6) {
+        // Explicit either way: the kernel's default (bindv6only) is a sysctl.
+        int v6only = B.v6only;
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0)
+            die("setsockopt(IPV6_V6ONLY)");
+    }
+    struct sockaddr_storage sa;
+    socklen_t salen = bind_addr(&sa, port, false);
+    if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
         if (errno == EADDRINUSE) {
             // A fixed text that tests and operators can grep for.
             fprintf(stderr, "bind: Address in use (%s port %d)\n",
@@ -607,18 +676,15 @@ static void raise_nofile(void)
 
 static int check(int port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(B.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 1;
     struct timeval tv = {.tv_sec = 2};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET,
-        .sin_port = htons((uint16_t)port),
-        .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-    };
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    struct sockaddr_storage sa;
+    socklen_t salen = bind_addr(&sa, port, true);
+    if (connect(fd, (struct sockaddr *)&sa, salen) < 0) {
         perror("check: connect");
         return 1;
     }
@@ -640,7 +706,8 @@ static int check(int port)
     // "HTTP/1.1 200" (any minor version)
     if (len >= 12 && memcmp(buf, "HTTP/1.", 7) == 0 && memcmp(buf + 8, " 200", 4) == 0)
         return 0;
-    fprintf(stderr, "check: no 200 from 127.0.0.1:%d\n", port);
+    fprintf(stderr, "check: no 200 from %s port %d\n",
+            B.family == AF_INET6 ? "::1" : "127.0.0.1", port);
     return 1;
 }
 
@@ -651,6 +718,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "httpd: PORT must be 1..65535\n");
         return 1;
     }
+    if (!parse_bind(getenv("BIND"))) {
+        fprintf(stderr, "httpd: BIND must be an IPv4 or IPv6 address\n");
+        return 1;
+    }
+    const char *v6only = getenv("V6ONLY");
+    B.v6only = v6only && strcmp(v6only, "1") == 0;
     if (argc > 1 && strcmp(argv[1], "--check") == 0)
         return check((int)port);
     if (argc > 1) {
@@ -674,6 +747,8 @@ int main(int argc, char **argv)
     const char *rp = getenv("REUSEPORT");
     bool reuseport = !(rp && strcmp(rp, "0") == 0);
     long udp_port = env_long("UDP_PORT", 0);
+    const char *echo = getenv("UDP_ECHO");
+    S.udp_echo = echo && strcmp(echo, "1") == 0;
     if (udp_port > 65535) {
         fprintf(stderr, "httpd: UDP_PORT must be 1..65535\n");
         return 1;
@@ -720,9 +795,12 @@ int main(int argc, char **argv)
         ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
     }
 
-    fprintf(stderr, "httpd: %s listening on 0.0.0.0:%ld/tcp%s%s (reuseport=%d delay_ms=%lld)\n",
-            S.name, port, udp_port ? " and udp " : "", udp_port ? getenv("UDP_PORT") : "",
-            reuseport, (long long)S.delay_ms);
+    const char *stack = B.family == AF_INET ? "" : B.v6only ? " (v6only)" : " (dual-stack)";
+    fprintf(stderr,
+            "httpd: %s listening on %s%s port %ld/tcp%s%s (reuseport=%d%s delay_ms=%lld)\n",
+            S.name, B.text, stack, port, udp_port ? " and udp " : "",
+            udp_port ? getenv("UDP_PORT") : "", reuseport, S.udp_echo ? " udp_echo=1" : "",
+            (long long)S.delay_ms);
 
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {

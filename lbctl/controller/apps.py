@@ -70,8 +70,7 @@ class AppsService:
     def desired(self, name: str) -> Desired:
         rec = self.state.apps.get(name)
         if rec is None:
-            gone = self.state.deleted.get(name)
-            return Desired(None, drain_port=gone.publish.container_port if gone else None)
+            return Desired(None, gone=self.state.deleted.get(name))
         ro = rec.rollout
         canary = ro.canary if ro is not None and ro.active else None
         stable = None

@@ -49,8 +49,8 @@ class Desired:
     stable_hash: str | None = None
     canary: int | None = None  # percent of new connections for the new revision, held
     paused: bool = False
-    # Deleted app: the port its replicas drained on (to count their open connections).
-    drain_port: int | None = None
+    # Deleted app: its last spec, so its replicas drain as they served (port, protocol, mode).
+    gone: AppSpec | None = None
 
     @property
     def hash(self) -> str | None:

@@ -40,9 +40,14 @@ class EbpfPort(Protocol):
         netns_pid: int,
         ready: Sequence[Member],
         draining: Sequence[Member] = (),
+        proto: str = "tcp",
     ) -> None: ...
 
-    async def has_listener(self, pid: int, port: int, name: str | None = None) -> bool: ...
+    async def has_listener(
+        self, pid: int, port: int, name: str | None = None, proto: str = "tcp"
+    ) -> bool: ...
+
+    async def active_flows(self, app: str, replica: str, within: float) -> int: ...
 
     async def counters(self, app: str) -> dict[str, int]: ...
 
@@ -60,6 +65,7 @@ class RulesPort(Protocol):
 
 
 class ConnectionCounter(Protocol):
-    """Open connections a replica still has on its port (what a drain waits to reach 0)."""
+    """Open TCP connections a replica still has on its port (what a TCP drain waits to reach
+    0; UDP drains are in lbctl.controller.draining)."""
 
     async def __call__(self, pid: int, port: int) -> int: ...

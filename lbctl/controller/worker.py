@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbctl.controller import backends, readiness, template
+from lbctl.controller import backends, draining, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
@@ -111,8 +111,7 @@ class AppWorker:
         self.view = AppView()
         self.prober = Prober()
         self.retirements = Retirements(
-            shared.engine, shared.open_connections, shared.settings.drain_timeout,
-            shared.settings.stop_grace, self.wake,
+            shared.engine, shared.settings.drain_timeout, shared.settings.stop_grace, self.wake,
         )
         self.doomed: dict[str, float] = {}
         self.ever_ready: set[str] = set()
@@ -256,9 +255,11 @@ class AppWorker:
         self.view.planned_generation = generation
         self.view.synced = True
 
-        port = spec.publish.container_port if spec else desired.drain_port
+        served = spec or desired.gone
+        pending = (draining.pending_for(served, self.s.ebpf, self.s.open_connections)
+                   if served else None)  # fmt: skip
         for c in p.retire:
-            self.retirements.start(c, port if c.role == ROLE_REPLICA else None,
+            self.retirements.start(c, pending if c.role == ROLE_REPLICA else None,
                                    surplus=c.id in p.surplus)
             if (spec is not None and c.running and c.role == ROLE_REPLICA
                     and c.spec_hash not in (None, desired.hash)):
@@ -345,7 +346,8 @@ class AppWorker:
         with self.s.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
                 await self.s.ebpf.sync(
-                    self.name, spec.publish.container_port, p.sandbox.pid, ready, drains
+                    self.name, spec.publish.container_port, p.sandbox.pid, ready, drains,
+                    spec.publish.proto,
                 )
             except ListenerError as e:
                 self._fail(str(e))  # the app must change, not lbctl

@@ -207,6 +207,69 @@ def test_udp_answers_with_the_replica_name(pod: Pod) -> None:
     assert data == b"u\n"
 
 
+def test_udp_echo_answers_with_the_name_and_the_payload(pod: Pod) -> None:
+    name = pod.replica("e", UDP_PORT="9090", UDP_ECHO="1")
+    pod.wait_listening(name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for payload in (b"flow-1 0", b"", b"x" * 1400):
+            s.sendto(payload, (pod.ip, 9090))
+            data, _ = s.recvfrom(2048)
+            assert data == b"e " + payload
+
+
+def in_netns(name: str, script: str) -> str:
+    """Run a Python script in the container's network namespace (the image has no shell),
+    with IPv6 on its loopback: Docker's default bridge turns IPv6 off in a container, and
+    ::1 is all these tests need."""
+    net = f"--net=/proc/{docker('inspect', '-f', '{{.State.Pid}}', name)}/ns/net"
+    subprocess.run(["nsenter", net, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"],
+                   timeout=15, check=True)
+    r = subprocess.run(["nsenter", net, "python3", "-c", script],
+                       capture_output=True, text=True, timeout=15, check=True)
+    return r.stdout.strip()
+
+
+ASK_BOTH = """
+import socket
+out = []
+for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(1)
+        u.sendto(b"hi", (host, 9090))
+        out.append(u.recvfrom(64)[0].decode())
+    except OSError as e:
+        out.append(type(e).__name__)
+    try:
+        t = socket.create_connection((host, 8080), timeout=1)
+        t.close()
+        out.append("tcp")
+    except OSError as e:
+        out.append(type(e).__name__)
+print(" | ".join(out))
+"""
+
+
+def test_bind_ipv6_any_serves_both_families_with_one_socket_each(pod: Pod) -> None:
+    name = pod.replica("d", BIND="::", UDP_PORT="9090", UDP_ECHO="1")
+    pod.wait_listening(name)
+    assert "listening on :: (dual-stack)" in logs(name)
+    assert in_netns(name, ASK_BOTH) == "d hi | tcp | d hi | tcp"
+    assert pod.get() == (200, "d", "d\n")  # the sandbox's IPv4 address, from the host
+    # --check asks ::1, BIND's family (the exec inherits the container's environment)
+    check = subprocess.run(["docker", "exec", name, "/httpd", "--check"], capture_output=True,
+                           text=True, timeout=15, check=False)
+    assert check.returncode == 0, check.stderr
+
+
+def test_v6only_takes_ipv6_clients_only(pod: Pod) -> None:
+    name = pod.replica("v6", BIND="::", V6ONLY="1", UDP_PORT="9090", UDP_ECHO="1")
+    pod.wait_listening(name)
+    got = in_netns(name, ASK_BOTH).split(" | ")
+    assert got[2:] == ["v6 hi", "tcp"] and got[1] == "ConnectionRefusedError", got
+
+
 def test_demo_health_becomes_healthy(pod: Pod) -> None:
     name = pod.replica("h", DEMO_HEALTH)
 
