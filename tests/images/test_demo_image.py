@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +215,61 @@ def test_demo_health_becomes_healthy(pod: Pod) -> None:
         return docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy"
 
     wait_for(healthy, 15, f"{name} to be healthy")
+
+
+def test_sigusr1_makes_the_health_check_fail_and_again_pass(pod: Pod) -> None:
+    """SIGUSR1 marks one replica sick: its own check fails (even though the check's GET may
+    reach the other replica's listener in the shared namespace), the other stays healthy."""
+    sick = pod.replica("s", DEMO_HEALTH)
+    well = pod.replica("w", DEMO_HEALTH)
+
+    def health(name: str) -> str:
+        return docker("inspect", "-f", "{{.State.Health.Status}}", name)
+
+    wait_for(lambda: health(sick) == health(well) == "healthy", 15, "both healthy")
+    docker("kill", "-s", "USR1", sick)
+    wait_for(lambda: health(sick) == "unhealthy", 10, f"{sick} to turn unhealthy")
+    assert health(well) == "healthy"
+    assert "sick (SIGUSR1)" in logs(sick)
+    docker("kill", "-s", "USR1", sick)
+    wait_for(lambda: health(sick) == "healthy", 10, f"{sick} to be healthy again")
+
+
+def test_file_and_fetch_show_a_volume_and_a_peer_by_name(tmp_path: object) -> None:
+    """FILE serves what the container sees at a path (a bind mount here); FETCH relays a GET
+    of another container reached by its name on a user network."""
+    prefix = f"lbctl-test-img-{uuid.uuid4().hex[:8]}"
+    net, peer, me = f"{prefix}-net", f"{prefix}-peer", f"{prefix}-me"
+    data = Path(str(tmp_path)) / "x"
+    data.write_text("from the volume\n")
+    docker("network", "create", "--label", "lbctl.test=1", net)
+    try:
+        docker("run", "-d", "--name", peer, "--label", "lbctl.test=1", "--network", net,
+               "-e", "LBCTL_REPLICA=the-peer", DEMO)
+        docker("run", "-d", "--name", me, "--label", "lbctl.test=1", "--network", net,
+               "-v", f"{data.parent}:/data:ro", "-e", "FILE=/data/x",
+               "-e", f"FETCH={peer}:8080", "-e", "LBCTL_REPLICA=me", DEMO)
+        ip = docker("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}',
+                    me)
+        wait_for(lambda: "listening on" in logs(me) and "listening on" in logs(peer), 10,
+                 "both to listen")
+
+        def get(path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection(ip, PORT, timeout=5)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                return resp.status, resp.read().decode()
+            finally:
+                conn.close()
+
+        assert get("/file") == (200, "from the volume\n")
+        assert get("/fetch") == (200, "the-peer\n")
+        assert get("/") == (200, "me\n")  # every other path: the name, as before
+        docker("rm", "-f", peer)
+        assert get("/fetch")[0] == 502
+        data.unlink()
+        assert get("/file")[0] == 404
+    finally:
+        subprocess.run(["docker", "rm", "-f", peer, me], capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)
