@@ -23,7 +23,7 @@ from lbctl.cli.inputs import (
     specs_from_toml,
     update_from_args,
 )
-from lbctl.cli.parser import EXIT_USAGE, build_parser
+from lbctl.cli.parser import EXIT_USAGE, parse_args
 from lbctl.cli.render import render_table
 from lbctl.cli.wait import Failure
 from lbctl.model import InvalidInput, validate_name
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "--" in args_list:
         i = args_list.index("--")
         args_list, command = args_list[:i], args_list[i + 1 :]
-    args = build_parser().parse_args(args_list)
+    args = parse_args(args_list)
     try:
         code = _dispatch(args, command)
     except InvalidInput as e:

@@ -13,16 +13,21 @@ EXIT_USAGE = 2
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments:") and self.prog.split()[-1] in (
-            "run", "update"
-        ):
-            # Most likely a docker run option lbctl does not pass on: say so, by name,
-            # rather than drop it.
-            first = message.split(":", 1)[1].split()[0]
-            message = (f"{first}: not an option of `{self.prog}` (lbctl takes the docker run "
-                       "options listed in --help, and refuses the others)")
         print(f"lbctl: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; an option `run`/`update` do not take is most likely one of docker
+    run's that lbctl does not pass on: it is named and refused, never dropped."""
+    p = build_parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        if args.cmd in ("run", "update"):
+            p.error(f"{extra[0]}: not an option of `lbctl {args.cmd}` (lbctl takes the docker "
+                    "run options its --help lists, and refuses the others)")
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _wait_flags(p: argparse.ArgumentParser, default: float = 60.0) -> None:

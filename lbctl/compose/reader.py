@@ -3,7 +3,8 @@
 Which services are apps: those with `x-lbctl` (publish, mode; what `lbctl export --format
 compose` writes), and those with `ports:` and `deploy.replicas` (the combination docker-compose
 answers with "port is already allocated"). Other services (a database, say) stay compose's:
-they are listed as skipped, and run with `docker-compose up` beside lbctl's apps.
+they are listed as skipped, and run with `docker-compose up` beside lbctl's apps (`profiles:`
+on an app's service, which lbctl ignores, keeps docker-compose from starting it too).
 
 Every key of an app's service is read with Compose's meaning (interpolation, `.env`, short and
 long volume syntax, relative paths from the project directory, project-prefixed volume and
@@ -40,7 +41,7 @@ _SERVICE_KEYS = {
     "env_file", "command", "entrypoint", "volumes", "tmpfs", "networks", "mem_limit", "cpus",
     "pids_limit", "user", "working_dir", "healthcheck", "read_only", "init", "cap_add",
     "cap_drop", "ulimits", "stop_signal", "stop_grace_period", "logging", "extra_hosts", "dns",
-    "network_mode",
+    "network_mode", "profiles",
 }
 _LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update"}
 _DEPLOY_KEYS = {"replicas", "resources", "update_config"}
@@ -161,6 +162,9 @@ class Reader:
 
     def _app(self, service: str, svc: dict[str, Any], where: str) -> dict[str, Any]:
         unknown = sorted(str(k) for k in svc if k not in _SERVICE_KEYS)
+        if "depends_on" in unknown:
+            raise self.fail(f"{where}.depends_on", "not supported by lbctl (it starts the app "
+                            "itself): start what it needs first, `docker-compose up -d SERVICE`")
         if unknown:
             raise self.fail(f"{where}.{unknown[0]}", "not supported by lbctl")
         x = self._mapping(svc.get(LBCTL_KEY) or {}, f"{where}.{LBCTL_KEY}")
