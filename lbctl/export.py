@@ -87,6 +87,8 @@ def to_compose(spec: AppSpec) -> str:
         f"#   lbctl run {spec.name} --image {spec.image} -p {pub} --replicas 0 "
         f"--mode iptables\n"
         f"#   docker-compose up -d\n"
+        f"# (beside an ebpf-mode app: network_mode: container:{spec.name}-sandbox, and no\n"
+        f"# networks:, puts these containers in the namespace its program serves)\n"
     )
     return header + _dump(doc)
 

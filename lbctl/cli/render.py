@@ -37,6 +37,9 @@ def render_table(apps: list[dict[str, Any]]) -> str:
             )
         if any(r.get("adopted") for r in a["replicas"]):
             lines.append("  * adopted: not created by lbctl, never removed by it")
+        for r in a["replicas"]:
+            if r.get("note"):
+                lines.append(f"  {r['name']}: {r['note']}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
