@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lbctl.model.options import FIELDS as OPTION_FIELDS
 from tests.helpers import (
     PREFIX,
     Daemon,
@@ -158,7 +159,8 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
     create_bad = bad_fields.map(lambda kv: Req("create: bad " + str(kv[0]), "POST", "/apps",
                                                spec_with(**{kv[0]: kv[1]})))
     create_unknown = st.text(min_size=1, max_size=20).filter(
-        lambda k: k not in valid_spec and k not in ("env", "command")
+        # docker run's options are fields now (`cpus: 1` is a valid spec)
+        lambda k: k not in valid_spec and k not in ("env", "command") and k not in OPTION_FIELDS
     ).map(lambda k: Req("create: unknown field", "POST", "/apps", spec_with(**{k: 1})))
     create_wrong_top = wrong_types.map(
         lambda v: Req("create: not an object", "POST", "/apps", json.dumps(v).encode()))
