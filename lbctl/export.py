@@ -28,13 +28,14 @@ containers: the demo image then answers with its hostname).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import yaml
 
 from lbctl.model import LABEL_APP, AppSpec, InvalidInput
-from lbctl.model.options import Mount, RunOptions, Volume
+from lbctl.model.options import Mount, RunOptions, Volume, parse_duration
 from lbctl.model.rollout import UpdatePolicy
 
 FORMATS = ("compose", "kubernetes")
@@ -201,6 +202,74 @@ def k8s_name(name: str) -> str:
     return out[:63].rstrip("-")
 
 
+_MI = 1 << 20
+
+
+def _k8s_options(o: RunOptions, container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    """docker run's options as container and pod fields where Kubernetes has the same thing;
+    returns the options it has not, which the header names (never dropped silently)."""
+    left: list[str] = []
+    limits: dict[str, str] = {}
+    memory = o.memory_bytes()
+    if memory is not None:
+        limits["memory"] = f"{memory // _MI}Mi" if memory % _MI == 0 else str(memory)
+    if o.cpus is not None:
+        limits["cpu"] = f"{o.cpus:g}"
+    if limits:
+        container["resources"] = {"limits": limits}
+    if o.workdir is not None:
+        container["workingDir"] = o.workdir
+    security: dict[str, Any] = {}
+    if o.user is not None:
+        uid, _, gid = o.user.partition(":")
+        if uid.isdigit() and (not gid or gid.isdigit()):
+            security["runAsUser"] = int(uid)
+            if gid:
+                security["runAsGroup"] = int(gid)
+        else:
+            left.append("user (a name; Kubernetes takes a numeric runAsUser)")
+    if o.read_only:
+        security["readOnlyRootFilesystem"] = True
+    caps: dict[str, list[str]] = {}
+    if o.cap_add:
+        caps["add"] = list(o.cap_add)
+    if o.cap_drop:
+        caps["drop"] = list(o.cap_drop)
+    if caps:
+        security["capabilities"] = caps
+    if security:
+        container["securityContext"] = security
+    if o.health_cmd is not None:
+        cmd = (["/bin/sh", "-c", o.health_cmd] if isinstance(o.health_cmd, str)
+               else list(o.health_cmd))
+        probe: dict[str, Any] = {"exec": {"command": cmd}}
+        for key, v in (("periodSeconds", o.health_interval), ("timeoutSeconds", o.health_timeout),
+                       ("initialDelaySeconds", o.health_start_period)):
+            if v is not None:
+                probe[key] = max(1, math.ceil(parse_duration(v)))
+        if o.health_retries:
+            probe["failureThreshold"] = o.health_retries
+        container["livenessProbe"] = probe
+    elif any(v is not None for v in (o.health_interval, o.health_timeout, o.health_retries,
+                                      o.health_start_period)):
+        left.append("health-* (timings of the image's own health check)")
+    if o.stop_timeout is not None:
+        pod["terminationGracePeriodSeconds"] = o.stop_timeout
+    if o.add_host:
+        by_ip: dict[str, list[str]] = {}
+        for text in o.add_host:
+            host, _, ip = text.partition(":")
+            by_ip.setdefault(ip, []).append(host)
+        pod["hostAliases"] = [{"ip": ip, "hostnames": hosts} for ip, hosts in by_ip.items()]
+    if o.dns:
+        pod["dnsConfig"] = {"nameservers": list(o.dns)}
+    for key in ("volume", "mount", "tmpfs", "network", "pids-limit", "ulimit", "stop-signal",
+                "log-driver", "log-opt", "init"):
+        if key in o.to_json():
+            left.append(key)
+    return left
+
+
 def to_kubernetes(spec: AppSpec) -> str:
     pub = spec.publish
     name = k8s_name(spec.name)
@@ -210,12 +279,20 @@ def to_kubernetes(spec: AppSpec) -> str:
     env.append({"name": "LBCTL_APP", "value": spec.name})
     env.append({"name": "LBCTL_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     container: dict[str, Any] = {"name": name, "image": spec.image}
+    if spec.options.entrypoint is not None:
+        container["command"] = list(spec.options.entrypoint)
     if spec.command:
         container["args"] = list(spec.command)
     container["env"] = env
     container["ports"] = [{"containerPort": pub.container_port, "protocol": proto}]
     if proto == "TCP":
         container["readinessProbe"] = {"tcpSocket": {"port": pub.container_port}}
+    pod: dict[str, Any] = {"containers": [container]}
+    left = _k8s_options(spec.options, container, pod)
+    template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod}
+    if spec.options.label:
+        # Docker labels are free-form; Kubernetes labels are not: annotations keep them.
+        template["metadata"]["annotations"] = dict(spec.options.label)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -223,7 +300,7 @@ def to_kubernetes(spec: AppSpec) -> str:
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            "template": template,
         },
     }
     service_spec: dict[str, Any] = {
@@ -246,5 +323,7 @@ def to_kubernetes(spec: AppSpec) -> str:
         f"# would have to be in 30000-32767); targetPort {pub.container_port}.\n"
         + (f"# lbctl publishes it on {pub.host_ip} only; restrict access on the cluster side.\n"
            if pub.host_ip != "0.0.0.0" else "")
+        + (f"# Not in these manifests (no one-to-one Kubernetes field; add them by hand):\n"
+           f"#   {', '.join(left)}\n" if left else "")
     )
     return header + _dump(deployment, service)

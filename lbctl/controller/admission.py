@@ -6,7 +6,8 @@ changes anything; a refusal is one line for the user (InvalidInput: HTTP 400, ex
 - the app's mode works on this host now (ebpf needs root, bcc, a header tree, bpffs);
 - the image is on the engine (no registry is assumed reachable);
 - the networks an app names exist (or are declared, to be created) and the first is a bridge
-  network: lbctl sends the app's traffic to the address there.
+  network: lbctl sends the app's traffic to the address there;
+- `cpus` does not exceed the engine host's CPUs (the engine would refuse every create).
 
 `Resources` are the volumes and networks a compose file declares: created, when missing, only
 after every check passed. lbctl never removes them (a volume holds data, and both may be
@@ -65,6 +66,19 @@ class Admission:
             if not await self.engine.image_exists(image):
                 raise InvalidInput(f"image {image} is not on this engine: build or pull it first")
         await self.check_networks([*new, *changed], declared or Resources())
+        await self.check_cpus([*new, *changed])
+
+    async def check_cpus(self, specs: Sequence[AppSpec]) -> None:
+        """The engine refuses --cpus above its host's count at every create: say it once,
+        now, rather than as a crash loop."""
+        wanted = [s for s in specs if s.options.cpus is not None]
+        if not wanted:
+            return
+        ncpu = await self.engine.cpu_count()
+        for spec in wanted:
+            if ncpu is not None and spec.options.cpus is not None and spec.options.cpus > ncpu:
+                raise InvalidInput(f"app {spec.name}: cpus {spec.options.cpus:g} is more than "
+                                   f"the {ncpu} CPUs of the engine's host")
 
     async def check_networks(self, specs: Sequence[AppSpec], declared: Resources) -> None:
         drivers: dict[str, str | None] = {}

@@ -243,9 +243,9 @@ class Engine:
             "Env": [f"{k}={v}" for k, v in req.env.items()],
             "HostConfig": host_config,
         }
-        if networks:
-            config["NetworkingConfig"] = {"EndpointsConfig": {
-                networks[0]: _endpoint(networks[0], req.aliases)}}
+        first = _endpoint(networks[0], req.aliases) if networks else {}
+        if first:  # only when there is something to say: a default create stays as it was
+            config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: first}}
         if req.command:
             config["Cmd"] = list(req.command)
         try:
@@ -272,6 +272,15 @@ class Engine:
         except aiodocker.DockerError as e:
             raise EngineError(f"starting container {req.name}: {e.message}") from e
         return str(container.id)
+
+    async def cpu_count(self) -> int | None:
+        """CPUs of the engine's host (what --cpus may not exceed); None when not told."""
+        try:
+            info = await self._call("engine info", self.docker.system.info())
+        except aiodocker.DockerError as e:
+            raise EngineError(f"engine info: {e.message}") from e
+        n = info.get("NCPU") if isinstance(info, dict) else None
+        return n if isinstance(n, int) and n > 0 else None
 
     async def network_driver(self, name: str) -> str | None:
         """The driver of network `name` (bridge, overlay, ...); None when it does not exist."""

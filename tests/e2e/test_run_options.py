@@ -87,6 +87,10 @@ def test_real_service_options_in_both_modes(
     daemon.ok(*run_args(app_name, port, mode, service), timeout=120)
     replicas = {f"{app_name}-1", f"{app_name}-2"}
 
+    # The DNAT targets the address on the user network: route_localnet on its bridge only.
+    bridge = "br-" + docker("network", "inspect", "-f", "{{.Id}}", service.network).strip()[:12]
+    assert _localnet(bridge) == "1"
+
     # Every replica sees the volume and reaches the database by its name.
     files: Counter[str] = Counter()
     for _ in range(40):
@@ -111,7 +115,8 @@ def test_real_service_options_in_both_modes(
         assert cfg["Labels"]["team"] == "web"
         assert c["State"]["Health"]["Status"] == "healthy"
         if mode == "iptables":
-            assert service.network in c["NetworkSettings"]["Networks"]
+            # on the user network, and known there by the app's name
+            assert app_name in c["NetworkSettings"]["Networks"][service.network]["Aliases"]
             assert host["ExtraHosts"] == ["legacy-db:10.255.0.1"]
             assert host["Dns"] == ["10.255.0.53"]
         else:
@@ -122,6 +127,7 @@ def test_real_service_options_in_both_modes(
     if mode == "ebpf":
         assert sandbox is not None
         assert set(sandbox["NetworkSettings"]["Networks"]) == {service.network}
+        assert app_name in sandbox["NetworkSettings"]["Networks"][service.network]["Aliases"]
         assert sandbox["HostConfig"]["ExtraHosts"] == ["legacy-db:10.255.0.1"]
         assert sandbox["HostConfig"]["Dns"] == ["10.255.0.53"]
         assert "Memory" not in sandbox["HostConfig"] or not sandbox["HostConfig"]["Memory"]
@@ -151,9 +157,14 @@ def test_real_service_options_in_both_modes(
     assert request(port, "/fetch")[::2] == (200, "the-db\n")
 
     daemon.ok("rm", app_name)
+    assert _localnet(bridge) == "0"  # put back once no backend needs it
     # The user's network and data volume are theirs: lbctl removes neither.
     assert docker("volume", "inspect", "-f", "{{.Name}}", service.volume).strip()
     assert docker("network", "inspect", "-f", "{{.Name}}", service.network).strip()
+
+
+def _localnet(bridge: str) -> str:
+    return Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet").read_text().strip()
 
 
 def _state(daemon: Daemon, app: str, replica: str) -> str | None:
@@ -180,7 +191,7 @@ def test_bad_options_change_nothing(daemon: Daemon, app_name: str) -> None:
     port = free_port()
     base = ["run", app_name, "--image", "lbctl/demo:latest", "-p", f"127.0.0.1:{port}:8080"]
     for extra in (["--privileged"], ["--memory", "lots"], ["--network", f"{app_name}-nonet"],
-                  ["-v", "data:relative"], ["--label", "lbctl.role=x"]):
+                  ["-v", "data:relative"], ["--label", "lbctl.role=x"], ["--cpus", "1024"]):
         r = daemon.cli(*base, *extra)
         assert r.returncode == 2, (extra, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
