@@ -165,3 +165,13 @@ def test_toml_takes_options_and_env_files(tmp_path: Path) -> None:
     got = read_apps_file(compose)
     assert [a["name"] for a in got.apps] == ["web"] and got.skipped == ["db"]
     assert set(got.body()) == {"apps", "networks"}  # the project's default network
+
+
+def test_table_names_an_adopted_container_outside_the_namespace() -> None:
+    app = _app(2)
+    app["replicas"][1]["note"] = ("not in the app's namespace: give it network_mode: "  # type: ignore[index]
+                                  "container:some-long-app-name-sandbox")
+    out = render_table([app])
+    assert "  web-2:\n    not in the app's namespace: give it network_mode:" in out
+    assert "container:some-long-app-name-sandbox" in out
+    assert all(len(line) <= 80 for line in out.splitlines())

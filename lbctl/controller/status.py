@@ -80,7 +80,7 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
                 p.sandbox is None or c.joined_to != p.sandbox.id
             ):
                 # Adopted, but listening in a namespace of its own: no connection reaches it.
-                note = (f"not in the app's network namespace: start it with network_mode: "
+                note = (f"not in the app's namespace: give it network_mode: "
                         f"container:{sandbox_name(name)}")
             replicas.append({
                 "name": c.name,

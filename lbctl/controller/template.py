@@ -28,7 +28,10 @@ class Attachment:
     """Where the container that holds an app's address sits on the engine's networks."""
 
     networks: tuple[str, ...]  # joined in this order
-    target: str  # the one whose address lbctl's DNAT sends the app's traffic to
+    # The one whose address lbctl's DNAT sends the app's traffic to, recorded in the
+    # lbctl.network label; None: the engine's default network, its only one (Docker calls it
+    # bridge, Podman podman, so no name is recorded).
+    target: str | None
     aliases: tuple[str, ...]  # names it answers to there (user-defined networks only)
 
 
@@ -42,6 +45,8 @@ def attachment(spec: AppSpec) -> Attachment:
     The single place that decides this: a change of where apps live (say, an extra
     lbctl-managed network for IPv6) is a change of this function alone."""
     networks = spec.options.networks()
+    if not spec.options.network:
+        return Attachment(networks, None, ())
     aliases = (spec.name,) if any(n != DEFAULT_NETWORK for n in networks) else ()
     return Attachment(networks, networks[0], aliases)
 
@@ -67,7 +72,8 @@ def replica_request(
     else:
         where = attachment(spec)
         networks, aliases = where.networks, where.aliases
-        labels[LABEL_NETWORK] = where.target
+        if where.target is not None:
+            labels[LABEL_NETWORK] = where.target
     return CreateRequest(
         name=name,
         image=spec.image,
@@ -87,7 +93,8 @@ def sandbox_request(spec: AppSpec, image: str = SANDBOX_IMAGE) -> CreateRequest:
     It carries the namespace's options (networks, /etc/hosts entries, DNS servers)."""
     where = attachment(spec)
     labels = replica_labels(spec.name, ROLE_SANDBOX)
-    labels[LABEL_NETWORK] = where.target
+    if where.target is not None:
+        labels[LABEL_NETWORK] = where.target
     o = spec.options
     return CreateRequest(
         name=sandbox_name(spec.name),

@@ -43,6 +43,13 @@ def test_ebpf_namespace_options_go_on_the_sandbox_the_rest_on_replicas() -> None
     assert sb.sysctls == {"net.ipv4.tcp_migrate_req": "1"}
 
 
-def test_default_network_has_no_alias() -> None:
-    a = attachment(spec("iptables"))
-    assert (a.networks, a.target, a.aliases) == (("bridge",), "bridge", ())
+def test_default_network_has_no_alias_and_no_recorded_name() -> None:
+    """The engine's default network is its only one, and Podman does not call it bridge:
+    a replica there is found by its one address, as before networks could be named."""
+    s = spec("iptables")
+    a = attachment(s)
+    assert (a.networks, a.target, a.aliases) == (("bridge",), None, ())
+    assert "lbctl.network" not in replica_request(s, 1, s.spec_hash(), 1, None).labels
+    assert "lbctl.network" not in sandbox_request(spec("ebpf")).labels
+    named = attachment(spec("iptables", network=["bridge", "backend"]))
+    assert (named.target, named.aliases) == ("bridge", ("web",))

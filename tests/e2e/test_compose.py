@@ -263,6 +263,8 @@ def test_compose_containers_adopted_in_ebpf_mode(
         assert all(per[n]["connections_total"] >= 40 for n in web), per
         assert per[stray]["state"] != "ready" and per[stray]["connections_total"] == 0
         assert f"network_mode: container:{app_name}-sandbox" in per[stray]["note"]
-        assert f"{stray}: not in the app's network namespace" in daemon.ok("status", app_name)
+        table = daemon.ok("status", app_name)
+        assert f"{stray}:\n    not in the app's namespace: give it network_mode:" in table
+        assert all(len(line) <= 80 for line in table.splitlines()), table
         daemon.ok("rm", app_name)
         assert len(compose.containers()) == 3  # lbctl removes nothing it did not create
