@@ -141,7 +141,7 @@ services:
       replicas: 2
       resources: {{limits: {{memory: 64m}}}}
     volumes: [data:/data:ro, ./app.conf:/etc/app.conf:ro]
-    networks: [backend]
+    networks: [front, backend]   # front carries the traffic; db is on backend
     user: "1000:1000"
     environment: {{FILE: /data/x, FETCH: "db:8080"}}
     healthcheck: {{test: [CMD, /httpd, --check], interval: 1s, timeout: 1s, retries: 1}}
@@ -152,6 +152,7 @@ services:
 volumes:
   data: {{}}
 networks:
+  front: {{}}
   backend: {{}}
 """
 
@@ -197,7 +198,13 @@ def test_compose_file_applied_as_an_lbctl_app(
         holder = [c for c in app_containers(app_name)
                   if c["Config"]["Labels"]["lbctl.role"] == ("sandbox" if mode == "ebpf"
                                                              else "replica")]
-        assert all(network in c["NetworkSettings"]["Networks"] for c in holder)
+        front = f"{project}_front"
+        for c in holder:  # both networks; the engine lists them by name, backend first
+            assert list(c["NetworkSettings"]["Networks"]) == [network, front]
+        # ... but the DNAT goes to the address on front, the first the file names.
+        front_bridge = "br-" + docker("network", "inspect", "-f", "{{.Id}}", front)[:12]
+        back_bridge = "br-" + docker("network", "inspect", "-f", "{{.Id}}", network)[:12]
+        assert (_localnet(front_bridge), _localnet(back_bridge)) == ("1", "0")
 
         # A key lbctl cannot honour: named, one line, exit 2, nothing changed.
         state = (daemon.state_dir / "state.json").read_bytes()
