@@ -94,7 +94,7 @@ class Admission:
                                        f"it with `docker network create {net}`")
                 if i == 0 and driver != "bridge" and net != DEFAULT_NETWORK:
                     raise InvalidInput(
-                        f"app {spec.name}: network {net} is a {driver} network; the first "
+                        f"app {spec.name}: network {net} uses the {driver} driver; the first "
                         "network of an app must be a bridge network, where lbctl sends its "
                         "traffic")
 
