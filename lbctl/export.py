@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 from lbctl.model import LABEL_APP, AppSpec, InvalidInput
-from lbctl.model.options import Mount, RunOptions, Volume, parse_duration
+from lbctl.model.docker_syntax import Mount, Volume, parse_duration
+from lbctl.model.options import RunOptions
 from lbctl.model.rollout import UpdatePolicy
 
 FORMATS = ("compose", "kubernetes")

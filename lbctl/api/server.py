@@ -21,8 +21,8 @@ from lbctl.controller.admission import Resources
 from lbctl.controller.apps import NotFound
 from lbctl.controller.supervisor import Controller
 from lbctl.model import AppSpec, InvalidInput, Mode, validate_name, validate_replicas
+from lbctl.model.docker_syntax import resource_name
 from lbctl.model.options import FIELDS as OPTION_FIELDS
-from lbctl.model.options import resource_name
 from lbctl.model.spec import parse_env
 
 log = logging.getLogger("lbctl.api")

@@ -32,7 +32,7 @@ import yaml
 
 from lbctl.compose.interpolate import interpolate, parse_dotenv
 from lbctl.model import LABEL_APP, InvalidInput, Publish
-from lbctl.model.options import parse_duration
+from lbctl.model.docker_syntax import parse_duration
 
 LBCTL_KEY = "x-lbctl"
 _TOP_KEYS = {"version", "services", "networks", "volumes"}

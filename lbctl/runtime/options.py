@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lbctl.model.options import Mount, RunOptions, parse_duration, parse_tmpfs
+from lbctl.model.docker_syntax import Mount, parse_duration, parse_tmpfs
+from lbctl.model.options import RunOptions
 
 
 def _ns(text: str | None, what: str) -> int | None:

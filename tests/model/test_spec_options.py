@@ -1,5 +1,6 @@
-"""docker run's options in the spec: docker's syntaxes parsed, bad values refused with one
-line, the JSON contract (field names, only what was given) and the spec hash."""
+"""docker run's options in the spec: docker's syntaxes (lbctl.model.docker_syntax) parsed,
+bad values refused with one line, the JSON contract (field names, only what was given) and
+the spec hash."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from typing import Any
 import pytest
 
 from lbctl.model import AppSpec, InvalidInput
-from lbctl.model.options import (
-    FIELDS,
+from lbctl.model.docker_syntax import (
     Mount,
-    RunOptions,
     Ulimit,
     Volume,
     parse_add_host,
@@ -19,6 +18,7 @@ from lbctl.model.options import (
     parse_size,
     parse_tmpfs,
 )
+from lbctl.model.options import FIELDS, RunOptions
 
 BASE = {"name": "web", "image": "lbctl/demo", "publish": "8080:8080"}
 
