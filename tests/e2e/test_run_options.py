@@ -9,6 +9,7 @@ user network); SIGUSR1 fails one replica's health check.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import subprocess
 from collections import Counter
@@ -48,7 +49,8 @@ class Service:
 
 
 @pytest.fixture
-def service(app_name: str, tmp_path: Path, demo_image: str) -> Iterator[Service]:
+def service(daemon: Daemon, app_name: str, tmp_path: Path, demo_image: str
+            ) -> Iterator[Service]:
     s = Service(f"{app_name}-net", f"{app_name}-data", tmp_path / "app.conf", f"{app_name}-db",
                 demo_image)
     docker("network", "create", s.network)
@@ -61,6 +63,10 @@ def service(app_name: str, tmp_path: Path, demo_image: str) -> Iterator[Service]
                "-e", "LBCTL_REPLICA=the-db", s.image)
         yield s
     finally:
+        # The daemon still runs (its fixture ends after this one): the app goes first, or it
+        # would re-create what is removed here and keep the network busy.
+        with contextlib.suppress(Exception):
+            daemon.api("DELETE", f"/apps/{app_name}")
         docker("rm", "-f", s.db, check=False)
         for c in app_containers(app_name):  # a failed test's leftovers, before the network
             docker("rm", "-f", c["Id"], check=False)
@@ -246,6 +252,8 @@ def test_options_on_podman(
             assert c["HostConfig"]["Memory"] == 64 << 20 and c["Config"]["User"] == "1000:1000"
         daemon.ok("rm", app_name)
     finally:
+        with contextlib.suppress(Exception):
+            daemon.api("DELETE", f"/apps/{app_name}")
         for c in app_containers(app_name, cli=cli):
             docker("rm", "-f", c["Id"], check=False, cli=cli)
         docker("network", "rm", net, check=False, cli=cli)
