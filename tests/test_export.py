@@ -91,3 +91,32 @@ def test_unknown_format() -> None:
     assert export(_spec(), "compose") == to_compose(_spec())
     with pytest.raises(InvalidInput, match="unknown export format"):
         export(_spec(), "helm")
+
+
+def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
+    spec = AppSpec.from_json({
+        "name": "web", "image": "lbctl/demo", "publish": "8080:8080", "memory": "512m",
+        "cpus": 0.5, "user": "1000:1000", "workdir": "/data", "read-only": True,
+        "cap-drop": ["ALL"], "entrypoint": ["/httpd"], "health-cmd": "curl -f localhost",
+        "health-interval": "1m30s", "health-retries": 2, "stop-timeout": 20,
+        "add-host": ["db:10.0.0.5", "db2:10.0.0.5"], "dns": ["10.0.0.53"],
+        "label": {"team": "web"}, "volume": ["data:/data"], "network": ["backend"],
+        "init": True,
+    })
+    text = to_kubernetes(spec)
+    deployment, _ = list(yaml.safe_load_all(text))
+    pod = deployment["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["resources"] == {"limits": {"memory": "512Mi", "cpu": "0.5"}}
+    assert c["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["command"] == ["/httpd"] and c["workingDir"] == "/data"
+    assert c["livenessProbe"] == {"exec": {"command": ["/bin/sh", "-c", "curl -f localhost"]},
+                                  "periodSeconds": 90, "failureThreshold": 2}
+    assert pod["terminationGracePeriodSeconds"] == 20
+    assert pod["hostAliases"] == [{"ip": "10.0.0.5", "hostnames": ["db", "db2"]}]
+    assert pod["dnsConfig"] == {"nameservers": ["10.0.0.53"]}
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {"team": "web"}
+    # what Kubernetes has no field for is named, never dropped silently
+    assert "#   volume, network, init\n" in text

@@ -24,16 +24,27 @@
 //   UDP_ECHO=1     answer each datagram with "<name> <payload>" instead (the
 //                  payload as received, nothing added), so that a client can
 //                  tell which of its datagrams which replica answered.
+//   FILE           GET /file answers with this file's content (404 when it
+//                  cannot be read): shows what a replica sees on a volume.
+//   FETCH          HOST:PORT; GET /fetch answers with the body of a GET of
+//                  http://HOST:PORT/ (502 when that fails; the name is looked
+//                  up through the container's DNS, 2 s at most, and the loop
+//                  waits for it): shows whom a replica reaches by name.
+//                  Without FILE or FETCH, /file and /fetch answer like any
+//                  other path.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
 //
-// Signals: SIGTERM/SIGINT drain and exit; SIGUSR1 closes the TCP listener and
-// keeps running (a replica that stopped serving: probes and health checks
-// fail), SIGUSR2 opens it again.
+// Signals: SIGTERM/SIGINT drain and exit.  SIGUSR1 marks the server sick
+// (SIGUSR1 again: well): it keeps serving, but `--check` (a HEALTHCHECK) fails.
+// SIGUSR2 closes the TCP listener and keeps running (a replica that stopped
+// serving: lbctl's own probes fail); SIGUSR2 again opens it.
 //
 // `httpd --check` GETs / on the loopback address of BIND's family, port
 // $PORT, and exits 0 on a 200 (for HEALTHCHECK, as the image has no shell or
-// curl).
+// curl); it fails while the server is sick, whichever listener its GET
+// reaches (replicas in one network namespace share the port), as it looks for
+// a sick httpd among the container's processes.
 //
 // Design: one thread, one epoll loop, level-triggered, non-blocking sockets.
 // Signals arrive through a signalfd, so shutdown is an ordinary event and no
@@ -52,7 +63,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <dirent.h>
+#include <netdb.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -65,6 +79,9 @@
 #define MAX_EVENTS 256
 #define ACCEPT_BATCH 64  // bound the accept loop so clients are not starved
 #define UDP_BATCH 64
+#define FILE_MAX 65536   // GET /file serves at most this much
+#define FETCH_MAX 4096   // GET /fetch relays at most this much
+#define SICK_NAME "httpd-sick"
 
 enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
 
@@ -74,6 +91,8 @@ struct tag {
     enum kind kind;
     int fd;
 };
+
+enum route { R_NAME, R_FILE, R_FETCH };
 
 enum cstate {
     C_READ,     // waiting for (the rest of) a request head
@@ -86,6 +105,8 @@ struct conn {
     enum cstate state;
     bool close_after;     // send "Connection: close" and close after it
     bool head;            // HEAD request: no body
+    enum route route;     // what the request asked for
+    char *dyn;            // a response built for this request (freed after it)
     size_t len;           // bytes in buf
     size_t body_skip;     // request body bytes still to discard
     const char *out;      // response being written
@@ -105,7 +126,7 @@ struct response {
 static struct {
     int ep;
     struct tag listen, udp, sig;
-    int port;        // the TCP port, to open the listener again after SIGUSR1
+    int port;        // the TCP port, to open the listener again after SIGUSR2
     bool reuseport;
     char name[256];
     size_t name_len;
@@ -113,6 +134,8 @@ static struct {
     int64_t delay_ms, grace_ms;
     bool udp_echo;
     bool draining;
+    bool sick;                              // SIGUSR1: --check fails
+    const char *file, *fetch;               // FILE, FETCH
     int64_t drain_deadline;
     size_t nconns;
     struct conn *all;                       // every open connection
@@ -243,6 +266,17 @@ static enum parse_result parse_head(struct conn *c, size_t end)
         return P_BAD;
 
     c->head = (size_t)(sp1 - b) == 4 && memcmp(b, "HEAD", 4) == 0;
+    // The target, up to a query string: only /file and /fetch are routes.
+    const char *tgt = sp1 + 1;
+    size_t tlen = (size_t)(ver - 1 - tgt);
+    const char *q = memchr(tgt, '?', tlen);
+    if (q)
+        tlen = (size_t)(q - tgt);
+    c->route = R_NAME;
+    if (S.file && tlen == 5 && memcmp(tgt, "/file", 5) == 0)
+        c->route = R_FILE;
+    else if (S.fetch && tlen == 6 && memcmp(tgt, "/fetch", 6) == 0)
+        c->route = R_FETCH;
     // HTTP/1.1 keeps the connection unless told otherwise, 1.0 closes it
     // unless the client asked for keep-alive.
     c->close_after = !http11;
@@ -323,6 +357,7 @@ static void conn_close(struct conn *c)
 {
     if (c->state == C_DELAYED)
         dq_remove(c);
+    free(c->dyn);
     close(c->tag.fd);  // also removes it from the epoll set
     if (c->prev_all)
         c->prev_all->next_all = c->next_all;
@@ -365,7 +400,108 @@ static bool conn_flush(struct conn *c)
         ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLIN, c);
     c->state = C_READ;
     c->out = NULL;
+    free(c->dyn);
+    c->dyn = NULL;
     return true;
+}
+
+// ---------------------------------------------------------------------------
+// /file and /fetch: answers built per request
+
+static char *read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    char *buf = malloc(FILE_MAX);
+    size_t n = 0;
+    while (buf && n < FILE_MAX) {
+        ssize_t k = read(fd, buf + n, FILE_MAX - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    close(fd);
+    *len = n;
+    return buf;
+}
+
+// A GET of http://S.fetch/ (blocking, 2 s per step): the upstream's body on
+// a 200, NULL otherwise.
+static char *fetch_upstream(size_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(S.fetch, ':');
+    const char *port = colon ? colon + 1 : "80";
+    size_t hl = colon ? (size_t)(colon - S.fetch) : strlen(S.fetch);
+    if (hl == 0 || hl >= sizeof host)
+        return NULL;
+    memcpy(host, S.fetch, hl);
+    host[hl] = 0;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
+    if (getaddrinfo(host, port, &hints, &ai) != 0)
+        return NULL;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 2};
+    char *resp = NULL;
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        char req[512];
+        int rl = snprintf(req, sizeof req,
+                          "GET / HTTP/1.0\r\nHost: %s\r\nUser-Agent: httpd-fetch\r\n\r\n", host);
+        resp = malloc(FETCH_MAX + 1);
+        size_t n = 0;
+        if (resp && send(fd, req, (size_t)rl, MSG_NOSIGNAL) == rl) {
+            for (ssize_t k; n < FETCH_MAX && (k = recv(fd, resp + n, FETCH_MAX - n, 0)) > 0;)
+                n += (size_t)k;
+        }
+        char *body = NULL;
+        if (resp) {
+            resp[n] = 0;
+            body = strstr(resp, "\r\n\r\n");
+        }
+        if (body && n >= 12 && memcmp(resp + 8, " 200", 4) == 0) {
+            body += 4;
+            *len = n - (size_t)(body - resp);
+            memmove(resp, body, *len);
+        } else {
+            free(resp);
+            resp = NULL;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return resp;
+}
+
+static void respond_built(struct conn *c, const char *status, const char *body, size_t blen)
+{
+    char *p;
+    int n = asprintf(&p,
+                     "HTTP/1.1 %s\r\n"
+                     "Content-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\n"
+                     "X-Replica: %s\r\n"
+                     "Connection: %s\r\n"
+                     "\r\n",
+                     status, blen, S.name, c->close_after ? "close" : "keep-alive");
+    if (n < 0)
+        die("asprintf");
+    size_t total = (size_t)n + (c->head ? 0 : blen);
+    char *out = realloc(p, total ? total : 1);
+    if (!out)
+        die("realloc");
+    if (!c->head)
+        memcpy(out + n, body, blen);
+    c->dyn = out;
+    c->out = out;
+    c->out_len = total;
 }
 
 static void conn_respond(struct conn *c)
@@ -377,6 +513,17 @@ static void conn_respond(struct conn *c)
     c->out = r->data;
     c->out_len = r->len;
     c->out_off = 0;
+    if (c->route != R_NAME) {
+        size_t len = 0;
+        char *body = c->route == R_FILE ? read_file(S.file, &len) : fetch_upstream(&len);
+        if (body)
+            respond_built(c, "200 OK", body, len);
+        else if (c->route == R_FILE)
+            respond_built(c, "404 Not Found", "cannot read FILE\n", 17);
+        else
+            respond_built(c, "502 Bad Gateway", "cannot fetch FETCH\n", 19);
+        free(body);
+    }
     if (conn_flush(c) && c->len > 0)
         conn_on_readable(c);  // bytes of a further request already read
 }
@@ -565,10 +712,16 @@ static void on_signal(bool *stop)
     while (read(S.sig.fd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
             *stop = true;
-        else if (si.ssi_signo == SIGUSR1 && S.listen.fd >= 0 && !S.draining) {
+        if (si.ssi_signo == SIGUSR1) {
+            // The process name is what `--check` looks at: it runs as another
+            // process, and its GET may reach another replica's listener.
+            S.sick = !S.sick;
+            prctl(PR_SET_NAME, S.sick ? SICK_NAME : "httpd", 0, 0, 0);
+            fprintf(stderr, "httpd: %s: %s\n", S.name, S.sick ? "sick (SIGUSR1)" : "well again");
+        } else if (si.ssi_signo == SIGUSR2 && S.listen.fd >= 0 && !S.draining) {
             close(S.listen.fd);  // epoll forgets a closed fd by itself
             S.listen.fd = -1;
-            fprintf(stderr, "httpd: %s: listener closed (SIGUSR1)\n", S.name);
+            fprintf(stderr, "httpd: %s: listener closed (SIGUSR2)\n", S.name);
         } else if (si.ssi_signo == SIGUSR2 && S.listen.fd < 0 && !S.draining) {
             open_listener();
             fprintf(stderr, "httpd: %s: listener open again (SIGUSR2)\n", S.name);
@@ -674,8 +827,35 @@ static void raise_nofile(void)
     }
 }
 
+// A process of this container marked sick by SIGUSR1?
+static bool any_sick(void)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return false;
+    bool sick = false;
+    for (struct dirent *e; !sick && (e = readdir(d));) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char path[64], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/%.20s/comm", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, comm, sizeof comm - 1);
+        close(fd);
+        sick = n > 0 && strncmp(comm, SICK_NAME "\n", sizeof SICK_NAME) == 0;
+    }
+    closedir(d);
+    return sick;
+}
+
 static int check(int port)
 {
+    if (any_sick()) {
+        fprintf(stderr, "check: marked sick by SIGUSR1\n");
+        return 1;
+    }
     int fd = socket(B.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 1;
@@ -743,6 +923,12 @@ int main(int argc, char **argv)
             *p = '_';
     S.name_len = strlen(S.name);
     S.delay_ms = env_long("DELAY_MS", 0);
+    S.file = getenv("FILE");
+    if (S.file && !*S.file)
+        S.file = NULL;
+    S.fetch = getenv("FETCH");
+    if (S.fetch && !*S.fetch)
+        S.fetch = NULL;
     S.grace_ms = env_long("GRACE_MS", 5000);
     const char *rp = getenv("REUSEPORT");
     bool reuseport = !(rp && strcmp(rp, "0") == 0);

@@ -4,16 +4,36 @@ changes anything; a refusal is one line for the user (InvalidInput: HTTP 400, ex
 - the host port is not published by another app, nor served by anything else on the host
   (our DNAT would silently steal its traffic);
 - the app's mode works on this host now (ebpf needs root, bcc, a header tree, bpffs);
-- the image is on the engine (no registry is assumed reachable).
+- the image is on the engine (no registry is assumed reachable);
+- the networks an app names exist (or are declared, to be created) and the first is a bridge
+  network: lbctl sends the app's traffic to the address there;
+- `cpus` does not exceed the engine host's CPUs (the engine would refuse every create).
+
+`Resources` are the volumes and networks a compose file declares: created, when missing, only
+after every check passed. lbctl never removes them (a volume holds data, and both may be
+shared with docker-compose's services).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from lbctl.controller.ports import EnginePort
 from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.model.options import DEFAULT_NETWORK
+
+log = logging.getLogger("lbctl.controller")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Volumes and networks to create when missing: name -> labels."""
+
+    networks: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    volumes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class Admission:
@@ -28,7 +48,8 @@ class Admission:
         self.port_check = port_check or check_port_free
 
     async def check_new(
-        self, new: Sequence[AppSpec], changed: Sequence[AppSpec], others: Sequence[AppSpec]
+        self, new: Sequence[AppSpec], changed: Sequence[AppSpec], others: Sequence[AppSpec],
+        declared: Resources | None = None,
     ) -> None:
         """Everything for apps to create (`new`) and apps to change (`changed`)."""
         self.check_clashes([*new, *changed], others)
@@ -44,6 +65,46 @@ class Admission:
         for image in sorted({s.image for s in [*new, *changed]}):
             if not await self.engine.image_exists(image):
                 raise InvalidInput(f"image {image} is not on this engine: build or pull it first")
+        await self.check_networks([*new, *changed], declared or Resources())
+        await self.check_cpus([*new, *changed])
+
+    async def check_cpus(self, specs: Sequence[AppSpec]) -> None:
+        """The engine refuses --cpus above its host's count at every create: say it once,
+        now, rather than as a crash loop."""
+        wanted = [s for s in specs if s.options.cpus is not None]
+        if not wanted:
+            return
+        ncpu = await self.engine.cpu_count()
+        for spec in wanted:
+            if ncpu is not None and spec.options.cpus is not None and spec.options.cpus > ncpu:
+                raise InvalidInput(f"app {spec.name}: cpus {spec.options.cpus:g} is more than "
+                                   f"the {ncpu} CPUs of the engine's host")
+
+    async def check_networks(self, specs: Sequence[AppSpec], declared: Resources) -> None:
+        drivers: dict[str, str | None] = {}
+        for spec in specs:
+            for i, net in enumerate(spec.options.network):
+                if net in declared.networks:
+                    continue  # created as a bridge network before the app is committed
+                if net not in drivers:
+                    drivers[net] = await self.engine.network_driver(net)
+                driver = drivers[net]
+                if driver is None:
+                    raise InvalidInput(f"app {spec.name}: network {net} does not exist: create "
+                                       f"it with `docker network create {net}`")
+                if i == 0 and driver != "bridge" and net != DEFAULT_NETWORK:
+                    raise InvalidInput(
+                        f"app {spec.name}: network {net} uses the {driver} driver; the first "
+                        "network of an app must be a bridge network, where lbctl sends its "
+                        "traffic")
+
+    async def create(self, resources: Resources) -> None:
+        for name, labels in sorted(resources.volumes.items()):
+            if await self.engine.ensure_volume(name, labels):
+                log.info("created volume %s", name)
+        for name, labels in sorted(resources.networks.items()):
+            if await self.engine.ensure_network(name, labels):
+                log.info("created network %s", name)
 
     @staticmethod
     def check_clashes(specs: Sequence[AppSpec], others: Sequence[AppSpec]) -> None:

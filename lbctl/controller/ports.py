@@ -5,7 +5,7 @@ them structurally; tests put fakes here to drive the controller without an engin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from lbctl.dataplane.ebpf import Member
@@ -24,6 +24,14 @@ class EnginePort(Protocol):
     async def stop_and_remove(self, container_id: str, grace: int) -> None: ...
 
     async def image_exists(self, image: str) -> bool: ...
+
+    async def cpu_count(self) -> int | None: ...
+
+    async def network_driver(self, name: str) -> str | None: ...
+
+    async def ensure_network(self, name: str, labels: Mapping[str, str]) -> bool: ...
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool: ...
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str: ...
 

@@ -57,6 +57,11 @@ class Retirements:
         # planned as retiring (never retired twice) until the engine no longer lists them.
         self.removed: set[str] = set()
 
+    def grace_of(self, c: Container) -> int:
+        """The app's own --stop-timeout when it has one (its process needs that long to
+        finish), else the daemon's --stop-grace."""
+        return self.stop_grace if c.stop_timeout is None else c.stop_timeout
+
     def ids(self) -> frozenset[str]:
         return frozenset(self.active) | frozenset(self.removed)
 
@@ -107,7 +112,7 @@ class Retirements:
             for attempt in range(1, REMOVE_ATTEMPTS + 1):
                 try:
                     log.info("removing container", extra=fields)
-                    await self.engine.stop_and_remove(c.id, self.stop_grace)
+                    await self.engine.stop_and_remove(c.id, self.grace_of(c))
                     self.removed.add(c.id)
                     return
                 except Exception as e:

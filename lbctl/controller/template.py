@@ -2,16 +2,53 @@
 
 The one place where a spec's fields become engine create options, so a new option of the
 spec is one change here (and in lbctl.runtime, which speaks the engine's JSON).
+
+Which container gets which option follows from the mode. iptables mode: every replica is a
+container of its own and gets all of them. ebpf mode: the replicas share the sandbox's network
+namespace, so what belongs to a namespace (`--network`, `--add-host`, `--dns`: the interfaces,
+/etc/hosts, /etc/resolv.conf) is set on the sandbox (Docker refuses it on a container that
+joins another's namespace), and everything else on the replicas.
 """
 
 from __future__ import annotations
 
-from lbctl.model import ROLE_REPLICA, ROLE_SANDBOX, AppSpec
+from dataclasses import dataclass
+
+from lbctl.model import LABEL_NETWORK, ROLE_REPLICA, ROLE_SANDBOX, AppSpec
 from lbctl.model.names import replica_name, sandbox_name
+from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
 from lbctl.runtime.convert import replica_labels
 from lbctl.runtime.engine import CreateRequest
 
 SANDBOX_IMAGE = "lbctl/pause:latest"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Where the container that holds an app's address sits on the engine's networks."""
+
+    networks: tuple[str, ...]  # joined in this order
+    # The one whose address lbctl's DNAT sends the app's traffic to, recorded in the
+    # lbctl.network label; None: the engine's default network, its only one (Docker calls it
+    # bridge, Podman podman, so no name is recorded).
+    target: str | None
+    aliases: tuple[str, ...]  # names it answers to there (user-defined networks only)
+
+
+def attachment(spec: AppSpec) -> Attachment:
+    """Which networks the app's address holder joins (each replica in iptables mode, the
+    sandbox in ebpf mode) and which of them carries the DNAT target: the first network the
+    user named, else Docker's default bridge. It must be a bridge network with an IPv4
+    address (admission checks that); lbctl sets route_localnet on its bridge. The app's name
+    is an alias on user-defined networks, so other containers there reach it by name.
+
+    The single place that decides this: a change of where apps live (say, an extra
+    lbctl-managed network for IPv6) is a change of this function alone."""
+    networks = spec.options.networks()
+    if not spec.options.network:
+        return Attachment(networks, None, ())
+    aliases = (spec.name,) if any(n != DEFAULT_NETWORK for n in networks) else ()
+    return Attachment(networks, networks[0], aliases)
 
 
 def replica_request(
@@ -26,23 +63,46 @@ def replica_request(
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
+    labels = replica_labels(spec.name, ROLE_REPLICA, index, spec_hash, revision)
+    options = spec.options
+    networks: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    if join is not None:
+        options = options.without(*NAMESPACE_FIELDS)
+    else:
+        where = attachment(spec)
+        networks, aliases = where.networks, where.aliases
+        if where.target is not None:
+            labels[LABEL_NETWORK] = where.target
     return CreateRequest(
         name=name,
         image=spec.image,
-        labels=replica_labels(spec.name, ROLE_REPLICA, index, spec_hash, revision),
+        labels=labels,
         env=env,
         command=spec.command,
         join=join,
+        options=options,
+        networks=networks,
+        aliases=aliases,
     )
 
 
 def sandbox_request(spec: AppSpec, image: str = SANDBOX_IMAGE) -> CreateRequest:
     """The app's sandbox: it holds the network namespace every replica joins, and sets
-    tcp_migrate_req there so a closing listener's queue migrates even without our program."""
+    tcp_migrate_req there so a closing listener's queue migrates even without our program.
+    It carries the namespace's options (networks, /etc/hosts entries, DNS servers)."""
+    where = attachment(spec)
+    labels = replica_labels(spec.name, ROLE_SANDBOX)
+    if where.target is not None:
+        labels[LABEL_NETWORK] = where.target
+    o = spec.options
     return CreateRequest(
         name=sandbox_name(spec.name),
         image=image,
-        labels=replica_labels(spec.name, ROLE_SANDBOX),
+        labels=labels,
         env={"LBCTL_APP": spec.name},
         sysctls={"net.ipv4.tcp_migrate_req": "1"},
+        options=RunOptions(add_host=o.add_host, dns=o.dns),
+        networks=where.networks,
+        aliases=where.aliases,
     )

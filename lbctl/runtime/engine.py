@@ -22,8 +22,10 @@ import aiohttp
 from aiodocker.events import DockerEvents
 
 from lbctl.model import LABEL_APP, Container
-from lbctl.runtime.convert import first_network, health_marker, join_mode, to_container
+from lbctl.model.options import DEFAULT_NETWORK, RunOptions
+from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import EngineEvent, parse_event
+from lbctl.runtime.options import create_config, merge_ulimits
 from lbctl.runtime.podman import podman_ulimits
 
 log = logging.getLogger("lbctl.runtime")
@@ -62,6 +64,13 @@ class CreateRequest:
     sysctls: Mapping[str, str] | None = None
     ulimits: Sequence[Mapping[str, Any]] = ()
     extra_host_config: Mapping[str, Any] = field(default_factory=dict)
+    # docker run's options (volumes, limits, health check, ...); `options.network` is not
+    # read: `networks` says where the container goes.
+    options: RunOptions = field(default_factory=RunOptions)
+    # Networks to join, in order (none: the default bridge); ignored with `join`.
+    networks: Sequence[str] = ()
+    # Names the container answers to on user-defined networks (the app's name).
+    aliases: Sequence[str] = ()
 
 
 class Engine:
@@ -177,8 +186,8 @@ class Engine:
         return data
 
     async def _bridge(self, d: dict[str, Any]) -> str | None:
-        first = first_network(d)
-        return await self._bridge_of(first[0], first[1]) if first else None
+        net = target_network(d)
+        return await self._bridge_of(net[0], net[1]) if net else None
 
     async def _bridge_of(self, net_name: str, net_id: str) -> str | None:
         """The host bridge interface of a network: where route_localnet has to be set."""
@@ -211,36 +220,108 @@ class Engine:
     async def _create(self, req: CreateRequest) -> str:
         if not self._version_known:  # Podman's ulimits must be known before the first create
             await self.version()
+        networks = [] if req.join else list(req.networks) or [DEFAULT_NETWORK]
+        opt_config, opt_host = create_config(req.options)
         host_config: dict[str, Any] = {
-            "NetworkMode": join_mode(req.join) if req.join else "bridge",
+            "NetworkMode": join_mode(req.join) if req.join else networks[0],
             "RestartPolicy": {"Name": "no"},
             "Init": False,
+            **opt_host,
         }
         if req.sysctls:
             host_config["Sysctls"] = dict(req.sysctls)
-        ulimits = list(req.ulimits) or self.default_ulimits
+        ulimits = merge_ulimits(self.default_ulimits,
+                                list(req.ulimits) or list(opt_host.get("Ulimits", [])))
         if ulimits:
             host_config["Ulimits"] = ulimits
         host_config.update(req.extra_host_config)
         config: dict[str, Any] = {
+            **opt_config,
             "Image": req.image,
-            "Labels": dict(req.labels),
+            # The app's labels first: lbctl's own (refused as user labels) decide.
+            "Labels": {**opt_config.get("Labels", {}), **req.labels},
             "Env": [f"{k}={v}" for k, v in req.env.items()],
             "HostConfig": host_config,
         }
+        first = _endpoint(networks[0], req.aliases) if networks else {}
+        if first:  # only when there is something to say: a default create stays as it was
+            config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: first}}
         if req.command:
             config["Cmd"] = list(req.command)
         try:
             container = await self.docker.containers.create(config, name=req.name)
         except aiodocker.DockerError as e:
+            if e.status == 404 and "network" in str(e.message).lower():
+                raise EngineError(f"creating container {req.name}: {e.message}") from e
             if e.status == 404:
                 raise ImageNotFound(f"image {req.image} not found on this engine") from e
             raise EngineError(f"creating container {req.name}: {e.message}") from e
+        try:
+            # API 1.41 creates with one network; the others are joined before the start,
+            # as `docker run --network a --network b` does.
+            for net in networks[1:]:
+                await self.docker._query_json(
+                    f"networks/{net}/connect", method="POST",
+                    data={"Container": container.id,
+                          "EndpointConfig": _endpoint(net, req.aliases)},
+                )
+        except aiodocker.DockerError as e:
+            raise EngineError(f"connecting container {req.name}: {e.message}") from e
         try:
             await container.start()
         except aiodocker.DockerError as e:
             raise EngineError(f"starting container {req.name}: {e.message}") from e
         return str(container.id)
+
+    async def cpu_count(self) -> int | None:
+        """CPUs of the engine's host (what --cpus may not exceed); None when not told."""
+        try:
+            info = await self._call("engine info", self.docker.system.info())
+        except aiodocker.DockerError as e:
+            raise EngineError(f"engine info: {e.message}") from e
+        n = info.get("NCPU") if isinstance(info, dict) else None
+        return n if isinstance(n, int) and n > 0 else None
+
+    async def network_driver(self, name: str) -> str | None:
+        """The driver of network `name` (bridge, overlay, ...); None when it does not exist."""
+        try:
+            info = await self._call(f"inspecting network {name}", self.docker.networks.get(name))
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return None
+            raise EngineError(f"inspecting network {name}: {e.message}") from e
+        data = await self._call(f"inspecting network {name}", info.show())
+        driver = data.get("Driver") or data.get("driver")
+        return str(driver) if driver else "bridge"
+
+    async def ensure_network(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Create bridge network `name` unless it exists; True when it was created."""
+        if await self.network_driver(name) is not None:
+            return False
+        try:
+            await self._call(f"creating network {name}", self.docker.networks.create(
+                {"Name": name, "Driver": "bridge", "Labels": dict(labels),
+                 "CheckDuplicate": True}))
+        except aiodocker.DockerError as e:
+            raise EngineError(f"creating network {name}: {e.message}") from e
+        return True
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Create local volume `name` unless it exists; True when it was created."""
+        try:
+            await self._call(f"inspecting volume {name}",
+                             self.docker._query_json(f"volumes/{name}"))
+            return False
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                raise EngineError(f"inspecting volume {name}: {e.message}") from e
+        try:
+            await self._call(f"creating volume {name}", self.docker._query_json(
+                "volumes/create", method="POST",
+                data={"Name": name, "Driver": "local", "Labels": dict(labels)}))
+        except aiodocker.DockerError as e:
+            raise EngineError(f"creating volume {name}: {e.message}") from e
+        return True
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
         await self._call(
@@ -254,7 +335,9 @@ class Engine:
         try:
             with contextlib.suppress(aiodocker.DockerError):
                 await c.stop(t=grace)
-            await c.delete(force=True)
+            # v: a replica's anonymous volumes (`-v /data`, an image's VOLUME) are its own
+            # and would pile up otherwise; named volumes are never removed by this.
+            await c.delete(force=True, v=True)
         except aiodocker.DockerError as e:
             if self.flavor == "podman" and "dependent containers" in str(e.message):
                 # Podman keeps a sandbox while replicas still use its namespace (Docker removes
@@ -317,6 +400,11 @@ class Engine:
                 await task
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise EngineError(f"event stream failed: {task.exception()}")
+
+
+def _endpoint(network: str, aliases: Sequence[str]) -> dict[str, Any]:
+    # Docker takes aliases only on user-defined networks.
+    return {"Aliases": list(aliases)} if aliases and network != DEFAULT_NETWORK else {}
 
 
 __all__ = [

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Daemon, app_containers, free_port, iptables_save
+from harness.daemon import Daemon
+from harness.engine import app_containers
+from harness.host import free_port, iptables_save
 
 pytestmark = pytest.mark.engine
 

@@ -200,7 +200,7 @@ def test_an_unhealthy_replica_is_replaced_after_the_grace(
     victim = f"{app_name}-2"
     old = replica_ids(app_name)[victim]
     t0 = time.monotonic()
-    docker("kill", "-s", "USR1", old)  # it stops listening but keeps running
+    docker("kill", "-s", "USR2", old)  # it stops listening but keeps running
     daemon.wait(lambda: any(r["container_id"] == old and r["state"] == "unhealthy"
                             for r in daemon.status(app_name)["replicas"]), 8, "unhealthy")
     t_unhealthy = time.monotonic() - t0

@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -277,3 +278,66 @@ def test_demo_health_becomes_healthy(pod: Pod) -> None:
         return docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy"
 
     wait_for(healthy, 15, f"{name} to be healthy")
+
+
+def test_sigusr1_makes_the_check_fail_and_again_pass(pod: Pod, demo_image: str) -> None:
+    """SIGUSR1 marks one replica sick: its own `--check` fails (even though the check's GET
+    may reach the other replica's listener in the shared namespace), the other's passes.
+    (This checkout's server, not lbctl/demo:latest: that tag is shared with other builds.)"""
+    sick = pod.replica("s", demo_image)
+    well = pod.replica("w", demo_image)
+    for name in (sick, well):
+        pod.wait_listening(name)
+
+    def check(name: str) -> int:
+        return subprocess.run(["docker", "exec", name, "/httpd", "--check"],
+                              capture_output=True, timeout=10, check=False).returncode
+
+    assert check(sick) == check(well) == 0
+    docker("kill", "-s", "USR1", sick)
+    wait_for(lambda: check(sick) == 1, 5, f"{sick}'s check to fail")
+    assert check(well) == 0
+    assert "sick (SIGUSR1)" in logs(sick)
+    docker("kill", "-s", "USR1", sick)
+    wait_for(lambda: check(sick) == 0, 5, f"{sick}'s check to pass again")
+
+
+def test_file_and_fetch_show_a_volume_and_a_peer_by_name(tmp_path: Path, demo_image: str
+                                                        ) -> None:
+    """FILE serves what the container sees at a path (a bind mount here); FETCH relays a GET
+    of another container reached by its name on a user network."""
+    prefix = f"lbctl-test-img-{uuid.uuid4().hex[:8]}"
+    net, peer, me = f"{prefix}-net", f"{prefix}-peer", f"{prefix}-me"
+    data = tmp_path / "x"
+    data.write_text("from the volume\n")
+    docker("network", "create", "--label", "lbctl.test=1", net)
+    try:
+        docker("run", "-d", "--name", peer, "--label", "lbctl.test=1", "--network", net,
+               "-e", "LBCTL_REPLICA=the-peer", demo_image)
+        docker("run", "-d", "--name", me, "--label", "lbctl.test=1", "--network", net,
+               "-v", f"{data.parent}:/data:ro", "-e", "FILE=/data/x",
+               "-e", f"FETCH={peer}:8080", "-e", "LBCTL_REPLICA=me", demo_image)
+        ip = docker("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}',
+                    me)
+        wait_for(lambda: "listening on" in logs(me) and "listening on" in logs(peer), 10,
+                 "both to listen")
+
+        def get(path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection(ip, PORT, timeout=5)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                return resp.status, resp.read().decode()
+            finally:
+                conn.close()
+
+        assert get("/file") == (200, "from the volume\n")
+        assert get("/fetch") == (200, "the-peer\n")
+        assert get("/") == (200, "me\n")  # every other path: the name, as before
+        docker("rm", "-f", peer)
+        assert get("/fetch")[0] == 502
+        data.unlink()
+        assert get("/file")[0] == 404
+    finally:
+        subprocess.run(["docker", "rm", "-f", peer, me], capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)
