@@ -29,6 +29,7 @@ from lbctl.dataplane.ebpf import EbpfError, ListenerError
 from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
+from lbctl.model.names import replica_name
 from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent
 
 log = logging.getLogger("lbctl.controller")
@@ -277,6 +278,11 @@ class AppWorker:
         if p.converged:
             self.create_failures = 0
         self.s.metrics.set_replica_states(self.name, _counts(p, containers))
+        rec = self.s.apps.record(self.name)
+        rolling = rec is not None and rec.rollout is not None and rec.rollout.active
+        self.s.metrics.rollout_in_progress.labels(app=self.name).set(1 if rolling else 0)
+        if desired.revision is not None:
+            self.s.metrics.rollout_revision.labels(app=self.name).set(desired.revision)
         return False
 
     async def fast_sync(self) -> None:
@@ -389,6 +395,9 @@ class AppWorker:
             jobs.append(self._create_one(req, revision))
         if p.rollout_step:
             self.last_step = now
+            for c in p.create:
+                log.info("rollout step: starting %s", replica_name(self.name, c.index),
+                         extra={"app": self.name, "revision": desired.revision})
         if jobs:
             await asyncio.gather(*jobs)
 
@@ -425,7 +434,14 @@ class AppWorker:
             return
         if p.rollout_failure:
             self.s.metrics.rollout_failures.labels(app=self.name).inc()
-            await apps.rollout_failed(self.name, desired.revision, p.rollout_failure)
+            reason = p.rollout_failure
+            culprit = p.rollout_culprit
+            if culprit is not None:
+                # What the replica said last is usually why: the operator sees it at once.
+                tail = await self.s.engine.logs_tail(culprit.id, 1)
+                if tail:
+                    reason = f"{reason}: {tail}"
+            await apps.rollout_failed(self.name, desired.revision, reason)
         elif p.rollout_complete and desired.canary is None:
             await apps.rollout_complete(self.name, desired.revision)
 
