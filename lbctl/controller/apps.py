@@ -164,7 +164,8 @@ class AppsService:
         ev = self._gone.setdefault(name, asyncio.Event())
         if name not in self.state.deleted and name not in self.state.apps:
             return
-        await asyncio.wait_for(ev.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await ev.wait()
 
     # ---- rollout control -----------------------------------------------------------------
 

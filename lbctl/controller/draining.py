@@ -4,7 +4,12 @@ A draining replica is out of the data plane for new clients; what it still serve
 when stopping it loses nobody:
 
 TCP, both modes: its open connections on the port plus its accept queue
-(sockets.established_connections), which it must finish.
+(sockets.established_connections), which it must finish. In iptables mode a connection whose
+SYN was DNATed to the replica just before the rules changed is still in its handshake when the
+drain first looks (a request socket, owned by no process, that the count cannot see): the
+drain never ends before HANDSHAKE_SETTLE, by when such a connection is established and
+counted (a handshake between the host and its own bridge takes well under a millisecond;
+0.3 s leaves a wide margin on a loaded host and costs a scale-down nothing noticeable).
 
 UDP, ebpf mode: the program keeps every flow the replica had on it while it drains (its socket
 stays in the socket map) and places new flows elsewhere; the drain waits until none of its
@@ -30,6 +35,7 @@ from lbctl.controller.ports import ConnectionCounter, EbpfPort
 from lbctl.model import AppSpec, Container, Mode
 
 FLOW_IDLE = 2.0
+HANDSHAKE_SETTLE = 0.3
 
 # (container, monotonic time its drain began) -> what it still serves; the drain ends at 0.
 Pending = Callable[[Container, float], Awaitable[int]]
@@ -45,7 +51,10 @@ def pending_for(
         if c.pid is None:
             return 0
         if spec.publish.proto == "tcp":
-            return await open_connections(c.pid, port)
+            n = await open_connections(c.pid, port)
+            if spec.mode is Mode.IPTABLES and time.monotonic() - since < HANDSHAKE_SETTLE:
+                return max(n, 1)
+            return n
         if spec.mode is Mode.EBPF:
             if ebpf is None:
                 return 0

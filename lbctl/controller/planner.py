@@ -262,7 +262,9 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         crashed=tuple(crashed),
         rollout_failure=roll.failure[1] if roll.failure else None,
         rollout_culprit=roll.failure[0] if roll.failure else None,
-        rollout_complete=not old_left and ready_target == spec.replicas,
+        # Done once the old replicas are gone, not merely out of the data plane.
+        rollout_complete=not old_left and ready_target == spec.replicas
+        and not any(c.id in retiring and c.running for c in replicas),
         rollout_step=roll.step,
         converged=converged,
     )

@@ -36,7 +36,8 @@ class ProbeRecord:
 
 async def tcp_probe(ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(ip, port)
     except (OSError, TimeoutError):
         return False
     writer.close()

@@ -153,7 +153,8 @@ class Controller:
     async def _discovery(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._discover_now.wait(), DISCOVERY_INTERVAL)
+                async with asyncio.timeout(DISCOVERY_INTERVAL):
+                    await self._discover_now.wait()
             self._discover_now.clear()
             try:
                 containers = await self.s.engine.list_containers()

@@ -154,7 +154,8 @@ class AppWorker:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.s.settings.resync_interval)
+                    async with asyncio.timeout(self.s.settings.resync_interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(self.s.settings.pass_timeout):
@@ -256,6 +257,9 @@ class AppWorker:
         self.view.planned_generation = generation
         self.view.synced = True
 
+        # Before anything is removed: a crashed replica's last log line is its diagnosis.
+        if spec is not None:
+            await self._report(desired, p)
         served = spec or desired.gone
         pending = (draining.pending_for(served, self.s.ebpf, self.s.open_connections)
                    if served else None)  # fmt: skip
@@ -272,7 +276,6 @@ class AppWorker:
                 return True
             return False
 
-        await self._report(desired, p)
         if p.create:
             await self._create_replicas(spec, desired, p)
         if p.converged:
@@ -426,7 +429,7 @@ class AppWorker:
                 continue
             self.reported.add(c.id)
             self._bump_backoff()
-            self._spawn(self._report_crash(c))
+            await self._report_crash(c)
         apps = self.s.apps
         rec = apps.record(self.name)
         ro = rec.rollout if rec else None

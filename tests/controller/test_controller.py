@@ -216,7 +216,7 @@ async def test_rolling_update_replaces_one_at_a_time_and_completes(tmp_path: Pat
 
         def watch() -> bool:
             nonlocal most
-            most = max(most, len(h.engine.running("web")))
+            most = max(most, len(h.rules.backends("web")))
             ro = h.apps.state.apps["web"].rollout
             return ro is not None and str(ro.state) == "complete"
 
@@ -224,7 +224,7 @@ async def test_rolling_update_replaces_one_at_a_time_and_completes(tmp_path: Pat
             "web": "rolling"}
         await h.until(watch, 10.0, "rollout complete")
         assert _images(h.engine, "web") == ["img:2"] * 4
-        assert most <= 5, "start-first with parallelism 1: never more than one extra"
+        assert most <= 5, "start-first with parallelism 1: never more than one extra serving"
         rec = h.apps.record("web")
         assert rec is not None and rec.revision == 2
         assert [r.number for r in rec.history] == [1, 2]

@@ -134,7 +134,8 @@ async def run_loader(args: list[str]) -> dict[str, Any]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), LOADER_TIMEOUT)
+        async with asyncio.timeout(LOADER_TIMEOUT):
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
