@@ -13,7 +13,7 @@ setup:
 	LBCTL_ENGINE=$(ENGINE) bash scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check lbctl tests $(wildcard bench)
+	$(VENV)/bin/ruff check lbctl tests bench harness
 	$(VENV)/bin/mypy --strict lbctl
 
 test: ENGINE = podman

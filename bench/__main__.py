@@ -24,9 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import dynamics, image, report, synccost, throughput, wrk
+from bench import dynamics, image, report, synccost, throughput
 from bench.env import PIN_ROOT, Env, remove_bench_containers
-from tests.helpers import E2E_LOCK, host_lock
+from harness import wrk
+from harness.host import E2E_LOCK, host_lock
 
 HERE = Path(__file__).resolve().parent
 EXTRA = ("scale", "convergence", "sync", "footprint")

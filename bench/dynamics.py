@@ -15,18 +15,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import wrk
 from bench.env import (
     PIN_ROOT,
     Env,
     container_ip,
     container_pid,
-    docker,
     proc_cpu_seconds,
     run_backend,
     run_sandbox,
 )
 from bench.image import PORT
+from harness import wrk
+from harness.engine import docker
 from lbctl.dataplane.ebpf import pins, table
 from lbctl.dataplane.iptables_rules import svc_chain
 
@@ -227,19 +227,23 @@ def _watcher(env: Env, app: str, mode: str, replica: str) -> Callable[[float], f
         state_file = env.daemon.state_dir / "ebpf" / f"{app}.json"
         maps = pins.open_pins(pins.pin_dir(PIN_ROOT, app))
 
-        def slot() -> int | None:
-            with contextlib.suppress(OSError, ValueError):
-                found = json.loads(state_file.read_text())["slots"].get(replica)
-                return None if found is None else int(found)
+        def slot() -> tuple[int, int] | None:
+            """(slot, table index) of the replica's listener, from the state file."""
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                data = json.loads(state_file.read_text())
+                for key, s in data["slots"].items():
+                    name, _, group = key.partition(" ")
+                    if name == replica and group:
+                        return int(s), int(data["groups"][group])
             return None
 
-        fixed: list[int] = []  # the slot, once known: removal is watched in the table only
+        fixed: list[tuple[int, int]] = []  # once known: removal is watched in the table only
 
         def present() -> bool:
-            s = fixed[0] if fixed else slot()
-            if s is None or s not in table.read_table(maps.fds)[1]:
+            found = fixed[0] if fixed else slot()
+            if found is None or found[0] not in table.read_table(maps.fds, found[1])[1]:
                 return False
-            fixed[:] = [s]
+            fixed[:] = [found]
             return True
 
     # `ready` in status means the controller put the replica in the data plane; check that

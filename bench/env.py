@@ -2,8 +2,8 @@
 
 Everything made here carries the label `lbctl.app=bench-*` (containers) or lives in one temp
 dir (proxy configs, the daemon's socket and state), and `Env.close()` removes all of it.
-The daemon is tests.helpers.Daemon (private socket, state dir, metrics port) with its own
-bpf pin root; the caller holds the host lock (tests.helpers.host_lock) the whole time.
+The daemon is harness.daemon.Daemon (private socket, state dir, metrics port) with its own
+bpf pin root; the caller holds the host lock (harness.host.host_lock) the whole time.
 """
 
 from __future__ import annotations
@@ -19,19 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.image import IMAGE, PORT
-from tests.helpers import Daemon, free_port
+from harness.daemon import Daemon
+from harness.engine import docker
+from harness.host import free_port
 
 LABEL = "lbctl.app"
 PREFIX = "bench-"
 PIN_ROOT = Path("/sys/fs/bpf/lbctl-bench")
 PAUSE_IMAGE = "lbctl/pause:latest"
-
-
-def docker(*args: str, check: bool = True) -> str:
-    r = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args[:3])}...: {r.stderr.strip()}")
-    return r.stdout
 
 
 def inspect(ref: str) -> dict[str, Any]:
@@ -80,7 +75,7 @@ def remove_bench_containers() -> None:
 
 def wait_http(host: str, port: int, timeout: float = 20.0) -> None:
     """Until host:port answers an HTTP request (nginx takes a moment to start)."""
-    from tests.helpers import get
+    from harness.traffic import get
 
     deadline = time.monotonic() + timeout
     while True:

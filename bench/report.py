@@ -314,7 +314,7 @@ def markdown(res: Results) -> str:
             w(f"| {n} | {ms:.3f} ms (measured) |")
         for n, ms in b["extrapolated_ms"].items():
             w(f"| {int(n):,} | {ms:.1f} ms (**extrapolated**: N x (entry + socket); one app "
-              "holds at most 128 sockets, so this cannot be measured) |")
+              "holds at most 256 sockets, so this cannot be measured) |")
         w("")
 
     fp = res.get("footprint")

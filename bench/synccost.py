@@ -6,9 +6,9 @@ nothing, then again with one backend replaced (what a replica restart costs); `s
 restores the host afterwards. Wall time, this process's CPU and its children's CPU
 (iptables-save/restore) are reported separately.
 
-eBPF: the program's maps hold at most 128 sockets (MAX_SLOTS) and a 256-entry selection
-table, so N > 128 cannot be measured; what is measured is the cost per map write (selection
-entry, sockmap insert of a real listening socket) and a whole sync's writes for up to 128
+eBPF: the program's maps hold at most 256 sockets (MAX_SLOTS) and a 256-entry selection
+table, so N > 256 cannot be measured; what is measured is the cost per map write (selection
+entry, sockmap insert of a real listening socket) and a whole sync's writes for up to 256
 members; larger N is extrapolated linearly from the per-entry cost and marked so.
 """
 
@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import PIN_ROOT
+from harness.host import free_port
 from lbctl.dataplane import bpfsys, ebpf
 from lbctl.dataplane.ebpf import pins
 from lbctl.dataplane.ebpf.table import write_table
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
-from tests.helpers import free_port
 
 Log = Callable[[str], None]
 

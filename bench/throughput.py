@@ -24,18 +24,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import wrk
 from bench.env import (
     Env,
     container_ip,
-    docker,
     proc_cpu_seconds,
     run_backend,
     run_sandbox,
     wait_http,
 )
 from bench.image import PORT
-from tests.helpers import free_port
+from harness import wrk
+from harness.engine import docker
+from harness.host import free_port
 
 PATHS = ("direct", "reuseport", "ebpf", "ebpf-sandbox", "iptables", "nginx", "haproxy",
          "dockerproxy")

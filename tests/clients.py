@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import ROOT
+from harness import ROOT
 
 IMAGES = {
     # kind -> (source dir, C file, binary name in the image)

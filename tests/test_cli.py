@@ -11,7 +11,7 @@ import pytest
 from lbctl.cli import parse_targets as _parse_targets
 from lbctl.cli import render_table
 from lbctl.cli import specs_from_toml as _specs_from_toml
-from lbctl.model import InvalidInput
+from lbctl.model import AppSpec, InvalidInput
 
 
 def _app(n: int) -> dict[str, object]:
@@ -97,5 +97,105 @@ def test_publish_repeated_and_in_brackets() -> None:
         "0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
     with pytest.raises(InvalidInput, match="overlaps"):
         body("0.0.0.0:80:8080", "127.0.0.1:80:8080")
+    # Repeated -p beside docker run's options: both reach the spec.
+    flags = ["-p", "0.0.0.0:80:8080", "--network", "dual", "-p", "[::]:80:8080", "-m", "64m"]
+    data = spec_from_run(build_parser().parse_args(["run", "web", "--image", "x", *flags]), [])
+    both = AppSpec.from_json(data)
+    assert [str(p) for p in both.publishes] == ["0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
+    assert both.options.network == ("dual",) and both.options.memory == "64m"
     dual = {**_app(1), "publishes": ["0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]}
     assert "web  ebpf  0.0.0.0:80:8080/tcp,[::]:80:8080/tcp  1/1 ready" in render_table([dual])
+
+
+def _run_args(*extra: str) -> list[str]:
+    return ["run", "web", "--image", "lbctl/demo", "-p", "8080:8080", *extra]
+
+
+def test_docker_run_options_on_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbctl.cli.inputs import spec_from_run
+    from lbctl.cli.parser import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "web.env").write_text("# docker's format\nFROM_FILE=1\nA=file\n")
+    args = build_parser().parse_args(_run_args(
+        "-v", "data:/data", "-v", "./conf:/etc/conf:ro", "--mount", "type=tmpfs,dst=/t",
+        "--network", "backend", "--network", "front", "-m", "512m", "--cpus", "0.5",
+        "--pids-limit", "64", "-u", "1000", "-w", "/data", "-l", "team=web",
+        "--env-file", "web.env", "-e", "A=flag", "--entrypoint", "/httpd",
+        "--health-cmd", '["/httpd", "--check"]', "--health-interval", "1s",
+        "--health-timeout", "1s", "--health-retries", "2", "--health-start-period", "2s",
+        "--read-only", "--tmpfs", "/run", "--cap-drop", "ALL", "--cap-add", "CHOWN",
+        "--ulimit", "nofile=1024:2048", "--stop-signal", "SIGINT", "--stop-timeout", "3",
+        "--log-driver", "local", "--log-opt", "max-size=1m", "--init",
+        "--add-host", "db2:10.0.0.5", "--dns", "10.0.0.53"))
+    data = spec_from_run(args, [])
+    assert data["env"] == {"FROM_FILE": "1", "A": "flag"}  # -e wins over --env-file
+    assert data["volume"] == ["data:/data", f"{tmp_path}/conf:/etc/conf:ro"]
+    assert data["health-cmd"] == ["/httpd", "--check"]  # JSON list: the exec form
+    assert data["entrypoint"] == ["/httpd"] and data["read-only"] is True
+    assert data["label"] == {"team": "web"} and data["log-opt"] == {"max-size": "1m"}
+    spec = AppSpec.from_json(data)
+    assert spec.options.memory == "512m" and spec.options.network == ("backend", "front")
+    assert spec.options.health_cmd == ("/httpd", "--check")
+    shell = build_parser().parse_args(_run_args("--health-cmd", "curl -f localhost"))
+    assert spec_from_run(shell, [])["health-cmd"] == "curl -f localhost"
+
+
+def test_update_changes_only_what_is_given() -> None:
+    from lbctl.cli.inputs import update_from_args
+    from lbctl.cli.parser import build_parser
+
+    args = build_parser().parse_args(["update", "web", "--memory", "1g", "--unset", "cpus",
+                                      "--unset", "volume"])
+    assert update_from_args(args, []) == {"memory": "1g", "unset": ["cpus", "volume"]}
+    for bad in (["--unset", "image"], ["--memory", "1g", "--unset", "memory"],
+                ["--memory", "lots"]):
+        with pytest.raises(InvalidInput):
+            update_from_args(build_parser().parse_args(["update", "web", *bad]), [])
+
+
+@pytest.mark.parametrize("args", [
+    _run_args("--privileged"), _run_args("-d"), _run_args("--restart", "always"),
+    ["update", "web", "--gpus", "all"], _run_args("--memory", "1k"),
+    _run_args("--network", "host"), _run_args("--label", "lbctl.app=x"),
+    _run_args("--env-file", "/nonexistent/web.env"), _run_args("--pids-limit", "x"),
+])
+def test_unsupported_or_bad_options_are_one_line_exit_2(args: list[str], tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "lbctl", *args], capture_output=True, text=True,
+                       check=False, env={"LBCTL_SOCKET": str(tmp_path / "x.sock"),
+                                         "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if args[-1] in ("--privileged", "-d"):
+        assert f"{args[-1]}: not an option" in r.stderr, r.stderr
+
+
+def test_toml_takes_options_and_env_files(tmp_path: Path) -> None:
+    from lbctl.cli.inputs import read_apps_file
+
+    (tmp_path / "web.env").write_text("A=from-file\nB=from-file\n")
+    f = tmp_path / "apps.toml"
+    f.write_text('[[app]]\nname = "web"\nimage = "lbctl/demo"\npublish = "8080:8080"\n'
+                 'env-file = "web.env"\nenv = { B = "table" }\nvolume = ["./conf:/c:ro"]\n'
+                 'memory = "64m"\npids-limit = 10\nhealth-cmd = ["/httpd", "--check"]\n')
+    got = read_apps_file(f)
+    [app] = got.apps
+    assert app["env"] == {"A": "from-file", "B": "table"} and "env-file" not in app
+    assert app["volume"] == [f"{tmp_path}/conf:/c:ro"]
+    assert got.body() == {"apps": [app]}
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  web:\n    image: lbctl/demo\n"
+                       "    x-lbctl: {publish: '8080:8080'}\n  db:\n    image: postgres\n")
+    got = read_apps_file(compose)
+    assert [a["name"] for a in got.apps] == ["web"] and got.skipped == ["db"]
+    assert set(got.body()) == {"apps", "networks"}  # the project's default network
+
+
+def test_table_names_an_adopted_container_outside_the_namespace() -> None:
+    app = _app(2)
+    app["replicas"][1]["note"] = ("not in the app's namespace: give it network_mode: "  # type: ignore[index]
+                                  "container:some-long-app-name-sandbox")
+    out = render_table([app])
+    assert "  web-2:\n    not in the app's namespace: give it network_mode:" in out
+    assert "container:some-long-app-name-sandbox" in out
+    assert all(len(line) <= 80 for line in out.splitlines())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from harness import ROOT
 from lbctl.metrics import Metrics
-from tests.helpers import ROOT
 
 
 def test_dashboard_queries_known_metrics() -> None:

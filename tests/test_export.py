@@ -98,8 +98,39 @@ def test_several_publishes_export_every_address_and_family() -> None:
                               "publish": ["0.0.0.0:80:8080", "[::]:80:8080"]})
     compose = export(spec, "compose")
     assert "-p 0.0.0.0:80:8080/tcp -p [::]:80:8080/tcp --replicas 0" in compose
-    assert yaml.safe_load(compose)["x-lbctl"]["publish"] == [
+    doc = yaml.safe_load(compose)
+    assert doc["x-lbctl"]["publish"] == doc["services"]["web"]["x-lbctl"]["publish"] == [
         "0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
+    assert "&id" not in compose  # each copy written out, no YAML anchor for the list
     svc = list(yaml.safe_load_all(export(spec, "kubernetes")))[1]["spec"]
     assert svc["ports"] == [{"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": 8080}]
     assert svc["ipFamilyPolicy"] == "PreferDualStack" and svc["ipFamilies"] == ["IPv4", "IPv6"]
+
+
+def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
+    spec = AppSpec.from_json({
+        "name": "web", "image": "lbctl/demo", "publish": "8080:8080", "memory": "512m",
+        "cpus": 0.5, "user": "1000:1000", "workdir": "/data", "read-only": True,
+        "cap-drop": ["ALL"], "entrypoint": ["/httpd"], "health-cmd": "curl -f localhost",
+        "health-interval": "1m30s", "health-retries": 2, "stop-timeout": 20,
+        "add-host": ["db:10.0.0.5", "db2:10.0.0.5"], "dns": ["10.0.0.53"],
+        "label": {"team": "web"}, "volume": ["data:/data"], "network": ["backend"],
+        "init": True,
+    })
+    text = to_kubernetes(spec)
+    deployment, _ = list(yaml.safe_load_all(text))
+    pod = deployment["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["resources"] == {"limits": {"memory": "512Mi", "cpu": "0.5"}}
+    assert c["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["command"] == ["/httpd"] and c["workingDir"] == "/data"
+    assert c["livenessProbe"] == {"exec": {"command": ["/bin/sh", "-c", "curl -f localhost"]},
+                                  "periodSeconds": 90, "failureThreshold": 2}
+    assert pod["terminationGracePeriodSeconds"] == 20
+    assert pod["hostAliases"] == [{"ip": "10.0.0.5", "hostnames": ["db", "db2"]}]
+    assert pod["dnsConfig"] == {"nameservers": ["10.0.0.53"]}
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {"team": "web"}
+    # what Kubernetes has no field for is named, never dropped silently
+    assert "#   volume, network, init\n" in text

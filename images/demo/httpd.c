@@ -8,21 +8,43 @@
 // (no registry is needed to build it).
 //
 // Environment:
-//   PORT           TCP port (default 8080), bound on BIND.
-//   BIND           address to listen on (default 0.0.0.0). An IPv6 address
-//                  listens on IPv6; "::" takes IPv4 clients too (a dual-stack
-//                  socket, IPV6_V6ONLY off), as an app serving both families
-//                  through lbctl's IPv6 publishes would.
+//   PORT           TCP port (default 8080).
+//   BIND           address both sockets bind (default 0.0.0.0).  An IPv6
+//                  address makes them IPv6 sockets, dual-stack (taking IPv4
+//                  too) unless V6ONLY=1: BIND=:: serves both families with
+//                  one socket per protocol.
+//   V6ONLY=1       with an IPv6 BIND: set IPV6_V6ONLY (IPv6 clients only).
 //   REUSEPORT=0    do not set SO_REUSEPORT (bind then fails next to another
 //                  listener: "bind: Address in use", exit 1).
 //   LBCTL_REPLICA  the name to answer with (fallback: hostname).
 //   DELAY_MS       wait this long before answering each request.
 //   GRACE_MS       upper bound of the graceful shutdown (default 5000).
-//   UDP_PORT       also answer UDP datagrams on this port (bound on BIND).
+//   UDP_PORT       also answer UDP datagrams on this port: with the name and a
+//                  newline, whatever the datagram held.
+//   UDP_ECHO=1     answer each datagram with "<name> <payload>" instead (the
+//                  payload as received, nothing added), so that a client can
+//                  tell which of its datagrams which replica answered.
+//   FILE           GET /file answers with this file's content (404 when it
+//                  cannot be read): shows what a replica sees on a volume.
+//   FETCH          HOST:PORT; GET /fetch answers with the body of a GET of
+//                  http://HOST:PORT/ (502 when that fails; the name is looked
+//                  up through the container's DNS, 2 s at most, and the loop
+//                  waits for it): shows whom a replica reaches by name.
+//                  Without FILE or FETCH, /file and /fetch answer like any
+//                  other path.
+//   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
+//                  behave): `docker stop` then waits its whole grace and kills.
 //
-// `httpd --check` GETs / on 127.0.0.1:$PORT (BIND's address when it names
-// one) and exits 0 on a 200 (for HEALTHCHECK, as the image has no shell or
-// curl).
+// Signals: SIGTERM/SIGINT drain and exit.  SIGUSR1 marks the server sick
+// (SIGUSR1 again: well): it keeps serving, but `--check` (a HEALTHCHECK) fails.
+// SIGUSR2 closes the TCP listener and keeps running (a replica that stopped
+// serving: lbctl's own probes fail); SIGUSR2 again opens it.
+//
+// `httpd --check` GETs / on the loopback address of BIND's family, port
+// $PORT, and exits 0 on a 200 (for HEALTHCHECK, as the image has no shell or
+// curl); it fails while the server is sick, whichever listener its GET
+// reaches (replicas in one network namespace share the port), as it looks for
+// a sick httpd among the container's processes.
 //
 // Design: one thread, one epoll loop, level-triggered, non-blocking sockets.
 // Signals arrive through a signalfd, so shutdown is an ordinary event and no
@@ -41,7 +63,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <dirent.h>
+#include <netdb.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -54,6 +79,9 @@
 #define MAX_EVENTS 256
 #define ACCEPT_BATCH 64  // bound the accept loop so clients are not starved
 #define UDP_BATCH 64
+#define FILE_MAX 65536   // GET /file serves at most this much
+#define FETCH_MAX 4096   // GET /fetch relays at most this much
+#define SICK_NAME "httpd-sick"
 
 enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
 
@@ -63,6 +91,8 @@ struct tag {
     enum kind kind;
     int fd;
 };
+
+enum route { R_NAME, R_FILE, R_FETCH };
 
 enum cstate {
     C_READ,     // waiting for (the rest of) a request head
@@ -75,6 +105,8 @@ struct conn {
     enum cstate state;
     bool close_after;     // send "Connection: close" and close after it
     bool head;            // HEAD request: no body
+    enum route route;     // what the request asked for
+    char *dyn;            // a response built for this request (freed after it)
     size_t len;           // bytes in buf
     size_t body_skip;     // request body bytes still to discard
     const char *out;      // response being written
@@ -91,22 +123,19 @@ struct response {
     size_t len;
 };
 
-// The address every socket binds (BIND).
-static struct {
-    int family;
-    struct in_addr v4;
-    struct in6_addr v6;
-    bool any;
-} B = {.family = AF_INET, .any = true};
-
 static struct {
     int ep;
     struct tag listen, udp, sig;
+    int port;        // the TCP port, to open the listener again after SIGUSR2
+    bool reuseport;
     char name[256];
     size_t name_len;
     struct response resp[2][2];  // [head][close]
     int64_t delay_ms, grace_ms;
+    bool udp_echo;
     bool draining;
+    bool sick;                              // SIGUSR1: --check fails
+    const char *file, *fetch;               // FILE, FETCH
     int64_t drain_deadline;
     size_t nconns;
     struct conn *all;                       // every open connection
@@ -237,6 +266,17 @@ static enum parse_result parse_head(struct conn *c, size_t end)
         return P_BAD;
 
     c->head = (size_t)(sp1 - b) == 4 && memcmp(b, "HEAD", 4) == 0;
+    // The target, up to a query string: only /file and /fetch are routes.
+    const char *tgt = sp1 + 1;
+    size_t tlen = (size_t)(ver - 1 - tgt);
+    const char *q = memchr(tgt, '?', tlen);
+    if (q)
+        tlen = (size_t)(q - tgt);
+    c->route = R_NAME;
+    if (S.file && tlen == 5 && memcmp(tgt, "/file", 5) == 0)
+        c->route = R_FILE;
+    else if (S.fetch && tlen == 6 && memcmp(tgt, "/fetch", 6) == 0)
+        c->route = R_FETCH;
     // HTTP/1.1 keeps the connection unless told otherwise, 1.0 closes it
     // unless the client asked for keep-alive.
     c->close_after = !http11;
@@ -317,6 +357,7 @@ static void conn_close(struct conn *c)
 {
     if (c->state == C_DELAYED)
         dq_remove(c);
+    free(c->dyn);
     close(c->tag.fd);  // also removes it from the epoll set
     if (c->prev_all)
         c->prev_all->next_all = c->next_all;
@@ -359,7 +400,108 @@ static bool conn_flush(struct conn *c)
         ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLIN, c);
     c->state = C_READ;
     c->out = NULL;
+    free(c->dyn);
+    c->dyn = NULL;
     return true;
+}
+
+// ---------------------------------------------------------------------------
+// /file and /fetch: answers built per request
+
+static char *read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    char *buf = malloc(FILE_MAX);
+    size_t n = 0;
+    while (buf && n < FILE_MAX) {
+        ssize_t k = read(fd, buf + n, FILE_MAX - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    close(fd);
+    *len = n;
+    return buf;
+}
+
+// A GET of http://S.fetch/ (blocking, 2 s per step): the upstream's body on
+// a 200, NULL otherwise.
+static char *fetch_upstream(size_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(S.fetch, ':');
+    const char *port = colon ? colon + 1 : "80";
+    size_t hl = colon ? (size_t)(colon - S.fetch) : strlen(S.fetch);
+    if (hl == 0 || hl >= sizeof host)
+        return NULL;
+    memcpy(host, S.fetch, hl);
+    host[hl] = 0;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
+    if (getaddrinfo(host, port, &hints, &ai) != 0)
+        return NULL;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 2};
+    char *resp = NULL;
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+        char req[512];
+        int rl = snprintf(req, sizeof req,
+                          "GET / HTTP/1.0\r\nHost: %s\r\nUser-Agent: httpd-fetch\r\n\r\n", host);
+        resp = malloc(FETCH_MAX + 1);
+        size_t n = 0;
+        if (resp && send(fd, req, (size_t)rl, MSG_NOSIGNAL) == rl) {
+            for (ssize_t k; n < FETCH_MAX && (k = recv(fd, resp + n, FETCH_MAX - n, 0)) > 0;)
+                n += (size_t)k;
+        }
+        char *body = NULL;
+        if (resp) {
+            resp[n] = 0;
+            body = strstr(resp, "\r\n\r\n");
+        }
+        if (body && n >= 12 && memcmp(resp + 8, " 200", 4) == 0) {
+            body += 4;
+            *len = n - (size_t)(body - resp);
+            memmove(resp, body, *len);
+        } else {
+            free(resp);
+            resp = NULL;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return resp;
+}
+
+static void respond_built(struct conn *c, const char *status, const char *body, size_t blen)
+{
+    char *p;
+    int n = asprintf(&p,
+                     "HTTP/1.1 %s\r\n"
+                     "Content-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\n"
+                     "X-Replica: %s\r\n"
+                     "Connection: %s\r\n"
+                     "\r\n",
+                     status, blen, S.name, c->close_after ? "close" : "keep-alive");
+    if (n < 0)
+        die("asprintf");
+    size_t total = (size_t)n + (c->head ? 0 : blen);
+    char *out = realloc(p, total ? total : 1);
+    if (!out)
+        die("realloc");
+    if (!c->head)
+        memcpy(out + n, body, blen);
+    c->dyn = out;
+    c->out = out;
+    c->out_len = total;
 }
 
 static void conn_respond(struct conn *c)
@@ -371,6 +513,17 @@ static void conn_respond(struct conn *c)
     c->out = r->data;
     c->out_len = r->len;
     c->out_off = 0;
+    if (c->route != R_NAME) {
+        size_t len = 0;
+        char *body = c->route == R_FILE ? read_file(S.file, &len) : fetch_upstream(&len);
+        if (body)
+            respond_built(c, "200 OK", body, len);
+        else if (c->route == R_FILE)
+            respond_built(c, "404 Not Found", "cannot read FILE\n", 17);
+        else
+            respond_built(c, "502 Bad Gateway", "cannot fetch FETCH\n", 19);
+        free(body);
+    }
     if (conn_flush(c) && c->len > 0)
         conn_on_readable(c);  // bytes of a further request already read
 }
@@ -498,13 +651,22 @@ static void on_accept(void)
 
 static void on_udp(void)
 {
-    char buf[2048];
+    // The reply is built in place: "<name> " then the payload received after it.
+    char buf[sizeof S.name + 1 + 2048];
+    memcpy(buf, S.name, S.name_len);
+    buf[S.name_len] = ' ';
+    char *payload = buf + S.name_len + 1;
     for (int i = 0; i < UDP_BATCH; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
-        ssize_t n = recvfrom(S.udp.fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &plen);
+        ssize_t n = recvfrom(S.udp.fd, payload, 2048, 0, (struct sockaddr *)&peer, &plen);
         if (n < 0)
             return;
+        if (S.udp_echo) {
+            sendto(S.udp.fd, buf, S.name_len + 1 + (size_t)n, 0, (struct sockaddr *)&peer,
+                   plen);
+            continue;
+        }
         // The GET body (name + "\n") is the tail of the precomputed response.
         const struct response *r = &S.resp[0][0];
         sendto(S.udp.fd, r->data + r->len - (S.name_len + 1), S.name_len + 1, 0,
@@ -542,52 +704,78 @@ static void start_drain(void)
     fprintf(stderr, "httpd: %s: draining, %zu request(s) in flight\n", S.name, busy);
 }
 
+static void open_listener(void);
+
 static void on_signal(bool *stop)
 {
     struct signalfd_siginfo si;
     while (read(S.sig.fd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
             *stop = true;
+        if (si.ssi_signo == SIGUSR1) {
+            // The process name is what `--check` looks at: it runs as another
+            // process, and its GET may reach another replica's listener.
+            S.sick = !S.sick;
+            prctl(PR_SET_NAME, S.sick ? SICK_NAME : "httpd", 0, 0, 0);
+            fprintf(stderr, "httpd: %s: %s\n", S.name, S.sick ? "sick (SIGUSR1)" : "well again");
+        } else if (si.ssi_signo == SIGUSR2 && S.listen.fd >= 0 && !S.draining) {
+            close(S.listen.fd);  // epoll forgets a closed fd by itself
+            S.listen.fd = -1;
+            fprintf(stderr, "httpd: %s: listener closed (SIGUSR2)\n", S.name);
+        } else if (si.ssi_signo == SIGUSR2 && S.listen.fd < 0 && !S.draining) {
+            open_listener();
+            fprintf(stderr, "httpd: %s: listener open again (SIGUSR2)\n", S.name);
+        }
     }
 }
 
 // ---------------------------------------------------------------------------
 // Setup
 
-// BIND: 0.0.0.0 unless set; false if it is no IPv4 or IPv6 address.
+// Where the sockets bind (BIND, V6ONLY): parsed once in main().
+static struct {
+    int family;
+    struct in_addr v4;
+    struct in6_addr v6;
+    bool v6only;
+    char text[INET6_ADDRSTRLEN];
+} B = {.family = AF_INET, .text = "0.0.0.0"};
+
 static bool parse_bind(const char *v)
 {
     if (!v || !*v)
-        return true;
-    if (inet_pton(AF_INET, v, &B.v4) == 1) {
+        return true;  // the default: 0.0.0.0
+    if (strlen(v) >= sizeof B.text)
+        return false;
+    if (inet_pton(AF_INET, v, &B.v4) == 1)
         B.family = AF_INET;
-        B.any = B.v4.s_addr == htonl(INADDR_ANY);
-        return true;
-    }
-    if (inet_pton(AF_INET6, v, &B.v6) == 1) {
+    else if (inet_pton(AF_INET6, v, &B.v6) == 1)
         B.family = AF_INET6;
-        B.any = IN6_IS_ADDR_UNSPECIFIED(&B.v6);
-        return true;
-    }
-    return false;
+    else
+        return false;
+    snprintf(B.text, sizeof B.text, "%s", v);
+    return true;
 }
 
-// The BIND address and `port` as a sockaddr; returns its length.
-static socklen_t bind_addr(struct sockaddr_storage *ss, int port)
+// The sockaddr for BIND (or its family's loopback) and `port`; returns its length.
+static socklen_t bind_addr(struct sockaddr_storage *ss, int port, bool loopback)
 {
     memset(ss, 0, sizeof *ss);
     if (B.family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        a->sin6_addr = B.v6;
-        return sizeof *a;
+        struct sockaddr_in6 *sa = (struct sockaddr_in6 *)ss;
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons((uint16_t)port);
+        sa->sin6_addr = loopback ? in6addr_loopback : B.v6;
+        return sizeof *sa;
     }
-    struct sockaddr_in *a = (struct sockaddr_in *)ss;
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)port);
-    a->sin_addr = B.v4;
-    return sizeof *a;
+    struct sockaddr_in *sa = (struct sockaddr_in *)ss;
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    if (loopback)
+        sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    else
+        sa->sin_addr = B.v4;
+    return sizeof *sa;
 }
 
 static int bind_socket(int type, int port, bool reuseport)
@@ -595,18 +783,20 @@ static int bind_socket(int type, int port, bool reuseport)
     int fd = socket(B.family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket");
-    int one = 1, zero = 0;
+    int one = 1;
     // SO_REUSEADDR only helps a restart past TIME_WAIT; on Linux it never
     // lets two listeners share a port, so REUSEPORT=0 still conflicts.
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
         die("setsockopt(SO_REUSEPORT)");
-    // "::" serves IPv4 too, whatever net.ipv6.bindv6only says.
-    if (B.family == AF_INET6 && B.any &&
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) < 0)
-        die("setsockopt(IPV6_V6ONLY)");
+    if (B.family == AF_INET6) {
+        // Explicit either way: the kernel's default (bindv6only) is a sysctl.
+        int v6only = B.v6only;
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) < 0)
+            die("setsockopt(IPV6_V6ONLY)");
+    }
     struct sockaddr_storage sa;
-    socklen_t salen = bind_addr(&sa, port);
+    socklen_t salen = bind_addr(&sa, port, false);
     if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
         if (errno == EADDRINUSE) {
             // A fixed text that tests and operators can grep for.
@@ -619,6 +809,14 @@ static int bind_socket(int type, int port, bool reuseport)
     return fd;
 }
 
+static void open_listener(void)
+{
+    S.listen.fd = bind_socket(SOCK_STREAM, S.port, S.reuseport);
+    if (listen(S.listen.fd, BACKLOG) < 0)
+        die("listen");
+    ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+}
+
 static void raise_nofile(void)
 {
     // Many concurrent connections need many fds; take the hard limit.
@@ -629,28 +827,43 @@ static void raise_nofile(void)
     }
 }
 
+// A process of this container marked sick by SIGUSR1?
+static bool any_sick(void)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return false;
+    bool sick = false;
+    for (struct dirent *e; !sick && (e = readdir(d));) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char path[64], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/%.20s/comm", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, comm, sizeof comm - 1);
+        close(fd);
+        sick = n > 0 && strncmp(comm, SICK_NAME "\n", sizeof SICK_NAME) == 0;
+    }
+    closedir(d);
+    return sick;
+}
+
 static int check(int port)
 {
-    // A wildcard BIND is asked on 127.0.0.1 ("::" serves IPv4 too); an address
-    // on that address.
-    struct sockaddr_storage sa;
-    socklen_t salen;
-    if (B.any) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&sa;
-        memset(&sa, 0, sizeof sa);
-        a->sin_family = AF_INET;
-        a->sin_port = htons((uint16_t)port);
-        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        salen = sizeof *a;
-    } else {
-        salen = bind_addr(&sa, port);
+    if (any_sick()) {
+        fprintf(stderr, "check: marked sick by SIGUSR1\n");
+        return 1;
     }
-    int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(B.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 1;
     struct timeval tv = {.tv_sec = 2};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_storage sa;
+    socklen_t salen = bind_addr(&sa, port, true);
     if (connect(fd, (struct sockaddr *)&sa, salen) < 0) {
         perror("check: connect");
         return 1;
@@ -673,7 +886,8 @@ static int check(int port)
     // "HTTP/1.1 200" (any minor version)
     if (len >= 12 && memcmp(buf, "HTTP/1.", 7) == 0 && memcmp(buf + 8, " 200", 4) == 0)
         return 0;
-    fprintf(stderr, "check: no 200 from port %d\n", port);
+    fprintf(stderr, "check: no 200 from %s port %d\n",
+            B.family == AF_INET6 ? "::1" : "127.0.0.1", port);
     return 1;
 }
 
@@ -688,6 +902,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "httpd: BIND must be an IPv4 or IPv6 address\n");
         return 1;
     }
+    const char *v6only = getenv("V6ONLY");
+    B.v6only = v6only && strcmp(v6only, "1") == 0;
     if (argc > 1 && strcmp(argv[1], "--check") == 0)
         return check((int)port);
     if (argc > 1) {
@@ -707,10 +923,18 @@ int main(int argc, char **argv)
             *p = '_';
     S.name_len = strlen(S.name);
     S.delay_ms = env_long("DELAY_MS", 0);
+    S.file = getenv("FILE");
+    if (S.file && !*S.file)
+        S.file = NULL;
+    S.fetch = getenv("FETCH");
+    if (S.fetch && !*S.fetch)
+        S.fetch = NULL;
     S.grace_ms = env_long("GRACE_MS", 5000);
     const char *rp = getenv("REUSEPORT");
     bool reuseport = !(rp && strcmp(rp, "0") == 0);
     long udp_port = env_long("UDP_PORT", 0);
+    const char *echo = getenv("UDP_ECHO");
+    S.udp_echo = echo && strcmp(echo, "1") == 0;
     if (udp_port > 65535) {
         fprintf(stderr, "httpd: UDP_PORT must be 1..65535\n");
         return 1;
@@ -724,8 +948,14 @@ int main(int argc, char **argv)
     // PID 1 in a container, unhandled signals would be ignored anyway.
     sigset_t mask;
     sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
+    const char *it = getenv("IGNORE_TERM");
+    if (it && strcmp(it, "1") == 0)
+        signal(SIGTERM, SIG_IGN);
+    else
+        sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGUSR2);
     if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
         die("sigprocmask");
 
@@ -740,10 +970,9 @@ int main(int argc, char **argv)
     ep_ctl(EPOLL_CTL_ADD, S.sig.fd, EPOLLIN, &S.sig);
 
     S.listen.kind = K_LISTEN;
-    S.listen.fd = bind_socket(SOCK_STREAM, (int)port, reuseport);
-    if (listen(S.listen.fd, BACKLOG) < 0)
-        die("listen");
-    ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+    S.port = (int)port;
+    S.reuseport = reuseport;
+    open_listener();
 
     S.udp.kind = K_UDP;
     S.udp.fd = -1;
@@ -752,12 +981,12 @@ int main(int argc, char **argv)
         ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
     }
 
-    const char *bind_text = getenv("BIND");
-    bool v6 = B.family == AF_INET6;
-    fprintf(stderr, "httpd: %s listening on %s%s%s:%ld/tcp%s%s (reuseport=%d delay_ms=%lld)\n",
-            S.name, v6 ? "[" : "", bind_text && *bind_text ? bind_text : "0.0.0.0",
-            v6 ? "]" : "", port, udp_port ? " and udp " : "",
-            udp_port ? getenv("UDP_PORT") : "", reuseport, (long long)S.delay_ms);
+    const char *stack = B.family == AF_INET ? "" : B.v6only ? " (v6only)" : " (dual-stack)";
+    fprintf(stderr,
+            "httpd: %s listening on %s%s port %ld/tcp%s%s (reuseport=%d%s delay_ms=%lld)\n",
+            S.name, B.text, stack, port, udp_port ? " and udp " : "",
+            udp_port ? getenv("UDP_PORT") : "", reuseport, S.udp_echo ? " udp_echo=1" : "",
+            (long long)S.delay_ms);
 
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {

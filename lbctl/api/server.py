@@ -17,9 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from lbctl.controller import status as status_mod
+from lbctl.controller.admission import Resources
 from lbctl.controller.apps import NotFound
 from lbctl.controller.supervisor import Controller
 from lbctl.model import AppSpec, InvalidInput, Mode, validate_name, validate_replicas
+from lbctl.model.docker_syntax import resource_name
+from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.spec import parse_env
 
 log = logging.getLogger("lbctl.api")
@@ -90,6 +93,22 @@ def _canary(value: object) -> int | None:
     return value
 
 
+def _resources(raw: object, what: str) -> dict[str, dict[str, str]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > 64:
+        raise InvalidInput(f"{what} must be an object of name -> labels")
+    out: dict[str, dict[str, str]] = {}
+    for name, labels in raw.items():
+        resource_name(name, what[:-1])
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise InvalidInput(f"{what}: the labels of {name} must be an object of strings")
+        out[name] = dict(labels)
+    return out
+
+
 class Api:
     def __init__(self, controller: Controller, default_mode: Mode) -> None:
         self.c = controller
@@ -116,7 +135,9 @@ class Api:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_socket():
             path.unlink()
-        self.runner = web.AppRunner(self.app, access_log=None)
+        # A stopping daemon does not wait for long requests (an `rm` waiting for its drains):
+        # their clients see the connection close and `lbctl status` tells the rest.
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
         # Create the socket with no access for others from the first moment, then open it
         # to the lbctl group: a chmod after bind would leave a window.
@@ -174,20 +195,25 @@ class Api:
                                  status=201 if what == "created" else 200)
 
     async def apply(self, request: web.Request) -> web.Response:
-        """Several apps at once, all or nothing."""
+        """Several apps at once, all or nothing; `networks` and `volumes` (name -> labels)
+        are created first when missing (what a compose file declares)."""
         body = await read_json(request)
-        if not isinstance(body, dict) or set(body) != {"apps"} or not isinstance(
-            body["apps"], list
-        ) or not body["apps"]:
-            raise InvalidInput('body must be {"apps": [app, ...]}')
+        if not isinstance(body, dict) or not set(body) <= {"apps", "networks", "volumes"} or (
+            not isinstance(body.get("apps"), list) or not body["apps"]
+        ):
+            raise InvalidInput('body must be {"apps": [app, ...]} (and optionally "networks" '
+                               'and "volumes": {name: {label: value}})')
         specs = [self._spec(item) for item in body["apps"]]
-        outcome = await self.apps.apply(specs)
+        resources = Resources(_resources(body.get("networks"), "networks"),
+                              _resources(body.get("volumes"), "volumes"))
+        outcome = await self.apps.apply(specs, resources=resources)
         return web.json_response({"result": outcome})
 
     async def update_app(self, request: web.Request) -> web.Response:
         """Change some fields of an app: any field of the spec (replaced), `env_add` (merged
-        into env), `env_rm` (keys removed from env), and `canary` (percent held for the new
-        revision until `rollout resume`)."""
+        into env), `env_rm` (keys removed from env), `unset` (options back to the image's or
+        engine's default), and `canary` (percent held for the new revision until
+        `rollout resume`)."""
         name = _name(request)
         body = await read_json(request)
         if not isinstance(body, dict) or not body:
@@ -197,7 +223,17 @@ class Api:
         canary = _canary(body.get("canary"))
         current = self.apps.spec(name).to_json()
         merged = {**current, **{k: v for k, v in body.items()
-                                if k not in ("env_add", "env_rm", "canary")}}
+                                if k not in ("env_add", "env_rm", "canary", "unset")}}
+        unset = body.get("unset", [])
+        if not isinstance(unset, list) or not all(
+            isinstance(k, str) and k in OPTION_FIELDS for k in unset
+        ):
+            raise InvalidInput(f"unset must be a list of options ({', '.join(OPTION_FIELDS)})")
+        both = sorted(set(unset) & set(body))
+        if both:
+            raise InvalidInput(f"{both[0]} is both given and unset")
+        for k in unset:
+            merged.pop(k, None)
         env = dict(merged.get("env") or {}) if isinstance(merged.get("env"), dict) else {}
         add = body.get("env_add", {})
         if isinstance(add, list):

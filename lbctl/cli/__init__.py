@@ -18,11 +18,12 @@ from lbctl.api.client import ApiError, DaemonUnavailable, socket_path
 from lbctl.cli import commands
 from lbctl.cli.inputs import (
     parse_targets,
+    read_apps_file,
     spec_from_run,
     specs_from_toml,
     update_from_args,
 )
-from lbctl.cli.parser import EXIT_USAGE, build_parser
+from lbctl.cli.parser import EXIT_USAGE, parse_args
 from lbctl.cli.render import render_table
 from lbctl.cli.wait import Failure
 from lbctl.model import InvalidInput, validate_name
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "--" in args_list:
         i = args_list.index("--")
         args_list, command = args_list[:i], args_list[i + 1 :]
-    args = build_parser().parse_args(args_list)
+    args = parse_args(args_list)
     try:
         code = _dispatch(args, command)
     except InvalidInput as e:
@@ -75,8 +76,11 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
         body = update_from_args(args, command)
         return asyncio.run(commands.update(sock, args.name, body, args.no_wait, args.timeout))
     if args.cmd == "apply":
-        specs = specs_from_toml(Path(args.file))
-        return asyncio.run(commands.apply(sock, specs, args.no_wait, args.timeout))
+        given = read_apps_file(Path(args.file))
+        for name in given.skipped:
+            print(f"{name}: skipped (not an lbctl app: no x-lbctl, no ports with "
+                  "deploy.replicas; run it with docker-compose)")
+        return asyncio.run(commands.apply(sock, given.body(), args.no_wait, args.timeout))
     if args.cmd == "scale":
         targets = parse_targets(args.targets)
         return asyncio.run(commands.scale(sock, targets, args.no_wait, args.timeout))

@@ -41,9 +41,9 @@ async def run(sock: Path, spec: dict[str, Any], no_wait: bool, timeout: float) -
     return 0
 
 
-async def apply(sock: Path, specs: list[dict[str, Any]], no_wait: bool, timeout: float) -> int:
+async def apply(sock: Path, body: dict[str, Any], no_wait: bool, timeout: float) -> int:
     async with Client(sock) as c:
-        resp = await c.request("POST", "/apply", {"apps": specs})
+        resp = await c.request("POST", "/apply", body)
         outcome: dict[str, str] = resp["result"]
         for name, what in outcome.items():
             print(f"{name}: {what}")

@@ -4,14 +4,117 @@ bad input is refused here with one line and exit 2, and nothing is sent."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lbctl.compose.interpolate import parse_docker_env_file
+from lbctl.compose.reader import is_compose, read_compose
 from lbctl.model import AppSpec, InvalidInput, parse_env, parse_replicas, validate_name
+from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.publish import parse_publishes
 from lbctl.model.rollout import UpdatePolicy
+
+# docker run flags whose values are lists, and those that are KEY=VALUE objects.
+_LIST_FLAGS = ("volume", "mount", "tmpfs", "network", "add-host", "dns", "ulimit", "cap-add",
+               "cap-drop")
+_MAP_FLAGS = ("label", "log-opt")
+_SCALAR_FLAGS = ("memory", "cpus", "pids-limit", "user", "workdir", "health-interval",
+                 "health-timeout", "health-retries", "health-start-period", "stop-signal",
+                 "stop-timeout", "log-driver")
+
+
+@dataclass
+class FileInput:
+    """What `lbctl apply -f` sends: the apps, and what a compose file declares."""
+
+    apps: list[dict[str, Any]]
+    networks: dict[str, dict[str, str]] = field(default_factory=dict)
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"apps": self.apps}
+        if self.networks:
+            body["networks"] = self.networks
+        if self.volumes:
+            body["volumes"] = self.volumes
+        return body
+
+
+def options_from_args(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """The docker run options given on the command line, as spec fields (relative bind
+    sources are taken from `base`, the working directory, as docker run does)."""
+    out: dict[str, Any] = {}
+    for key in _LIST_FLAGS:
+        v = getattr(args, key.replace("-", "_"), None)
+        if v is not None:
+            out[key] = [absolute_bind(x, base) for x in v] if key == "volume" else list(v)
+    for key in _MAP_FLAGS:
+        v = getattr(args, key.replace("-", "_"), None)
+        if v is not None:
+            pairs: dict[str, str] = {}
+            for item in v:
+                k, _, val = item.partition("=")
+                pairs[k] = val
+            out[key] = pairs
+    for key in _SCALAR_FLAGS:
+        v = getattr(args, key.replace("-", "_"), None)
+        if v is not None:
+            out[key] = v
+    if getattr(args, "entrypoint", None) is not None:
+        out["entrypoint"] = [args.entrypoint]
+    if getattr(args, "health_cmd", None) is not None:
+        out["health-cmd"] = health_cmd(args.health_cmd)
+    for key in ("read-only", "init"):
+        if getattr(args, key.replace("-", "_"), None):
+            out[key] = True
+    return out
+
+
+def health_cmd(text: str) -> str | list[str]:
+    """--health-cmd: a shell command, as in docker run; a JSON list is the exec form (a
+    Dockerfile's HEALTHCHECK CMD [...]), for images without a shell."""
+    if text.lstrip().startswith("["):
+        try:
+            cmd = json.loads(text)
+        except ValueError:
+            raise InvalidInput(f"--health-cmd {text!r} is not a JSON list of strings") from None
+        if not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
+            raise InvalidInput(f"--health-cmd {text!r} is not a JSON list of strings")
+        return cmd
+    return text
+
+
+def absolute_bind(volume: str, base: Path) -> str:
+    """`-v ./conf:/etc/app` -> the absolute host path (the daemon has no working dir)."""
+    source, sep, rest = volume.partition(":")
+    if sep and (source.startswith(("./", "../", "~")) or source in (".", "..")):
+        source = os.path.normpath(base / os.path.expanduser(source))
+        return f"{source}:{rest}"
+    return volume
+
+
+def env_from_files(paths: Sequence[str], base: Path,
+                   environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """--env-file (and a TOML app's env-file): docker's KEY=VALUE format, read here so that
+    the daemon receives variables, never a path."""
+    env: dict[str, str] = {}
+    for name in paths:
+        path = base / os.path.expanduser(name)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise InvalidInput(f"cannot read env file {path}: {e.strerror}") from None
+        try:
+            env.update(parse_docker_env_file(text, os.environ if environ is None else environ))
+        except InvalidInput as e:
+            raise InvalidInput(f"env file {path}: {e}") from None
+    return env
 
 _POLICY_FLAGS = {
     "parallelism": "parallelism",
@@ -37,7 +140,7 @@ def policy_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
-    env: dict[str, str] = {}
+    env = env_from_files(args.env_file or [], Path.cwd())
     for item in args.env:
         env.update(parse_env(item))
     data: dict[str, Any] = {
@@ -50,6 +153,7 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
     }
     if args.mode:
         data["mode"] = args.mode
+    data.update(options_from_args(args, Path.cwd()))
     policy = policy_from_args(args)
     if policy is not None:
         data["update"] = policy
@@ -67,8 +171,8 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
     body: dict[str, Any] = {}
     if args.image is not None:
         body["image"] = args.image
-    if args.env:
-        add: dict[str, str] = {}
+    if args.env or args.env_file:
+        add = env_from_files(args.env_file or [], Path.cwd())
         for item in args.env:
             add.update(parse_env(item))
         body["env_add"] = add
@@ -85,10 +189,44 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
     policy = policy_from_args(args)
     if policy is not None:
         body["update"] = policy
+    options = options_from_args(args, Path.cwd())
+    body.update(options)
+    if args.unset:
+        bad = [k for k in args.unset if k not in OPTION_FIELDS]
+        if bad:
+            raise InvalidInput(f"--unset {bad[0]}: not an option (use one of "
+                               f"{', '.join(OPTION_FIELDS)})")
+        both = sorted(set(args.unset) & set(options))
+        if both:
+            raise InvalidInput(f"--{both[0]} is both given and unset")
+        body["unset"] = sorted(set(args.unset))
     if not body:
         raise InvalidInput("nothing to update: give --image, -e, --env-rm, --replicas, a "
-                           "command after --, or update-policy flags")
+                           "docker run option, --unset, a command after --, or update-policy "
+                           "flags")
+    # The options alone are checked here; the daemon checks the merged spec.
+    AppSpec.from_json({"name": args.name, "image": "x", "publish": "1:1", **options})
     return body
+
+
+def read_apps_file(path: Path) -> FileInput:
+    """`lbctl apply -f`: a TOML file of [[app]] tables, or a compose file."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path} is not a text file") from None
+    if is_compose(path, text):
+        read = read_compose(path)
+        seen: set[str] = set()
+        for data in read.apps:
+            AppSpec.from_json(data)
+            if data["name"] in seen:
+                raise InvalidInput(f"{path}: app {data['name']} appears twice")
+            seen.add(data["name"])
+        return FileInput(read.apps, read.networks, read.volumes, read.skipped)
+    return FileInput(specs_from_toml(path))
 
 
 def specs_from_toml(path: Path) -> list[dict[str, Any]]:
@@ -107,6 +245,20 @@ def specs_from_toml(path: Path) -> list[dict[str, Any]]:
         if not isinstance(table, dict):
             raise InvalidInput(f"{path}: every [[app]] must be a table")
         data = dict(table)
+        base = path.resolve().parent
+        if "env-file" in data:
+            files = data.pop("env-file")
+            if isinstance(files, str):
+                files = [files]
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise InvalidInput(f"{path}: env-file must be a path or a list of paths")
+            env = data.get("env", {})
+            if not isinstance(env, dict):
+                raise InvalidInput(f"{path}: env must be a table beside env-file")
+            data["env"] = {**env_from_files(files, base), **env}
+        if isinstance(data.get("volume"), list):
+            data["volume"] = [absolute_bind(v, base) if isinstance(v, str) else v
+                              for v in data["volume"]]
         AppSpec.from_json(data)
         if data["name"] in seen:
             raise InvalidInput(f"{path}: app {data['name']} appears twice")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lbctl import __version__
 
@@ -15,6 +15,19 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"lbctl: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; an option `run`/`update` do not take is most likely one of docker
+    run's that lbctl does not pass on: it is named and refused, never dropped."""
+    p = build_parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        if args.cmd in ("run", "update"):
+            p.error(f"{extra[0]}: not an option of `lbctl {args.cmd}` (lbctl takes the docker "
+                    "run options its --help lists, and refuses the others)")
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _wait_flags(p: argparse.ArgumentParser, default: float = 60.0) -> None:
@@ -39,6 +52,54 @@ def _update_policy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--update-order", choices=["start-first", "stop-first"],
                    help="start a new replica before draining an old one, or after "
                         "(default start-first)")
+
+
+def _docker_run_flags(p: argparse.ArgumentParser, update: bool = False) -> None:
+    """docker run's options, under docker's names (see lbctl.model.options)."""
+    title = ("docker run options (given ones replace the app's; --unset resets one)" if update
+             else "docker run options (same names and syntax as docker run)")
+    g = p.add_argument_group(title)
+
+    def many(*flags: str, **kw: Any) -> None:
+        g.add_argument(*flags, action="append", default=None, **kw)
+
+    many("-v", "--volume", metavar="[SRC:]DST[:OPTS]",
+                   help="named volume, absolute (or ./relative) host path, or anonymous")
+    many("--mount", metavar="type=...,source=...,target=...")
+    many("--tmpfs", metavar="PATH[:OPTS]")
+    many("--network", metavar="NET",
+                   help="user-defined bridge network(s); the first carries the app's traffic "
+                        "(ebpf mode: the sandbox joins them)")
+    many("--add-host", metavar="HOST:IP")
+    many("--dns", metavar="IP")
+    g.add_argument("-m", "--memory", metavar="SIZE", help="memory limit (512m, 1g)")
+    g.add_argument("--cpus", metavar="N", help="CPU limit (0.5, 2)")
+    g.add_argument("--pids-limit", type=int, metavar="N")
+    many("--ulimit", metavar="NAME=SOFT[:HARD]")
+    g.add_argument("-u", "--user", metavar="USER[:GROUP]")
+    g.add_argument("-w", "--workdir", metavar="DIR")
+    g.add_argument("--entrypoint", metavar="CMD")
+    many("-l", "--label", metavar="KEY=VALUE")
+    many("--env-file", metavar="FILE",
+                   help="read KEY=VALUE lines into the environment (-e wins)")
+    g.add_argument("--health-cmd", metavar="CMD",
+                   help='run in the image\'s shell; a JSON list (\'["/httpd","--check"]\') '
+                        "runs without one")
+    g.add_argument("--health-interval", metavar="DURATION")
+    g.add_argument("--health-timeout", metavar="DURATION")
+    g.add_argument("--health-retries", type=int, metavar="N")
+    g.add_argument("--health-start-period", metavar="DURATION")
+    g.add_argument("--read-only", action="store_true", default=None)
+    many("--cap-add", metavar="CAP")
+    many("--cap-drop", metavar="CAP")
+    g.add_argument("--stop-signal", metavar="SIGNAL")
+    g.add_argument("--stop-timeout", type=int, metavar="SECONDS")
+    g.add_argument("--log-driver", metavar="DRIVER")
+    many("--log-opt", metavar="KEY=VALUE")
+    g.add_argument("--init", action="store_true", default=None)
+    if update:
+        many("--unset", metavar="OPTION",
+                       help="reset an option (memory, volume, ...) to the image's default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--replicas", default="1")
     r.add_argument("--mode", choices=["iptables", "ebpf"])
     r.add_argument("-e", "--env", action="append", default=[])
+    _docker_run_flags(r)
     _update_policy_flags(r)
     _wait_flags(r)
 
-    u = sub.add_parser("update", help="change an app; a new image, env or command rolls out")
+    u = sub.add_parser("update", help="change an app; a new image, env, command or option "
+                                      "rolls out")
     u.add_argument("name")
     u.add_argument("--image")
     u.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE to add or change")
@@ -85,10 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--canary", type=int, metavar="PCT",
                    help="hold the new revision beside the old one with PCT%% of new "
                         "connections, until `lbctl rollout resume` or `undo`")
+    _docker_run_flags(u, update=True)
     _update_policy_flags(u)
     _wait_flags(u, 300.0)
 
-    a = sub.add_parser("apply", help="create or change the apps of a TOML file (all or nothing)")
+    a = sub.add_parser("apply", help="create or change the apps of a TOML or compose file "
+                                     "(all or nothing)")
     a.add_argument("-f", "--file", required=True)
     _wait_flags(a, 300.0)
 

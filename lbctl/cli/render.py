@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -38,6 +39,12 @@ def render_table(apps: list[dict[str, Any]]) -> str:
             )
         if any(r.get("adopted") for r in a["replicas"]):
             lines.append("  * adopted: not created by lbctl, never removed by it")
+        for r in a["replicas"]:
+            if r.get("note"):  # wrapped: the table stays 80 columns wide
+                lines.append(f"  {r['name']}:")
+                parts = textwrap.wrap(str(r["note"]), 76, break_on_hyphens=False,
+                                      break_long_words=False)
+                lines += ["    " + part for part in parts]
         lines.append("")
     return "\n".join(lines).rstrip()
 

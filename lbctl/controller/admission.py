@@ -5,18 +5,41 @@ changes anything; a refusal is one line for the user (InvalidInput: HTTP 400, ex
   (our DNAT would silently steal its traffic), for every address the app publishes;
 - an IPv6 publish finds an IPv6 stack and ip6tables on this host;
 - the app's mode works on this host now (ebpf needs root, bcc, a header tree, bpffs);
-- the image is on the engine (no registry is assumed reachable).
+- the image is on the engine (no registry is assumed reachable);
+- the networks an app names exist (or are declared, to be created) and the first is a bridge
+  network: lbctl sends the app's traffic to the address there (to its IPv6 address for IPv6
+  publishes, so then it must have IPv6; see controller.template.attachment);
+- `cpus` does not exceed the engine host's CPUs (the engine would refuse every create).
+
+`Resources` are the volumes and networks a compose file declares: created, when missing, only
+after every check passed. lbctl never removes them (a volume holds data, and both may be
+shared with docker-compose's services).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from lbctl.controller.ports import EnginePort
+from lbctl.controller.template import attachment
 from lbctl.dataplane.hostnet import ipv6_unavailable_reason
 from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.model.options import DEFAULT_NETWORK
+from lbctl.runtime.engine import NetworkFacts, NetworkSpec
+
+log = logging.getLogger("lbctl.controller")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Volumes and networks to create when missing: name -> labels."""
+
+    networks: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    volumes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class Admission:
@@ -33,7 +56,8 @@ class Admission:
         self.ipv6_unavailable = ipv6_unavailable
 
     async def check_new(
-        self, new: Sequence[AppSpec], changed: Sequence[AppSpec], others: Sequence[AppSpec]
+        self, new: Sequence[AppSpec], changed: Sequence[AppSpec], others: Sequence[AppSpec],
+        declared: Resources | None = None,
     ) -> None:
         """Everything for apps to create (`new`) and apps to change (`changed`)."""
         self.check_clashes([*new, *changed], others)
@@ -60,6 +84,56 @@ class Admission:
         for image in sorted({s.image for s in [*new, *changed]}):
             if not await self.engine.image_exists(image):
                 raise InvalidInput(f"image {image} is not on this engine: build or pull it first")
+        await self.check_networks([*new, *changed], declared or Resources())
+        await self.check_cpus([*new, *changed])
+
+    async def check_cpus(self, specs: Sequence[AppSpec]) -> None:
+        """The engine refuses --cpus above its host's count at every create: say it once,
+        now, rather than as a crash loop."""
+        wanted = [s for s in specs if s.options.cpus is not None]
+        if not wanted:
+            return
+        ncpu = await self.engine.cpu_count()
+        for spec in wanted:
+            if ncpu is not None and spec.options.cpus is not None and spec.options.cpus > ncpu:
+                raise InvalidInput(f"app {spec.name}: cpus {spec.options.cpus:g} is more than "
+                                   f"the {ncpu} CPUs of the engine's host")
+
+    async def check_networks(self, specs: Sequence[AppSpec], declared: Resources) -> None:
+        found: dict[str, NetworkFacts | None] = {}
+        for spec in specs:
+            for i, net in enumerate(spec.options.network):
+                if net in declared.networks:
+                    continue  # created as a bridge network before the app is committed
+                if net not in found:
+                    found[net] = await self.engine.network(net)
+                facts = found[net]
+                if facts is None:
+                    raise InvalidInput(f"app {spec.name}: network {net} does not exist: create "
+                                       f"it with `docker network create {net}`")
+                if i == 0 and facts.driver != "bridge" and net != DEFAULT_NETWORK:
+                    raise InvalidInput(
+                        f"app {spec.name}: network {net} uses the {facts.driver} driver; the "
+                        "first network of an app must be a bridge network, where lbctl sends "
+                        "its traffic")
+            target = attachment(spec)
+            if spec.wants_ipv6 and target.target is not None and not target.own:
+                # A declared network that does not exist yet is created without IPv6.
+                facts = found.get(target.target) or await self.engine.network(target.target)
+                if facts is None or not facts.ipv6:
+                    raise InvalidInput(
+                        f"app {spec.name} publishes IPv6 but its network {target.target} has "
+                        f"no IPv6: use one created with `docker network create --ipv6 "
+                        f"--subnet IPV6_PREFIX/64 NAME`, or name no network (lbctl then "
+                        f"places the app on an IPv6 network of its own)")
+
+    async def create(self, resources: Resources) -> None:
+        for name, labels in sorted(resources.volumes.items()):
+            if await self.engine.ensure_volume(name, labels):
+                log.info("created volume %s", name)
+        for name, labels in sorted(resources.networks.items()):
+            if await self.engine.ensure_network(NetworkSpec(name, labels)):
+                log.info("created network %s", name)
 
     @staticmethod
     def check_clashes(specs: Sequence[AppSpec], others: Sequence[AppSpec]) -> None:

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from lbctl.controller.admission import Admission
+from lbctl.controller.admission import Admission, Resources
 from lbctl.controller.planner import Desired
 from lbctl.controller.store import AppRecord, State, StateStore
-from lbctl.model import AppSpec, InvalidInput
+from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.model.options import NAMESPACE_FIELDS
 from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
 
 log = logging.getLogger("lbctl.controller")
@@ -70,8 +71,7 @@ class AppsService:
     def desired(self, name: str) -> Desired:
         rec = self.state.apps.get(name)
         if rec is None:
-            gone = self.state.deleted.get(name)
-            return Desired(None, drain_port=gone.publish.container_port if gone else None)
+            return Desired(None, gone=self.state.deleted.get(name))
         ro = rec.rollout
         canary = ro.canary if ro is not None and ro.active else None
         stable = None
@@ -101,19 +101,25 @@ class AppsService:
             )
         await self.apply([spec])
 
-    async def apply(self, specs: Sequence[AppSpec], canary: int | None = None) -> dict[str, str]:
+    async def apply(self, specs: Sequence[AppSpec], canary: int | None = None,
+                    resources: Resources | None = None) -> dict[str, str]:
         """Create or change every app in `specs`, all or nothing. Returns name -> what
-        happened: created, rolling (a new revision), scaled/updated, unchanged."""
+        happened: created, rolling (a new revision), scaled/updated, unchanged. `resources`:
+        volumes and networks to create first when missing (a compose file's)."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise InvalidInput("an app appears twice")
         for s in specs:
             self._check_change(s)
+        resources = resources or Resources()
         await self.admission.check_new(
             [s for s in specs if s.name not in self.state.apps],
             [s for s in specs if s.name in self.state.apps],
             others=self._published_except(names),
+            declared=resources,
         )
+        # Everything is checked: what the apps need may be created now.
+        await self.admission.create(resources)
         async with self._commit:
             # Re-check against the state as it is now: another request may have committed
             # while the checks above waited on the engine.
@@ -158,7 +164,8 @@ class AppsService:
         ev = self._gone.setdefault(name, asyncio.Event())
         if name not in self.state.deleted and name not in self.state.apps:
             return
-        await asyncio.wait_for(ev.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await ev.wait()
 
     # ---- rollout control -----------------------------------------------------------------
 
@@ -278,6 +285,15 @@ class AppsService:
                 f"app {spec.name} exists with publish {shown} in {old.spec.mode} "
                 "mode: changing either changes the data plane, so `lbctl rm` it and run it again"
             )
+        if spec.mode is Mode.EBPF:
+            a, b = old.spec.options.to_json(), spec.options.to_json()
+            changed = sorted(k for k in NAMESPACE_FIELDS if a.get(k) != b.get(k))
+            if changed:
+                raise InvalidInput(
+                    f"app {spec.name} runs in ebpf mode, where {' and '.join(changed)} belong "
+                    "to the sandbox whose network namespace every replica shares: changing "
+                    "them needs a new sandbox, so `lbctl rm` it and run it again"
+                )
 
     def _published_except(self, names: Sequence[str]) -> list[AppSpec]:
         skip = set(names)

@@ -29,7 +29,7 @@ def service(spec: AppSpec, p: AppPlan) -> Service:
 
 def dnat_target(c: Container, port: int, weight: int = 1) -> Backend:
     """Where the DNAT sends connections for container `c` (a replica, or ebpf mode's
-    sandbox): its addresses on the network template.network_for placed it on, IPv6 too
+    sandbox): its addresses on the network template.attachment targets, IPv6 too
     where that network has it."""
     return Backend(c.name, c.ip or "", port, weight, c.ip6)
 

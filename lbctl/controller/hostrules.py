@@ -101,7 +101,8 @@ class HostRules:
         backoff = 0.2
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC_INTERVAL)
+                async with asyncio.timeout(RESYNC_INTERVAL):
+                    await self._wake.wait()
             self._wake.clear()
             version = self._version
             services = sorted(self.services.values(), key=lambda s: s.app)

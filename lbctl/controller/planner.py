@@ -49,8 +49,8 @@ class Desired:
     stable_hash: str | None = None
     canary: int | None = None  # percent of new connections for the new revision, held
     paused: bool = False
-    # Deleted app: the port its replicas drained on (to count their open connections).
-    drain_port: int | None = None
+    # Deleted app: its last spec, so its replicas drain as they served (port, protocol, mode).
+    gone: AppSpec | None = None
 
     @property
     def hash(self) -> str | None:
@@ -112,6 +112,7 @@ class AppPlan:
     crashed: tuple[Container, ...] = ()
     # A new replica failed the rollout (exited, stayed unready, turned unhealthy): why.
     rollout_failure: str | None = None
+    rollout_culprit: Container | None = None  # the new replica that failed it
     rollout_complete: bool = False
     rollout_step: bool = False  # a new batch starts in this pass (for the policy's delay)
     # Every wanted replica runs the target revision, is ready, and nothing retires.
@@ -259,8 +260,11 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         weights=weights,
         states=states,
         crashed=tuple(crashed),
-        rollout_failure=roll.failure,
-        rollout_complete=not old_left and ready_target == spec.replicas,
+        rollout_failure=roll.failure[1] if roll.failure else None,
+        rollout_culprit=roll.failure[0] if roll.failure else None,
+        # Done once the old replicas are gone, not merely out of the data plane.
+        rollout_complete=not old_left and ready_target == spec.replicas
+        and not any(c.id in retiring and c.running for c in replicas),
         rollout_step=roll.step,
         converged=converged,
     )
@@ -271,7 +275,7 @@ class _Roll:
     create: list[str] = field(default_factory=list)  # spec hashes, one per replica to create
     retire: list[Container] = field(default_factory=list)
     surplus: list[Container] = field(default_factory=list)  # retired for being too many
-    failure: str | None = None
+    failure: tuple[Container, str] | None = None
     step: bool = False
 
 
@@ -351,23 +355,23 @@ def _rollout_failure(
     states: Mapping[str, ReplicaState],
     target: str,
     policy: UpdatePolicy,
-) -> str | None:
+) -> tuple[Container, str] | None:
     for c in observed.containers:
         if (
             c.managed and c.role != ROLE_SANDBOX and not c.running
             and _hash(c, target) == target and c.id not in observed.retiring
         ):  # fmt: skip
             code = f" with code {c.exit_code}" if c.exit_code is not None else ""
-            return f"{c.name} exited{code}"
+            return c, f"{c.name} exited{code}"
     for c in new:
         st = states[c.id]
         if st is ReplicaState.UNHEALTHY and not c.paused and c.id not in observed.doomed:
-            return f"{c.name} is unhealthy"
+            return c, f"{c.name} is unhealthy"
         if (
             st is ReplicaState.STARTING and c.started_at is not None
             and observed.wall - c.started_at > policy.ready_timeout
         ):  # fmt: skip
-            return f"{c.name} was not ready after {policy.ready_timeout:g}s"
+            return c, f"{c.name} was not ready after {policy.ready_timeout:g}s"
     return None
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 from lbctl.dataplane.ebpf import Member
 from lbctl.dataplane.iptables_rules import Service
 from lbctl.model import Container
-from lbctl.runtime.engine import CreateRequest, EngineEvent, NetworkSpec
+from lbctl.runtime.engine import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 
 
 class EnginePort(Protocol):
@@ -23,11 +23,17 @@ class EnginePort(Protocol):
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None: ...
 
-    async def ensure_network(self, spec: NetworkSpec) -> None: ...
+    async def ensure_network(self, spec: NetworkSpec) -> bool: ...
 
     async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool: ...
 
     async def image_exists(self, image: str) -> bool: ...
+
+    async def cpu_count(self) -> int | None: ...
+
+    async def network(self, name: str) -> NetworkFacts | None: ...
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool: ...
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str: ...
 
@@ -44,9 +50,14 @@ class EbpfPort(Protocol):
         netns_pid: int,
         ready: Sequence[Member],
         draining: Sequence[Member] = (),
+        proto: str = "tcp",
     ) -> None: ...
 
-    async def has_listener(self, pid: int, port: int, name: str | None = None) -> bool: ...
+    async def has_listener(
+        self, pid: int, port: int, name: str | None = None, proto: str = "tcp"
+    ) -> bool: ...
+
+    async def active_flows(self, app: str, replica: str, within: float) -> int: ...
 
     async def counters(self, app: str) -> dict[str, int]: ...
 
@@ -71,6 +82,7 @@ class Hairpin(Protocol):
 
 
 class ConnectionCounter(Protocol):
-    """Open connections a replica still has on its port (what a drain waits to reach 0)."""
+    """Open TCP connections a replica still has on its port (what a TCP drain waits to reach
+    0; UDP drains are in lbctl.controller.draining)."""
 
     async def __call__(self, pid: int, port: int) -> int: ...

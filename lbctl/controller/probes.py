@@ -36,7 +36,8 @@ class ProbeRecord:
 
 async def tcp_probe(ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(ip, port)
     except (OSError, TimeoutError):
         return False
     writer.close()
@@ -55,6 +56,11 @@ class Prober:
     def state(self, container_id: str) -> ReplicaState | None:
         rec = self.records.get(container_id)
         return rec.state if rec else None
+
+    def failing(self, container_id: str) -> bool:
+        """The last probe failed (a verdict may be one probe away)."""
+        rec = self.records.get(container_id)
+        return rec is not None and rec.failures > 0
 
     def checked_at(self, container_id: str) -> float:
         rec = self.records.get(container_id)

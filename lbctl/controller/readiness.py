@@ -1,9 +1,11 @@
 """How a replica of a given app is asked whether it serves: per mode and protocol.
 
-ebpf mode: a listening socket with SO_REUSEPORT in the replica's own processes (replicas share
-the sandbox's address, so a connect would not tell them apart); iptables mode: a TCP connect
-to each of the replica's addresses whose family the app publishes; UDP has no handshake, so
-a running (and healthy) replica is all that is known.
+ebpf mode: a socket of the app's protocol on the port in the replica's own processes (replicas
+share the sandbox's address, so a connect would not tell them apart), in whatever families
+the replica binds, every one of them with SO_REUSEPORT: a TCP listener, or an unconnected UDP
+socket; iptables mode: a TCP connect to each of the replica's addresses whose family the app
+publishes; UDP has no handshake there, so a running (and healthy) replica is all that is
+known.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def answers_for(
             if ebpf is None or c.pid is None:
                 return False
             try:
-                return await ebpf.has_listener(c.pid, port, c.name)
+                return await ebpf.has_listener(c.pid, port, c.name, spec.publish.proto)
             except ListenerError as e:
                 fail(str(e))
                 return False

@@ -1,11 +1,12 @@
 """Retiring a container: drain it, then stop and remove it, as a task of its own.
 
-A drain waits (bounded by the drain timeout) until the replica holds no open connection on
-its port; a stop waits up to the stop grace for the process to exit. Both can take seconds,
-so they never run inside a worker's pass: scaling 64 -> 1 an image that ignores SIGTERM must
-not hold the app's own failover, let alone another app's. The worker starts a retirement
-only after a successful sync took the container out of the data plane, and is woken when it
-ends.
+A drain waits (bounded by the drain timeout) until the replica serves nothing any more: no
+open connection on its port, or for UDP no flow active lately (lbctl.controller.draining
+says what counts); a stop waits up to the stop grace for the process to exit. Both can take
+seconds, so they never run inside a worker's pass: scaling 64 -> 1 an image that ignores
+SIGTERM must not hold the app's own failover, let alone another app's. The worker starts a
+retirement only after a successful sync took the container out of the data plane, and is
+woken when it ends.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lbctl.controller.ports import ConnectionCounter, EnginePort
+from lbctl.controller.draining import Pending
+from lbctl.controller.ports import EnginePort
 from lbctl.model import Container
 
 log = logging.getLogger("lbctl.controller")
@@ -28,6 +30,7 @@ REMOVE_ATTEMPTS = 5
 @dataclass
 class Retirement:
     container: Container
+    pending: Pending | None = None  # what it still serves; None: nothing to drain
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
     surplus: bool = False  # retired for being too many: may be taken back while it drains
@@ -41,13 +44,11 @@ class Retirements:
     def __init__(
         self,
         engine: EnginePort,
-        open_connections: ConnectionCounter,
         drain_timeout: float,
         stop_grace: int,
         on_done: Callable[[], None],
     ) -> None:
         self.engine = engine
-        self.open_connections = open_connections
         self.drain_timeout = drain_timeout
         self.stop_grace = stop_grace
         self.on_done = on_done
@@ -55,6 +56,11 @@ class Retirements:
         # Removed, but perhaps still in a list the worker took before the removal ended:
         # planned as retiring (never retired twice) until the engine no longer lists them.
         self.removed: set[str] = set()
+
+    def grace_of(self, c: Container) -> int:
+        """The app's own --stop-timeout when it has one (its process needs that long to
+        finish), else the daemon's --stop-grace."""
+        return self.stop_grace if c.stop_timeout is None else c.stop_timeout
 
     def ids(self) -> frozenset[str]:
         return frozenset(self.active) | frozenset(self.removed)
@@ -76,11 +82,13 @@ class Retirements:
                                                    "replica": r.container.name})
         return True
 
-    def start(self, c: Container, port: int | None, surplus: bool = False) -> None:
+    def start(self, c: Container, pending: Pending | None, surplus: bool = False) -> None:
+        """Drain `c` while `pending` says it serves something (no drain when None: a sandbox,
+        or a deleted app's replica whose port is unknown), then stop and remove it."""
         if c.id in self.active:
             return
-        r = Retirement(c, surplus=surplus)
-        r.task = asyncio.create_task(self._run(r, port), name=f"retire {c.name}")
+        r = Retirement(c, pending, surplus=surplus)
+        r.task = asyncio.create_task(self._run(r), name=f"retire {c.name}")
         self.active[c.id] = r
 
     def forget_missing(self, live: set[str]) -> None:
@@ -92,19 +100,19 @@ class Retirements:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, r: Retirement, port: int | None) -> None:
+    async def _run(self, r: Retirement) -> None:
         c = r.container
         fields = {"app": c.app, "replica": c.name}
         try:
-            if c.running and c.pid is not None and port is not None:
+            if c.running and c.pid is not None and r.pending is not None:
                 log.info("draining replica", extra=fields)
-                await self._drain(r, c.pid, port)
+                await self._drain(r, r.pending)
             r.drained = True
             delay = 0.5
             for attempt in range(1, REMOVE_ATTEMPTS + 1):
                 try:
                     log.info("removing container", extra=fields)
-                    await self.engine.stop_and_remove(c.id, self.stop_grace)
+                    await self.engine.stop_and_remove(c.id, self.grace_of(c))
                     self.removed.add(c.id)
                     return
                 except Exception as e:
@@ -120,17 +128,18 @@ class Retirements:
                 self.active.pop(c.id, None)
             self.on_done()
 
-    async def _drain(self, r: Retirement, pid: int, port: int) -> None:
+    async def _drain(self, r: Retirement, pending: Pending) -> None:
         deadline = r.started + self.drain_timeout
         while True:
             try:
-                left = await self.open_connections(pid, port)
+                left = await pending(r.container, r.started)
             except Exception:
                 return
             if left == 0:
                 return
             if time.monotonic() >= deadline:
-                log.warning("drain timeout: stopping it with %d connection(s) open", left,
+                log.warning("drain timeout: stopping it with %d connection(s) or flow(s) "
+                            "still active", left,
                             extra={"app": r.container.app, "replica": r.container.name})
                 return
             await asyncio.sleep(DRAIN_POLL)

@@ -13,7 +13,7 @@ from typing import Any
 
 from lbctl.controller.apps import NotFound
 from lbctl.controller.supervisor import Controller
-from lbctl.model import ROLE_REPLICA, Mode, ReplicaState
+from lbctl.model import ROLE_REPLICA, Mode, ReplicaState, sandbox_name
 
 log = logging.getLogger("lbctl.controller")
 
@@ -75,6 +75,13 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
             if state is ReplicaState.READY and c.id not in view.in_dataplane:
                 state = ReplicaState.STARTING
             n = counts.get(c.name, 0)
+            note = None
+            if spec.mode is Mode.EBPF and not c.managed and (
+                p.sandbox is None or c.joined_to != p.sandbox.id
+            ):
+                # Adopted, but listening in a namespace of its own: no connection reaches it.
+                note = (f"not in the app's namespace: give it network_mode: "
+                        f"container:{sandbox_name(name)}")
             replicas.append({
                 "name": c.name,
                 "container_id": c.id,
@@ -85,6 +92,7 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
                 "revision": c.revision,
                 "weight": p.weights.get(c.id, 1) if state is ReplicaState.READY else 0,
                 "share": round(n / total, 4) if total else None,
+                **({"note": note} if note else {}),
             })  # fmt: skip
     ready = sum(1 for r in replicas if r["state"] == "ready")
     # A pass error is transient (the worker retries): it is the last event, not the error.

@@ -102,9 +102,10 @@ class Controller:
 
     async def _first_sync(self) -> None:
         """Ready (systemd's READY=1, /healthz synced) once every app known at start went
-        through one pass: the data plane then reflects what runs."""
+        through one pass, well or not: the data plane then reflects what runs, and an app
+        that cannot be synced (its error is in `status`) must not keep the daemon unready."""
         while True:
-            if all(w.view.synced for w in self.workers.values()):
+            if all(w.last_pass for w in self.workers.values()):
                 self.first_sync.set()
                 return
             await asyncio.sleep(0.05)
@@ -152,7 +153,8 @@ class Controller:
     async def _discovery(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._discover_now.wait(), DISCOVERY_INTERVAL)
+                async with asyncio.timeout(DISCOVERY_INTERVAL):
+                    await self._discover_now.wait()
             self._discover_now.clear()
             try:
                 containers = await self.s.engine.list_containers()

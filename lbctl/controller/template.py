@@ -2,15 +2,23 @@
 
 The one place where a spec's fields become engine create options, so a new option of the
 spec is one change here (and in lbctl.runtime, which speaks the engine's JSON).
+
+Which container gets which option follows from the mode. iptables mode: every replica is a
+container of its own and gets all of them. ebpf mode: the replicas share the sandbox's network
+namespace, so what belongs to a namespace (`--network`, `--add-host`, `--dns`: the interfaces,
+/etc/hosts, /etc/resolv.conf) is set on the sandbox (Docker refuses it on a container that
+joins another's namespace), and everything else on the replicas.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+from dataclasses import dataclass
 
-from lbctl.model import LABEL_MANAGED, ROLE_REPLICA, ROLE_SANDBOX, AppSpec, Mode
+from lbctl.model import LABEL_MANAGED, LABEL_NETWORK, ROLE_REPLICA, ROLE_SANDBOX, AppSpec
 from lbctl.model.names import replica_name, sandbox_name
+from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
 from lbctl.runtime.convert import replica_labels
 from lbctl.runtime.engine import CreateRequest, NetworkSpec
 
@@ -21,18 +29,11 @@ NETWORK = "lbctl"
 NETWORK_BRIDGE = "lbctl0"
 
 
-def network_for(spec: AppSpec) -> str | None:
-    """The network an app's DNAT targets live on: its replicas' in iptables mode, its
-    sandbox's in ebpf mode (replicas join the sandbox's namespace and need none). None: the
-    engine's default bridge, as before IPv6. The one place placement is decided."""
-    return NETWORK if spec.wants_ipv6 else None
-
-
 def network_spec(ipv6_subnet: str) -> NetworkSpec:
     """lbctl's network: a plain bridge with IPv6 on `ipv6_subnet`, IPv4 from the engine's
     pools, labelled as lbctl's so that it is recognisably ours (and removed when no app uses
     it)."""
-    return NetworkSpec(NETWORK, {LABEL_MANAGED: "true"}, ipv6_subnet, NETWORK_BRIDGE)
+    return NetworkSpec(NETWORK, {LABEL_MANAGED: "true"}, ipv6_subnet, NETWORK_BRIDGE, owned=True)
 
 
 def ula_subnet(seed: str) -> str:
@@ -43,6 +44,44 @@ def ula_subnet(seed: str) -> str:
     return str(ipaddress.IPv6Network((b"\xfd" + gid + b"\0" * 10, 64)))
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """Where the container that holds an app's address sits on the engine's networks."""
+
+    networks: tuple[str, ...]  # joined in this order
+    # The one whose address lbctl's DNAT sends the app's traffic to, recorded in the
+    # lbctl.network label; None: the engine's default network, its only one (Docker calls it
+    # bridge, Podman podman, so no name is recorded).
+    target: str | None
+    aliases: tuple[str, ...]  # names it answers to there (user-defined networks only)
+    # The target is lbctl's own network (NETWORK): created before the container, removed
+    # with the last app on it.
+    own: bool = False
+
+
+def attachment(spec: AppSpec) -> Attachment:
+    """Which networks the app's address holder joins (each replica in iptables mode, the
+    sandbox in ebpf mode) and which of them carries the DNAT target, for both families:
+
+    - the networks the user named: the first is the target. It must be a bridge network
+      with an IPv4 address, and with IPv6 when the app publishes IPv6 (admission checks
+      both). The app's name is an alias on user-defined networks, so other containers there
+      reach it by name;
+    - none named, some publish IPv6: lbctl's own network (the engine's default bridge has no
+      IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines);
+    - else the engine's default bridge, where lbctl's apps always lived.
+
+    lbctl sets route_localnet and hairpin mode on the target's bridge. The single place that
+    decides placement: a change of where apps live is a change of this function alone."""
+    if spec.options.network:
+        networks = spec.options.networks()
+        aliases = (spec.name,) if any(n != DEFAULT_NETWORK for n in networks) else ()
+        return Attachment(networks, networks[0], aliases)
+    if spec.wants_ipv6:
+        return Attachment((NETWORK,), NETWORK, (), own=True)
+    return Attachment((DEFAULT_NETWORK,), None, ())
+
+
 def replica_request(
     spec: AppSpec,
     index: int,
@@ -51,30 +90,51 @@ def replica_request(
     join: str | None,
 ) -> CreateRequest:
     """Replica `index` of `spec` (ebpf mode: `join` is the sandbox it shares a namespace
-    with; iptables mode: it joins network_for(spec)). Every replica learns its app and name
-    from LBCTL_APP and LBCTL_REPLICA."""
+    with; iptables mode: it joins the networks attachment(spec) names). Every replica
+    learns its app and name from LBCTL_APP and LBCTL_REPLICA."""
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
+    labels = replica_labels(spec.name, ROLE_REPLICA, index, spec_hash, revision)
+    options = spec.options
+    networks: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    if join is not None:
+        options = options.without(*NAMESPACE_FIELDS)
+    else:
+        where = attachment(spec)
+        networks, aliases = where.networks, where.aliases
+        if where.target is not None:
+            labels[LABEL_NETWORK] = where.target
     return CreateRequest(
         name=name,
         image=spec.image,
-        labels=replica_labels(spec.name, ROLE_REPLICA, index, spec_hash, revision),
+        labels=labels,
         env=env,
         command=spec.command,
         join=join,
-        network=None if join or spec.mode is Mode.EBPF else network_for(spec),
+        options=options,
+        networks=networks,
+        aliases=aliases,
     )
 
 
 def sandbox_request(spec: AppSpec, image: str = SANDBOX_IMAGE) -> CreateRequest:
     """The app's sandbox: it holds the network namespace every replica joins, and sets
-    tcp_migrate_req there so a closing listener's queue migrates even without our program."""
+    tcp_migrate_req there so a closing listener's queue migrates even without our program.
+    It carries the namespace's options (networks, /etc/hosts entries, DNS servers)."""
+    where = attachment(spec)
+    labels = replica_labels(spec.name, ROLE_SANDBOX)
+    if where.target is not None:
+        labels[LABEL_NETWORK] = where.target
+    o = spec.options
     return CreateRequest(
         name=sandbox_name(spec.name),
         image=image,
-        labels=replica_labels(spec.name, ROLE_SANDBOX),
+        labels=labels,
         env={"LBCTL_APP": spec.name},
         sysctls={"net.ipv4.tcp_migrate_req": "1"},
-        network=network_for(spec),
+        options=RunOptions(add_host=o.add_host, dns=o.dns),
+        networks=where.networks,
+        aliases=where.aliases,
     )

@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbctl.controller import backends, readiness, template
+from lbctl.controller import backends, draining, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
@@ -29,6 +29,7 @@ from lbctl.dataplane.ebpf import EbpfError, ListenerError
 from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
+from lbctl.model.names import replica_name
 from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent
 
 log = logging.getLogger("lbctl.controller")
@@ -67,6 +68,11 @@ class Shared:
     metrics: Metrics
     settings: Settings
     hairpin: Hairpin | None = None
+    # How a spec's replicas are probed, given each one's bridge (tests replace it; see
+    # controller/readiness.py).
+    answers: Callable[
+        [AppSpec, EbpfPort | None, Callable[[str], None], Mapping[str, str | None]], Answers
+    ] = readiness.answers_for
 
 
 @dataclass
@@ -110,8 +116,7 @@ class AppWorker:
         self.view = AppView()
         self.prober = Prober()
         self.retirements = Retirements(
-            shared.engine, shared.open_connections, shared.settings.drain_timeout,
-            shared.settings.stop_grace, self.wake,
+            shared.engine, shared.settings.drain_timeout, shared.settings.stop_grace, self.wake,
         )
         self.doomed: dict[str, float] = {}
         self.ever_ready: set[str] = set()
@@ -122,6 +127,7 @@ class AppWorker:
         self.create_failures = 0
         self.create_not_before = 0.0
         self._wake = asyncio.Event()
+        self._fast = False  # a replica is going away: take it out before asking the engine
         self._passed = asyncio.Condition()
         self._had_sandbox = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,7 +139,8 @@ class AppWorker:
         self._wake.set()
 
     def on_event(self, ev: EngineEvent) -> None:
-        if ev.fatal:
+        if ev.fatal and ev.container_id not in self.doomed:
+            self._fast = True
             # `kill` is announced before the signal is delivered: taking the replica out now
             # closes most of the window in which new connections would still be sent to a
             # dying process. The mark expires, since the engine's list may never show the
@@ -152,10 +159,14 @@ class AppWorker:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.s.settings.resync_interval)
+                    async with asyncio.timeout(self.s.settings.resync_interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 try:
                     async with asyncio.timeout(self.s.settings.pass_timeout):
+                        if self._fast:
+                            self._fast = False
+                            await self.fast_sync()
                         done = await self.pass_once()
                 except asyncio.CancelledError:
                     raise
@@ -252,11 +263,17 @@ class AppWorker:
         self.view.planned_generation = generation
         self.view.synced = True
 
-        port = spec.publish.container_port if spec else desired.drain_port
+        # Before anything is removed: a crashed replica's last log line is its diagnosis.
+        if spec is not None:
+            await self._report(desired, p)
+        served = spec or desired.gone
+        pending = (draining.pending_for(served, self.s.ebpf, self.s.open_connections)
+                   if served else None)  # fmt: skip
         for c in p.retire:
-            self.retirements.start(c, port if c.role == ROLE_REPLICA else None,
+            self.retirements.start(c, pending if c.role == ROLE_REPLICA else None,
                                    surplus=c.id in p.surplus)
-            if c.running and c.role == ROLE_REPLICA and c.spec_hash not in (None, desired.hash):
+            if (spec is not None and c.running and c.role == ROLE_REPLICA
+                    and c.spec_hash not in (None, desired.hash)):
                 self._step_log("draining", c)
         if spec is None:
             if p.done:
@@ -269,13 +286,42 @@ class AppWorker:
                 return True
             return False
 
-        await self._report(desired, p)
         if p.create:
             await self._create_replicas(spec, desired, p)
         if p.converged:
             self.create_failures = 0
         self.s.metrics.set_replica_states(self.name, _counts(p, containers))
+        rec = self.s.apps.record(self.name)
+        rolling = rec is not None and rec.rollout is not None and rec.rollout.active
+        self.s.metrics.rollout_in_progress.labels(app=self.name).set(1 if rolling else 0)
+        if desired.revision is not None:
+            self.s.metrics.rollout_revision.labels(app=self.name).set(desired.revision)
         return False
+
+    async def fast_sync(self) -> None:
+        """The data plane only, from what the last pass saw plus the engine's announcement
+        that a replica is going away: no engine call stands between a `kill` event and the
+        replica leaving the data plane (an engine busy stopping 63 containers of another app
+        answers a list in seconds). The full pass that follows confirms it."""
+        desired = self.s.apps.desired(self.name)
+        containers = self.view.containers
+        if desired.spec is None or not containers:
+            return
+        now = time.monotonic()
+        self.doomed = {cid: t for cid, t in self.doomed.items() if now < t}
+        observed = Observed(
+            containers=containers,
+            probes=self.prober.verdicts(),
+            retiring=self.retirements.ids(),
+            doomed=frozenset(self.doomed),
+            ever_ready=frozenset(self.ever_ready),
+            now=now,
+            wall=time.time(),
+            blocked=True,  # nothing is created from a stale view
+            unhealthy_grace=self.s.settings.unhealthy_grace,
+            last_step=self.last_step,
+        )
+        await self._sync(desired, plan_app(desired, observed), containers)
 
     def _blocked(self, desired: Desired) -> bool:
         spec = desired.spec
@@ -321,7 +367,8 @@ class AppWorker:
         with self.s.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
                 await self.s.ebpf.sync(
-                    self.name, spec.publish.container_port, p.sandbox.pid, ready, drains
+                    self.name, spec.publish.container_port, p.sandbox.pid, ready, drains,
+                    spec.publish.proto,
                 )
             except ListenerError as e:
                 self._fail(str(e))  # the app must change, not lbctl
@@ -352,7 +399,8 @@ class AppWorker:
                           extra={"app": self.name, "replica": c.name})
 
     async def _ensure_network(self, spec: AppSpec) -> None:
-        if template.network_for(spec) is not None:
+        """lbctl's own network, before a container that template.attachment puts there."""
+        if template.attachment(spec).own:
             try:
                 await self.s.engine.ensure_network(
                     template.network_spec(self.s.settings.ipv6_subnet))
@@ -379,9 +427,8 @@ class AppWorker:
         if now < self.create_not_before:
             asyncio.get_running_loop().call_later(self.create_not_before - now, self.wake)
             return
-        if spec.mode is Mode.IPTABLES:
-            await self._ensure_network(spec)
-        jobs = []
+        reqs: list[tuple[CreateRequest, int | None]] = []
+        placed: dict[str, AppSpec] = {}  # the specs of replicas with networks of their own
         for create in p.create:
             template_spec = spec
             revision = desired.revision
@@ -392,13 +439,20 @@ class AppWorker:
                 template_spec = found
                 revision = None
             join = p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None
-            req = template.replica_request(template_spec, create.index, create.spec_hash,
-                                           revision, join)
-            jobs.append(self._create_one(req, revision))
+            if join is None:
+                placed[create.spec_hash] = template_spec
+            reqs.append((template.replica_request(template_spec, create.index,
+                                                  create.spec_hash, revision, join), revision))
+        # Each revision's networks (another revision's --network may differ).
+        for placed_spec in placed.values():
+            await self._ensure_network(placed_spec)
         if p.rollout_step:
             self.last_step = now
-        if jobs:
-            await asyncio.gather(*jobs)
+            for c in p.create:
+                log.info("rollout step: starting %s", replica_name(self.name, c.index),
+                         extra={"app": self.name, "revision": desired.revision})
+        if reqs:
+            await asyncio.gather(*(self._create_one(req, rev) for req, rev in reqs))
 
     async def _create_one(self, req: CreateRequest, revision: int | None) -> None:
         fields = {"app": self.name, "replica": req.name}
@@ -425,7 +479,7 @@ class AppWorker:
                 continue
             self.reported.add(c.id)
             self._bump_backoff()
-            self._spawn(self._report_crash(c))
+            await self._report_crash(c)
         apps = self.s.apps
         rec = apps.record(self.name)
         ro = rec.rollout if rec else None
@@ -433,7 +487,14 @@ class AppWorker:
             return
         if p.rollout_failure:
             self.s.metrics.rollout_failures.labels(app=self.name).inc()
-            await apps.rollout_failed(self.name, desired.revision, p.rollout_failure)
+            reason = p.rollout_failure
+            culprit = p.rollout_culprit
+            if culprit is not None:
+                # What the replica said last is usually why: the operator sees it at once.
+                tail = await self.s.engine.logs_tail(culprit.id, 1)
+                if tail:
+                    reason = f"{reason}: {tail}"
+            await apps.rollout_failed(self.name, desired.revision, reason)
         elif p.rollout_complete and desired.canary is None:
             await apps.rollout_complete(self.name, desired.revision)
 
@@ -496,6 +557,7 @@ class AppWorker:
                 spec.mode is Mode.EBPF
                 and state is ReplicaState.READY
                 and c.health != "unhealthy"
+                and not self.prober.failing(c.id)
                 and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
             ):
                 # A ready replica's listener is in the sockmap, and a closed socket leaves
@@ -522,7 +584,7 @@ class AppWorker:
         # sandbox's bridge.
         by_id = {c.id: c.bridge for c in containers}
         bridges = {c.id: c.bridge or by_id.get(c.joined_to or "") for c in containers}
-        return readiness.answers_for(spec, self.s.ebpf, self._fail, bridges)
+        return self.s.answers(spec, self.s.ebpf, self._fail, bridges)
 
 
 def _counts(p: AppPlan, containers: list[Container]) -> dict[ReplicaState, int]:

@@ -8,7 +8,7 @@ at ~130 MB RSS for good, while the daemon must stay small.  The daemon only open
 Pins written into DIR (created atomically: everything goes into a sibling temp dir that is
 renamed to DIR at the end, so a half-written DIR never exists):
     prog_<tag>   the program (tag = version of the C source, see source_tag())
-    sockets selection config steered reasons cursor   its maps
+    sockets wildcard groups selection config flows steered reasons cursor   its maps
 
 On failure the process exits 1 with the reason on stderr; libbcc prints the verifier log to
 stderr as well, and the daemon puts all of it in the exception it raises.
@@ -28,7 +28,8 @@ import time
 PROG_NAME = "lbctl_select"
 PROG_TYPE_SK_REUSEPORT = 21  # bcc 0.26 has no constant for it
 ATTACH_SELECT_OR_MIGRATE = 40  # BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: migration of queued conns
-MAP_NAMES = ("sockets", "selection", "config", "steered", "reasons", "cursor")
+MAP_NAMES = ("sockets", "wildcard", "groups", "selection", "config", "flows", "steered",
+             "reasons", "cursor")
 BPFFS = pathlib.Path("/sys/fs/bpf")
 
 

@@ -21,10 +21,13 @@ SYS_PIDFD_GETFD = 438
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_ENABLE_STATS = 32
 
 BPF_ANY = 0
 
@@ -108,6 +111,65 @@ def map_delete(fd: int, key: bytes) -> bool:
     return True
 
 
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key of a hash map, by BPF_MAP_GET_NEXT_KEY: for small maps (the groups of an
+    app); a key deleted meanwhile makes the walk start over, as the kernel defines it."""
+    keys: list[bytes] = []
+    prev: bytes | None = None
+    while True:
+        nxt = ctypes.create_string_buffer(key_size)
+        k = ctypes.create_string_buffer(prev, key_size) if prev is not None else None
+        attr = struct.pack("=IIQQ", fd, 0, ctypes.addressof(k) if k is not None else 0,
+                           ctypes.addressof(nxt))
+        try:
+            _sys(BPF_MAP_GET_NEXT_KEY, _attr(attr), "map next key")
+        except BpfSysError as e:
+            if e.errno == errno.ENOENT:
+                return keys
+            raise
+        prev = nxt.raw
+        keys.append(prev)
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int,
+                     chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map in a few syscalls (BPF_MAP_LOOKUP_BATCH): reading a
+    64k-entry LRU map one key at a time would take 128k syscalls.  A consistent snapshot is
+    not promised (entries change while it runs), which a count of recent flows does not
+    need."""
+    out: list[tuple[bytes, bytes]] = []
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    # The batch token of a hash map is a bucket index (u32); 8 bytes leave room.
+    in_batch = ctypes.create_string_buffer(8)
+    out_batch = ctypes.create_string_buffer(8)
+    first = True
+    while True:
+        attr = _attr(struct.pack(
+            "=QQQQIIQQ",
+            0 if first else ctypes.addressof(in_batch), ctypes.addressof(out_batch),
+            ctypes.addressof(keys), ctypes.addressof(values), chunk, fd, 0, 0,
+        ))
+        done = False
+        try:
+            _sys(BPF_MAP_LOOKUP_BATCH, attr, "map batch lookup")
+        except BpfSysError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the walk is over (with a last chunk)
+                raise
+            done = True
+        # The kernel writes back how many elements it copied into `count`.
+        n = struct.unpack_from("=I", attr.raw, 32)[0]
+        kr, vr = keys.raw, values.raw
+        out.extend(
+            (kr[i * key_size:(i + 1) * key_size], vr[i * value_size:(i + 1) * value_size])
+            for i in range(n)
+        )
+        if done:
+            return out
+        ctypes.memmove(in_batch, out_batch, 8)
+        first = False
+
+
 def prog_exists(prog_id: int) -> bool:
     """Is a program with this id still loaded anywhere (pinned, attached or held open)?"""
     try:
@@ -137,6 +199,20 @@ def prog_info(fd: int) -> tuple[int, int]:
     """(program type, program id) of a program fd."""
     ptype, pid = struct.unpack_from("=II", _info(fd, 256))
     return ptype, pid
+
+
+def prog_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program fd: counted only while some process holds the fd
+    that enable_stats() returns (bench/progcost.py)."""
+    raw = _info(fd, 232)  # struct bpf_prog_info, up to and past run_cnt
+    run_ns, runs = struct.unpack_from("=QQ", raw, 192)
+    return run_ns, runs
+
+
+def enable_stats() -> int:
+    """Turn the kernel's per-program run-time statistics on until the returned fd is closed
+    (BPF_ENABLE_STATS: unlike the kernel.bpf_stats_enabled sysctl, it cannot be left on)."""
+    return _sys(BPF_ENABLE_STATS, _attr(struct.pack("=I", 0)), "enable stats")
 
 
 @cache

@@ -381,7 +381,8 @@ class IptablesDataplane:
                 f"{cmd[0]} not found: install iptables (`apt-get install iptables`)"
             ) from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), COMMAND_TIMEOUT)
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                out, err = await proc.communicate(stdin)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

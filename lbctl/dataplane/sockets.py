@@ -1,9 +1,15 @@
-"""Find a replica's listening socket from the host and borrow it (pidfd_getfd).
+"""Find a replica's sockets on the app port from the host and borrow them (pidfd_getfd).
 
 A replica is a container whose init process has host PID `pid`.  Its processes are those in
 the same PID namespace as `pid`; when `pid` shares the *daemon's* PID namespace (a bare
 process, as in the tests, or a container run with --pid=host) that would be every process on
 the host, so then the replica is `pid` and its descendants instead.
+
+"Listener" here means a socket that takes new traffic on the port: a TCP socket in LISTEN, or
+an unconnected UDP socket bound to the port (a connected UDP socket only gets its own peer's
+datagrams, and the kernel never runs reuseport selection for it).  A replica may have several:
+TCP and/or UDP, IPv4 and/or IPv6, or one dual-stack [::] socket.  Each belongs to the reuseport
+group of its (protocol, family, bound address, port), named by Listener.group.
 
 Everything here but established_connections() is blocking (/proc reads, syscalls): callers
 run it in a thread.
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import os
 import socket
 import struct
@@ -23,9 +30,12 @@ from dataclasses import dataclass
 from lbctl.dataplane import bpfsys
 
 TCP_LISTEN = 0x0A
+# An unconnected UDP socket is in TCP_CLOSE as far as the kernel's state field goes.
+UDP_UNCONNECTED = 0x07
 # States that still hold an accepted connection the replica must finish (TIME_WAIT sockets
 # have no owner and no inode: the replica is done with them).
 _OPEN_STATES = {0x01, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0B}  # ESTABLISHED FIN_WAIT1/2 ... CLOSING
+PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
 class ListenerError(RuntimeError):
@@ -34,22 +44,45 @@ class ListenerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Listener:
-    """A listening socket as seen from the host."""
+    """A socket taking new traffic on the port, as seen from the host."""
 
     pid: int  # a process holding it (fd numbers are per process)
     fd: int  # its fd number in that process
     inode: int
-    family: int  # socket.AF_INET or AF_INET6
-    accept_queue: int  # connections waiting for accept() right now
+    family: int  # socket.AF_INET or AF_INET6 (AF_INET6 for a dual-stack socket)
+    accept_queue: int  # TCP: connections waiting for accept() right now
+    proto: str = "tcp"
+    addr: str = ""  # bound address, compressed ("0.0.0.0", "::", "127.0.0.1")
+
+    @property
+    def group(self) -> str:
+        """Its reuseport group within the app's namespace and port, e.g. "udp6 ::"."""
+        return group_id(self.proto, self.family, self.addr)
+
+
+def group_id(proto: str, family: int, addr: str) -> str:
+    return f"{proto}{6 if family == socket.AF_INET6 else 4} {addr}"
+
+
+def parse_group_id(gid: str) -> tuple[str, int, str]:
+    """(protocol, family, bound address) of a group_id(); ValueError when it is not one."""
+    kind, sep, addr = gid.partition(" ")
+    if not sep or kind not in ("tcp4", "tcp6", "udp4", "udp6"):
+        raise ValueError(f"not a listener group: {gid!r}")
+    family = socket.AF_INET6 if kind[3] == "6" else socket.AF_INET
+    if ipaddress.ip_address(addr).version != (6 if family == socket.AF_INET6 else 4):
+        raise ValueError(f"not a listener group: {gid!r}")
+    return kind[:3], family, addr
 
 
 @dataclass(frozen=True)
-class _TcpRow:
+class _Row:
     inode: int
     state: int
     port: int
     rx_queue: int
     family: int
+    addr: str = ""
 
 
 def _ns_id(pid: int, kind: str) -> tuple[int, int]:
@@ -119,8 +152,8 @@ _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _tcp_rows(pid: int, states: int) -> list[_TcpRow]:
-    """TCP sockets of pid's network namespace in `states` (a bitmask of 1 << TCP state).
+def _rows(pid: int, states: int, proto: str = "tcp") -> list[_Row]:
+    """Sockets of `proto` in pid's network namespace in `states` (a bitmask of 1 << state).
 
     Asked through sock_diag inside that namespace, so the kernel filters by state: a busy
     replica's namespace holds tens of thousands of TIME_WAIT sockets, which the text of
@@ -128,12 +161,12 @@ def _tcp_rows(pid: int, states: int) -> list[_TcpRow]:
     under a new-connection load). Falls back to /proc where sock_diag is not available.
     """
     try:
-        return _diag_rows(pid, states)
+        return _diag_rows(pid, states, proto)
     except OSError:
-        return [r for r in _proc_rows(pid) if states >> r.state & 1]
+        return [r for r in _proc_rows(pid, proto) if states >> r.state & 1]
 
 
-def _diag_rows(pid: int, states: int) -> list[_TcpRow]:
+def _diag_rows(pid: int, states: int, proto: str) -> list[_Row]:
     from pyroute2 import DiagSocket
 
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
@@ -142,7 +175,7 @@ def _diag_rows(pid: int, states: int) -> list[_TcpRow]:
     except OSError:
         os.close(own)
         return []
-    rows: list[_TcpRow] = []
+    rows: list[_Row] = []
     try:
         # setns switches only this thread (callers run us in a worker thread), and a netlink
         # socket belongs to the namespace it was created in: enter, create, ask, leave.
@@ -152,14 +185,16 @@ def _diag_rows(pid: int, states: int) -> list[_TcpRow]:
             with DiagSocket() as ds:
                 ds.bind()
                 for family in (socket.AF_INET, socket.AF_INET6):
-                    for m in ds.get_sock_stats(family=family, states=states):
-                        rows.append(_TcpRow(
+                    for m in ds.get_sock_stats(family=family, states=states,
+                                               protocol=PROTOCOLS[proto]):
+                        rows.append(_Row(
                             inode=int(m["idiag_inode"]),
                             state=int(m["idiag_state"]),
                             port=int(m["idiag_sport"]),
                             # for a listener, rqueue is the accept queue length
                             rx_queue=int(m["idiag_rqueue"]),
                             family=family,
+                            addr=ipaddress.ip_address(m["idiag_src"]).compressed,
                         ))  # fmt: skip
         finally:
             if _libc.setns(own, _CLONE_NEWNET) != 0:  # never leave a worker thread inside
@@ -171,9 +206,9 @@ def _diag_rows(pid: int, states: int) -> list[_TcpRow]:
     return rows
 
 
-def _proc_rows(pid: int) -> Iterable[_TcpRow]:
-    """TCP sockets of pid's network namespace (/proc/PID/net/tcp{,6} show that netns)."""
-    for fname, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+def _proc_rows(pid: int, proto: str = "tcp") -> Iterable[_Row]:
+    """Sockets of pid's network namespace (/proc/PID/net/{tcp,udp}{,6} show that netns)."""
+    for fname, family in ((proto, socket.AF_INET), (f"{proto}6", socket.AF_INET6)):
         try:
             with open(f"/proc/{pid}/net/{fname}") as f:
                 lines = f.readlines()[1:]
@@ -183,27 +218,37 @@ def _proc_rows(pid: int) -> Iterable[_TcpRow]:
             parts = line.split()
             if len(parts) < 10:
                 continue
+            addr_hex, port_hex = parts[1].rsplit(":", 1)
             # For a listener, rx_queue is the accept queue length (sk_ack_backlog).
             rx = int(parts[4].split(":")[1], 16)
-            yield _TcpRow(
+            yield _Row(
                 inode=int(parts[9]),
                 state=int(parts[3], 16),
-                port=int(parts[1].rsplit(":", 1)[1], 16),
+                port=int(port_hex, 16),
                 rx_queue=rx,
                 family=family,
+                addr=_proc_addr(addr_hex),
             )
 
 
-def find_listeners(pid: int, port: int) -> list[Listener]:
-    """The replica's listeners on `port`, IPv4 first (clients of a published IPv4 address
-    reach the IPv4 reuseport group), then by inode for a stable choice."""
+def _proc_addr(text: str) -> str:
+    """/proc/net's hex address (32-bit words in host byte order) as a compressed address."""
+    raw = b"".join(struct.pack("=I", int(text[i:i + 8], 16)) for i in range(0, len(text), 8))
+    return ipaddress.ip_address(raw).compressed
+
+
+def find_listeners(pid: int, port: int, proto: str = "tcp") -> list[Listener]:
+    """The replica's listeners of `proto` on `port` (see the module doc), IPv4 first (clients
+    of a published IPv4 address reach the IPv4 reuseport group), then by inode for a stable
+    choice."""
     pids = replica_pids(pid)
     if not pids:
         return []
+    state = TCP_LISTEN if proto == "tcp" else UDP_UNCONNECTED
     rows = {
         r.inode: r
-        for r in _tcp_rows(pid, _LISTEN_MASK)
-        if r.state == TCP_LISTEN and r.port == port and r.inode
+        for r in _rows(pid, 1 << state, proto)
+        if r.state == state and r.port == port and r.inode
     }
     if not rows:
         return []
@@ -212,7 +257,7 @@ def find_listeners(pid: int, port: int) -> list[Listener]:
         for inode, fd in _socket_fds(p).items():
             row = rows.get(inode)
             if row and inode not in found:
-                found[inode] = Listener(p, fd, inode, row.family, row.rx_queue)
+                found[inode] = Listener(p, fd, inode, row.family, row.rx_queue, proto, row.addr)
     return sorted(found.values(), key=lambda lst: (lst.family != socket.AF_INET, lst.inode))
 
 
@@ -224,7 +269,7 @@ def count_open(pid: int, port: int) -> int:
     for p in pids:
         owned.update(_socket_fds(p))
     n = 0
-    for r in _tcp_rows(pid, _LISTEN_MASK | _OPEN_MASK):
+    for r in _rows(pid, _LISTEN_MASK | _OPEN_MASK):
         if r.port != port or r.inode not in owned:
             continue
         if r.state == TCP_LISTEN:
@@ -276,8 +321,9 @@ def detach_program(fd: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, bpfsys.SO_DETACH_REUSEPORT_BPF, 0)
 
 
-def no_reuseport_message(name: str, port: int) -> str:
+def no_reuseport_message(name: str, port: int, proto: str = "tcp") -> str:
+    where = str(port) if proto == "tcp" else f"{port}/{proto}"
     return (
-        f"{name} listens on {port} without SO_REUSEPORT: ebpf mode needs an app that sets "
+        f"{name} listens on {where} without SO_REUSEPORT: ebpf mode needs an app that sets "
         "SO_REUSEPORT; run it with --mode iptables"
     )

@@ -10,6 +10,7 @@ from lbctl.model.names import (
     LABEL_APP,
     LABEL_INDEX,
     LABEL_MANAGED,
+    LABEL_NETWORK,
     LABEL_REVISION,
     LABEL_ROLE,
     LABEL_SPEC_HASH,
@@ -23,6 +24,7 @@ from lbctl.model.names import (
     validate_name,
     validate_replicas,
 )
+from lbctl.model.options import RunOptions
 from lbctl.model.publish import Publish
 from lbctl.model.spec import AppSpec, Mode, parse_env
 
@@ -30,6 +32,7 @@ __all__ = [
     "LABEL_APP",
     "LABEL_INDEX",
     "LABEL_MANAGED",
+    "LABEL_NETWORK",
     "LABEL_REVISION",
     "LABEL_ROLE",
     "LABEL_SPEC_HASH",
@@ -43,6 +46,7 @@ __all__ = [
     "Mode",
     "Publish",
     "ReplicaState",
+    "RunOptions",
     "parse_env",
     "parse_replicas",
     "replica_name",

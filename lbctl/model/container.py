@@ -39,4 +39,5 @@ class Container:
     spec_hash: str | None = None  # the spec revision it was created from (lbctl.spec-hash)
     revision: int | None = None  # that revision's number (lbctl.revision)
     exit_code: int | None = None  # for a container that is not running: how it ended
+    stop_timeout: int | None = None  # seconds it was created to get between TERM and KILL
     ip6: str | None = None  # global IPv6 address on that network, where it has IPv6

@@ -19,6 +19,9 @@ LABEL_INDEX = "lbctl.index"
 # created from), the number is for people and `rollout history`.
 LABEL_SPEC_HASH = "lbctl.spec-hash"
 LABEL_REVISION = "lbctl.revision"
+# The network whose address lbctl's DNAT targets (a container may join several, and the
+# engine lists them in no order of the user's).
+LABEL_NETWORK = "lbctl.network"
 ROLE_REPLICA = "replica"
 ROLE_SANDBOX = "sandbox"
 

@@ -13,11 +13,17 @@ from typing import Any
 
 from lbctl.model.errors import InvalidInput
 from lbctl.model.names import validate_name, validate_replicas
+from lbctl.model.options import FIELDS as OPTION_FIELDS
+from lbctl.model.options import RunOptions
 from lbctl.model.publish import Publish, parse_publishes
 from lbctl.model.rollout import UpdatePolicy
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+
+
+_KNOWN = frozenset({"name", "image", "publish", "replicas", "mode", "env", "command", "update",
+                    *OPTION_FIELDS})
 
 
 class Mode(StrEnum):
@@ -39,6 +45,9 @@ class AppSpec:
     # How a changed template rolls out; not part of the template (changing it alone restarts
     # nothing).
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    # docker run's options (volumes, networks, limits, health check, ...): part of the
+    # template, so changing one rolls the app like a new image.
+    options: RunOptions = field(default_factory=RunOptions)
     # Further host addresses after `publish` (another family, another address): same
     # container port and protocol, checked by model.publish.validate_publishes.
     extra_publishes: tuple[Publish, ...] = ()
@@ -65,13 +74,14 @@ class AppSpec:
             "env": dict(self.env),
             "command": list(self.command),
             "update": self.update.to_json(),
+            **self.options.to_json(),
         }
 
     def template_json(self) -> dict[str, Any]:
         """What every replica is created from. Two specs with the same template run the same
         containers; any change to it is a new revision that replicas roll to."""
         return {"image": self.image, "env": dict(sorted(self.env.items())),
-                "command": list(self.command)}
+                "command": list(self.command), **self.options.to_json()}
 
     def spec_hash(self) -> str:
         """Short, stable hash of the template: the label that tells a replica's revision."""
@@ -83,8 +93,10 @@ class AppSpec:
         """Validate untrusted input (API body, TOML table, state file) into an AppSpec."""
         if not isinstance(data, dict):
             raise InvalidInput("an app must be a JSON object")
-        known = {"name", "image", "publish", "replicas", "mode", "env", "command", "update"}
-        unknown = set(data) - known
+        unknown = set(data) - _KNOWN
+        if "env-file" in unknown:
+            raise InvalidInput("env-file is read by the command line (`lbctl run --env-file`, "
+                               "an env-file key in TOML): send its variables as env")
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
         name = validate_name(data.get("name"))
@@ -105,8 +117,9 @@ class AppSpec:
         if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
             raise InvalidInput("command must be a list of strings")
         update = UpdatePolicy.from_json(data.get("update"))
+        options = RunOptions.from_json(data)
         return cls(name, image, publishes[0], replicas, mode, env, tuple(command), update,
-                   publishes[1:])
+                   options, publishes[1:])
 
     def with_replicas(self, replicas: int) -> AppSpec:
         return replace(self, replicas=replicas)

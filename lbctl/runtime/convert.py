@@ -12,6 +12,7 @@ from lbctl.model import (
     LABEL_APP,
     LABEL_INDEX,
     LABEL_MANAGED,
+    LABEL_NETWORK,
     LABEL_REVISION,
     LABEL_ROLE,
     LABEL_SPEC_HASH,
@@ -42,13 +43,28 @@ def first_network(d: dict[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
-def first_ipv6(d: dict[str, Any]) -> str | None:
-    """The global IPv6 address on the network first_network() names (an IPv6-enabled one,
-    such as lbctl's own; Docker's default bridge has none unless the daemon enables it)."""
-    first = first_network(d)
-    if first is None:
+def target_network(d: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(name, id, IPv4 address) of the network lbctl sends the container's traffic to: the
+    one its `lbctl.network` label names (the engine lists networks by name, not in the order
+    they were joined), else the first with an address (an adopted container)."""
+    labels = (d.get("Config") or {}).get("Labels") or {}
+    wanted = labels.get(LABEL_NETWORK)
+    if wanted:
+        n = ((d.get("NetworkSettings") or {}).get("Networks") or {}).get(wanted)
+        if n and n.get("IPAddress"):
+            return str(wanted), str(n.get("NetworkID") or ""), str(n["IPAddress"])
         return None
-    n = ((d.get("NetworkSettings") or {}).get("Networks") or {}).get(first[0]) or {}
+    return first_network(d)
+
+
+def target_ipv6(d: dict[str, Any]) -> str | None:
+    """The global IPv6 address on the network target_network() names, the DNAT target of
+    the app's IPv6 publishes (an IPv6-enabled network, such as lbctl's own; Docker's default
+    bridge has none unless the engine's daemon enables it)."""
+    target = target_network(d)
+    if target is None:
+        return None
+    n = ((d.get("NetworkSettings") or {}).get("Networks") or {}).get(target[0]) or {}
     addr = n.get("GlobalIPv6Address")
     return str(addr) if addr else None
 
@@ -61,8 +77,10 @@ def to_container(d: dict[str, Any], bridge: str | None) -> Container:
     net = d.get("NetworkSettings") or {}
     health_obj = state.get("Health") or state.get("Healthcheck") or None
     health = str(health_obj.get("Status")) if health_obj and health_obj.get("Status") else None
-    first = first_network(d)
-    ip = first[2] if first else (str(net["IPAddress"]) if net.get("IPAddress") else None)
+    target = target_network(d)
+    ip = target[2] if target else None
+    if ip is None and not labels.get(LABEL_NETWORK) and net.get("IPAddress"):
+        ip = str(net["IPAddress"])
     index = _int(labels.get(LABEL_INDEX))
     running = bool(state.get("Running"))
     started: float | None = None
@@ -80,7 +98,7 @@ def to_container(d: dict[str, Any], bridge: str | None) -> Container:
         paused=bool(state.get("Paused")),
         health=health or None,
         ip=ip,
-        ip6=first_ipv6(d),
+        ip6=target_ipv6(d),
         pid=int(state.get("Pid") or 0) or None,
         started_at=started,
         joined_to=joined_to(str(host_cfg.get("NetworkMode") or "")),
@@ -88,6 +106,7 @@ def to_container(d: dict[str, Any], bridge: str | None) -> Container:
         spec_hash=labels.get(LABEL_SPEC_HASH) or None,
         revision=_int(labels.get(LABEL_REVISION)),
         exit_code=exit_code,
+        stop_timeout=_int(cfg.get("StopTimeout")),
     )
 
 

@@ -22,8 +22,10 @@ import aiohttp
 from aiodocker.events import DockerEvents
 
 from lbctl.model import LABEL_APP, Container
-from lbctl.runtime.convert import first_network, health_marker, join_mode, to_container
+from lbctl.model.options import DEFAULT_NETWORK, RunOptions
+from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import EngineEvent, parse_event
+from lbctl.runtime.options import create_config, merge_ulimits
 from lbctl.runtime.podman import podman_ulimits
 
 log = logging.getLogger("lbctl.runtime")
@@ -59,20 +61,38 @@ class CreateRequest:
     env: Mapping[str, str]
     command: Sequence[str] = ()
     join: str | None = None  # id of a container whose network namespace this one shares
-    network: str | None = None  # network to attach to (None: the engine's default bridge)
     sysctls: Mapping[str, str] | None = None
     ulimits: Sequence[Mapping[str, Any]] = ()
     extra_host_config: Mapping[str, Any] = field(default_factory=dict)
+    # docker run's options (volumes, limits, health check, ...); `options.network` is not
+    # read: `networks` says where the container goes.
+    options: RunOptions = field(default_factory=RunOptions)
+    # Networks to join, in order (none: the default bridge); ignored with `join`.
+    networks: Sequence[str] = ()
+    # Names the container answers to on user-defined networks (the app's name).
+    aliases: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A bridge network lbctl creates for its containers (see controller.template)."""
+    """A bridge network lbctl creates when it is missing: lbctl's own (controller.template) or
+    one a compose file declares (controller.admission.Resources)."""
 
     name: str
     labels: Mapping[str, str]
     ipv6_subnet: str | None = None  # IPv6 enabled with this subnet
     bridge: str | None = None  # host bridge interface name, where the engine lets us pick
+    # lbctl's own network: one of this name without `labels` is someone else's, and is
+    # refused rather than used (a compose file's network is used as it is found).
+    owned: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    """What admission needs to know of an existing network."""
+
+    driver: str  # bridge, overlay, macvlan, ...
+    ipv6: bool  # IPv6 enabled: containers there get an IPv6 address
 
 
 class Engine:
@@ -188,8 +208,8 @@ class Engine:
         return data
 
     async def _bridge(self, d: dict[str, Any]) -> str | None:
-        first = first_network(d)
-        return await self._bridge_of(first[0], first[1]) if first else None
+        net = target_network(d)
+        return await self._bridge_of(net[0], net[1]) if net else None
 
     async def _bridge_of(self, net_name: str, net_id: str) -> str | None:
         """The host bridge interface of a network: where route_localnet has to be set."""
@@ -222,43 +242,88 @@ class Engine:
     async def _create(self, req: CreateRequest) -> str:
         if not self._version_known:  # Podman's ulimits must be known before the first create
             await self.version()
+        networks = [] if req.join else list(req.networks) or [DEFAULT_NETWORK]
+        opt_config, opt_host = create_config(req.options)
         host_config: dict[str, Any] = {
-            "NetworkMode": join_mode(req.join) if req.join else (req.network or "bridge"),
+            "NetworkMode": join_mode(req.join) if req.join else networks[0],
             "RestartPolicy": {"Name": "no"},
             "Init": False,
+            **opt_host,
         }
         if req.sysctls:
             host_config["Sysctls"] = dict(req.sysctls)
-        ulimits = list(req.ulimits) or self.default_ulimits
+        ulimits = merge_ulimits(self.default_ulimits,
+                                list(req.ulimits) or list(opt_host.get("Ulimits", [])))
         if ulimits:
             host_config["Ulimits"] = ulimits
         host_config.update(req.extra_host_config)
         config: dict[str, Any] = {
+            **opt_config,
             "Image": req.image,
-            "Labels": dict(req.labels),
+            # The app's labels first: lbctl's own (refused as user labels) decide.
+            "Labels": {**opt_config.get("Labels", {}), **req.labels},
             "Env": [f"{k}={v}" for k, v in req.env.items()],
             "HostConfig": host_config,
         }
+        first = _endpoint(networks[0], req.aliases) if networks else {}
+        if first:  # only when there is something to say: a default create stays as it was
+            config["NetworkingConfig"] = {"EndpointsConfig": {networks[0]: first}}
         if req.command:
             config["Cmd"] = list(req.command)
         try:
             container = await self.docker.containers.create(config, name=req.name)
         except aiodocker.DockerError as e:
+            if e.status == 404 and "network" in str(e.message).lower():
+                raise EngineError(f"creating container {req.name}: {e.message}") from e
             if e.status == 404:
                 raise ImageNotFound(f"image {req.image} not found on this engine") from e
             raise EngineError(f"creating container {req.name}: {e.message}") from e
+        try:
+            # API 1.41 creates with one network; the others are joined before the start,
+            # as `docker run --network a --network b` does.
+            for net in networks[1:]:
+                await self.docker._query_json(
+                    f"networks/{net}/connect", method="POST",
+                    data={"Container": container.id,
+                          "EndpointConfig": _endpoint(net, req.aliases)},
+                )
+        except aiodocker.DockerError as e:
+            raise EngineError(f"connecting container {req.name}: {e.message}") from e
         try:
             await container.start()
         except aiodocker.DockerError as e:
             raise EngineError(f"starting container {req.name}: {e.message}") from e
         return str(container.id)
 
-    async def ensure_network(self, spec: NetworkSpec) -> None:
-        """Create the bridge network `spec` unless a network of that name exists (then it is
-        used as it is: lbctl never changes a network it finds)."""
-        await self._call(f"creating network {spec.name}", self._ensure_network(spec))
+    async def cpu_count(self) -> int | None:
+        """CPUs of the engine's host (what --cpus may not exceed); None when not told."""
+        try:
+            info = await self._call("engine info", self.docker.system.info())
+        except aiodocker.DockerError as e:
+            raise EngineError(f"engine info: {e.message}") from e
+        n = info.get("NCPU") if isinstance(info, dict) else None
+        return n if isinstance(n, int) and n > 0 else None
 
-    async def _ensure_network(self, spec: NetworkSpec) -> None:
+    async def network(self, name: str) -> NetworkFacts | None:
+        """Driver and IPv6 of network `name`; None when it does not exist."""
+        try:
+            info = await self._call(f"inspecting network {name}", self.docker.networks.get(name))
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return None
+            raise EngineError(f"inspecting network {name}: {e.message}") from e
+        data = await self._call(f"inspecting network {name}", info.show())
+        driver = data.get("Driver") or data.get("driver")
+        # Docker and Podman's compatible API say EnableIPv6, Podman's own ipv6_enabled.
+        ipv6 = bool(data.get("EnableIPv6") or data.get("ipv6_enabled"))
+        return NetworkFacts(str(driver) if driver else "bridge", ipv6)
+
+    async def ensure_network(self, spec: NetworkSpec) -> bool:
+        """Create the bridge network `spec` unless a network of that name exists (then it is
+        used as it is: lbctl never changes a network it finds); True when it was created."""
+        return await self._call(f"creating network {spec.name}", self._ensure_network(spec))
+
+    async def _ensure_network(self, spec: NetworkSpec) -> bool:
         try:
             net = await self.docker.networks.get(spec.name)
             info = await net.show()
@@ -266,12 +331,12 @@ class Engine:
             if e.status != 404:
                 raise EngineError(f"inspecting network {spec.name}: {e.message}") from e
         else:
-            if not _has_labels(info, spec.labels):
+            if spec.owned and not _has_labels(info, spec.labels):
                 raise EngineError(
                     f"a network named {spec.name} exists and is not lbctl's: rename or remove "
                     "it (lbctl places apps that publish IPv6 on a network of its own)"
                 )
-            return
+            return False
         config: dict[str, Any] = {
             "Name": spec.name,
             "Driver": "bridge",
@@ -288,10 +353,11 @@ class Engine:
             await self.docker.networks.create(config)
         except aiodocker.DockerError as e:
             if e.status == 409:  # created meanwhile (another worker): just as good
-                return
+                return False
             raise EngineError(f"creating network {spec.name}: {e.message}") from e
         self._bridges.pop(spec.name, None)
         log.info("network created", extra={"network": spec.name, "ipv6": spec.ipv6_subnet})
+        return True
 
     async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
         """Remove network `name` if it carries `labels` (it is lbctl's) and no container uses
@@ -314,6 +380,23 @@ class Engine:
         log.info("network removed", extra={"network": name})
         return True
 
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Create local volume `name` unless it exists; True when it was created."""
+        try:
+            await self._call(f"inspecting volume {name}",
+                             self.docker._query_json(f"volumes/{name}"))
+            return False
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                raise EngineError(f"inspecting volume {name}: {e.message}") from e
+        try:
+            await self._call(f"creating volume {name}", self.docker._query_json(
+                "volumes/create", method="POST",
+                data={"Name": name, "Driver": "local", "Labels": dict(labels)}))
+        except aiodocker.DockerError as e:
+            raise EngineError(f"creating volume {name}: {e.message}") from e
+        return True
+
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
         await self._call(
             f"removing container {container_id[:12]}",
@@ -326,7 +409,9 @@ class Engine:
         try:
             with contextlib.suppress(aiodocker.DockerError):
                 await c.stop(t=grace)
-            await c.delete(force=True)
+            # v: a replica's anonymous volumes (`-v /data`, an image's VOLUME) are its own
+            # and would pile up otherwise; named volumes are never removed by this.
+            await c.delete(force=True, v=True)
         except aiodocker.DockerError as e:
             if self.flavor == "podman" and "dependent containers" in str(e.message):
                 # Podman keeps a sandbox while replicas still use its namespace (Docker removes
@@ -397,12 +482,18 @@ def _has_labels(network: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return all(have.get(k) == v for k, v in labels.items())
 
 
+def _endpoint(network: str, aliases: Sequence[str]) -> dict[str, Any]:
+    # Docker takes aliases only on user-defined networks.
+    return {"Aliases": list(aliases)} if aliases and network != DEFAULT_NETWORK else {}
+
+
 __all__ = [
     "CreateRequest",
     "Engine",
     "EngineError",
     "EngineEvent",
     "ImageNotFound",
+    "NetworkFacts",
     "NetworkSpec",
     "docker_host",
 ]

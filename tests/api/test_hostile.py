@@ -17,15 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import (
-    PREFIX,
-    Daemon,
-    _UnixHTTPConnection,
-    app_containers,
-    docker,
-    free_port,
-    iptables_save,
-)
+from harness import PREFIX
+from harness.daemon import Daemon, UnixHTTPConnection
+from harness.engine import app_containers, docker
+from harness.host import free_port, iptables_save
+from lbctl.model.options import FIELDS as OPTION_FIELDS
 
 pytestmark = pytest.mark.engine
 
@@ -50,7 +46,7 @@ class Req:
 
 
 def send(d: Daemon, r: Req) -> tuple[int, str, bytes]:
-    conn = _UnixHTTPConnection(str(d.socket))
+    conn = UnixHTTPConnection(str(d.socket))
     conn.timeout = 30
     try:
         headers = {"Content-Type": "application/json"}
@@ -158,7 +154,8 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
     create_bad = bad_fields.map(lambda kv: Req("create: bad " + str(kv[0]), "POST", "/apps",
                                                spec_with(**{kv[0]: kv[1]})))
     create_unknown = st.text(min_size=1, max_size=20).filter(
-        lambda k: k not in valid_spec and k not in ("env", "command")
+        # docker run's options are fields now (`cpus: 1` is a valid spec)
+        lambda k: k not in valid_spec and k not in ("env", "command") and k not in OPTION_FIELDS
     ).map(lambda k: Req("create: unknown field", "POST", "/apps", spec_with(**{k: 1})))
     create_wrong_top = wrong_types.map(
         lambda v: Req("create: not an object", "POST", "/apps", json.dumps(v).encode()))
@@ -215,10 +212,33 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
             lambda p: "/x/" + urllib.parse.quote(p, safe="/"))),
     ).map(lambda t: Req("wrong method/path", t[0], t[1]))
 
+    # docker run's options: bad values, a network that is missing or no bridge, a resource
+    # to create under a bad name, an option both set and unset.
+    good_app = json.loads(spec_with())
+    options_bad = st.sampled_from([
+        ("POST", "/apps", {"memory": "1k"}), ("POST", "/apps", {"network": ["host"]}),
+        ("POST", "/apps", {"network": [f"{PREFIX}-no-such-net"]}),
+        ("POST", "/apps", {"label": {"lbctl.app": "x"}}), ("POST", "/apps", {"volume": "x:/y"}),
+        ("POST", "/apps", {"env-file": "/etc/passwd"}), ("POST", "/apps", {"cpus": 1e9}),
+        ("POST", "/apps", {"mount": ["type=bind,source=/etc,target=/x,bogus=1"]}),
+        ("POST", "/apps", {"health-cmd": []}), ("POST", "/apps", {"stop-timeout": 10**9}),
+        ("POST", "/apply", {"networks": {"bad name!": {}}}),
+        ("POST", "/apply", {"volumes": {"v": {"k": 1}}}),
+        ("POST", "/apply", {"volumes": [f"{PREFIX}-vol"]}),
+        ("POST", "/apply", {"networks": {f"{PREFIX}-n": {}}, "bogus": 1}),
+        ("POST", f"/apps/{existing}/update", {"unset": ["image"]}),
+        ("POST", f"/apps/{existing}/update", {"unset": "memory"}),
+        ("POST", f"/apps/{existing}/update", {"memory": "1g", "unset": ["memory"]}),
+        ("POST", f"/apps/{existing}/update", {"memory": "lots"}),
+    ]).map(lambda t: Req(
+        f"options: {sorted(t[2])[0]}", t[0], t[1],
+        json.dumps({**good_app, **t[2]} if t[1] == "/apps" else
+                   {"apps": [good_app], **t[2]} if t[1] == "/apply" else t[2]).encode()))
+
     return st.one_of(
-        create_bad, create_unknown, create_wrong_top, put_changed, put_other_name, scale_bad,
-        scale_wrong_top, scale_unknown, scale_name, scale_unknown_app, bad_json, huge_body,
-        name_paths, unknown_app, bad_timeout, wrong_route,
+        options_bad, create_bad, create_unknown, create_wrong_top, put_changed, put_other_name,
+        scale_bad, scale_wrong_top, scale_unknown, scale_name, scale_unknown_app, bad_json,
+        huge_body, name_paths, unknown_app, bad_timeout, wrong_route,
     )
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import parse_args
-from bench.wrk import parse
-from tests.helpers import ROOT
+from harness import ROOT
+from harness.wrk import parse
 
 WRK_OUT = """\
 Running 1s test @ http://127.0.0.1:8080/

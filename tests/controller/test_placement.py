@@ -22,19 +22,33 @@ def container(name: str, ip: str, ip6: str | None, role: str = "replica") -> Con
                      bridge="lbctl0", ip6=ip6)
 
 
-def test_only_ipv6_apps_move_to_lbctls_network() -> None:
+def test_only_ipv6_apps_without_networks_move_to_lbctls_network() -> None:
     v4 = spec("iptables", "0.0.0.0:80:8080")
     dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
-    assert template.network_for(v4) is None
-    assert template.network_for(dual) == template.NETWORK
-    assert template.replica_request(dual, 1, "h", 1, None).network == "lbctl"
-    assert template.replica_request(v4, 1, "h", 1, None).network is None
+    assert template.attachment(v4) == template.Attachment(("bridge",), None, ())
+    assert template.attachment(dual) == template.Attachment(("lbctl",), "lbctl", (), own=True)
+    req = template.replica_request(dual, 1, "h", 1, None)
+    assert tuple(req.networks) == ("lbctl",) and req.labels["lbctl.network"] == "lbctl"
+    assert tuple(template.replica_request(v4, 1, "h", 1, None).networks) == ("bridge",)
     ebpf = spec("ebpf", "[::]:80:8080")
     # ebpf mode: the sandbox holds the namespace; replicas join it and need no network.
-    assert template.sandbox_request(ebpf).network == "lbctl"
-    assert template.replica_request(ebpf, 1, "h", 1, "sandbox-id").network is None
+    assert tuple(template.sandbox_request(ebpf).networks) == ("lbctl",)
+    assert not template.replica_request(ebpf, 1, "h", 1, "sandbox-id").networks
     net = template.network_spec(template.ula_subnet("machine"))
-    assert (net.name, net.bridge, net.labels) == ("lbctl", "lbctl0", {"lbctl.managed": "true"})
+    assert (net.name, net.bridge, net.labels, net.owned) == (
+        "lbctl", "lbctl0", {"lbctl.managed": "true"}, True)
+
+
+def test_named_networks_win_over_lbctls_own_for_both_families() -> None:
+    """The user's first network is the DNAT target of every publish (admission makes sure it
+    has IPv6 when one is IPv6); lbctl's network is never added beside it."""
+    named = AppSpec.from_json({"name": "web", "image": "x", "mode": "iptables",
+                               "publish": ["0.0.0.0:80:8080", "[::]:80:8080"],
+                               "network": ["dual", "backend"]})
+    assert template.attachment(named) == template.Attachment(
+        ("dual", "backend"), "dual", ("web",))
+    sb = template.sandbox_request(named.with_replicas(1))
+    assert tuple(sb.networks) == ("dual", "backend") and sb.labels["lbctl.network"] == "dual"
 
 
 def test_ula_subnet_is_a_stable_unique_local_64() -> None:
@@ -63,7 +77,7 @@ def test_service_carries_both_addresses_and_every_publish() -> None:
     assert hostrules._service(old).backends == (Backend("web-1", "172.17.0.2", 8080, 1),)
 
 
-def test_engine_json_gives_the_ipv6_address() -> None:
+def test_engine_json_gives_the_ipv6_address_on_the_target_network() -> None:
     d: dict[str, Any] = {
         "Id": "abc", "Name": "/web-1", "State": {"Running": True, "Pid": 7},
         "Config": {"Labels": {"lbctl.app": "web"}},
@@ -74,6 +88,16 @@ def test_engine_json_gives_the_ipv6_address() -> None:
     assert (c.ip, c.ip6, c.bridge) == ("172.30.0.2", "fd00::2", "lbctl0")
     d["NetworkSettings"]["Networks"]["lbctl"]["GlobalIPv6Address"] = ""
     assert to_container(d, "docker0").ip6 is None
+    # Several networks: both addresses come from the one the lbctl.network label names,
+    # whatever order the engine lists them in.
+    d["Config"]["Labels"]["lbctl.network"] = "dual"
+    d["NetworkSettings"]["Networks"] = {
+        "backend": {"NetworkID": "n2", "IPAddress": "172.31.0.2",
+                    "GlobalIPv6Address": "fd01::2"},
+        "dual": {"NetworkID": "n3", "IPAddress": "172.32.0.2", "GlobalIPv6Address": "fd02::2"},
+    }
+    c = to_container(d, "br-x")
+    assert (c.ip, c.ip6) == ("172.32.0.2", "fd02::2")
 
 
 async def test_no_replica_of_an_ipv6_app_is_ready_while_its_bridge_is_tentative() -> None:

@@ -1,35 +1,27 @@
 """The ebpf data plane against the real kernel: real sockets, real program, no Docker.
 
-Each test gets its own network namespace `lbt-ebpf-<rand>` (lo up, tcp_migrate_req=1) and
-its own pin root /sys/fs/bpf/lbctl-test-<rand>, so a real daemon's pins are never touched.
-"Replicas" are processes forked by one small Python farm started in the namespace; each
-listens with SO_REUSEPORT on 127.0.0.1:PORT and answers every connection with its name, so
-the client's tally is what the replicas really served.  Clients run in the namespace too.
-Everything is removed in fixture finalizers, even when a test fails.
+TCP replicas with one IPv4 listener each (tests/dataplane/ebpf_harness.py says how the
+namespaces, farms and clients work); several listeners, IPv6 and UDP are in
+test_ebpf_listeners.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import os
 import pathlib
-import secrets
-import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from lbctl.dataplane import bpf_loader, bpfsys
+from lbctl.dataplane import bpf_loader, bpfsys, sockets
 from lbctl.dataplane.ebpf import (
     MAX_SLOTS,
     EbpfDataplane,
@@ -38,190 +30,18 @@ from lbctl.dataplane.ebpf import (
     Member,
     build_table,
 )
+from tests.dataplane.ebpf_harness import (
+    APP,
+    KERNEL,
+    PORT,
+    Netns,
+    assert_even,
+    connect,
+    eventually,
+    members,
+)
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(
-        os.geteuid() != 0
-        or not shutil.which("ip")
-        or EbpfDataplane.unavailable_reason() is not None,
-        reason=f"needs root, iproute2 and ebpf ({EbpfDataplane.unavailable_reason()})",
-    ),
-]
-
-PORT = 8080
-APP = "web.t"  # a dot on purpose: bpffs refuses dots in names
-
-# The farm: forks one replica per name.  mode: serve (answer name, close), hold (accept and
-# keep the connection open), noaccept (listen, never accept), noreuse (serve without
-# SO_REUSEPORT).  Prints "name pid" per replica once it listens.
-FARM = r"""
-import os, signal, socket, sys, time
-port, mode, names = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-for name in names:
-    s = socket.socket()
-    if mode != "noreuse":
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(1024)
-    pid = os.fork()
-    if pid == 0:
-        held = []
-        if mode == "noaccept":
-            while True:
-                time.sleep(60)
-        while True:
-            c, _ = s.accept()
-            c.sendall(name.encode())
-            if mode == "hold":
-                held.append(c)
-            else:
-                c.close()
-    s.close()
-    print(name, pid, flush=True)
-signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
-while True:
-    try:
-        os.wait()
-    except ChildProcessError:
-        time.sleep(3600)
-"""
-
-# The client: n new connections, one after the other, each answered by a name; prints the
-# tally as JSON.  With "queue", it opens all n first, says "connected", then reads them all.
-CLIENT = r"""
-import collections, json, socket, sys
-port, n, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-tally = collections.Counter()
-def read(c):
-    try:
-        data = c.recv(64)
-        tally[data.decode() or "eof"] += 1
-    except OSError as e:
-        tally["error:" + type(e).__name__] += 1
-    finally:
-        c.close()
-if mode == "queue":
-    conns = [socket.create_connection(("127.0.0.1", port), timeout=15) for _ in range(n)]
-    print("connected", flush=True)
-    sys.stdin.readline()
-    for c in conns:
-        read(c)
-else:
-    for _ in range(n):
-        read(socket.create_connection(("127.0.0.1", port), timeout=5))
-print(json.dumps(tally), flush=True)
-"""
-
-
-@dataclass
-class Netns:
-    name: str
-    sleeper: subprocess.Popen[bytes]
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.sleeper.pid
-
-    def exec(self, *args: str) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *args]
-
-    def farm(self, names: list[str], mode: str = "serve") -> dict[str, int]:
-        """Start replicas; returns name -> pid."""
-        p = subprocess.Popen(
-            self.exec(sys.executable, "-c", FARM, str(PORT), mode, *names),
-            stdout=subprocess.PIPE, start_new_session=True,
-        )
-        self.procs.append(p)
-        assert p.stdout is not None
-        pids = {}
-        for _ in names:
-            name, pid = p.stdout.readline().decode().split()
-            pids[name] = int(pid)
-        return pids
-
-    def queue_client(self, n: int) -> subprocess.Popen[bytes]:
-        """A client that opens n connections, prints "connected", and reads them all once a
-        line arrives on its stdin."""
-        return subprocess.Popen(
-            self.exec(sys.executable, "-c", CLIENT, str(PORT), str(n), "queue"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )
-
-    def connect(self, n: int) -> collections.Counter[str]:
-        out = subprocess.run(
-            self.exec(sys.executable, "-c", CLIENT, str(PORT), str(n), "seq"),
-            capture_output=True, check=True, timeout=60,
-        )
-        return collections.Counter(json.loads(out.stdout))
-
-
-@pytest.fixture
-def netns() -> Iterator[Netns]:
-    name = f"lbt-ebpf-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    ns: Netns | None = None
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
-                        "net.ipv4.tcp_migrate_req=1"], check=True)  # fmt: skip
-        sleeper = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"],
-                                   start_new_session=True)  # fmt: skip
-        ns = Netns(name, sleeper)
-        yield ns
-    finally:
-        if ns is not None:
-            for p in [*ns.procs, ns.sleeper]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)  # our own session: farm + its replicas
-                p.wait()
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
-def pin_root() -> Iterator[pathlib.Path]:
-    root = pathlib.Path(f"/sys/fs/bpf/lbctl-test-{secrets.token_hex(4)}")
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-async def dp(tmp_path: pathlib.Path, pin_root: pathlib.Path) -> AsyncIterator[EbpfDataplane]:
-    d = EbpfDataplane(tmp_path / "state", pin_root)
-    yield d
-    for app in d.pinned_apps():
-        await d.remove(app)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
-    """Poll check() until it holds or timeout passes; its last answer."""
-    for _ in range(int(timeout / 0.05)):
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return await check()
-
-
-def members(pids: dict[str, int], weight: int = 1) -> list[Member]:
-    return [Member(n, p, weight) for n, p in pids.items()]
-
-
-async def connect(ns: Netns, n: int) -> collections.Counter[str]:
-    return await asyncio.to_thread(ns.connect, n)
-
-
-def assert_even(tally: collections.Counter[str], names: list[str], n: int, tol: float) -> None:
-    even = n / len(names)
-    worst = max(abs(tally[name] - even) / even for name in names)
-    print(f"{len(names)} replicas, {n} connections: min {min(tally[x] for x in names)} "
-          f"max {max(tally[x] for x in names)} (even {even:.1f}, worst {worst:.1%})")
-    assert sum(tally.values()) == n, tally
-    for name in names:
-        assert abs(tally[name] - even) <= tol * even, (name, tally[name], even, tally)
-
+pytestmark = KERNEL
 
 # ------------------------------------------------------------------------ tests
 
@@ -392,7 +212,8 @@ async def test_damaged_state_file_is_set_aside_and_the_app_steers_again(
     try:
         await first.sync(APP, PORT, netns.pid, members(pids))
         await connect(netns, 90)
-        assert json.loads(path.read_text())["slots"] == {"web-1": 0, "web-2": 1, "web-3": 2}
+        assert json.loads(path.read_text())["slots"] == {
+            "web-1 tcp4 127.0.0.1": 0, "web-2 tcp4 127.0.0.1": 1, "web-3 tcp4 127.0.0.1": 2}
         first.close()
         path.write_text('{"held": {"x": "y"}}')
 
@@ -409,7 +230,7 @@ async def test_damaged_state_file_is_set_aside_and_the_app_steers_again(
         assert await second.counters(APP) == {"web-2": tally["web-2"], "web-3": tally["web-3"]}
         assert (await second.reasons(APP))["fallback"] == 0
         saved = json.loads(path.read_text())["slots"]
-        assert set(saved) == {"web-2", "web-3"}
+        assert set(saved) == {"web-2 tcp4 127.0.0.1", "web-3 tcp4 127.0.0.1"}
         fd = bpfsys.obj_get(str(pin_root / "web~t" / "sockets"))
         try:
             occupied = {s for s in range(MAX_SLOTS)
@@ -494,3 +315,83 @@ async def test_established_counts_open_connections(dp: EbpfDataplane, netns: Net
         assert bpfsys.map_lookup(fd, struct.pack("=I", 0), 8) is None
     finally:
         os.close(fd)  # the kernel dropped the closed socket from the sockmap
+
+
+async def test_upgrade_from_the_program_before_listener_groups(
+    tmp_path: pathlib.Path, pin_root: pathlib.Path, netns: Netns
+) -> None:
+    """A host that ran the previous lbctl: its program (one table, no groups, no flows) is
+    pinned and attached, its state file keys slots by replica name.  The first sync of this
+    version must swap the current program in, keep every replica on its slot and counter,
+    and steer on."""
+    old_src = pathlib.Path(__file__).parent / "data" / "lbctl_reuseport_v1.c"
+    old_tag = bpf_loader.source_tag(old_src)
+    pin = pin_root / "web~t"
+    pin.mkdir(parents=True)
+    old_maps = ("sockets", "selection", "config", "steered", "reasons", "cursor")
+    script = (
+        "import sys, bcc\n"
+        "from lbctl.dataplane import bpfsys\n"
+        "src, pin, tag = sys.argv[1:4]\n"
+        "b = bcc.BPF(src_file=src.encode())\n"
+        "fn = b.load_func(b'lbctl_select', 21, attach_type=40)\n"
+        "bpfsys.obj_pin(fn.fd, f'{pin}/prog_{tag}')\n"
+        "for name in sys.argv[4:]:\n"
+        "    bpfsys.obj_pin(bcc.libbcc.lib.bpf_table_fd(b.module, name.encode()),\n"
+        "                   f'{pin}/{name}')\n"
+    )
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script, str(old_src), str(pin), old_tag,
+                         *old_maps], check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    pids = netns.farm(["web-1", "web-2"])
+
+    def plant() -> dict[str, list[int]]:
+        """What the old daemon wrote: a slot per name, one table (entries [0, 256)), its
+        length and active half in config[1] and config[0]; the program attached."""
+        fds = {name: bpfsys.obj_get(str(pin / name)) for name in old_maps}
+        prog = bpfsys.obj_get(str(pin / f"prog_{old_tag}"))
+        held = {}
+        try:
+            for slot, pid in enumerate(pids[n] for n in sorted(pids)):
+                [listener] = sockets.find_listeners(pid, PORT)
+                fd = sockets.take(listener)
+                try:
+                    bpfsys.map_update(fds["sockets"], struct.pack("=I", slot),
+                                      struct.pack("=Q", fd))  # fmt: skip
+                    held[str(slot)] = [pid, listener.inode, sockets.cookie(fd), listener.pid,
+                                       listener.fd]  # fmt: skip
+                    bpfsys.map_update(fds["selection"], struct.pack("=I", slot),
+                                      struct.pack("=I", slot))  # fmt: skip
+                    if slot == 0:
+                        sockets.attach_program(fd, prog)
+                finally:
+                    os.close(fd)
+            bpfsys.map_update(fds["config"], struct.pack("=I", 1), struct.pack("=I", 2))
+        finally:
+            for fd in [*fds.values(), prog]:
+                os.close(fd)
+        return held
+
+    held = await asyncio.to_thread(plant)
+    state = tmp_path / "state"
+    (state / "ebpf").mkdir(parents=True)
+    (state / "ebpf" / f"{APP}.json").write_text(json.dumps(
+        {"slots": {"web-1": 0, "web-2": 1}, "retired": {}, "held": held}))
+    before = await connect(netns, 100)
+    assert_even(before, list(pids), 100, 0.15)  # the old program steers
+
+    dp = EbpfDataplane(state, pin_root)
+    try:
+        await dp.sync(APP, PORT, netns.pid, members(pids))
+        assert dp.loaded_tag(APP) == bpf_loader.source_tag() != old_tag
+        assert {"wildcard", "groups", "flows"} <= set(os.listdir(pin))
+        saved = json.loads((state / "ebpf" / f"{APP}.json").read_text())
+        assert saved["slots"] == {"web-1 tcp4 127.0.0.1": 0, "web-2 tcp4 127.0.0.1": 1}
+        assert await dp.counters(APP) == dict(before)  # carried, per replica
+        after = await connect(netns, 100)
+        assert_even(after, list(pids), 100, 0.15)
+        assert await dp.counters(APP) == dict(before + after)
+        assert (await dp.reasons(APP))["fallback"] == 0
+    finally:
+        await dp.remove(APP)

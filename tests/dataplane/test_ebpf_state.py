@@ -19,18 +19,36 @@ from lbctl.dataplane import bpfsys
 from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, EbpfError, Member, slots
 from lbctl.dataplane.ebpf.slots import DamagedState, Held, SlotBook
 
+W1, W2, W2V6, W0 = "web-1 udp4 0.0.0.0", "web-2 udp4 0.0.0.0", "web-2 udp6 ::", "web-0 udp6 ::"
 GOOD: dict[str, Any] = {
-    "slots": {"web-1": 0, "web-2": 5},
-    "retired": {"web-0": 3},
+    "slots": {W1: 0, W2: 5, W2V6: 6},
+    "retired": {W0: 3},
     "held": {"0": [101, 7001, 2**63 + 1, 101, 3], "5": [102, 7002, 9, 102, 4]},
+    "groups": {"udp4 0.0.0.0": 1, "udp6 ::": 0},
 }
 
 
 def test_parse_reads_what_to_json_writes() -> None:
     book = slots.parse(GOOD)
-    assert book.slots == {"web-1": 0, "web-2": 5} and book.retired == {"web-0": 3}
+    assert book.slots == {W1: 0, W2: 5, W2V6: 6} and book.retired == {W0: 3}
     assert book.held == {0: Held(101, 7001, 2**63 + 1, 101, 3), 5: Held(102, 7002, 9, 102, 4)}
+    assert book.groups == {"udp4 0.0.0.0": 1, "udp6 ::": 0}
+    assert book.keys_of("web-2") == [W2, W2V6]
     assert slots.parse(json.loads(json.dumps(book.to_json()))) == book
+
+
+def test_a_file_from_before_listener_groups_keeps_each_replicas_slot() -> None:
+    """Such a file keys slots by replica name (one TCP listener each).  The names become
+    claims that each replica's first listener takes up, so its slot, and the counter the
+    upgrade carries into the new program's map under that slot, stay its own."""
+    book = slots.parse({"slots": {"web-1": 0, "web-2": 5}, "retired": {"web-0": 3},
+                        "held": {"0": [101, 7001, 9, 101, 3]}})  # fmt: skip
+    assert book.slots == {} and book.retired == {"web-1": 0, "web-2": 5, "web-0": 3}
+    zeroed: list[int] = []
+    assert book.alloc("web-2 tcp4 0.0.0.0", zeroed.append) == 5
+    assert book.alloc("web-2 tcp6 ::", zeroed.append) == 1  # a second listener: a new slot
+    assert book.alloc("web-1 tcp6 ::", zeroed.append) == 0
+    assert zeroed == [1] and book.retired == {"web-0": 3}
 
 
 @pytest.mark.parametrize("data", [{}, {"slots": {}}, {"held": {}, "future": [1, 2]}])
@@ -67,6 +85,14 @@ def test_parse_missing_or_unknown_keys_are_fine(data: object) -> None:
         {"held": {"-1": [1, 2, 3, 4, 5]}},
         {"held": {" 1": [1, 2, 3, 4, 5]}},
         {"held": {"\u0663": [1, 2, 3, 4, 5]}},  # a digit to int(), not to us
+        {"slots": {"web-1 sctp4 0.0.0.0": 1}},
+        {"slots": {"web-1 udp4 ::": 1}},  # an IPv6 address in an IPv4 group
+        {"retired": {"web-1 udp6 nowhere": 1}},
+        {"groups": []},
+        {"groups": {"tcp4 0.0.0.0": 8}},
+        {"groups": {"tcp4 0.0.0.0": "1"}},
+        {"groups": {"tcp4": 1}},
+        {"groups": {"tcp4 0.0.0.0": 1, "tcp6 ::": 1}},  # two groups on one table
     ],
 )
 def test_parse_rejects_every_other_shape(data: object) -> None:
@@ -133,12 +159,23 @@ def test_unreadable_file_is_set_aside_too(tmp_path: pathlib.Path) -> None:
 def test_alloc_keeps_names_on_their_slots() -> None:
     zeroed: list[int] = []
     book = SlotBook()
-    assert [book.alloc(n, zeroed.append) for n in ("a", "b", "c")] == [0, 1, 2]
+    a, b, c, d = (f"{n} tcp4 0.0.0.0" for n in ("a", "b", "c", "d"))
+    assert [book.alloc(n, zeroed.append) for n in (a, b, c)] == [0, 1, 2]
     assert zeroed == [0, 1, 2]
-    assert book.retire("b") == 1 and book.retired == {"b": 1}
-    assert book.alloc("d", zeroed.append) == 3  # not b's slot: b may come back
-    assert book.alloc("b", zeroed.append) == 1  # b came back: its slot, its counter
+    assert book.retire(b) == 1 and book.retired == {b: 1}
+    assert book.alloc(d, zeroed.append) == 3  # not b's slot: b may come back
+    assert book.alloc(b, zeroed.append) == 1  # b came back: its slot, its counter
     assert zeroed == [0, 1, 2, 3]
+
+
+def test_groups_get_table_indexes_until_none_is_left() -> None:
+    book = SlotBook(groups={"tcp4 0.0.0.0": 0, "tcp6 ::": 2})
+    assert book.alloc_group("tcp6 ::") == 2
+    assert book.alloc_group("udp4 0.0.0.0") == 1
+    for i in range(5):
+        book.alloc_group(f"udp4 10.0.0.{i}")
+    with pytest.raises(EbpfError, match="too many listener groups"):
+        book.alloc_group("udp6 ::")
 
 
 def test_alloc_reuses_a_retired_slot_only_when_none_is_left() -> None:

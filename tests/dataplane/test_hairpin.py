@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from harness import ROOT
 
 pytestmark = [
     pytest.mark.kernel,

@@ -24,10 +24,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.host import host_lock
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
-from tests.helpers import host_lock
 
 pytestmark = [
     pytest.mark.kernel,

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, app_containers, free_port, spread
+from harness.daemon import Daemon
+from harness.engine import app_containers
+from harness.host import free_port
+from harness.traffic import spread
 
 pytestmark = pytest.mark.engine
 

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.daemon import Daemon
+from harness.engine import ENGINES, app_containers, docker
+from harness.host import free_port, iptables_save
 from tests.clients import (
     container_requests,
     hairpin_port,
@@ -38,7 +41,6 @@ from tests.clients import (
     restore_ipv6_forwarding,
     source_image,
 )
-from tests.helpers import ENGINES, Daemon, app_containers, docker, free_port, iptables_save
 
 pytestmark = pytest.mark.engine
 

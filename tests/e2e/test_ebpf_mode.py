@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, Wrk, app_containers, docker, free_port, iptables_save, spread
+from harness.daemon import Daemon
+from harness.engine import app_containers, docker
+from harness.host import free_port, iptables_save
+from harness.traffic import spread
+from harness.wrk import Wrk
 
 pytestmark = pytest.mark.engine
 

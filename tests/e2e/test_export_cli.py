@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.helpers import Daemon, free_port
+from harness.daemon import Daemon
+from harness.host import free_port
 
 pytestmark = pytest.mark.engine
 

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (
-    Daemon,
-    Load,
-    app_containers,
-    docker,
-    free_port,
-    iptables_save,
-    spread,
-)
+from harness.daemon import Daemon
+from harness.engine import app_containers, docker
+from harness.host import free_port, iptables_save
+from harness.traffic import Load, spread
 
 pytestmark = pytest.mark.engine
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, Daemon, free_port, spread
+from harness import ROOT
+from harness.daemon import Daemon
+from harness.host import free_port
+from harness.traffic import spread
 
 pytestmark = pytest.mark.engine
 
@@ -123,7 +126,7 @@ def test_notify_ready_after_first_sync_and_watchdog(tmp_path: Path) -> None:
     """Type=notify: READY=1 once the first sync is done, WATCHDOG=1 while the loop runs."""
     import socket as socketlib
 
-    from tests.helpers import Daemon
+    from harness.daemon import Daemon
 
     sock_path = tmp_path / "notify.sock"
     listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
@@ -131,7 +134,7 @@ def test_notify_ready_after_first_sync_and_watchdog(tmp_path: Path) -> None:
     listener.settimeout(20)
     d = Daemon(tmp_path)
     d.extra_env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
-    from tests.helpers import host_lock
+    from harness.host import host_lock
 
     with host_lock():
         d.start()

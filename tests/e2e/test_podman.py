@@ -8,13 +8,18 @@ nothing (no container, no LBCTL- rule, route_localnet as it was). `make test` se
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENGINES, Daemon, app_containers, docker, free_port, iptables_save, spread
+from harness.daemon import Daemon
+from harness.engine import ENGINES, app_containers, docker
+from harness.host import free_port, iptables_save
+from harness.traffic import spread
+from lbctl.dataplane.iptables import SYSCTL_STATE_FILE
 
 pytestmark = pytest.mark.engine
 
@@ -34,8 +39,22 @@ def _engine_bridge(cli: str) -> str:
                   cli=cli).strip()
 
 
+def _localnet_path(bridge: str) -> Path:
+    return Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
+
+
 def _localnet(bridge: str) -> str:
-    return Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet").read_text().strip()
+    return _localnet_path(bridge).read_text().strip()
+
+
+def _localnet_before(bridge: str) -> str:
+    """route_localnet on `bridge` as it is before lbctl touches it. On a fresh machine
+    Podman's bridge does not exist until its first container runs; the kernel then creates
+    it with net.ipv4.conf.default's value, which is what lbctl finds and records as the
+    original (and must put back on rm)."""
+    if not _localnet_path(bridge).exists():
+        return _localnet("default")
+    return _localnet(bridge)
 
 
 @pytest.mark.parametrize("mode", ["iptables", "ebpf"])
@@ -46,7 +65,7 @@ def test_core_scenario(daemon: Daemon, app_name: str, engine: str, mode: str) ->
     port = free_port()
     rules_before = _lbctl_rules()
     bridge = _engine_bridge(cli)
-    localnet_before = _localnet(bridge)
+    localnet_before = _localnet_before(bridge)
 
     daemon.ok("run", name, "--image", IMAGE, "-p", f"127.0.0.1:{port}:8080",
               "--replicas", "3", "--mode", mode, timeout=90)
@@ -68,6 +87,9 @@ def test_core_scenario(daemon: Daemon, app_name: str, engine: str, mode: str) ->
     # The DNAT of 127.0.0.1 needs route_localnet on the engine's bridge, in both modes
     # (ebpf mode DNATs to the sandbox).
     assert _localnet(bridge) == "1"
+    # ... and lbctl recorded what it found there as the value to restore.
+    recorded = json.loads((daemon.state_dir / SYSCTL_STATE_FILE).read_text())
+    assert recorded["route_localnet"][bridge] == localnet_before, recorded
 
     seen = spread(port, 300)
     print(f"{engine}/{mode}, 3 replicas, 300 requests: {dict(seen)}")
@@ -95,5 +117,8 @@ def test_core_scenario(daemon: Daemon, app_name: str, engine: str, mode: str) ->
     daemon.ok("rm", name)
     assert app_containers(name, cli=cli) == []
     assert _lbctl_rules() == rules_before
-    assert _localnet(bridge) == localnet_before
+    # route_localnet back as it was before lbctl set it (if the engine kept its bridge:
+    # Podman's may go with its last container, and then there is nothing to restore).
+    if _localnet_path(bridge).exists():
+        assert _localnet(bridge) == localnet_before
 

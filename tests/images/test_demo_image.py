@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -207,6 +208,69 @@ def test_udp_answers_with_the_replica_name(pod: Pod) -> None:
     assert data == b"u\n"
 
 
+def test_udp_echo_answers_with_the_name_and_the_payload(pod: Pod) -> None:
+    name = pod.replica("e", UDP_PORT="9090", UDP_ECHO="1")
+    pod.wait_listening(name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for payload in (b"flow-1 0", b"", b"x" * 1400):
+            s.sendto(payload, (pod.ip, 9090))
+            data, _ = s.recvfrom(2048)
+            assert data == b"e " + payload
+
+
+def in_netns(name: str, script: str) -> str:
+    """Run a Python script in the container's network namespace (the image has no shell),
+    with IPv6 on its loopback: Docker's default bridge turns IPv6 off in a container, and
+    ::1 is all these tests need."""
+    net = f"--net=/proc/{docker('inspect', '-f', '{{.State.Pid}}', name)}/ns/net"
+    subprocess.run(["nsenter", net, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0"],
+                   timeout=15, check=True)
+    r = subprocess.run(["nsenter", net, "python3", "-c", script],
+                       capture_output=True, text=True, timeout=15, check=True)
+    return r.stdout.strip()
+
+
+ASK_BOTH = """
+import socket
+out = []
+for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    try:
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.settimeout(1)
+        u.sendto(b"hi", (host, 9090))
+        out.append(u.recvfrom(64)[0].decode())
+    except OSError as e:
+        out.append(type(e).__name__)
+    try:
+        t = socket.create_connection((host, 8080), timeout=1)
+        t.close()
+        out.append("tcp")
+    except OSError as e:
+        out.append(type(e).__name__)
+print(" | ".join(out))
+"""
+
+
+def test_bind_ipv6_any_serves_both_families_with_one_socket_each(pod: Pod) -> None:
+    name = pod.replica("d", BIND="::", UDP_PORT="9090", UDP_ECHO="1")
+    pod.wait_listening(name)
+    assert "listening on :: (dual-stack)" in logs(name)
+    assert in_netns(name, ASK_BOTH) == "d hi | tcp | d hi | tcp"
+    assert pod.get() == (200, "d", "d\n")  # the sandbox's IPv4 address, from the host
+    # --check asks ::1, BIND's family (the exec inherits the container's environment)
+    check = subprocess.run(["docker", "exec", name, "/httpd", "--check"], capture_output=True,
+                           text=True, timeout=15, check=False)
+    assert check.returncode == 0, check.stderr
+
+
+def test_v6only_takes_ipv6_clients_only(pod: Pod) -> None:
+    name = pod.replica("v6", BIND="::", V6ONLY="1", UDP_PORT="9090", UDP_ECHO="1")
+    pod.wait_listening(name)
+    got = in_netns(name, ASK_BOTH).split(" | ")
+    assert got[2:] == ["v6 hi", "tcp"] and got[1] == "ConnectionRefusedError", got
+
+
 def test_demo_health_becomes_healthy(pod: Pod) -> None:
     name = pod.replica("h", DEMO_HEALTH)
 
@@ -214,3 +278,66 @@ def test_demo_health_becomes_healthy(pod: Pod) -> None:
         return docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy"
 
     wait_for(healthy, 15, f"{name} to be healthy")
+
+
+def test_sigusr1_makes_the_check_fail_and_again_pass(pod: Pod, demo_image: str) -> None:
+    """SIGUSR1 marks one replica sick: its own `--check` fails (even though the check's GET
+    may reach the other replica's listener in the shared namespace), the other's passes.
+    (This checkout's server, not lbctl/demo:latest: that tag is shared with other builds.)"""
+    sick = pod.replica("s", demo_image)
+    well = pod.replica("w", demo_image)
+    for name in (sick, well):
+        pod.wait_listening(name)
+
+    def check(name: str) -> int:
+        return subprocess.run(["docker", "exec", name, "/httpd", "--check"],
+                              capture_output=True, timeout=10, check=False).returncode
+
+    assert check(sick) == check(well) == 0
+    docker("kill", "-s", "USR1", sick)
+    wait_for(lambda: check(sick) == 1, 5, f"{sick}'s check to fail")
+    assert check(well) == 0
+    assert "sick (SIGUSR1)" in logs(sick)
+    docker("kill", "-s", "USR1", sick)
+    wait_for(lambda: check(sick) == 0, 5, f"{sick}'s check to pass again")
+
+
+def test_file_and_fetch_show_a_volume_and_a_peer_by_name(tmp_path: Path, demo_image: str
+                                                        ) -> None:
+    """FILE serves what the container sees at a path (a bind mount here); FETCH relays a GET
+    of another container reached by its name on a user network."""
+    prefix = f"lbctl-test-img-{uuid.uuid4().hex[:8]}"
+    net, peer, me = f"{prefix}-net", f"{prefix}-peer", f"{prefix}-me"
+    data = tmp_path / "x"
+    data.write_text("from the volume\n")
+    docker("network", "create", "--label", "lbctl.test=1", net)
+    try:
+        docker("run", "-d", "--name", peer, "--label", "lbctl.test=1", "--network", net,
+               "-e", "LBCTL_REPLICA=the-peer", demo_image)
+        docker("run", "-d", "--name", me, "--label", "lbctl.test=1", "--network", net,
+               "-v", f"{data.parent}:/data:ro", "-e", "FILE=/data/x",
+               "-e", f"FETCH={peer}:8080", "-e", "LBCTL_REPLICA=me", demo_image)
+        ip = docker("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{net}").IPAddress}}}}',
+                    me)
+        wait_for(lambda: "listening on" in logs(me) and "listening on" in logs(peer), 10,
+                 "both to listen")
+
+        def get(path: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection(ip, PORT, timeout=5)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                return resp.status, resp.read().decode()
+            finally:
+                conn.close()
+
+        assert get("/file") == (200, "from the volume\n")
+        assert get("/fetch") == (200, "the-peer\n")
+        assert get("/") == (200, "me\n")  # every other path: the name, as before
+        docker("rm", "-f", peer)
+        assert get("/fetch")[0] == 502
+        data.unlink()
+        assert get("/file")[0] == 404
+    finally:
+        subprocess.run(["docker", "rm", "-f", peer, me], capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)

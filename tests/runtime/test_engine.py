@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 
+from harness import PREFIX
 from lbctl.model import LABEL_APP
 from lbctl.runtime.convert import health_marker as _health_marker
 from lbctl.runtime.convert import parse_time as _parse_time
@@ -14,7 +15,6 @@ from lbctl.runtime.convert import replica_labels
 from lbctl.runtime.engine import CreateRequest, Engine, ImageNotFound
 from lbctl.runtime.events import parse_event as _parse_event
 from lbctl.runtime.podman import podman_ulimits
-from tests.helpers import PREFIX
 
 
 def test_events_are_normalized() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lbctl.dataplane import bpf_loader, bpfsys
+from lbctl.dataplane.ebpf import flows
 from lbctl.dataplane.ebpf.errors import EbpfError
 from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS
 
@@ -103,6 +104,9 @@ def pinned_tag(pin: pathlib.Path) -> str | None:
 
 
 def open_pins(pin: pathlib.Path) -> Maps:
+    """Open the program and maps pinned in `pin`.  A program of an older version may lack maps
+    that the current one has (the flow map came with UDP): those are left out of Maps.fds, and
+    the daemon only uses such a version to carry its counters into the current one."""
     tag = pinned_tag(pin)
     if tag is None:
         raise EbpfError(f"{pin} holds no program pin: remove the directory and retry")
@@ -110,8 +114,10 @@ def open_pins(pin: pathlib.Path) -> Maps:
     try:
         prog = bpfsys.obj_get(str(pin / f"prog_{tag}"))
         fds["prog"] = prog
+        current = tag == bpf_loader.source_tag()
         for name in bpf_loader.MAP_NAMES:
-            fds[name] = bpfsys.obj_get(str(pin / name))
+            if current or (pin / name).exists():
+                fds[name] = bpfsys.obj_get(str(pin / name))
     except OSError as e:
         for fd in fds.values():
             os.close(fd)
@@ -128,7 +134,8 @@ async def run_loader(args: list[str]) -> dict[str, Any]:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), LOADER_TIMEOUT)
+        async with asyncio.timeout(LOADER_TIMEOUT):
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -163,9 +170,12 @@ def promote(nxt: pathlib.Path, pin: pathlib.Path) -> None:
 
 
 def carry_counters(old: Maps, new: Maps) -> None:
-    """Copy the replaced program's counters into the new maps so they stay monotonic.
-    Connections counted by the old program between this copy and the attach (microseconds)
-    are lost from the counters, not from service."""
+    """Copy the replaced program's counters into the new maps so they stay monotonic, and its
+    UDP flows so that they stay on their replicas.  Connections counted by the old program
+    between this copy and the attach (microseconds) are lost from the counters, not from
+    service; a flow first seen in that window is hashed again by the new program.  Slots
+    beyond an older program's smaller maps read as 0."""
+    flows.copy(old.fds, new.fds)
     for slot in range(MAX_SLOTS):
         total = bpfsys.percpu_sum_u64(old.fds["steered"], slot)
         if total:

@@ -9,6 +9,11 @@ and /proc work runs in worker threads (asyncio.to_thread), so the event loop nev
 A listener is borrowed from the replica (pidfd_getfd) only long enough to insert it into the
 sockmap and attach the program: the daemon never keeps a replica's listener alive, so
 stopping a replica frees its port at once.
+
+A replica's listeners are searched for (sock_diag, /proc) only while it has none in the map
+yet, lost one, or started less than STARTUP_RESCAN ago; afterwards a sync costs one map
+lookup per listener.  A socket that a replica opens later in its life is not seen until its
+others close (its group then works without it: the kernel's own choice for that socket).
 """
 
 from __future__ import annotations
@@ -20,27 +25,24 @@ import os
 import pathlib
 import shutil
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lbctl.dataplane import bpf_loader, bpfsys, sockets
-from lbctl.dataplane.ebpf import pins, slots
+from lbctl.dataplane.ebpf import flows, pins, slots, table
 from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
 from lbctl.dataplane.ebpf.pins import Maps
 from lbctl.dataplane.ebpf.slots import Held, SlotBook, Snapshot
-from lbctl.dataplane.ebpf.table import (
-    MAX_SLOTS,
-    REASONS,
-    build_table,
-    read_table,
-    u32,
-    write_table,
-)
+from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS, build_table, u32
 
 __all__ = ["EbpfDataplane", "Member"]
 
 # The package's one logger name, as before the split: log filters need not know the modules.
 log = logging.getLogger("lbctl.dataplane.ebpf")
+
+# How long after a replica's first listener shows up each sync looks for more of them.
+STARTUP_RESCAN = 3.0
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,13 @@ class _App:
     # The state file was damaged, so the sockmap may hold entries of slots the book no longer
     # knows: the next sync empties every slot it does not hold.
     sweep: bool = False
-    table: list[int] | None = None  # live selection table as last written/read
-    active: int = 0
+    # Per group index: the live selection table as last written/read (None: not known to be
+    # the program's), and which half of it is active.
+    tables: dict[int, list[int] | None] = field(default_factory=dict)
+    active: dict[int, int] = field(default_factory=dict)
+    registered: set[str] = field(default_factory=set)  # groups known to be in `groups`
+    # Replica name -> (pid, monotonic time its first listener was found): see _starting().
+    first_seen: dict[str, tuple[int, float]] = field(default_factory=dict)
     upgrade_failed: str | None = None  # tag whose load failed; not retried by this daemon
 
 
@@ -116,30 +123,44 @@ class EbpfDataplane:
 
     # ---------------------------------------------------------------- per replica
 
-    async def has_listener(self, pid: int, port: int, name: str | None = None) -> bool:
-        """Does the replica listen on `port`?  Raises ListenerError when it does without
-        SO_REUSEPORT (it could never join the app's reuseport group)."""
-        return await asyncio.to_thread(self._has_listener, pid, port, name or f"process {pid}")
+    async def has_listener(
+        self, pid: int, port: int, name: str | None = None, proto: str = "tcp"
+    ) -> bool:
+        """Does the replica listen on `port` with `proto`, in whatever families it binds?
+        Raises ListenerError when one of those sockets lacks SO_REUSEPORT (it could never join
+        the app's reuseport group)."""
+        return await asyncio.to_thread(
+            self._has_listener, pid, port, name or f"process {pid}", proto
+        )
 
     @staticmethod
-    def _has_listener(pid: int, port: int, name: str) -> bool:
-        found = sockets.find_listeners(pid, port)
+    def _has_listener(pid: int, port: int, name: str, proto: str) -> bool:
+        found = sockets.find_listeners(pid, port, proto)
         if not found:
             return False
-        try:
-            fd = sockets.take(found[0])
-        except OSError:
-            return False  # replica exited or closed it meanwhile
-        try:
-            if not sockets.has_reuseport(fd):
-                raise ListenerError(sockets.no_reuseport_message(name, port))
-        finally:
-            os.close(fd)
+        for listener in found:
+            try:
+                fd = sockets.take(listener)
+            except OSError:
+                return False  # replica exited or closed it meanwhile
+            try:
+                if not sockets.has_reuseport(fd):
+                    raise ListenerError(sockets.no_reuseport_message(name, port, proto))
+            finally:
+                os.close(fd)
         return True
 
     async def established(self, pid: int, port: int) -> int:
         """Connections the replica accepted on `port` and still holds, plus its accept queue."""
         return await sockets.established_connections(pid, port)
+
+    async def active_flows(self, app: str, replica: str, within: float) -> int:
+        """UDP flows that the program steered to `replica` and that sent a datagram within the
+        last `within` seconds: what a drain of a UDP replica waits to reach 0 (its flows keep
+        reaching it while it drains, new ones go elsewhere)."""
+        st = self._apps.setdefault(app, _App())
+        async with st.lock:
+            return await asyncio.to_thread(self._active_flows_blocking, app, st, replica, within)
 
     # ---------------------------------------------------------------- per app
 
@@ -150,19 +171,21 @@ class EbpfDataplane:
         netns_pid: int,
         ready: Sequence[Member],
         draining: Sequence[Member] = (),
+        proto: str = "tcp",
     ) -> None:
-        """Make the app's data plane match: ready and draining members' listeners in the
-        sockmap, the selection table = ready members by weight, the program attached; other
-        members out.  Idempotent and cheap when nothing changed (one map lookup per member).
-        Raises ListenerError after applying everything else when a member's listener is
-        unusable (no SO_REUSEPORT, other namespace), EbpfError when lbctl or the kernel
-        failed (for this app only: the caller goes on with the others and retries)."""
+        """Make the app's data plane match: ready and draining members' sockets of `proto` on
+        `port` in the sockmap, each reuseport group's selection table = its ready members'
+        sockets by weight, the program attached to every group; other members out.
+        Idempotent and cheap when nothing changed (one map lookup per listener).  Raises
+        ListenerError after applying everything else when a member's listener is unusable (no
+        SO_REUSEPORT, other namespace), EbpfError when lbctl or the kernel failed (for this
+        app only: the caller goes on with the others and retries)."""
         st = self._apps.setdefault(app, _App())
         async with st.lock:
             try:
                 await self._ensure_program(app, st)
                 await asyncio.to_thread(
-                    self._sync_blocking, app, st, port, netns_pid, ready, draining
+                    self._sync_blocking, app, st, port, proto, netns_pid, ready, draining
                 )
             except OSError as e:
                 # A bpf(2) call, a setsockopt, a pin rename or the state file's write failed:
@@ -247,7 +270,9 @@ class EbpfDataplane:
         st.old_maps = st.maps
         st.maps = await asyncio.to_thread(pins.open_pins, nxt)
         st.book.held.clear()  # the new sockmap is empty
-        st.table, st.active = None, 0
+        st.tables.clear()  # and so are its tables and groups
+        st.active.clear()
+        st.registered.clear()
 
     def _load_state(self, app: str, st: _App) -> None:
         if st.loaded:
@@ -255,8 +280,6 @@ class EbpfDataplane:
         st.loaded = True
         st.book, st.sweep = slots.load(self._state_file(app))
         st.saved = st.book.snapshot()
-        if st.maps is not None:
-            st.active, st.table = read_table(st.maps.fds)
 
     # ---------------------------------------------------------------- sync
 
@@ -265,55 +288,57 @@ class EbpfDataplane:
         app: str,
         st: _App,
         port: int,
+        proto: str,
         netns_pid: int,
         ready: Sequence[Member],
         draining: Sequence[Member],
     ) -> None:
         maps = st.maps
         assert maps is not None
+        if "wildcard" not in maps.fds:
+            # Only when the upgrade from a program older than listener groups failed: that
+            # program keeps steering with its maps as they are, which this daemon cannot
+            # change.  The loader's error was logged; a restarted daemon tries again.
+            raise EbpfError(
+                f"the pinned eBPF program ({maps.tag}) is too old for this lbctl and the "
+                "current one failed to load: replica changes are not applied"
+            )
         self._load_state(app, st)
         book = st.book
         wanted: dict[str, Member] = {m.name: m for m in draining}
         wanted.update({m.name: m for m in ready})  # ready wins if listed twice
+        now = time.monotonic()
 
-        for name in [n for n in book.slots if n not in wanted]:
-            bpfsys.map_delete(maps.fds["sockets"], u32(book.retire(name)))
-        for name in wanted:
-            if name not in book.slots:
-                book.alloc(name, lambda s: bpfsys.percpu_set_u64(maps.fds["steered"], s, 0))
+        # Keys of replicas that left, or of another protocol (the spec changed), go first.
+        for key in list(book.slots):
+            group = slots.group_of(key)
+            if slots.replica_of(key) not in wanted or group is None or group[:3] != proto:
+                bpfsys.map_delete(maps.fds["sockets"], u32(book.retire(key)))
+        st.first_seen = {n: v for n, v in st.first_seen.items() if n in wanted}
 
         errors: list[str] = []
         taken: list[int] = []  # fds kept open until the program is attached, then closed
         try:
-            listening: set[str] = set()
-            for name, m in wanted.items():
-                slot = book.slots[name]
-                if self._still_held(maps, slot, book.held.get(slot), m.pid):
-                    listening.add(name)
+            listening: set[str] = set()  # slot keys whose socket is in the sockmap now
+            for m in wanted.values():
+                keys = book.keys_of(m.name)
+                held = [k for k in keys
+                        if self._still_held(maps, book.slots[k], book.held.get(book.slots[k]),
+                                            m.pid)]  # fmt: skip
+                listening.update(held)
+                if keys and len(held) == len(keys) and not self._starting(st, m, now):
                     continue
-                fd = self._insert(maps, book, slot, m, port, netns_pid, errors)
-                if fd is not None:
-                    taken.append(fd)
-                    listening.add(name)
-            table = build_table(
-                [(book.slots[m.name], max(0, m.weight)) for m in ready if m.name in listening]
-            )
+                self._scan(st, maps, book, m, port, proto, netns_pid, errors, taken, listening,
+                           now)  # fmt: skip
             if st.old_maps is not None:
                 pins.carry_counters(st.old_maps, maps)
-            if table != st.table:
-                st.active = write_table(maps.fds, st.active, table)
-                st.table = table
+            self._write_groups(st, maps, book, port, ready, listening)
             if st.sweep:
-                # Leftovers of the lost bookkeeping.  The table just written names held slots
-                # only, so emptying the others changes no steering; it keeps the sockmap what
-                # the book says, so a slot handed out later starts empty.
-                for slot in range(MAX_SLOTS):
-                    if slot not in book.held:
-                        bpfsys.map_delete(maps.fds["sockets"], u32(slot))
+                self._sweep(maps, book, port)
                 st.sweep = False
-            # Attach after the table is written, so a freshly loaded program (first load or
-            # upgrade) never sees an empty table.  Every fd gets it: an app whose replicas mix
-            # IPv4 and IPv6 listeners has two reuseport groups.
+            # Attach after the tables are written and the groups registered, so a freshly
+            # loaded program (first load or upgrade) never sees an empty table.  Every fd
+            # gets it: each of the app's reuseport groups needs the program attached.
             for fd in taken:
                 sockets.attach_program(fd, maps.prog)
         finally:
@@ -321,12 +346,106 @@ class EbpfDataplane:
                 os.close(fd)  # never keep a replica's listener alive
         if st.old_maps is not None:
             self._finish_upgrade(app, st)
-        now = book.snapshot()
-        if now != st.saved:
+        snap = book.snapshot()
+        if snap != st.saved:
             slots.save(self._state_file(app), book)
-            st.saved = now
+            st.saved = snap
         if errors:
             raise ListenerError(errors[0])
+
+    @staticmethod
+    def _starting(st: _App, m: Member, now: float) -> bool:
+        """A replica binds its sockets one after another as it starts (IPv4, then IPv6, or
+        TCP then UDP): look for more of them at every sync during its first seconds, not only
+        until the first one shows up."""
+        pid, since = st.first_seen.get(m.name, (0, 0.0))
+        return pid != m.pid or now - since < STARTUP_RESCAN
+
+    def _scan(
+        self, st: _App, maps: Maps, book: SlotBook, m: Member, port: int, proto: str,
+        netns_pid: int, errors: list[str], taken: list[int], listening: set[str], now: float,
+    ) -> None:
+        """Find m's listeners and put each in its slot (one per reuseport group: a prefork
+        server's further sockets in a group are left to the kernel's own choice)."""
+        try:
+            found = sockets.find_listeners(m.pid, port, proto)
+            if not found:
+                log.info("ebpf: %s (pid %d) has no %s listener on %d yet", m.name, m.pid,
+                         proto, port)
+                return
+            if not sockets.same_netns(m.pid, netns_pid):
+                errors.append(
+                    f"{m.name} is not in the app's network namespace (its sandbox's): "
+                    "ebpf mode needs every replica joined to the sandbox"
+                )
+                return
+        except OSError as e:  # replica exited meanwhile: next sync sees it gone
+            log.info("ebpf: cannot list %s's listeners: %s", m.name, e)
+            return
+        if st.first_seen.get(m.name, (0, 0.0))[0] != m.pid:
+            st.first_seen[m.name] = (m.pid, now)
+        steered = maps.fds["steered"]
+        for listener in found:
+            key = slots.slot_key(m.name, listener.group)
+            if key in listening:
+                continue  # still held, or a second socket of m in this group
+            slot = book.slots.get(key)
+            if slot is None:
+                slot = book.alloc(key, lambda s: bpfsys.percpu_set_u64(steered, s, 0))
+            fd = self._insert(maps, book, slot, m, listener, port, errors)
+            if fd is not None:
+                taken.append(fd)
+                listening.add(key)
+
+    def _write_groups(
+        self, st: _App, maps: Maps, book: SlotBook, port: int, ready: Sequence[Member],
+        listening: set[str],
+    ) -> None:
+        """Each group with a socket in the sockmap gets its table (its ready members' sockets
+        by weight; empty when all drain) and, once the table is written, its registration
+        (table.register_group); a group with no socket left is unregistered and its index
+        freed."""
+        weights = {m.name: max(0, m.weight) for m in ready}
+        by_group: dict[str, list[tuple[int, int]]] = {}
+        for key in sorted(listening, key=lambda k: book.slots[k]):
+            group = slots.group_of(key)
+            assert group is not None
+            entries = by_group.setdefault(group, [])
+            name = slots.replica_of(key)
+            if name in weights:
+                entries.append((book.slots[key], weights[name]))
+        fds = maps.fds
+        for group, members in sorted(by_group.items()):
+            idx = book.alloc_group(group)
+            if group not in st.registered and table.read_group(fds, group, port) == idx:
+                st.registered.add(group)  # registered by an earlier daemon: read, not write
+            if idx not in st.tables:
+                st.active[idx], live = table.read_table(fds, idx)
+                st.tables[idx] = live if group in st.registered else None
+            want = build_table(members)
+            if want != st.tables[idx]:
+                st.active[idx] = table.write_table(fds, st.active[idx], want, idx)
+                st.tables[idx] = want
+            if group not in st.registered:
+                table.register_group(fds, group, port, idx)
+                st.registered.add(group)
+        for group in [g for g in book.groups if g not in by_group]:
+            table.unregister_group(fds, group, port)
+            st.registered.discard(group)
+            st.tables.pop(book.groups.pop(group), None)
+
+    @staticmethod
+    def _sweep(maps: Maps, book: SlotBook, port: int) -> None:
+        """Leftovers of lost bookkeeping (a damaged state file).  The tables just written name
+        held slots only, so emptying the others changes no steering; it keeps the maps what
+        the book says, so a slot or group index handed out later starts empty."""
+        for slot in range(MAX_SLOTS):
+            if slot not in book.held:
+                bpfsys.map_delete(maps.fds["sockets"], u32(slot))
+        known = {table.registration(g, port) for g in book.groups}
+        for reg in table.registered_groups(maps.fds):
+            if reg not in known:
+                table.drop_registration(maps.fds, reg)
 
     @staticmethod
     def _still_held(maps: Maps, slot: int, held: Held | None, pid: int) -> bool:
@@ -338,35 +457,25 @@ class EbpfDataplane:
 
     @staticmethod
     def _insert(
-        maps: Maps, book: SlotBook, slot: int, m: Member, port: int, netns_pid: int,
-        errors: list[str],
+        maps: Maps, book: SlotBook, slot: int, m: Member, listener: sockets.Listener,
+        port: int, errors: list[str],
     ) -> int | None:
         """Borrow m's listener and put it in `slot`; returns the fd (caller closes it)."""
         if book.held.pop(slot, None) is not None:
             bpfsys.map_delete(maps.fds["sockets"], u32(slot))
         try:
-            found = sockets.find_listeners(m.pid, port)
-            if not found:
-                log.info("ebpf: %s (pid %d) has no listener on %d yet", m.name, m.pid, port)
-                return None
-            if not sockets.same_netns(m.pid, netns_pid):
-                errors.append(
-                    f"{m.name} is not in the app's network namespace (its sandbox's): "
-                    "ebpf mode needs every replica joined to the sandbox"
-                )
-                return None
-            fd = sockets.take(found[0])
+            fd = sockets.take(listener)
         except OSError as e:  # replica exited meanwhile: next sync sees it gone
             log.info("ebpf: cannot take %s's listener: %s", m.name, e)
             return None
         try:
             if not sockets.has_reuseport(fd):
-                errors.append(sockets.no_reuseport_message(m.name, port))
+                errors.append(sockets.no_reuseport_message(m.name, port, listener.proto))
                 os.close(fd)
                 return None
             bpfsys.map_update(maps.fds["sockets"], u32(slot), struct.pack("=Q", fd))
-            book.held[slot] = Held(m.pid, found[0].inode, sockets.cookie(fd),
-                                   found[0].pid, found[0].fd)
+            book.held[slot] = Held(m.pid, listener.inode, sockets.cookie(fd),
+                                   listener.pid, listener.fd)
         except OSError as e:
             os.close(fd)
             raise EbpfError(f"cannot insert {m.name}'s listener into the sockmap: {e}") from e
@@ -395,10 +504,19 @@ class EbpfDataplane:
         maps = self._open_existing(app, st)
         if maps is None:
             return {}
-        return {
-            name: bpfsys.percpu_sum_u64(maps.fds["steered"], slot)
-            for name, slot in sorted(st.book.slots.items())
-        }
+        out: dict[str, int] = {}
+        for key, slot in sorted(st.book.slots.items()):
+            name = slots.replica_of(key)
+            out[name] = out.get(name, 0) + bpfsys.percpu_sum_u64(maps.fds["steered"], slot)
+        return out
+
+    def _active_flows_blocking(self, app: str, st: _App, replica: str, within: float) -> int:
+        maps = self._open_existing(app, st)
+        if maps is None or "flows" not in maps.fds:
+            return 0
+        mine = {st.book.slots[k] for k in st.book.keys_of(replica)
+                if (slots.group_of(k) or "").startswith("udp")}  # fmt: skip
+        return flows.active(maps.fds, mine, within)
 
     def _reasons_blocking(self, app: str, st: _App) -> dict[str, int]:
         maps = self._open_existing(app, st)

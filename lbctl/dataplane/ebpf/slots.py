@@ -1,12 +1,20 @@
-"""Which replica sits in which sockmap slot, and why that is written down.
+"""Which replica's listener sits in which sockmap slot, which reuseport group has which table,
+and why that is written down.
 
-A slot is the key of a replica's listener in the app's `sockets` map and of its counter in
-`steered`, and the selection table lists slots.  Slots are stable per replica name, and the
-bookkeeping is persisted in <state_dir>/ebpf/<app>.json, so that a restarted daemon gives
-every name its slot back: counters keep their meaning, and a sync after a restart finds the
-live table already right and changes nothing.  A name that goes away keeps a claim on its
-slot for a while (`retired`), so a replica that comes back under the same name gets its
-counter back, and a new name gets a slot nobody used recently.
+A slot is the key of one listener of a replica in the app's `sockets` map and of its counter
+in `steered`, and the selection tables list slots.  A replica has one slot per listener: the
+slot key is "<replica> <group>", e.g. "web-1 udp6 ::" (sockets.group_id()), so its counter is
+the sum over its keys (replica_of()).  Each group the app's listeners belong to has an index
+(`groups`) that names its selection table in the program's maps.  Slots are stable per key,
+and the bookkeeping is persisted in <state_dir>/ebpf/<app>.json, so that a restarted daemon
+gives every listener its slot back: counters keep their meaning, and a sync after a restart
+finds the live tables already right and changes nothing.  A key that goes away keeps a claim
+on its slot for a while (`retired`), so a replica that comes back under the same name gets its
+counter back, and a new one gets a slot nobody used recently.
+
+A file written before listeners had groups keys slots by bare replica name (one TCP listener
+each); parse() turns those into claims that the replica's first listener takes up, so its
+slot, and with it the counter carried into the upgraded program, stays its own.
 
 This module is the bookkeeping only; the one kernel effect of allocating (zeroing the slot's
 counter) is passed in by the caller, so everything here runs without a kernel.
@@ -29,8 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lbctl.dataplane import sockets
 from lbctl.dataplane.ebpf.errors import EbpfError
-from lbctl.dataplane.ebpf.table import MAX_SLOTS
+from lbctl.dataplane.ebpf.table import MAX_GROUPS, MAX_SLOTS
 from lbctl.fsutil import atomic_write
 
 __all__ = [
@@ -39,10 +48,13 @@ __all__ = [
     "SlotBook",
     "Snapshot",
     "forget",
+    "group_of",
     "load",
     "parse",
+    "replica_of",
     "save",
     "set_aside_path",
+    "slot_key",
     "state_file",
 ]
 
@@ -70,29 +82,64 @@ class Held:
     owner_fd: int
 
 
-# A copy of a SlotBook's three mappings, compared to tell whether the file needs rewriting.
-Snapshot = tuple[dict[str, int], dict[str, int], dict[int, Held]]
+def slot_key(replica: str, group: str) -> str:
+    """The slot key of `replica`'s listener in `group` (replica names have no spaces)."""
+    return f"{replica} {group}"
+
+
+def replica_of(key: str) -> str:
+    return key.partition(" ")[0]
+
+
+def group_of(key: str) -> str | None:
+    """The listener group of a slot key; None for a bare replica name (an old file's)."""
+    return key.partition(" ")[2] or None
+
+
+# A copy of a SlotBook's mappings, compared to tell whether the file needs rewriting.
+Snapshot = tuple[dict[str, int], dict[str, int], dict[int, Held], dict[str, int]]
 
 
 @dataclass
 class SlotBook:
-    """One app's slots: name -> slot in use, name -> last slot of a name gone (for reuse),
-    slot -> the listener the daemon put there."""
+    """One app's slots: key -> slot in use, key -> last slot of a key gone (for reuse),
+    slot -> the listener the daemon put there, group -> its table's index."""
 
     slots: dict[str, int] = field(default_factory=dict)
     retired: dict[str, int] = field(default_factory=dict)
     held: dict[int, Held] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> Snapshot:
         """A copy to compare with later: the state file is rewritten only on a change."""
-        return dict(self.slots), dict(self.retired), dict(self.held)
+        return dict(self.slots), dict(self.retired), dict(self.held), dict(self.groups)
+
+    def keys_of(self, replica: str) -> list[str]:
+        return [k for k in self.slots if replica_of(k) == replica]
+
+    def alloc_group(self, group: str) -> int:
+        """The table index of `group`, a free one for a group seen for the first time."""
+        if group in self.groups:
+            return self.groups[group]
+        used = set(self.groups.values())
+        free = [g for g in range(MAX_GROUPS) if g not in used]
+        if not free:
+            raise EbpfError(
+                f"too many listener groups (at most {MAX_GROUPS} per app: protocol, family and "
+                "bound address of the replicas' sockets on the app port)"
+            )
+        self.groups[group] = free[0]
+        return free[0]
 
     def alloc(self, name: str, zero_counter: Callable[[int], None]) -> int:
-        """Give `name` a stable slot; a returning name gets its old slot (and its counter)
-        back when free, a new name a slot nobody retired recently, zeroed through
+        """Give key `name` a stable slot; a returning key gets its old slot (and its counter)
+        back when free, and so does the first listener of a replica that an old state file
+        knew by bare name; a new key gets a slot nobody retired recently, zeroed through
         `zero_counter(slot)`."""
         used = set(self.slots.values())
         old = self.retired.pop(name, None)
+        if old is None and not self.keys_of(replica_of(name)):
+            old = self.retired.pop(replica_of(name), None)
         if old is not None and old not in used:
             self.slots[name] = old
             return old
@@ -107,8 +154,8 @@ class SlotBook:
         return slot
 
     def retire(self, name: str) -> int:
-        """Take `name` out of its slot, keeping its claim in `retired`; returns the slot (the
-        caller empties it in the sockmap)."""
+        """Take key `name` out of its slot, keeping its claim in `retired`; returns the slot
+        (the caller empties it in the sockmap)."""
         slot = self.slots.pop(name)
         self.held.pop(slot, None)
         self.retired[name] = slot
@@ -122,6 +169,7 @@ class SlotBook:
                 str(s): [h.pid, h.inode, h.cookie, h.owner_pid, h.owner_fd]
                 for s, h in self.held.items()
             },
+            "groups": self.groups,
         }
 
 
@@ -147,10 +195,39 @@ def parse(data: object) -> SlotBook:
         slots=_names(data, "slots"),
         retired=_names(data, "retired"),
         held=_held(data.get("held", {})),
+        groups=_groups(data.get("groups", {})),
     )
     if len(set(book.slots.values())) != len(book.slots):
         raise DamagedState("two replicas share one slot in 'slots'")
+    for key in [*book.slots, *book.retired]:
+        group = group_of(key)
+        if group is not None:
+            _group(group, f"slot key {key!r}")
+    # An old file's bare names: claims that each replica's first listener takes up.
+    for name in [k for k in book.slots if group_of(k) is None]:
+        book.retired.setdefault(name, book.slots.pop(name))
     return book
+
+
+def _group(gid: str, where: str) -> None:
+    try:
+        sockets.parse_group_id(gid)
+    except ValueError:
+        raise DamagedState(f"{where} names no listener group") from None
+
+
+def _groups(raw: object) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise DamagedState(f"'groups' is {_kind(raw)}, not an object")
+    out: dict[str, int] = {}
+    for gid, idx in raw.items():
+        _group(str(gid), f"groups[{gid!r}]")
+        if type(idx) is not int or not 0 <= idx < MAX_GROUPS:
+            raise DamagedState(f"groups[{gid!r}] is {idx!r}, not a group (0 to {MAX_GROUPS - 1})")
+        out[str(gid)] = idx
+    if len(set(out.values())) != len(out):
+        raise DamagedState("two groups share one table in 'groups'")
+    return out
 
 
 def _kind(v: object) -> str:

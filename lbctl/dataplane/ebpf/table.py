@@ -1,39 +1,59 @@
-"""The selection table: the one structure the program reads on every new connection, and the
-only thing the daemon rewrites to change which replicas get traffic (it never reloads the
+"""The selection tables: the structures the program reads on every new connection or flow, and
+the only thing the daemon rewrites to change which replicas get traffic (it never reloads the
 program for that).
 
 This module is the Python side of the contract with bpf/lbctl_reuseport.c: map sizes, the
-keys of `config` and `reasons`, and the double-buffered layout of `selection`.  Keeping them
-together means a change to the C layout has exactly one Python file to follow it.  Nothing
-here knows about apps, pins or replicas; build_table is pure so it can be tested (and
-benchmarked) without a kernel.
+keys of `wildcard`, `groups`, `config` and `reasons`, and the double-buffered layout of
+`selection`, one pair of tables per reuseport group (a group index, 0 to MAX_GROUPS - 1,
+chosen by the daemon and registered under the group's key: in `wildcard` by protocol and
+family for a group bound to the wildcard address, in `groups` by the whole key otherwise).
+Keeping them together means a change to the C layout has one Python file to follow it
+(flows.py for the UDP flow map).  Nothing here knows about apps, pins or replicas;
+build_table is pure so it can be tested (and benchmarked) without a kernel.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import struct
 from collections.abc import Mapping, Sequence
 
-from lbctl.dataplane import bpfsys
+from lbctl.dataplane import bpfsys, sockets
 
 __all__ = [
     "CFG_ACTIVE",
     "CFG_LEN0",
     "CFG_LEN1",
+    "GROUP_KEY_SIZE",
+    "MAX_GROUPS",
     "MAX_SLOTS",
     "REASONS",
     "TABLE_LEN",
     "build_table",
+    "drop_registration",
+    "group_key",
+    "read_group",
     "read_table",
+    "register_group",
+    "registered_groups",
+    "registration",
     "u32",
+    "unregister_group",
     "write_table",
 ]
 
 # Keep in step with bpf/lbctl_reuseport.c.
-MAX_SLOTS = 128
+MAX_SLOTS = 256
+MAX_GROUPS = 8
 TABLE_LEN = 256
 CFG_ACTIVE, CFG_LEN0, CFG_LEN1 = 0, 1, 2
-REASONS = ("no_ready_replica", "select_error", "fallback", "migrated")  # index = C key
+N_CFG = 4
+# index = C key; the first four meant the same before groups and flows existed, so counters
+# carried over from an older program keep their meaning.
+REASONS = ("no_ready_replica", "select_error", "fallback", "migrated", "no_group",
+           "flow_moved")
+GROUP_KEY_SIZE = 28  # struct group_key
 
 
 def u32(v: int) -> bytes:
@@ -70,14 +90,89 @@ def build_table(members: Sequence[tuple[int, int]], size: int = TABLE_LEN) -> li
     return [slot for _, _, slot in sorted(entries)]
 
 
-def read_table(fds: Mapping[str, int]) -> tuple[int, list[int]]:
-    """(active half, its entries) as the program sees them now: what a restarted daemon
-    compares against before deciding whether to write anything.  `fds` are an app's open
-    maps by name (pins.Maps.fds)."""
+def group_key(gid: str, port: int) -> bytes:
+    """The `groups` key of a listener group (sockets.group_id()) on `port`: what the program
+    reads from the group's own socket (family, protocol, port, bound address)."""
+    proto, family, addr = sockets.parse_group_id(gid)
+    raw = ipaddress.ip_address(addr).packed  # network byte order, as the socket holds it
+    return struct.pack("=III", family, sockets.PROTOCOLS[proto], port) + raw.ljust(16, b"\0")
+
+
+def _wildcard(gid: str) -> int | None:
+    """The `wildcard` key of a group bound to the wildcard address, else None."""
+    proto, family, addr = sockets.parse_group_id(gid)
+    if not ipaddress.ip_address(addr).is_unspecified:
+        return None
+    return (proto == "udp") * 2 + (family == socket.AF_INET6)
+
+
+def read_group(fds: Mapping[str, int], gid: str, port: int) -> int | None:
+    """The index the program finds for group `gid`, or None when it is not registered."""
+    w = _wildcard(gid)
+    if w is not None:
+        raw = bpfsys.map_lookup(fds["wildcard"], u32(w), 4)
+        v = int(struct.unpack("=I", raw)[0]) if raw else 0
+        return v - 1 if v else None
+    raw = bpfsys.map_lookup(fds["groups"], group_key(gid, port), 4)
+    return int(struct.unpack("=I", raw)[0]) if raw else None
+
+
+def register_group(fds: Mapping[str, int], gid: str, port: int, index: int) -> None:
+    """Let the program find group `gid`'s table at `index` (write its table first)."""
+    w = _wildcard(gid)
+    if w is not None:
+        bpfsys.map_update(fds["wildcard"], u32(w), u32(index + 1))
+    else:
+        bpfsys.map_update(fds["groups"], group_key(gid, port), u32(index))
+
+
+def unregister_group(fds: Mapping[str, int], gid: str, port: int) -> None:
+    w = _wildcard(gid)
+    if w is not None:
+        bpfsys.map_update(fds["wildcard"], u32(w), u32(0))
+    else:
+        bpfsys.map_delete(fds["groups"], group_key(gid, port))
+
+
+def registered_groups(fds: Mapping[str, int]) -> list[bytes | int]:
+    """Every registration the program has: `groups` keys, and `wildcard` keys in use."""
+    found: list[bytes | int] = list(bpfsys.map_keys(fds["groups"], GROUP_KEY_SIZE))
+    for w in range(4):
+        raw = bpfsys.map_lookup(fds["wildcard"], u32(w), 4)
+        if raw and struct.unpack("=I", raw)[0]:
+            found.append(w)
+    return found
+
+
+def registration(gid: str, port: int) -> bytes | int:
+    """What registered_groups() lists for `gid`."""
+    w = _wildcard(gid)
+    return w if w is not None else group_key(gid, port)
+
+
+def drop_registration(fds: Mapping[str, int], reg: bytes | int) -> None:
+    if isinstance(reg, int):
+        bpfsys.map_update(fds["wildcard"], u32(reg), u32(0))
+    else:
+        bpfsys.map_delete(fds["groups"], reg)
+
+
+def _sel(group: int, half: int, pos: int) -> bytes:
+    return u32((group * 2 + half) * TABLE_LEN + pos)
+
+
+def _cfg(group: int, key: int) -> bytes:
+    return u32(group * N_CFG + key)
+
+
+def read_table(fds: Mapping[str, int], group: int = 0) -> tuple[int, list[int]]:
+    """(active half, its entries) of a group's table as the program sees them now: what a
+    restarted daemon compares against before deciding whether to write anything.  `fds` are
+    an app's open maps by name (pins.Maps.fds)."""
     cfg = fds["config"]
 
     def get(key: int) -> int:
-        raw = bpfsys.map_lookup(cfg, u32(key), 4)
+        raw = bpfsys.map_lookup(cfg, _cfg(group, key), 4)
         return int(struct.unpack("=I", raw)[0]) if raw else 0
 
     active = get(CFG_ACTIVE) & 1
@@ -85,20 +180,20 @@ def read_table(fds: Mapping[str, int]) -> tuple[int, list[int]]:
     sel = fds["selection"]
     table = []
     for i in range(n):
-        raw = bpfsys.map_lookup(sel, u32(active * TABLE_LEN + i), 4)
+        raw = bpfsys.map_lookup(sel, _sel(group, active, i), 4)
         table.append(int(struct.unpack("=I", raw)[0]) if raw else 0)
     return active, table
 
 
-def write_table(fds: Mapping[str, int], active: int, table: list[int]) -> int:
-    """Write the inactive table and its length, then flip CFG_ACTIVE (one 4-byte store the
-    program reads first): a connection sees the old set or the new one, never a mix.  The
-    half just retired is rewritten only by the next change, long after any program run that
-    read the old index has finished.  Returns the new active index."""
+def write_table(fds: Mapping[str, int], active: int, table: list[int], group: int = 0) -> int:
+    """Write the group's inactive table and its length, then flip its CFG_ACTIVE (one 4-byte
+    store the program reads first): a connection sees the old set or the new one, never a
+    mix.  The half just retired is rewritten only by the next change, long after any program
+    run that read the old index has finished.  Returns the new active index."""
     new = 1 - active
     sel, cfg = fds["selection"], fds["config"]
     for i, slot in enumerate(table):
-        bpfsys.map_update(sel, u32(new * TABLE_LEN + i), u32(slot))
-    bpfsys.map_update(cfg, u32(CFG_LEN1 if new else CFG_LEN0), u32(len(table)))
-    bpfsys.map_update(cfg, u32(CFG_ACTIVE), u32(new))
+        bpfsys.map_update(sel, _sel(group, new, i), u32(slot))
+    bpfsys.map_update(cfg, _cfg(group, CFG_LEN1 if new else CFG_LEN0), u32(len(table)))
+    bpfsys.map_update(cfg, _cfg(group, CFG_ACTIVE), u32(new))
     return new

@@ -1,4 +1,7 @@
-"""Run wrk (bounded, pinned to one CPU) and parse its report."""
+"""wrk, the load generator of the benchmarks and of the tests that need more load than
+harness.traffic's threads make: bounded runs (pinned to one CPU for the benchmarks, in the
+background for the tests) and the one parser of its report, so both read wrk the same way.
+"""
 
 from __future__ import annotations
 
@@ -91,3 +94,20 @@ def finish(proc: subprocess.Popen[str], seconds: float) -> WrkResult:
 
 def run(url: str, seconds: float, close: bool, connections: int = CONNECTIONS) -> WrkResult:
     return finish(start(url, seconds, close, connections), seconds)
+
+
+class Wrk:
+    """A bounded wrk run in the background for the tests (new connection per request by
+    default; no CPU pinning, a shorter request timeout than the benchmarks')."""
+
+    def __init__(self, url: str, seconds: int, connections: int = 16, close: bool = True) -> None:
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "3s"]
+        if close:
+            cmd += ["-H", "Connection: close"]
+        self.proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
+        self.output = ""
+
+    def result(self) -> dict[str, Any]:
+        """wrk's counts as a dict (requests, connect/read/write/timeout, non2xx, failed)."""
+        self.output, _ = self.proc.communicate(timeout=120)
+        return parse(self.output).to_json()

@@ -1,0 +1,637 @@
+"""A compose file as lbctl apps: `lbctl apply -f compose.yaml`.
+
+Which services are apps: those with `x-lbctl` (publish, mode; what `lbctl export --format
+compose` writes), and those with `ports:` and `deploy.replicas` (the combination docker-compose
+answers with "port is already allocated"). Other services (a database, say) stay compose's:
+they are listed as skipped, and run with `docker-compose up` beside lbctl's apps (`profiles:`
+on an app's service, which lbctl ignores, keeps docker-compose from starting it too).
+
+Every key of an app's service is read with Compose's meaning (interpolation, `.env`, short and
+long volume syntax, relative paths from the project directory, project-prefixed volume and
+network names, the project's `default` network) and turned into lbctl's spec fields (the
+docker run names of lbctl.model.options). A key lbctl cannot honour is refused by name, never
+dropped: the app would not be what the file says.
+
+Volumes and networks the file declares are created by the daemon when missing, with the labels
+docker-compose gives them, so that docker-compose takes them as its own and its services share
+them with lbctl's apps. lbctl never removes either.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lbctl.compose.interpolate import interpolate, parse_dotenv
+from lbctl.model import LABEL_APP, InvalidInput, Publish
+from lbctl.model.docker_syntax import parse_duration
+from lbctl.model.publish import parse_publishes, validate_publishes
+
+LBCTL_KEY = "x-lbctl"
+_TOP_KEYS = {"version", "services", "networks", "volumes"}
+_SERVICE_KEYS = {
+    "image", LBCTL_KEY, "ports", "deploy", "expose", "restart", "labels", "environment",
+    "env_file", "command", "entrypoint", "volumes", "tmpfs", "networks", "mem_limit", "cpus",
+    "pids_limit", "user", "working_dir", "healthcheck", "read_only", "init", "cap_add",
+    "cap_drop", "ulimits", "stop_signal", "stop_grace_period", "logging", "extra_hosts", "dns",
+    "network_mode", "profiles",
+}
+_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update"}
+_DEPLOY_KEYS = {"replicas", "resources", "update_config"}
+_UPDATE_CONFIG = {"parallelism", "delay", "failure_action", "monitor", "order",
+                  "max_failure_ratio"}
+_HEALTH_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
+_DROPPED_ENV = ("LBCTL_APP", "LBCTL_REPLICA")  # lbctl sets them on every replica
+
+
+@dataclass
+class ComposeApps:
+    """What a compose file asks of lbctl."""
+
+    apps: list[dict[str, Any]] = field(default_factory=list)  # spec JSON, as the API takes it
+    # name -> labels: created by the daemon when missing
+    networks: dict[str, dict[str, str]] = field(default_factory=dict)
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # services left to docker-compose
+    project: str = ""
+
+
+def is_compose(path: Path, text: str) -> bool:
+    """A compose file by its extension, or by a top-level `services:` mapping."""
+    if path.suffix in (".yml", ".yaml"):
+        return True
+    if path.suffix == ".toml":
+        return False
+    return re.search(r"^services\s*:", text, re.MULTILINE) is not None
+
+
+def project_name(project_dir: Path, env: Mapping[str, str]) -> str:
+    """docker-compose's project name: COMPOSE_PROJECT_NAME, else the directory's name,
+    lower-cased, with what is not a letter, digit, - or _ dropped."""
+    raw = env.get("COMPOSE_PROJECT_NAME") or project_dir.name
+    name = re.sub(r"[^-_a-z0-9]", "", raw.lower())
+    if not name:
+        raise InvalidInput(f"cannot make a project name of {raw!r}: set COMPOSE_PROJECT_NAME")
+    return name
+
+
+def read_compose(path: Path, environ: Mapping[str, str] | None = None) -> ComposeApps:
+    """Read `path` (and the `.env` beside it) with the environment `environ`."""
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    project_dir = path.resolve().parent
+    dotenv_path = project_dir / ".env"
+    dotenv: dict[str, str] = {}
+    if dotenv_path.is_file():
+        try:
+            dotenv = parse_dotenv(dotenv_path.read_text())
+        except InvalidInput as e:
+            raise InvalidInput(f"{dotenv_path}: {e}") from None
+    env = {**dotenv, **environ}  # the shell's environment wins, as in Compose
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidInput(f"{path} is not valid YAML: {_first_line(e)}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
+        raise InvalidInput(f"{path}: a compose file needs a services: mapping")
+    doc = interpolate(raw, env)
+    return Reader(path, project_dir, project_name(project_dir, env), env).read(doc)
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+class Reader:
+    def __init__(self, path: Path, project_dir: Path, project: str,
+                 env: Mapping[str, str]) -> None:
+        self.path = path
+        self.dir = project_dir
+        self.project = project
+        self.env = env
+        self.out = ComposeApps(project=project)
+        self.top_networks: dict[str, Any] = {}
+        self.top_volumes: dict[str, Any] = {}
+
+    def fail(self, where: str, message: str) -> InvalidInput:
+        return InvalidInput(f"{self.path.name}: {where}: {message}")
+
+    def read(self, doc: dict[str, Any]) -> ComposeApps:
+        unknown = sorted(k for k in doc if k not in _TOP_KEYS and not str(k).startswith("x-"))
+        if unknown:
+            raise self.fail(unknown[0], "not supported by lbctl (it reads services, networks, "
+                            "volumes)")
+        self.top_networks = self._mapping(doc.get("networks") or {}, "networks")
+        self.top_volumes = self._mapping(doc.get("volumes") or {}, "volumes")
+        for name, svc in doc["services"].items():
+            where = f"services.{name}"
+            if not isinstance(svc, dict):
+                raise self.fail(where, "must be a mapping")
+            if not self._is_app(svc):
+                self.out.skipped.append(str(name))
+                continue
+            self.out.apps.append(self._app(str(name), svc, where))
+        if not self.out.apps:
+            raise InvalidInput(
+                f"{self.path.name}: no service is an lbctl app: give one x-lbctl: {{publish: "
+                "...}} or ports: with deploy.replicas")
+        return self.out
+
+    def _mapping(self, v: Any, where: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise self.fail(where, "must be a mapping")
+        return v
+
+    @staticmethod
+    def _is_app(svc: dict[str, Any]) -> bool:
+        deploy = svc.get("deploy")
+        return LBCTL_KEY in svc or (
+            bool(svc.get("ports")) and isinstance(deploy, dict) and "replicas" in deploy)
+
+    # ---- one service -------------------------------------------------------------------------
+
+    def _app(self, service: str, svc: dict[str, Any], where: str) -> dict[str, Any]:
+        unknown = sorted(str(k) for k in svc if k not in _SERVICE_KEYS)
+        if "depends_on" in unknown:
+            raise self.fail(f"{where}.depends_on", "not supported by lbctl (it starts the app "
+                            "itself): start what it needs first, `docker-compose up -d SERVICE`")
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}", "not supported by lbctl")
+        x = self._mapping(svc.get(LBCTL_KEY) or {}, f"{where}.{LBCTL_KEY}")
+        bad = sorted(set(x) - _LBCTL_KEYS)
+        if bad:
+            raise self.fail(f"{where}.{LBCTL_KEY}.{bad[0]}",
+                            f"unknown (use {', '.join(sorted(_LBCTL_KEYS))})")
+        name = x.get("app", service)
+        spec: dict[str, Any] = {"name": name}
+        if "image" not in svc:
+            raise self.fail(where, "needs an image (lbctl does not build)")
+        spec["image"] = self._str(svc["image"], f"{where}.image")
+        spec["publish"] = self._publish(svc, x, where)
+        deploy = self._mapping(svc.get("deploy") or {}, f"{where}.deploy")
+        bad = sorted(set(deploy) - _DEPLOY_KEYS)
+        if bad:
+            raise self.fail(f"{where}.deploy.{bad[0]}", "not supported by lbctl")
+        if "replicas" in x and "replicas" in deploy and x["replicas"] != deploy["replicas"]:
+            raise self.fail(where, "x-lbctl.replicas and deploy.replicas differ")
+        replicas = x.get("replicas", deploy.get("replicas", 1))
+        spec["replicas"] = replicas
+        if "mode" in x:
+            spec["mode"] = x["mode"]
+        update = dict(self._mapping(x.get("update") or {}, f"{where}.x-lbctl.update"))
+        update.update(self._update_config(deploy.get("update_config"), f"{where}.deploy"))
+        if update:
+            spec["update"] = update
+        if "restart" in svc and str(svc["restart"]) == "no":
+            raise self.fail(f"{where}.restart", "lbctl always replaces a replica that exits; "
+                            "remove restart: no")
+        self._expose(svc.get("expose"), spec["publish"], where)
+        env = self._env(svc, where)
+        if env:
+            spec["env"] = env
+        for key, field_name in (("command", "command"), ("entrypoint", "entrypoint")):
+            if svc.get(key) is not None:
+                spec[field_name] = self._command(svc[key], f"{where}.{key}")
+        self._options(svc, spec, deploy, where, name)
+        return spec
+
+    def _publish(self, svc: dict[str, Any], x: dict[str, Any], where: str) -> str | list[str]:
+        """The app's publishes: x-lbctl.publish (one, or a list), else `ports:`. Several
+        share the container port (one app, several host addresses: IPv4 and IPv6, say)."""
+        ports = svc.get("ports") or []
+        if not isinstance(ports, list):
+            raise self.fail(f"{where}.ports", "must be a list")
+        given = x.get("publish")
+        if given is not None:
+            pubs = parse_publishes(given)
+            for p in ports:
+                q = self._port(p, f"{where}.ports")
+                if not any((q.host_port, q.container_port, q.proto) == (
+                        pub.host_port, pub.container_port, pub.proto) for pub in pubs):
+                    raise self.fail(f"{where}.ports", f"{p!r} is not in x-lbctl.publish "
+                                    f"{given!r}: lbctl publishes one container port per app")
+        else:
+            if not ports:
+                raise self.fail(f"{where}.ports", "an lbctl app publishes a port: give ports: "
+                                "or x-lbctl.publish")
+            parsed = [self._port(p, f"{where}.ports") for p in ports]
+            try:
+                pubs = validate_publishes(parsed)
+            except InvalidInput as e:
+                raise self.fail(f"{where}.ports", str(e)) from None
+        texts = [str(p) for p in pubs]
+        return texts[0] if len(texts) == 1 else texts
+
+    def _port(self, p: Any, where: str) -> Publish:
+        """A compose port, with Compose's meaning: no host IP is every address (0.0.0.0)."""
+        if isinstance(p, dict):
+            bad = sorted(set(p) - {"target", "published", "protocol", "host_ip", "mode"})
+            if bad:
+                raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
+            if p.get("mode", "host") not in ("host", "ingress"):
+                raise self.fail(f"{where}.mode", f"unknown mode {p.get('mode')!r}")
+            text = (f"{p.get('host_ip') or '0.0.0.0'}:{p.get('published')}:{p.get('target')}/"
+                    f"{p.get('protocol') or 'tcp'}")
+            return Publish.parse(text)
+        if not isinstance(p, str):
+            raise self.fail(where, f"{p!r}: quote ports in YAML (\"8080:80\"); a bare 22:22 is "
+                            "a number to YAML 1.1")
+        spec = p
+        if spec.count(":") == 1:
+            spec = "0.0.0.0:" + spec
+        elif ":" not in spec.partition("/")[0]:
+            raise self.fail(where, f"{p!r}: name the host port (HOST:CONTAINER)")
+        if re.search(r"[0-9]-[0-9]", spec):
+            raise self.fail(where, f"{p!r}: port ranges are not supported by lbctl")
+        return Publish.parse(spec)
+
+    def _expose(self, expose: Any, publish: str | list[str], where: str) -> None:
+        if expose is None:
+            return
+        pub = parse_publishes(publish)[0]  # every publish has the same container port
+        for e in expose if isinstance(expose, list) else [expose]:
+            port, _, proto = str(e).partition("/")
+            if port != str(pub.container_port) or (proto or "tcp") != pub.proto:
+                raise self.fail(f"{where}.expose", f"{e!r}: lbctl apps expose only their "
+                                f"published port ({pub.container_port}/{pub.proto})")
+
+    def _update_config(self, v: Any, where: str) -> dict[str, Any]:
+        if v is None:
+            return {}
+        u = self._mapping(v, f"{where}.update_config")
+        bad = sorted(set(u) - _UPDATE_CONFIG)
+        if bad:
+            raise self.fail(f"{where}.update_config.{bad[0]}", "not supported by lbctl")
+        out: dict[str, Any] = {}
+        if "parallelism" in u:
+            out["parallelism"] = u["parallelism"]
+        for key in ("delay", "monitor"):
+            if key in u:
+                out[key] = self._seconds(u[key], f"{where}.update_config.{key}")
+        if "failure_action" in u:
+            if u["failure_action"] not in ("rollback", "pause"):
+                raise self.fail(f"{where}.update_config.failure_action",
+                                "lbctl does rollback or pause")
+            out["failure_action"] = u["failure_action"]
+        if "order" in u:
+            out["order"] = u["order"]
+        if u.get("max_failure_ratio", 0) not in (0, 0.0):
+            raise self.fail(f"{where}.update_config.max_failure_ratio",
+                            "lbctl stops a rollout at the first failure (use 0)")
+        return out
+
+    def _seconds(self, v: Any, where: str) -> float:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+        try:
+            return parse_duration(v, where)
+        except InvalidInput as e:
+            raise self.fail(where, str(e)) from None
+
+    # ---- environment ---------------------------------------------------------------------
+
+    def _env(self, svc: dict[str, Any], where: str) -> dict[str, str]:
+        env: dict[str, str] = {}
+        files = svc.get("env_file") or []
+        for f in files if isinstance(files, list) else [files]:
+            p = self._host_path(self._str(f, f"{where}.env_file"))
+            try:
+                env.update(parse_dotenv(Path(p).read_text(), self.env))
+            except OSError as e:
+                raise self.fail(f"{where}.env_file", f"cannot read {p}: {e.strerror}") from None
+            except InvalidInput as e:
+                raise self.fail(f"{where}.env_file", f"{p}: {e}") from None
+        raw = svc.get("environment") or {}
+        if isinstance(raw, list):
+            items: list[tuple[str, Any]] = []
+            for item in raw:
+                k, eq, v = self._str(item, f"{where}.environment").partition("=")
+                items.append((k, v if eq else None))
+        elif isinstance(raw, dict):
+            items = list(raw.items())
+        else:
+            raise self.fail(f"{where}.environment", "must be a list or a mapping")
+        for k, v in items:
+            if v is None:  # `- KEY` or `KEY:`: from the shell, as in Compose
+                if k in self.env:
+                    env[str(k)] = self.env[k]
+                continue
+            if isinstance(v, bool):
+                raise self.fail(f"{where}.environment.{k}", "quote booleans (\"true\")")
+            if not isinstance(v, str | int | float):
+                raise self.fail(f"{where}.environment.{k}", "must be a string")
+            env[str(k)] = str(v)
+        for k in _DROPPED_ENV:
+            env.pop(k, None)
+        return env
+
+    def _command(self, v: Any, where: str) -> list[str]:
+        if isinstance(v, str):
+            try:
+                return shlex.split(v)
+            except ValueError as e:
+                raise self.fail(where, str(e)) from None
+        return self._strs(v, where)
+
+    # ---- docker run's options ------------------------------------------------------------------
+
+    def _options(self, svc: dict[str, Any], spec: dict[str, Any], deploy: dict[str, Any],
+                 where: str, app: str) -> None:
+        volume, mount = self._volumes(svc.get("volumes"), f"{where}.volumes")
+        if volume:
+            spec["volume"] = volume
+        if mount:
+            spec["mount"] = mount
+        if svc.get("tmpfs") is not None:
+            spec["tmpfs"] = self._list_or_one(svc["tmpfs"], f"{where}.tmpfs")
+        mode = svc.get("network_mode")
+        if mode is not None:
+            if mode != "bridge":
+                raise self.fail(f"{where}.network_mode", f"{mode!r} is not supported by lbctl "
+                                "(bridge, or networks:); to put docker-compose's containers "
+                                "into an ebpf app's namespace, see `lbctl export`")
+            if svc.get("networks") is not None:
+                raise self.fail(where, "network_mode and networks together")
+        else:
+            spec["network"] = self._networks(svc.get("networks"), f"{where}.networks")
+        if svc.get("extra_hosts") is not None:
+            hosts = svc["extra_hosts"]
+            if isinstance(hosts, dict):
+                hosts = [f"{h}:{ip}" for h, ip in hosts.items()]
+            spec["add-host"] = self._strs(hosts, f"{where}.extra_hosts")
+        if svc.get("dns") is not None:
+            spec["dns"] = self._list_or_one(svc["dns"], f"{where}.dns")
+        limits = self._limits(deploy, f"{where}.deploy")
+        for key, limit, field_name in (("mem_limit", "memory", "memory"),
+                                       ("cpus", "cpus", "cpus"),
+                                       ("pids_limit", "pids", "pids-limit")):
+            v = svc.get(key)
+            if v is not None and limit in limits and _norm(limits[limit]) != _norm(v):
+                raise self.fail(where, f"{key} and deploy.resources.limits.{limit} differ")
+            v = v if v is not None else limits.get(limit)
+            if v is not None:
+                spec[field_name] = str(v) if field_name == "memory" else v
+        if svc.get("ulimits") is not None:
+            spec["ulimit"] = self._ulimits(svc["ulimits"], f"{where}.ulimits")
+        for key, field_name in (("user", "user"), ("working_dir", "workdir"),
+                                ("stop_signal", "stop-signal")):
+            if svc.get(key) is not None:
+                spec[field_name] = str(svc[key])
+        if svc.get("labels") is not None:
+            labels = self._labels(svc["labels"], f"{where}.labels")
+            if labels.get(LABEL_APP) == app:
+                del labels[LABEL_APP]  # what makes docker-compose's containers adopted
+            if labels:
+                spec["label"] = labels
+        self._health(svc.get("healthcheck"), spec, f"{where}.healthcheck")
+        for key in ("read_only", "init"):
+            if svc.get(key) is not None:
+                spec[key.replace("_", "-")] = svc[key]
+        for key in ("cap_add", "cap_drop"):
+            if svc.get(key) is not None:
+                spec[key.replace("_", "-")] = self._strs(svc[key], f"{where}.{key}")
+        if svc.get("stop_grace_period") is not None:
+            secs = self._seconds(svc["stop_grace_period"], f"{where}.stop_grace_period")
+            spec["stop-timeout"] = math.ceil(secs)
+        if svc.get("logging") is not None:
+            log = self._mapping(svc["logging"], f"{where}.logging")
+            bad = sorted(set(log) - {"driver", "options"})
+            if bad:
+                raise self.fail(f"{where}.logging.{bad[0]}", "not supported by lbctl")
+            if log.get("driver") is not None:
+                spec["log-driver"] = log["driver"]
+            if log.get("options"):
+                spec["log-opt"] = {str(k): str(v) for k, v in
+                                   self._mapping(log["options"], f"{where}.logging").items()}
+
+    def _limits(self, deploy: dict[str, Any], where: str) -> dict[str, Any]:
+        res = self._mapping(deploy.get("resources") or {}, f"{where}.resources")
+        bad = sorted(set(res) - {"limits"})
+        if bad:
+            raise self.fail(f"{where}.resources.{bad[0]}", "not supported by lbctl")
+        limits = self._mapping(res.get("limits") or {}, f"{where}.resources.limits")
+        bad = sorted(set(limits) - {"memory", "cpus", "pids"})
+        if bad:
+            raise self.fail(f"{where}.resources.limits.{bad[0]}", "not supported by lbctl")
+        out = dict(limits)
+        if "cpus" in out and isinstance(out["cpus"], str):
+            try:
+                out["cpus"] = float(out["cpus"])
+            except ValueError:
+                raise self.fail(f"{where}.resources.limits.cpus", "must be a number") from None
+        return out
+
+    def _volumes(self, v: Any, where: str) -> tuple[list[str], list[str]]:
+        """Short syntax -> docker -v strings, long syntax -> docker --mount strings."""
+        if v is None:
+            return [], []
+        volume: list[str] = []
+        mount: list[str] = []
+        for item in self._list(v, where):
+            if isinstance(item, str):
+                volume.append(self._short_volume(item, where))
+            elif isinstance(item, dict):
+                mount.append(self._long_volume(item, where))
+            else:
+                raise self.fail(where, f"{item!r} is neither a string nor a mapping")
+        return volume, mount
+
+    def _short_volume(self, text: str, where: str) -> str:
+        parts = text.split(":")
+        if len(parts) == 1:
+            return text  # an anonymous volume
+        source, rest = parts[0], parts[1:]
+        source = self._host_path(source) if _is_path(source) else self._volume_name(source, where)
+        return ":".join([source, *rest])
+
+    def _long_volume(self, item: dict[str, Any], where: str) -> str:
+        bad = sorted(set(item) - {"type", "source", "target", "read_only", "bind", "volume",
+                                  "tmpfs"})
+        if bad:
+            raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
+        kind = item.get("type")
+        if kind not in ("bind", "volume", "tmpfs"):
+            raise self.fail(f"{where}.type", f"{kind!r}: use bind, volume or tmpfs")
+        parts = [f"type={kind}"]
+        source = item.get("source")
+        if source is not None:
+            src = self._str(source, f"{where}.source")
+            if kind == "bind":
+                src = self._host_path(src)
+            elif kind == "volume":
+                src = self._volume_name(src, where)
+            parts.append(f"source={src}")
+        parts.append(f"target={self._str(item.get('target'), f'{where}.target')}")
+        if item.get("read_only"):
+            parts.append("readonly")
+        sub = {"bind": ({"propagation": "bind-propagation"}, "bind"),
+               "volume": ({"nocopy": "volume-nocopy"}, "volume"),
+               "tmpfs": ({"size": "tmpfs-size", "mode": "tmpfs-mode"}, "tmpfs")}
+        for key, (names, kind_of) in sub.items():
+            opts = item.get(key)
+            if opts is None:
+                continue
+            if kind != kind_of:
+                raise self.fail(f"{where}.{key}", f"is for type: {kind_of}")
+            opts = self._mapping(opts, f"{where}.{key}")
+            bad = sorted(set(opts) - set(names))
+            if bad:
+                raise self.fail(f"{where}.{key}.{bad[0]}", "not supported by lbctl")
+            for k, v in opts.items():
+                if isinstance(v, bool):
+                    v = "true" if v else "false"
+                elif k == "mode" and isinstance(v, int):
+                    v = format(v, "o")
+                parts.append(f"{names[k]}={v}")
+        return ",".join(parts)
+
+    def _volume_name(self, key: str, where: str) -> str:
+        if key not in self.top_volumes:
+            raise self.fail(where, f"named volume {key!r} is not declared under the top-level "
+                            "volumes:")
+        decl = self.top_volumes[key] or {}
+        return self._resource(key, decl, "volumes", "volume", self.out.volumes)
+
+    def _networks(self, v: Any, where: str) -> list[str]:
+        if v is None:
+            keys = ["default"]  # Compose puts every service on the project's default network
+        elif isinstance(v, list):
+            keys = self._strs(v, where)
+        elif isinstance(v, dict):
+            keys = []
+            for k, conf in v.items():
+                if conf:
+                    bad = sorted(self._mapping(conf, f"{where}.{k}"))
+                    raise self.fail(f"{where}.{k}.{bad[0]}", "not supported by lbctl (every "
+                                    "replica answers to the app's name on its networks)")
+                keys.append(str(k))
+        else:
+            raise self.fail(where, "must be a list or a mapping")
+        names = []
+        for key in keys:
+            if key not in self.top_networks and key != "default":
+                raise self.fail(where, f"network {key!r} is not declared under the top-level "
+                                "networks:")
+            decl = self.top_networks.get(key) or {}
+            names.append(self._resource(key, decl, "networks", "network", self.out.networks))
+        return names
+
+    def _resource(self, key: str, decl: Any, section: str, kind: str,
+                  created: dict[str, dict[str, str]]) -> str:
+        """The engine's name of a declared volume or network; one to create is noted in
+        `created` with docker-compose's labels."""
+        where = f"{section}.{key}"
+        d = self._mapping(decl, where)
+        bad = sorted(set(d) - {"name", "external", "driver", "labels"})
+        if bad:
+            raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
+        if d.get("driver") not in (None, "local" if kind == "volume" else "bridge"):
+            raise self.fail(f"{where}.driver", "lbctl creates only "
+                            f"{'local volumes' if kind == 'volume' else 'bridge networks'}")
+        external = d.get("external")
+        if external:
+            if isinstance(external, dict):
+                return self._str(external.get("name", d.get("name", key)), where)
+            return self._str(d.get("name", key), where)
+        name = self._str(d.get("name", f"{self.project}_{key}"), where)
+        labels = {"com.docker.compose.project": self.project,
+                  f"com.docker.compose.{kind}": key}
+        labels.update(self._labels(d.get("labels") or {}, f"{where}.labels"))
+        created[name] = labels
+        return name
+
+    def _health(self, v: Any, spec: dict[str, Any], where: str) -> None:
+        if v is None:
+            return
+        h = self._mapping(v, where)
+        bad = sorted(set(h) - _HEALTH_KEYS)
+        if bad:
+            raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
+        if h.get("disable"):
+            raise self.fail(f"{where}.disable", "not supported by lbctl (lbctl keeps the "
+                            "image's health check)")
+        test = h.get("test")
+        if test is not None:
+            if isinstance(test, str):
+                spec["health-cmd"] = test
+            else:
+                t = self._strs(test, f"{where}.test")
+                if t[:1] == ["CMD"] and len(t) > 1:
+                    spec["health-cmd"] = t[1:]
+                elif t[:1] == ["CMD-SHELL"] and len(t) == 2:
+                    spec["health-cmd"] = t[1]
+                else:
+                    raise self.fail(f"{where}.test", "use [CMD, ...], [CMD-SHELL, ...] or a "
+                                    "string")
+        for key in ("interval", "timeout", "start_period"):
+            if h.get(key) is not None:
+                spec[f"health-{key.replace('_', '-')}"] = str(h[key])
+        if h.get("retries") is not None:
+            spec["health-retries"] = h["retries"]
+
+    def _ulimits(self, v: Any, where: str) -> list[str]:
+        out = []
+        for name, lim in self._mapping(v, where).items():
+            if isinstance(lim, dict):
+                bad = sorted(set(lim) - {"soft", "hard"})
+                if bad or "soft" not in lim or "hard" not in lim:
+                    raise self.fail(f"{where}.{name}", "give soft and hard")
+                out.append(f"{name}={lim['soft']}:{lim['hard']}")
+            else:
+                out.append(f"{name}={lim}")
+        return out
+
+    def _labels(self, v: Any, where: str) -> dict[str, str]:
+        if isinstance(v, list):
+            pairs = {}
+            for item in self._strs(v, where):
+                k, _, val = item.partition("=")
+                pairs[k] = val
+            return pairs
+        return {str(k): "" if val is None else str(val)
+                for k, val in self._mapping(v, where).items()}
+
+    # ---- small things --------------------------------------------------------------------------
+
+    def _host_path(self, p: str) -> str:
+        """A path as Compose reads it: relative to the project directory, ~ the home."""
+        path = Path(os.path.expanduser(p)) if p.startswith("~") else Path(p)
+        if not path.is_absolute():
+            path = self.dir / path
+        return os.path.normpath(path)
+
+    def _str(self, v: Any, where: str) -> str:
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise self.fail(where, f"{v!r} must be a string")
+        return str(v)
+
+    def _list(self, v: Any, where: str) -> list[Any]:
+        if not isinstance(v, list):
+            raise self.fail(where, "must be a list")
+        return v
+
+    def _strs(self, v: Any, where: str) -> list[str]:
+        return [self._str(x, where) for x in self._list(v, where)]
+
+    def _list_or_one(self, v: Any, where: str) -> list[str]:
+        return self._strs(v if isinstance(v, list) else [v], where)
+
+
+def _is_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~"))
+
+
+def _norm(v: Any) -> str:
+    return str(v).lower().rstrip("b")
+

@@ -1,0 +1,282 @@
+"""Docker's small syntaxes, parsed and validated: sizes (`512m`), Go durations (`1m30s`),
+`-v SOURCE:TARGET[:OPTIONS]`, `--mount type=...,source=...,target=...`, `--ulimit`,
+`--tmpfs`, `--add-host`, and volume and network names. Pure; lbctl.model.options validates
+an app's options with them and lbctl.runtime.options turns their results into create JSON.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from lbctl.model.errors import InvalidInput
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # docker's volume/network name rule
+HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([bkmgtp]?)b?$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
+_VOLUME_OPTS = frozenset({"ro", "rw", "z", "Z", "nocopy", "shared", "slave", "private",
+                          "rshared", "rslave", "rprivate", "consistent", "cached", "delegated"})
+_PROPAGATION = frozenset({"shared", "slave", "private", "rshared", "rslave", "rprivate"})
+_ULIMITS = frozenset({"core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+                      "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack"})
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+               "p": 1 << 50}
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+
+
+
+def parse_size(text: object, what: str = "size") -> int:
+    """Docker's byte sizes: `512m`, `1g`, `1.5g`, `64MB`, or a number of bytes."""
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    m = _SIZE_RE.match(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise InvalidInput(f"invalid {what} {text!r}: use a number with b, k, m or g (512m)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(text: object, what: str = "duration") -> float:
+    """Go's durations, as docker and compose take them: `30s`, `1m30s`, `500ms`; seconds."""
+    if isinstance(text, str) and text == "0":
+        return 0.0
+    if not isinstance(text, str) or not text:
+        raise InvalidInput(f"invalid {what} {text!r}: use a duration like 30s, 1m30s or 500ms")
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if m is None:
+            raise InvalidInput(f"invalid {what} {text!r}: use a duration like 30s, 1m30s "
+                               "or 500ms")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if total > 24 * 3600:
+        raise InvalidInput(f"{what} {text!r} is longer than a day")
+    return total
+
+
+def abs_path(text: object, what: str) -> str:
+    if not isinstance(text, str) or not text.startswith("/") or len(text) > 4096 or any(
+        ch in text for ch in "\0\n,"
+    ):
+        raise InvalidInput(f"invalid {what} {text!r}: use an absolute path")
+    return text
+
+
+def resource_name(name: object, kind: str) -> str:
+    """A volume's or network's name, as Docker allows it."""
+    if not isinstance(name, str) or len(name) < 2 or len(name) > 255 or not NAME_RE.match(
+        name
+    ):
+        raise InvalidInput(f"invalid {kind} name {name!r}: use letters, digits, _ . -")
+    return name
+
+
+def _volume_name(text: str, whole: str) -> str:
+    if len(text) < 2 or len(text) > 255 or not NAME_RE.match(text):
+        raise InvalidInput(f"invalid volume {whole!r}: the source is an absolute host path "
+                           "or a volume name (letters, digits, _ . -)")
+    return text
+
+
+@dataclass(frozen=True)
+class Volume:
+    """`-v [SOURCE:]TARGET[:OPTIONS]`: SOURCE an absolute host path (bind) or a volume name;
+    no SOURCE: an anonymous volume, one per replica, removed with it."""
+
+    source: str | None
+    target: str
+    options: tuple[str, ...] = ()
+
+    @property
+    def bind(self) -> bool:
+        return self.source is not None and self.source.startswith("/")
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+    @classmethod
+    def parse(cls, text: object) -> Volume:
+        if not isinstance(text, str) or not text:
+            raise InvalidInput(f"invalid volume {text!r}: use SOURCE:TARGET[:ro]")
+        parts = text.split(":")
+        if len(parts) > 3:
+            raise InvalidInput(f"invalid volume {text!r}: use SOURCE:TARGET[:OPTIONS]")
+        opts: tuple[str, ...] = ()
+        if len(parts) == 3:
+            opts = tuple(parts[2].split(","))
+            bad = [o for o in opts if o not in _VOLUME_OPTS]
+            if bad:
+                raise InvalidInput(f"invalid volume option {bad[0]!r} in {text!r}: use ro, rw, "
+                                   "z, Z, nocopy or a propagation (rshared, ...)")
+            if "ro" in opts and "rw" in opts:
+                raise InvalidInput(f"invalid volume {text!r}: ro and rw together")
+        if len(parts) == 1:
+            return cls(None, abs_path(parts[0], f"volume target in {text!r}"))
+        source, target = parts[0], abs_path(parts[1], f"volume target in {text!r}")
+        if not source.startswith("/"):
+            _volume_name(source, text)
+            if any(o in _PROPAGATION for o in opts):
+                raise InvalidInput(f"invalid volume {text!r}: propagation is for bind mounts")
+        else:
+            abs_path(source, f"volume source in {text!r}")
+        return cls(source, target, opts)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """`--mount type=bind|volume|tmpfs,source=...,target=...[,readonly][,...]`."""
+
+    type: str
+    target: str
+    source: str | None = None
+    read_only: bool = False
+    propagation: str | None = None  # bind
+    nocopy: bool = False  # volume
+    tmpfs_size: str | None = None  # as written (64m)
+    tmpfs_mode: str | None = None  # octal, as written (1777)
+
+    def __str__(self) -> str:
+        """The canonical --mount text: one spelling per mount (`src`, `dst`, `ro=true` ...
+        become source, target, readonly), so spellings do not make revisions."""
+        parts = [f"type={self.type}"]
+        if self.source is not None:
+            parts.append(f"source={self.source}")
+        parts.append(f"target={self.target}")
+        if self.read_only:
+            parts.append("readonly")
+        if self.propagation is not None:
+            parts.append(f"bind-propagation={self.propagation}")
+        if self.nocopy:
+            parts.append("volume-nocopy")
+        if self.tmpfs_size is not None:
+            parts.append(f"tmpfs-size={self.tmpfs_size}")
+        if self.tmpfs_mode is not None:
+            parts.append(f"tmpfs-mode={self.tmpfs_mode}")
+        return ",".join(parts)
+
+    @property
+    def tmpfs_size_bytes(self) -> int | None:
+        return None if self.tmpfs_size is None else parse_size(self.tmpfs_size, "tmpfs-size")
+
+    @property
+    def tmpfs_mode_bits(self) -> int | None:
+        return None if self.tmpfs_mode is None else int(self.tmpfs_mode, 8)
+
+    @classmethod
+    def parse(cls, text: object) -> Mount:
+        if not isinstance(text, str) or not text:
+            raise InvalidInput(f"invalid mount {text!r}: use type=...,source=...,target=...")
+        kv: dict[str, str] = {}
+        for item in text.split(","):
+            k, eq, v = item.partition("=")
+            k = {"src": "source", "dst": "target", "destination": "target",
+                 "ro": "readonly"}.get(k, k)
+            if k in kv:
+                raise InvalidInput(f"invalid mount {text!r}: {k} given twice")
+            if not eq and k not in ("readonly", "volume-nocopy"):
+                raise InvalidInput(f"invalid mount {text!r}: {item!r} needs a value")
+            kv[k] = v if eq else "true"
+        known = {"type", "source", "target", "readonly", "bind-propagation", "volume-nocopy",
+                 "tmpfs-size", "tmpfs-mode"}
+        unknown = sorted(set(kv) - known)
+        if unknown:
+            raise InvalidInput(f"unsupported mount key {unknown[0]!r} in {text!r} (lbctl takes "
+                               f"{', '.join(sorted(known))})")
+        kind = kv.get("type", "volume")
+        if kind not in ("bind", "volume", "tmpfs"):
+            raise InvalidInput(f"invalid mount type {kind!r} in {text!r}: use bind, volume "
+                               "or tmpfs")
+        target = abs_path(kv.get("target"), f"mount target in {text!r}")
+        source = kv.get("source")
+        if kind == "bind":
+            source = abs_path(source, f"bind source in {text!r}")
+        elif kind == "volume":
+            if source is not None:
+                _volume_name(source, text)
+        elif source is not None:
+            raise InvalidInput(f"invalid mount {text!r}: a tmpfs has no source")
+        for key, kinds in (("bind-propagation", ("bind",)), ("volume-nocopy", ("volume",)),
+                           ("tmpfs-size", ("tmpfs",)), ("tmpfs-mode", ("tmpfs",))):
+            if key in kv and kind not in kinds:
+                raise InvalidInput(f"invalid mount {text!r}: {key} is for type={kinds[0]}")
+        prop = kv.get("bind-propagation")
+        if prop is not None and prop not in _PROPAGATION:
+            raise InvalidInput(f"invalid bind-propagation {prop!r} in {text!r}")
+        mode = kv.get("tmpfs-mode")
+        if mode is not None and not re.fullmatch(r"[0-7]{1,4}", mode):
+            raise InvalidInput(f"invalid tmpfs-mode {mode!r} in {text!r}: use octal (1777)")
+        size = kv.get("tmpfs-size")
+        if size is not None:
+            parse_size(size, f"tmpfs-size in {text!r}")
+        return cls(
+            kind, target, source,
+            read_only=_flag(kv.get("readonly", "false"), text),
+            propagation=prop,
+            nocopy=_flag(kv.get("volume-nocopy", "false"), text),
+            tmpfs_size=size,
+            tmpfs_mode=mode,
+        )
+
+
+def _flag(v: str, whole: str) -> bool:
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise InvalidInput(f"invalid mount {whole!r}: {v!r} is not true or false")
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str
+    soft: int
+    hard: int
+
+    @classmethod
+    def parse(cls, text: object) -> Ulimit:
+        """`name=soft[:hard]` (-1: unlimited)."""
+        if not isinstance(text, str) or "=" not in text:
+            raise InvalidInput(f"invalid ulimit {text!r}: use NAME=SOFT[:HARD] (nofile=1024:4096)")
+        name, _, limits = text.partition("=")
+        if name not in _ULIMITS:
+            raise InvalidInput(f"invalid ulimit name {name!r}: use one of "
+                               f"{', '.join(sorted(_ULIMITS))}")
+        soft_s, _, hard_s = limits.partition(":")
+        try:
+            soft = int(soft_s)
+            hard = int(hard_s) if hard_s else soft
+        except ValueError:
+            raise InvalidInput(f"invalid ulimit {text!r}: limits are whole numbers") from None
+        if soft < -1 or hard < -1 or (hard != -1 and (soft == -1 or soft > hard)):
+            raise InvalidInput(f"invalid ulimit {text!r}: the soft limit exceeds the hard one")
+        return cls(name, soft, hard)
+
+
+def parse_tmpfs(text: object) -> tuple[str, str]:
+    """`--tmpfs /path[:options]` -> (path, options)."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"invalid tmpfs {text!r}: use /PATH[:OPTIONS]")
+    path, _, opts = text.partition(":")
+    abs_path(path, f"tmpfs path in {text!r}")
+    if opts and not re.fullmatch(r"[a-z_]+(=[A-Za-z0-9]+)?(,[a-z_]+(=[A-Za-z0-9]+)?)*", opts):
+        raise InvalidInput(f"invalid tmpfs options in {text!r}: use size=64m,mode=1777,...")
+    return path, opts
+
+
+def parse_add_host(text: object) -> tuple[str, str]:
+    """`--add-host host:ip` (the IP may be IPv6, or docker's `host-gateway`)."""
+    if not isinstance(text, str) or ":" not in text:
+        raise InvalidInput(f"invalid add-host {text!r}: use HOST:IP")
+    host, _, ip = text.partition(":")
+    if not HOST_RE.match(host) or len(host) > 253:
+        raise InvalidInput(f"invalid host name {host!r} in add-host {text!r}")
+    if ip != "host-gateway":
+        try:
+            ipaddress.ip_address(ip.strip("[]"))
+        except ValueError:
+            raise InvalidInput(f"invalid IP {ip!r} in add-host {text!r}") from None
+    return host, ip

@@ -1,0 +1,269 @@
+"""Fakes at the controller's boundaries (lbctl.controller.ports): an engine, the eBPF data plane
+and the host rules, all in memory, with knobs for the faults a real host has (a create that
+fails, a remove that errors or hangs, an engine call that never answers).
+
+They stand in for the engine and kernel only in logic tests of the controller; every
+capability is also tested end to end against the real ones in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from lbctl.controller.admission import Admission
+from lbctl.controller.apps import AppsService
+from lbctl.controller.hostrules import HostRules
+from lbctl.controller.probes import Answers
+from lbctl.controller.store import StateStore
+from lbctl.controller.supervisor import Controller
+from lbctl.controller.worker import Settings, Shared
+from lbctl.dataplane.ebpf import Member
+from lbctl.dataplane.iptables_rules import Service
+from lbctl.metrics import Metrics
+from lbctl.model import (
+    LABEL_APP,
+    LABEL_INDEX,
+    LABEL_MANAGED,
+    LABEL_REVISION,
+    LABEL_ROLE,
+    LABEL_SPEC_HASH,
+    ROLE_REPLICA,
+    AppSpec,
+    Container,
+)
+from lbctl.model.spec import Mode
+from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent, NetworkSpec
+
+
+@dataclass
+class FakeContainer:
+    c: Container
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class FakeEngine:
+    url = "fake://engine"
+
+    def __init__(self) -> None:
+        self.containers: dict[str, FakeContainer] = {}
+        self.ids = itertools.count(1)
+        self.pids = itertools.count(1000)
+        self.events_q: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
+        self.images = {"img:1", "img:2", "lbctl/pause:latest"}
+        # knobs
+        self.fail_create: Callable[[CreateRequest], str | None] = lambda req: None
+        self.remove_error: Callable[[Container], str | None] = lambda c: None
+        self.remove_delay: Callable[[Container], float] = lambda c: 0.0
+        self.hang = False  # every call waits forever (a wedged engine)
+        self.exit_on_start: Callable[[CreateRequest], int | None] = lambda req: None
+        self.removed: list[str] = []
+        self.created: list[str] = []
+
+    async def _maybe_hang(self) -> None:
+        if self.hang:
+            await asyncio.sleep(3600)
+
+    async def list_containers(self, app: str | None = None) -> list[Container]:
+        await self._maybe_hang()
+        return [f.c for f in self.containers.values() if app is None or f.c.app == app]
+
+    async def create_and_start(self, req: CreateRequest) -> str:
+        await self._maybe_hang()
+        if any(f.c.name == req.name for f in self.containers.values()):
+            raise EngineError(f"creating container {req.name}: Conflict. The container name "
+                              f'"/{req.name}" is already in use')
+        err = self.fail_create(req)
+        if err:
+            raise EngineError(err)
+        cid = f"c{next(self.ids):04d}"
+        labels = req.labels
+        code = self.exit_on_start(req)
+        index = labels.get(LABEL_INDEX)
+        rev = labels.get(LABEL_REVISION)
+        c = Container(
+            id=cid, name=req.name, app=labels[LABEL_APP], role=labels.get(LABEL_ROLE, ROLE_REPLICA),
+            managed=labels.get(LABEL_MANAGED) == "true", index=int(index) if index else None,
+            running=code is None, health=None, ip=f"10.1.{len(self.containers) % 250}.{cid[-2:]}",
+            pid=next(self.pids) if code is None else None,
+            started_at=time.time(), joined_to=req.join, bridge="docker0",
+            spec_hash=labels.get(LABEL_SPEC_HASH), revision=int(rev) if rev else None,
+            exit_code=code,
+        )
+        self.containers[cid] = FakeContainer(c, req.image, dict(req.env))
+        self.created.append(req.name)
+        return cid
+
+    async def stop_and_remove(self, container_id: str, grace: int) -> None:
+        await self._maybe_hang()
+        f = self.containers.get(container_id)
+        if f is None:
+            return
+        delay = self.remove_delay(f.c)
+        if delay:
+            await asyncio.sleep(delay)
+        err = self.remove_error(f.c)
+        if err:
+            raise EngineError(err)
+        self.containers.pop(container_id, None)
+        self.removed.append(f.c.name)
+        self.events_q.put_nowait(EngineEvent("destroy", container_id, f.c.app))
+
+    async def image_exists(self, image: str) -> bool:
+        await self._maybe_hang()
+        return image in self.images
+
+    async def ensure_network(self, spec: NetworkSpec) -> bool:
+        await self._maybe_hang()
+        return False  # the fake's containers need no network to be made
+
+    async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
+        await self._maybe_hang()
+        return False
+
+    async def logs_tail(self, container_id: str, lines: int = 3) -> str:
+        return "exec: no such file"
+
+    async def events(self) -> AsyncIterator[EngineEvent | None]:
+        yield None
+        while True:
+            ev = await self.events_q.get()
+            if ev is None:
+                return
+            yield ev
+
+    def forget(self, container_id: str) -> None:
+        pass
+
+    # ---- what tests do to the "host" --------------------------------------------------------
+
+    def kill(self, name: str, code: int = 137) -> Container:
+        f = next(f for f in self.containers.values() if f.c.name == name)
+        f.c = replace(f.c, running=False, pid=None, exit_code=code)
+        self.events_q.put_nowait(EngineEvent("die", f.c.id, f.c.app))
+        return f.c
+
+    def running(self, app: str) -> list[Container]:
+        return sorted((f.c for f in self.containers.values()
+                       if f.c.app == app and f.c.running and f.c.role == ROLE_REPLICA),
+                      key=lambda c: c.name)
+
+
+class FakeEbpf:
+    def __init__(self) -> None:
+        self.tables: dict[str, list[str]] = {}
+        self.pinned: set[str] = set()
+        self.fail: dict[str, str] = {}
+
+    async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
+                   draining: Sequence[Member] = ()) -> None:
+        from lbctl.dataplane.ebpf import EbpfError
+
+        if app in self.fail:
+            raise EbpfError(self.fail[app])
+        self.pinned.add(app)
+        self.tables[app] = sorted(m.name for m in ready)
+
+    async def has_listener(self, pid: int, port: int, name: str | None = None) -> bool:
+        return True
+
+    async def counters(self, app: str) -> dict[str, int]:
+        return {}
+
+    async def reasons(self, app: str) -> dict[str, int]:
+        return {}
+
+    async def remove(self, app: str) -> None:
+        self.pinned.discard(app)
+        self.tables.pop(app, None)
+
+    def pinned_apps(self) -> list[str]:
+        return sorted(self.pinned)
+
+
+class FakeRules:
+    def __init__(self) -> None:
+        self.applied: list[Service] = []
+        self.syncs = 0
+        self.fail_next = 0
+
+    async def sync(self, services: Sequence[Service]) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("iptables-restore: simulated failure")
+        self.syncs += 1
+        self.applied = list(services)
+
+    async def counters(self) -> dict[tuple[str, str], int]:
+        return {}
+
+    def backends(self, app: str) -> list[str]:
+        for s in self.applied:
+            if s.app == app:
+                return sorted(b.name for b in s.backends)
+        return []
+
+
+def always_ready(spec: AppSpec, ebpf: object, fail: Callable[[str], None],
+                 bridges: Mapping[str, str | None]) -> Answers:
+    async def answers(c: Container) -> bool:
+        return c.running
+
+    return answers
+
+
+async def no_connections(pid: int, port: int) -> int:
+    return 0
+
+
+def spec(name: str, replicas: int = 2, image: str = "img:1", mode: Mode = Mode.IPTABLES,
+         port: int = 18000, **extra: object) -> AppSpec:
+    return AppSpec.from_json({"name": name, "image": image, "publish": f"127.0.0.1:{port}:80",
+                              "replicas": replicas, "mode": str(mode), **extra})
+
+
+@dataclass
+class Harness:
+    engine: FakeEngine
+    ebpf: FakeEbpf
+    rules: FakeRules
+    controller: Controller
+    apps: AppsService
+    task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.controller.run())
+        await asyncio.wait_for(self.controller.first_sync.wait(), 5)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def until(self, pred: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
+        t0 = time.monotonic()
+        while not pred():
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+            await asyncio.sleep(0.01)
+        return time.monotonic() - t0
+
+
+def harness(tmp: Path, engine: FakeEngine | None = None, **settings: object) -> Harness:
+    engine = engine or FakeEngine()
+    ebpf, rules = FakeEbpf(), FakeRules()
+    st = Settings(**{"drain_timeout": 1.0, "stop_grace": 1, "resync_interval": 0.05,
+                     "unhealthy_grace": 30.0, "pass_timeout": 5.0, **settings})  # type: ignore[arg-type]
+    apps = AppsService(StateStore(tmp), Admission(engine, lambda: None, port_check=lambda s: None))
+    shared = Shared(engine=engine, apps=apps, hostrules=HostRules(rules, tmp), ebpf=ebpf,
+                    ebpf_unavailable=lambda: None, open_connections=no_connections,
+                    metrics=Metrics(), settings=st, answers=always_ready)
+    controller = Controller(shared)
+    apps.on_change = controller.on_change
+    apps.load()
+    return Harness(engine, ebpf, rules, controller, apps)

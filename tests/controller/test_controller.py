@@ -1,0 +1,252 @@
+"""The controller against fakes at the engine and data-plane boundaries: one app's trouble
+never touches another, retirements run beside passes, deletions survive a restart, rollouts
+go one step at a time and roll back by themselves. (tests/e2e runs the same on the real
+engine and kernel.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from lbctl.model import Container
+from lbctl.model.spec import Mode
+from tests.controller.fakes import FakeEngine, harness, spec
+
+
+async def test_apps_converge_and_a_crashed_replica_is_replaced(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 3), spec("api", 2, port=18001)])
+        await h.until(lambda: h.rules.backends("web") == ["web-1", "web-2", "web-3"])
+        await h.until(lambda: h.rules.backends("api") == ["api-1", "api-2"])
+        dead = h.engine.kill("web-2")
+        await h.until(lambda: "web-2" not in h.rules.backends("web"), 1.0, "dead one out")
+        await h.until(lambda: len(h.engine.running("web")) == 3 and dead.id not in
+                      h.engine.containers, 2.0, "replacement")
+        assert [c.name for c in h.engine.running("web")] == ["web-1", "web-2", "web-3"]
+    finally:
+        await h.stop()
+
+
+async def test_a_failing_sandbox_create_does_not_hold_another_app(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.fail_create = lambda req: (
+        'Conflict. The container name "/bad-sandbox" is already in use'
+        if req.name == "bad-sandbox" else None)
+    h = harness(tmp_path, engine)
+    await h.start()
+    try:
+        await h.apps.apply([spec("bad", 2, mode=Mode.EBPF), spec("good", 2, port=18001)])
+        await h.until(lambda: h.rules.backends("good") == ["good-1", "good-2"])
+        w = h.controller.worker("bad")
+        assert w is not None
+        await h.until(lambda: w.view.pass_error is not None, what="bad app's error")
+        assert "already in use" in (w.view.pass_error or "")
+        engine.kill("good-1")
+        took = await h.until(lambda: h.rules.backends("good") == ["good-2"], 1.0)
+        await h.until(lambda: h.rules.backends("good") == ["good-1", "good-2"], 2.0)
+        assert took < 1.0
+    finally:
+        await h.stop()
+
+
+async def test_remove_errors_and_slow_stops_stay_with_their_app(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    # "slow" ignores SIGTERM: every stop takes its whole grace; "err" cannot be removed
+    engine.remove_delay = lambda c: 2.0 if c.app == "slow" else 0.0
+    engine.remove_error = lambda c: "removal of container failed: device busy" \
+        if c.app == "err" else None
+    h = harness(tmp_path, engine)
+    await h.start()
+    try:
+        await h.apps.apply([spec("slow", 12), spec("err", 2, port=18001),
+                            spec("ok", 2, port=18002)])
+        await h.until(lambda: len(h.rules.backends("slow")) == 12
+                      and len(h.rules.backends("err")) == 2 and len(h.rules.backends("ok")) == 2)
+        await h.apps.scale("slow", 1)
+        await h.apps.scale("err", 1)
+        await h.until(lambda: h.rules.backends("slow") == ["slow-1"], 1.0)
+        t0 = time.monotonic()
+        engine.kill("ok-2")
+        await h.until(lambda: h.rules.backends("ok") == ["ok-1"], 1.0, "ok-2 out")
+        await h.until(lambda: h.rules.backends("ok") == ["ok-1", "ok-2"], 2.0, "ok-2 back")
+        failover = time.monotonic() - t0
+        assert failover < 1.5, failover
+        # the slow stops went on meanwhile, in parallel, not one after another
+        await h.until(lambda: len([c for c in engine.containers.values()
+                                   if c.c.app == "slow"]) == 1, 4.0, "slow ones gone")
+    finally:
+        await h.stop()
+
+
+async def test_an_unhealthy_replica_is_replaced_after_the_grace(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    h = harness(tmp_path, engine, unhealthy_grace=0.3)
+    sick: set[str] = set()
+
+    def answers(spec: object, ebpf: object, fail: object, bridges: object):  # type: ignore[no-untyped-def]
+        async def probe(c: Container) -> bool:
+            return c.running and c.name not in sick
+        return probe
+
+    h.controller.s.answers = answers
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 2)])
+        await h.until(lambda: h.rules.backends("web") == ["web-1", "web-2"])
+        old = next(c.id for c in engine.running("web") if c.name == "web-2")
+        sick.add("web-2")
+        await h.until(lambda: h.rules.backends("web") == ["web-1"], 1.0, "sick one out")
+        # replaced by a new container (it gets the next free index while the old drains)
+        await h.until(lambda: len(engine.running("web")) == 2
+                      and old not in engine.containers, 3.0, "replacement")
+        sick.clear()
+        await h.until(lambda: len(h.rules.backends("web")) == 2, 2.0)
+    finally:
+        await h.stop()
+
+
+async def test_rm_survives_a_restart_and_drains_on_the_old_port(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.remove_delay = lambda c: 0.5
+    h = harness(tmp_path, engine)
+    await h.start()
+    await h.apps.apply([spec("web", 3, port=18100)])
+    await h.until(lambda: len(h.rules.backends("web")) == 3)
+    await h.apps.delete("web")
+    await h.until(lambda: h.rules.backends("web") == [], 1.0, "rules gone first")
+    await h.stop()  # the daemon dies in the middle of the drains
+    assert engine.running("web"), "the test must restart with replicas left"
+    asked: list[int] = []
+
+    async def counting(pid: int, port: int) -> int:
+        asked.append(port)
+        return 0
+
+    h2 = harness(tmp_path, engine)
+    h2.controller.s.open_connections = counting
+    await h2.start()
+    try:
+        await asyncio.wait_for(h2.apps.wait_gone("web", 5), 6)
+        assert engine.running("web") == []
+        assert "web" not in h2.apps.state.deleted
+        # drained on the container port, remembered from the deleted spec
+        assert asked and set(asked) == {80}, asked
+    finally:
+        await h2.stop()
+
+
+async def test_multi_app_apply_is_all_or_nothing(tmp_path: Path) -> None:
+    from lbctl.model import InvalidInput
+
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        await h.apps.apply([spec("a", 1), spec("b", 1, port=18001)])
+        before = (tmp_path / "state.json").read_bytes()
+        try:
+            await h.apps.apply([spec("a", 3), spec("b", 1, port=18002)])  # b's port: refused
+        except InvalidInput as e:
+            assert "b exists with publish" in str(e)
+        else:
+            raise AssertionError("a changed publish must be refused")
+        assert (tmp_path / "state.json").read_bytes() == before
+        assert h.apps.spec("a").replicas == 1
+    finally:
+        await h.stop()
+
+
+async def test_a_failed_rules_sync_is_retried_and_nothing_stops_meanwhile(
+    tmp_path: Path,
+) -> None:
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 2)])
+        await h.until(lambda: len(h.rules.backends("web")) == 2)
+        h.rules.fail_next = 3
+        await h.apps.scale("web", 1)
+        await asyncio.sleep(0.05)
+        assert len(h.engine.running("web")) == 2, "no replica stops before its sync succeeded"
+        await h.until(lambda: h.rules.backends("web") == ["web-1"], 5.0)
+        await h.until(lambda: len(h.engine.running("web")) == 1, 3.0)
+    finally:
+        await h.stop()
+
+
+async def test_a_wedged_engine_fails_passes_and_stops_liveness(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    h = harness(tmp_path, engine, pass_timeout=0.3)
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 1)])
+        await h.until(lambda: len(h.rules.backends("web")) == 1)
+        h.controller.last_discovery = time.monotonic()
+        assert h.controller.alive(1.0)
+        engine.hang = True
+        w = h.controller.worker("web")
+        assert w is not None
+        await h.until(lambda: w.view.pass_error is not None, 2.0)
+        assert "longer than" in (w.view.pass_error or "")
+        await asyncio.sleep(1.1)
+        assert not h.controller.alive(1.0), "a wedged engine must stop the watchdog"
+        engine.hang = False
+    finally:
+        await h.stop()
+
+
+# ---- rollouts ---------------------------------------------------------------------------
+
+
+def _images(engine: FakeEngine, app: str) -> list[str]:
+    return sorted(f.image for f in engine.containers.values()
+                  if f.c.app == app and f.c.running)
+
+
+async def test_rolling_update_replaces_one_at_a_time_and_completes(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        policy = {"monitor": 0.1}
+        await h.apps.apply([spec("web", 4, update=policy)])
+        await h.until(lambda: len(h.rules.backends("web")) == 4)
+        most = 0
+
+        def watch() -> bool:
+            nonlocal most
+            most = max(most, len(h.rules.backends("web")))
+            ro = h.apps.state.apps["web"].rollout
+            return ro is not None and str(ro.state) == "complete"
+
+        assert (await h.apps.apply([spec("web", 4, image="img:2", update=policy)])) == {
+            "web": "rolling"}
+        await h.until(watch, 10.0, "rollout complete")
+        assert _images(h.engine, "web") == ["img:2"] * 4
+        assert most <= 5, "start-first with parallelism 1: never more than one extra serving"
+        rec = h.apps.record("web")
+        assert rec is not None and rec.revision == 2
+        assert [r.number for r in rec.history] == [1, 2]
+    finally:
+        await h.stop()
+
+
+async def test_a_crashing_new_image_rolls_back_by_itself(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.exit_on_start = lambda req: 127 if req.image == "img:2" else None
+    h = harness(tmp_path, engine)
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 3)])
+        await h.until(lambda: len(h.rules.backends("web")) == 3)
+        await h.apps.apply([spec("web", 3, image="img:2")])
+        await h.until(lambda: (ro := h.apps.state.apps["web"].rollout) is not None
+                      and str(ro.state) == "rolled-back", 5.0, "rollback")
+        ro = h.apps.state.apps["web"].rollout
+        assert ro is not None and "exited with code 127" in ro.message
+        assert h.apps.spec("web").image == "img:1"
+        await h.until(lambda: _images(engine, "web") == ["img:1"] * 3
+                      and len(h.rules.backends("web")) == 3, 5.0)
+    finally:
+        await h.stop()

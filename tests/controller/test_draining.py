@@ -1,0 +1,154 @@
+"""What a drain waits for, per mode and protocol, and a retirement following it: logic with
+fakes for the data plane and the engine (the kernel side, active_flows() against real
+flows, is in tests/dataplane/test_ebpf_listeners.py; a whole drain under UDP load in
+tests/e2e/test_ebpf_udp.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from lbctl.controller import draining, retire
+from lbctl.controller.draining import FLOW_IDLE
+from lbctl.dataplane.ebpf import Member
+from lbctl.model import AppSpec, Container, Mode, Publish
+from lbctl.runtime.engine import CreateRequest, EngineEvent
+
+
+def replica(pid: int | None = 42) -> Container:
+    return Container("c1", "web-1", "web", "replica", True, 1, True, None, "10.0.0.2", pid,
+                     0.0)  # fmt: skip
+
+
+def spec(proto: str, mode: Mode) -> AppSpec:
+    return AppSpec("web", "img", Publish("127.0.0.1", 80, 8080, proto), 2, mode)
+
+
+class FakeEbpf:
+    def __init__(self, flows: list[int]) -> None:
+        self.flows = flows
+        self.asked: list[tuple[str, str, float]] = []
+
+    async def active_flows(self, app: str, replica: str, within: float) -> int:
+        self.asked.append((app, replica, within))
+        return self.flows.pop(0) if len(self.flows) > 1 else self.flows[0]
+
+    async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
+                   draining: Sequence[Member] = (), proto: str = "tcp") -> None: ...
+
+    async def has_listener(self, pid: int, port: int, name: str | None = None,
+                           proto: str = "tcp") -> bool:
+        return True
+
+    async def counters(self, app: str) -> dict[str, int]:
+        return {}
+
+    async def reasons(self, app: str) -> dict[str, int]:
+        return {}
+
+    async def remove(self, app: str) -> None: ...
+
+    def pinned_apps(self) -> list[str]:
+        return []
+
+
+class Connections:
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.asked: list[tuple[int, int]] = []
+
+    async def __call__(self, pid: int, port: int) -> int:
+        self.asked.append((pid, port))
+        return self.left
+
+
+@pytest.mark.parametrize("mode", [Mode.EBPF, Mode.IPTABLES])
+async def test_tcp_waits_for_open_connections_in_both_modes(mode: Mode) -> None:
+    conns, ebpf = Connections(3), FakeEbpf([9])
+    pending = draining.pending_for(spec("tcp", mode), ebpf, conns)
+    assert await pending(replica(), time.monotonic()) == 3
+    assert conns.asked == [(42, 8080)] and ebpf.asked == []
+
+
+async def test_udp_in_ebpf_mode_waits_for_the_replica_s_recent_flows() -> None:
+    conns, ebpf = Connections(3), FakeEbpf([5])
+    pending = draining.pending_for(spec("udp", Mode.EBPF), ebpf, conns)
+    assert await pending(replica(), time.monotonic()) == 5
+    assert ebpf.asked == [("web", "web-1", FLOW_IDLE)] and conns.asked == []
+
+
+async def test_udp_in_iptables_mode_waits_the_idle_window_once() -> None:
+    pending = draining.pending_for(spec("udp", Mode.IPTABLES), None, Connections(3))
+    now = time.monotonic()
+    assert await pending(replica(), now) == 1
+    assert await pending(replica(), now - FLOW_IDLE - 0.1) == 0
+
+
+async def test_a_replica_without_a_pid_has_nothing_to_drain() -> None:
+    pending = draining.pending_for(spec("tcp", Mode.EBPF), None, Connections(3))
+    assert await pending(replica(pid=None), time.monotonic()) == 0
+
+
+class FakeEngine:
+    url = "fake://"
+
+    def __init__(self) -> None:
+        self.stopped: list[tuple[str, float]] = []
+
+    async def stop_and_remove(self, container_id: str, grace: int) -> None:
+        self.stopped.append((container_id, time.monotonic()))
+
+    async def list_containers(self, app: str | None = None) -> list[Container]:
+        return []
+
+    async def create_and_start(self, req: CreateRequest) -> str:
+        return ""
+
+    async def image_exists(self, image: str) -> bool:
+        return True
+
+    async def logs_tail(self, container_id: str, lines: int = 3) -> str:
+        return ""
+
+    async def events(self) -> AsyncIterator[EngineEvent | None]:
+        yield None
+
+    def forget(self, container_id: str) -> None: ...
+
+
+async def retire_one(pending: Any, drain_timeout: float) -> tuple[float, FakeEngine]:
+    engine, done = FakeEngine(), asyncio.Event()
+    r = retire.Retirements(engine, drain_timeout, 1, done.set)
+    t0 = time.monotonic()
+    r.start(replica(), pending)
+    await asyncio.wait_for(done.wait(), 5)
+    assert [cid for cid, _ in engine.stopped] == ["c1"]
+    return engine.stopped[0][1] - t0, engine
+
+
+async def test_a_retirement_stops_the_replica_once_its_flows_went_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(retire, "DRAIN_POLL", 0.01)
+    ebpf = FakeEbpf([4, 2, 1, 0])  # flows seen lately, at each poll
+    pending = draining.pending_for(spec("udp", Mode.EBPF), ebpf, Connections(0))
+    took, _ = await retire_one(pending, drain_timeout=5)
+    assert len(ebpf.asked) == 4 and took < 1
+
+
+async def test_the_drain_timeout_bounds_a_replica_whose_flows_never_go_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(retire, "DRAIN_POLL", 0.01)
+    pending = draining.pending_for(spec("udp", Mode.EBPF), FakeEbpf([7]), Connections(0))
+    took, _ = await retire_one(pending, drain_timeout=0.3)
+    assert 0.3 <= took < 1.5
+
+
+async def test_no_pending_no_drain() -> None:
+    took, _ = await retire_one(None, drain_timeout=5)
+    assert took < 0.5

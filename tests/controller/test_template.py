@@ -1,0 +1,55 @@
+"""Spec -> create requests: which container gets which option, and where each one sits on
+the engine's networks (one function decides)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lbctl.controller.template import attachment, replica_request, sandbox_request
+from lbctl.model import AppSpec
+from lbctl.model.options import RunOptions
+
+
+def spec(mode: str, **opts: Any) -> AppSpec:
+    return AppSpec.from_json({"name": "web", "image": "lbctl/demo", "publish": "8080:8080",
+                              "mode": mode, **opts})
+
+
+OPTS: dict[str, Any] = {"network": ["backend", "front"], "add-host": ["db2:10.0.0.5"],
+                        "dns": ["10.0.0.53"], "memory": "64m", "volume": ["data:/data"],
+                        "label": {"team": "web"}}
+
+
+def test_iptables_replicas_carry_every_option_and_join_every_network() -> None:
+    s = spec("iptables", **OPTS)
+    req = replica_request(s, 2, s.spec_hash(), 3, None)
+    assert req.options == s.options
+    assert tuple(req.networks) == ("backend", "front") and tuple(req.aliases) == ("web",)
+    assert req.labels["lbctl.network"] == "backend"  # the DNAT target: the first network
+    assert req.labels["lbctl.spec-hash"] == s.spec_hash()
+    assert req.env["LBCTL_REPLICA"] == "web-2"
+
+
+def test_ebpf_namespace_options_go_on_the_sandbox_the_rest_on_replicas() -> None:
+    s = spec("ebpf", **OPTS)
+    rep = replica_request(s, 1, s.spec_hash(), 1, "sandbox-id")
+    assert rep.join == "sandbox-id" and not rep.networks and not rep.aliases
+    assert rep.options.network == () and rep.options.dns == () and rep.options.add_host == ()
+    assert rep.options.memory == "64m" and rep.options.volume == ("data:/data",)
+    assert "lbctl.network" not in rep.labels
+    sb = sandbox_request(s)
+    assert tuple(sb.networks) == ("backend", "front") and sb.labels["lbctl.network"] == "backend"
+    assert sb.options == RunOptions(add_host=("db2:10.0.0.5",), dns=("10.0.0.53",))
+    assert sb.sysctls == {"net.ipv4.tcp_migrate_req": "1"}
+
+
+def test_default_network_has_no_alias_and_no_recorded_name() -> None:
+    """The engine's default network is its only one, and Podman does not call it bridge:
+    a replica there is found by its one address, as before networks could be named."""
+    s = spec("iptables")
+    a = attachment(s)
+    assert (a.networks, a.target, a.aliases) == (("bridge",), None, ())
+    assert "lbctl.network" not in replica_request(s, 1, s.spec_hash(), 1, None).labels
+    assert "lbctl.network" not in sandbox_request(spec("ebpf")).labels
+    named = attachment(spec("iptables", network=["bridge", "backend"]))
+    assert (named.target, named.aliases) == ("bridge", ("web",))
