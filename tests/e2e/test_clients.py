@@ -280,6 +280,53 @@ def _flows_leave_a_paused_replica(d: Daemon, name: str, port: int, hosts: list[s
             s.close()
 
 
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_ipv6_on_a_network_the_app_names(daemon: Daemon, app_name: str, mode: str,
+                                         host_tables: tuple[str, str]) -> None:
+    """An app that names networks is reached on the first one in both families: it must have
+    IPv6 (else refused in one line), lbctl's own network is not made, and the user's networks
+    stay when the app goes."""
+    v6, v4 = f"{app_name}-v6", f"{app_name}-v4"
+    docker("network", "create", "--ipv6", "--subnet", f"fd6c:{os.getpid() % 65536:x}::/64", v6)
+    docker("network", "create", v4)
+    image = source_image("demo")
+    port = free_port()
+    base = ["run", app_name, "--image", image, "-p", f"0.0.0.0:{port}:8080",
+            "-p", f"[::]:{port}:8080", "--mode", mode, "-e", "BIND=::"]
+    try:
+        before = iptables_save(), ip6tables_save()
+        r = daemon.cli(*base, "--network", v4, "--network", v6)
+        print(f"{mode}: first network without IPv6: exit {r.returncode}: {r.stderr.strip()}")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"its network {v4} has no IPv6" in r.stderr
+        assert daemon.api("GET", "/apps")["apps"] == []
+        _same_rules(iptables_save(), before[0])
+        _same_rules(ip6tables_save(), before[1])
+
+        daemon.ok(*base, "--network", v6, "--network", v4, "--replicas", "3", timeout=120)
+        holders = [c for c in app_containers(app_name)
+                   if c["Config"]["Labels"].get("lbctl.role", "replica")
+                   == ("sandbox" if mode == "ebpf" else "replica")]
+        assert holders
+        for c in holders:
+            nets = c["NetworkSettings"]["Networks"]
+            assert set(nets) == {v6, v4} and c["Config"]["Labels"]["lbctl.network"] == v6
+            assert nets[v6]["GlobalIPv6Address"], nets
+        assert "lbctl" not in docker("network", "ls", "--format", "{{.Name}}").split()
+        with remote_host(TAG) as r6:
+            seen = ns_requests(r6, "tcp", r6.host_ip, port, 60)
+            _assert_spread(seen, app_name, 3, 60, f"{mode} on {v6}: remote host over IPv4")
+            seen = ns_requests(r6, "tcp", r6.host_ip6, port, 60)
+            _assert_spread(seen, app_name, 3, 60, f"{mode} on {v6}: remote host over IPv6")
+        _assert_host_as_before(daemon, app_name, host_tables, "docker")
+        # The user's networks are theirs: lbctl removes neither.
+        assert {v6, v4} <= set(docker("network", "ls", "--format", "{{.Name}}").split())
+    finally:
+        for c in app_containers(app_name):  # a failed test's leftovers, before the networks
+            docker("rm", "-f", c["Id"], check=False)
+        docker("network", "rm", v6, v4, check=False)
+
+
 def test_ipv6_refused_in_one_line_where_it_cannot_work(daemon: Daemon, app_name: str,
                                                       tmp_path: Path) -> None:
     """[::1] cannot be NATed by the kernel: refused with exit 2 and nothing changed."""
