@@ -497,6 +497,7 @@ class AppWorker:
         now = time.monotonic()
         leaving = self.retirements.ids()
         answers = self._answers_for(spec)
+        cheap = await self._still_in_socket_map(spec, containers, leaving, only_new)
         for c in containers:
             if c.role != ROLE_REPLICA or not c.running or c.paused or c.id in leaving:
                 continue
@@ -508,6 +509,7 @@ class AppWorker:
                 and state is ReplicaState.READY
                 and c.health != "unhealthy"
                 and not self.prober.failing(c.id)
+                and cheap.get(c.id, True)
                 and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
             ):
                 # A ready replica's listener is in the sockmap, and a closed socket leaves
@@ -528,6 +530,24 @@ class AppWorker:
                 changed = True
                 log.info("replica %s", state, extra={"app": c.app, "replica": c.name})
         return changed
+
+    async def _still_in_socket_map(
+        self, spec: AppSpec, containers: list[Container], leaving: frozenset[str],
+        only_new: bool,
+    ) -> dict[str, bool]:
+        """ebpf mode, ready replicas between full probes: does the socket map still hold
+        their listeners? (container id -> answer; a False makes the full probe run now, so a
+        replica that closed its listener is unhealthy within a second, not five.)"""
+        out: dict[str, bool] = {}
+        if spec.mode is not Mode.EBPF or self.s.ebpf is None or only_new:
+            return out
+        for c in containers:
+            if (c.role == ROLE_REPLICA and c.running and c.pid and c.id not in leaving
+                    and self.prober.state(c.id) is ReplicaState.READY):
+                held = await self.s.ebpf.holds(self.name, c.name, c.pid)
+                if held is not None:
+                    out[c.id] = held
+        return out
 
     def _answers_for(self, spec: AppSpec) -> Answers:
         return self.s.answers(spec, self.s.ebpf, self._fail)

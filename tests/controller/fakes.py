@@ -170,6 +170,9 @@ class FakeEbpf:
     async def reasons(self, app: str) -> dict[str, int]:
         return {}
 
+    async def holds(self, app: str, replica: str, pid: int) -> bool | None:
+        return None
+
     async def remove(self, app: str) -> None:
         self.pinned.discard(app)
         self.tables.pop(app, None)
