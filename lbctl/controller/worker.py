@@ -126,6 +126,9 @@ class AppWorker:
         self._fast = False  # a replica is going away: take it out before asking the engine
         self._passed = asyncio.Condition()
         self._had_sandbox = False
+        for counter in (shared.metrics.pass_errors, shared.metrics.sandbox_repairs,
+                        shared.metrics.rollout_failures):
+            counter.labels(app=name)  # at 0 from the start: a rate() works before the first
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- feeding --------------------------------------------------------------------------
