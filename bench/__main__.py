@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -229,9 +230,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return res
 
 
+# A list of plain numbers as json.dumps(indent=1) lays it out: one number a line. JSON strings
+# hold no raw newline, so this matches only the layout, never text inside a string.
+_NUMBERS = re.compile(r"\[\n\s*(-?[\d.eE+-]+(?:,\n\s*-?[\d.eE+-]+)*)\n\s*\]")
+
+
+def dumps(res: dict[str, Any]) -> str:
+    """results.json's text, with lists of numbers on one line each: a rollout's timeline holds
+    hundreds of rates, which would otherwise take a line apiece."""
+    text = json.dumps(res, indent=1, default=str)
+    return _NUMBERS.sub(lambda m: "[" + ", ".join(v.strip() for v in m[1].split(",")) + "]",
+                        text)
+
+
 def write(res: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (out / "results.json").write_text(dumps(res) + "\n")
     if not report.chart(res, out / "results.png"):
         res["notes"].append("results.png not drawn: matplotlib is missing "
                             "(`.venv/bin/pip install -e '.[bench]'`).")

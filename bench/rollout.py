@@ -144,7 +144,10 @@ class Round:
     before_rps: float | None  # answers per second in the full buckets before the rollout
     during_rps: float | None  # ... in the full buckets inside the rollout
     lowest_rps: float | None  # the lowest bucket inside the rollout, per second
-    timeline: list[tuple[float, float]]  # (seconds since the rollout started, answers/s)
+    # answers per second in consecutive BUCKET_S buckets, the first `start` seconds from the
+    # rollout's start (negative: before it)
+    start: float
+    timeline: list[float]
     daemon_cpu_pct: float | None = None  # lbctl's daemon during the rollout, % of a core
 
     def to_json(self) -> dict[str, Any]:
@@ -153,7 +156,8 @@ class Round:
                 "lowest_rps": _round(self.lowest_rps),
                 "daemon_cpu_pct": None if self.daemon_cpu_pct is None
                 else round(self.daemon_cpu_pct, 1),
-                "timeline": [[round(t, 2), round(r)] for t, r in self.timeline]}
+                "timeline": {"start": round(self.start, 2), "step": BUCKET_S,
+                             "rps": [round(x) for x in self.timeline]}}
 
 
 def _round(x: float | None) -> float | None:
@@ -232,10 +236,11 @@ def measure(url: str, roll: Callable[[], None], script: Path,
     # the first second of wrk is its ramp-up (64 connects at once), not the steady rate
     before, _ = rate(buckets, width, started + 1.0, t0)
     during, lowest = rate(buckets, width, t0, t1)
-    first = int(t0 // width)
     # wrk's first and last buckets are partial: not a rate
-    timeline = [((k - first) * width, n / width) for k, n in sorted(buckets.items())[1:-1]]
-    return Round(t1 - t0, wrk.parse(out), before, during, lowest, timeline,
+    keys = sorted(buckets)[1:-1]
+    timeline = [buckets.get(k, 0) / width for k in range(keys[0], keys[-1] + 1)] if keys else []
+    start = (keys[0] - int(t0 // width)) * width if keys else 0.0
+    return Round(t1 - t0, wrk.parse(out), before, during, lowest, start, timeline,
                  100 * (c1 - c0) / (t1 - t0) if cpu else None)
 
 

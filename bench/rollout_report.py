@@ -196,8 +196,9 @@ def chart(res: Results, path: Path) -> bool:
                              squeeze=False)
     for ax, s in zip(axes[:, 0], rows, strict=True):
         r = s["rounds"][-1]
-        ts = [p[0] for p in r["timeline"]]
-        ax.plot(ts, [p[1] / 1000 for p in r["timeline"]], lw=0.8)
+        tl = r["timeline"]
+        ax.plot([tl["start"] + i * tl["step"] for i in range(len(tl["rps"]))],
+                [x / 1000 for x in tl["rps"]], lw=0.8)
         ax.axvspan(0, r["rollout_s"], color="tab:orange", alpha=0.15)
         ax.set_ylim(bottom=0)
         ax.set_ylabel("k req/s")
@@ -206,8 +207,11 @@ def chart(res: Results, path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("seconds since the rollout started (shaded: the rollout)")
     m = res["meta"]
+    # merged results: the rollout's own run, not the one the other sections come from
+    date = next((u["date"] for u in reversed(m.get("updates", []))
+                 if "rollout" in u["scenarios"]), m["date"])
     fig.suptitle(f"lbctl bench: rolling update of {rows[0]['replicas']} replicas under wrk "
-                 f"-c{CONNECTIONS}, new connection per request ({m['date']})", fontsize=10)
+                 f"-c{CONNECTIONS}, new connection per request ({date})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

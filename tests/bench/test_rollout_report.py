@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bench import report, rollout_report
+from bench.__main__ import dumps
 from bench.merge import merge
 from bench.rollout import parse_buckets, rate
 from bench.throughput import PATHS
@@ -37,7 +38,7 @@ def _round(failed: int, rollout_s: float, **kinds: int) -> dict[str, Any]:
     return {"rollout_s": rollout_s, "requests": 100_000, "failed": failed,
             **{k: kinds.get(k, 0) for k in rollout_report.KINDS},
             "before_rps": 10_000.0, "during_rps": 9_000.0, "lowest_rps": 4_000.0,
-            "daemon_cpu_pct": None, "timeline": [[0.0, 9000], [0.1, 8000]]}
+            "daemon_cpu_pct": None, "timeline": {"start": -1.0, "step": 0.1, "rps": [9000, 8000]}}
 
 
 def _sample(id: str, label: str, lbctl: bool, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,3 +139,11 @@ def test_the_report_names_newer_figures_and_renders_the_merged_sections(
     assert "## Rolling update under load" in md
     assert "| zero failed requests in a rolling update under load" in md
     assert "| date | 2026-01-01 00:00 UTC |" in md
+
+
+def test_results_json_keeps_number_lists_on_one_line() -> None:
+    res = {"timeline": {"rps": [1, 2.5, -3e-05]}, "note": "[1,\n2]", "rows": [[1, 2], ["a"]]}
+    text = dumps(res)
+    assert json.loads(text) == res
+    assert '"rps": [1, 2.5, -3e-05]' in text and '"note": "[1,\\n2]"' in text
+    assert "[1, 2]" in text and '"a"' in text
