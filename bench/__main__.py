@@ -78,21 +78,21 @@ NOTES = [
     "until the signal, new ones kept arriving), and TcpExtTCPMigrateReqSuccess 0 with "
     "tcp_migrate_req=1: its accept queue was empty, nothing to migrate. Without the sysctl, "
     "22 read errors for the same 3 stops.",
-    "Where lbctl's iptables-mode rollouts still lose a request (about 1 in 100,000 at 13k new "
-    "connections/s; by hand during development: the rollout case with `--monitor 1`, "
-    "tcpdump of SYN and RST on docker0, `docker events`): every server RST fell inside the "
-    "0.2 s between a drained old replica's `die` and `stop` events, i.e. while Docker tears "
-    "down its network endpoint, which deletes the conntrack entries naming its address. Each "
-    "RST answered the handshake ACK of a NEW connection to ANOTHER replica (its sequence "
-    "number was the other replica's SYN-ACK + 1): the new connection's conntrack entry "
-    "vanished between SYN-ACK and ACK, and the ACK was NATed afresh to a random replica. At "
-    "this rate a client port comes back every 0.3-2 s, so a new connection often has the "
-    "same original tuple as one of the thousands of TIME_WAIT entries of the replica being "
-    "removed; deleting entries by tuple after dumping them then hits the new one. Deleting "
-    "the replica's entries from lbctl before the stop (conntrack -D --reply-src, 1,000-1,700 "
-    "entries) lowered the count but did not remove it (3 failed in 5 rounds against 10 in "
-    "6), so it is not in lbctl. The eBPF mode is not exposed: its replicas share the "
-    "sandbox's address, which stays.",
+    "Why lbctl deletes a drained iptables-mode replica's conntrack entries itself before it "
+    "stops (by hand during development: the rollout case with `--monitor 1`, tcpdump of SYN "
+    "and RST on docker0, `docker events`, `conntrack -E`): before it did, rollouts lost about "
+    "1 request in 100,000 at 13k new connections/s (10 in 6 rounds). Every server RST fell "
+    "within the 0.2 s between a drained old replica's `die` and `stop` events, and answered "
+    "the handshake ACK of a NEW connection to ANOTHER replica (its sequence number was that "
+    "replica's SYN-ACK + 1); `conntrack -E` showed dockerd (USERSPACE, progname=dockerd) "
+    "destroying that new connection's entry. Docker deletes a leaving container's entries by "
+    "their original tuple from a dump taken a moment before; at this rate a client port comes "
+    "back every 0.3-2 s, so a new connection often takes the original tuple of one of the "
+    "removed replica's TIME_WAIT entries in between, and loses its entry in mid-handshake. "
+    "`conntrack -D` deletes the same way and did not help (3 failed in 5 rounds); lbctl now "
+    "deletes by the reply tuple, which names the replica (lbctl.dataplane.conntrack): 0 "
+    "failed in 6 rounds, 1.63 million requests. The eBPF mode was never exposed: its "
+    "replicas share the sandbox's address, which stays.",
 ]
 
 

@@ -25,6 +25,7 @@ from lbctl.controller.hostrules import HostRules
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import Settings, Shared
+from lbctl.dataplane.conntrack import forget_backend
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.sockets import established_connections
@@ -86,7 +87,8 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
     apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable))
     shared = Shared(
         engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
-        open_connections=established_connections, metrics=metrics, settings=settings,
+        open_connections=established_connections, forget_flows=forget_backend,
+        metrics=metrics, settings=settings,
     )
     controller = Controller(shared)
     apps.on_change = controller.on_change

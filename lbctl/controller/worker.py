@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from lbctl.controller import backends, draining, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
-from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort
+from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort, FlowForgetter
 from lbctl.controller.probes import Answers, Prober
 from lbctl.controller.retire import Retirements
 from lbctl.dataplane.ebpf import EbpfError, ListenerError
@@ -63,6 +63,7 @@ class Shared:
     ebpf: EbpfPort | None
     ebpf_unavailable: Callable[[], str | None]
     open_connections: ConnectionCounter
+    forget_flows: FlowForgetter
     metrics: Metrics
     settings: Settings
     # How a spec's replicas are probed (tests replace it; see controller/readiness.py).
@@ -266,9 +267,11 @@ class AppWorker:
         served = spec or desired.gone
         pending = (draining.pending_for(served, self.s.ebpf, self.s.open_connections)
                    if served else None)  # fmt: skip
+        forget = self._forget_flows(served) if served else None
         for c in p.retire:
-            self.retirements.start(c, pending if c.role == ROLE_REPLICA else None,
-                                   surplus=c.id in p.surplus)
+            replica = c.role == ROLE_REPLICA
+            self.retirements.start(c, pending if replica else None, surplus=c.id in p.surplus,
+                                   before_stop=forget if replica else None)
             if (spec is not None and c.running and c.role == ROLE_REPLICA
                     and c.spec_hash not in (None, desired.hash)):
                 self._step_log("draining", c)
@@ -329,6 +332,22 @@ class AppWorker:
         return self.view.error is not None
 
     # ---- apply ------------------------------------------------------------------------------
+
+    def _forget_flows(self, spec: AppSpec) -> Callable[[Container], Awaitable[None]] | None:
+        """iptables mode: a drained replica's conntrack entries go before it stops (why:
+        lbctl.dataplane.conntrack). Never in ebpf mode, where a replica's address is the
+        sandbox's and its entries are every replica's connections."""
+        if spec.mode is not Mode.IPTABLES:
+            return None
+        port, proto = spec.publish.container_port, spec.publish.proto
+
+        async def forget(c: Container) -> None:
+            if c.ip is not None:
+                n = await self.s.forget_flows(c.ip, port, proto)
+                log.debug("forgot %d conntrack entries of %s", n, c.name,
+                          extra={"app": self.name, "replica": c.name})
+
+        return forget
 
     async def _sync(self, desired: Desired, p: AppPlan, containers: list[Container]) -> None:
         """The data plane to the plan: eBPF first (a replica joins the selection table before
