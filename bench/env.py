@@ -89,20 +89,25 @@ def wait_http(host: str, port: int, timeout: float = 20.0) -> None:
 
 
 def run_backend(name: str, app: str, network: str | None = None,
-                publish: str | None = None) -> str:
-    """One nginx replica not managed by lbctl; returns its container id."""
+                publish: str | None = None, image: str = IMAGE) -> str:
+    """One replica not managed by lbctl (nginx unless `image` says otherwise); returns its
+    container id."""
     args = ["run", "-d", "--name", name, "--label", f"{LABEL}={app}",
             "-e", f"LBCTL_REPLICA={name}"]
     if network:
         args += ["--network", network]
     if publish:
         args += ["-p", publish]
-    return docker(*args, IMAGE).strip()
+    return docker(*args, image).strip()
 
 
-def run_sandbox(name: str, app: str) -> str:
+def run_sandbox(name: str, app: str, migrate: bool = True) -> str:
+    """A pause container whose network namespace replicas join (`--network container:NAME`),
+    as lbctl's ebpf mode does. `migrate`: tcp_migrate_req=1 there, as lbctl sets it, so a
+    closing listener's queue moves to another listener; without it (the kernel's default)
+    the queue is reset."""
     return docker("run", "-d", "--name", name, "--label", f"{LABEL}={app}",
-                  "--sysctl", "net.ipv4.tcp_migrate_req=1", PAUSE_IMAGE).strip()
+                  "--sysctl", f"net.ipv4.tcp_migrate_req={int(migrate)}", PAUSE_IMAGE).strip()
 
 
 class HostProxy:
@@ -218,10 +223,10 @@ class Env:
         d = self.daemon
         return d.proc.pid if d and d.proc and d.proc.poll() is None else None
 
-    def run_app(self, app: str, replicas: int, mode: str) -> int:
+    def run_app(self, app: str, replicas: int, mode: str, image: str = IMAGE) -> int:
         """`lbctl run`; returns the host port (127.0.0.1) it answers on."""
         port = free_port()
-        self.lbctl().ok("run", app, "--image", IMAGE, "-p", f"127.0.0.1:{port}:{PORT}",
+        self.lbctl().ok("run", app, "--image", image, "-p", f"127.0.0.1:{port}:{PORT}",
                         "--replicas", str(replicas), "--mode", mode, timeout=180)
         wait_http("127.0.0.1", port)
         return port

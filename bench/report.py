@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import rollout_report
 from bench.throughput import LABELS, PATHS
 
 Results = dict[str, Any]
@@ -163,6 +164,8 @@ def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
                  "change costs more than a first sync: the Python side then parses the saved "
                  "ruleset with counters (`parse_save`) and compares chains; see its CPU column."))
 
+    rows.append(rollout_report.target(res))
+
     fp = res.get("footprint")
     rows.append((f"daemon RSS < {TARGET_RSS_MB:.0f} MB",
                  "n/a" if not fp else f"idle {fp['idle_rss_mb']:.0f} MB, max during storm "
@@ -196,6 +199,10 @@ def markdown(res: Results) -> str:
     w(f"| run time | {m['runtime_s'] / 60:.1f} min |")
     if m.get("quick"):
         w("| mode | **--quick** (smoke run: short, one round; figures are indicative only) |")
+    for u in m.get("updates", []):
+        w(f"| newer figures | {', '.join(u['scenarios'])}: `{u['command']}`, {u['date']}"
+          + (f", {u['runtime_s'] / 60:.1f} min" if u.get("runtime_s") else "")
+          + (" (**--quick**)" if u.get("quick") else "") + " |")
     w("")
     w("Everything shares 2 cores: wrk (pinned to CPU 1 with taskset), the nginx replicas "
       "(1 worker each), the proxies and the daemon. Absolute figures are those of this "
@@ -330,13 +337,19 @@ def markdown(res: Results) -> str:
           f"(VmHWM {fp['hwm_mb']:.1f} MB) | {fp['storm_cpu_pct']:.1f}% of a core |")
         w("")
 
+    out += rollout_report.markdown(res)
+
     w("## How to run\n")
-    w("```\nmake bench                                # full run (~12 min), rewrites this file "
-      "and results.png\n.venv/bin/python -m bench --quick         # all scenarios, short, ~3 min\n"
-      ".venv/bin/python -m bench --only ebpf,reuseport --duration 10\n```\n")
+    w("```\nmake bench                                # full run (~18 min), rewrites this file, "
+      "results.png and rollout.png\n"
+      ".venv/bin/python -m bench --quick         # all scenarios, short, ~4 min\n"
+      ".venv/bin/python -m bench --only ebpf,reuseport --duration 10\n"
+      ".venv/bin/python -m bench --only rollout  # ~6 min; keeps the other sections\n```\n")
     w("Scenario ids for `--only`: " + ", ".join(f"`{p}`" for p in PATHS) +
-      ", `scale`, `convergence`, `sync`, `footprint`. Raw figures (every round) are in "
-      "`results.json`.")
+      ", `scale`, `convergence`, `sync`, `footprint`, `rollout`. Raw figures (every round) "
+      "are in `results.json`. A run of some scenarios only (`--only`) replaces their "
+      "sections in `results.json` and keeps the others (listed above as newer figures); "
+      "`--fresh` writes its own sections alone.")
     if res.get("notes"):
         w("\n## Notes\n")
         for note in res["notes"]:

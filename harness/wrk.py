@@ -9,9 +9,11 @@ import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 CONNECTIONS = 64
+TIMEOUT_S = 5  # a request unanswered for this long counts as a `timeout` error
 WRK_CPU = "1"  # wrk gets CPU 1 to itself as far as taskset can say so; the rest floats
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -64,21 +66,26 @@ def parse(out: str) -> WrkResult:
     return r
 
 
-def command(url: str, seconds: float, close: bool, connections: int = CONNECTIONS) -> list[str]:
+def command(url: str, seconds: float, close: bool, connections: int = CONNECTIONS,
+            script: Path | None = None) -> list[str]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-           "--timeout", "5s"]
+           "--timeout", f"{TIMEOUT_S}s"]
     if close:
         cmd += ["-H", "Connection: close"]
+    if script is not None:
+        cmd += ["-s", str(script)]
     cmd.append(url)
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", WRK_CPU, *cmd]
     return cmd
 
 
-def start(url: str, seconds: float, close: bool,
-          connections: int = CONNECTIONS) -> subprocess.Popen[str]:
-    return subprocess.Popen(command(url, seconds, close, connections), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def start(url: str, seconds: float, close: bool, connections: int = CONNECTIONS,
+          script: Path | None = None) -> subprocess.Popen[str]:
+    """wrk in the background; `seconds` bounds it, and SIGINT ends it sooner (wrk then prints
+    its report as usual: what bench.rollout does once the rollout it measures is over)."""
+    return subprocess.Popen(command(url, seconds, close, connections, script),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen[str], seconds: float) -> WrkResult:

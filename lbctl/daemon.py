@@ -28,6 +28,7 @@ from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import Settings, Shared
 from lbctl.dataplane import hairpin
+from lbctl.dataplane.conntrack import forget_backend
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
@@ -100,8 +101,8 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
     apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable))
     shared = Shared(
         engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
-        open_connections=established_connections, metrics=metrics, settings=settings,
-        hairpin=hairpin.enable_async,
+        open_connections=established_connections, forget_flows=forget_backend,
+        metrics=metrics, settings=settings, hairpin=hairpin.enable_async,
     )
     controller = Controller(shared)
     apps.on_change = controller.on_change

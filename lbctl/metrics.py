@@ -106,7 +106,8 @@ class Metrics:
         for state in ReplicaState:
             with contextlib.suppress(KeyError):
                 self.replicas.remove(app, str(state))
-        for metric in (self.rollout_in_progress, self.rollout_revision):
+        for metric in (self.rollout_in_progress, self.rollout_revision, self.pass_errors,
+                       self.sandbox_repairs, self.rollout_failures):
             with contextlib.suppress(KeyError):
                 metric.remove(app)
         for values in (self.connections.values, self.bpf_reasons.values):

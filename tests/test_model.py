@@ -29,7 +29,8 @@ def test_publish_rejects(text: str) -> None:
         Publish.parse(text)
 
 
-@pytest.mark.parametrize("name", ["", "Web", "-x", "a/b", "a b", "a;rm", "x" * 21, "../x"])
+@pytest.mark.parametrize("name", ["", "Web", "-x", "a/b", "a b", "a;rm", "x" * 21, "../x",
+                                  "web\n", "web\r", "web\x00"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(InvalidInput):
         validate_name(name)
@@ -59,6 +60,9 @@ def test_spec_round_trip() -> None:
         {"name": "web", "image": "x", "publish": "8080:80", "extra": 1},
         {"name": "web", "image": "x", "publish": "8080:80", "env": {"1A": "x"}},
         {"name": "web", "image": "x", "publish": "8080:80", "command": "sh"},
+        # "$" matches before a trailing newline: every anchored pattern must refuse one
+        {"name": "web", "image": "x\n", "publish": "8080:80"},
+        {"name": "web", "image": "x", "publish": "8080:80", "env": {"A\n": "x"}},
     ],
 )
 def test_spec_rejects(body: object) -> None:

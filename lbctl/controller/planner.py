@@ -153,6 +153,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     serving: list[Container] = []
     crashed: list[Container] = []
     dead_indexes: set[int] = set()
+    target = desired.hash or spec.spec_hash()
     for c in replicas:
         if c.id in retiring:
             if c.running:
@@ -167,7 +168,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
                 retire.append(c)
                 if c.index is not None:
                     dead_indexes.add(c.index)
-                if c.id not in observed.ever_ready:
+                if _crashed(c, observed, target):
                     crashed.append(c)
             continue
         joined = sandbox is not None and c.joined_to == sandbox.id
@@ -182,7 +183,6 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         if state is ReplicaState.READY and (spec.mode is Mode.IPTABLES or joined):
             serving.append(c)
 
-    target = desired.hash or spec.spec_hash()
     # Replaced after the grace: a replica that stays unhealthy is not coming back by itself.
     # A paused one is (someone will unpause it) and a doomed one is going anyway.
     expired = [
@@ -264,7 +264,8 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         rollout_culprit=roll.failure[0] if roll.failure else None,
         # Done once the old replicas are gone, not merely out of the data plane.
         rollout_complete=not old_left and ready_target == spec.replicas
-        and not any(c.id in retiring and c.running for c in replicas),
+        and not any(c.id in retiring and c.running for c in replicas)
+        and not any(c.running for c in retire),
         rollout_step=roll.step,
         converged=converged,
     )
@@ -387,6 +388,19 @@ def _plan_deleted(
         retire += [s for s in sandboxes if s.id not in retiring]
     done = not any(c.managed for c in replicas) and not sandboxes
     return AppPlan(retire=tuple(retire), states=states, done=done)
+
+
+# Exit codes of a replica that was stopped, not one that failed: 0 after a graceful
+# shutdown, 143 = 128 + SIGTERM.
+_STOPPED = (0, 143)
+
+
+def _crashed(c: Container, observed: Observed, target: str) -> bool:
+    """A replica of the current revision that exited without ever being ready: a crash loop
+    to report. (A daemon restarted in the middle of a stop has no memory of the replica being
+    ready; the exit code tells a stop from a failure.)"""
+    return (c.id not in observed.ever_ready and _hash(c, target) == target
+            and c.exit_code not in _STOPPED)
 
 
 def _state(c: Container, observed: Observed) -> ReplicaState:

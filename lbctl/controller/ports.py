@@ -61,6 +61,8 @@ class EbpfPort(Protocol):
 
     async def counters(self, app: str) -> dict[str, int]: ...
 
+    async def holds(self, app: str, replica: str, pid: int) -> bool | None: ...
+
     async def reasons(self, app: str) -> dict[str, int]: ...
 
     async def remove(self, app: str) -> None: ...
@@ -86,3 +88,11 @@ class ConnectionCounter(Protocol):
     0; UDP drains are in lbctl.controller.draining)."""
 
     async def __call__(self, pid: int, port: int) -> int: ...
+
+
+class FlowForgetter(Protocol):
+    """Deletes the conntrack entries of connections NATed to a backend address and port
+    (lbctl.dataplane.conntrack.forget_backend): what a drained iptables-mode replica leaves
+    behind, which Docker would otherwise delete racily when it stops."""
+
+    async def __call__(self, ip: str, port: int, proto: str = "tcp") -> int: ...

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from lbctl.controller.draining import Pending
@@ -36,6 +36,8 @@ class Retirement:
     surplus: bool = False  # retired for being too many: may be taken back while it drains
     drained: bool = False
     error: str | None = None
+    # Run once it is drained, before the stop (iptables mode: forget its conntrack entries).
+    before_stop: Callable[[Container], Awaitable[None]] | None = None
 
 
 class Retirements:
@@ -82,12 +84,18 @@ class Retirements:
                                                    "replica": r.container.name})
         return True
 
-    def start(self, c: Container, pending: Pending | None, surplus: bool = False) -> None:
+    def start(
+        self,
+        c: Container,
+        pending: Pending | None,
+        surplus: bool = False,
+        before_stop: Callable[[Container], Awaitable[None]] | None = None,
+    ) -> None:
         """Drain `c` while `pending` says it serves something (no drain when None: a sandbox,
         or a deleted app's replica whose port is unknown), then stop and remove it."""
         if c.id in self.active:
             return
-        r = Retirement(c, pending, surplus=surplus)
+        r = Retirement(c, pending, surplus=surplus, before_stop=before_stop)
         r.task = asyncio.create_task(self._run(r), name=f"retire {c.name}")
         self.active[c.id] = r
 
@@ -108,6 +116,11 @@ class Retirements:
                 log.info("draining replica", extra=fields)
                 await self._drain(r, r.pending)
             r.drained = True
+            if c.running and r.before_stop is not None:
+                try:
+                    await r.before_stop(c)
+                except Exception as e:  # best effort: the stop must happen regardless
+                    log.warning("before stopping %s: %s", c.name, e, extra=fields)
             delay = 0.5
             for attempt in range(1, REMOVE_ATTEMPTS + 1):
                 try:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,13 @@ from lbctl.controller import backends, draining, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
-from lbctl.controller.ports import ConnectionCounter, EbpfPort, EnginePort, Hairpin
+from lbctl.controller.ports import (
+    ConnectionCounter,
+    EbpfPort,
+    EnginePort,
+    FlowForgetter,
+    Hairpin,
+)
 from lbctl.controller.probes import Answers, Prober
 from lbctl.controller.retire import Retirements
 from lbctl.dataplane.ebpf import EbpfError, ListenerError
@@ -65,6 +71,7 @@ class Shared:
     ebpf: EbpfPort | None
     ebpf_unavailable: Callable[[], str | None]
     open_connections: ConnectionCounter
+    forget_flows: FlowForgetter
     metrics: Metrics
     settings: Settings
     hairpin: Hairpin | None = None
@@ -130,6 +137,9 @@ class AppWorker:
         self._fast = False  # a replica is going away: take it out before asking the engine
         self._passed = asyncio.Condition()
         self._had_sandbox = False
+        for counter in (shared.metrics.pass_errors, shared.metrics.sandbox_repairs,
+                        shared.metrics.rollout_failures):
+            counter.labels(app=name)  # at 0 from the start: a rate() works before the first
         self._tasks: set[asyncio.Task[None]] = set()
         self.hairpinned: set[str] = set()  # containers whose bridge port was looked at
 
@@ -269,9 +279,11 @@ class AppWorker:
         served = spec or desired.gone
         pending = (draining.pending_for(served, self.s.ebpf, self.s.open_connections)
                    if served else None)  # fmt: skip
+        forget = self._forget_flows(served) if served else None
         for c in p.retire:
-            self.retirements.start(c, pending if c.role == ROLE_REPLICA else None,
-                                   surplus=c.id in p.surplus)
+            replica = c.role == ROLE_REPLICA
+            self.retirements.start(c, pending if replica else None, surplus=c.id in p.surplus,
+                                   before_stop=forget if replica else None)
             if (spec is not None and c.running and c.role == ROLE_REPLICA
                     and c.spec_hash not in (None, desired.hash)):
                 self._step_log("draining", c)
@@ -336,6 +348,22 @@ class AppWorker:
         return self.view.error is not None
 
     # ---- apply ------------------------------------------------------------------------------
+
+    def _forget_flows(self, spec: AppSpec) -> Callable[[Container], Awaitable[None]] | None:
+        """iptables mode: a drained replica's conntrack entries go before it stops (why:
+        lbctl.dataplane.conntrack). Never in ebpf mode, where a replica's address is the
+        sandbox's and its entries are every replica's connections."""
+        if spec.mode is not Mode.IPTABLES:
+            return None
+        port, proto = spec.publish.container_port, spec.publish.proto
+
+        async def forget(c: Container) -> None:
+            if c.ip is not None:
+                n = await self.s.forget_flows(c.ip, port, proto)
+                log.debug("forgot %d conntrack entries of %s", n, c.name,
+                          extra={"app": self.name, "replica": c.name})
+
+        return forget
 
     async def _sync(self, desired: Desired, p: AppPlan, containers: list[Container]) -> None:
         """The data plane to the plan: eBPF first (a replica joins the selection table before
@@ -547,6 +575,7 @@ class AppWorker:
         now = time.monotonic()
         leaving = self.retirements.ids()
         answers = self._answers_for(spec, containers)
+        cheap = await self._still_in_socket_map(spec, containers, leaving, only_new)
         for c in containers:
             if c.role != ROLE_REPLICA or not c.running or c.paused or c.id in leaving:
                 continue
@@ -558,6 +587,7 @@ class AppWorker:
                 and state is ReplicaState.READY
                 and c.health != "unhealthy"
                 and not self.prober.failing(c.id)
+                and cheap.get(c.id, True)
                 and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
             ):
                 # A ready replica's listener is in the sockmap, and a closed socket leaves
@@ -578,6 +608,24 @@ class AppWorker:
                 changed = True
                 log.info("replica %s", state, extra={"app": c.app, "replica": c.name})
         return changed
+
+    async def _still_in_socket_map(
+        self, spec: AppSpec, containers: list[Container], leaving: frozenset[str],
+        only_new: bool,
+    ) -> dict[str, bool]:
+        """ebpf mode, ready replicas between full probes: does the socket map still hold
+        their listeners? (container id -> answer; a False makes the full probe run now, so a
+        replica that closed its listener is unhealthy within a second, not five.)"""
+        out: dict[str, bool] = {}
+        if spec.mode is not Mode.EBPF or self.s.ebpf is None or only_new:
+            return out
+        for c in containers:
+            if (c.role == ROLE_REPLICA and c.running and c.pid and c.id not in leaving
+                    and self.prober.state(c.id) is ReplicaState.READY):
+                held = await self.s.ebpf.holds(self.name, c.name, c.pid)
+                if held is not None:
+                    out[c.id] = held
+        return out
 
     def _answers_for(self, spec: AppSpec, containers: list[Container]) -> Answers:
         # A replica that joined a sandbox has no network of its own: its traffic crosses the

@@ -4,16 +4,34 @@ Why: NAT decisions are made on a flow's first packet and then live in the conntr
 UDP has no connection end, so a UDP "flow" to a replica that went away keeps being DNATed to
 the dead address until its entry times out; and packets that arrived while a service had no
 backends leave entries without NAT that keep bypassing the new DNAT rules. kube-proxy clears
-both kinds; lbctl does the same. TCP entries are left alone on purpose: a removed (draining)
-replica still finishes its established connections, which conntrack keeps NATed.
+both kinds; lbctl does the same. A removed (draining) replica's TCP entries are left alone
+while it drains: it still finishes its established connections, which conntrack keeps NATed.
+
+Once it is drained, just before it stops, they go too (forget_backend), for Docker's sake:
+when a container leaves a bridge network, dockerd deletes the conntrack entries naming its
+address by their tuple alone, from a dump it took a moment before. Those are mostly the
+replica's TIME_WAIT entries, and under load a client port comes back within a second or two:
+a new connection to another replica with the same tuple replaces one of them between the dump
+and the delete, loses its entry to dockerd in mid-handshake, and its ACK is NATed afresh to a
+random replica, which answers with a reset (seen as ~1 failed request in 100,000 during
+rollouts at 13k connections/s: bench/RESULTS.md). lbctl deletes each entry by its reply tuple,
+which names the replica, so a new connection to another replica is never hit, and dockerd then
+finds nothing left to delete. `conntrack -D` is no help here: it deletes by the original tuple.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
+import socket
+
+from pyroute2 import NFCTSocket
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 CONNTRACK = "conntrack"
+_PROTO_NUMS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _DELETED_RE = re.compile(r"(\d+) flow entries have been deleted")
 
 
@@ -67,3 +85,52 @@ async def delete_flows(
         return int(m.group(1))
     one_line = " ".join(text.split()) or f"exit code {proc.returncode}"
     raise ConntrackError(f"{' '.join(args)} failed: {one_line}")
+
+
+def _forget_backend(ip: str, port: int, proto: str) -> int:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    key = "CTA_IP_V6" if family == socket.AF_INET6 else "CTA_IP_V4"
+    num = _PROTO_NUMS[proto]
+    # The kernel filters on the reply tuple; it finds no IPv6 address this way (kernel 6.18,
+    # pyroute2 0.9), so for IPv6 it filters on the port alone and the check below does the rest.
+    wanted = NFCTAttrTuple(family=family, saddr=None if family == socket.AF_INET6 else ip,
+                           proto=num, sport=port)
+    gone = 0
+    with NFCTSocket(nfgen_family=family) as ct:
+        for msg in list(ct.dump(tuple_reply=wanted)):
+            reply = msg.get_attr("CTA_TUPLE_REPLY")
+            if reply is None:
+                continue
+            r_ip, r_proto = reply.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_PROTO")
+            # Older kernels' reply-tuple filters had bugs too: every entry is checked here.
+            if (r_ip.get_attr(f"{key}_SRC") != ip or r_proto.get_attr("CTA_PROTO_SRC_PORT") != port
+                    or r_proto.get_attr("CTA_PROTO_NUM") != num):
+                continue
+            tuple_reply = NFCTAttrTuple(
+                family=family, saddr=ip, daddr=r_ip.get_attr(f"{key}_DST"), proto=num,
+                sport=port, dport=r_proto.get_attr("CTA_PROTO_DST_PORT"),
+            )
+            try:
+                # By the REPLY tuple, which names this replica: a new connection that took the
+                # same original tuple since the dump (a client port reused) went to another
+                # replica, has another reply tuple and is not found. Neither the original tuple
+                # nor the id tells them apart (the id hashes the entry's address and original
+                # tuple, and the new entry usually gets the old one's memory).
+                ct.entry("del", tuple_reply=tuple_reply, id=msg.get_attr("CTA_ID"))
+                gone += 1
+            except NetlinkError as e:
+                if e.code != errno.ENOENT:
+                    raise ConntrackError(f"deleting a conntrack entry of {ip}: {e}") from None
+    return gone
+
+
+async def forget_backend(ip: str, port: int, proto: str = "tcp") -> int:
+    """Delete the conntrack entries of connections NATed to `ip`:`port`, each checked by its
+    id; return how many went.  Called for a drained iptables-mode replica just before it
+    stops (see the module doc): what is left then is TIME_WAIT and closing entries."""
+    if proto not in _PROTO_NUMS:
+        raise ValueError(f"unsupported protocol {proto!r}")
+    try:
+        return await asyncio.to_thread(_forget_backend, ip, port, proto)
+    except (OSError, NetlinkError) as e:
+        raise ConntrackError(f"conntrack entries of {ip}:{port}: {e}") from None

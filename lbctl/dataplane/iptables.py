@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 COMMAND_TIMEOUT = 30.0
 SYSCTL_STATE_FILE = "iptables-sysctl.json"
 FAILED_RULES_FILE = "{tool}-failed.rules"
-_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,14}$")  # a Linux interface name
+_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,14}\Z")  # a Linux interface name
 _LINE_RE = re.compile(r"line (\d+)")
 
 

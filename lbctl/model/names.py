@@ -27,7 +27,7 @@ ROLE_SANDBOX = "sandbox"
 
 MAX_NAME_LEN = 20
 MAX_REPLICAS = 64
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*\Z")
 
 
 def validate_name(name: object) -> str:

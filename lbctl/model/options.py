@@ -77,10 +77,10 @@ DEFAULT_NETWORK = "bridge"
 MAX_ITEMS = 64  # of any list option: far beyond a real service, short of a hostile body
 MAX_STOP_TIMEOUT = 600
 
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
-_CAP_RE = re.compile(r"^[A-Za-z][A-Za-z_]*$")
-_SIGNAL_RE = re.compile(r"^(SIG)?[A-Z][A-Z0-9]*(\+[0-9]+)?$")
-_LOG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?\Z")
+_CAP_RE = re.compile(r"^[A-Za-z][A-Za-z_]*\Z")
+_SIGNAL_RE = re.compile(r"^(SIG)?[A-Z][A-Z0-9]*(\+[0-9]+)?\Z")
+_LOG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*\Z")
 MIN_MEMORY = 6 * (1 << 20)  # Docker's own minimum
 
 # ---- the options ---------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def _mapping(v: Any, key: str, key_re: re.Pattern[str]) -> dict[str, str]:
 
 
 def _labels(v: Any, key: str) -> dict[str, str]:
-    labels = _mapping(v, key, re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"))
+    labels = _mapping(v, key, re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*\Z"))
     ours = sorted(k for k in labels if k.startswith("lbctl."))
     if ours:
         raise InvalidInput(f"label {ours[0]!r}: keys starting with lbctl. are lbctl's own")
@@ -354,7 +354,7 @@ _VALIDATORS: dict[str, Callable[[Any, str], Any]] = {
     "stop-signal": _signal,
     "stop-timeout": _int_in(0, MAX_STOP_TIMEOUT),
     "log-driver": _optional_str(_LOG_RE, "use a logging driver's name (json-file, local, ...)"),
-    "log-opt": lambda v, k: _mapping(v, k, re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")),
+    "log-opt": lambda v, k: _mapping(v, k, re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")),
     "init": _bool,
 }
 assert set(_VALIDATORS) == set(FIELDS) == {f.name.replace("_", "-") for f in fields(RunOptions)}

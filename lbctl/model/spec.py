@@ -18,8 +18,8 @@ from lbctl.model.options import RunOptions
 from lbctl.model.publish import Publish, parse_publishes
 from lbctl.model.rollout import UpdatePolicy
 
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*\Z")
 
 
 _KNOWN = frozenset({"name", "image", "publish", "replicas", "mode", "env", "command", "update",

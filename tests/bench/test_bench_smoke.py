@@ -1,5 +1,6 @@
 """The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
-real engine and kernel (direct + lbctl ebpf), checking the report it writes.
+real engine and kernel (direct + lbctl ebpf, and the rollout scenario's quick cases),
+checking the report it writes.
 
 The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
 not hold it: it only waits for it like any other run would.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import rollout
 from bench.__main__ import parse_args
 from harness import ROOT
 from harness.wrk import parse
@@ -52,15 +54,15 @@ def test_only_rejects_unknown_scenarios() -> None:
 
 
 @pytest.mark.engine
-@pytest.mark.timeout(240)  # the run itself is ~30 s; the rest is waiting for the host lock
+@pytest.mark.timeout(300)  # the run itself is ~60 s; the rest is waiting for the host lock
 def test_quick_run_writes_results(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("docker") is None or shutil.which("wrk") is None:
         pytest.fail("the bench smoke test needs root, Docker and wrk: run `make setup`")
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "direct,ebpf", "--duration", "1",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=230, check=False,
+        [sys.executable, "-m", "bench", "--quick", "--only", "direct,ebpf,rollout",
+         "--duration", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=290, check=False,
     )
     assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     md = (out / "RESULTS.md").read_text()
@@ -77,6 +79,18 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         (p, m) for p in ("direct", "ebpf") for m in ("keepalive", "close")
     }
     assert all(s["rps"] > 0 and s["failed"] == 0 for s in samples), samples
+    # the rollouts ran (the bench itself checks that each ended on the new image) under load
+    rollouts = {s["id"]: s for s in data["rollout"]}
+    assert set(rollouts) == set(rollout.QUICK), rollouts.keys()
+    for s in rollouts.values():
+        (r,) = s["rounds"]
+        assert r["rollout_s"] > 0 and r["requests"] > 0 and r["before_rps"] > 0, r
+        assert r["timeline"]["start"] < 0 and max(r["timeline"]["rps"]) > 0, r
+    assert rollouts["ebpf-monitor1"]["failed"] == 0, rollouts["ebpf-monitor1"]
+    assert "## Rolling update under load" in md and "### What the drain saves" in md
+    for tag in (rollout.OLD, rollout.NEW):  # this run's image names are gone with it
+        assert subprocess.run(["docker", "image", "inspect", tag], capture_output=True,
+                              check=False).returncode != 0, tag
     # nothing left behind: no bench containers, no pins
     left = subprocess.run(["docker", "ps", "-aq", "--filter", "label=lbctl.app"],
                           capture_output=True, text=True, check=False).stdout.split()

@@ -161,7 +161,7 @@ class FakeEbpf:
         self.fail: dict[str, str] = {}
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
-                   draining: Sequence[Member] = ()) -> None:
+                   draining: Sequence[Member] = (), proto: str = "tcp") -> None:
         from lbctl.dataplane.ebpf import EbpfError
 
         if app in self.fail:
@@ -177,6 +177,9 @@ class FakeEbpf:
 
     async def reasons(self, app: str) -> dict[str, int]:
         return {}
+
+    async def holds(self, app: str, replica: str, pid: int) -> bool | None:
+        return None
 
     async def remove(self, app: str) -> None:
         self.pinned.discard(app)
@@ -221,6 +224,20 @@ async def no_connections(pid: int, port: int) -> int:
     return 0
 
 
+class FakeConntrack:
+    """Records which backend addresses had their conntrack entries forgotten, and whether the
+    container holding the address still existed then (it must: before its stop)."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.forgotten: list[tuple[str, int, str, bool]] = []
+
+    async def __call__(self, ip: str, port: int, proto: str = "tcp") -> int:
+        alive = any(f.c.ip == ip and f.c.running for f in self.engine.containers.values())
+        self.forgotten.append((ip, port, proto, alive))
+        return 1
+
+
 def spec(name: str, replicas: int = 2, image: str = "img:1", mode: Mode = Mode.IPTABLES,
          port: int = 18000, **extra: object) -> AppSpec:
     return AppSpec.from_json({"name": name, "image": image, "publish": f"127.0.0.1:{port}:80",
@@ -232,6 +249,7 @@ class Harness:
     engine: FakeEngine
     ebpf: FakeEbpf
     rules: FakeRules
+    conntrack: FakeConntrack
     controller: Controller
     apps: AppsService
     task: asyncio.Task[None] | None = None
@@ -256,14 +274,14 @@ class Harness:
 
 def harness(tmp: Path, engine: FakeEngine | None = None, **settings: object) -> Harness:
     engine = engine or FakeEngine()
-    ebpf, rules = FakeEbpf(), FakeRules()
+    ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     st = Settings(**{"drain_timeout": 1.0, "stop_grace": 1, "resync_interval": 0.05,
                      "unhealthy_grace": 30.0, "pass_timeout": 5.0, **settings})  # type: ignore[arg-type]
     apps = AppsService(StateStore(tmp), Admission(engine, lambda: None, port_check=lambda s: None))
     shared = Shared(engine=engine, apps=apps, hostrules=HostRules(rules, tmp), ebpf=ebpf,
                     ebpf_unavailable=lambda: None, open_connections=no_connections,
-                    metrics=Metrics(), settings=st, answers=always_ready)
+                    forget_flows=conntrack, metrics=Metrics(), settings=st, answers=always_ready)
     controller = Controller(shared)
     apps.on_change = controller.on_change
     apps.load()
-    return Harness(engine, ebpf, rules, controller, apps)
+    return Harness(engine, ebpf, rules, conntrack, controller, apps)

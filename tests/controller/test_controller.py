@@ -250,3 +250,29 @@ async def test_a_crashing_new_image_rolls_back_by_itself(tmp_path: Path) -> None
                       and len(h.rules.backends("web")) == 3, 5.0)
     finally:
         await h.stop()
+
+
+async def test_a_drained_iptables_replica_loses_its_conntrack_entries_before_its_stop(
+    tmp_path: Path,
+) -> None:
+    """Docker deletes a leaving container's entries racily (lbctl.dataplane.conntrack): lbctl
+    deletes them first, once the replica is drained and while it still runs; never in ebpf
+    mode, where the address is the sandbox's and serves every replica."""
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 3), spec("fast", 2, mode=Mode.EBPF, port=18001)])
+        await h.until(lambda: len(h.rules.backends("web")) == 3)
+        await h.until(lambda: len(h.engine.running("fast")) == 2)
+        leaving = {c.ip for c in h.engine.running("web") if c.name == "web-3"}
+        await h.apps.scale("web", 1)
+        await h.apps.scale("fast", 1)
+        await h.until(lambda: len(h.engine.running("web")) == 1
+                      and len(h.engine.running("fast")) == 1, 3.0, "scaled down")
+        forgotten = {ip for ip, _, _, _ in h.conntrack.forgotten}
+        assert leaving <= forgotten and len(forgotten) == 2, h.conntrack.forgotten
+        assert all(port == 80 and proto == "tcp" and alive
+                   for _, port, proto, alive in h.conntrack.forgotten), h.conntrack.forgotten
+    finally:
+        await h.stop()
+

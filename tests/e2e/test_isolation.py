@@ -202,7 +202,7 @@ def test_an_unhealthy_replica_is_replaced_after_the_grace(
     t0 = time.monotonic()
     docker("kill", "-s", "USR2", old)  # it stops listening but keeps running
     daemon.wait(lambda: any(r["container_id"] == old and r["state"] == "unhealthy"
-                            for r in daemon.status(app_name)["replicas"]), 8, "unhealthy")
+                            for r in daemon.status(app_name)["replicas"]), 3, "unhealthy")
     t_unhealthy = time.monotonic() - t0
     daemon.wait(lambda: old not in replica_ids(app_name).values()
                 and daemon.status(app_name)["ready"] == 3, 30, "replaced")

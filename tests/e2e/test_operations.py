@@ -151,3 +151,36 @@ def test_notify_ready_after_first_sync_and_watchdog(tmp_path: Path) -> None:
         finally:
             d.kill()
             listener.close()
+
+
+def test_metrics_exist_from_the_start_and_name_counters_as_counters(
+    daemon: Daemon, app_name: str
+) -> None:
+    """A rate() over an error counter must work before the first error; counters end in
+    _total; the first connect of the event watch is no reconnect."""
+    def scrape() -> str:
+        url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+
+    text = scrape()
+    for line in ('lbctl_dataplane_sync_errors_total{dataplane="iptables"} 0.0',
+                 'lbctl_dataplane_sync_errors_total{dataplane="ebpf"} 0.0',
+                 "lbctl_runtime_watch_reconnects_total 0.0"):
+        assert line in text, line
+    port = free_port()
+    daemon.ok("run", app_name, "--image", "lbctl/demo:latest", "-p", f"127.0.0.1:{port}:8080",
+              "--replicas", "2", "--mode", "ebpf", timeout=90)
+    spread(port, 20)
+    text = scrape()
+    types = {ln.split()[2]: ln.split()[3] for ln in text.splitlines()
+             if ln.startswith("# TYPE lbctl_")}
+    assert (types.get("lbctl_bpf_verdicts") or types.get("lbctl_bpf_verdicts_total")) == "counter"
+    assert f'lbctl_bpf_verdicts_total{{app="{app_name}",reason="migrated"}}' in text
+    assert types["lbctl_rollout_in_progress"] == "gauge"
+    assert f'lbctl_rollout_revision{{app="{app_name}"}} 1.0' in text
+    for counter in ("controller_pass_errors", "sandbox_repairs", "rollout_failures"):
+        assert f'lbctl_{counter}_total{{app="{app_name}"}} 0.0' in text, counter
+    for name, kind in types.items():
+        if kind == "counter":
+            assert name.endswith("_total") or f"{name}_total" in text, name

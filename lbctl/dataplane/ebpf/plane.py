@@ -493,6 +493,24 @@ class EbpfDataplane:
 
     # ---------------------------------------------------------------- read side
 
+    async def holds(self, app: str, replica: str, pid: int) -> bool | None:
+        """Are the replica's listeners all still in the socket map? A socket leaves the map
+        the moment it closes, so a few map lookups tell a replica that stopped listening
+        without reading its namespace's socket table. None: nothing of it was inserted yet."""
+        st = self._apps.get(app)
+        if st is None or st.maps is None:
+            return None
+        async with st.lock:
+            return await asyncio.to_thread(self._holds_blocking, st, replica, pid)
+
+    def _holds_blocking(self, st: _App, replica: str, pid: int) -> bool | None:
+        maps, book = st.maps, st.book
+        keys = book.keys_of(replica)
+        if maps is None or not keys:
+            return None
+        return all(self._still_held(maps, book.slots[k], book.held.get(book.slots[k]), pid)
+                   for k in keys)
+
     def _open_existing(self, app: str, st: _App) -> Maps | None:
         pin = pins.pin_dir(self.pin_root, app)
         if st.maps is None and pin.exists():
