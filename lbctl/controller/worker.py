@@ -355,13 +355,16 @@ class AppWorker:
         sandbox's and its entries are every replica's connections."""
         if spec.mode is not Mode.IPTABLES:
             return None
-        port, proto = spec.publish.container_port, spec.publish.proto
+        served = sorted({(p.container_port, p.proto) for p in spec.publishes})
 
         async def forget(c: Container) -> None:
-            if c.ip is not None:
-                n = await self.s.forget_flows(c.ip, port, proto)
-                log.debug("forgot %d conntrack entries of %s", n, c.name,
-                          extra={"app": self.name, "replica": c.name})
+            # Both families: an IPv6 publish's entries name the replica's IPv6 address.
+            for ip in (c.ip, c.ip6):
+                for port, proto in served:
+                    if ip is not None:
+                        n = await self.s.forget_flows(ip, port, proto)
+                        log.debug("forgot %d conntrack entries of %s at %s", n, c.name, ip,
+                                  extra={"app": self.name, "replica": c.name})
 
         return forget
 

@@ -1,8 +1,9 @@
 """Where an app answers on the host: docker's `-p` syntax, parsed and validated.
 
-IPv6 host addresses go in brackets, as with docker: `[::1]:8080:80`, `[::]:80:8080`,
-`[2001:db8::1]:80:8080`. One publish is one address family (`0.0.0.0` is every IPv4 address,
-`[::]` every IPv6 one); an app that answers on both gives two (see `validate_publishes`).
+IPv6 host addresses go in brackets, as with docker: `[::]:80:8080`, `[2001:db8::1]:80:8080`
+(`[::1]` parses, and admission refuses it: the kernel cannot NAT IPv6 loopback). One publish
+is one address family (`0.0.0.0` is every IPv4 address, `[::]` every IPv6 one); an app that
+answers on both gives two (see `validate_publishes`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Publish:
             elif len(parts) > 3 and "." not in spec:
                 raise InvalidInput(
                     f"invalid publish {text!r}: put an IPv6 address in brackets, "
-                    "e.g. [::1]:8080:8080"
+                    "e.g. [::]:8080:8080"
                 )
             else:
                 raise InvalidInput(f"invalid publish {text!r}: use {SYNTAX}")
@@ -143,8 +144,8 @@ def _ipv6(text: str, whole: str) -> str:
     # address is an IPv4 publish in disguise; multicast is no host address.
     if ip.is_link_local or ip.ipv4_mapped is not None or ip.is_multicast:
         raise InvalidInput(
-            f"host IPv6 address {text!r} in publish {whole!r} cannot be published: use [::], "
-            "[::1] or a global/ULA address of this host"
+            f"host IPv6 address {text!r} in publish {whole!r} cannot be published: use [::] "
+            "or a global/ULA address of this host"
         )
     return str(ip)
 

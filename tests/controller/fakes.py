@@ -233,7 +233,8 @@ class FakeConntrack:
         self.forgotten: list[tuple[str, int, str, bool]] = []
 
     async def __call__(self, ip: str, port: int, proto: str = "tcp") -> int:
-        alive = any(f.c.ip == ip and f.c.running for f in self.engine.containers.values())
+        alive = any(ip in (f.c.ip, f.c.ip6) and f.c.running
+                    for f in self.engine.containers.values())
         self.forgotten.append((ip, port, proto, alive))
         return 1
 

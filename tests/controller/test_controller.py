@@ -6,10 +6,11 @@ engine and kernel.)"""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
-from lbctl.model import Container
+from lbctl.model import AppSpec, Container
 from lbctl.model.spec import Mode
 from tests.controller.fakes import FakeEngine, harness, spec
 
@@ -276,3 +277,28 @@ async def test_a_drained_iptables_replica_loses_its_conntrack_entries_before_its
     finally:
         await h.stop()
 
+
+async def test_a_drained_dual_stack_replica_loses_the_entries_of_both_families(
+    tmp_path: Path,
+) -> None:
+    """An app published on IPv4 and IPv6 has conntrack entries naming each replica's two
+    addresses, for each protocol it serves: all of them go before the replica stops, or the
+    IPv6 flows of a UDP publish keep going to the gone replica until they time out."""
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        web = AppSpec.from_json({"name": "web", "image": "img:1", "replicas": 2,
+                                 "mode": "iptables",
+                                 "publish": ["0.0.0.0:18000:53/udp", "[::]:18000:53/udp"]})
+        await h.apps.apply([web])
+        await h.until(lambda: len(h.engine.running("web")) == 2)
+        for n, f in enumerate(h.engine.containers.values()):  # what the engine reports on
+            f.c = dataclasses.replace(f.c, ip6=f"fd00::{n + 1}")  # an IPv6 network
+        leaving = next(c for c in h.engine.running("web") if c.name == "web-2")
+        await h.apps.scale("web", 1)
+        await h.until(lambda: len(h.engine.running("web")) == 1, 3.0, "scaled down")
+        assert sorted(h.conntrack.forgotten) == sorted(
+            [(leaving.ip, 53, "udp", True), (leaving.ip6, 53, "udp", True)]
+        ), h.conntrack.forgotten
+    finally:
+        await h.stop()
