@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 #
-# Build lbctl's offline container images: lbctl/demo, lbctl/demo-health and
-# lbctl/pause.  No registry is reachable, so each image is a static C binary
+# Build lbctl's offline container images: lbctl/demo, lbctl/demo-health,
+# lbctl/pause and lbctl/client (the tests' client inside containers).  No registry is reachable, so each image is a static C binary
 # in a FROM-scratch image.  Idempotent: an image is rebuilt only when the
 # sha256 of its inputs (source, Dockerfile, compiler flags) differs from the
 # `lbctl.build-sha256` label of the image that exists; up to date means
@@ -77,6 +77,7 @@ health_hash=$( { echo "$HASH"; cat images/demo/Dockerfile.health; } | sha256sum 
 if [[ $force == 1 || "$(image_hash lbctl/demo-health:latest)" != "$health_hash" ]]; then
     build lbctl/demo-health:latest images/demo Dockerfile.health "$health_hash"
 fi
+compile_and_build client client lbctl/client:latest
 if [[ $rebuilt == 1 ]]; then
     # The images these replaced are left untagged; drop ours that no
     # container uses (the label keeps other projects' images out of it).
