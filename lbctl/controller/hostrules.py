@@ -97,6 +97,12 @@ class HostRules:
                     raise SyncFailed(self._failed[1])
                 await self._done.wait()
 
+    def resync(self) -> None:
+        """A full sync now, without a change: someone moved or removed rules of ours (Docker
+        puts its FORWARD jumps on top of ours whenever it creates a network). Coalesced with
+        any sync under way; at most one per `min_interval`."""
+        self._wake.set()
+
     async def run(self) -> None:
         backoff = 0.2
         while True:

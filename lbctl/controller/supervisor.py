@@ -126,6 +126,13 @@ class Controller:
                         backoff = 0.2
                         self._wake_all()
                         self._discover_now.set()
+                        # A restarted dockerd put its FORWARD jumps back on top of ours.
+                        self.hostrules.resync()
+                        continue
+                    if ev.kind == "network":
+                        # Docker just put its jumps above lbctl's (runtime.events): until
+                        # the next sync, its isolation drops cross-bridge clients.
+                        self.hostrules.resync()
                         continue
                     self.s.metrics.events.labels(action=ev.action).inc()
                     if ev.app is None:

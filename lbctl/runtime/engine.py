@@ -438,7 +438,8 @@ class Engine:
         return " | ".join(s.strip() for s in out if s.strip())[-300:]
 
     async def events(self) -> AsyncIterator[EngineEvent | None]:
-        """Container events for lbctl's containers, for as long as the stream lasts.
+        """Container events for lbctl's containers, and (Docker) network creations, for as
+        long as the stream lasts.
 
         Yields None once when connected, so the caller can rebuild its view after every
         (re)connect before trusting the events that follow. Ends when the engine closes the
@@ -448,11 +449,12 @@ class Engine:
         sub = stream.subscribe(create_task=False)  # type: ignore[no-untyped-call]
         if not self._version_known:
             await self.version()
-        filters: dict[str, list[str]] = {"type": ["container"]}
-        if self.flavor == "docker":
-            # Podman 4.3's label filter needs key=value: a bare key matches no event at all,
-            # so there lbctl's containers are picked out below (every event carries labels).
-            filters["label"] = [LABEL_APP]
+        # Docker's label filter would also drop network events (it matches their attributes,
+        # which carry no labels), and Podman 4.3's needs key=value (a bare key matches no
+        # event at all): lbctl's containers are picked out below, every container event
+        # carrying its labels. Only Docker rearranges FORWARD when it creates a network.
+        types = ["container", "network"] if self.flavor == "docker" else ["container"]
+        filters: dict[str, list[str]] = {"type": types}
         task = asyncio.create_task(stream.run(filters=json.dumps(filters)))
         try:
             # The engine sends the HTTP headers only when the first event arrives on some
@@ -464,7 +466,9 @@ class Engine:
                 if ev is None:
                     break
                 parsed = parse_event(ev)
-                if parsed is not None and parsed.app is not None:
+                if parsed is not None and parsed.kind == "network":
+                    yield parsed
+                elif parsed is not None and parsed.app is not None:
                     if parsed.changes_identity:
                         self.forget(parsed.container_id)
                     yield parsed

@@ -16,6 +16,11 @@ from lbctl.model import LABEL_APP
 WATCHED_ACTIONS = frozenset(
     {"create", "start", "die", "kill", "stop", "destroy", "oom", "pause", "unpause", "rename"}
 )
+# Network events that matter: Docker puts its own jumps (DOCKER-USER,
+# DOCKER-ISOLATION-STAGE-1) back on top of FORWARD whenever it creates a network, below which
+# its isolation drops what lbctl DNATs from one bridge to another; the host rules' next sync
+# puts lbctl's jumps first again (lbctl.dataplane.iptables._ensure_jumps).
+NETWORK_ACTIONS = frozenset({"create"})
 # Podman's names for the events lbctl watches (its `kill` carries no signal attribute, so a
 # kill is not taken as fatal there; the `die` that follows is).
 _PODMAN_ACTIONS = {"remove": "destroy"}
@@ -27,6 +32,7 @@ class EngineEvent:
     container_id: str
     app: str | None
     signal: int | None = None  # for "kill": the signal the engine is about to send
+    kind: str = "container"  # or "network" (container_id is then the network's id)
 
     @property
     def changes_identity(self) -> bool:
@@ -47,6 +53,12 @@ def parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:
     action = str(ev.get("Action") or ev.get("status") or "")
     action = action.split(":", 1)[0].strip()  # "health_status: healthy", "exec_start: sh"
     action = _PODMAN_ACTIONS.get(action, action)
+    if ev.get("Type") == "network":
+        if action not in NETWORK_ACTIONS:
+            return None
+        net = ev.get("Actor") or {}
+        return EngineEvent(action=action, container_id=str(net.get("ID") or ""), app=None,
+                           kind="network")
     if action not in WATCHED_ACTIONS and action != "health_status":
         return None
     actor = ev.get("Actor") or {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lbctl.model import AppSpec, Container
 from lbctl.model.spec import Mode
+from lbctl.runtime.events import EngineEvent
 from tests.controller.fakes import FakeEngine, harness, spec
 
 
@@ -300,5 +301,23 @@ async def test_a_drained_dual_stack_replica_loses_the_entries_of_both_families(
         assert sorted(h.conntrack.forgotten) == sorted(
             [(leaving.ip, 53, "udp", True), (leaving.ip6, 53, "udp", True)]
         ), h.conntrack.forgotten
+    finally:
+        await h.stop()
+
+
+async def test_a_network_created_on_the_engine_resyncs_the_host_rules(tmp_path: Path) -> None:
+    """Docker puts its FORWARD jumps above lbctl's when it creates a network; the event makes
+    the host rules sync at once (a sync puts lbctl's jumps first again), not at the 30 s
+    periodic resync."""
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 2)])
+        await h.until(lambda: len(h.rules.backends("web")) == 2)
+        await asyncio.sleep(0.2)  # the passes that brought web up are over
+        before = h.rules.syncs
+        h.engine.events_q.put_nowait(EngineEvent("create", "net1", None, kind="network"))
+        took = await h.until(lambda: h.rules.syncs > before, 1.0, "a sync after the event")
+        print(f"host rules synced {1000 * took:.0f} ms after the network event")
     finally:
         await h.stop()

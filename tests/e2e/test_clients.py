@@ -12,18 +12,34 @@ The other clients of the suite are this process on 127.0.0.1; here they are:
   bridge port's hairpin_mode.
 Each test ends with `lbctl rm` and checks that iptables-save and ip6tables-save are as they
 were before the app existed (lbctl's own IPv6 network goes with its last app).
+
+What runs where (3 replicas each; "both" = iptables and ebpf mode, Docker unless said):
+
+| client                                  | TCP v4 | TCP v6 | UDP v4 | UDP v6 |
+|-----------------------------------------|--------|--------|--------|--------|
+| remote host (veth netns)                | both   | both   | both   | both   |
+| this host (127.0.0.1, its IPv6 address) | both   | both   | both   | both   |
+| container on docker0                    | both, Podman iptables | - | both | - |
+| container on a user IPv6 network        | -      | both   | -      | both   |
+| the app's own namespace (hairpin)       | both, Podman iptables | both | both | both |
+
+docker0 has no IPv6 here, so IPv6 containers are on a network of the test's own; `::1` is
+refused (the kernel cannot NAT it), checked at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,10 +124,110 @@ def _assert_host_as_before(d: Daemon, name: str, tables: tuple[str, str], cli: s
     assert "lbctl" not in docker("network", "ls", "--format", "{{.Name}}", cli=cli).split()
 
 
+def _holder(name: str, mode: str) -> dict[str, Any]:
+    """The container holding the app's address: a replica (iptables mode) or the sandbox
+    (ebpf mode, whose namespace every replica shares)."""
+    role = "sandbox" if mode == "ebpf" else "replica"
+    return next(c for c in app_containers(name)
+                if c["Config"]["Labels"].get("lbctl.role", "replica") == role)
+
+
+def _gateways(c: dict[str, Any]) -> tuple[str, str]:
+    """The host's IPv4 and IPv6 addresses on the bridge of the container's DNAT-target
+    network (the lbctl.network label, else its only network), as the container sees them."""
+    nets = c["NetworkSettings"]["Networks"]
+    net = nets[c["Config"]["Labels"].get("lbctl.network") or next(iter(nets))]
+    assert net["Gateway"] and net["IPv6Gateway"], net
+    return str(net["Gateway"]), str(net["IPv6Gateway"])
+
+
+def _forward_jump_first() -> bool:
+    rules = [ln for ln in subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True,
+                                         text=True, check=True).stdout.splitlines()
+             if ln.startswith("-A FORWARD")]
+    return bool(rules) and rules[0].endswith("-j LBCTL-FORWARD")
+
+
+@contextlib.contextmanager
+def _ipv6_network(name: str) -> Iterator[tuple[str, str]]:
+    """A user network with IPv6 (a unique-local /64 of this process's): a place for client
+    containers that call over IPv6, which the engine's default bridge has not. Yields its
+    name and the host's IPv6 address on it.
+
+    Creating it is also what a user's `docker network create` or `compose up` does to a
+    running app: Docker puts its FORWARD jumps back above lbctl's, and below them its
+    isolation drops every client on another bridge until lbctl's next sync (20-30 s of
+    timeouts before lbctl watched network events). lbctl must be first again at once."""
+    subnet = f"fd6d:{os.getpid() % 65536:x}::"
+    t0 = time.monotonic()
+    net_id = docker("network", "create", "--ipv6", "--subnet", f"{subnet}/64", "--label",
+                    "lbctl.test=1", name).strip()
+    holder = ""
+    try:
+        created = time.monotonic()
+        while not _forward_jump_first() and time.monotonic() - created < 10:
+            time.sleep(0.02)
+        back = time.monotonic() - created
+        print(f"network {name} created in {created - t0:.2f}s; lbctl's FORWARD jump first "
+              f"again {1000 * back:.0f} ms later")
+        assert _forward_jump_first() and back < 3, f"lbctl's FORWARD jump not first ({back}s)"
+        # The bridge's address goes through duplicate address detection when its first
+        # container comes up, and packets to it are dropped meanwhile (~1 s): a client's
+        # first request would time out for reasons of the kernel's. One container holds the
+        # bridge up while the clients come and go, as on any network in use.
+        holder = docker("run", "-d", "--rm", "--label", "lbctl.test=1", "--network", name,
+                        "lbctl/pause:latest").strip()
+        gateway, bridge = f"{subnet}1", f"br-{net_id[:12]}"
+        deadline = time.monotonic() + 10
+        while _tentative(bridge, gateway) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _tentative(bridge, gateway), f"{gateway} on {bridge} stays tentative"
+        yield name, gateway  # the engine's gateway: the subnet's first address
+    finally:
+        if holder:
+            docker("rm", "-f", holder, check=False)
+        docker("network", "rm", name, check=False)
+
+
+def _tentative(bridge: str, addr: str) -> bool:
+    """The address on the bridge is missing or still in duplicate address detection."""
+    out = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", bridge],
+                         capture_output=True, text=True, check=False).stdout
+    lines = [ln for ln in out.splitlines() if f" {addr}/" in ln]
+    return not lines or any("tentative" in ln for ln in lines)
+
+
+def _every_container_client(name: str, mode: str, proto: str, port: int, client: str,
+                            net6: tuple[str, str], sent: int = 45) -> None:
+    """Containers, over both families, against a dual-stack app of 3 replicas: one on
+    docker0 (IPv4: the default bridge has no IPv6) and one on a user IPv6 network, each to the
+    host's address on its own bridge (so the DNAT sends it across bridges, through lbctl's
+    FORWARD rules); and the app's own namespace to the host's addresses on the app's bridge
+    (the hairpin, which needs lbctl's MASQUERADE and the port's hairpin_mode in both
+    families)."""
+    what = f"{mode}/{proto}"
+    gw = _gateway("docker")
+    seen = container_requests(client, proto, gw, port, sent)
+    _assert_spread(seen, name, 3, sent, f"{what}: container on docker0 to {gw}")
+    seen = container_requests(client, proto, net6[1], port, sent, network=net6[0])
+    _assert_spread(seen, name, 3, sent, f"{what}: container on {net6[0]} to [{net6[1]}]")
+
+    caller = _holder(name, mode)
+    me = caller["Name"].lstrip("/")
+    for gw in _gateways(caller):
+        seen = container_requests(client, proto, gw, port, sent,
+                                  network=f"container:{caller['Id']}")
+        _assert_spread(seen, name, 3, sent, f"{what}: {me} calling its app at {gw}")
+        if mode == "iptables":  # ebpf: the caller is the sandbox, no replica
+            assert me in seen, "the DNAT never sent the replica to itself: no hairpin"
+
+
 @pytest.mark.parametrize("mode", ["iptables", "ebpf"])
-def test_remote_host_and_ipv6(daemon: Daemon, app_name: str, mode: str,
-                              host_tables: tuple[str, str]) -> None:
-    image = source_image("demo")
+def test_tcp_clients_of_every_kind_over_both_families(daemon: Daemon, app_name: str, mode: str,
+                                                      host_tables: tuple[str, str]) -> None:
+    """A dual-stack TCP app of 3 replicas, from a remote host, this host, containers and its
+    own namespace, over IPv4 and IPv6; `rm` leaves both rule sets as they were."""
+    image, client = source_image("demo"), source_image("client")
     port = free_port()
     daemon.ok("run", app_name, "--image", image, "-p", f"0.0.0.0:{port}:8080",
               "-p", f"[::]:{port}:8080", "--replicas", "3", "--mode", mode,
@@ -133,6 +249,9 @@ def test_remote_host_and_ipv6(daemon: Daemon, app_name: str, mode: str,
     seen = local_requests("tcp", "127.0.0.1", port, 60)
     _assert_spread(seen, app_name, 3, 60, f"{mode}: local client to 127.0.0.1")
     sent += 60
+    with _ipv6_network(f"{app_name}-c6") as net6:
+        _every_container_client(app_name, mode, "tcp", port, client, net6)
+    sent += 4 * 45
 
     # IPv6 loopback is never NATed (the kernel drops the replies): a [::] publish leaves ::1
     # to the host, where nothing listens, so a ::1 client is refused at once, not left hanging.
@@ -202,12 +321,15 @@ def test_container_client_and_hairpin(daemon: Daemon, app_name: str, engine: str
     _assert_host_as_before(daemon, name, host_tables, cli)
 
 
-def test_udp_iptables_both_families(daemon: Daemon, app_name: str,
-                                    host_tables: tuple[str, str]) -> None:
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+def test_udp_clients_of_every_kind_over_both_families(daemon: Daemon, app_name: str, mode: str,
+                                                      host_tables: tuple[str, str]) -> None:
+    """A dual-stack UDP app of 3 replicas: flows from every kind of client spread over the
+    replicas, a flow keeps its replica, and moves when that one leaves the data plane."""
     image, client = source_image("demo"), source_image("client")
     port = free_port()
     daemon.ok("run", app_name, "--image", image, "-p", f"0.0.0.0:{port}:5353/udp",
-              "-p", f"[::]:{port}:5353/udp", "--replicas", "3", "--mode", "iptables",
+              "-p", f"[::]:{port}:5353/udp", "--replicas", "3", "--mode", mode,
               "-e", "UDP_PORT=5353", "-e", "BIND=::", timeout=120)
     assert daemon.status(app_name)["ready"] == 3
     # A UDP replica is ready once it runs (no handshake to probe): give the three a moment to
@@ -216,21 +338,23 @@ def test_udp_iptables_both_families(daemon: Daemon, app_name: str,
     first = local_requests("udp", "127.0.0.1", port, 30, timeout=0.5)
     while set(first) != _replicas(app_name, 3) and time.monotonic() < deadline:
         first = local_requests("udp", "127.0.0.1", port, 30, timeout=0.5)
-    print(f"udp: first datagrams after run returned: {dict(first)}")
+    print(f"{mode}/udp: first datagrams after run returned: {dict(first)}")
 
     # Each datagram from a socket of its own: a new flow, DNATed afresh. The demo's reply
     # starts with the replica's name (or is "<name> <payload>" where it echoes).
     seen = local_requests("udp", "127.0.0.1", port, 90)
-    _assert_spread(seen, app_name, 3, 90, "udp: local client to 127.0.0.1")
+    _assert_spread(seen, app_name, 3, 90, f"{mode}/udp: local client to 127.0.0.1")
     with remote_host(TAG) as r:
         seen = ns_requests(r, "udp", r.host_ip, port, 90)
-        _assert_spread(seen, app_name, 3, 90, f"udp: remote host over IPv4 to {r.host_ip}")
+        _assert_spread(seen, app_name, 3, 90,
+                       f"{mode}/udp: remote host over IPv4 to {r.host_ip}")
         seen = ns_requests(r, "udp", r.host_ip6, port, 90)
-        _assert_spread(seen, app_name, 3, 90, f"udp: remote host over IPv6 to {r.host_ip6}")
-        # From a container on docker0 to a service whose replicas live on lbctl's own
-        # network: across bridges, through lbctl's FORWARD rules ahead of Docker's isolation.
-        seen = container_requests(client, "udp", _gateway("docker"), port, 60)
-        _assert_spread(seen, app_name, 3, 60, "udp: container on docker0")
+        _assert_spread(seen, app_name, 3, 90,
+                       f"{mode}/udp: remote host over IPv6 to {r.host_ip6}")
+        # Containers reach a service whose replicas live on lbctl's own network across
+        # bridges, through lbctl's FORWARD rules ahead of Docker's isolation.
+        with _ipv6_network(f"{app_name}-c6") as net6:
+            _every_container_client(app_name, mode, "udp", port, client, net6)
         _flows_leave_a_paused_replica(daemon, app_name, port, ["127.0.0.1", r.host_ip6])
     _assert_host_as_before(daemon, app_name, host_tables, "docker")
 

@@ -8,6 +8,7 @@ import contextlib
 import pytest
 
 from harness import PREFIX
+from harness.engine import docker
 from lbctl.model import LABEL_APP
 from lbctl.runtime.convert import health_marker as _health_marker
 from lbctl.runtime.convert import parse_time as _parse_time
@@ -28,6 +29,13 @@ def test_events_are_normalized() -> None:
     hup = _parse_event({"Action": "kill", "Actor": {"ID": "a", "Attributes": {"signal": "1"}}})
     assert hup is not None and not hup.fatal  # a reload signal does not doom a replica
     assert _parse_event({"Action": "exec_start: sh -c x", "Actor": {"ID": "a"}}) is None
+    # A network's creation is news for the host rules (Docker reorders FORWARD then); its
+    # other events are not, and none of them is a container's.
+    net = _parse_event({"Type": "network", "Action": "create",
+                        "Actor": {"ID": "n1", "Attributes": {"name": "x", "type": "bridge"}}})
+    assert net is not None and (net.kind, net.action, net.app) == ("network", "create", None)
+    assert _parse_event({"Type": "network", "Action": "destroy", "Actor": {"ID": "n1"}}) is None
+    assert _parse_event({"Type": "network", "Action": "connect", "Actor": {"ID": "n1"}}) is None
 
 
 def test_podman_events_are_normalized() -> None:
@@ -75,11 +83,17 @@ async def test_list_create_events_remove_on_the_real_engine() -> None:
     app = f"{PREFIX}-engine"
     name = f"{app}-1"
     events: list[str] = []
+    networks: list[str] = []
+    others: list[object] = []
 
     async def watch() -> None:
         async for ev in engine.events():
-            if ev is not None and ev.app == app:
+            if ev is not None and ev.kind == "network":
+                networks.append(ev.container_id)
+            elif ev is not None and ev.app == app:
                 events.append(ev.action)
+            elif ev is not None and ev.app is None:
+                others.append(ev)  # another container's event: the engine should drop it
 
     watcher = asyncio.create_task(watch())
     try:
@@ -101,6 +115,15 @@ async def test_list_create_events_remove_on_the_real_engine() -> None:
                 break
             await asyncio.sleep(0.05)
         assert {"create", "start", "destroy"} <= set(events), events
+        # Docker reorders FORWARD when it creates a network: the stream says so.
+        net_id = (await asyncio.to_thread(docker, "network", "create", "--label",
+                                          "lbctl.test=1", f"{app}-net")).strip()
+        await asyncio.to_thread(docker, "network", "rm", net_id, check=False)
+        for _ in range(50):
+            if net_id in networks:
+                break
+            await asyncio.sleep(0.05)
+        assert networks == [net_id] and others == [], (networks, others)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
