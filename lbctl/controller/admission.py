@@ -117,6 +117,18 @@ class Admission:
                         "first network of an app must be a bridge network, where lbctl sends "
                         "its traffic")
             target = attachment(spec)
+            if spec.wants_ipv6 and target.own and target.target is not None:
+                # lbctl never uses or removes a network of that name it did not create: say
+                # so now, not after the run's timeout.
+                if target.target not in found:
+                    found[target.target] = await self.engine.network(target.target)
+                facts = found[target.target]
+                if facts is not None and not facts.managed:
+                    raise InvalidInput(
+                        f"app {spec.name} publishes IPv6 and names no network, so lbctl places "
+                        f"it on a network of its own, {target.target}; a network of that name "
+                        f"exists and is not lbctl's: rename or remove it, or give the app an "
+                        f"IPv6 network with --network")
             if spec.wants_ipv6 and target.target is not None and not target.own:
                 # A declared network that does not exist yet is created without IPv6.
                 facts = found.get(target.target) or await self.engine.network(target.target)

@@ -21,7 +21,7 @@ import aiodocker
 import aiohttp
 from aiodocker.events import DockerEvents
 
-from lbctl.model import LABEL_APP, Container
+from lbctl.model import LABEL_APP, LABEL_MANAGED, Container
 from lbctl.model.options import DEFAULT_NETWORK, RunOptions
 from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import EngineEvent, parse_event
@@ -93,6 +93,7 @@ class NetworkFacts:
 
     driver: str  # bridge, overlay, macvlan, ...
     ipv6: bool  # IPv6 enabled: containers there get an IPv6 address
+    managed: bool = False  # labelled lbctl.managed=true: lbctl created it
 
 
 class Engine:
@@ -316,7 +317,8 @@ class Engine:
         driver = data.get("Driver") or data.get("driver")
         # Docker and Podman's compatible API say EnableIPv6, Podman's own ipv6_enabled.
         ipv6 = bool(data.get("EnableIPv6") or data.get("ipv6_enabled"))
-        return NetworkFacts(str(driver) if driver else "bridge", ipv6)
+        managed = _has_labels(data, {LABEL_MANAGED: "true"})
+        return NetworkFacts(str(driver) if driver else "bridge", ipv6, managed)
 
     async def ensure_network(self, spec: NetworkSpec) -> bool:
         """Create the bridge network `spec` unless a network of that name exists (then it is

@@ -38,7 +38,8 @@ class FakeEngine:
     async def ensure_network(self, spec: NetworkSpec) -> bool:
         if spec.name in self.networks:
             return False
-        self.networks[spec.name] = NetworkFacts("bridge", spec.ipv6_subnet is not None)
+        self.networks[spec.name] = NetworkFacts("bridge", spec.ipv6_subnet is not None,
+                                                spec.labels.get("lbctl.managed") == "true")
         self.created.append(f"network {spec.name} {dict(spec.labels)}")
         return True
 
@@ -136,6 +137,21 @@ async def test_an_ipv6_app_needs_ipv6_on_the_network_it_is_reached_on() -> None:
     # An IPv4-only app may use any bridge network.
     await a.check_new([spec("0.0.0.0:8080:8080", network=["backend"])], [], [])
     assert e.created == []
+
+
+async def test_a_foreign_network_named_lbctl_is_refused_up_front() -> None:
+    """lbctl's own IPv6 network exists already (from an earlier app): fine. Someone else's
+    network of that name: refused at once, where the worker would only fail after the run's
+    timeout; an app that names its own network, or publishes no IPv6, does not care."""
+    e = FakeEngine()
+    dual = ("0.0.0.0:8080:8080", "[::]:8080:8080")
+    e.networks["lbctl"] = NetworkFacts("bridge", True, managed=True)
+    await admission(e).check_new([spec(*dual)], [], [])
+    e.networks["lbctl"] = NetworkFacts("bridge", True, managed=False)
+    with pytest.raises(InvalidInput, match="a network of that name exists and is not lbctl's"):
+        await admission(e).check_new([spec(*dual)], [], [])
+    await admission(e).check_new([spec(*dual, network=["dual"])], [], [])
+    await admission(e).check_new([spec("0.0.0.0:8080:8080")], [], [])
 
 
 async def test_cpus_beyond_the_engine_host_are_refused() -> None:

@@ -471,13 +471,23 @@ def test_ipv6_refused_in_one_line_where_it_cannot_work(daemon: Daemon, app_name:
 def test_a_foreign_network_named_lbctl_is_neither_used_nor_removed(
     daemon: Daemon, app_name: str
 ) -> None:
+    """Refused at once (exit 2, one line, nothing changed), not after the run's timeout."""
     docker("network", "create", "--label", "lbctl.test=1", "lbctl")
     try:
+        before = iptables_save(), ip6tables_save()
+        t0 = time.monotonic()
         r = daemon.cli("run", app_name, "--image", "lbctl/demo", "-p", f"[::]:{free_port()}:8080",
-                       "--mode", "iptables", "--timeout", "8")
-        print(f"run beside a foreign `lbctl` network: exit {r.returncode}: {r.stderr.strip()}")
-        assert r.returncode == 1 and "a network named lbctl exists and is not lbctl's" in r.stderr
-        assert daemon.api("GET", "/apps")["apps"] == []  # a failed run leaves nothing
+                       "--mode", "iptables", "--timeout", "30")
+        took = time.monotonic() - t0
+        print(f"run beside a foreign `lbctl` network: exit {r.returncode} in {took:.2f}s: "
+              f"{r.stderr.strip()}")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "a network of that name exists and is not lbctl's" in r.stderr
+        assert took < 5, "refused by admission, not by the run's timeout"
+        assert daemon.api("GET", "/apps")["apps"] == []
+        assert app_containers(app_name) == []
+        _same_rules(iptables_save(), before[0])
+        _same_rules(ip6tables_save(), before[1])
         labels = docker("network", "inspect", "lbctl", "--format", "{{json .Labels}}")
         assert json.loads(labels) == {"lbctl.test": "1"}
     finally:
