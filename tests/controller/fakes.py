@@ -37,7 +37,13 @@ from lbctl.model import (
     Container,
 )
 from lbctl.model.spec import Mode
-from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent, NetworkSpec
+from lbctl.runtime.engine import (
+    CreateRequest,
+    EngineError,
+    EngineEvent,
+    NetworkFacts,
+    NetworkSpec,
+)
 
 
 @dataclass
@@ -121,6 +127,10 @@ class FakeEngine:
     async def ensure_network(self, spec: NetworkSpec) -> bool:
         await self._maybe_hang()
         return False  # the fake's containers need no network to be made
+
+    async def network(self, name: str) -> NetworkFacts | None:
+        await self._maybe_hang()
+        return None  # the fake's containers need no network: none exists
 
     async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
         await self._maybe_hang()
