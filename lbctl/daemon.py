@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -22,8 +22,11 @@ from lbctl.controller import status as status_mod
 from lbctl.controller.admission import Admission
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
+from lbctl.controller.limits import DEFAULT_MAX_APPS, DEFAULT_MAX_CONTAINERS, daemon_limits
+from lbctl.controller.policy import Policy
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
+from lbctl.controller.template import DEFAULT_PIDS_LIMIT
 from lbctl.controller.worker import Settings, Shared
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.iptables import IptablesDataplane
@@ -49,6 +52,10 @@ class DaemonConfig:
     bpf_pin_root: Path = Path("/sys/fs/bpf/lbctl")
     engine_timeout: float = CALL_TIMEOUT
     unhealthy_grace: float = 30.0
+    policy: Policy = field(default_factory=Policy)  # for callers other than root
+    max_apps: int = DEFAULT_MAX_APPS  # 0: no cap
+    max_containers: int = DEFAULT_MAX_CONTAINERS  # 0: no cap
+    default_pids_limit: int = DEFAULT_PIDS_LIMIT  # 0: the engine's default (none on Docker)
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -74,6 +81,7 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
         stop_grace=cfg.stop_grace,
         default_mode=Mode.EBPF if ebpf else Mode.IPTABLES,
         unhealthy_grace=cfg.unhealthy_grace,
+        default_pids_limit=cfg.default_pids_limit or None,
     )
 
     def on_sync(seconds: float, ok: bool) -> None:
@@ -83,7 +91,8 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
 
     hostrules = HostRules(IptablesDataplane(cfg.state_dir), cfg.state_dir, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
-    apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable))
+    apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable),
+                       limits=daemon_limits(cfg.max_apps, cfg.max_containers))
     shared = Shared(
         engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
         open_connections=established_connections, metrics=metrics, settings=settings,
@@ -96,7 +105,7 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
 
 async def serve(cfg: DaemonConfig) -> None:
     controller, engine, ebpf, settings = build(cfg)
-    api = Api(controller, settings.default_mode)
+    api = Api(controller, settings.default_mode, cfg.policy)
     await api.start(cfg.socket)
     metrics_runner = await _serve_metrics(cfg.metrics_addr, controller)
     log.info(
@@ -107,6 +116,7 @@ async def serve(cfg: DaemonConfig) -> None:
             "engine": engine.url,
             "apps": len(controller.apps.state.apps),
             "default_mode": str(settings.default_mode),
+            "policy": str(cfg.policy.path) if cfg.policy.from_file else "built-in",
         },
     )
 

@@ -4,7 +4,8 @@ ask it what their app should be and tell it how a rollout went.
 Every change is checked completely first (input, then what needs I/O: the image, the host
 port) and then committed under one short lock that holds no I/O but the atomic state write:
 so racing requests end in the state of the last accepted one, a multi-app apply is all or
-nothing, and nothing waits on an engine call while holding the lock.
+nothing, and nothing waits on an engine call while holding the lock. The caps on apps and
+containers are checked under that lock (two racing creates cannot both take the last place).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from lbctl.controller import limits as limits_mod
 from lbctl.controller.admission import Admission, Resources
+from lbctl.controller.limits import Limits
 from lbctl.controller.planner import Desired
 from lbctl.controller.store import AppRecord, State, StateStore
 from lbctl.model import AppSpec, InvalidInput, Mode
@@ -36,11 +39,13 @@ class AppsService:
         admission: Admission,
         on_change: Callable[[str], None] = lambda app: None,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.admission = admission
         self.on_change = on_change
         self.clock = clock
+        self.limits = limits or Limits()
         self.state = State()
         self._commit = asyncio.Lock()
         # Bumped on every change of an app; a plan made before the latest change cannot say
@@ -93,19 +98,21 @@ class AppsService:
 
     # ---- changes from the API ------------------------------------------------------------
 
-    async def create(self, spec: AppSpec) -> None:
+    async def create(self, spec: AppSpec, limits: Limits | None = None) -> None:
         if spec.name in self.state.apps:
             raise InvalidInput(
                 f"app {spec.name} already exists: change it with `lbctl update`, `lbctl apply` "
                 "or `lbctl scale`"
             )
-        await self.apply([spec])
+        await self.apply([spec], limits=limits)
 
     async def apply(self, specs: Sequence[AppSpec], canary: int | None = None,
-                    resources: Resources | None = None) -> dict[str, str]:
+                    resources: Resources | None = None,
+                    limits: Limits | None = None) -> dict[str, str]:
         """Create or change every app in `specs`, all or nothing. Returns name -> what
         happened: created, rolling (a new revision), scaled/updated, unchanged. `resources`:
-        volumes and networks to create first when missing (a compose file's)."""
+        volumes and networks to create first when missing (a compose file's). `limits`: the
+        caller's caps, on top of the daemon's."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise InvalidInput("an app appears twice")
@@ -130,18 +137,20 @@ class AppsService:
             state = State(dict(self.state.apps), dict(self.state.deleted))
             for s in specs:
                 outcome[s.name] = self._stage(state, s, canary)
+            self._check_limits(state, limits)
             self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
         for name, what in outcome.items():
             if what != "unchanged":
                 log.info("app %s", what, extra={"app": name, "replicas": self.spec(name).replicas})
         return outcome
 
-    async def scale(self, name: str, replicas: int) -> AppSpec:
+    async def scale(self, name: str, replicas: int, limits: Limits | None = None) -> AppSpec:
         async with self._commit:
             rec = self._record(name)
             new = replace(rec, spec=rec.spec.with_replicas(replicas))
             state = State(dict(self.state.apps), dict(self.state.deleted))
             state.apps[name] = new
+            self._check_limits(state, limits)
             self._save(state, [name])
         # One line per accepted change, in the order they were applied: with racing clients
         # it is the record of which request won.
@@ -185,22 +194,33 @@ class AppsService:
 
         return await self._set_rollout(name, resume)
 
+    def undo_target(self, name: str, to: int | None = None) -> tuple[int, AppSpec]:
+        """The revision `rollout_undo(name, to)` goes back to, and the spec it makes (what
+        the API judges before asking for it)."""
+        rec = self._record(name)
+        back = self._undo_revision(rec, name, to)
+        return back.number, _with_template(rec.spec, back.spec)
+
+    def _undo_revision(self, rec: AppRecord, name: str, to: int | None) -> Revision:
+        if to is None:
+            older = [r for r in rec.history if r.number < rec.revision]
+            if rec.rollout is not None and rec.rollout.previous is not None:
+                to = rec.rollout.previous
+            elif older:
+                to = older[-1].number
+        back = rec.revision_of(to) if to is not None else None
+        if back is None:
+            raise InvalidInput(f"app {name} has no earlier revision to go back to"
+                               if to is None else f"app {name} has no revision {to}")
+        if back.number == rec.revision:
+            raise InvalidInput(f"app {name} already runs revision {back.number}")
+        return back
+
     async def rollout_undo(self, name: str, to: int | None = None) -> Rollout:
         """Roll back to revision `to` (default: the one before the current)."""
         async with self._commit:
             rec = self._record(name)
-            if to is None:
-                older = [r for r in rec.history if r.number < rec.revision]
-                if rec.rollout is not None and rec.rollout.previous is not None:
-                    to = rec.rollout.previous
-                elif older:
-                    to = older[-1].number
-            back = rec.revision_of(to) if to is not None else None
-            if back is None:
-                raise InvalidInput(f"app {name} has no earlier revision to go back to"
-                                   if to is None else f"app {name} has no revision {to}")
-            if back.number == rec.revision:
-                raise InvalidInput(f"app {name} already runs revision {back.number}")
+            back = self._undo_revision(rec, name, to)
             now = self.clock()
             spec = _with_template(rec.spec, back.spec)
             ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
@@ -293,6 +313,10 @@ class AppsService:
                     "to the sandbox whose network namespace every replica shares: changing "
                     "them needs a new sandbox, so `lbctl rm` it and run it again"
                 )
+
+    def _check_limits(self, state: State, extra: Limits | None) -> None:
+        limits_mod.check([r.spec for r in self.state.apps.values()],
+                         [r.spec for r in state.apps.values()], self.limits.plus(extra))
 
     def _published_except(self, names: Sequence[str]) -> list[AppSpec]:
         skip = set(names)

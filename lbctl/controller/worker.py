@@ -51,6 +51,8 @@ class Settings:
     # Longer than any single engine call (they time out on their own), so a pass that hits
     # its limit means something beyond one slow call.
     pass_timeout: float = 60.0
+    # pids-limit of a replica whose spec sets none (None: the engine's default).
+    default_pids_limit: int | None = template.DEFAULT_PIDS_LIMIT
 
 
 @dataclass
@@ -397,7 +399,7 @@ class AppWorker:
                 revision = None
             join = p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None
             req = template.replica_request(template_spec, create.index, create.spec_hash,
-                                           revision, join)
+                                           revision, join, self.s.settings.default_pids_limit)
             jobs.append(self._create_one(req, revision))
         if p.rollout_step:
             self.last_step = now
