@@ -29,6 +29,7 @@ from lbctl.controller.supervisor import Controller
 from lbctl.controller.template import DEFAULT_PIDS_LIMIT
 from lbctl.controller.worker import Settings, Shared
 from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables import IptablesDataplane
 from lbctl.dataplane.sockets import established_connections
 from lbctl.metrics import Metrics
@@ -91,8 +92,10 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
 
     hostrules = HostRules(IptablesDataplane(cfg.state_dir), cfg.state_dir, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
-    apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable),
-                       limits=daemon_limits(cfg.max_apps, cfg.max_containers))
+    ports = HostPorts()
+    apps = AppsService(StateStore(cfg.state_dir),
+                       Admission(engine, unavailable, port_check=lambda s: ports.check(s.publish)),
+                       ports=ports, limits=daemon_limits(cfg.max_apps, cfg.max_containers))
     shared = Shared(
         engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
         open_connections=established_connections, metrics=metrics, settings=settings,
@@ -142,6 +145,8 @@ async def serve(cfg: DaemonConfig) -> None:
         await api.stop()
         await metrics_runner.cleanup()
         await engine.close()
+        if controller.apps.ports is not None:
+            controller.apps.ports.close()
         if ebpf is not None:
             ebpf.close()  # our fds only: the pins and the attached programs keep serving
         with contextlib.suppress(OSError):

@@ -177,6 +177,18 @@ def test_table_names_an_adopted_container_outside_the_namespace() -> None:
     assert all(len(line) <= 80 for line in out.splitlines())
 
 
+def test_table_names_whoever_took_the_host_port() -> None:
+    app = _app(1)
+    app["port_conflict"] = ("port 127.0.0.1:8080/tcp is also bound by pid 4242 (python3), "
+                            "which gets none of its traffic (lbctl's rule sends it to this app)")
+    out = render_table([app])
+    print(out)
+    assert ("  warning: port 127.0.0.1:8080/tcp is also bound by pid 4242 (python3), which\n"
+            "    gets none of its traffic") in out
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert "warning" not in render_table([_app(1)])
+
+
 @pytest.mark.parametrize("args, code, words", [
     (["--max-apps", "-1"], 2, "must not be negative"),
     (["--default-pids-limit", "-5"], 2, "must not be negative"),

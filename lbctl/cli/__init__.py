@@ -66,7 +66,7 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.cmd == "doctor":
         from lbctl.doctor import run_doctor
 
-        return asyncio.run(run_doctor())
+        return asyncio.run(run_doctor(socket=socket_path(args.socket)))
     sock = socket_path(args.socket)
     if args.cmd == "run":
         spec = spec_from_run(args, command)

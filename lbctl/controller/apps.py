@@ -5,7 +5,8 @@ Every change is checked completely first (input, then what needs I/O: the image,
 port) and then committed under one short lock that holds no I/O but the atomic state write:
 so racing requests end in the state of the last accepted one, a multi-app apply is all or
 nothing, and nothing waits on an engine call while holding the lock. The caps on apps and
-containers are checked under that lock (two racing creates cannot both take the last place).
+containers are checked under that lock (two racing creates cannot both take the last place),
+and so is the taking of a new app's host port: an app exists exactly while its port is held.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from lbctl.controller.admission import Admission, Resources
 from lbctl.controller.limits import Limits
 from lbctl.controller.planner import Desired
 from lbctl.controller.store import AppRecord, State, StateStore
-from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.dataplane.hostports import HostPorts, Placeholder
+from lbctl.model import AppSpec, InvalidInput, Mode, Publish
 from lbctl.model.options import NAMESPACE_FIELDS
 from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
 
@@ -39,12 +41,15 @@ class AppsService:
         admission: Admission,
         on_change: Callable[[str], None] = lambda app: None,
         clock: Callable[[], float] = time.time,
+        ports: HostPorts | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.admission = admission
         self.on_change = on_change
         self.clock = clock
+        # None: nothing is held (logic tests, which must not take the host's real ports).
+        self.ports = ports
         self.limits = limits or Limits()
         self.state = State()
         self._commit = asyncio.Lock()
@@ -55,6 +60,20 @@ class AppsService:
 
     def load(self) -> None:
         self.state = self.store.load_state()
+        if self.ports is not None:
+            # Every app's port again, and a removed app's until its last replica is gone
+            # (our rules still send its traffic there while it drains).
+            held = {n: _host_ports(r.spec) for n, r in self.state.apps.items()}
+            held.update({n: _host_ports(s) for n, s in self.state.deleted.items()})
+            self.ports.ensure_all(held)
+
+    def port_conflict(self, name: str) -> str | None:
+        """What else holds the app's host port, when something does (see HostPorts)."""
+        return self.ports.conflict(name) if self.ports is not None else None
+
+    def retake_ports(self) -> None:
+        if self.ports is not None:
+            self.ports.retry()
 
     # ---- what workers read ---------------------------------------------------------------
 
@@ -138,7 +157,13 @@ class AppsService:
             for s in specs:
                 outcome[s.name] = self._stage(state, s, canary)
             self._check_limits(state, limits)
-            self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
+            taken = self._take_ports([s for s in specs if outcome[s.name] == "created"])
+            try:
+                self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
+            except BaseException:
+                _close(taken)
+                raise
+            self._hold_ports(state, taken)
         for name, what in outcome.items():
             if what != "unchanged":
                 log.info("app %s", what, extra={"app": name, "replicas": self.spec(name).replicas})
@@ -274,7 +299,9 @@ class AppsService:
         log.error("rollout failed: %s", msg, extra={"app": name})
 
     def finish_delete(self, name: str) -> None:
-        """The app's worker removed the last of it."""
+        """The app's worker removed the last of it: its host port is free again."""
+        if self.ports is not None and name not in self.state.apps:
+            self.ports.release(name)
         if name in self.state.deleted:
             state = State(dict(self.state.apps), dict(self.state.deleted))
             del state.deleted[name]
@@ -317,6 +344,24 @@ class AppsService:
     def _check_limits(self, state: State, extra: Limits | None) -> None:
         limits_mod.check([r.spec for r in self.state.apps.values()],
                          [r.spec for r in state.apps.values()], self.limits.plus(extra))
+
+    def _take_ports(self, specs: Sequence[AppSpec]) -> dict[str, list[Placeholder]]:
+        """Placeholders for new apps, all or none (InvalidInput names the port in use)."""
+        taken: dict[str, list[Placeholder]] = {}
+        if self.ports is None:
+            return taken
+        try:
+            for s in specs:
+                taken[s.name] = self.ports.reserve(_host_ports(s))
+        except BaseException:
+            _close(taken)
+            raise
+        return taken
+
+    def _hold_ports(self, state: State, taken: dict[str, list[Placeholder]]) -> None:
+        if self.ports is not None:
+            for name, socks in taken.items():
+                self.ports.hold(name, _host_ports(state.apps[name].spec), socks)
 
     def _published_except(self, names: Sequence[str]) -> list[AppSpec]:
         skip = set(names)
@@ -362,6 +407,17 @@ class AppsService:
             if bump:
                 self.generations[name] = self.generations.get(name, 0) + 1
             self.on_change(name)
+
+
+def _host_ports(spec: AppSpec) -> tuple[Publish, ...]:
+    """Every host address the app answers on: each is held while the app exists."""
+    return (spec.publish,)
+
+
+def _close(taken: dict[str, list[Placeholder]]) -> None:
+    for socks in taken.values():
+        for sock in socks:
+            sock.close()
 
 
 def _with_template(current: AppSpec, template: AppSpec) -> AppSpec:
