@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -24,12 +24,16 @@ from lbctl.controller import template
 from lbctl.controller.admission import Admission
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
+from lbctl.controller.limits import DEFAULT_MAX_APPS, DEFAULT_MAX_CONTAINERS, daemon_limits
+from lbctl.controller.policy import Policy
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
+from lbctl.controller.template import DEFAULT_PIDS_LIMIT
 from lbctl.controller.worker import Settings, Shared
 from lbctl.dataplane import hairpin
 from lbctl.dataplane.conntrack import forget_backend
 from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
 from lbctl.metrics import Metrics
@@ -53,6 +57,10 @@ class DaemonConfig:
     bpf_pin_root: Path = Path("/sys/fs/bpf/lbctl")
     engine_timeout: float = CALL_TIMEOUT
     unhealthy_grace: float = 30.0
+    policy: Policy = field(default_factory=Policy)  # for callers other than root
+    max_apps: int = DEFAULT_MAX_APPS  # 0: no cap
+    max_containers: int = DEFAULT_MAX_CONTAINERS  # 0: no cap
+    default_pids_limit: int = DEFAULT_PIDS_LIMIT  # 0: the engine's default (none on Docker)
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -89,6 +97,7 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
         default_mode=Mode.EBPF if ebpf else Mode.IPTABLES,
         unhealthy_grace=cfg.unhealthy_grace,
         ipv6_subnet=template.ula_subnet(_machine_id()),
+        default_pids_limit=cfg.default_pids_limit or None,
     )
 
     def on_sync(seconds: float, ok: bool) -> None:
@@ -98,7 +107,10 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
 
     hostrules = HostRules(DualStackRules(cfg.state_dir), cfg.state_dir, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
-    apps = AppsService(StateStore(cfg.state_dir), Admission(engine, unavailable))
+    ports = HostPorts()
+    apps = AppsService(StateStore(cfg.state_dir),
+                       Admission(engine, unavailable, port_check=ports.check_spec),
+                       ports=ports, limits=daemon_limits(cfg.max_apps, cfg.max_containers))
     shared = Shared(
         engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
         open_connections=established_connections, forget_flows=forget_backend,
@@ -112,7 +124,7 @@ def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, 
 
 async def serve(cfg: DaemonConfig) -> None:
     controller, engine, ebpf, settings = build(cfg)
-    api = Api(controller, settings.default_mode)
+    api = Api(controller, settings.default_mode, cfg.policy)
     await api.start(cfg.socket)
     metrics_runner = await _serve_metrics(cfg.metrics_addr, controller)
     log.info(
@@ -123,6 +135,7 @@ async def serve(cfg: DaemonConfig) -> None:
             "engine": engine.url,
             "apps": len(controller.apps.state.apps),
             "default_mode": str(settings.default_mode),
+            "policy": str(cfg.policy.path) if cfg.policy.from_file else "built-in",
         },
     )
 
@@ -148,6 +161,8 @@ async def serve(cfg: DaemonConfig) -> None:
         await api.stop()
         await metrics_runner.cleanup()
         await engine.close()
+        if controller.apps.ports is not None:
+            controller.apps.ports.close()
         if ebpf is not None:
             ebpf.close()  # our fds only: the pins and the attached programs keep serving
         with contextlib.suppress(OSError):

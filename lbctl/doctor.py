@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lbctl.api.client import ApiError, Client, DaemonUnavailable
 from lbctl.dataplane import hostnet
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.runtime.engine import Engine, EngineError
@@ -22,6 +23,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    problem: str = "MISSING"  # what a failed check is called in the first column
 
 
 def _capabilities() -> Check:
@@ -107,7 +109,21 @@ def _ebpf() -> Check:
                  "run `make setup` (python3-bpfcc, linux-headers, bpffs); iptables mode works")
 
 
-async def run_doctor(docker_host: str | None = None) -> int:
+async def _daemon_ports(sock: Path) -> list[Check]:
+    """The daemon's apps whose host port something else took while the daemon was down:
+    lbctl's rule still sends them the traffic, so the other process serves nothing."""
+    try:
+        async with Client(sock) as client:
+            apps = (await client.request("GET", "/apps"))["apps"]
+    except (DaemonUnavailable, ApiError) as e:
+        return [Check("lbctl daemon", True, f"not checked: {e}")]
+    out = [Check(f"host port of {a['name']}", False, str(a["port_conflict"]),
+                 "stop that process, or move it to another port: lbctl takes the port back "
+                 "within 5 s", problem="TAKEN") for a in apps if a.get("port_conflict")]
+    return out or [Check("lbctl daemon", True, f"{len(apps)} app(s), every host port held")]
+
+
+async def run_doctor(docker_host: str | None = None, socket: Path | None = None) -> int:
     checks: list[Check] = []
     sync_checks: list[Callable[[], Check]] = [
         _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ipv6, _bridge_nf, _ebpf,
@@ -131,9 +147,11 @@ async def run_doctor(docker_host: str | None = None) -> int:
             err = await EbpfDataplane(Path(tmp), Path(tmp) / "pins").check_program()
         checks.append(Check("eBPF program (verifier)", err is None,
                             "loads and passes the verifier" if err is None else err))
+    if socket is not None:
+        checks.extend(await _daemon_ports(socket))
     for c in checks:
-        mark = "ok     " if c.ok else "MISSING"
-        print(f"{mark} {c.name:<28} {c.detail}")
+        mark = "ok" if c.ok else c.problem
+        print(f"{mark:<7} {c.name:<28} {c.detail}")
         if not c.ok and c.fix:
             print(f"        fix: {c.fix}")
     return 0 if all(c.ok for c in checks) else 1

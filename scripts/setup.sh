@@ -121,6 +121,13 @@ if ! getent group lbctl >/dev/null; then
     say "created system group lbctl"
 fi
 
+# What members of that group may ask for. Installed only where none exists: the file is the
+# host admin's once written (the daemon uses the same values when it is absent).
+if [[ ! -e /etc/lbctl/policy.toml ]]; then
+    install -D -o root -g root -m 0644 "$REPO/etc/policy.toml" /etc/lbctl/policy.toml
+    say "installed /etc/lbctl/policy.toml (members: ports >= 1024 on 127.0.0.0/8, no bind mounts)"
+fi
+
 # --- 5. Python venv ----------------------------------------------------------
 # Debian's python3, not whatever python3 is first on PATH: python3-bpfcc is
 # built for it, and bcc must import in the venv.

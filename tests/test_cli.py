@@ -199,3 +199,32 @@ def test_table_names_an_adopted_container_outside_the_namespace() -> None:
     assert "  web-2:\n    not in the app's namespace: give it network_mode:" in out
     assert "container:some-long-app-name-sandbox" in out
     assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_table_names_whoever_took_the_host_port() -> None:
+    app = _app(1)
+    app["port_conflict"] = ("port 127.0.0.1:8080/tcp is also bound by pid 4242 (python3), "
+                            "which gets none of its traffic (lbctl's rule sends it to this app)")
+    out = render_table([app])
+    print(out)
+    assert ("  warning: port 127.0.0.1:8080/tcp is also bound by pid 4242 (python3), which\n"
+            "    gets none of its traffic") in out
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert "warning" not in render_table([_app(1)])
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--max-apps", "-1"], 2, "must not be negative"),
+    (["--default-pids-limit", "-5"], 2, "must not be negative"),
+    (["--policy", "/nonexistent/policy.toml"], 1, "policy file /nonexistent/policy.toml does "
+                                                  "not exist"),
+])
+def test_daemon_limits_and_policy_are_checked_before_it_starts(
+    args: list[str], code: int, words: str, tmp_path: Path,
+) -> None:
+    """One line and nothing started: no socket, no state dir."""
+    r = subprocess.run([sys.executable, "-m", "lbctl", "daemon", "--socket",
+                        str(tmp_path / "x.sock"), "--state-dir", str(tmp_path / "state"), *args],
+                       capture_output=True, text=True, check=False, timeout=30)
+    assert r.returncode == code and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+    assert not (tmp_path / "x.sock").exists() and not (tmp_path / "state").exists()

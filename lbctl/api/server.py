@@ -3,6 +3,12 @@
 Every handler validates its input completely before it asks the apps service for a change, so
 bad input gets a 4xx with {"error": "..."} and changes nothing. The API holds no lock of its
 own: the apps service serializes changes, and waiting (for a removal) happens outside it.
+
+Who asks matters: the socket's peer credentials name the caller of every request (see
+identity.py). Root may ask for anything; any other caller (a member of the lbctl group) may
+manage every app, but what a change makes desired must pass the policy (policy.toml): a
+refusal is a 403 with the rule's name, and nothing changes. Deleting, scaling down, pausing
+and resuming a rollout need no judging: they never give a container more than it had.
 """
 
 from __future__ import annotations
@@ -11,16 +17,27 @@ import grp
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from lbctl.api.identity import Caller, peer
 from lbctl.controller import status as status_mod
 from lbctl.controller.admission import Resources
 from lbctl.controller.apps import NotFound
+from lbctl.controller.limits import Cap, Limits
+from lbctl.controller.policy import Policy
 from lbctl.controller.supervisor import Controller
-from lbctl.model import AppSpec, InvalidInput, Mode, validate_name, validate_replicas
+from lbctl.model import (
+    AppSpec,
+    Forbidden,
+    InvalidInput,
+    Mode,
+    validate_name,
+    validate_replicas,
+)
 from lbctl.model.docker_syntax import resource_name
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.spec import parse_env
@@ -29,6 +46,7 @@ log = logging.getLogger("lbctl.api")
 
 MAX_BODY = 64 * 1024
 SOCKET_GROUP = "lbctl"
+CALLER = web.RequestKey("caller", Caller)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -58,6 +76,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         resp: web.StreamResponse = await handler(request)
         return resp
+    except Forbidden as e:
+        caller = request.get(CALLER)
+        log.warning("refused: %s", e, extra={"uid": caller.uid if caller else None,
+                                             "method": request.method, "path": request.path})
+        return _error(403, str(e))
     except InvalidInput as e:
         return _error(400, str(e))
     except NotFound as e:
@@ -110,11 +133,19 @@ def _resources(raw: object, what: str) -> dict[str, dict[str, str]]:
 
 
 class Api:
-    def __init__(self, controller: Controller, default_mode: Mode) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        default_mode: Mode,
+        policy: Policy | None = None,
+        identify: Callable[[web.Request], Caller] = peer,
+    ) -> None:
         self.c = controller
         self.apps = controller.apps
         self.default_mode = default_mode
-        app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+        self.policy = policy or Policy()
+        self.identify = identify  # tests inject a caller; the daemon asks the kernel
+        app = web.Application(middlewares=[_errors, self._caller], client_max_size=MAX_BODY)
         r = app.router
         r.add_get("/apps", self.list_apps)
         r.add_post("/apps", self.create_app)
@@ -162,6 +193,41 @@ class Api:
     def _spec(self, body: object) -> AppSpec:
         return AppSpec.from_json(body, self.default_mode)
 
+    # ---- who asks, and what they may ask for ---------------------------------------------
+
+    @web.middleware
+    async def _caller(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        caller = self.identify(request)
+        request[CALLER] = caller
+        if request.method not in ("GET", "HEAD"):
+            # Who changed what: one line per change asked for, accepted or not.
+            log.info("request", extra={"uid": caller.uid, "pid": caller.pid,
+                                       "method": request.method, "path": request.path})
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    def _rules(self, request: web.Request) -> Policy | None:
+        """The caller's policy; None for root, who may ask for anything."""
+        caller = request.get(CALLER)
+        return None if caller is not None and caller.root else self.policy
+
+    def _judge(self, request: web.Request, *apps: Mapping[str, Any]) -> None:
+        """Refuse (Forbidden) what the caller may not ask for; each app is judged as it would
+        be after the change, and against what it runs now (a count above the cap stays)."""
+        rules = self._rules(request)
+        if rules is not None:
+            for app in apps:
+                rec = self.apps.record(app["name"]) if isinstance(app.get("name"), str) \
+                    else None
+                rules.check_app(app, rec.spec.replicas if rec is not None else 0)
+
+    def _limits(self, request: web.Request) -> Limits | None:
+        """The caller's caps on top of the daemon's (which bind root too)."""
+        rules = self._rules(request)
+        if rules is None:
+            return None
+        return Limits(apps=(Cap(rules.max_apps, rules.rule("max_apps"), "policy"),))
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "synced": self.c.first_sync.is_set()})
 
@@ -176,8 +242,10 @@ class Api:
         return web.json_response(self.apps.spec(_name(request)).to_json())
 
     async def create_app(self, request: web.Request) -> web.Response:
-        spec = self._spec(await read_json(request))
-        await self.apps.create(spec)
+        body = await read_json(request)
+        spec = self._spec(body)
+        self._judge(request, body)
+        await self.apps.create(spec, limits=self._limits(request))
         return web.json_response({"app": spec.to_json()}, status=201)
 
     async def put_app(self, request: web.Request) -> web.Response:
@@ -189,7 +257,8 @@ class Api:
                 raise InvalidInput("the name in the body differs from the one in the path")
             body = {**body, "name": name}
         spec = self._spec(body)
-        outcome = await self.apps.apply([spec])
+        self._judge(request, body)
+        outcome = await self.apps.apply([spec], limits=self._limits(request))
         what = outcome[name]
         return web.json_response({"app": spec.to_json(), "result": what},
                                  status=201 if what == "created" else 200)
@@ -206,7 +275,12 @@ class Api:
         specs = [self._spec(item) for item in body["apps"]]
         resources = Resources(_resources(body.get("networks"), "networks"),
                               _resources(body.get("volumes"), "volumes"))
-        outcome = await self.apps.apply(specs, resources=resources)
+        self._judge(request, *body["apps"])
+        rules = self._rules(request)
+        if rules is not None:
+            rules.check_resources(resources.networks)
+        outcome = await self.apps.apply(specs, resources=resources,
+                                        limits=self._limits(request))
         return web.json_response({"result": outcome})
 
     async def update_app(self, request: web.Request) -> web.Response:
@@ -254,7 +328,10 @@ class Api:
         if canary is not None and spec.spec_hash() == self.apps.spec(name).spec_hash():
             raise InvalidInput("--canary needs a change of the replica template (image, env, "
                                "command, ...): there is nothing new to send traffic to")
-        outcome = await self.apps.apply([spec], canary=canary)
+        # The whole app as it would be, not only the fields sent: an app beyond the policy
+        # (root's port 80) is root's to change, though members may still scale and remove it.
+        self._judge(request, merged)
+        outcome = await self.apps.apply([spec], canary=canary, limits=self._limits(request))
         return web.json_response({"app": spec.to_json(), "result": outcome[name]})
 
     async def scale_app(self, request: web.Request) -> web.Response:
@@ -263,7 +340,10 @@ class Api:
         if not isinstance(body, dict) or set(body) != {"replicas"}:
             raise InvalidInput('body must be {"replicas": N}')
         replicas = validate_replicas(body["replicas"])
-        spec = await self.apps.scale(name, replicas)
+        rules = self._rules(request)
+        if rules is not None:
+            rules.check_replicas(replicas, self.apps.spec(name).replicas)
+        spec = await self.apps.scale(name, replicas, limits=self._limits(request))
         return web.json_response({"app": spec.to_json()})
 
     async def delete_app(self, request: web.Request) -> web.Response:
@@ -299,7 +379,10 @@ class Api:
             to = body.get("revision") if isinstance(body, dict) else None
             if to is not None and (isinstance(to, bool) or not isinstance(to, int)):
                 raise InvalidInput(f"revision must be a whole number, not {to!r}")
-            ro = await self.apps.rollout_undo(name, to)
+            # The revision gone back to is judged like an update: it may be one root made.
+            number, target = self.apps.undo_target(name, to)
+            self._judge(request, target.to_json())
+            ro = await self.apps.rollout_undo(name, number)
         else:
             raise InvalidInput(f"unknown rollout action {action!r}: use pause, resume or undo")
         return web.json_response({"rollout": ro.to_json()})

@@ -66,7 +66,7 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.cmd == "doctor":
         from lbctl.doctor import run_doctor
 
-        return asyncio.run(run_doctor())
+        return asyncio.run(run_doctor(socket=socket_path(args.socket)))
     sock = socket_path(args.socket)
     if args.cmd == "run":
         spec = spec_from_run(args, command)
@@ -103,6 +103,7 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
 
 def _daemon(args: argparse.Namespace) -> int:
     from lbctl import logs
+    from lbctl.controller import policy
     from lbctl.controller.store import StateError
     from lbctl.daemon import (
         DEFAULT_METRICS_ADDR,
@@ -119,6 +120,15 @@ def _daemon(args: argparse.Namespace) -> int:
         raise InvalidInput("--drain-timeout and --stop-grace must not be negative")
     if args.engine_timeout <= 0 or args.unhealthy_grace < 0:
         raise InvalidInput("--engine-timeout must be positive, --unhealthy-grace not negative")
+    caps = {k: v for k in ("max_apps", "max_containers", "default_pids_limit")
+            if (v := getattr(args, k)) is not None}
+    if any(v < 0 for v in caps.values()):
+        raise InvalidInput("--max-apps, --max-containers and --default-pids-limit must not be "
+                           "negative (0: none)")
+    try:
+        rules = policy.load(Path(args.policy) if args.policy else None)
+    except policy.PolicyError as e:
+        raise Failure(str(e)) from None
     cfg = DaemonConfig(
         socket=socket_path(args.daemon_socket or args.socket),
         state_dir=Path(args.state_dir or os.environ.get("STATE_DIRECTORY") or DEFAULT_STATE_DIR),
@@ -129,6 +139,8 @@ def _daemon(args: argparse.Namespace) -> int:
         bpf_pin_root=Path(args.bpf_pin_root),
         engine_timeout=args.engine_timeout,
         unhealthy_grace=args.unhealthy_grace,
+        policy=rules,
+        **caps,
     )
     try:
         asyncio.run(serve(cfg))

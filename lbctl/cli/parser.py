@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--unhealthy-grace", type=float, default=30.0,
                    help="seconds an unhealthy replica is kept before it is replaced (default 30)")
     d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.add_argument("--policy", metavar="FILE",
+                   help="what callers other than root may ask for (default "
+                        "/etc/lbctl/policy.toml; absent: the built-in safe defaults)")
+    d.add_argument("--max-apps", type=int, metavar="N",
+                   help="apps on this host, for every caller (default 64; 0: no cap)")
+    d.add_argument("--max-containers", type=int, metavar="N",
+                   help="replicas and sandboxes of all apps, for every caller (default 256; "
+                        "0: no cap)")
+    d.add_argument("--default-pids-limit", type=int, metavar="N",
+                   help="pids-limit of a replica whose app sets none (default 2048; 0: the "
+                        "engine's default)")
 
     r = sub.add_parser("run", help="run an app: N replicas on one host port (again: update it)")
     r.add_argument("name")

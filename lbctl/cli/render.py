@@ -20,6 +20,10 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         lines.append(head)
         if a.get("error"):
             lines.append(f"  error: {a['error']}")
+        if a.get("port_conflict"):  # the port is served by lbctl's rule, held by another
+            parts = textwrap.wrap(f"warning: {a['port_conflict']}", 76, break_on_hyphens=False,
+                                  break_long_words=False)
+            lines += ["  " + parts[0], *("    " + part for part in parts[1:])]
         ro = a.get("rollout")
         if ro and ro.get("state") in ("progressing", "paused", "failed"):
             canary = f", canary {ro['canary']}%" if ro.get("canary") else ""

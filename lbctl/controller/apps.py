@@ -4,7 +4,9 @@ ask it what their app should be and tell it how a rollout went.
 Every change is checked completely first (input, then what needs I/O: the image, the host
 port) and then committed under one short lock that holds no I/O but the atomic state write:
 so racing requests end in the state of the last accepted one, a multi-app apply is all or
-nothing, and nothing waits on an engine call while holding the lock.
+nothing, and nothing waits on an engine call while holding the lock. The caps on apps and
+containers are checked under that lock (two racing creates cannot both take the last place),
+and so is the taking of a new app's host port: an app exists exactly while its port is held.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from lbctl.controller import limits as limits_mod
 from lbctl.controller.admission import Admission, Resources
+from lbctl.controller.limits import Limits
 from lbctl.controller.planner import Desired
 from lbctl.controller.store import AppRecord, State, StateStore
-from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.dataplane.hostports import HostPorts, Placeholder
+from lbctl.model import AppSpec, InvalidInput, Mode, Publish
 from lbctl.model.options import NAMESPACE_FIELDS
 from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
 
@@ -36,11 +41,16 @@ class AppsService:
         admission: Admission,
         on_change: Callable[[str], None] = lambda app: None,
         clock: Callable[[], float] = time.time,
+        ports: HostPorts | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.admission = admission
         self.on_change = on_change
         self.clock = clock
+        # None: nothing is held (logic tests, which must not take the host's real ports).
+        self.ports = ports
+        self.limits = limits or Limits()
         self.state = State()
         self._commit = asyncio.Lock()
         # Bumped on every change of an app; a plan made before the latest change cannot say
@@ -50,6 +60,20 @@ class AppsService:
 
     def load(self) -> None:
         self.state = self.store.load_state()
+        if self.ports is not None:
+            # Every app's port again, and a removed app's until its last replica is gone
+            # (our rules still send its traffic there while it drains).
+            held = {n: _host_ports(r.spec) for n, r in self.state.apps.items()}
+            held.update({n: _host_ports(s) for n, s in self.state.deleted.items()})
+            self.ports.ensure_all(held)
+
+    def port_conflict(self, name: str) -> str | None:
+        """What else holds the app's host port, when something does (see HostPorts)."""
+        return self.ports.conflict(name) if self.ports is not None else None
+
+    def retake_ports(self) -> None:
+        if self.ports is not None:
+            self.ports.retry()
 
     # ---- what workers read ---------------------------------------------------------------
 
@@ -93,19 +117,21 @@ class AppsService:
 
     # ---- changes from the API ------------------------------------------------------------
 
-    async def create(self, spec: AppSpec) -> None:
+    async def create(self, spec: AppSpec, limits: Limits | None = None) -> None:
         if spec.name in self.state.apps:
             raise InvalidInput(
                 f"app {spec.name} already exists: change it with `lbctl update`, `lbctl apply` "
                 "or `lbctl scale`"
             )
-        await self.apply([spec])
+        await self.apply([spec], limits=limits)
 
     async def apply(self, specs: Sequence[AppSpec], canary: int | None = None,
-                    resources: Resources | None = None) -> dict[str, str]:
+                    resources: Resources | None = None,
+                    limits: Limits | None = None) -> dict[str, str]:
         """Create or change every app in `specs`, all or nothing. Returns name -> what
         happened: created, rolling (a new revision), scaled/updated, unchanged. `resources`:
-        volumes and networks to create first when missing (a compose file's)."""
+        volumes and networks to create first when missing (a compose file's). `limits`: the
+        caller's caps, on top of the daemon's."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise InvalidInput("an app appears twice")
@@ -130,18 +156,26 @@ class AppsService:
             state = State(dict(self.state.apps), dict(self.state.deleted))
             for s in specs:
                 outcome[s.name] = self._stage(state, s, canary)
-            self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
+            self._check_limits(state, limits)
+            taken = self._take_ports([s for s in specs if outcome[s.name] == "created"])
+            try:
+                self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
+            except BaseException:
+                _close(taken)
+                raise
+            self._hold_ports(state, taken)
         for name, what in outcome.items():
             if what != "unchanged":
                 log.info("app %s", what, extra={"app": name, "replicas": self.spec(name).replicas})
         return outcome
 
-    async def scale(self, name: str, replicas: int) -> AppSpec:
+    async def scale(self, name: str, replicas: int, limits: Limits | None = None) -> AppSpec:
         async with self._commit:
             rec = self._record(name)
             new = replace(rec, spec=rec.spec.with_replicas(replicas))
             state = State(dict(self.state.apps), dict(self.state.deleted))
             state.apps[name] = new
+            self._check_limits(state, limits)
             self._save(state, [name])
         # One line per accepted change, in the order they were applied: with racing clients
         # it is the record of which request won.
@@ -185,22 +219,33 @@ class AppsService:
 
         return await self._set_rollout(name, resume)
 
+    def undo_target(self, name: str, to: int | None = None) -> tuple[int, AppSpec]:
+        """The revision `rollout_undo(name, to)` goes back to, and the spec it makes (what
+        the API judges before asking for it)."""
+        rec = self._record(name)
+        back = self._undo_revision(rec, name, to)
+        return back.number, _with_template(rec.spec, back.spec)
+
+    def _undo_revision(self, rec: AppRecord, name: str, to: int | None) -> Revision:
+        if to is None:
+            older = [r for r in rec.history if r.number < rec.revision]
+            if rec.rollout is not None and rec.rollout.previous is not None:
+                to = rec.rollout.previous
+            elif older:
+                to = older[-1].number
+        back = rec.revision_of(to) if to is not None else None
+        if back is None:
+            raise InvalidInput(f"app {name} has no earlier revision to go back to"
+                               if to is None else f"app {name} has no revision {to}")
+        if back.number == rec.revision:
+            raise InvalidInput(f"app {name} already runs revision {back.number}")
+        return back
+
     async def rollout_undo(self, name: str, to: int | None = None) -> Rollout:
         """Roll back to revision `to` (default: the one before the current)."""
         async with self._commit:
             rec = self._record(name)
-            if to is None:
-                older = [r for r in rec.history if r.number < rec.revision]
-                if rec.rollout is not None and rec.rollout.previous is not None:
-                    to = rec.rollout.previous
-                elif older:
-                    to = older[-1].number
-            back = rec.revision_of(to) if to is not None else None
-            if back is None:
-                raise InvalidInput(f"app {name} has no earlier revision to go back to"
-                                   if to is None else f"app {name} has no revision {to}")
-            if back.number == rec.revision:
-                raise InvalidInput(f"app {name} already runs revision {back.number}")
+            back = self._undo_revision(rec, name, to)
             now = self.clock()
             spec = _with_template(rec.spec, back.spec)
             ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
@@ -254,7 +299,9 @@ class AppsService:
         log.error("rollout failed: %s", msg, extra={"app": name})
 
     def finish_delete(self, name: str) -> None:
-        """The app's worker removed the last of it."""
+        """The app's worker removed the last of it: its host port is free again."""
+        if self.ports is not None and name not in self.state.apps:
+            self.ports.release(name)
         if name in self.state.deleted:
             state = State(dict(self.state.apps), dict(self.state.deleted))
             del state.deleted[name]
@@ -294,6 +341,28 @@ class AppsService:
                     "to the sandbox whose network namespace every replica shares: changing "
                     "them needs a new sandbox, so `lbctl rm` it and run it again"
                 )
+
+    def _check_limits(self, state: State, extra: Limits | None) -> None:
+        limits_mod.check([r.spec for r in self.state.apps.values()],
+                         [r.spec for r in state.apps.values()], self.limits.plus(extra))
+
+    def _take_ports(self, specs: Sequence[AppSpec]) -> dict[str, list[Placeholder]]:
+        """Placeholders for new apps, all or none (InvalidInput names the port in use)."""
+        taken: dict[str, list[Placeholder]] = {}
+        if self.ports is None:
+            return taken
+        try:
+            for s in specs:
+                taken[s.name] = self.ports.reserve(_host_ports(s))
+        except BaseException:
+            _close(taken)
+            raise
+        return taken
+
+    def _hold_ports(self, state: State, taken: dict[str, list[Placeholder]]) -> None:
+        if self.ports is not None:
+            for name, socks in taken.items():
+                self.ports.hold(name, _host_ports(state.apps[name].spec), socks)
 
     def _published_except(self, names: Sequence[str]) -> list[AppSpec]:
         skip = set(names)
@@ -339,6 +408,17 @@ class AppsService:
             if bump:
                 self.generations[name] = self.generations.get(name, 0) + 1
             self.on_change(name)
+
+
+def _host_ports(spec: AppSpec) -> tuple[Publish, ...]:
+    """Every host address the app answers on: each is held while the app exists."""
+    return spec.publishes
+
+
+def _close(taken: dict[str, list[Placeholder]]) -> None:
+    for socks in taken.values():
+        for sock in socks:
+            sock.close()
 
 
 def _with_template(current: AppSpec, template: AppSpec) -> AppSpec:

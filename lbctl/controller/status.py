@@ -116,5 +116,8 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
         "revision": rec.revision,
         "rollout": ro.to_json() if ro else None,
         "crash": view.crash.to_json() if view and view.crash else None,
+        # Something else bound the host port while the daemon was down: our rule still sends
+        # the traffic to the app, but that process may believe it serves the port.
+        "port_conflict": apps.port_conflict(name),
         "replicas": replicas,
     }

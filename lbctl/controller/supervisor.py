@@ -163,6 +163,7 @@ class Controller:
                 async with asyncio.timeout(DISCOVERY_INTERVAL):
                     await self._discover_now.wait()
             self._discover_now.clear()
+            self.s.apps.retake_ports()  # a port in use at start, free now, is ours again
             try:
                 containers = await self.s.engine.list_containers()
             except EngineError as e:

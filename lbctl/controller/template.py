@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lbctl.model import LABEL_MANAGED, LABEL_NETWORK, ROLE_REPLICA, ROLE_SANDBOX, AppSpec
 from lbctl.model.names import replica_name, sandbox_name
@@ -42,6 +42,13 @@ def ula_subnet(seed: str) -> str:
     unlikely to meet another host's or network's, as the RFC's random ID would be."""
     gid = hashlib.sha256(f"lbctl-ula:{seed}".encode()).digest()[:5]
     return str(ipaddress.IPv6Network((b"\xfd" + gid + b"\0" * 10, 64)))
+
+# A replica whose spec sets no pids-limit gets this one: without it, Docker sets none, and a
+# fork bomb or a thread leak in one replica takes every PID of the host (kernel.pid_max is
+# 32768 here). 2048 is Podman's own default (containers.conf pids_limit), so Podman users see
+# no change, and far above what a server replica uses (the demo: 1; nginx: one per worker;
+# a JVM: a few hundred threads).
+DEFAULT_PIDS_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -88,15 +95,20 @@ def replica_request(
     spec_hash: str,
     revision: int | None,
     join: str | None,
+    default_pids_limit: int | None = DEFAULT_PIDS_LIMIT,
 ) -> CreateRequest:
     """Replica `index` of `spec` (ebpf mode: `join` is the sandbox it shares a namespace
     with; iptables mode: it joins the networks attachment(spec) names). Every replica
-    learns its app and name from LBCTL_APP and LBCTL_REPLICA."""
+    learns its app and name from LBCTL_APP and LBCTL_REPLICA. The default pids limit
+    is not part of the spec (nor of its hash): changing it rolls nothing, and new
+    replicas get the new one."""
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
     labels = replica_labels(spec.name, ROLE_REPLICA, index, spec_hash, revision)
     options = spec.options
+    if options.pids_limit is None and default_pids_limit is not None:
+        options = replace(options, pids_limit=default_pids_limit)
     networks: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     if join is not None:

@@ -59,6 +59,8 @@ class Settings:
     pass_timeout: float = 60.0
     # lbctl's own network's IPv6 subnet (template.ula_subnet of the machine id).
     ipv6_subnet: str = template.ula_subnet("lbctl")
+    # pids-limit of a replica whose spec sets none (None: the engine's default).
+    default_pids_limit: int | None = template.DEFAULT_PIDS_LIMIT
 
 
 @dataclass
@@ -473,7 +475,9 @@ class AppWorker:
             if join is None:
                 placed[create.spec_hash] = template_spec
             reqs.append((template.replica_request(template_spec, create.index,
-                                                  create.spec_hash, revision, join), revision))
+                                                  create.spec_hash, revision, join,
+                                                  self.s.settings.default_pids_limit),
+                         revision))
         # Each revision's networks (another revision's --network may differ).
         for placed_spec in placed.values():
             await self._ensure_network(placed_spec)

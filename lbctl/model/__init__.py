@@ -5,7 +5,7 @@ Everything here is pure data: no I/O, so the planner and the renderers can be te
 """
 
 from lbctl.model.container import Container, ReplicaState
-from lbctl.model.errors import InvalidInput
+from lbctl.model.errors import Forbidden, InvalidInput
 from lbctl.model.names import (
     LABEL_APP,
     LABEL_INDEX,
@@ -42,6 +42,7 @@ __all__ = [
     "ROLE_SANDBOX",
     "AppSpec",
     "Container",
+    "Forbidden",
     "InvalidInput",
     "Mode",
     "Publish",

@@ -18,11 +18,13 @@ from pathlib import Path
 from lbctl.controller.admission import Admission
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
+from lbctl.controller.limits import Limits
 from lbctl.controller.probes import Answers
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import Settings, Shared
 from lbctl.dataplane.ebpf import Member
+from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
 from lbctl.model import (
@@ -283,12 +285,16 @@ class Harness:
         return time.monotonic() - t0
 
 
-def harness(tmp: Path, engine: FakeEngine | None = None, **settings: object) -> Harness:
+def harness(tmp: Path, engine: FakeEngine | None = None, ports: HostPorts | None = None,
+            limits: Limits | None = None, **settings: object) -> Harness:
+    """The controller on fakes; `ports` (a HostPorts on a fake binder) and `limits` as the
+    daemon wires them, for the tests of what holds host ports and what caps apps."""
     engine = engine or FakeEngine()
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     st = Settings(**{"drain_timeout": 1.0, "stop_grace": 1, "resync_interval": 0.05,
                      "unhealthy_grace": 30.0, "pass_timeout": 5.0, **settings})  # type: ignore[arg-type]
-    apps = AppsService(StateStore(tmp), Admission(engine, lambda: None, port_check=lambda s: None))
+    apps = AppsService(StateStore(tmp), Admission(engine, lambda: None, port_check=lambda s: None),
+                       ports=ports, limits=limits)
     shared = Shared(engine=engine, apps=apps, hostrules=HostRules(rules, tmp), ebpf=ebpf,
                     ebpf_unavailable=lambda: None, open_connections=no_connections,
                     forget_flows=conntrack, metrics=Metrics(), settings=st, answers=always_ready)

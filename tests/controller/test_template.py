@@ -3,9 +3,15 @@ the engine's networks (one function decides)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from lbctl.controller.template import attachment, replica_request, sandbox_request
+from lbctl.controller.template import (
+    DEFAULT_PIDS_LIMIT,
+    attachment,
+    replica_request,
+    sandbox_request,
+)
 from lbctl.model import AppSpec
 from lbctl.model.options import RunOptions
 
@@ -23,7 +29,7 @@ OPTS: dict[str, Any] = {"network": ["backend", "front"], "add-host": ["db2:10.0.
 def test_iptables_replicas_carry_every_option_and_join_every_network() -> None:
     s = spec("iptables", **OPTS)
     req = replica_request(s, 2, s.spec_hash(), 3, None)
-    assert req.options == s.options
+    assert req.options == replace(s.options, pids_limit=DEFAULT_PIDS_LIMIT)
     assert tuple(req.networks) == ("backend", "front") and tuple(req.aliases) == ("web",)
     assert req.labels["lbctl.network"] == "backend"  # the DNAT target: the first network
     assert req.labels["lbctl.spec-hash"] == s.spec_hash()
@@ -53,3 +59,17 @@ def test_default_network_has_no_alias_and_no_recorded_name() -> None:
     assert "lbctl.network" not in sandbox_request(spec("ebpf")).labels
     named = attachment(spec("iptables", network=["bridge", "backend"]))
     assert (named.target, named.aliases) == ("bridge", ("web",))
+
+
+def test_a_replica_gets_the_default_pids_limit_unless_its_spec_sets_one() -> None:
+    """A fork bomb in one replica must not take every PID of the host; the default is not
+    part of the spec, so its hash (and what runs) does not change with it."""
+    plain, own = spec("iptables"), spec("iptables", **{"pids-limit": 100})
+    assert replica_request(plain, 1, plain.spec_hash(), 1, None).options.pids_limit == 2048
+    assert replica_request(own, 1, own.spec_hash(), 1, None).options.pids_limit == 100
+    assert replica_request(plain, 1, plain.spec_hash(), 1, None, 500).options.pids_limit == 500
+    assert replica_request(plain, 1, plain.spec_hash(), 1, None, None).options.pids_limit is None
+    ebpf = spec("ebpf")
+    assert replica_request(ebpf, 1, ebpf.spec_hash(), 1, "sb").options.pids_limit == 2048
+    assert sandbox_request(ebpf).options.pids_limit is None
+    assert "pids-limit" not in plain.to_json() and plain.spec_hash() == spec("iptables").spec_hash()

@@ -1,0 +1,325 @@
+"""What a member of the lbctl group may ask for: the rules of /etc/lbctl/policy.toml.
+
+The control socket lets every member of the `lbctl` group manage apps, and an app is a set of
+containers the engine runs as root with whatever the spec asks for: a bind mount of `/`, a
+port below 1024 (sshd's), a capability that escapes the container. Root may ask for all of
+that; anyone else gets this policy, whose defaults let a member run a real service and
+nothing that reaches past its containers.
+
+The checks read an app's JSON (the API body, or the spec an update makes), not AppSpec: they
+judge fields by their docker names whether or not this version's parser knows them, so a
+field added to the spec later is judged from the day it lands, and the ones the parser
+refuses (privileged, pid, ipc, device, ...) are refused here too. A value the checks cannot
+read is refused: a syntax the policy does not understand is not a syntax it allows.
+
+Pure: no I/O but reading the file at start and resolving symlinks of a bind source.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lbctl.model import Forbidden, InvalidInput, Publish
+
+DEFAULT_PATH = Path("/etc/lbctl/policy.toml")
+
+# What `cap-add` may name by default: the capabilities both engines already give a container
+# (Docker's default set less NET_RAW, MKNOD and AUDIT_WRITE, which Podman 4 drops), so an add
+# grants nothing a plain `docker run` lacks; it makes `cap-drop ALL` + `cap-add
+# NET_BIND_SERVICE` work, the usual hardening of a server.
+ENGINE_DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE",
+                       "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
+# Drivers that write where the engine keeps logs; others send a container's output to an
+# address or a socket the spec names (syslog, fluentd, gelf, splunk, ...), from the host.
+SAFE_LOG_DRIVERS = ("json-file", "local", "journald", "none")
+# Fields that give a container the host, whatever their value (but "off").
+_NEVER = ("privileged", "device", "device-cgroup-rule", "volumes-from", "cgroup-parent",
+          "runtime", "gpus", "sysctl", "security-opt")
+# Namespace fields: "host" or "container:X" share a namespace beyond the app's own.
+_NAMESPACES = ("pid", "ipc", "uts", "userns", "cgroupns")
+# A member's caps: a quarter of the spec's 64 replicas per app, half the daemon's 64 apps, so
+# that members alone cannot fill the daemon's caps that bind root too.
+DEFAULT_MAX_REPLICAS = 16
+DEFAULT_MAX_APPS = 32
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class PolicyError(RuntimeError):
+    """The policy file cannot be used: the daemon does not start (it would else guess)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The rules for callers other than root. The defaults are the built-in policy, the same
+    as the shipped etc/policy.toml."""
+
+    # Host ports, as inclusive ranges: none below 1024, the privileged ports (ssh, http...)
+    # whose owner the host's users trust.
+    allowed_ports: tuple[tuple[int, int], ...] = ((1024, 65535),)
+    # Host addresses an app may publish on. Loopback only: publishing on 0.0.0.0 or a public
+    # address exposes a service to the network, past the host's INPUT firewall (DNATed
+    # traffic is forwarded, not input), which is the host admin's decision.
+    allowed_host_ips: tuple[IPNetwork, ...] = (ipaddress.IPv4Network("127.0.0.0/8"),)
+    # Host directories whose contents may be bind-mounted (volume "/src:/dst", mount
+    # type=bind). None: a bind mount is the host's file system, root's to hand out.
+    allowed_bind_sources: tuple[str, ...] = ()
+    allowed_cap_add: frozenset[str] = frozenset(ENGINE_DEFAULT_CAPS)
+    # Networks an app may join, as shell patterns (never "host" or "container:X").
+    allowed_networks: tuple[str, ...] = ("*",)
+    allowed_log_drivers: tuple[str, ...] = SAFE_LOG_DRIVERS
+    # The largest pids-limit a member may set (and no unlimited, 0 or -1).
+    max_pids_limit: int = 4096
+    # Containers per app and apps on the host a member may grow to. Root is bound only by
+    # the spec's maximum (64 replicas) and the daemon's --max-apps / --max-containers.
+    max_replicas: int = DEFAULT_MAX_REPLICAS
+    max_apps: int = DEFAULT_MAX_APPS
+    path: Path = DEFAULT_PATH
+    from_file: bool = False
+
+    # ---- messages ------------------------------------------------------------------------
+
+    def rule(self, key: str) -> str:
+        if self.from_file:
+            return f"{key} in {self.path}"
+        return f"{key}: the built-in default, as there is no {self.path}"
+
+    def _refuse(self, what: str, key: str) -> Forbidden:
+        return Forbidden(f"policy: {what} ({self.rule(key)})")
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def check_app(self, app: Mapping[str, Any], current_replicas: int = 0) -> None:
+        """Every rule on one app's JSON; Forbidden names the first rule it breaks.
+        `current_replicas`: what the app runs now (an update keeps a count above the cap)."""
+        name = app.get("name")
+        for key in _NEVER:
+            if _given(app.get(key)) and not (key == "security-opt" and _harmless_secopt(
+                    app.get(key))):
+                raise Forbidden(f"policy: {key} is root's alone (it gives a container the "
+                                f"host{'' if name is None else f'; app {name}'})")
+        for key in _NAMESPACES:
+            v = app.get(key)
+            if isinstance(v, str) and (v == "host" or v.startswith("container:")):
+                raise Forbidden(f"policy: {key} {v} shares a namespace beyond the app's own: "
+                                "root's alone")
+            if _given(v) and not isinstance(v, str):
+                raise Forbidden(f"policy: cannot check {key} {v!r}")
+        self.check_publish(app.get("publish"))
+        for v in _items(app.get("volume"), "volume"):
+            self._check_volume(v)
+        for m in _items(app.get("mount"), "mount"):
+            self._check_mount(m)
+        for net in _items(app.get("network"), "network"):
+            self.check_network(net)
+        for cap in _items(app.get("cap-add"), "cap-add"):
+            norm = cap.upper().removeprefix("CAP_")
+            if norm not in self.allowed_cap_add:
+                raise self._refuse(f"cap-add {cap} is not allowed", "allowed_cap_add")
+        driver = app.get("log-driver")
+        if driver is not None and driver not in self.allowed_log_drivers:
+            raise self._refuse(f"log-driver {driver!r} is not allowed", "allowed_log_drivers")
+        pids = app.get("pids-limit")
+        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int)
+                                 or not 1 <= pids <= self.max_pids_limit):
+            raise self._refuse(f"pids-limit {pids!r} is not from 1 to {self.max_pids_limit}",
+                               "max_pids_limit")
+        self.check_replicas(app.get("replicas", 1), current_replicas)
+
+    def check_publish(self, value: object) -> None:
+        for text in _items(value, "publish"):
+            p = Publish.parse(text)  # as the spec reads it (host IP 127.0.0.1 by default)
+            if not any(lo <= p.host_port <= hi for lo, hi in self.allowed_ports):
+                why = "is below 1024" if p.host_port < 1024 else "is not allowed"
+                raise self._refuse(f"host port {p.host_port} {why}", "allowed_ports")
+            ip = ipaddress.ip_address(p.host_ip.strip("[]"))
+            if not any(ip.version == net.version and ip in net
+                       for net in self.allowed_host_ips):
+                hint = " (every address)" if p.host_ip == "0.0.0.0" else ""
+                raise self._refuse(f"host IP {p.host_ip}{hint} is not allowed",
+                                   "allowed_host_ips")
+
+    def check_replicas(self, n: object, current: int = 0) -> None:
+        """Growth past the cap only: scaling down an app above it (root's) is always fine."""
+        if isinstance(n, int) and n > self.max_replicas and n > current:
+            raise self._refuse(f"{n} replicas are more than {self.max_replicas}", "max_replicas")
+
+    def check_network(self, net: str) -> None:
+        if net == "host" or net.startswith("container:"):
+            raise Forbidden(f"policy: network {net} is root's alone (the host's or another "
+                            "container's network namespace)")
+        if not any(fnmatch.fnmatchcase(net, pat) for pat in self.allowed_networks):
+            raise self._refuse(f"network {net} is not allowed", "allowed_networks")
+
+    def _check_volume(self, text: str) -> None:
+        parts = text.split(":")
+        if len(parts) >= 2 and parts[0].startswith(("/", ".", "~")):
+            self._check_bind(parts[0], f"volume {text}")
+
+    def _check_mount(self, text: str) -> None:
+        kv: dict[str, str] = {}
+        for item in text.split(","):
+            k, _, v = item.partition("=")
+            kv[{"src": "source"}.get(k.strip(), k.strip())] = v
+        if any(k in kv for k in ("volume-driver", "volume-opt")):
+            raise Forbidden(f"policy: mount {text}: volume drivers and their options (which "
+                            "can bind any host path) are root's alone")
+        kind = kv.get("type", "volume")
+        if kind == "bind":
+            self._check_bind(kv.get("source", ""), f"mount {text}")
+        elif kind not in ("volume", "tmpfs"):
+            raise Forbidden(f"policy: cannot check mount {text}")
+
+    def _check_bind(self, source: str, what: str) -> None:
+        if not source.startswith("/"):
+            raise self._refuse(f"{what}: a bind mount needs an absolute source",
+                               "allowed_bind_sources")
+        # Judge the path the engine will mount: `..` collapsed, symlinks followed (a member
+        # who can write under an allowed prefix could else plant a link to /).
+        paths = {os.path.normpath(source), os.path.realpath(source)}
+        if not all(any(_under(p, prefix) for prefix in self.allowed_bind_sources)
+                   for p in paths):
+            real = os.path.realpath(source)
+            shown = source if real == os.path.normpath(source) else f"{source} (-> {real})"
+            raise self._refuse(f"bind mount of {shown} is not allowed ({what})",
+                               "allowed_bind_sources")
+
+    def check_resources(self, networks: Iterable[str]) -> None:
+        """A compose file's networks to create: only names the member may join."""
+        for net in networks:
+            self.check_network(net)
+
+
+def _given(v: object) -> bool:
+    return v is not None and v is not False and v != "" and v != [] and v != {}
+
+
+def _harmless_secopt(v: object) -> bool:
+    items = v if isinstance(v, list) else [v]
+    return all(isinstance(x, str) and x.replace("=", ":") in (
+        "no-new-privileges", "no-new-privileges:true") for x in items)
+
+
+def _items(value: object, key: str) -> list[str]:
+    """A field that is one string or a list of them; anything else cannot be judged."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return list(value)
+    raise Forbidden(f"policy: cannot check {key} {value!r}")
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return path == prefix or path.startswith(prefix + "/") or prefix == ""
+
+
+# ---- the file ---------------------------------------------------------------------------------
+
+
+def load(path: Path | None) -> Policy:
+    """The policy in `path` (None: DEFAULT_PATH, which may be absent: the built-in defaults).
+    An explicit path must exist: a typo must not silently mean the defaults."""
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if explicit:
+            raise PolicyError(f"policy file {path} does not exist") from None
+        return Policy(path=path)
+    except OSError as e:
+        raise PolicyError(f"policy file {path}: {e.strerror}") from None
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PolicyError(f"policy file {path} must be owned by root and writable by root "
+                          "only (anyone else could loosen it): chown root "
+                          f"{path} && chmod go-w {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PolicyError(f"policy file {path}: {e}") from None
+    try:
+        return parse(data, path)
+    except InvalidInput as e:
+        raise PolicyError(f"policy file {path}: {e}") from None
+
+
+def parse(data: Mapping[str, Any], path: Path = DEFAULT_PATH) -> Policy:
+    known = {f for f in Policy.__dataclass_fields__ if f not in ("path", "from_file")}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidInput(f"unknown key(s) {', '.join(unknown)} (known: "
+                           f"{', '.join(sorted(known))})")
+    p = Policy(path=path, from_file=True)
+    values: dict[str, Any] = {}
+    if "allowed_ports" in data:
+        values["allowed_ports"] = tuple(_port_range(x) for x in _list(data, "allowed_ports"))
+    if "allowed_host_ips" in data:
+        values["allowed_host_ips"] = tuple(_network(x) for x in _strs(data, "allowed_host_ips"))
+    if "allowed_bind_sources" in data:
+        srcs = _strs(data, "allowed_bind_sources")
+        bad = [s for s in srcs if not s.startswith("/")]
+        if bad:
+            raise InvalidInput(f"allowed_bind_sources: {bad[0]!r} is not an absolute path")
+        values["allowed_bind_sources"] = tuple(os.path.normpath(s) for s in srcs)
+    if "allowed_cap_add" in data:
+        values["allowed_cap_add"] = frozenset(
+            c.upper().removeprefix("CAP_") for c in _strs(data, "allowed_cap_add"))
+    for key in ("allowed_networks", "allowed_log_drivers"):
+        if key in data:
+            values[key] = tuple(_strs(data, key))
+    for key, lo in (("max_pids_limit", 1), ("max_replicas", 0), ("max_apps", 0)):
+        if key in data:
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise InvalidInput(f"{key} must be a whole number of at least {lo}, not {v!r}")
+            values[key] = v
+    return replace(p, **values)
+
+
+def _list(data: Mapping[str, Any], key: str) -> list[Any]:
+    v = data[key]
+    if not isinstance(v, list):
+        raise InvalidInput(f"{key} must be a list")
+    return v
+
+
+def _strs(data: Mapping[str, Any], key: str) -> list[str]:
+    v = _list(data, key)
+    if not all(isinstance(x, str) for x in v):
+        raise InvalidInput(f"{key} must be a list of strings")
+    return v
+
+
+def _port_range(x: object) -> tuple[int, int]:
+    """8080, "8080" or "8000-8999" (ASCII digits only, nothing around them: fullmatch)."""
+    text = str(x) if isinstance(x, int) and not isinstance(x, bool) else x
+    if isinstance(text, str):
+        m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", text)
+        if m:
+            lo, hi = int(m[1]), int(m[2] or m[1])
+            if 1 <= lo <= hi <= 65535:
+                return lo, hi
+    raise InvalidInput(f"allowed_ports: {x!r} is not a port or a range LOW-HIGH in 1-65535")
+
+
+def _network(x: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(x.strip("[]"))
+    except ValueError:
+        raise InvalidInput(f"allowed_host_ips: {x!r} is not an IP address or network "
+                           "(127.0.0.0/8, 0.0.0.0 for every address)") from None
+
+
+__all__ = ["DEFAULT_PATH", "Policy", "PolicyError", "load", "parse"]

@@ -1,0 +1,248 @@
+"""The members' policy: the file (shipped, missing, damaged, loosely owned) and every rule,
+judged on apps' JSON as the API receives them, including fields this version's parser does
+not know (the checks must hold from the day such a field lands)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbctl.controller import policy
+from lbctl.controller.policy import Policy, PolicyError
+from lbctl.model import AppSpec, Forbidden, InvalidInput
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "etc" / "policy.toml"
+
+
+def app(**kw: Any) -> dict[str, Any]:
+    return {"name": "web", "image": "img:1", "publish": "127.0.0.1:8080:80", **kw}
+
+
+def refused(p: Policy, body: dict[str, Any], *words: str) -> str:
+    with pytest.raises(Forbidden) as e:
+        p.check_app(body)
+    msg = str(e.value)
+    assert msg.startswith("policy: ") and "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+# ---- the file ------------------------------------------------------------------------------
+
+
+def test_the_shipped_file_is_the_built_in_default() -> None:
+    """etc/policy.toml (what `make setup` installs) and no file at all mean the same."""
+    shipped = policy.parse(__import__("tomllib").loads(SHIPPED.read_text()), SHIPPED)
+    assert replace(shipped, path=Policy().path, from_file=False) == Policy()
+
+
+def test_a_missing_default_file_is_the_defaults_an_explicit_one_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(policy, "DEFAULT_PATH", tmp_path / "absent.toml")
+    p = policy.load(None)
+    assert p == Policy(path=tmp_path / "absent.toml") and not p.from_file
+    msg = refused(p, app(publish="127.0.0.1:22:22"), "built-in default", "absent.toml")
+    assert "allowed_ports" in msg
+    with pytest.raises(PolicyError, match="does not exist"):
+        policy.load(tmp_path / "typo.toml")
+
+
+def test_a_file_is_read_and_named_in_refusals(tmp_path: Path) -> None:
+    f = tmp_path / "policy.toml"
+    f.write_text('allowed_ports = [8080, "9000-9100"]\nallowed_host_ips = ["0.0.0.0", '
+                 '"127.0.0.1"]\nallowed_bind_sources = ["/srv/apps/"]\nmax_replicas = 4\n'
+                 'max_apps = 3\nallowed_cap_add = ["cap_net_admin"]\n')
+    os.chmod(f, 0o644)
+    p = policy.load(f)
+    assert p.from_file and p.allowed_ports == ((8080, 8080), (9000, 9100))
+    assert p.allowed_bind_sources == ("/srv/apps",) and p.allowed_cap_add == {"NET_ADMIN"}
+    p.check_app(app(publish="0.0.0.0:9050:80", replicas=4, volume=["/srv/apps/x:/x"],
+                    **{"cap-add": ["NET_ADMIN"]}))
+    assert refused(p, app(publish="9101:80"), "host port 9101 is not allowed") == (
+        f"policy: host port 9101 is not allowed (allowed_ports in {f})")
+    refused(p, app(publish="127.0.0.2:8080:80"), "host IP 127.0.0.2", f"allowed_host_ips in {f}")
+    refused(p, app(replicas=5), "5 replicas are more than 4", "max_replicas")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("allowed_port = [1]\n", "unknown key(s) allowed_port"),
+    ("allowed_ports = [0]\n", "allowed_ports: 0"),
+    ('allowed_ports = ["2000-1000"]\n', "2000-1000"),
+    ('allowed_ports = "1024-65535"\n', "must be a list"),
+    ('allowed_ports = ["8080\\n"]\n', "allowed_ports: '8080\\n'"),
+    ('allowed_ports = [" 8080"]\n', "allowed_ports: ' 8080'"),
+    ('allowed_ports = ["\\u0661\\u0662\\u0663\\u0664"]\n', "allowed_ports: '"),
+    ('allowed_host_ips = ["localhost"]\n', "'localhost' is not an IP address"),
+    ('allowed_bind_sources = ["srv"]\n', "not an absolute path"),
+    ("max_pids_limit = 0\n", "max_pids_limit must be"),
+    ("max_apps = true\n", "max_apps must be"),
+    ("allowed_ports = [\n", "policy file"),
+])
+def test_a_bad_file_stops_the_daemon_with_one_line(tmp_path: Path, text: str, words: str) -> None:
+    f = tmp_path / "policy.toml"
+    f.write_text(text)
+    os.chmod(f, 0o644)
+    with pytest.raises(PolicyError) as e:
+        policy.load(f)
+    assert words in str(e.value) and str(f) in str(e.value)
+
+
+def test_a_file_others_can_write_is_refused(tmp_path: Path) -> None:
+    """A member who can edit the policy can loosen it: the daemon does not start on it."""
+    f = tmp_path / "policy.toml"
+    f.write_text("max_apps = 1\n")
+    os.chmod(f, 0o664)
+    with pytest.raises(PolicyError, match="writable by root only"):
+        policy.load(f)
+    os.chmod(f, 0o644)
+    os.chown(f, 65534, 0)
+    with pytest.raises(PolicyError, match="owned by root"):
+        policy.load(f)
+
+
+# ---- the rules, with the defaults ------------------------------------------------------------
+
+P = Policy()
+
+
+def test_defaults_allow_a_real_service() -> None:
+    P.check_app(app(replicas=8, volume=["data:/data", "/cache"], mount=[
+        "type=volume,source=db,target=/db", "type=tmpfs,target=/tmp"], network=["backend"],
+        **{"cap-drop": ["ALL"], "cap-add": ["NET_BIND_SERVICE", "cap_chown"],
+           "pids-limit": 512, "log-driver": "local", "memory": "64m", "read-only": True,
+           "security-opt": ["no-new-privileges"], "privileged": False}))
+    P.check_app(app(publish="8080:80"))  # the host IP defaults to 127.0.0.1
+    P.check_app(app(publish="127.9.9.9:65535:80/udp"))
+
+
+@pytest.mark.parametrize("publish, words", [
+    ("127.0.0.1:22:22", ["host port 22 is below 1024", "allowed_ports"]),
+    ("80:8080", ["host port 80 is below 1024"]),
+    ("0.0.0.0:8080:80", ["host IP 0.0.0.0 (every address) is not allowed", "allowed_host_ips"]),
+    ("10.0.0.1:8080:80", ["host IP 10.0.0.1"]),
+    (["127.0.0.1:8080:80", "127.0.0.1:443:443"], ["host port 443"]),  # a list, once it lands
+])
+def test_host_ports_and_addresses(publish: object, words: list[str]) -> None:
+    refused(P, app(publish=publish), *words)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("volume", ["/:/host"], ["bind mount of / is not allowed", "allowed_bind_sources"]),
+    ("volume", ["/etc:/etc:ro"], ["bind mount of /etc"]),
+    ("volume", ["./data:/data"], ["needs an absolute source"]),
+    ("mount", ["type=bind,source=/,target=/host"], ["bind mount of /"]),
+    ("mount", ["type=bind,src=/var/run/docker.sock,target=/s"], ["docker.sock"]),
+    ("mount", ["target=/x,type=bind,source=/root"], ["bind mount of /root"]),
+    ("mount", ["type=bind,target=/x"], ["absolute source"]),
+    ("mount", ["type=volume,source=v,target=/x,volume-opt=device=/"], ["volume drivers"]),
+    ("mount", ["type=npipe,source=x,target=/x"], ["cannot check mount"]),
+    ("network", ["host"], ["network host is root's alone"]),
+    ("network", ["container:db"], ["network container:db"]),
+    ("cap-add", ["SYS_ADMIN"], ["cap-add SYS_ADMIN is not allowed", "allowed_cap_add"]),
+    ("cap-add", ["ALL"], ["cap-add ALL"]),
+    ("cap-add", ["CAP_NET_ADMIN"], ["cap-add CAP_NET_ADMIN"]),
+    ("cap-add", ["NET_RAW"], ["cap-add NET_RAW"]),
+    ("pids-limit", -1, ["pids-limit -1 is not from 1 to 4096", "max_pids_limit"]),
+    ("pids-limit", 0, ["pids-limit 0"]),
+    ("pids-limit", 5000, ["pids-limit 5000"]),
+    ("log-driver", "syslog", ["log-driver 'syslog'", "allowed_log_drivers"]),
+    # refused by the spec parser too; refused here whatever the parser becomes
+    ("privileged", True, ["privileged is root's alone"]),
+    ("device", ["/dev/sda:/dev/sda"], ["device is root's alone"]),
+    ("pid", "host", ["pid host shares a namespace"]),
+    ("ipc", "host", ["ipc host"]),
+    ("ipc", "container:db", ["ipc container:db"]),
+    ("userns", "host", ["userns host"]),
+    ("security-opt", ["seccomp=unconfined"], ["security-opt is root's alone"]),
+    ("sysctl", {"net.ipv4.ip_forward": "1"}, ["sysctl"]),
+    ("volumes-from", ["other"], ["volumes-from"]),
+    # a value the policy cannot read is not a value it allows
+    ("volume", "/:/host", ["bind mount of /"]),
+    ("volume", [{"source": "/"}], ["cannot check volume"]),
+    ("cap-add", "SYS_ADMIN", ["cap-add SYS_ADMIN"]),
+    ("pids-limit", "100", ["pids-limit '100'"]),
+])
+def test_each_rule_refuses_with_its_name(field: str, value: object, words: list[str]) -> None:
+    refused(P, app(**{field: value}), *words)
+
+
+def test_harmless_values_of_dangerous_fields_pass() -> None:
+    P.check_app(app(ipc="private", pid=None, privileged=False, device=[],
+                    **{"security-opt": "no-new-privileges:true"}))
+
+
+def test_bind_sources_under_an_allowed_prefix_only(tmp_path: Path) -> None:
+    """Prefixes match whole path components; `..` and symlinks are resolved first."""
+    srv = tmp_path / "srv"
+    (srv / "app").mkdir(parents=True)
+    (tmp_path / "srvother").mkdir()
+    (srv / "app" / "escape").symlink_to("/")
+    p = replace(P, allowed_bind_sources=(str(srv),))
+    p.check_app(app(volume=[f"{srv}:/a", f"{srv}/app:/b:ro"],
+                    mount=[f"type=bind,source={srv}/app,target=/c"]))
+    refused(p, app(volume=[f"{tmp_path}/srvother:/x"]), "srvother")
+    refused(p, app(volume=[f"{srv}/../../etc:/x"]), "not allowed")
+    refused(p, app(mount=[f"type=bind,source={srv}/app/escape,target=/x"]), "(-> /)")
+
+
+def test_caps_on_replicas_refuse_growth_only() -> None:
+    p = replace(P, max_replicas=3)
+    p.check_app(app(replicas=3))
+    p.check_app(app())  # one replica by default
+    refused(p, app(replicas=4), "4 replicas are more than 3")
+    with pytest.raises(Forbidden, match="max_replicas"):
+        p.check_replicas(10)
+    # Root's app above the cap: a member may scale it down, or change it at its count.
+    p.check_replicas(8, current=10)
+    p.check_app(app(replicas=10), current_replicas=10)
+    with pytest.raises(Forbidden, match="11 replicas are more than 3"):
+        p.check_replicas(11, current=10)
+    # The defaults: 16 replicas per app, 32 apps on the host.
+    P.check_replicas(16)
+    refused(P, app(replicas=17), "17 replicas are more than 16", "max_replicas: the built-in")
+    assert P.max_apps == 32
+
+
+def test_host_ips_of_either_family() -> None:
+    """IPv6 networks can be allowed too (an address never matches a network of the other
+    family: ::ffff:127.0.0.1 is not 127.0.0.1 for this check)."""
+    p = policy.parse({"allowed_host_ips": ["127.0.0.1", "fd00::/8"]})
+    assert [str(n) for n in p.allowed_host_ips] == ["127.0.0.1/32", "fd00::/8"]
+    p.check_app(app(publish="127.0.0.1:8080:80"))
+    refused(p, app(publish="127.0.0.2:8080:80"), "host IP 127.0.0.2")
+
+
+def test_networks_to_create_follow_the_networks_to_join() -> None:
+    p = replace(P, allowed_networks=("team-*",))
+    p.check_app(app(network=["team-a"]))
+    p.check_resources(["team-b"])
+    with pytest.raises(Forbidden, match="network other is not allowed"):
+        p.check_resources(["other"])
+    refused(p, app(network=["team-a", "db"]), "network db")
+
+
+def test_every_spec_field_the_parser_knows_is_judged_or_harmless() -> None:
+    """A new option of the spec needs a decision here: the list below is every option the
+    policy lets through unjudged, because it cannot reach past the app's containers."""
+    from lbctl.model.options import FIELDS
+
+    judged = {"volume", "mount", "network", "cap-add", "pids-limit", "log-driver"}
+    harmless = {"tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
+                "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
+                "health-retries", "health-start-period", "read-only", "cap-drop",
+                "stop-signal", "stop-timeout", "log-opt", "init"}
+    assert set(FIELDS) == judged | harmless, set(FIELDS) ^ (judged | harmless)
+
+
+def test_an_invalid_publish_is_bad_input_not_a_policy_matter() -> None:
+    with pytest.raises(InvalidInput) as e:
+        P.check_app(app(publish="nope"))
+    assert not isinstance(e.value, Forbidden)
+    AppSpec.from_json(app())  # the helper's app is valid
