@@ -98,21 +98,26 @@ fi
 
 # --- 3. Docker engine ------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
-    # A dockerd may be starting already (another setup, a previous run):
-    # then only wait for it.
-    if ! pgrep -x dockerd >/dev/null; then
-        say "starting dockerd (log: /var/log/lbctl-dockerd.log)"
-        # setsid + nohup: the engine must outlive make and this shell.
-        setsid nohup dockerd >>/var/log/lbctl-dockerd.log 2>&1 </dev/null &
-    else
-        say "waiting for the running dockerd"
-    fi
-    for _ in $(seq 120); do
+    # A dockerd may be starting already (another setup, a previous run): then only wait
+    # for it. One may also be on its way out (stopped a moment ago, still stopping its
+    # containers): once it is gone, start ours, or this would wait for an engine that never
+    # answers.
+    started=0
+    for _ in $(seq 240); do
         docker info >/dev/null 2>&1 && break
+        if ! pgrep -x dockerd >/dev/null; then
+            say "starting dockerd (log: /var/log/lbctl-dockerd.log)"
+            # setsid + nohup: the engine must outlive make and this shell.
+            setsid nohup dockerd >>/var/log/lbctl-dockerd.log 2>&1 </dev/null &
+            started=1
+        elif [[ $started == 0 ]]; then
+            say "waiting for the running dockerd"
+            started=2
+        fi
         sleep 0.5
     done
     docker info >/dev/null 2>&1 ||
-        fail "the Docker engine did not answer within 60 s; see /var/log/lbctl-dockerd.log"
+        fail "the Docker engine did not answer within 120 s; see /var/log/lbctl-dockerd.log"
 fi
 
 # --- 4. Group of the control socket (root:lbctl 0660) ------------------------
