@@ -351,6 +351,18 @@ class AppWorker:
 
     # ---- apply ------------------------------------------------------------------------------
 
+    def _draining_service(self, desired: Desired, p: AppPlan) -> Service | None:
+        """A deleted app's rules while its containers drain: no backend (new connections are
+        refused), but its bridges, so that route_localnet stays on them until the last
+        drain ends: 127.0.0.1 clients' open connections need it to the end."""
+        gone = desired.gone
+        held = {c.id: c for c in p.retire}
+        held.update({cid: r.container for cid, r in self.retirements.active.items()})
+        bridges = tuple(sorted({c.bridge for c in held.values() if c.running and c.bridge}))
+        if gone is None or not bridges:
+            return None
+        return Service(gone.name, gone.publish, (), bridges, gone.extra_publishes)
+
     def _forget_flows(self, spec: AppSpec) -> Callable[[Container], Awaitable[None]] | None:
         """iptables mode: a drained replica's conntrack entries go before it stops (why:
         lbctl.dataplane.conntrack). Never in ebpf mode, where a replica's address is the
@@ -376,7 +388,7 @@ class AppWorker:
         that no retirement starts on a half-synced app."""
         spec = desired.spec
         if spec is None:
-            await self.s.hostrules.set(self.name, None)
+            await self.s.hostrules.set(self.name, self._draining_service(desired, p))
             self.view.in_dataplane = frozenset()
             return
         if spec.mode is Mode.EBPF:

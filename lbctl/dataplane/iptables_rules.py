@@ -205,11 +205,13 @@ def is_natted(publish: Publish) -> bool:
 
 
 def localnet_bridges(services: Iterable[Service]) -> frozenset[str]:
-    """Bridges that need route_localnet=1: DNAT of 127.0.0.1 traffic to a backend on them."""
+    """Bridges that need route_localnet=1: DNAT of 127.0.0.1 traffic to a backend on them, or
+    to a container on them that drains such connections (a service with bridges and no
+    backend: a deleted app's)."""
     return frozenset(
         b
         for s in services
-        if s.backends and any(is_loopback_reachable(p) for p in s.publishes)
+        if any(is_loopback_reachable(p) for p in s.publishes)
         for b in s.bridges
         if b
     )

@@ -52,7 +52,8 @@ def test_nothing_to_do_renders_nothing() -> None:
 
 
 def test_zero_backends_rejects_and_has_no_dnat() -> None:
-    assert render([web(0)]) == (
+    gone = Service("web", Publish("127.0.0.1", 8080, 80), (), ())
+    assert render([gone]) == (
         "*nat\n"
         ":LBCTL-PREROUTING - [0:0]\n"
         ":LBCTL-OUTPUT - [0:0]\n"
@@ -64,8 +65,12 @@ def test_zero_backends_rejects_and_has_no_dnat() -> None:
         '-A LBCTL-INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment "web has no replicas" -j REJECT --reject-with tcp-reset\n'
         "COMMIT\n"
     )
-    # No backends: no bridge needs route_localnet.
-    assert localnet_bridges([web(0)]) == frozenset()
+    # No backends and no draining container: no bridge needs route_localnet.
+    assert localnet_bridges([gone]) == frozenset()
+    # A deleted app whose replicas on docker0 still drain 127.0.0.1 clients' connections:
+    # route_localnet (and its guard) stay until the last drain ends.
+    assert localnet_bridges([web(0)]) == frozenset({"docker0"})
+    assert "route_localnet guard for docker0" in render([web(0)])
 
 
 def test_one_backend_is_unconditional() -> None:
