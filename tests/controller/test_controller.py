@@ -321,3 +321,37 @@ async def test_a_network_created_on_the_engine_resyncs_the_host_rules(tmp_path: 
         print(f"host rules synced {1000 * took:.0f} ms after the network event")
     finally:
         await h.stop()
+
+
+async def test_a_deleted_app_keeps_its_bridges_in_the_rules_until_its_drains_end(
+    tmp_path: Path,
+) -> None:
+    """route_localnet must stay on a bridge while a deleted app's replicas drain 127.0.0.1
+    clients' connections: its rules keep the bridges (and no backend) until the last drain."""
+    h = harness(tmp_path)
+    open_conns = {"n": 1}
+
+    async def draining(pid: int, port: int) -> int:
+        return open_conns["n"]
+
+    h.controller.s.open_connections = draining
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 2)])
+        await h.until(lambda: len(h.rules.backends("web")) == 2)
+        await h.apps.delete("web")
+
+        def rules() -> list[object]:
+            return [s for s in h.rules.applied if s.app == "web"]
+
+        await h.until(lambda: h.rules.backends("web") == [] and bool(rules()), 1.0,
+                      "backends out, rules kept")
+        await asyncio.sleep(0.3)
+        (svc,) = rules()
+        assert svc.backends == () and svc.bridges == ("docker0",)  # type: ignore[attr-defined]
+        assert len(h.engine.running("web")) == 2, "still draining"
+        open_conns["n"] = 0
+        await h.until(lambda: not rules() and not h.engine.running("web"), 3.0,
+                      "rules gone with the last drain")
+    finally:
+        await h.stop()
