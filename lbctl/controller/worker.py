@@ -291,6 +291,9 @@ class AppWorker:
                 self._step_log("draining", c)
         if spec is None:
             if p.done:
+                # Its last containers are gone: so are its rules (the pass's sync may still
+                # have seen a retirement finishing, and kept its bridges).
+                await self.s.hostrules.set(self.name, None)
                 if self.s.ebpf is not None and self.name in self.s.ebpf.pinned_apps():
                     await self.s.ebpf.remove(self.name)
                 # lbctl's network goes with the last app on it (the engine refuses while
@@ -357,7 +360,8 @@ class AppWorker:
         drain ends: 127.0.0.1 clients' open connections need it to the end."""
         gone = desired.gone
         held = {c.id: c for c in p.retire}
-        held.update({cid: r.container for cid, r in self.retirements.active.items()})
+        held.update({cid: r.container for cid, r in self.retirements.active.items()
+                     if cid not in self.retirements.removed})
         bridges = tuple(sorted({c.bridge for c in held.values() if c.running and c.bridge}))
         if gone is None or not bridges:
             return None
