@@ -207,7 +207,7 @@ class FakeRules:
         self.syncs = 0
         self.fail_next = 0
 
-    async def sync(self, services: Sequence[Service]) -> None:
+    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("iptables-restore: simulated failure")
