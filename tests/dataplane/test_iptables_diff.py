@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
+import shlex
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -254,3 +255,16 @@ async def test_full_when_asked_and_when_memory_is_old(
     assert dp.full_passes == 4
 
 
+
+
+@pytest.mark.parametrize("line", [
+    '-A LBCTL-SVC-X -p tcp -m comment --comment "web/r0001" -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.1.0.2:80',
+    '-A X -m comment --comment "two words" -j Y',
+    '-A X -m comment --comment "" -j Y',
+    '-A X -m comment --comment "an \\"escaped\\" quote" -j Y',
+    "-A X -m comment --comment 'single' -j Y",
+    '-A X --weird a"glued" -j Y',
+    "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
+])  # fmt: skip
+def test_fast_split_agrees_with_shlex(line: str) -> None:
+    assert rules_mod._split(line) == shlex.split(line)
