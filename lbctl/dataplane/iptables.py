@@ -156,7 +156,9 @@ class IptablesDataplane:
                 return
             stale_memory = time.monotonic() - self._last_full >= FULL_RESYNC_INTERVAL
             try:
-                if full or stale_memory or not services or self._last_chains is None:
+                # Nothing remembered (first sync, failure) or nothing applied (after a
+                # removal, which also took the jumps away): only a full pass knows the kernel.
+                if full or stale_memory or not services or not self._last_chains:
                     await self._sync(services)
                 else:
                     await self._sync_fast(services, self._last_chains)

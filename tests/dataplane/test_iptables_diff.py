@@ -253,6 +253,11 @@ async def test_full_when_asked_and_when_memory_is_old(
     assert dp.full_passes == 3
     await dp.sync([])  # removal is always full: the jumps must go first
     assert dp.full_passes == 4
+    monkeypatch.undo()
+    dp.cmds.clear()
+    await dp.sync([big(3)])  # ... and so is the sync after it: the jumps must come back
+    assert dp.full_passes == 5
+    assert [c for c in dp.cmds if "-I" in c], "no jump inserted"
 
 
 
