@@ -66,6 +66,7 @@ from lbctl.dataplane.iptables_rules import (
     JUMPS,
     PREFIX,
     Family,
+    RenderCache,
     SavedTable,
     Service,
     changed_dnat_chains,
@@ -141,6 +142,7 @@ class IptablesDataplane:
         self._last_udp: set[tuple[str, int]] = set()
         self._last_full = -FULL_RESYNC_INTERVAL  # monotonic time of the last full pass
         self.full_passes = 0  # how many syncs were full passes (tests, bench)
+        self._cache = RenderCache()  # unchanged buckets are not rendered again
 
     # --- public ------------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class IptablesDataplane:
         bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
         nets = self._bridge_nets(services)
         self._enable_localnet(bridges)
-        chains = render_chains(services, self.family, nets)
+        chains = render_chains(services, self.family, nets, self._cache)
         text = ""
         if chains != old:
             rewritten = changed_dnat_chains(old, chains)
@@ -234,7 +236,7 @@ class IptablesDataplane:
         bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
         old_udp = dnat_endpoints(saved, "udp")
         nets = self._bridge_nets(services)
-        chains = render_chains(services, self.family, nets)
+        chains = render_chains(services, self.family, nets, self._cache)
         stale = sorted(ours - set(chains))
 
         if services:

@@ -273,3 +273,27 @@ async def test_full_when_asked_and_when_memory_is_old(
 ])  # fmt: skip
 def test_fast_split_agrees_with_shlex(line: str) -> None:
     assert rules_mod._split(line) == shlex.split(line)
+
+
+def test_render_cache_changes_nothing_but_the_work() -> None:
+    cache = rules_mod.RenderCache()
+    heavy = dataclasses.replace(big(200).backends[7], weight=5)
+    steps = [
+        [big(200)],
+        [big(200, moved=199)],  # one bucket differs
+        [big(200, moved=199)],  # nothing differs
+        [big(130)],  # scale down
+        [dataclasses.replace(big(200), backends=(*big(200).backends[:7], heavy,
+                                                 *big(200).backends[8:]))],  # a weight
+        [big(200, host_ip="127.0.0.1")],  # the publish: other source NAT, no FORWARD
+        [big(200, app="other")],  # another app: other chain names
+    ]  # fmt: skip
+    for services in steps:
+        assert render_chains(services, cache=cache) == render_chains(services), services[0]
+    # An unchanged bucket is the very same list as last time (cheap to render and compare).
+    first = render_chains([big(200)], cache=cache)
+    again = render_chains([big(200, moved=199)], cache=cache)
+    sep0 = ("nat", bucket_chain(SEP_PREFIX, "web", 0))
+    assert again[sep0] is first[sep0]
+    last = ("nat", bucket_chain(SEP_PREFIX, "web", 3))
+    assert again[last] is not first[last] and again[last] != first[last]
