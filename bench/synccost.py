@@ -1,10 +1,14 @@
 """Cost of applying the data plane as the backend count grows, measured in this process.
 
-iptables: `IptablesDataplane.sync()` (render + iptables-save + one iptables-restore) for one
-service of N fake backends (127.1.x.y addresses: rules only, no traffic is sent), first from
-nothing, then again with one backend replaced (what a replica restart costs); `sync([])`
-restores the host afterwards. Wall time, this process's CPU and its children's CPU
-(iptables-save/restore) are reported separately.
+iptables: `IptablesDataplane.sync()` for one service of N fake backends (127.1.x.y addresses:
+rules only, no traffic is sent), first from nothing (a full pass: iptables-save, render, one
+iptables-restore of every chain), then with one backend's address replaced (what a replica
+restart costs: the fast path, which renders, diffs against the last sync's render kept in
+memory, reads the counters of the one DNAT chain it rewrites and restores only the changed
+chains; a service over 64 backends is cut into bucket chains so that this is one bucket's
+chains), then a full pass over the unchanged state (what HostRules' periodic resync costs);
+`sync([])` restores the host afterwards. Wall time, this process's CPU and its children's
+CPU (iptables, iptables-save, iptables-restore) are reported separately.
 
 eBPF: the program's maps hold at most 256 sockets (MAX_SLOTS) and a 256-entry selection
 table, so N > 256 cannot be measured; what is measured is the cost per map write (selection
@@ -51,6 +55,8 @@ class IptSync:
     change_s: float
     change_cpu_s: float
     change_child_cpu_s: float
+    change_fast: bool = True  # the change took the fast path (no iptables-save)
+    resync_s: float = 0.0  # a full pass with nothing to change (periodic resync)
 
 
 @dataclass
@@ -99,12 +105,19 @@ def iptables(sizes: list[int], log: Log) -> list[IptSync]:
                     svc = _service(n, port)
                     moved = Backend(svc.backends[-1].name, "127.2.0.1", 8080)
                     svc = dataclasses.replace(svc, backends=(*svc.backends[:-1], moved))
+                    full_before = dp.full_passes
                     change = await timed([svc])
+                    fast = dp.full_passes == full_before
+                    w0, _, _ = _clock()
+                    await dp.sync([svc], full=True)
+                    resync = _clock()[0] - w0
                     await dp.sync([])
-                    out.append(IptSync(n, *first, *change))
+                    out.append(IptSync(n, *first, *change, fast, resync))
                     log(f"  iptables sync {n:5} backends: first {first[0] * 1e3:8.1f} ms "
                         f"(cpu {first[1] * 1e3:.0f} + {first[2] * 1e3:.0f} ms), "
-                        f"change {change[0] * 1e3:8.1f} ms")
+                        f"change {change[0] * 1e3:8.1f} ms "
+                        f"(cpu {change[1] * 1e3:.0f} + {change[2] * 1e3:.0f} ms"
+                        f"{'' if fast else ', FULL PASS'}), full resync {resync * 1e3:.0f} ms")
             finally:
                 await dp.sync([])
 

@@ -14,7 +14,6 @@ never dropped because another app's worker synced first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -32,7 +31,9 @@ log = logging.getLogger("lbctl.controller")
 STATE_FILE = "services.json"
 MIN_INTERVAL = 0.01
 # Someone may flush our chains (an admin, a firewall reload): a periodic full sync repairs
-# them, as kube-proxy's does. It writes nothing when the rules are as they should be.
+# them, as kube-proxy's does. It writes nothing when the rules are as they should be. Syncs
+# for a change in between are the rules port's fast path (only the chains that changed,
+# from its memory of the last sync).
 RESYNC_INTERVAL = 30.0
 
 
@@ -57,6 +58,7 @@ class HostRules:
         self._synced = -1  # version of the last successful sync
         self._failed: tuple[int, str] | None = None  # (version, error) of the last failure
         self._wake = asyncio.Event()
+        self._full = True  # the next sync compares with the kernel: startup, resync()
         self._done = asyncio.Condition()
         self.last_ok = 0.0  # monotonic time of the last successful sync
 
@@ -101,24 +103,29 @@ class HostRules:
         """A full sync now, without a change: someone moved or removed rules of ours (Docker
         puts its FORWARD jumps on top of ours whenever it creates a network). Coalesced with
         any sync under way; at most one per `min_interval`."""
+        self._full = True
         self._wake.set()
 
     async def run(self) -> None:
         backoff = 0.2
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(RESYNC_INTERVAL):
                     await self._wake.wait()
+            except TimeoutError:
+                self._full = True
             self._wake.clear()
+            full, self._full = self._full, False
             version = self._version
             services = sorted(self.services.values(), key=lambda s: s.app)
             t0 = time.monotonic()
             try:
-                await self.rules.sync(services)
+                await self.rules.sync(services, full=full)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 self.on_sync(time.monotonic() - t0, False)
+                self._full = True  # the retry compares with the kernel
                 log.warning("iptables sync failed: %s; retrying in %.1fs", e, backoff)
                 async with self._done:
                     self._failed = (version, str(e))

@@ -1,38 +1,56 @@
-"""The iptables data plane: applies `iptables_rules.render()` to the kernel, kube-proxy style.
+"""The iptables data plane: applies `iptables_rules` to the kernel, kube-proxy style.
 
 One `IptablesDataplane` per address family (iptables, or ip6tables with the same chains);
 `DualStackRules` drives both as the one rules port the controller syncs.
 
-Every `sync()` is a full sync (kube-proxy's syncProxyRules): read the current ruleset once
-(`iptables-save -c`), render all of lbctl's chains, apply them in ONE `iptables-restore
---noflush --counters` transaction, then make sure the five jump rules exist. A failed sync
-raises IptablesError and changes nothing in our chains (the transaction is all or nothing);
-the caller simply retries with another full sync. See iptables_rules for the chain layout.
+Two kinds of sync, as kube-proxy's proxier does:
+  * a full pass: read the current ruleset once (`iptables-save -c`), render all of lbctl's
+    chains, apply the ones that differ from the kernel (and delete stale LBCTL- chains) in ONE
+    `iptables-restore --noflush --counters` transaction, then make sure the five jump rules
+    exist, first in their built-in chains. It runs at the first sync of a process, after any
+    failure, on `sync([])`, when the caller asks (`full=True`: HostRules' periodic resync
+    and its resync() after a Docker network event) and at the latest FULL_RESYNC_INTERVAL
+    after the last one. It repairs whatever someone else changed in our chains and jumps;
+  * the fast path, every other time: the rendered ruleset of the last successful sync is
+    kept in memory (chain -> rule lines), the new one is rendered and only the chains that
+    differ are written, in one --noflush transaction (render_diff); no iptables-save. Its
+    cost follows the size of the chains it rewrites more than that of the host's ruleset:
+    with iptables-nft (1.8.9), rewriting a chain makes iptables-restore fetch rules from the
+    kernel (45 ms for one `-R` in a 5,000-rule chain on this host), so a large service is
+    cut into buckets of iptables_rules.BUCKET backends and one changed backend rewrites only
+    its bucket's chains (iptables_rules' module doc). What remains, measured: flushing even
+    a small chain costs ~10 ms per table when the table holds ~10,000 other rules (creating
+    a chain or appending to one costs ~3 ms), plus the Python render of every backend.
+A failed sync raises IptablesError and changes nothing in our chains (each transaction is
+all or nothing); the in-memory state is dropped, so the retry is a full pass. A chain of ours
+that someone flushed is noticed by the next full pass (HostRules: within RESYNC_INTERVAL,
+30 s) or at once if a fast pass's restore or counter read fails on it.
 
 Things kept outside the restore transaction, and why:
   * jump rules in the built-in chains (PREROUTING, OUTPUT, POSTROUTING, FORWARD, INPUT):
     `--noflush` cannot express "insert unless present", so they are inserted at position 1
     with `iptables -I` after the restore when missing, de-duplicated, and removed (before the
-    restore that deletes our chains) by `sync([])`;
+    restore that deletes our chains) by `sync([])`; checked by full passes only;
   * `net.ipv4.conf.<bridge>.route_localnet` (needed to DNAT 127.0.0.1 clients): set to 1 on
     backend bridges only, before the restore; the original value is persisted in
     state_dir/iptables-sysctl.json first (atomically), so a crashed or restarted daemon still
     puts it back when no service needs the bridge any more;
   * conntrack clean-up of UDP flows to removed backends (see lbctl.dataplane.conntrack).
 
-Counters: re-declaring a chain zeroes its rules' counters, so each replica's DNAT counter is
-read from the same `iptables-save -c` and written back with `[pkts:bytes]`. Syncs and
-counters() share one lock, so nobody can read counters between that save and the restore:
-the values counters() returns never go down, across syncs and daemon restarts (the rules
-outlive the daemon). Chains whose rules did not change since this process's last successful
-sync are left out of the transaction altogether (kube-proxy's partial sync), so their
-counters stay exact; only when an app's backends change (or at the first sync of a process)
-may connections arriving in the milliseconds between save and restore go uncounted.
+Counters: re-declaring a chain zeroes its rules' counters, so before a chain holding DNAT
+rules is rewritten each replica's DNAT counter is read (the full pass: from its save; the
+fast path: `iptables -S CHAIN -v` of just the chains it rewrites) and written back with
+`[pkts:bytes]`. Syncs and counters() share one lock, so nobody can read counters between
+that read and the restore: the values counters() returns never go down, across syncs and
+daemon restarts (the rules outlive the daemon). Chains whose rules do not change are left
+out of the transaction altogether, so their counters stay exact; only a replica whose rule
+is rewritten may miss connections arriving in the milliseconds between read and restore.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -48,19 +66,22 @@ from lbctl.dataplane.iptables_rules import (
     JUMPS,
     PREFIX,
     Family,
+    RenderCache,
     SavedTable,
     Service,
+    changed_dnat_chains,
     dnat_counters,
     dnat_endpoints,
     for_family,
     is_remote_reachable,
     jump_spec,
     localnet_bridges,
+    parse_listing,
     parse_save,
     render,
     render_chains,
+    render_diff,
     service_endpoints,
-    wanted_chains,
 )
 from lbctl.fsutil import atomic_write
 
@@ -69,6 +90,12 @@ log = logging.getLogger(__name__)
 # One sync should take milliseconds; the bound only keeps a wedged xtables lock holder from
 # hanging the controller forever (it retries anyway).
 COMMAND_TIMEOUT = 30.0
+# The fast path trusts its memory of the kernel for at most this long without a full pass,
+# whatever the caller asks (HostRules asks every 30 s).
+FULL_RESYNC_INTERVAL = 60.0
+# Rewriting more DNAT chains than this in one fast pass: one `iptables-save -t nat` reads
+# their counters more cheaply than one `iptables -S` per chain.
+PER_CHAIN_COUNTER_READS = 4
 SYSCTL_STATE_FILE = "iptables-sysctl.json"
 FAILED_RULES_FILE = "{tool}-failed.rules"
 _BRIDGE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,14}\Z")  # a Linux interface name
@@ -105,37 +132,92 @@ class IptablesDataplane:
         # Backend count per app at the last successful sync, to spot UDP services that just
         # got their first backend. None until the first sync: after a restart we do not know.
         self._last_counts: dict[str, int] | None = None
-        # What each of our chains got at the last successful sync. A chain that would get the
-        # same rules again (and still has as many rules in the kernel) is left out of the
-        # transaction, kube-proxy's partial sync: its counters are then exact, and a re-sync
-        # of an unchanged state writes nothing. Emptied on failure, so that the retry (and
-        # the first sync of every process) rewrites every chain.
-        self._last_chains: dict[tuple[str, str], list[str]] = {}
+        # What each of our chains got at the last successful sync (render_chains): what the
+        # fast path diffs against, and what a full pass trusts for chains that still have as
+        # many rules in the kernel. None (unknown) at the start and after any failure: the
+        # next sync is then a full pass that rewrites every chain.
+        self._last_chains: dict[tuple[str, str], list[str]] | None = None
+        # UDP backends at the last successful sync: whose conntrack flows the fast path
+        # clears when they go (a full pass reads them from the kernel instead).
+        self._last_udp: set[tuple[str, int]] = set()
+        self._last_full = -FULL_RESYNC_INTERVAL  # monotonic time of the last full pass
+        self.full_passes = 0  # how many syncs were full passes (tests, bench)
+        self._cache = RenderCache()  # unchanged buckets are not rendered again
 
     # --- public ------------------------------------------------------------------------
 
-    async def sync(self, services: Sequence[Service]) -> None:
+    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
         """Make the kernel match `services` exactly; `sync([])` removes everything lbctl added.
 
-        Idempotent, and safe to call over a ruleset left by an earlier daemon: the restore
-        replaces each chain's contents atomically, so re-applying the same services does not
-        interrupt traffic.
+        `full`: compare with the kernel (and repair) rather than trust the memory of the last
+        sync; see the module doc for when a pass is full anyway. Idempotent, and safe to call
+        over a ruleset left by an earlier daemon: the restore replaces each chain's contents
+        atomically, so re-applying the same services does not interrupt traffic.
         """
         services = for_family(services, self.family)
         async with self._lock:
             if not services and self._clean:
                 return
+            stale_memory = time.monotonic() - self._last_full >= FULL_RESYNC_INTERVAL
             try:
-                await self._sync(services)
+                # Nothing remembered (first sync, failure) or nothing applied (after a
+                # removal, which also took the jumps away): only a full pass knows the kernel.
+                if full or stale_memory or not services or not self._last_chains:
+                    await self._sync(services)
+                else:
+                    await self._sync_fast(services, self._last_chains)
             except BaseException:
-                self._last_chains = {}
+                self._last_chains = None
                 self._clean = False
                 raise
             self._clean = not services
 
-    async def _sync(self, services: list[Service]) -> None:
-        """One full sync; the caller holds the lock."""
+    async def _sync_fast(
+        self, services: list[Service], old: dict[tuple[str, str], list[str]]
+    ) -> None:
+        """Only what changed since the last successful sync, read from memory; the caller
+        holds the lock. Never run with no services (removal takes a full pass: jumps)."""
         started = time.monotonic()
+        bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
+        nets = self._bridge_nets(services)
+        self._enable_localnet(bridges)
+        chains = render_chains(services, self.family, nets, self._cache)
+        text = ""
+        if chains != old:
+            rewritten = changed_dnat_chains(old, chains)
+            counters = await self._read_counters(rewritten) if rewritten else {}
+            text = render_diff(old, chains, counters)
+        if text:
+            await self._restore(text)
+        if self.family is IPV4:
+            self._restore_localnet(keep=bridges)
+        await self._clean_conntrack(services, self._last_udp)
+        self._remember(services, chains)
+        log.debug("%s fast sync of %d service(s) took %.3fs (%d line(s) written)",
+                  self.family.tool, len(services), time.monotonic() - started,
+                  text.count("\n"))
+
+    async def _read_counters(self, chains: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(app, replica) -> (packets, bytes) of the DNAT rules in these nat chains of ours."""
+        if len(chains) > PER_CHAIN_COUNTER_READS:
+            saved = parse_save(await self._run_checked([self._save_cmd, "-c", "-t", "nat"]))
+            return dnat_counters(saved)
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for chain in chains:
+            listing = await self._run_checked(
+                [self.family.tool, "-w", "-t", "nat", "-S", chain, "-v"])
+            out.update(dnat_counters({"nat": parse_listing(listing)}))
+        return out
+
+    def _remember(self, services: list[Service], chains: dict[tuple[str, str], list[str]]) -> None:
+        self._last_counts = {s.app: len(s.backends) for s in services}
+        self._last_chains = chains
+        self._last_udp = service_endpoints(services, "udp")
+
+    async def _sync(self, services: list[Service]) -> None:
+        """One full pass; the caller holds the lock."""
+        started = time.monotonic()
+        self.full_passes += 1
         try:
             saved = parse_save(await self._run_checked([self._save_cmd, "-c"]))
         except IptablesError:
@@ -151,10 +233,11 @@ class IptablesDataplane:
             for chain in tab.chains
             if chain.startswith(PREFIX)
         }
-        stale = sorted(ours - wanted_chains(services))
         bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
         old_udp = dnat_endpoints(saved, "udp")
         nets = self._bridge_nets(services)
+        chains = render_chains(services, self.family, nets, self._cache)
+        stale = sorted(ours - set(chains))
 
         if services:
             # Before the rules, so the first DNATed 127.0.0.1 packet is already routable.
@@ -162,14 +245,18 @@ class IptablesDataplane:
         else:
             # Our chains cannot be deleted while a built-in chain still jumps to them.
             await self._remove_jumps(saved)
-        chains = render_chains(services, self.family, nets)
+        last = self._last_chains or {}
+        in_kernel = collections.Counter(
+            (table, rule.chain) for table, tab in saved.items() for rule in tab.rules
+            if rule.chain.startswith(PREFIX)
+        )  # fmt: skip
         unchanged = {
             key
             for key, lines in chains.items()
-            if self._last_chains.get(key) == lines
+            if last.get(key) == lines
             and key[0] in saved
             and key[1] in saved[key[0]].chains
-            and sum(r.chain == key[1] for r in saved[key[0]].rules) == len(lines)
+            and in_kernel[key] == len(lines)
         }
         text = render(
             services,
@@ -186,10 +273,10 @@ class IptablesDataplane:
         if self.family is IPV4:
             self._restore_localnet(keep=bridges)
         await self._clean_conntrack(services, old_udp)
-        self._last_counts = {s.app: len(s.backends) for s in services}
-        self._last_chains = chains
+        self._remember(services, chains)
+        self._last_full = started
         log.debug(
-            "%s sync of %d service(s) took %.3fs (%d stale chain(s) removed)",
+            "%s full sync of %d service(s) took %.3fs (%d stale chain(s) removed)",
             self.family.tool, len(services), time.monotonic() - started, len(stale),
         )  # fmt: skip
 
@@ -404,9 +491,9 @@ class DualStackRules:
         self.v4 = IptablesDataplane(state_dir, IPV4)
         self.v6 = IptablesDataplane(state_dir, IPV6)
 
-    async def sync(self, services: Sequence[Service]) -> None:
-        await self.v4.sync(services)
-        await self.v6.sync(services)
+    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
+        await self.v4.sync(services, full)
+        await self.v6.sync(services, full)
 
     async def counters(self) -> dict[tuple[str, str], int]:
         """A replica's new connections over both families."""

@@ -206,8 +206,10 @@ class FakeRules:
         self.applied: list[Service] = []
         self.syncs = 0
         self.fail_next = 0
+        self.fulls: list[bool] = []  # `full` of every sync asked for, failed ones included
 
-    async def sync(self, services: Sequence[Service]) -> None:
+    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
+        self.fulls.append(full)
         if self.fail_next:
             self.fail_next -= 1
             raise RuntimeError("iptables-restore: simulated failure")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 import pytest
 
 from harness.host import host_lock
+from lbctl.dataplane import iptables as iptables_mod
+from lbctl.dataplane import iptables_rules
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
 from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
@@ -386,5 +389,154 @@ async def test_udp_flow_leaves_a_removed_backend(
         svc = Service(svc.app, svc.publish, tuple(svc.backends[i] for i in rest), (BRIDGE,))
         await dp.sync([svc])
         assert await ask() in {NAMES[i] for i in rest}
+    await dp.sync([])
+    assert_restored(host[0])
+
+
+# --- the fast path (only the chains that changed, from memory) against the kernel ---------
+
+# Runs in a namespace of its own (empty ruleset): a full sync from scratch of the services
+# given as HostRules' JSON, with the host's bridge networks and bucket size; prints
+# iptables-save. What the fast path left on the host must be exactly this.
+SCRATCH = r"""
+import asyncio, json, pathlib, sys, tempfile
+from lbctl.controller.hostrules import _service
+from lbctl.dataplane import hostnet, iptables_rules
+from lbctl.dataplane.iptables import IptablesDataplane
+doc = json.loads(sys.argv[1])
+iptables_rules.BUCKET = doc["bucket"]
+hostnet.connected_networks = lambda family, proc=None: doc["nets"]
+services = [_service(d) for d in doc["services"]]
+asyncio.run(IptablesDataplane(pathlib.Path(tempfile.mkdtemp())).sync(services))
+import subprocess
+print(subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout)
+"""
+SCRATCH_NS = "lbtscratch"
+
+
+def lbctl_rules(saved: str | None = None) -> dict[str, list[str]]:
+    """table:chain -> its rules in order, counters off, for our chains and the jumps into
+    them: what a sync is responsible for, in a form where chain creation order is no matter."""
+    out: dict[str, list[str]] = {}
+    table = ""
+    for line in (sh("iptables-save") if saved is None else saved).splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":LBCTL-"):
+            out.setdefault(f"{table}:{line[1:].split()[0]}", [])
+        elif line.startswith("-A ") and "LBCTL-" in line:
+            out.setdefault(f"{table}:{line.split()[1]}", []).append(line)
+    return out
+
+
+def from_scratch(services: list[Service]) -> dict[str, list[str]]:
+    from lbctl.controller.hostrules import _service_json
+    from lbctl.dataplane import hostnet, iptables_rules
+
+    doc = {"bucket": iptables_rules.BUCKET, "nets": hostnet.connected_networks(4),
+           "services": [_service_json(s) for s in services]}  # fmt: skip
+    sh("ip", "netns", "del", SCRATCH_NS, check=False)
+    sh("ip", "netns", "add", SCRATCH_NS)
+    try:
+        out = sh("ip", "netns", "exec", SCRATCH_NS, sys.executable, "-c", SCRATCH,
+                 json.dumps(doc))  # fmt: skip
+    finally:
+        sh("ip", "netns", "del", SCRATCH_NS, check=False)
+    return lbctl_rules(out)
+
+
+def everywhere(n: int, port: int, app: str = "lbtest", moved: dict[int, str] = {}) -> Service:  # noqa: B006
+    """n backends behind 0.0.0.0 (every rule kind: DNAT, loopback and hairpin source NAT,
+    FORWARD); `moved`: backend index -> the address it has instead of its own."""
+    svc = service(n, port, app=app)
+    backends = tuple(dataclasses.replace(b, ip=moved.get(i, b.ip))
+                     for i, b in enumerate(svc.backends))  # fmt: skip
+    return Service(app, Publish("0.0.0.0", port, TCP_PORT), backends, svc.bridges)
+
+
+@pytest.fixture
+def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buckets of 2 backends: our 3 servers then make a bucketed service (2 + 1), the
+    layout of every service over iptables_rules.BUCKET backends."""
+    monkeypatch.setattr(iptables_rules, "BUCKET", 2)
+
+
+async def test_fast_syncs_leave_what_a_full_sync_from_scratch_would(
+    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: None
+) -> None:
+    port, other = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    await dp.sync([everywhere(3, port)])
+    seen = await spread(port, 90)
+    assert set(seen) == set(NAMES), seen  # every bucket serves
+
+    steps = [
+        [everywhere(3, port, moved={2: IPS[0]})],  # a replica restarted on a new address
+        [everywhere(2, port)],  # scale down: a bucket goes
+        [everywhere(3, port), everywhere(1, other, app="lbother")],  # scale up, a new app
+        [everywhere(3, port)],  # the other app removed
+    ]
+    for services in steps:
+        await dp.sync(services)
+        assert dp.full_passes == 1  # each of these was the fast path
+        assert lbctl_rules() == from_scratch(services), services
+
+    # Counters survived every rewrite of the chains holding them (read, then carried over);
+    # web-2 left at the scale-down, and its rule's counter with it (a full sync does alike).
+    kept = {"web-0": seen["web-0"], "web-1": seen["web-1"], "web-2": 0}
+    assert await dp.counters() == {("lbtest", n): kept[n] for n in NAMES}
+    more = await spread(port, 60)
+    assert set(more) == set(NAMES), more
+    assert await dp.counters() == {("lbtest", n): kept[n] + more[n] for n in NAMES}
+    await dp.sync([])
+    assert_restored(host[0])
+
+
+async def test_failed_fast_sync_falls_back_to_a_full_pass_that_repairs(
+    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: None
+) -> None:
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    good = [everywhere(3, port)]
+    await dp.sync(good)
+    # Behind lbctl's back: web-2's DNAT rule (alone in its bucket) is deleted.
+    sep = iptables_rules.bucket_chain(iptables_rules.SEP_PREFIX, "lbtest", 1)
+    sh("iptables", "-w", "-t", "nat", "-D", sep, "1")
+    bad = [everywhere(3, port, moved={1: "10.251.0.300"})]
+    with pytest.raises(IptablesError):
+        await dp.sync(bad)
+    assert dp.full_passes == 1
+    await dp.sync(good)  # not asked to be full: the failure made it so
+    assert dp.full_passes == 2
+    assert lbctl_rules() == from_scratch(good)
+    assert set(await spread(port, 60)) == set(NAMES)
+    await dp.sync([])
+    assert_restored(host[0])
+
+
+async def test_rules_removed_behind_our_back_come_back_with_the_periodic_full_pass(
+    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    services = [everywhere(3, port)]
+    await dp.sync(services)
+    expected = lbctl_rules()
+    sep = iptables_rules.bucket_chain(iptables_rules.SEP_PREFIX, "lbtest", 1)
+    sh("iptables", "-w", "-t", "nat", "-F", sep)  # an admin flushes a chain of ours ...
+    sh("iptables", "-w", "-t", "nat", "-D", "OUTPUT", *iptables_rules.jump_spec("LBCTL-OUTPUT"))
+    # ... which the fast path, trusting its memory, does not see (no change: nothing run) ...
+    await dp.sync(services)
+    assert lbctl_rules() != expected
+    # ... and the next full pass repairs: HostRules asks for one every RESYNC_INTERVAL ...
+    await dp.sync(services, full=True)
+    assert lbctl_rules() == expected
+    assert set(await spread(port, 60)) == set(NAMES)
+    # ... and the data plane runs one by itself when its memory is FULL_RESYNC_INTERVAL old.
+    sh("iptables", "-w", "-t", "nat", "-F", sep)
+    monkeypatch.setattr(iptables_mod, "FULL_RESYNC_INTERVAL", 0.0)
+    await dp.sync(services)
+    assert lbctl_rules() == expected
     await dp.sync([])
     assert_restored(host[0])

@@ -1,0 +1,73 @@
+"""HostRules asks the rules port for a full pass (compare with the kernel, repair) exactly
+when its memory may be wrong: at start, after a failure, on resync(), and periodically; every
+other sync is the port's fast path."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import Callable
+
+import pytest
+
+from lbctl.controller import hostrules
+from lbctl.controller.hostrules import HostRules
+from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.model import Publish
+from tests.controller.fakes import FakeRules
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not within 5 s")
+
+
+def svc(n: int) -> Service:
+    backends = tuple(Backend(f"web-{i}", f"172.17.0.{i + 2}", 80) for i in range(n))
+    return Service("web", Publish("127.0.0.1", 8080, 80), backends, ("docker0",))
+
+
+async def test_full_only_at_start_after_failure_on_resync_and_periodically(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = FakeRules()
+    hr = HostRules(rules, tmp_path, min_interval=0)
+    task = asyncio.create_task(hr.run())
+    try:
+        await hr.set("web", svc(1))
+        await hr.set("web", svc(2))
+        assert rules.fulls == [True, False]
+
+        rules.fail_next = 1
+        with pytest.raises(hostrules.SyncFailed):
+            await hr.set("web", svc(3))
+        await until(lambda: rules.syncs == 3)  # HostRules retries by itself, after a backoff
+        assert rules.fulls[2:] == [False, True]
+
+        hr.resync()
+        await until(lambda: len(rules.fulls) == 5)
+        assert rules.fulls[4] is True
+        await hr.set("web", svc(1))
+        assert rules.fulls[5] is False
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    # Nothing to do for RESYNC_INTERVAL: the pass that runs then is full.
+    monkeypatch.setattr(hostrules, "RESYNC_INTERVAL", 0.05)
+    rules = FakeRules()
+    hr = HostRules(rules, tmp_path, min_interval=0)
+    task = asyncio.create_task(hr.run())
+    try:
+        await hr.set("web", svc(2))
+        await until(lambda: len(rules.fulls) >= 4)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert rules.fulls[0] is True  # a new daemon starts full
+    assert all(rules.fulls[1:])  # then only periodic passes, each full
