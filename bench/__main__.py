@@ -116,6 +116,21 @@ NOTES = [
     "iptables mode the probe is a TCP connect to each replica's address. Per-replica "
     "counters are read (the program's per-CPU map, the rules' counters) only when asked: "
     "`lbctl status`, /metrics.",
+    "Where the daemon's memory goes (by hand, for the whole-run RSS target: one ebpf and "
+    "one iptables app of 2 replicas published on 0.0.0.0, wrk -c64 8 s per run, VmRSS from "
+    "/proc/PID/status sampled every 50 ms around each step): 8 runs of keep-alive and "
+    "new-connection load from local and remote clients moved it from 53.7 to 54.0 MB; then "
+    "`lbctl rm` of the ebpf app took it to 184 MB (3.2 s) and `lbctl rm` of the iptables app "
+    "to 377 MB (24 s), where it stayed. The same two removals without load before them: "
+    "0.6 s and 1.0 s, 54.2 MB. So a bench run's growth is the drain of replicas that just "
+    "served tens of thousands of connections (their netns full of TIME_WAIT sockets, the "
+    "conntrack table full of their entries). Suspects from the code, not yet confirmed by a "
+    "profile: the drain's open-connection count (lbctl.dataplane.sockets.count_open) asks "
+    "sock_diag for the states in _OPEN_STATES, which include 0x06, TCP_TIME_WAIT, so every "
+    "poll dumps and parses every TIME_WAIT socket although none can count (no inode); and in "
+    "iptables mode the drained replica's conntrack cleanup "
+    "(lbctl.dataplane.conntrack._forget_backend) materializes a pyroute2 dump, "
+    "`list(ct.dump(tuple_reply=...))`.",
     "docker-proxy is Docker's userland proxy for `-p` published ports (local clients); lbctl "
     "never puts it in the path.",
     "Why the Swarm-like rolling updates fail requests although the demo server shuts down "

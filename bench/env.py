@@ -229,12 +229,13 @@ class Env:
         return d.proc.pid if d and d.proc and d.proc.poll() is None else None
 
     def run_app(self, app: str, replicas: int, mode: str, image: str = IMAGE,
-                address: str = "127.0.0.1") -> int:
-        """`lbctl run`; returns the host port it answers on (on `address`, and on 127.0.0.1:
-        "0.0.0.0" publishes on every address of the host, for remote clients too)."""
+                address: str = "127.0.0.1", extra: tuple[str, ...] = ()) -> int:
+        """`lbctl run` (+ `extra` options); returns the host port it answers on (on `address`,
+        and on 127.0.0.1: "0.0.0.0" publishes on every address of the host, for remote
+        clients too)."""
         port = free_port()
         self.lbctl().ok("run", app, "--image", image, "-p", f"{address}:{port}:{PORT}",
-                        "--replicas", str(replicas), "--mode", mode, timeout=180)
+                        "--replicas", str(replicas), "--mode", mode, *extra, timeout=180)
         wait_http("127.0.0.1", port)
         return port
 

@@ -151,9 +151,10 @@ def _dockerproxy(s: Setup) -> Urls:
     return Urls(f"http://127.0.0.1:{port}/", None)
 
 
-def _lbctl(mode: str, app: str) -> Callable[[Setup], Urls]:
+def _lbctl(mode: str, app: str, *extra: str) -> Callable[[Setup], Urls]:
+    """An lbctl app published on 0.0.0.0 (`extra`: more `lbctl run` options)."""
     def start(s: Setup) -> Urls:
-        port = s.env.run_app(app, s.n, mode, address="0.0.0.0")
+        port = s.env.run_app(app, s.n, mode, address="0.0.0.0", extra=extra)
         s.apps.append(app)
         return s.host_port(port)
     return start
@@ -180,7 +181,12 @@ class PathDef:
 
 
 # To add a path: a start function (returning its URLs) and one entry here; the report, the
-# targets and --only pick it up. "lbctl" paths compete for "lbctl's fastest path".
+# targets and --only pick it up. "lbctl" paths compete for "lbctl's fastest path". An ebpf app
+# in the host's namespace would be, after "ebpf":
+#   "ebpf-host": PathDef("lbctl ebpf mode, --network host",
+#                        _lbctl("ebpf", "bench-ebpfh", "--network", "host"), "lbctl",
+#                        baseline="reuseport-host"),
+# (its own app, like ebpf-sandbox: see the notes on TIME_WAIT and PAWS).
 PATH_DEFS: dict[str, PathDef] = {
     "direct": PathDef("one backend, direct (container IP)", _direct, "reference",
                       replicas=False),
