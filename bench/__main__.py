@@ -197,6 +197,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "rounds": args.rounds,
         "quick": args.quick,
         "wrk": f"taskset -c {wrk.WRK_CPU} wrk -t1 -c{wrk.CONNECTIONS} --latency",
+        "clients": list(args.clients),
         "versions": versions,
     }
 

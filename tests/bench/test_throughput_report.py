@@ -122,3 +122,19 @@ def test_sampler_follows_a_real_process_and_tolerates_none() -> None:
     assert r.hwm_mb >= r.max_rss_mb >= 30
     del blob
     assert RssSampler(lambda: None).start().stop().samples == 0
+
+
+def test_a_rerun_from_one_client_keeps_the_other_clients_samples() -> None:
+    from bench.merge import merge
+
+    old = _res([*_both("ebpf", 100_000, 20_000), *_both("nginx", 40_000, 19_000)])
+    new = _res([_s("ebpf", m, 1.0, 1.0, "remote") for m in ("keepalive", "close")])
+    new["meta"]["clients"] = ["remote"]
+    out = merge(old, new, ["ebpf"], PATHS)
+    got = {(s["path"], s["client"], s["mode"]): s["rps"] for s in out["throughput"]}
+    assert got[("ebpf", "remote", "close")] == 1.0 and got[("ebpf", "local", "close")] == 20_000
+    assert len(got) == len(out["throughput"]) == 8
+    # a run from before --clients replaced the path's samples whatever their client
+    del new["meta"]["clients"]
+    out = merge(old, new, ["ebpf"], PATHS)
+    assert {s["client"] for s in out["throughput"] if s["path"] == "ebpf"} == {"remote"}
