@@ -61,6 +61,15 @@ def ratio(res: Results, a: str, b: str, n: int, mode: str = "keepalive",
     return float(sa[key]) / float(sb[key])
 
 
+def _spread(s: dict[str, Any]) -> float | None:
+    """(max - min) / median req/s of a sample's rounds: how far one path moves between rounds
+    of the same run (None: fewer than 2 rounds)."""
+    rps = sorted(float(r["rps"]) for r in s.get("rounds", []))
+    if len(rps) < 2 or not s.get("rps"):
+        return None
+    return (rps[-1] - rps[0]) / float(s["rps"])
+
+
 def _best(res: Results, paths: tuple[str, ...], n: int, mode: str,
           client: str) -> dict[str, Any] | None:
     """The sample of `paths` with the most req/s (None: none of them measured)."""
@@ -179,6 +188,8 @@ def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
                 worst += [v for _, _, v in got]
                 parts.append(f"{a} / {b} {client}: " + ", ".join(
                     f"{'ka' if m == 'keepalive' else 'new'} N={n} {_x(v)}" for m, n, v in got))
+    spread = _worst([_spread(s) for s in res.get("throughput", [])
+                     if s["path"] in {b for _, b in SAME_PATH}], lowest=False)
     rows.append((f"ebpf >= {TARGET_EBPF_VS_REUSEPORT}x plain SO_REUSEPORT on the same path "
                  "(req/s, keep-alive and new connection)",
                  "; ".join(parts) or "n/a",
@@ -187,7 +198,12 @@ def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
                  "once per new connection (SYN), so the new-connection runs are where it can "
                  "cost. The sandbox-IP pair used to measure 0.3x: see the notes (TIME_WAIT "
                  "sockets of a DNAT run rejected by PAWS, a bench artifact, not the program); "
-                 "`ebpf-sandbox` now has an app of its own."))
+                 "`ebpf-sandbox` now has an app of its own. Keep-alive runs never execute "
+                 "the program (one SYN per connection, 64 connections per run): a keep-alive "
+                 "gap is run-to-run noise"
+                 + (f"; the baseline's own rounds differ by up to {spread:.0%} of their median "
+                    "in this run, a gap smaller than that is not the program's."
+                    if spread is not None else ".")))
 
     sl = {s["path"]: s for s in res.get("scale", [])}
     e = sl.get("ebpf")
@@ -443,7 +459,7 @@ def markdown(res: Results) -> str:
     out += rollout_report.markdown(res)
 
     w("## How to run\n")
-    w("```\nmake bench                                # full run (~18 min), rewrites this file, "
+    w("```\nmake bench                                # full run (~28 min), rewrites this file, "
       "results.png and rollout.png\n"
       ".venv/bin/python -m bench --quick         # all scenarios, short, ~4 min\n"
       ".venv/bin/python -m bench --only ebpf,reuseport --duration 10\n"

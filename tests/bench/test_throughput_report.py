@@ -138,3 +138,13 @@ def test_a_rerun_from_one_client_keeps_the_other_clients_samples() -> None:
     del new["meta"]["clients"]
     out = merge(old, new, ["ebpf"], PATHS)
     assert {s["client"] for s in out["throughput"] if s["path"] == "ebpf"} == {"remote"}
+
+
+def test_the_baseline_noise_is_stated_next_to_the_ebpf_ratio() -> None:
+    base = _s("reuseport", "keepalive", 100_000, 2.0)
+    base["rounds"] = [{"rps": 90_000}, {"rps": 110_000}]
+    res = _res([base, _s("ebpf-sandbox", "keepalive", 96_000, 2.0)])
+    _, _, ok, why = _row(res, "ebpf >= 0.98x")
+    assert ok is False and "differ by up to 20% of their median" in why
+    base["rounds"] = [{"rps": 100_000}]
+    assert "differ by" not in _row(res, "ebpf >= 0.98x")[3]
