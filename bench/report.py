@@ -165,7 +165,10 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
                 + "." if bound else " (not measured in this run).")
     else:
         why += ("A proxy parses every request and writes it again on a second connection with "
-                "one worker/thread; the kernel paths do neither.")
+                "one worker/thread; the kernel paths do neither. Keep-alive p99: at 80-120k "
+                "req/s every kernel path saturates both cores (wrk + replicas), so its tail is "
+                "CPU queueing; a proxy's lower req/s leaves it idle time (compare the p99 of "
+                "`reuseport-host`, which has no lbctl part at all).")
     return (f"{what}, local and remote clients, N={'/'.join(map(str, _counts(res))) or '?'}: "
             f"lbctl's fastest path >= {target}x the better of nginx/HAProxy req/s, p99 no worse",
             meas, ok, why)
