@@ -118,8 +118,9 @@ NOTES = [
     "`lbctl status`, /metrics.",
     "Where the daemon's memory goes (by hand, for the whole-run RSS target: one ebpf and "
     "one iptables app of 2 replicas published on 0.0.0.0, wrk -c64 8 s per run, VmRSS from "
-    "/proc/PID/status sampled every 50 ms around each step): 8 runs of keep-alive and "
-    "new-connection load from local and remote clients moved it from 53.7 to 54.0 MB; then "
+    "/proc/PID/status sampled every 50 ms around each step): 4 new-connection runs (each "
+    "app, local and remote clients) moved it from 53.7 to 54.0 MB (4 keep-alive runs, in "
+    "another try, from 53.7 to 53.9 MB); then "
     "`lbctl rm` of the ebpf app took it to 184 MB (3.2 s) and `lbctl rm` of the iptables app "
     "to 377 MB (24 s), where it stayed. The same two removals without load before them: "
     "0.6 s and 1.0 s, 54.2 MB. So a bench run's growth is the drain of replicas that just "
