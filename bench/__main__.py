@@ -8,6 +8,7 @@ the end, on failure and on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,11 +37,15 @@ from bench import (
     throughput,
 )
 from bench.env import PIN_ROOT, Env, remove_bench_containers
+from bench.rss import RssSampler
 from harness import wrk
 from harness.host import E2E_LOCK, host_lock
+from harness.remote import RemoteHost, forward_accept, remote_host
 
 HERE = Path(__file__).resolve().parent
 EXTRA = ("scale", "convergence", "sync", "footprint", "rollout")
+# The remote client's /30 is 10.253.REMOTE_TAG.0 (the e2e tests use tags 20..219).
+REMOTE_TAG = 250
 ALL = (*throughput.PATHS, *EXTRA)
 
 
@@ -50,23 +55,83 @@ NOTES = [
     "`nbthread 1` (`mode http`, `http-reuse always`, `balance roundrobin`): one worker each, "
     "like each nginx replica, because on 2 cores shared with wrk and the replicas a second "
     "proxy worker only takes CPU from the backends.",
-    "`ebpf` and `iptables` are reached as users reach them, on 127.0.0.1:PORT through lbctl's "
-    "DNAT (+ MASQUERADE of the 127.0.0.1 source); `reuseport` and `ebpf-sandbox` are hit on the "
-    "sandbox's bridge IP, which isolates the program's cost from the DNAT's.",
+    "`ebpf` and `iptables` are reached as users reach them: the app is published on "
+    "0.0.0.0:PORT; a local client connects to 127.0.0.1:PORT (lbctl's DNAT in nat OUTPUT + "
+    "MASQUERADE of the 127.0.0.1 source), a remote one to the host's address on its link "
+    "(DNAT in nat PREROUTING, no MASQUERADE). `reuseport` and `ebpf-sandbox` are hit on the "
+    "sandbox's bridge IP, which isolates the program's cost from the DNAT's; `reuseport-host` "
+    "is N replicas in the host's own namespace (`docker run --network host`, one free port, "
+    "SO_REUSEPORT, no program), the baseline of an ebpf app run in the host's namespace.",
+    "Remote client: wrk runs in a network namespace of the bench's own "
+    "(`ip netns exec lbctl-remote250 taskset -c 1 wrk ...`) joined to the host by a veth "
+    "pair (10.253.250.2 -> the host's 10.253.250.1; harness.remote, which "
+    "tests/e2e/test_clients.py uses too). Container and sandbox IPs are routed to it through "
+    "the host; Docker's FORWARD rules drop new connections to unpublished container ports, "
+    "so for the run the bench inserts two ACCEPTs for that veth only (`-i/-o lbrem250`, "
+    "comment `lbctl-bench lbrem250`) at the top of DOCKER-USER and deletes them afterwards. "
+    "Its packets cross the veth and nat PREROUTING + FORWARD as another machine's would; "
+    "what differs from a real remote client is that the client's CPU is still this "
+    "machine's (pinned to CPU 1 like the local wrk).",
     "New-connection runs are sensitive to TIME_WAIT and conntrack state left by the run before "
     "them (tens of thousands of connections per run); rounds alternate the order of the paths "
     "to spread that, but single close-mode figures still move by 20-30 % between rounds "
     "(see results.json for every round).",
-    "Profile of the idle daemon (py-spy record, 2 apps x 4 replicas, by hand during "
-    "development): ~73 % of samples in `lbctl.dataplane.sockets._tcp_rows`, i.e. the ebpf "
-    "readiness probe reading /proc/PID/net/tcp{,6} for every replica several times a second; "
-    "each read walks the kernel's whole TCP hash (~10 ms for tcp+tcp6 here). That is what "
-    "the idle CPU figure measures; a sock_diag query filtered on LISTEN would avoid it. "
-    "Under new-connection load on an ebpf app the same probe is worse: the netns then holds "
-    "tens of thousands of TIME_WAIT sockets, which /proc/PID/net/tcp lists too; py-spy dumps "
-    "of the daemon during the full run's `ebpf` new-connection run found two worker threads in "
-    "`_tcp_rows` in 5 of 5 dumps, and the daemon at ~100-160 % of a core (see the daemon CPU "
-    "column).",
+    "Why `ebpf-sandbox` (the program without the DNAT, on the sandbox IP) once measured 0.3x "
+    "of plain SO_REUSEPORT for new connections (4.9k vs 15.9k req/s, with a LOWER p50): "
+    "it shared its app with `ebpf`, so both paths ran into ONE sandbox, from the same "
+    "source address (the docker0 gateway: the 127.0.0.1 client is masqueraded to it), to "
+    "the same sandbox address and port. A new-connection run leaves ~50k TIME_WAIT sockets "
+    "in the sandbox (the server closes first), each remembering its client's last TCP "
+    "timestamp. The next run's SYNs reuse those 4-tuples with timestamps of another offset "
+    "(Linux derives the offset from the addresses as the client sees them: 127.0.0.1 -> "
+    "127.0.0.1 for the DNAT run, gateway -> sandbox IP for the direct one), so many fail "
+    "the TIME_WAIT socket's PAWS check: the sandbox answers with an ACK of the old "
+    "connection, the client resets it and retransmits its SYN after the 1 s initial RTO. wrk "
+    "times requests from their first write, so the stall is not in its latency, but each "
+    "one takes a connection out for a second. Evidence (by hand, 2 replicas, wrk -c64 -d4s "
+    "close, `nstat -az` in the sandbox's netns and on the host, `conntrack -S`, lbctl's "
+    "/metrics): the DNAT run on a fresh app 13.3k req/s, no TcpExtPAWSTimewait; right after "
+    "it the same sandbox's IP 6.5k req/s with 1,772 TcpExtPAWSTimewait in the sandbox and "
+    "1,708 TcpExtTCPSynRetrans (= TCPTimeouts) and 1,772 TcpOutRsts on the host; a second "
+    "ebpf app's sandbox IP (never reached through a DNAT) just after, 15.1k req/s with none "
+    "of them. Run the other way round (sandbox IP first: 14.1k), the DNAT run is the one "
+    "that drops (6.6k, 1,813 PAWSTimewait). The program is not involved: "
+    "lbctl_bpf_verdicts stayed 0 (no fallback, no error: every SYN was steered), "
+    "lbctl_replica_connections split exactly 50/50 in every run, and there was no "
+    "ListenOverflows, ListenDrops, TCPReqQFullDrop or SyncookiesSent. Fix, in the bench: "
+    "`ebpf-sandbox` has an app of its own. Users meet this only when one host reaches a "
+    "sandbox both through 127.0.0.1:PORT and straight at the sandbox IP at thousands of "
+    "connections a second (the PAWS effect of any NAT in front of TIME_WAIT); a remote "
+    "client's source is not rewritten, so it is not exposed.",
+    "What the daemon does while the throughput runs (its CPU column): every app's worker "
+    "probes its replicas every 0.25 s (lbctl.controller.probes). In ebpf mode the probe "
+    "asks the kernel for the replica's listening sockets with sock_diag (NETLINK_SOCK_DIAG "
+    "through pyroute2, filtered on LISTEN) from a worker thread that enters the replica's "
+    "network namespace with setns, and matches them by inode against the replica's own "
+    "/proc/PID/fd (lbctl.dataplane.sockets): the kernel filters by state, so the tens of "
+    "thousands of TIME_WAIT sockets a new-connection run leaves in the sandbox are never "
+    "walked (the first version read /proc/PID/net/tcp, which lists them all, and cost the "
+    "daemon a core under that load). A new listener is borrowed with pidfd_getfd and put in "
+    "the program's SOCKMAP; a drain counts the replica's open connections the same way. In "
+    "iptables mode the probe is a TCP connect to each replica's address. Per-replica "
+    "counters are read (the program's per-CPU map, the rules' counters) only when asked: "
+    "`lbctl status`, /metrics.",
+    "Where the daemon's memory goes (by hand, for the whole-run RSS target: one ebpf and "
+    "one iptables app of 2 replicas published on 0.0.0.0, wrk -c64 8 s per run, VmRSS from "
+    "/proc/PID/status sampled every 50 ms around each step): 4 new-connection runs (each "
+    "app, local and remote clients) moved it from 53.7 to 54.0 MB (4 keep-alive runs, in "
+    "another try, from 53.7 to 53.9 MB); then "
+    "`lbctl rm` of the ebpf app took it to 184 MB (3.2 s) and `lbctl rm` of the iptables app "
+    "to 377 MB (24 s), where it stayed. The same two removals without load before them: "
+    "0.6 s and 1.0 s, 54.2 MB. So a bench run's growth is the drain of replicas that just "
+    "served tens of thousands of connections (their netns full of TIME_WAIT sockets, the "
+    "conntrack table full of their entries). Suspects from the code, not yet confirmed by a "
+    "profile: the drain's open-connection count (lbctl.dataplane.sockets.count_open) asks "
+    "sock_diag for the states in _OPEN_STATES, which include 0x06, TCP_TIME_WAIT, so every "
+    "poll dumps and parses every TIME_WAIT socket although none can count (no inode); and in "
+    "iptables mode the drained replica's conntrack cleanup "
+    "(lbctl.dataplane.conntrack._forget_backend) materializes a pyroute2 dump, "
+    "`list(ct.dump(tuple_reply=...))`.",
     "docker-proxy is Docker's userland proxy for `-p` published ports (local clients); lbctl "
     "never puts it in the path.",
     "Why the Swarm-like rolling updates fail requests although the demo server shuts down "
@@ -133,6 +198,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "rounds": args.rounds,
         "quick": args.quick,
         "wrk": f"taskset -c {wrk.WRK_CPU} wrk -t1 -c{wrk.CONNECTIONS} --latency",
+        "clients": list(args.clients),
         "versions": versions,
     }
 
@@ -147,6 +213,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="smoke run: N=2 only, 1 round, fewer tries, shorter storms")
     ap.add_argument("--only", default=",".join(ALL),
                     help=f"comma-separated scenarios (default all): {','.join(ALL)}")
+    ap.add_argument("--clients", default=",".join(throughput.CLIENTS),
+                    help="throughput clients, comma-separated (default all): "
+                         f"{','.join(throughput.CLIENTS)} (remote: wrk in a netns of its own)")
     ap.add_argument("--report-from", type=Path, default=None, metavar="RESULTS_JSON",
                     help="run nothing: redraw RESULTS.md and results.png from a results.json")
     ap.add_argument("--out", type=Path, default=HERE,
@@ -159,6 +228,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = sorted(set(args.only) - set(ALL))
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+    wanted = {c.strip() for c in args.clients.split(",") if c.strip()}
+    bad = sorted(wanted - set(throughput.CLIENTS))
+    if bad or not wanted:
+        ap.error(f"unknown client(s) {', '.join(bad) or '(none given)'}; choose from "
+                 f"{', '.join(throughput.CLIENTS)}")
+    args.clients = tuple(c for c in throughput.CLIENTS if c in wanted)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 6.0
     if args.rounds is None:
@@ -198,6 +273,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         remove_bench_containers()
         shutil.rmtree(PIN_ROOT, ignore_errors=True)
         env = Env(Path(tmp))
+        rss = RssSampler(env.daemon_pid).start()
         try:
             if "sync" in only:  # before the daemon: it owns the LBCTL- chains once it runs
                 sizes = [1, 10, 100, 1000] + ([] if args.quick else [5000])
@@ -208,9 +284,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             paths = [p for p in throughput.PATHS if p in only]
             if paths:
                 counts = [2] if args.quick else [2, 4]
-                samples = _phase(res, "throughput", lambda: throughput.run(
-                    env, paths, counts, args.duration, args.rounds,
-                    warmup=0 if args.quick else 2, log=log))
+                with contextlib.ExitStack() as stack:
+                    remote: RemoteHost | None = None
+                    if "remote" in args.clients:
+                        remote = stack.enter_context(remote_host(REMOTE_TAG))
+                        stack.enter_context(forward_accept(remote.host_link))
+                    samples = _phase(res, "throughput", lambda: throughput.run(
+                        env, paths, counts, args.duration, args.rounds,
+                        warmup=0 if args.quick else 2, log=log, remote=remote,
+                        clients=args.clients))
                 res["throughput"] = [s.to_json() for s in samples or []]
             if "scale" in only:
                 secs = 10 if args.quick else 25
@@ -233,6 +315,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     env, n, args.rounds, cases, log))
                 res["rollout"] = [s.to_json() for s in ro or []]
         finally:
+            res["rss"] = rss.stop().to_json()  # before close(): that stops the daemon
+            if res["rss"]["samples"]:
+                log(f"daemon RSS through the run: max {res['rss']['max_rss_mb']:.1f} MB, "
+                    f"VmHWM {res['rss']['hwm_mb']:.1f} MB")
             log("cleaning up ...")
             env.close()
             if _leftover_rules():

@@ -89,11 +89,14 @@ def wait_http(host: str, port: int, timeout: float = 20.0) -> None:
 
 
 def run_backend(name: str, app: str, network: str | None = None,
-                publish: str | None = None, image: str = IMAGE) -> str:
+                publish: str | None = None, image: str = IMAGE,
+                environ: dict[str, str] | None = None) -> str:
     """One replica not managed by lbctl (nginx unless `image` says otherwise); returns its
     container id."""
     args = ["run", "-d", "--name", name, "--label", f"{LABEL}={app}",
             "-e", f"LBCTL_REPLICA={name}"]
+    for k, v in (environ or {}).items():
+        args += ["-e", f"{k}={v}"]
     if network:
         args += ["--network", network]
     if publish:
@@ -111,7 +114,9 @@ def run_sandbox(name: str, app: str, migrate: bool = True) -> str:
 
 
 class HostProxy:
-    """Debian's nginx or HAProxy on the host, in front of `upstreams` (ip:port)."""
+    """Debian's nginx or HAProxy on the host, in front of `upstreams` (ip:port). It listens on
+    every address, as a proxy serving other hosts does: local clients use 127.0.0.1, a remote
+    client (harness.remote) the host's address on its link."""
 
     def __init__(self, kind: str, upstreams: list[str], tmp: Path) -> None:
         self.kind = kind
@@ -170,7 +175,7 @@ http {{
         keepalive_requests 100000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen {port} backlog=4096;
         location / {{
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -194,7 +199,7 @@ defaults
     timeout server 30s
     http-reuse always
 frontend fe
-    bind 127.0.0.1:{port}
+    bind :{port}
     default_backend be
 backend be
     balance roundrobin
@@ -223,11 +228,14 @@ class Env:
         d = self.daemon
         return d.proc.pid if d and d.proc and d.proc.poll() is None else None
 
-    def run_app(self, app: str, replicas: int, mode: str, image: str = IMAGE) -> int:
-        """`lbctl run`; returns the host port (127.0.0.1) it answers on."""
+    def run_app(self, app: str, replicas: int, mode: str, image: str = IMAGE,
+                address: str = "127.0.0.1", extra: tuple[str, ...] = ()) -> int:
+        """`lbctl run` (+ `extra` options); returns the host port it answers on (on `address`,
+        and on 127.0.0.1: "0.0.0.0" publishes on every address of the host, for remote
+        clients too)."""
         port = free_port()
-        self.lbctl().ok("run", app, "--image", image, "-p", f"127.0.0.1:{port}:{PORT}",
-                        "--replicas", str(replicas), "--mode", mode, timeout=180)
+        self.lbctl().ok("run", app, "--image", image, "-p", f"{address}:{port}:{PORT}",
+                        "--replicas", str(replicas), "--mode", mode, *extra, timeout=180)
         wait_http("127.0.0.1", port)
         return port
 

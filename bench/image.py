@@ -5,7 +5,9 @@ own files: Debian's /usr/sbin/nginx plus every library `ldd` lists, busybox-stat
 two-line entry script, and a minimal /etc. The entry script writes the replica's name
 ($LBCTL_REPLICA, which lbctl sets; else the hostname) into the config, so every replica
 answers its own name even in ebpf mode, where replicas share the sandbox's UTS namespace
-and therefore its hostname.
+and therefore its hostname. It listens on 8080, or on $BENCH_PORT: replicas run with
+`--network host` (the `reuseport-host` path) share the host's ports with everything else, so
+the bench gives them a free one.
 
 STOPSIGNAL is SIGQUIT: nginx's graceful shutdown (SIGTERM is its fast shutdown, which drops
 the connections it already accepted).
@@ -37,7 +39,7 @@ http {
     keepalive_requests 100000;
     keepalive_timeout 65;
     server {
-        listen 8080 reuseport backlog=4096;
+        listen @PORT@ reuseport backlog=4096;
         location / {
             default_type text/plain;
             return 200 "@REPLICA@\\n";
@@ -48,9 +50,13 @@ http {
 
 ENTRY = """\
 #!/bin/busybox sh
-# Put this replica's name in the body, then become nginx (PID 1, the listener's owner).
+# Put this replica's name in the body and its port (8080 unless $BENCH_PORT says otherwise,
+# for replicas in the host's namespace) in the listen line, then become nginx (PID 1, the
+# listener's owner).
 name="${LBCTL_REPLICA:-$(/bin/busybox hostname)}"
-/bin/busybox sed "s/@REPLICA@/$name/" /etc/nginx/nginx.conf.in > /tmp/nginx.conf
+port="${BENCH_PORT:-8080}"
+/bin/busybox sed -e "s/@REPLICA@/$name/" -e "s/@PORT@/$port/" /etc/nginx/nginx.conf.in \
+    > /tmp/nginx.conf
 exec /usr/sbin/nginx -c /tmp/nginx.conf -g 'daemon off;'
 """
 

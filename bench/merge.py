@@ -3,8 +3,8 @@ that rerunning one scenario refreshes its section of RESULTS.md without dropping
 
 The kept sections stay those of the run that made them (its `meta` heads the report); each
 partial run is listed in meta["updates"] with its command, date and scenarios, so the report
-says which figures are newer. Throughput is merged per path: a path that ran replaces its own
-samples, and only those.
+says which figures are newer. Throughput is merged per path and client: a path that ran replaces
+its samples from the clients it ran with (`--clients`, meta["clients"]), and only those.
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def merge(previous: Results, new: Results, only: list[str], paths: tuple[str, ..
     out = copy.deepcopy(previous)
     ran_paths = ran & set(paths)
     if ran_paths:
-        kept = [s for s in previous.get("throughput", []) if s["path"] not in ran_paths]
+        # A path that ran replaces its samples of the clients it ran with (meta["clients"];
+        # all of them in a run from before clients had a choice), and only those.
+        clients = new["meta"].get("clients")
+        kept = [s for s in previous.get("throughput", []) if s["path"] not in ran_paths
+                or (clients is not None and s.get("client", "local") not in clients)]
         out["throughput"] = kept + list(new.get("throughput", []))
     for scenario, key in SECTIONS.items():
         if scenario in ran:

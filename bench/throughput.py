@@ -1,18 +1,31 @@
-"""Throughput and latency of every path, side by side, against the same nginx replicas.
+"""Throughput and latency of every path, side by side, against the same nginx replicas, from
+two kinds of client.
 
-Paths (ids are what `--only` takes):
-  direct       one replica reached on its container IP (no balancing at all)
-  reuseport    a pause sandbox + N replicas joined to it, plain kernel SO_REUSEPORT, no
-               program; wrk hits the sandbox IP
-  ebpf         lbctl ebpf mode on 127.0.0.1:PORT (lbctl's DNAT to the sandbox + the program)
-  ebpf-sandbox the same lbctl ebpf app hit on its sandbox IP (the program without the DNAT)
-  iptables     lbctl iptables mode on 127.0.0.1:PORT (statistic DNAT to each replica)
-  nginx        Debian's nginx on the host as reverse proxy in front of N replicas
-  haproxy      HAProxy on the host in front of the same N replicas
-  dockerproxy  one replica published with Docker's own -p 127.0.0.1:PORT (docker-proxy)
+Paths (ids are what `--only` takes; PATH_DEFS below is the one list to extend):
+  direct         one replica reached on its container IP (no balancing at all)
+  reuseport      a pause sandbox + N replicas joined to it, plain kernel SO_REUSEPORT, no
+                 program; wrk hits the sandbox IP
+  reuseport-host N replicas in the host's own network namespace (`docker run --network host`)
+                 on one free port with SO_REUSEPORT, no program: the baseline of an lbctl
+                 ebpf app run with `--network host`
+  ebpf           lbctl ebpf mode on PORT published on 0.0.0.0 (lbctl's DNAT to the sandbox
+                 + the program)
+  ebpf-sandbox   an lbctl ebpf app hit on its sandbox IP (the program without the DNAT); an
+                 app of its own, never reached through the DNAT (see the notes: why)
+  iptables       lbctl iptables mode on PORT published on 0.0.0.0 (statistic DNAT to each
+                 replica)
+  nginx          Debian's nginx on the host as reverse proxy in front of N replicas
+  haproxy        HAProxy on the host in front of the same N replicas
+  dockerproxy    one replica published with Docker's own -p 127.0.0.1:PORT (docker-proxy)
 
-Every (path, N, connection mode) is run `rounds` times, rounds interleaved and in alternating
-order so drift of the machine hits every path alike; the median round is reported.
+Clients (CLIENTS): `local` is wrk on this host, on 127.0.0.1 for host ports; `remote` is wrk
+in a network namespace of the bench's own behind a veth pair (harness.remote), reaching host
+ports at the host's address on that link and container/sandbox IPs routed through the host,
+as a client on another machine would. dockerproxy has no remote form (Docker publishes
+127.0.0.1 ports to local clients only).
+
+Every (path, N, connection mode, client) is run `rounds` times, rounds interleaved and in
+alternating order so drift of the machine hits every path alike; the median round is reported.
 """
 
 from __future__ import annotations
@@ -36,20 +49,168 @@ from bench.image import PORT
 from harness import wrk
 from harness.engine import docker
 from harness.host import free_port
+from harness.remote import RemoteHost
+from harness.traffic import get
 
-PATHS = ("direct", "reuseport", "ebpf", "ebpf-sandbox", "iptables", "nginx", "haproxy",
-         "dockerproxy")
 MODES = ("keepalive", "close")
-LABELS = {
-    "direct": "one backend, direct (container IP)",
-    "reuseport": "kernel SO_REUSEPORT, no program (sandbox IP)",
-    "ebpf": "lbctl ebpf mode (127.0.0.1 DNAT + program)",
-    "ebpf-sandbox": "lbctl ebpf program, sandbox IP (no DNAT)",
-    "iptables": "lbctl iptables mode (statistic DNAT)",
-    "nginx": "nginx reverse proxy (1 worker, upstream keepalive 64)",
-    "haproxy": "HAProxy (nbthread 1, http-reuse always)",
-    "dockerproxy": "docker-proxy (-p 127.0.0.1:PORT), 1 replica",
+CLIENTS = ("local", "remote")
+
+
+@dataclass(frozen=True)
+class Urls:
+    """Where a path is reached: from this host, and from the remote host (None: no remote
+    form)."""
+
+    local: str
+    remote: str | None
+
+
+@dataclass
+class Setup:
+    """One N's worth of targets being started: what they share and what to tear down."""
+
+    env: Env
+    n: int
+    host_ip: str  # the host's address as the remote client reaches it
+    made: list[str] = field(default_factory=list)  # containers
+    apps: list[str] = field(default_factory=list)  # lbctl apps
+    _raw: list[str] | None = None
+
+    def raw_replicas(self) -> list[str]:
+        """IPs of N plain replicas on docker0, shared by direct, nginx and haproxy."""
+        if self._raw is None:
+            names = [f"bench-raw{self.n}-{i}" for i in range(1, self.n + 1)]
+            for name in names:
+                run_backend(name, "bench-raw")
+                self.made.append(name)
+            self._raw = [container_ip(name) for name in names]
+            for ip in self._raw:
+                wait_http(ip, PORT)
+        return self._raw
+
+    def host_port(self, port: int) -> Urls:
+        return Urls(f"http://127.0.0.1:{port}/", f"http://{self.host_ip}:{port}/")
+
+
+def wait_replicas(host: str, port: int, names: set[str], timeout: float = 20.0) -> None:
+    """Until every replica in `names` has answered on host:port: all of them in the group
+    before a path is measured, not just the first one up."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not names <= seen:
+        try:
+            seen.add(get(port, host=host, timeout=1.0))
+        except OSError:
+            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{host}:{port}: only {sorted(seen)} of {sorted(names)} answer")
+
+
+def _direct(s: Setup) -> Urls:
+    url = f"http://{s.raw_replicas()[0]}:{PORT}/"
+    return Urls(url, url)
+
+
+def _proxy(kind: str) -> Callable[[Setup], Urls]:
+    def start(s: Setup) -> Urls:
+        p = s.env.proxy(kind, [f"{ip}:{PORT}" for ip in s.raw_replicas()])
+        return s.host_port(p.port)
+    return start
+
+
+def _reuseport(s: Setup) -> Urls:
+    sb = f"bench-rp{s.n}-sandbox"
+    run_sandbox(sb, "bench-rp")
+    s.made.append(sb)
+    names = {f"bench-rp{s.n}-{i}" for i in range(1, s.n + 1)}
+    for name in sorted(names):
+        s.made.append(name)
+        run_backend(name, "bench-rp", network=f"container:{sb}")
+    ip = container_ip(sb)
+    wait_replicas(ip, PORT, names)
+    url = f"http://{ip}:{PORT}/"
+    return Urls(url, url)
+
+
+def _reuseport_host(s: Setup) -> Urls:
+    port = free_port()
+    names = {f"bench-rph{s.n}-{i}" for i in range(1, s.n + 1)}
+    for name in sorted(names):
+        s.made.append(name)
+        run_backend(name, "bench-rph", network="host", environ={"BENCH_PORT": str(port)})
+    wait_replicas("127.0.0.1", port, names)
+    return s.host_port(port)
+
+
+def _dockerproxy(s: Setup) -> Urls:
+    port = free_port()
+    name = f"bench-dp{s.n}"
+    run_backend(name, "bench-dp", publish=f"127.0.0.1:{port}:{PORT}")
+    s.made.append(name)
+    wait_http("127.0.0.1", port)
+    return Urls(f"http://127.0.0.1:{port}/", None)
+
+
+def _lbctl(mode: str, app: str, *extra: str) -> Callable[[Setup], Urls]:
+    """An lbctl app published on 0.0.0.0 (`extra`: more `lbctl run` options)."""
+    def start(s: Setup) -> Urls:
+        port = s.env.run_app(app, s.n, mode, address="0.0.0.0", extra=extra)
+        s.apps.append(app)
+        return s.host_port(port)
+    return start
+
+
+def _ebpf_sandbox(s: Setup) -> Urls:
+    app = "bench-ebpfsb"
+    s.env.run_app(app, s.n, "ebpf")
+    s.apps.append(app)
+    url = f"http://{container_ip(f'{app}-sandbox')}:{PORT}/"
+    return Urls(url, url)
+
+
+@dataclass(frozen=True)
+class PathDef:
+    label: str
+    start: Callable[[Setup], Urls]
+    kind: str  # "lbctl": a way lbctl serves an app; "proxy": what lbctl competes with;
+    #            "reference": the kernel without lbctl, to see lbctl's own cost
+    replicas: bool = True  # False: one replica whatever N is
+    # the plain SO_REUSEPORT path on the same network path, which an lbctl ebpf path must
+    # match (its program is the only difference)
+    baseline: str | None = None
+
+
+# To add a path: a start function (returning its URLs) and one entry here; the report, the
+# targets and --only pick it up. "lbctl" paths compete for "lbctl's fastest path". An ebpf app
+# in the host's namespace would be, after "ebpf":
+#   "ebpf-host": PathDef("lbctl ebpf mode, --network host",
+#                        _lbctl("ebpf", "bench-ebpfh", "--network", "host"), "lbctl",
+#                        baseline="reuseport-host"),
+# (its own app, like ebpf-sandbox: see the notes on TIME_WAIT and PAWS).
+PATH_DEFS: dict[str, PathDef] = {
+    "direct": PathDef("one backend, direct (container IP)", _direct, "reference",
+                      replicas=False),
+    "reuseport": PathDef("kernel SO_REUSEPORT, no program (sandbox IP)", _reuseport,
+                         "reference"),
+    "reuseport-host": PathDef("kernel SO_REUSEPORT, no program (--network host)",
+                              _reuseport_host, "reference"),
+    "ebpf": PathDef("lbctl ebpf mode (DNAT + program)", _lbctl("ebpf", "bench-ebpf"), "lbctl"),
+    "ebpf-sandbox": PathDef("lbctl ebpf program, sandbox IP (no DNAT)", _ebpf_sandbox,
+                            "reference", baseline="reuseport"),
+    "iptables": PathDef("lbctl iptables mode (statistic DNAT)",
+                        _lbctl("iptables", "bench-ipt"), "lbctl"),
+    "nginx": PathDef("nginx reverse proxy (1 worker, upstream keepalive 64)", _proxy("nginx"),
+                     "proxy"),
+    "haproxy": PathDef("HAProxy (nbthread 1, http-reuse always)", _proxy("haproxy"), "proxy"),
+    "dockerproxy": PathDef("docker-proxy (-p 127.0.0.1:PORT), 1 replica", _dockerproxy,
+                           "reference", replicas=False),
 }
+PATHS = tuple(PATH_DEFS)
+LABELS = {p: d.label for p, d in PATH_DEFS.items()}
+LBCTL_PATHS = tuple(p for p, d in PATH_DEFS.items() if d.kind == "lbctl")
+PROXY_PATHS = tuple(p for p, d in PATH_DEFS.items() if d.kind == "proxy")
+# (lbctl ebpf path, plain SO_REUSEPORT on the same network path)
+SAME_PATH = tuple((p, d.baseline) for p, d in PATH_DEFS.items() if d.baseline)
 
 
 @dataclass
@@ -57,6 +218,7 @@ class Sample:
     path: str
     replicas: int
     mode: str
+    client: str = "local"
     rounds: list[wrk.WrkResult] = field(default_factory=list)
     # CPU of the lbctl daemon during each round, % of one core (None: no daemon running)
     daemon_cpu: list[float] = field(default_factory=list)
@@ -69,6 +231,7 @@ class Sample:
     def to_json(self) -> dict[str, Any]:
         m = self.median
         return {"path": self.path, "replicas": self.replicas, "mode": self.mode,
+                "client": self.client,
                 "rps": round(m.rps, 1), "p50_ms": round(m.p50_ms, 3),
                 "p99_ms": round(m.p99_ms, 3), "failed": m.failed,
                 "daemon_cpu_pct": round(statistics.median(self.daemon_cpu), 1)
@@ -93,93 +256,57 @@ def _mean(rs: list[wrk.WrkResult]) -> wrk.WrkResult:
 
 
 @contextlib.contextmanager
-def _targets(env: Env, paths: list[str], n: int) -> Iterator[dict[str, str]]:
-    """Start whatever `paths` need for n replicas; yields path -> URL; tears it down."""
-    urls: dict[str, str] = {}
-    made: list[str] = []
-    apps: list[str] = []
+def _targets(env: Env, paths: list[str], n: int, host_ip: str) -> Iterator[dict[str, Urls]]:
+    """Start whatever `paths` need for n replicas; yields path -> Urls; tears it down."""
+    s = Setup(env, n, host_ip)
     proxies_before = len(env.proxies)
     try:
-        if {"direct", "nginx", "haproxy"} & set(paths):
-            names = [f"bench-raw{n}-{i}" for i in range(1, n + 1)]
-            for name in names:
-                run_backend(name, "bench-raw")
-                made.append(name)
-            ips = [container_ip(name) for name in names]
-            for ip in ips:
-                wait_http(ip, PORT)
-            upstreams = [f"{ip}:{PORT}" for ip in ips]
-            if "direct" in paths:
-                urls["direct"] = f"http://{ips[0]}:{PORT}/"
-            for kind in ("nginx", "haproxy"):
-                if kind in paths:
-                    urls[kind] = env.proxy(kind, upstreams).url
-        if "reuseport" in paths:
-            sb = f"bench-rp{n}-sandbox"
-            run_sandbox(sb, "bench-rp")
-            made.append(sb)
-            for i in range(1, n + 1):
-                made.append(f"bench-rp{n}-{i}")
-                run_backend(made[-1], "bench-rp", network=f"container:{sb}")
-            ip = container_ip(sb)
-            wait_http(ip, PORT)
-            urls["reuseport"] = f"http://{ip}:{PORT}/"
-        if "dockerproxy" in paths:
-            port = free_port()
-            name = f"bench-dp{n}"
-            run_backend(name, "bench-dp", publish=f"127.0.0.1:{port}:{PORT}")
-            made.append(name)
-            wait_http("127.0.0.1", port)
-            urls["dockerproxy"] = f"http://127.0.0.1:{port}/"
-        if {"ebpf", "ebpf-sandbox"} & set(paths):
-            app = "bench-ebpf"
-            port = env.run_app(app, n, "ebpf")
-            apps.append(app)
-            urls["ebpf"] = f"http://127.0.0.1:{port}/"
-            sb_ip = container_ip(f"{app}-sandbox")
-            urls["ebpf-sandbox"] = f"http://{sb_ip}:{PORT}/"
-        if "iptables" in paths:
-            app = "bench-ipt"
-            port = env.run_app(app, n, "iptables")
-            apps.append(app)
-            urls["iptables"] = f"http://127.0.0.1:{port}/"
-        yield {p: urls[p] for p in paths if p in urls}
+        yield {p: PATH_DEFS[p].start(s) for p in PATHS if p in paths}
     finally:
         for p in env.proxies[proxies_before:]:
             with contextlib.suppress(Exception):
                 p.stop()
         del env.proxies[proxies_before:]
-        for app in apps:
+        for app in s.apps:
             env.rm_app(app)
-        if made:
-            docker("rm", "-f", *made, check=False)
+        if s.made:
+            docker("rm", "-f", *s.made, check=False)
 
 
 def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, rounds: int,
-        warmup: float, log: Callable[[str], None]) -> list[Sample]:
+        warmup: float, log: Callable[[str], None], remote: RemoteHost | None = None,
+        clients: tuple[str, ...] = ("local",)) -> list[Sample]:
+    """Every path of `paths` for each N, from each of `clients` ("remote" needs `remote`)."""
+    if "remote" in clients and remote is None:
+        raise ValueError("remote clients need a RemoteHost")
     samples: list[Sample] = []
     for n in replica_counts:
-        with _targets(env, paths, n) as urls:
-            order = list(urls)
+        with _targets(env, paths, n, remote.host_ip if remote else "127.0.0.1") as urls:
+            # (client, path, url, netns) in the order of one round
+            runs = [(c, p, u, remote.ns if c == "remote" and remote else None)
+                    for c in clients for p, us in urls.items()
+                    if (u := us.local if c == "local" else us.remote) is not None]
             if warmup > 0:
-                for path in order:
-                    wrk.run(urls[path], warmup, close=False)
-            by_key: dict[tuple[str, str], Sample] = {}
+                for _, _, url, ns in runs:
+                    wrk.run(url, warmup, close=False, netns=ns)
+            by_key: dict[tuple[str, str, str], Sample] = {}
             for r in range(rounds):
                 for mode in MODES:
-                    for path in order if r % 2 == 0 else reversed(order):
+                    for client, path, url, ns in runs if r % 2 == 0 else reversed(runs):
                         pid = env.daemon_pid()
                         c0, t0 = (proc_cpu_seconds(pid), time.monotonic()) if pid else (0, 0)
-                        res = wrk.run(urls[path], seconds, close=mode == "close")
-                        s = by_key.setdefault((path, mode), Sample(path, n, mode))
+                        res = wrk.run(url, seconds, close=mode == "close", netns=ns)
+                        s = by_key.setdefault((path, mode, client),
+                                              Sample(path, n, mode, client))
                         s.rounds.append(res)
                         if pid:
                             s.daemon_cpu.append(
                                 100 * (proc_cpu_seconds(pid) - c0) / (time.monotonic() - t0))
-                        log(f"  N={n} {mode:9} {path:12} round {r + 1}: {res.rps:9.0f} req/s "
-                            f"p50 {res.p50_ms:.2f} ms p99 {res.p99_ms:.2f} ms"
+                        log(f"  N={n} {mode:9} {client:6} {path:14} round {r + 1}: "
+                            f"{res.rps:9.0f} req/s p50 {res.p50_ms:.2f} ms "
+                            f"p99 {res.p99_ms:.2f} ms"
                             + (f" daemon CPU {s.daemon_cpu[-1]:.0f}%" if pid else "")
                             + (f" FAILED {res.failed}" if res.failed else ""))
                         time.sleep(0.5)  # let TIME_WAIT churn and stray CPU settle
-            samples += [by_key[(p, m)] for p in order for m in MODES]
+            samples += [by_key[(p, m, c)] for c, p, _, _ in runs for m in MODES]
     return samples

@@ -67,7 +67,9 @@ def parse(out: str) -> WrkResult:
 
 
 def command(url: str, seconds: float, close: bool, connections: int = CONNECTIONS,
-            script: Path | None = None) -> list[str]:
+            script: Path | None = None, netns: str | None = None) -> list[str]:
+    """wrk's command line; `netns`: run it in that network namespace (a remote client,
+    harness.remote), still pinned to WRK_CPU."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
            "--timeout", f"{TIMEOUT_S}s"]
     if close:
@@ -77,14 +79,16 @@ def command(url: str, seconds: float, close: bool, connections: int = CONNECTION
     cmd.append(url)
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", WRK_CPU, *cmd]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     return cmd
 
 
 def start(url: str, seconds: float, close: bool, connections: int = CONNECTIONS,
-          script: Path | None = None) -> subprocess.Popen[str]:
+          script: Path | None = None, netns: str | None = None) -> subprocess.Popen[str]:
     """wrk in the background; `seconds` bounds it, and SIGINT ends it sooner (wrk then prints
     its report as usual: what bench.rollout does once the rollout it measures is over)."""
-    return subprocess.Popen(command(url, seconds, close, connections, script),
+    return subprocess.Popen(command(url, seconds, close, connections, script, netns),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -99,8 +103,9 @@ def finish(proc: subprocess.Popen[str], seconds: float) -> WrkResult:
     return parse(out)
 
 
-def run(url: str, seconds: float, close: bool, connections: int = CONNECTIONS) -> WrkResult:
-    return finish(start(url, seconds, close, connections), seconds)
+def run(url: str, seconds: float, close: bool, connections: int = CONNECTIONS,
+        netns: str | None = None) -> WrkResult:
+    return finish(start(url, seconds, close, connections, netns=netns), seconds)
 
 
 class Wrk:

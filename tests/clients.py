@@ -1,9 +1,10 @@
 """Clients that are not this process on 127.0.0.1: a "remote host" in a network namespace of
 the test's own, containers on the engine's bridge, and a container's own namespace.
 
-- RemoteHost: a namespace joined to the host by a veth pair, 10.x (and fd..) addresses on
-  both ends and a default route through the host: to lbctl it is another machine on a
-  directly connected network, reaching the host's address on that link.
+- RemoteHost (harness.remote, shared with the benchmarks): a namespace joined to the host by
+  a veth pair, 10.x (and fd..) addresses on both ends and a default route through the host:
+  to lbctl it is another machine on a directly connected network, reaching the host's
+  address on that link.
 - source_image(): the demo and client images built from this checkout's sources under a tag
   of their own (`lbctl/demo:src-<hash>`, `lbctl/client:src-<hash>`, labelled lbctl.test=1),
   so a test never depends on what another checkout last tagged `latest` in the shared engine.
@@ -25,11 +26,11 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness import ROOT
+from harness.remote import RemoteHost, remote_host  # noqa: F401 (used by the e2e tests)
 
 IMAGES = {
     # kind -> (source dir, C file, binary name in the image)
@@ -72,59 +73,6 @@ def source_image(kind: str, cli: str = "docker") -> str:
                        capture_output=True)
         save.wait()
     return tag
-
-
-@dataclass(frozen=True)
-class RemoteHost:
-    """A namespace standing in for another machine on a link to this host."""
-
-    ns: str
-    host_link: str  # the host's end of the veth pair
-    host_ip: str  # the host's IPv4 address on that link (what the remote host connects to)
-    ip: str  # the remote host's IPv4 address
-    host_ip6: str  # the same for IPv6 (ULA, no duplicate address detection)
-    ip6: str
-
-    def run(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.ns, *cmd], capture_output=True,
-                              text=True, timeout=timeout, check=False)
-
-
-@contextlib.contextmanager
-def remote_host(tag: int) -> Iterator[RemoteHost]:
-    """A RemoteHost on 10.253.<tag>.0/30 and fd53:<tag>::/64 (tag < 256 keeps concurrent
-    runs of different test processes apart); removed on exit."""
-    r = RemoteHost(
-        ns=f"lbctl-remote{tag}", host_link=f"lbrem{tag}",
-        host_ip=f"10.253.{tag}.1", ip=f"10.253.{tag}.2",
-        host_ip6=f"fd53:{tag:x}::1", ip6=f"fd53:{tag:x}::2",
-    )
-    _remove_remote(r)
-    try:
-        _sh("ip", "netns", "add", r.ns)
-        _sh("ip", "link", "add", r.host_link, "type", "veth", "peer", "name", "eth0",
-            "netns", r.ns)
-        _sh("ip", "addr", "add", f"{r.host_ip}/30", "dev", r.host_link)
-        _sh("ip", "-6", "addr", "add", f"{r.host_ip6}/64", "dev", r.host_link, "nodad")
-        _sh("ip", "link", "set", r.host_link, "up")
-        n = ["ip", "-n", r.ns]
-        _sh(*n, "link", "set", "lo", "up")
-        _sh(*n, "addr", "add", f"{r.ip}/30", "dev", "eth0")
-        _sh(*n, "-6", "addr", "add", f"{r.ip6}/64", "dev", "eth0", "nodad")
-        _sh(*n, "link", "set", "eth0", "up")
-        _sh(*n, "route", "add", "default", "via", r.host_ip)
-        _sh(*n, "-6", "route", "add", "default", "via", r.host_ip6)
-        yield r
-    finally:
-        _remove_remote(r)
-
-
-def _remove_remote(r: RemoteHost) -> None:
-    for pid in _sh("ip", "netns", "pids", r.ns, check=False).split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), 9)
-    _sh("ip", "netns", "del", r.ns, check=False)
-    _sh("ip", "link", "del", r.host_link, check=False)  # gone with the namespace, normally
 
 
 # Runs in a namespace: COUNT requests, each on a new socket, answers' first words counted.

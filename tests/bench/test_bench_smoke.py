@@ -1,6 +1,6 @@
 """The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
-real engine and kernel (direct + lbctl ebpf, and the rollout scenario's quick cases),
-checking the report it writes.
+real engine and kernel (direct, reuseport-host, lbctl ebpf and nginx, each from a local and a
+remote client, and the rollout scenario's quick cases), checking the report it writes.
 
 The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
 not hold it: it only waits for it like any other run would.
@@ -21,7 +21,7 @@ import pytest
 from bench import rollout
 from bench.__main__ import parse_args
 from harness import ROOT
-from harness.wrk import parse
+from harness.wrk import command, parse
 
 WRK_OUT = """\
 Running 1s test @ http://127.0.0.1:8080/
@@ -53,32 +53,61 @@ def test_only_rejects_unknown_scenarios() -> None:
     assert parse_args(["--quick"]).duration == 2.0
 
 
+def test_clients_are_checked_and_kept_in_order() -> None:
+    assert parse_args([]).clients == ("local", "remote")
+    assert parse_args(["--clients", "remote,local"]).clients == ("local", "remote")
+    assert parse_args(["--clients", "remote"]).clients == ("remote",)
+    for bad in ("far", "local,far", ","):
+        with pytest.raises(SystemExit):
+            parse_args(["--clients", bad])
+
+
+def test_wrk_runs_in_the_remote_namespace_pinned() -> None:
+    cmd = command("http://10.0.0.1:80/", 2, close=True, netns="lbctl-remote250")
+    assert cmd[:4] == ["ip", "netns", "exec", "lbctl-remote250"]
+    assert "Connection: close" in cmd and cmd[-1] == "http://10.0.0.1:80/"
+    if shutil.which("taskset"):
+        assert cmd[4:7] == ["taskset", "-c", "1"]
+    assert command("http://x/", 2, close=False)[0] != "ip"
+
+
 @pytest.mark.engine
-@pytest.mark.timeout(300)  # the run itself is ~60 s; the rest is waiting for the host lock
+@pytest.mark.timeout(420)  # the run itself is ~100 s; the rest is waiting for the host lock
 def test_quick_run_writes_results(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("docker") is None or shutil.which("wrk") is None:
         pytest.fail("the bench smoke test needs root, Docker and wrk: run `make setup`")
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "direct,ebpf,rollout",
-         "--duration", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=290, check=False,
+        [sys.executable, "-m", "bench", "--quick", "--only",
+         "direct,reuseport-host,ebpf,nginx,rollout", "--duration", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=410, check=False,
     )
     assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     md = (out / "RESULTS.md").read_text()
-    for row in ("one backend, direct", "lbctl ebpf mode"):
-        line = next((ln for ln in md.splitlines() if ln.startswith(f"| {row}")), None)
-        assert line is not None, f"no {row!r} row in RESULTS.md:\n{md}"
-        rps = [float(m) for m in re.findall(r"\| ([\d.]+)k? \|", line)]
-        assert rps and all(x > 0 for x in rps), line
+    for row in ("one backend, direct", "lbctl ebpf mode", "nginx reverse proxy",
+                "kernel SO_REUSEPORT, no program (--network host)"):
+        for client in ("local", "remote"):
+            line = next((ln for ln in md.splitlines()
+                         if ln.startswith(f"| {row}") and f"| {client} |" in ln), None)
+            assert line is not None, f"no {row!r} {client} row in RESULTS.md:\n{md}"
+            rps = [float(m) for m in re.findall(r"\| ([\d.]+)k? \|", line)]
+            assert rps and all(x > 0 for x in rps), line
     for key in ("command", "kernel", "CPUs", "date"):
         assert f"| {key} |" in md
     data = json.loads((out / "results.json").read_text())
     samples = data["throughput"]
-    assert {(s["path"], s["mode"]) for s in samples} == {
-        (p, m) for p in ("direct", "ebpf") for m in ("keepalive", "close")
+    assert {(s["path"], s["mode"], s["client"]) for s in samples} == {
+        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "nginx")
+        for m in ("keepalive", "close") for c in ("local", "remote")
     }
     assert all(s["rps"] > 0 and s["failed"] == 0 for s in samples), samples
+    # the targets were judged on both clients (met or missed, not "not measured")
+    t = next(ln for ln in md.splitlines() if ln.startswith("| new connection per request"))
+    assert "local N=2" in t and "remote N=2" in t and "not measured" not in t, t
+    # the daemon's memory was followed through the whole run
+    rss = data["rss"]
+    assert rss["samples"] > 10 and rss["hwm_mb"] >= rss["max_rss_mb"] > 10, rss
+    assert "## Daemon memory through the whole run" in md
     # the rollouts ran (the bench itself checks that each ended on the new image) under load
     rollouts = {s["id"]: s for s in data["rollout"]}
     assert set(rollouts) == set(rollout.QUICK), rollouts.keys()
@@ -99,3 +128,8 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
                            check=False).stdout.split() if left else []
     assert not [n for n in names if n.startswith("bench-")], names
     assert not Path("/sys/fs/bpf/lbctl-bench").exists()
+    # ... and no remote host: its namespace, its link and its FORWARD rules are gone
+    assert "lbctl-remote250" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                   text=True, check=False).stdout
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    assert "lbctl-bench" not in rules

@@ -1,0 +1,46 @@
+"""Which apps and URLs the throughput paths set up (logic on a stand-in Env; the real run is
+in test_bench_smoke.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import throughput
+from bench.throughput import PATH_DEFS, Setup
+
+
+class _Env:
+    """Records `lbctl run`s instead of making them."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str, str]] = []
+        self.proxies: list[Any] = []
+
+    def run_app(self, app: str, replicas: int, mode: str, address: str = "127.0.0.1",
+                extra: tuple[str, ...] = ()) -> int:
+        self.runs.append((app, mode, address))
+        return 30000 + len(self.runs)
+
+
+def test_ebpf_sandbox_never_shares_the_ebpf_apps_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 0.3x row: reached both through the DNAT and at its IP, one sandbox held the first
+    run's TIME_WAIT sockets, whose PAWS check stalled the second run's SYNs for 1 s each."""
+    monkeypatch.setattr(throughput, "container_ip", lambda ref: f"ip-of-{ref}")
+    env = _Env()
+    s = Setup(env, 2, "10.253.250.1")  # type: ignore[arg-type]
+    ebpf = PATH_DEFS["ebpf"].start(s)
+    sandbox = PATH_DEFS["ebpf-sandbox"].start(s)
+    (a, _, addr), (b, mode, _) = env.runs
+    assert a != b and mode == "ebpf" and addr == "0.0.0.0"
+    assert sandbox.local == sandbox.remote == f"http://ip-of-{b}-sandbox:8080/"
+    assert ebpf.local == "http://127.0.0.1:30001/"
+    assert ebpf.remote == "http://10.253.250.1:30001/"
+    assert sorted(s.apps) == sorted([a, b])  # both removed at the end
+
+
+def test_every_path_has_a_label_and_a_known_kind() -> None:
+    for p, d in PATH_DEFS.items():
+        assert d.label and d.kind in {"lbctl", "proxy", "reference"}, p
+        assert d.baseline is None or d.baseline in PATH_DEFS, p

@@ -1,0 +1,150 @@
+"""Issue 14's throughput targets and the client split of the report (pure logic on made-up
+figures; the real run is in test_bench_smoke.py), and the whole-run RSS sampler on a real
+process."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench import report
+from bench.rss import RssSampler
+from bench.throughput import LBCTL_PATHS, PATHS, PROXY_PATHS, SAME_PATH
+
+
+def _s(path: str, mode: str, rps: float, p99: float, client: str | None = "local",
+       n: int = 2) -> dict[str, Any]:
+    s: dict[str, Any] = {"path": path, "replicas": n, "mode": mode, "rps": rps, "p50_ms": 1.0,
+                         "p99_ms": p99, "failed": 0, "daemon_cpu_pct": 1.0, "rounds": []}
+    if client is not None:
+        s["client"] = client
+    return s
+
+
+def _res(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"meta": {"command": "x", "date": "d", "kernel": "k", "cpus": 2, "cpu_model": "c",
+                     "duration": 1, "rounds": 1, "wrk": "wrk", "versions": "v",
+                     "runtime_s": 60}, "throughput": samples}
+
+
+def _row(res: dict[str, Any], start: str) -> tuple[str, str, bool | None, str]:
+    return next(r for r in report.targets(res) if r[0].startswith(start))
+
+
+def _both(path: str, ka: float, close: float, p99: float = 2.0) -> list[dict[str, Any]]:
+    return [_s(path, m, r, p99, c) for c in ("local", "remote")
+            for m, r in (("keepalive", ka), ("close", close))]
+
+
+def test_the_path_list_knows_what_competes() -> None:
+    assert {"ebpf", "iptables"} <= set(LBCTL_PATHS)
+    assert set(PROXY_PATHS) == {"nginx", "haproxy"}
+    assert ("ebpf-sandbox", "reuseport") in SAME_PATH
+    assert "reuseport-host" in PATHS and "ebpf-sandbox" not in LBCTL_PATHS
+
+
+def test_fastest_lbctl_path_against_the_better_proxy() -> None:
+    res = _res([*_both("ebpf", 100_000, 20_000), *_both("iptables", 90_000, 25_000),
+                *_both("nginx", 40_000, 19_000), *_both("haproxy", 35_000, 20_000, p99=4.0)])
+    close = report.vs_proxy(res, "close")
+    # iptables has more new-conn req/s than ebpf; haproxy more than nginx
+    assert {(v.client, v.lbctl, v.proxy) for v in close} == {
+        ("local", "iptables", "haproxy"), ("remote", "iptables", "haproxy")}
+    assert all(v.rps == 1.25 and v.p99 == 0.5 for v in close)
+    t, meas, ok, _ = _row(res, "new connection per request")
+    assert ok is True and "1.2x" in t and "remote N=2: iptables / haproxy 1.25x" in meas
+    t, meas, ok, _ = _row(res, "keep-alive")
+    assert ok is True and "ebpf / nginx 2.50x" in meas
+
+
+def test_one_client_or_p99_short_misses() -> None:
+    slow_remote = _res([*_both("nginx", 40_000, 20_000),
+                        _s("ebpf", "close", 24_000, 2.0, "local"),
+                        _s("ebpf", "close", 19_000, 2.0, "remote")])
+    _, meas, ok, _ = _row(slow_remote, "new connection per request")
+    assert ok is False and "local N=2: ebpf / nginx 1.20x" in meas and "0.95x" in meas
+    worse_tail = _res([*_both("ebpf", 100_000, 30_000, p99=9.0), *_both("nginx", 40_000, 20_000)])
+    assert _row(worse_tail, "new connection per request")[2] is False
+
+
+def test_a_client_not_measured_is_not_a_pass() -> None:
+    res = _res([_s("ebpf", "close", 30_000, 1.0), _s("nginx", "close", 20_000, 2.0),
+                _s("ebpf", "keepalive", 30_000, 1.0), _s("nginx", "keepalive", 2_000, 2.0)])
+    _, meas, ok, _ = _row(res, "new connection per request")
+    assert ok is False and "remote missing" in meas
+    assert _row(_res([]), "new connection per request")[2] is None
+
+
+def test_ebpf_against_reuseport_on_the_same_path_takes_the_worst() -> None:
+    res = _res([*_both("ebpf-sandbox", 100_000, 15_000), *_both("reuseport", 100_000, 15_000)])
+    assert _row(res, "ebpf >= 0.98x")[2] is True
+    res["throughput"].append(_s("ebpf-sandbox", "close", 5_000, 2.0, "remote", n=4))
+    res["throughput"].append(_s("reuseport", "close", 15_000, 2.0, "remote", n=4))
+    _, meas, ok, _ = _row(res, "ebpf >= 0.98x")
+    assert ok is False and "new N=4 0.33x" in meas
+
+
+def test_results_before_remote_clients_read_as_local() -> None:
+    res = _res([_s("ebpf", "close", 30_000, 1.0, client=None),
+                _s("nginx", "close", 20_000, 2.0, client=None)])
+    assert report.ratio(res, "ebpf", "nginx", 2, mode="close") == 1.5
+    md = report.markdown(res)
+    assert "| lbctl ebpf mode (DNAT + program) | local | 2 |" not in md  # no keep-alive sample
+    res["throughput"] += [_s("ebpf", "keepalive", 90_000, 1.0, client=None),
+                          _s("nginx", "keepalive", 30_000, 2.0, client=None)]
+    md = report.markdown(res)
+    assert "| lbctl ebpf mode (DNAT + program) | local | 2 | 90.0k |" in md
+    assert "| ebpf / nginx | local | 3.00x |" in md
+
+
+def test_rss_target_takes_the_whole_run_and_the_kernel_peak() -> None:
+    res = _res([])
+    res["rss"] = {"samples": 100, "max_rss_mb": 60.0, "hwm_mb": 85.0, "daemons": 1,
+                  "seconds": 600.0, "timeline": [[0.0, 50.0], [10.0, 60.0]]}
+    _, meas, ok, _ = _row(res, "daemon RSS")
+    assert ok is False and "VmHWM 85 MB" in meas
+    res["rss"]["hwm_mb"] = 70.0
+    assert _row(res, "daemon RSS")[2] is True
+    res["footprint"] = {"apps_idle": 2, "idle_seconds": 10.0, "idle_rss_mb": 50.0,
+                        "storm_rss_max_mb": 90.0, "hwm_mb": 90.0, "idle_cpu_pct": 1.0,
+                        "storm_seconds": 30.0, "storm_cycles": 3, "storm_cpu_pct": 5.0}
+    assert _row(res, "daemon RSS")[2] is False
+    assert "## Daemon memory through the whole run" in report.markdown(res)
+
+
+def test_sampler_follows_a_real_process_and_tolerates_none() -> None:
+    pids: list[int | None] = [None, os.getpid()]
+    sampler = RssSampler(lambda: pids[-1], interval=0.01).start()
+    blob = bytearray(30 * 1024 * 1024)  # touched, so it is resident: 30 MB more RSS
+    blob[::4096] = b"x" * len(blob[::4096])
+    r = sampler.stop()
+    assert r.samples >= 1 and r.daemons == 1
+    assert r.hwm_mb >= r.max_rss_mb >= 30
+    del blob
+    assert RssSampler(lambda: None).start().stop().samples == 0
+
+
+def test_a_rerun_from_one_client_keeps_the_other_clients_samples() -> None:
+    from bench.merge import merge
+
+    old = _res([*_both("ebpf", 100_000, 20_000), *_both("nginx", 40_000, 19_000)])
+    new = _res([_s("ebpf", m, 1.0, 1.0, "remote") for m in ("keepalive", "close")])
+    new["meta"]["clients"] = ["remote"]
+    out = merge(old, new, ["ebpf"], PATHS)
+    got = {(s["path"], s["client"], s["mode"]): s["rps"] for s in out["throughput"]}
+    assert got[("ebpf", "remote", "close")] == 1.0 and got[("ebpf", "local", "close")] == 20_000
+    assert len(got) == len(out["throughput"]) == 8
+    # a run from before --clients replaced the path's samples whatever their client
+    del new["meta"]["clients"]
+    out = merge(old, new, ["ebpf"], PATHS)
+    assert {s["client"] for s in out["throughput"] if s["path"] == "ebpf"} == {"remote"}
+
+
+def test_the_baseline_noise_is_stated_next_to_the_ebpf_ratio() -> None:
+    base = _s("reuseport", "keepalive", 100_000, 2.0)
+    base["rounds"] = [{"rps": 90_000}, {"rps": 110_000}]
+    res = _res([base, _s("ebpf-sandbox", "keepalive", 96_000, 2.0)])
+    _, _, ok, why = _row(res, "ebpf >= 0.98x")
+    assert ok is False and "differ by up to 20% of their median" in why
+    base["rounds"] = [{"rps": 100_000}]
+    assert "differ by" not in _row(res, "ebpf >= 0.98x")[3]
