@@ -127,7 +127,9 @@ def _compose_options(o: RunOptions, svc: dict[str, Any]) -> tuple[list[str], lis
         svc["volumes"] = vols
     if o.tmpfs:
         svc["tmpfs"] = list(o.tmpfs)
-    if o.network:
+    if o.host_network:
+        svc["network_mode"] = "host"
+    elif o.network:
         svc["networks"] = list(o.network)
     else:
         svc["network_mode"] = "bridge"
@@ -184,7 +186,7 @@ def _compose_options(o: RunOptions, svc: dict[str, Any]) -> tuple[list[str], lis
         if o.log_opt:
             logging["options"] = dict(o.log_opt)
         svc["logging"] = logging
-    return named, list(o.network)
+    return named, [] if o.host_network else list(o.network)
 
 
 def _long_volume(m: Mount) -> dict[str, Any]:

@@ -16,7 +16,8 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         total = sum(r["connections_total"] for r in a["replicas"]) or 0
         rev = f"  rev {a['revision']}" if a.get("revision") else ""
         published = ",".join(a.get("publishes") or [a["publish"]])
-        head = f"{a['name']}  {a['mode']}  {published}  {a['ready']}/{a['desired']} ready{rev}"
+        mode = f"{a['mode']} (host network)" if a.get("network") == "host" else a["mode"]
+        head = f"{a['name']}  {mode}  {published}  {a['ready']}/{a['desired']} ready{rev}"
         lines.append(head)
         if a.get("error"):
             lines.append(f"  error: {a['error']}")

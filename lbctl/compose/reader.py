@@ -357,12 +357,14 @@ class Reader:
             spec["tmpfs"] = self._list_or_one(svc["tmpfs"], f"{where}.tmpfs")
         mode = svc.get("network_mode")
         if mode is not None:
-            if mode != "bridge":
+            if mode not in ("bridge", "host"):
                 raise self.fail(f"{where}.network_mode", f"{mode!r} is not supported by lbctl "
-                                "(bridge, or networks:); to put docker-compose's containers "
-                                "into an ebpf app's namespace, see `lbctl export`")
+                                "(bridge, host, or networks:); to put docker-compose's "
+                                "containers into an ebpf app's namespace, see `lbctl export`")
             if svc.get("networks") is not None:
                 raise self.fail(where, "network_mode and networks together")
+            if mode == "host":
+                spec["network"] = ["host"]
         else:
             spec["network"] = self._networks(svc.get("networks"), f"{where}.networks")
         if svc.get("extra_hosts") is not None:

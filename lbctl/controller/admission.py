@@ -102,6 +102,8 @@ class Admission:
     async def check_networks(self, specs: Sequence[AppSpec], declared: Resources) -> None:
         found: dict[str, NetworkFacts | None] = {}
         for spec in specs:
+            if spec.host_network:
+                continue  # the host's namespace: no network of the engine's is involved
             for i, net in enumerate(spec.options.network):
                 if net in declared.networks:
                     continue  # created as a bridge network before the app is committed

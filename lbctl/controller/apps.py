@@ -353,6 +353,8 @@ class AppsService:
             return taken
         try:
             for s in specs:
+                if s.host_network:
+                    self.ports.check_spec(s)
                 taken[s.name] = self.ports.reserve(_host_ports(s))
         except BaseException:
             _close(taken)
@@ -411,8 +413,10 @@ class AppsService:
 
 
 def _host_ports(spec: AppSpec) -> tuple[Publish, ...]:
-    """Every host address the app answers on: each is held while the app exists."""
-    return spec.publishes
+    """Every host address the app answers on: each is held while the app exists. Not for a
+    `--network host` app, whose replicas bind the port themselves (a placeholder would make
+    their bind fail, or join their SO_REUSEPORT group); it is checked free at admission."""
+    return () if spec.host_network else spec.publishes
 
 
 def _close(taken: dict[str, list[Placeholder]]) -> None:

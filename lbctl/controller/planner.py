@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lbctl.model import ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
+from lbctl.model.options import HOST_NETWORK as HOST_MODE
 from lbctl.model.rollout import UpdatePolicy
 
 
@@ -125,6 +126,19 @@ class AppPlan:
         return bool(self.create_sandbox or self.create or self.retire)
 
 
+def host_namespace(app: str) -> Container:
+    """A `--network host` app's stand-in for a sandbox: the namespace its replicas join is
+    the host's (HOST_MODE, as the runtime names their network mode). Not managed, so nothing
+    ever stops or re-creates it; no address, since no DNAT leads to it."""
+    return Container(id=HOST_MODE, name=HOST_MODE, app=app, role=ROLE_SANDBOX, managed=False,
+                     index=None, running=True, health=None, ip=None, pid=None,
+                     started_at=None)
+
+
+def is_host_namespace(c: Container | None) -> bool:
+    return c is not None and c.id == HOST_MODE and not c.managed
+
+
 def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     spec = desired.spec
     containers = sorted(observed.containers, key=lambda c: c.name)
@@ -137,7 +151,12 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     retire: list[Container] = []
     sandbox: Container | None = None
     create_sandbox = False
-    if spec.mode is Mode.EBPF:
+    if spec.mode is Mode.EBPF and spec.host_network:
+        # The host's namespace is always there: it stands in for the sandbox, and a real
+        # sandbox (left by a crash mid-change) has nothing to hold.
+        sandbox = host_namespace(spec.name)
+        retire += [s for s in sandboxes if s.id not in retiring]
+    elif spec.mode is Mode.EBPF:
         running = [s for s in sandboxes if s.running and s.id not in retiring]
         sandbox = running[0] if running else None
         retire += [s for s in sandboxes if s is not sandbox and s.id not in retiring]

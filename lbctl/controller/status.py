@@ -80,8 +80,9 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
                 p.sandbox is None or c.joined_to != p.sandbox.id
             ):
                 # Adopted, but listening in a namespace of its own: no connection reaches it.
-                note = (f"not in the app's namespace: give it network_mode: "
-                        f"container:{sandbox_name(name)}")
+                where = ("host" if spec.host_network
+                         else f"container:{sandbox_name(name)}")
+                note = f"not in the app's namespace: give it network_mode: {where}"
             replicas.append({
                 "name": c.name,
                 "container_id": c.id,
@@ -107,6 +108,8 @@ def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
         "mode": str(spec.mode),
         "publish": str(spec.publish),  # the first, as a string (the contract's field)
         "publishes": [str(p) for p in spec.publishes],
+        # "host": `--network host` (no sandbox, no DNAT); else the networks it joins.
+        "network": "host" if spec.host_network else list(spec.options.networks()),
         "image": spec.image,
         "desired": spec.replicas,
         "ready": ready,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from lbctl.controller import backends, draining, readiness, template
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
-from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
+from lbctl.controller.planner import AppPlan, Desired, Observed, is_host_namespace, plan_app
 from lbctl.controller.ports import (
     ConnectionCounter,
     EbpfPort,
@@ -395,6 +396,13 @@ class AppWorker:
             await self.s.hostrules.set(self.name, self._draining_service(desired, p))
             self.view.in_dataplane = frozenset()
             return
+        if spec.mode is Mode.EBPF and is_host_namespace(p.sandbox):
+            # `--network host`: the replicas' own listeners are the published port; no rule
+            # of lbctl's stands between (nor ever did: a host app never had one).
+            await self._sync_ebpf(spec, p, containers, netns_pid=os.getpid())
+            await self.s.hostrules.set(self.name, None)
+            self.view.in_dataplane = frozenset(c.id for c in p.backends)
+            return
         if spec.mode is Mode.EBPF:
             if p.sandbox is None or p.sandbox.ip is None or p.sandbox.pid is None:
                 # Being repaired: leave the rules as they are. A SYN to the lost sandbox's
@@ -409,14 +417,19 @@ class AppWorker:
         await self.s.hostrules.set(self.name, backends.service(spec, p))
         self.view.in_dataplane = frozenset(c.id for c in p.backends)
 
-    async def _sync_ebpf(self, spec: AppSpec, p: AppPlan, containers: list[Container]) -> None:
-        assert self.s.ebpf is not None and p.sandbox is not None and p.sandbox.pid is not None
+    async def _sync_ebpf(self, spec: AppSpec, p: AppPlan, containers: list[Container],
+                         netns_pid: int | None = None) -> None:
+        """`netns_pid`: a process in the replicas' namespace (default: the sandbox)."""
+        if netns_pid is None:
+            assert p.sandbox is not None and p.sandbox.pid is not None
+            netns_pid = p.sandbox.pid
+        assert self.s.ebpf is not None
         leaving = self.retirements.ids() | {c.id for c in p.retire}
         ready, drains = backends.ebpf_members(p, containers, leaving)
         with self.s.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
                 await self.s.ebpf.sync(
-                    self.name, spec.publish.container_port, p.sandbox.pid, ready, drains,
+                    self.name, spec.publish.container_port, netns_pid, ready, drains,
                     spec.publish.proto,
                 )
             except ListenerError as e:

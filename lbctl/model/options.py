@@ -71,6 +71,9 @@ FIELDS: dict[str, str] = {
 }
 # Set on the sandbox in ebpf mode (Docker refuses them beside `--network container:...`).
 NAMESPACE_FIELDS = frozenset({"network", "add-host", "dns"})
+# `--network host`: replicas in the host's own network namespace (lbctl's fastest path, ebpf
+# mode only; see lbctl.model.spec.check_host_network).
+HOST_NETWORK = "host"
 # The default network: Docker's bridge (docker0), where lbctl's replicas always lived.
 DEFAULT_NETWORK = "bridge"
 
@@ -138,6 +141,11 @@ class RunOptions:
     def networks(self) -> tuple[str, ...]:
         """The networks in the order given; the first carries the app's address."""
         return self.network or (DEFAULT_NETWORK,)
+
+    @property
+    def host_network(self) -> bool:
+        """`--network host`: the replicas share the host's network namespace."""
+        return self.network == (HOST_NETWORK,)
 
     # -- JSON ------------------------------------------------------------------------------
 
@@ -276,16 +284,21 @@ def _cpus(v: Any, key: str) -> float:
 
 
 def _network(name: str) -> None:
-    if name in ("host", "none") or not NAME_RE.match(name) or len(name) > 255:
+    if name == HOST_NETWORK:
+        return
+    if name == "none" or not NAME_RE.match(name) or len(name) > 255:
         raise InvalidInput(f"invalid network {name!r}: use the name of a bridge network "
-                           "(`docker network create NAME`); host, none and container: modes "
-                           "would leave lbctl no address to send traffic to")
+                           "(`docker network create NAME`) or host; none and container: "
+                           "modes would leave lbctl no address to send traffic to")
 
 
 def _networks(v: Any, key: str) -> tuple[str, ...]:
     nets = _strings(v, key, _network)
     if len(set(nets)) != len(nets):
         raise InvalidInput(f"{key}: a network is named twice")
+    if HOST_NETWORK in nets and len(nets) > 1:
+        raise InvalidInput(f"{key}: host cannot be combined with other networks (a replica "
+                           "on the host's network has no interface of its own to join them)")
     return nets
 
 

@@ -118,11 +118,37 @@ class AppSpec:
             raise InvalidInput("command must be a list of strings")
         update = UpdatePolicy.from_json(data.get("update"))
         options = RunOptions.from_json(data)
-        return cls(name, image, publishes[0], replicas, mode, env, tuple(command), update,
+        spec = cls(name, image, publishes[0], replicas, mode, env, tuple(command), update,
                    options, publishes[1:])
+        check_host_network(spec)
+        return spec
+
+    @property
+    def host_network(self) -> bool:
+        return self.options.host_network
 
     def with_replicas(self, replicas: int) -> AppSpec:
         return replace(self, replicas=replicas)
+
+
+def check_host_network(spec: AppSpec) -> None:
+    """`--network host` is ebpf mode's path without a sandbox: the replicas' own listeners in
+    the host's namespace are the published port, so there is nothing to translate (no DNAT,
+    no second port) and nothing of a sandbox's namespace to configure."""
+    if not spec.host_network:
+        return
+    if spec.mode is not Mode.EBPF:
+        raise InvalidInput("--network host needs mode ebpf: iptables mode sends traffic to "
+                           "each replica's own address, which a host-network replica has not")
+    for p in spec.publishes:
+        if p.host_port != p.container_port:
+            raise InvalidInput(f"--network host: publish {p} must use the same host and "
+                               f"container port (the replicas listen on the host's "
+                               f"{p.container_port} themselves)")
+    for key in ("add-host", "dns"):
+        if spec.options.to_json().get(key):
+            raise InvalidInput(f"--network host: {key} cannot be set (the replicas use the "
+                               "host's /etc/hosts and resolver)")
 
 
 def _env(raw: object) -> dict[str, str]:

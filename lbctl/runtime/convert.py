@@ -19,16 +19,27 @@ from lbctl.model import (
     ROLE_REPLICA,
     Container,
 )
+from lbctl.model.options import HOST_NETWORK
 
 JOIN_PREFIX = "container:"
 
 
+# The host's network namespace, named as the engines name it; a replica "joined" to it is a
+# `--network host` replica (the planner's stand-in for a sandbox has this id).
+HOST_MODE = HOST_NETWORK
+
+
 def join_mode(container_id: str) -> str:
-    """The network mode that puts a new container into `container_id`'s network namespace."""
+    """The network mode that puts a new container into `container_id`'s network namespace
+    (HOST_MODE: the host's own)."""
+    if container_id == HOST_MODE:
+        return HOST_MODE
     return f"{JOIN_PREFIX}{container_id}"
 
 
 def joined_to(network_mode: str) -> str | None:
+    if network_mode == HOST_MODE:
+        return HOST_MODE
     if not network_mode.startswith(JOIN_PREFIX):
         return None
     return network_mode[len(JOIN_PREFIX):] or None

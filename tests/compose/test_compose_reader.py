@@ -158,7 +158,7 @@ def test_several_ports_of_one_container_port_are_the_apps_publishes(tmp_path: Pa
     ("privileged: true", "services.web.privileged"),
     ("container_name: x", "services.web.container_name"),
     ("depends_on: [db]", "services.web.depends_on"),
-    ("network_mode: host", "services.web.network_mode"),
+    ("network_mode: none", "services.web.network_mode"),
     ("networks: {backend: {aliases: [x]}}", "services.web.networks.backend.aliases"),
     ("deploy: {placement: {}}", "services.web.deploy.placement"),
     ("deploy: {resources: {reservations: {memory: 1m}}}",
@@ -247,6 +247,8 @@ SPECS: list[dict[str, Any]] = [
     {"name": "sh", "image": "busybox", "publish": "9000:9000",
      "health-cmd": "wget -q -O- localhost:9000", "log-opt": {"max-file": "2"},
      "network": ["bridge"]},
+    {"name": "fast", "image": "lbctl/demo", "publish": "0.0.0.0:9100:9100", "mode": "ebpf",
+     "network": ["host"], "replicas": 3},
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lbctl.controller.planner import AppPlan, Desired, Observed, Probe, plan_app
+from lbctl.controller.planner import AppPlan, Desired, Observed, Probe, is_host_namespace, plan_app
 from lbctl.model import (
     ROLE_REPLICA,
     ROLE_SANDBOX,
@@ -339,3 +339,30 @@ def test_replicas_without_a_hash_label_run_the_current_spec() -> None:
     legacy = [replace(rep(i), spec_hash=None) for i in (1, 2)]
     p = plan_app(rolling(2), seen(legacy, ready(*legacy)))
     assert p.converged and p.create == ()
+
+
+# ---- --network host -------------------------------------------------------------------------
+
+
+def host_want(n: int) -> Desired:
+    s = AppSpec.from_json({"name": "web", "image": OLD_IMAGE, "publish": "8080:8080",
+                           "replicas": n, "mode": "ebpf", "network": ["host"]})
+    return Desired(s, s.spec_hash(), 1)
+
+
+def test_host_network_needs_no_sandbox_and_retires_a_leftover_one() -> None:
+    p = plan_app(host_want(2), seen([sandbox()]))
+    assert not p.create_sandbox and is_host_namespace(p.sandbox)
+    assert [c.name for c in p.retire] == ["web-sandbox"]
+    assert indexes(p) == [1, 2]  # created at once: the host's namespace is always there
+
+
+def test_host_network_serves_replicas_in_the_host_namespace_only() -> None:
+    d = host_want(2)
+    host = [replace(rep(i, joined="host"), spec_hash=d.hash) for i in (1, 2)]
+    p = plan_app(d, seen(host, ready(*host)))
+    assert names(p.backends) == ["web-1", "web-2"] and p.converged and p.retire == ()
+    # A replica in a namespace of its own (e.g. an earlier sandbox's) is unreachable: replaced.
+    stray = replace(rep(3, joined="sb1"), spec_hash=d.hash)
+    p = plan_app(d, seen([*host, stray], ready(*host, stray)))
+    assert names(p.retire) == ["web-3"]

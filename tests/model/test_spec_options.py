@@ -177,7 +177,7 @@ def test_changing_any_option_changes_the_hash(key: str) -> None:
     {"volume": ["data:/data", "other:/data"]},  # one target twice
     {"volume": ["data:/x"], "tmpfs": ["/x"]},
     {"mount": ["type=bogus,target=/x"]},
-    {"network": ["host"]}, {"network": ["none"]}, {"network": ["container:x"]},
+    {"network": ["none"]}, {"network": ["container:x"]},
     {"network": ["a", "a"]},
     {"memory": "1k"}, {"memory": "lots"}, {"memory": True},
     {"cpus": 0}, {"cpus": "fast"}, {"cpus": True},
@@ -214,3 +214,24 @@ def test_namespace_options_and_networks() -> None:
 def test_cpus_and_memory_accept_compose_forms() -> None:
     s = spec(cpus="0.25", memory=268435456)
     assert s.options.cpus == 0.25 and s.options.memory_bytes() == 256 << 20
+
+
+def test_host_network_is_ebpf_mode_on_the_container_port() -> None:
+    s = spec(mode="ebpf", network=["host"], publish="0.0.0.0:8080:8080")
+    assert s.host_network and s.options.networks() == ("host",)
+    assert AppSpec.from_json(s.to_json()) == s  # the state file round trip
+    assert not spec().host_network
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"mode": "iptables", "network": ["host"], "publish": "8080:8080"}, "needs mode ebpf"),
+    ({"mode": "ebpf", "network": ["host"], "publish": "8080:80"}, "same host and container"),
+    ({"mode": "ebpf", "network": ["host", "backend"], "publish": "8080:8080"}, "combined"),
+    ({"mode": "ebpf", "network": ["host"], "publish": "8080:8080", "dns": ["1.1.1.1"]}, "dns"),
+    ({"mode": "ebpf", "network": ["host"], "publish": "8080:8080",
+      "add-host": ["db:10.0.0.5"]}, "add-host"),
+])
+def test_host_network_refusals_name_the_reason(body: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidInput, match=says) as e:
+        spec(**body)
+    assert "\n" not in str(e.value)
