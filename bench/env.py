@@ -234,8 +234,12 @@ class Env:
         and on 127.0.0.1: "0.0.0.0" publishes on every address of the host, for remote
         clients too)."""
         port = free_port()
-        self.lbctl().ok("run", app, "--image", image, "-p", f"{address}:{port}:{PORT}",
-                        "--replicas", str(replicas), "--mode", mode, *extra, timeout=180)
+        # --network host: the replicas listen on the host port itself (BENCH_PORT).
+        host = "host" in extra
+        cport = port if host else PORT
+        env = ("-e", f"BENCH_PORT={port}") if host else ()
+        self.lbctl().ok("run", app, "--image", image, "-p", f"{address}:{port}:{cport}",
+                        "--replicas", str(replicas), "--mode", mode, *env, *extra, timeout=180)
         wait_http("127.0.0.1", port)
         return port
 

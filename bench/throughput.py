@@ -10,6 +10,8 @@ Paths (ids are what `--only` takes; PATH_DEFS below is the one list to extend):
                  ebpf app run with `--network host`
   ebpf           lbctl ebpf mode on PORT published on 0.0.0.0 (lbctl's DNAT to the sandbox
                  + the program)
+  ebpf-host      an lbctl ebpf app run with `--network host`: its replicas listen on the host
+                 port in the host's namespace, the program steers that group (no veth, no NAT)
   ebpf-sandbox   an lbctl ebpf app hit on its sandbox IP (the program without the DNAT); an
                  app of its own, never reached through the DNAT (see the notes: why)
   iptables       lbctl iptables mode on PORT published on 0.0.0.0 (statistic DNAT to each
@@ -181,12 +183,7 @@ class PathDef:
 
 
 # To add a path: a start function (returning its URLs) and one entry here; the report, the
-# targets and --only pick it up. "lbctl" paths compete for "lbctl's fastest path". An ebpf app
-# in the host's namespace would be, after "ebpf":
-#   "ebpf-host": PathDef("lbctl ebpf mode, --network host",
-#                        _lbctl("ebpf", "bench-ebpfh", "--network", "host"), "lbctl",
-#                        baseline="reuseport-host"),
-# (its own app, like ebpf-sandbox: see the notes on TIME_WAIT and PAWS).
+# targets and --only pick it up. "lbctl" paths compete for "lbctl's fastest path".
 PATH_DEFS: dict[str, PathDef] = {
     "direct": PathDef("one backend, direct (container IP)", _direct, "reference",
                       replicas=False),
@@ -195,6 +192,10 @@ PATH_DEFS: dict[str, PathDef] = {
     "reuseport-host": PathDef("kernel SO_REUSEPORT, no program (--network host)",
                               _reuseport_host, "reference"),
     "ebpf": PathDef("lbctl ebpf mode (DNAT + program)", _lbctl("ebpf", "bench-ebpf"), "lbctl"),
+    # An app of its own, like ebpf-sandbox (see the notes on TIME_WAIT and PAWS).
+    "ebpf-host": PathDef("lbctl ebpf mode, --network host (program, no DNAT)",
+                         _lbctl("ebpf", "bench-ebpfh", "--network", "host"), "lbctl",
+                         baseline="reuseport-host"),
     "ebpf-sandbox": PathDef("lbctl ebpf program, sandbox IP (no DNAT)", _ebpf_sandbox,
                             "reference", baseline="reuseport"),
     "iptables": PathDef("lbctl iptables mode (statistic DNAT)",

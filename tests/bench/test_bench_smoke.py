@@ -1,5 +1,5 @@
 """The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
-real engine and kernel (direct, reuseport-host, lbctl ebpf and nginx, each from a local and a
+real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox and host network) and nginx, each from a local and a
 remote client, and the rollout scenario's quick cases), checking the report it writes.
 
 The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
@@ -79,7 +79,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only",
-         "direct,reuseport-host,ebpf,nginx,rollout", "--duration", "1", "--out", str(out)],
+         "direct,reuseport-host,ebpf,ebpf-host,nginx,rollout", "--duration", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=410, check=False,
     )
     assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -97,7 +97,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     samples = data["throughput"]
     assert {(s["path"], s["mode"], s["client"]) for s in samples} == {
-        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "nginx")
+        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "ebpf-host", "nginx")
         for m in ("keepalive", "close") for c in ("local", "remote")
     }
     assert all(s["rps"] > 0 and s["failed"] == 0 for s in samples), samples
