@@ -1,6 +1,7 @@
 """The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
-real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox and host network) and nginx, each from a local and a
-remote client, and the rollout scenario's quick cases), checking the report it writes.
+real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox and host network) and
+nginx, each from a local and a remote client, and the rollout scenario's quick cases),
+checking the report it writes.
 
 The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
 not hold it: it only waits for it like any other run would.
@@ -79,7 +80,8 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only",
-         "direct,reuseport-host,ebpf,ebpf-host,nginx,rollout", "--duration", "1", "--out", str(out)],
+         "direct,reuseport-host,ebpf,ebpf-host,nginx,rollout", "--duration", "1",
+         "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=410, check=False,
     )
     assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
