@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -274,6 +276,19 @@ def _targets(env: Env, paths: list[str], n: int, host_ip: str) -> Iterator[dict[
             docker("rm", "-f", *s.made, check=False)
 
 
+def _forget_flows(url: str, source: str | None) -> None:
+    """Delete the conntrack entries of the run just made (its destination; from the remote
+    host, its source too): a new-connection run leaves ~15k entries per second in TIME_WAIT
+    for 120 s, and a few such runs in a row fill the host's table (nf_conntrack_max 262,144
+    here), which then drops new connections: measured as a 361 req/s row and a hung wrk.
+    Only the bench's own flows: its remote address, or its path's address and port."""
+    u = urllib.parse.urlsplit(url)
+    cmd = ["conntrack", "-D", "-p", "tcp", "-d", str(u.hostname), "--dport", str(u.port)]
+    if source:
+        cmd += ["-s", source]
+    subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+
+
 def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, rounds: int,
         warmup: float, log: Callable[[str], None], remote: RemoteHost | None = None,
         clients: tuple[str, ...] = ("local",)) -> list[Sample]:
@@ -308,6 +323,8 @@ def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, r
                             f"p99 {res.p99_ms:.2f} ms"
                             + (f" daemon CPU {s.daemon_cpu[-1]:.0f}%" if pid else "")
                             + (f" FAILED {res.failed}" if res.failed else ""))
+                        if mode == "close":
+                            _forget_flows(url, remote.ip if ns and remote else None)
                         time.sleep(0.5)  # let TIME_WAIT churn and stray CPU settle
             samples += [by_key[(p, m, c)] for c, p, _, _ in runs for m in MODES]
     return samples
