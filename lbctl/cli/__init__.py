@@ -102,7 +102,9 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from lbctl import logs
+    from lbctl import logs, malloc
+
+    malloc.limit_arenas()  # before any thread starts: see lbctl.malloc
     from lbctl.controller import policy
     from lbctl.controller.store import StateError
     from lbctl.daemon import (

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lbctl.compose.interpolate import interpolate, parse_dotenv
 from lbctl.model import LABEL_APP, InvalidInput, Publish
 from lbctl.model.docker_syntax import parse_duration
@@ -99,6 +97,10 @@ def read_compose(path: Path, environ: Mapping[str, str] | None = None) -> Compos
         except InvalidInput as e:
             raise InvalidInput(f"{dotenv_path}: {e}") from None
     env = {**dotenv, **environ}  # the shell's environment wins, as in Compose
+    # Here, not at the top: the daemon imports the CLI package that imports this module, and
+    # has no use for PyYAML's 20 modules and C extension.
+    import yaml
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

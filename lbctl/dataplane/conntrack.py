@@ -26,9 +26,8 @@ import errno
 import re
 import socket
 
-from pyroute2 import NFCTSocket
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+from lbctl import malloc
+from lbctl.dataplane.netlink import NetlinkError, NFCTAttrTuple, NFCTSocket
 
 CONNTRACK = "conntrack"
 _PROTO_NUMS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
@@ -95,9 +94,14 @@ def _forget_backend(ip: str, port: int, proto: str) -> int:
     # pyroute2 0.9), so for IPv6 it filters on the port alone and the check below does the rest.
     wanted = NFCTAttrTuple(family=family, saddr=None if family == socket.AF_INET6 else ip,
                            proto=num, sport=port)
+    # Only what the deletes need is kept from the dump, one small tuple per entry: a drained
+    # replica of a busy app leaves tens of thousands of TIME_WAIT entries, and holding them
+    # as parsed messages (kilobytes of Python objects each) took the daemon from 50 MB to
+    # 200 MB and more, which glibc then kept (bench/RESULTS.md, controller footprint).
+    found: list[tuple[str, int, int]] = []
     gone = 0
     with NFCTSocket(nfgen_family=family) as ct:
-        for msg in list(ct.dump(tuple_reply=wanted)):
+        for msg in ct.dump(tuple_reply=wanted):
             reply = msg.get_attr("CTA_TUPLE_REPLY")
             if reply is None:
                 continue
@@ -106,21 +110,24 @@ def _forget_backend(ip: str, port: int, proto: str) -> int:
             if (r_ip.get_attr(f"{key}_SRC") != ip or r_proto.get_attr("CTA_PROTO_SRC_PORT") != port
                     or r_proto.get_attr("CTA_PROTO_NUM") != num):
                 continue
-            tuple_reply = NFCTAttrTuple(
-                family=family, saddr=ip, daddr=r_ip.get_attr(f"{key}_DST"), proto=num,
-                sport=port, dport=r_proto.get_attr("CTA_PROTO_DST_PORT"),
-            )
+            found.append((r_ip.get_attr(f"{key}_DST"), r_proto.get_attr("CTA_PROTO_DST_PORT"),
+                          msg.get_attr("CTA_ID")))
+        for daddr, dport, ct_id in found:
+            tuple_reply = NFCTAttrTuple(family=family, saddr=ip, daddr=daddr, proto=num,
+                                        sport=port, dport=dport)
             try:
                 # By the REPLY tuple, which names this replica: a new connection that took the
                 # same original tuple since the dump (a client port reused) went to another
                 # replica, has another reply tuple and is not found. Neither the original tuple
                 # nor the id tells them apart (the id hashes the entry's address and original
                 # tuple, and the new entry usually gets the old one's memory).
-                ct.entry("del", tuple_reply=tuple_reply, id=msg.get_attr("CTA_ID"))
+                ct.entry("del", tuple_reply=tuple_reply, id=ct_id)
                 gone += 1
             except NetlinkError as e:
                 if e.code != errno.ENOENT:
                     raise ConntrackError(f"deleting a conntrack entry of {ip}: {e}") from None
+    del found
+    malloc.trim()  # pyroute2 parsed the whole dump at once: give that back now
     return gone
 
 

@@ -30,15 +30,10 @@ SYS_NET = Path("/sys/class/net")
 def _peers(pid: int) -> list[tuple[int, int]]:
     """(interface index inside pid's namespace, index of its veth peer outside) of every
     interface there with a peer in another namespace."""
-    from pyroute2 import IPRoute
+    from lbctl.dataplane.netlink import link_peers
 
-    out = []
-    with netns.inside(pid), IPRoute() as ipr:
-        for link in ipr.get_links():
-            peer = link.get_attr("IFLA_LINK")
-            if peer and link.get_attr("IFLA_LINK_NETNSID") is not None:
-                out.append((int(link["index"]), int(peer)))
-    return out
+    with netns.inside(pid):
+        return link_peers()
 
 
 def enable(pid: int, sys_net: Path = SYS_NET) -> list[str]:

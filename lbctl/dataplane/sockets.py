@@ -167,7 +167,7 @@ def _rows(pid: int, states: int, proto: str = "tcp") -> list[_Row]:
 
 
 def _diag_rows(pid: int, states: int, proto: str) -> list[_Row]:
-    from pyroute2 import DiagSocket
+    from lbctl.dataplane.netlink import DiagSocket
 
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
