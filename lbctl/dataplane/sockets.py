@@ -32,9 +32,11 @@ from lbctl.dataplane import bpfsys
 TCP_LISTEN = 0x0A
 # An unconnected UDP socket is in TCP_CLOSE as far as the kernel's state field goes.
 UDP_UNCONNECTED = 0x07
-# States that still hold an accepted connection the replica must finish (TIME_WAIT sockets
-# have no owner and no inode: the replica is done with them).
-_OPEN_STATES = {0x01, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0B}  # ESTABLISHED FIN_WAIT1/2 ... CLOSING
+# States that still hold an accepted connection the replica must finish. Not TIME_WAIT (6):
+# such sockets have no owner and no inode, so they never counted, and asking the kernel for
+# them made every drain poll dump and parse tens of thousands of them after a burst of short
+# connections (the daemon's RSS grew by >100 MB in an `rm` after new-connection load).
+_OPEN_STATES = {0x01, 0x04, 0x05, 0x08, 0x09, 0x0B}  # ESTABLISHED FIN_WAIT1/2 CLOSE_WAIT ...
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
