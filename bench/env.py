@@ -60,6 +60,21 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_busy_seconds() -> dict[str, float]:
+    """Busy seconds (everything but idle and iowait) of each CPU since boot, from
+    /proc/stat: per-core load tells a run bound by its client (wrk's core full, the rest
+    idle) from one bound by the server side."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy: dict[str, float] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in vals[:8]]
+                busy[name[3:]] = (sum(v) - v[3] - v[4]) / tick
+    return busy
+
+
 def bench_containers() -> list[str]:
     out = docker("ps", "-a", "--filter", f"label={LABEL}",
                  "--format", "{{.ID}} {{.Label \"lbctl.app\"}}", check=False)

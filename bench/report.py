@@ -17,6 +17,7 @@ from bench.throughput import (
     PROXY_PATHS,
     SAME_PATH,
 )
+from harness import wrk
 
 Results = dict[str, Any]
 
@@ -90,6 +91,12 @@ class VsProxy:
     proxy: str
     rps: float  # lbctl / proxy req/s
     p99: float  # lbctl / proxy p99 (the same proxy)
+    cpu: float | None = None  # lbctl / proxy CPU per answer off wrk's core
+    wrk_core: tuple[float | None, float | None] = (None, None)  # busy % of wrk's core
+
+
+def _div(a: Any, b: Any) -> float | None:
+    return float(a) / float(b) if a is not None and b else None
 
 
 def vs_proxy(res: Results, mode: str) -> list[VsProxy]:
@@ -100,7 +107,9 @@ def vs_proxy(res: Results, mode: str) -> list[VsProxy]:
                                                                     client)
             if a and b and b["rps"] and b["p99_ms"]:
                 out.append(VsProxy(client, n, a["path"], b["path"], a["rps"] / b["rps"],
-                                   a["p99_ms"] / b["p99_ms"]))
+                                   a["p99_ms"] / b["p99_ms"],
+                                   _div(a.get("other_us_per_req"), b.get("other_us_per_req")),
+                                   (a.get("wrk_core_pct"), b.get("wrk_core_pct"))))
     return out
 
 
@@ -122,6 +131,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}%"
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
 def _verdict(ok: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not measured"}[ok]
 
@@ -141,7 +154,11 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
     what = "new connection per request" if mode == "close" else "keep-alive"
     rows = vs_proxy(res, mode)
     meas = "; ".join(f"{r.client} N={r.n}: {r.lbctl} / {r.proxy} {_x(r.rps)} req/s, "
-                     f"p99 {_x(r.p99)}" for r in rows) or "n/a"
+                     f"p99 {_x(r.p99)}"
+                     + (f", server CPU per answer {_x(r.cpu)}, wrk's core "
+                        f"{_pct(r.wrk_core[0])} / {_pct(r.wrk_core[1])} busy"
+                        if r.cpu is not None else "")
+                     for r in rows) or "n/a"
     clients = {r.client for r in rows}
     ok = None if not rows else (clients >= set(CLIENTS)
                                 and all(r.rps >= target and r.p99 <= 1.0 for r in rows))
@@ -166,6 +183,7 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
                  and (r := ratio(res, "reuseport-host", b["path"], n, mode, client=c))]
         why += (": " + ", ".join(f"{c} N={n} {_x(r)} of the better proxy" for c, n, r in bound)
                 + "." if bound else " (not measured in this run).")
+        why += _client_bound(res)
     else:
         why += ("A proxy parses every request and writes it again on a second connection with "
                 "one worker/thread; the kernel paths do neither. Keep-alive p99: at 80-120k "
@@ -175,6 +193,39 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
     return (f"{what}, local and remote clients, N={'/'.join(map(str, _counts(res))) or '?'}: "
             f"lbctl's fastest path >= {target}x the better of nginx/HAProxy req/s, p99 no worse",
             meas, ok, why)
+
+
+def _span(xs: list[float]) -> str:
+    lo, hi = f"{min(xs):.0f}", f"{max(xs):.0f}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _client_bound(res: Results) -> str:
+    """What the per-core load of the new-connection runs says bounds them (empty: runs
+    before the per-core sampler)."""
+    close = [t for t in res.get("throughput", []) if t["mode"] == "close"
+             and t.get("wrk_core_pct") is not None]
+    if not close:
+        return ""
+    wrk_busy = [float(t["wrk_core_pct"]) for t in close]
+    kinds = {"lbctl": LBCTL_PATHS, "proxies": PROXY_PATHS}
+    other = {k: [float(t["other_cores_pct"]) for t in close if t["path"] in ps]
+             for k, ps in kinds.items()}
+    cost = {k: [float(t["other_us_per_req"]) for t in close if t["path"] in ps
+                and t.get("other_us_per_req")] for k, ps in kinds.items()}
+    text = (f" Per-core load says who bounds these runs: wrk's core is {_span(wrk_busy)}% "
+            "busy in every new-connection run (the client's connect, "
+            "send, receive and close, and on loopback and the veth the softirq that delivers "
+            "its packets), so each path's req/s is the client's, and no server-side path can "
+            "be 1.2x another while both are bound by the same client core")
+    if all(other.values()):
+        text += (f"; the other core is {_span(other['lbctl'])}% busy under lbctl's paths "
+                 f"and {_span(other['proxies'])}% under the proxies")
+    if all(cost.values()):
+        text += (f". What each path costs shows as CPU per answer off wrk's core: lbctl "
+                 f"{_span(cost['lbctl'])} us, the proxies {_span(cost['proxies'])} us (the "
+                 "*server CPU per answer* ratio in the measured column)")
+    return text + "."
 
 
 def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
@@ -356,9 +407,13 @@ def markdown(res: Results) -> str:
           "container/sandbox IPs routed through the host, as a client on another machine "
           "does. lbctl apps are published on 0.0.0.0:PORT, the proxies listen on every "
           "address.\n")
+        w("*cores*: how busy wrk's core (CPU " + wrk.WRK_CPU + ") and the other core(s) were "
+          "during the new-connection run (% of one core); *us/answer*: the other cores' busy "
+          "time per answer in that run, the server side's cost per request when wrk's core is "
+          "the one that is full.\n")
         w("| path | client | N | keep-alive req/s | p50 | p99 | new conn. req/s | p50 | p99 | "
-          "daemon CPU |")
-        w("|---|---|---|---|---|---|---|---|---|---|")
+          "daemon CPU | cores (new conn.) | us/answer |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in ns:
             for client in clients:
                 for p in PATHS:
@@ -369,7 +424,9 @@ def markdown(res: Results) -> str:
                     w(f"| {LABELS[p]} | {client} | {nn} | {_k(ka['rps'])} | "
                       f"{_ms(ka['p50_ms'])} | {_ms(ka['p99_ms'])} | {_k(cl['rps'])} | "
                       f"{_ms(cl['p50_ms'])} | {_ms(cl['p99_ms'])} | "
-                      f"{_pct(ka.get('daemon_cpu_pct'))} / {_pct(cl.get('daemon_cpu_pct'))} |")
+                      f"{_pct(ka.get('daemon_cpu_pct'))} / {_pct(cl.get('daemon_cpu_pct'))} | "
+                      f"{_pct(cl.get('wrk_core_pct'))} / {_pct(cl.get('other_cores_pct'))} | "
+                      f"{_num(cl.get('other_us_per_req'))} |")
         w("\n`direct` and `dockerproxy` have one replica whatever N is; they are measured again "
           "in each N's block, next to the others. `dockerproxy` has no remote row: Docker "
           "publishes a 127.0.0.1 port to local clients only.\n")

@@ -44,6 +44,7 @@ from typing import Any
 from bench.env import (
     Env,
     container_ip,
+    cpu_busy_seconds,
     proc_cpu_seconds,
     run_backend,
     run_sandbox,
@@ -225,6 +226,9 @@ class Sample:
     rounds: list[wrk.WrkResult] = field(default_factory=list)
     # CPU of the lbctl daemon during each round, % of one core (None: no daemon running)
     daemon_cpu: list[float] = field(default_factory=list)
+    # busy % of wrk's own core, and of all the other cores (% of one core), per round
+    wrk_core: list[float] = field(default_factory=list)
+    other_cores: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> wrk.WrkResult:
@@ -239,7 +243,17 @@ class Sample:
                 "p99_ms": round(m.p99_ms, 3), "failed": m.failed,
                 "daemon_cpu_pct": round(statistics.median(self.daemon_cpu), 1)
                 if self.daemon_cpu else None,
+                "wrk_core_pct": _median(self.wrk_core),
+                "other_cores_pct": _median(self.other_cores),
+                # CPU the server side spent per answer, off wrk's core (us): what a path costs
+                # when the client, not the server, bounds its req/s
+                "other_us_per_req": _median([c / 100 * 1e6 / r.rps for c, r in zip(
+                    self.other_cores, self.rounds, strict=True) if r.rps]),
                 "rounds": [r.to_json() for r in self.rounds]}
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 1) if xs else None
 
 
 def _mean(rs: list[wrk.WrkResult]) -> wrk.WrkResult:
@@ -311,10 +325,15 @@ def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, r
                     for client, path, url, ns in runs if r % 2 == 0 else reversed(runs):
                         pid = env.daemon_pid()
                         c0, t0 = (proc_cpu_seconds(pid), time.monotonic()) if pid else (0, 0)
+                        b0, m0 = cpu_busy_seconds(), time.monotonic()
                         res = wrk.run(url, seconds, close=mode == "close", netns=ns)
+                        b1, dt = cpu_busy_seconds(), time.monotonic() - m0
                         s = by_key.setdefault((path, mode, client),
                                               Sample(path, n, mode, client))
                         s.rounds.append(res)
+                        s.wrk_core.append(100 * (b1[wrk.WRK_CPU] - b0[wrk.WRK_CPU]) / dt)
+                        s.other_cores.append(100 * sum(
+                            b1[c] - b0[c] for c in b1 if c != wrk.WRK_CPU) / dt)
                         if pid:
                             s.daemon_cpu.append(
                                 100 * (proc_cpu_seconds(pid) - c0) / (time.monotonic() - t0))
@@ -322,6 +341,7 @@ def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, r
                             f"{res.rps:9.0f} req/s p50 {res.p50_ms:.2f} ms "
                             f"p99 {res.p99_ms:.2f} ms"
                             + (f" daemon CPU {s.daemon_cpu[-1]:.0f}%" if pid else "")
+                            + f" cores: wrk {s.wrk_core[-1]:.0f}% other {s.other_cores[-1]:.0f}%"
                             + (f" FAILED {res.failed}" if res.failed else ""))
                         if mode == "close":
                             _forget_flows(url, remote.ip if ns and remote else None)

@@ -148,3 +148,27 @@ def test_the_baseline_noise_is_stated_next_to_the_ebpf_ratio() -> None:
     assert ok is False and "differ by up to 20% of their median" in why
     base["rounds"] = [{"rps": 100_000}]
     assert "differ by" not in _row(res, "ebpf >= 0.98x")[3]
+
+
+def test_per_core_load_names_the_client_as_the_bound() -> None:
+    res = _res([*_both("ebpf-host", 100_000, 16_000), *_both("nginx", 40_000, 17_000)])
+    for s in res["throughput"]:
+        if s["mode"] == "close":
+            lbctl = s["path"] == "ebpf-host"
+            s.update(wrk_core_pct=100.0 if lbctl else 97.0,
+                     other_cores_pct=48.0 if lbctl else 80.0,
+                     other_us_per_req=30.0 if lbctl else 47.0)
+    _, meas, ok, why = _row(res, "new connection per request")
+    assert ok is False
+    assert "server CPU per answer 0.64x, wrk's core 100% / 97% busy" in meas
+    assert "wrk's core is 97-100% busy in every new-connection run" in why
+    assert "48% busy under lbctl's paths and 80% under the proxies" in why
+    assert "lbctl 30 us, the proxies 47 us" in why
+    md = report.markdown(res)
+    assert "| 100% / 48% | 30 |" in md
+    # results from before the per-core sampler say nothing about cores
+    for s in res["throughput"]:
+        for k in ("wrk_core_pct", "other_cores_pct", "other_us_per_req"):
+            s.pop(k, None)
+    _, meas, _, why = _row(res, "new connection per request")
+    assert "server CPU" not in meas and "Per-core" not in why
