@@ -190,6 +190,7 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
                 "req/s every kernel path saturates both cores (wrk + replicas), so its tail is "
                 "CPU queueing; a proxy's lower req/s leaves it idle time (compare the p99 of "
                 "`reuseport-host`, which has no lbctl part at all).")
+        why += _keepalive_bound(res)
     return (f"{what}, local and remote clients, N={'/'.join(map(str, _counts(res))) or '?'}: "
             f"lbctl's fastest path >= {target}x the better of nginx/HAProxy req/s, p99 no worse",
             meas, ok, why)
@@ -226,6 +227,25 @@ def _client_bound(res: Results) -> str:
                  f"{_span(cost['lbctl'])} us, the proxies {_span(cost['proxies'])} us (the "
                  "*server CPU per answer* ratio in the measured column)")
     return text + "."
+
+
+def _keepalive_bound(res: Results) -> str:
+    """Keep-alive runs: whose core is full under lbctl's paths and under the proxies."""
+    ka = [t for t in res.get("throughput", []) if t["mode"] == "keepalive"
+          and t.get("wrk_core_pct") is not None]
+    by = {k: [t for t in ka if t["path"] in ps]
+          for k, ps in {"lbctl": LBCTL_PATHS, "proxies": PROXY_PATHS}.items()}
+    if not all(by.values()):
+        return ""
+
+    def load(ts: list[dict[str, Any]]) -> str:
+        return (f"wrk's core {_span([float(t['wrk_core_pct']) for t in ts])}%, the other "
+                f"{_span([float(t['other_cores_pct']) for t in ts])}%")
+
+    return (f" Per-core load: under lbctl's paths {load(by['lbctl'])} busy (the client's core "
+            f"is the full one: lbctl's keep-alive req/s is wrk's, with server CPU left over); "
+            f"under the proxies {load(by['proxies'])} (the proxy's single worker is the "
+            "bound). The ratio is one client's ceiling over a proxy's, not lbctl's ceiling.")
 
 
 def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:

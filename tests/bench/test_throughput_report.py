@@ -166,9 +166,18 @@ def test_per_core_load_names_the_client_as_the_bound() -> None:
     assert "lbctl 30 us, the proxies 47 us" in why
     md = report.markdown(res)
     assert "| 100% / 48% | 30 |" in md
+    for s in res["throughput"]:
+        if s["mode"] == "keepalive":
+            lbctl = s["path"] == "ebpf-host"
+            s.update(wrk_core_pct=100.0 if lbctl else 70.0,
+                     other_cores_pct=85.0 if lbctl else 95.0)
+    why = _row(res, "keep-alive")[3]
+    assert "under lbctl's paths wrk's core 100%, the other 85% busy" in why
+    assert "under the proxies wrk's core 70%, the other 95%" in why
     # results from before the per-core sampler say nothing about cores
     for s in res["throughput"]:
         for k in ("wrk_core_pct", "other_cores_pct", "other_us_per_req"):
             s.pop(k, None)
     _, meas, _, why = _row(res, "new connection per request")
     assert "server CPU" not in meas and "Per-core" not in why
+    assert "Per-core" not in _row(res, "keep-alive")[3]
