@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lbctl.controller import backends, draining, readiness, template
@@ -30,8 +30,10 @@ from lbctl.controller.ports import (
     FlowForgetter,
     Hairpin,
 )
-from lbctl.controller.probes import Answers, Prober
+from lbctl.controller.probes import Answers
+from lbctl.controller.probing import PROBE_INTERVAL, ReplicaProbes
 from lbctl.controller.retire import Retirements
+from lbctl.controller.view import AppView, CrashReport
 from lbctl.dataplane.ebpf import EbpfError, ListenerError
 from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
@@ -41,8 +43,6 @@ from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent
 
 log = logging.getLogger("lbctl.controller")
 
-PROBE_INTERVAL = 0.25
-EBPF_READY_RECHECK = 5.0
 DOOM_GRACE = 15.0  # longer than `docker stop`'s default 10 s before its SIGKILL
 
 
@@ -85,51 +85,16 @@ class Shared:
     ] = readiness.answers_for
 
 
-@dataclass
-class CrashReport:
-    replica: str
-    exit_code: int | None
-    log: str
-    at: float  # epoch seconds
-    revision: int | None
-
-    @property
-    def line(self) -> str:
-        code = f"exited with code {self.exit_code}" if self.exit_code is not None else "exited"
-        return f"{self.replica} {code}" + (f": {self.log}" if self.log else "")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"replica": self.replica, "exit_code": self.exit_code, "log": self.log,
-                "at": self.at, "revision": self.revision, "message": self.line}
-
-
-@dataclass
-class AppView:
-    """What the worker last saw and did: `status` reads it, never the engine."""
-
-    containers: list[Container] = field(default_factory=list)
-    plan: AppPlan = field(default_factory=AppPlan)
-    in_dataplane: frozenset[str] = frozenset()
-    planned_generation: int = -1
-    error: str | None = None  # the app cannot run as specified (until its spec changes)
-    error_generation: int = -1
-    pass_error: str | None = None  # the last pass failed (cleared by the next good one)
-    last_event: str | None = None
-    crash: CrashReport | None = None
-    synced: bool = False  # one pass went through
-
-
 class AppWorker:
     def __init__(self, name: str, shared: Shared) -> None:
         self.name = name
         self.s = shared
         self.view = AppView()
-        self.prober = Prober()
+        self.probes = ReplicaProbes(name, shared.ebpf)
         self.retirements = Retirements(
             shared.engine, shared.settings.drain_timeout, shared.settings.stop_grace, self.wake,
         )
         self.doomed: dict[str, float] = {}
-        self.ever_ready: set[str] = set()
         self.reported: set[str] = set()  # containers whose crash was reported
         self.last_pass = 0.0  # monotonic time the last pass ended (ok or not)
         self.last_ok = 0.0
@@ -234,9 +199,8 @@ class AppWorker:
             self.view.error = None  # the spec changed: let it try again
         containers = await self.s.engine.list_containers(self.name)
         live = {c.id for c in containers}
-        self.prober.forget_missing(live)
+        self.probes.forget_missing(live)
         self.retirements.forget_missing(live)
-        self.ever_ready &= live
         self.hairpinned &= live
         now = time.monotonic()
         running = {c.id for c in containers if c.running and not c.paused}
@@ -248,12 +212,12 @@ class AppWorker:
             await self._probe(spec, containers, only_new=True)
         observed = Observed(
             containers=containers,
-            probes=self.prober.verdicts(),
+            probes=self.probes.verdicts(),
             retiring=self.retirements.ids(),
             reclaimable=self.retirements.reclaimable(),
             stopping=self.retirements.stopping(),
             doomed=frozenset(self.doomed),
-            ever_ready=frozenset(self.ever_ready),
+            ever_ready=frozenset(self.probes.ever_ready),
             now=time.monotonic(),
             wall=time.time(),
             blocked=blocked,
@@ -329,10 +293,10 @@ class AppWorker:
         self.doomed = {cid: t for cid, t in self.doomed.items() if now < t}
         observed = Observed(
             containers=containers,
-            probes=self.prober.verdicts(),
+            probes=self.probes.verdicts(),
             retiring=self.retirements.ids(),
             doomed=frozenset(self.doomed),
-            ever_ready=frozenset(self.ever_ready),
+            ever_ready=frozenset(self.probes.ever_ready),
             now=now,
             wall=time.time(),
             blocked=True,  # nothing is created from a stale view
@@ -606,62 +570,8 @@ class AppWorker:
 
     async def _probe(self, spec: AppSpec, containers: list[Container], only_new: bool) -> bool:
         """Probe running replicas; True when a verdict changed."""
-        jobs = []
-        probed: list[Container] = []
-        now = time.monotonic()
-        leaving = self.retirements.ids()
-        answers = self._answers_for(spec, containers)
-        cheap = await self._still_in_socket_map(spec, containers, leaving, only_new)
-        for c in containers:
-            if c.role != ROLE_REPLICA or not c.running or c.paused or c.id in leaving:
-                continue
-            state = self.prober.state(c.id)
-            if only_new and state is not None:
-                continue
-            if (
-                spec.mode is Mode.EBPF
-                and state is ReplicaState.READY
-                and c.health != "unhealthy"
-                and not self.prober.failing(c.id)
-                and cheap.get(c.id, True)
-                and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
-            ):
-                # A ready replica's listener is in the sockmap, and a closed socket leaves
-                # the map by itself (the program then skips its slot), so re-reading the
-                # namespace's socket table 4 times a second buys nothing: under a
-                # new-connection load it cost the daemon a whole core.
-                continue
-            jobs.append(self.prober.check(c, answers))
-            probed.append(c)
-        if not jobs:
-            return False
-        results = await asyncio.gather(*jobs)
-        changed = False
-        for c, (state, did_change) in zip(probed, results, strict=True):
-            if state is ReplicaState.READY:
-                self.ever_ready.add(c.id)
-            if did_change:
-                changed = True
-                log.info("replica %s", state, extra={"app": c.app, "replica": c.name})
-        return changed
-
-    async def _still_in_socket_map(
-        self, spec: AppSpec, containers: list[Container], leaving: frozenset[str],
-        only_new: bool,
-    ) -> dict[str, bool]:
-        """ebpf mode, ready replicas between full probes: does the socket map still hold
-        their listeners? (container id -> answer; a False makes the full probe run now, so a
-        replica that closed its listener is unhealthy within a second, not five.)"""
-        out: dict[str, bool] = {}
-        if spec.mode is not Mode.EBPF or self.s.ebpf is None or only_new:
-            return out
-        for c in containers:
-            if (c.role == ROLE_REPLICA and c.running and c.pid and c.id not in leaving
-                    and self.prober.state(c.id) is ReplicaState.READY):
-                held = await self.s.ebpf.holds(self.name, c.name, c.pid)
-                if held is not None:
-                    out[c.id] = held
-        return out
+        return await self.probes.round(spec, containers, self._answers_for(spec, containers),
+                                       self.retirements.ids(), only_new)
 
     def _answers_for(self, spec: AppSpec, containers: list[Container]) -> Answers:
         # A replica that joined a sandbox has no network of its own: its traffic crosses the

@@ -1,0 +1,46 @@
+"""What an app's worker last saw and did, kept for `lbctl status` so a status request never
+waits on the engine or on a pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lbctl.controller.planner import AppPlan
+from lbctl.model import Container
+
+
+@dataclass
+class CrashReport:
+    """A replica that exited before it was ready: the one line `run`/`update` fail with."""
+
+    replica: str
+    exit_code: int | None
+    log: str
+    at: float  # epoch seconds
+    revision: int | None
+
+    @property
+    def line(self) -> str:
+        code = f"exited with code {self.exit_code}" if self.exit_code is not None else "exited"
+        return f"{self.replica} {code}" + (f": {self.log}" if self.log else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"replica": self.replica, "exit_code": self.exit_code, "log": self.log,
+                "at": self.at, "revision": self.revision, "message": self.line}
+
+
+@dataclass
+class AppView:
+    """What the worker last saw and did: `status` reads it, never the engine."""
+
+    containers: list[Container] = field(default_factory=list)
+    plan: AppPlan = field(default_factory=AppPlan)
+    in_dataplane: frozenset[str] = frozenset()
+    planned_generation: int = -1
+    error: str | None = None  # the app cannot run as specified (until its spec changes)
+    error_generation: int = -1
+    pass_error: str | None = None  # the last pass failed (cleared by the next good one)
+    last_event: str | None = None
+    crash: CrashReport | None = None
+    synced: bool = False  # one pass went through
