@@ -25,6 +25,7 @@ from bench.env import (
     run_sandbox,
 )
 from bench.image import PORT
+from bench.rss import status_mb
 from harness import wrk
 from harness.engine import docker
 from lbctl.dataplane.ebpf import pins, table
@@ -286,17 +287,6 @@ class Footprint:
     apps_idle: int = 0
 
 
-def _rss_mb(pid: int) -> tuple[float, float]:
-    rss = hwm = 0.0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
-    return rss, hwm
-
-
 def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
     """The daemon's RSS and CPU idle (with one app of 4 replicas in each mode) and during a
     storm of scale 1 <-> 4 in both modes at once."""
@@ -316,7 +306,7 @@ def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
         time.sleep(idle)
         fp.idle_seconds = time.monotonic() - t0
         fp.idle_cpu_pct = 100 * (proc_cpu_seconds(pid) - c0) / fp.idle_seconds
-        fp.idle_rss_mb = _rss_mb(pid)[0]
+        fp.idle_rss_mb = status_mb(pid)[0]
         log(f"  footprint idle: {fp.idle_rss_mb:.1f} MB RSS, {fp.idle_cpu_pct:.2f}% CPU")
 
         stop = threading.Event()
@@ -325,7 +315,7 @@ def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
         def sample() -> None:
             while not stop.wait(0.2):
                 with contextlib.suppress(OSError):
-                    peak[0] = max(peak[0], _rss_mb(pid)[0])
+                    peak[0] = max(peak[0], status_mb(pid)[0])
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -341,7 +331,7 @@ def footprint(env: Env, idle: float, storm: float, log: Log) -> Footprint:
         sampler.join()
         fp.storm_cycles = cycles
         fp.storm_rss_max_mb = peak[0]
-        fp.hwm_mb = _rss_mb(pid)[1]
+        fp.hwm_mb = status_mb(pid)[1]
         log(f"  footprint storm: {cycles} cycles in {fp.storm_seconds:.0f} s, "
             f"max {fp.storm_rss_max_mb:.1f} MB RSS, {fp.storm_cpu_pct:.1f}% CPU")
     finally:
