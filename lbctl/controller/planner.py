@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lbctl.model import ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
-from lbctl.model.options import HOST_NETWORK as HOST_MODE
+from lbctl.model.options import HOST_NETWORK
 from lbctl.model.rollout import UpdatePolicy
 
 
@@ -128,15 +128,15 @@ class AppPlan:
 
 def host_namespace(app: str) -> Container:
     """A `--network host` app's stand-in for a sandbox: the namespace its replicas join is
-    the host's (HOST_MODE, as the runtime names their network mode). Not managed, so nothing
+    the host's (HOST_NETWORK, as the runtime names their network mode). Not managed, so nothing
     ever stops or re-creates it; no address, since no DNAT leads to it."""
-    return Container(id=HOST_MODE, name=HOST_MODE, app=app, role=ROLE_SANDBOX, managed=False,
+    return Container(id=HOST_NETWORK, name=HOST_NETWORK, app=app, role=ROLE_SANDBOX, managed=False,
                      index=None, running=True, health=None, ip=None, pid=None,
                      started_at=None)
 
 
 def is_host_namespace(c: Container | None) -> bool:
-    return c is not None and c.id == HOST_MODE and not c.managed
+    return c is not None and c.id == HOST_NETWORK and not c.managed
 
 
 def plan_app(desired: Desired, observed: Observed) -> AppPlan:

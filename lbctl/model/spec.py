@@ -146,7 +146,7 @@ def check_host_network(spec: AppSpec) -> None:
                                f"container port (the replicas listen on the host's "
                                f"{p.container_port} themselves)")
     for key in ("add-host", "dns"):
-        if spec.options.to_json().get(key):
+        if getattr(spec.options, OPTION_FIELDS[key]):
             raise InvalidInput(f"--network host: {key} cannot be set (the replicas use the "
                                "host's /etc/hosts and resolver)")
 

@@ -24,22 +24,18 @@ from lbctl.model.options import HOST_NETWORK
 JOIN_PREFIX = "container:"
 
 
-# The host's network namespace, named as the engines name it; a replica "joined" to it is a
-# `--network host` replica (the planner's stand-in for a sandbox has this id).
-HOST_MODE = HOST_NETWORK
-
-
 def join_mode(container_id: str) -> str:
     """The network mode that puts a new container into `container_id`'s network namespace
-    (HOST_MODE: the host's own)."""
-    if container_id == HOST_MODE:
-        return HOST_MODE
+    (HOST_NETWORK: the host's own; the planner's stand-in for a `--network host` app's
+    sandbox has that id, as the engines name the host's network mode)."""
+    if container_id == HOST_NETWORK:
+        return HOST_NETWORK
     return f"{JOIN_PREFIX}{container_id}"
 
 
 def joined_to(network_mode: str) -> str | None:
-    if network_mode == HOST_MODE:
-        return HOST_MODE
+    if network_mode == HOST_NETWORK:
+        return HOST_NETWORK
     if not network_mode.startswith(JOIN_PREFIX):
         return None
     return network_mode[len(JOIN_PREFIX):] or None
