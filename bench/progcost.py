@@ -31,7 +31,8 @@ import sys
 import tempfile
 
 from lbctl.dataplane import bpf_loader, bpfsys, sockets
-from lbctl.dataplane.ebpf import EbpfDataplane, Member
+from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.model.dataplane import Member
 
 PORT = 9000
 V1_SRC = pathlib.Path(__file__).resolve().parents[1] / "tests/dataplane/data/lbctl_reuseport_v1.c"

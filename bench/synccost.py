@@ -40,8 +40,8 @@ from lbctl.dataplane import bpfsys, ebpf
 from lbctl.dataplane.ebpf import pins
 from lbctl.dataplane.ebpf.table import write_table
 from lbctl.dataplane.iptables import IptablesDataplane
-from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
+from lbctl.model.dataplane import Backend, Service
 
 Log = Callable[[str], None]
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from lbctl.api.client import ApiError, Client, DaemonUnavailable
 from lbctl.dataplane import hostnet
 from lbctl.dataplane.ebpf import EbpfDataplane
-from lbctl.runtime.engine import Engine, EngineError
+from lbctl.model.errors import EngineError
+from lbctl.runtime.engine import Engine
 
 
 @dataclass

@@ -29,7 +29,7 @@ from lbctl.controller.template import attachment
 from lbctl.dataplane.hostnet import ipv6_unavailable_reason
 from lbctl.model import AppSpec, InvalidInput, Mode
 from lbctl.model.options import DEFAULT_NETWORK
-from lbctl.runtime.engine import NetworkFacts, NetworkSpec
+from lbctl.model.runtime import NetworkFacts, NetworkSpec
 
 log = logging.getLogger("lbctl.controller")
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lbctl.controller.planner import AppPlan
-from lbctl.dataplane.ebpf import Member
-from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode
+from lbctl.model.dataplane import Backend, Member, Service
 
 
 def service(spec: AppSpec, p: AppPlan) -> Service:

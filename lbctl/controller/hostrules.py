@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from lbctl.controller.ports import RulesPort
-from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.fsutil import atomic_write
 from lbctl.model import InvalidInput, Publish
+from lbctl.model.dataplane import Backend, Service
 
 log = logging.getLogger("lbctl.controller")
 

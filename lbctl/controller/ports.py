@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
-from lbctl.dataplane.ebpf import Member
-from lbctl.dataplane.iptables_rules import Service
 from lbctl.model import Container
-from lbctl.runtime.engine import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
+from lbctl.model.dataplane import Member, Service
+from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 
 
 class EnginePort(Protocol):

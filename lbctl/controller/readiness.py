@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 
 from lbctl.controller.ports import EbpfPort
 from lbctl.controller.probes import Answers, tcp_probe
-from lbctl.dataplane.ebpf import ListenerError
 from lbctl.dataplane.hostnet import ipv6_settled
 from lbctl.model import AppSpec, Container, Mode
+from lbctl.model.errors import ListenerError
 
 
 def answers_for(

@@ -18,7 +18,7 @@ import time
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.worker import AppWorker, Shared
-from lbctl.runtime.engine import EngineError
+from lbctl.model.errors import EngineError
 
 log = logging.getLogger("lbctl.controller")
 

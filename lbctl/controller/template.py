@@ -17,10 +17,9 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from lbctl.model import LABEL_MANAGED, LABEL_NETWORK, ROLE_REPLICA, ROLE_SANDBOX, AppSpec
-from lbctl.model.names import replica_name, sandbox_name
+from lbctl.model.names import replica_labels, replica_name, sandbox_name
 from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
-from lbctl.runtime.convert import replica_labels
-from lbctl.runtime.engine import CreateRequest, NetworkSpec
+from lbctl.model.runtime import CreateRequest, NetworkSpec
 
 SANDBOX_IMAGE = "lbctl/pause:latest"
 # lbctl's own bridge network, for apps that publish IPv6: the engine's default bridge has no

@@ -34,12 +34,12 @@ from lbctl.controller.probes import Answers
 from lbctl.controller.probing import PROBE_INTERVAL, ReplicaProbes
 from lbctl.controller.retire import Retirements
 from lbctl.controller.view import AppView, CrashReport
-from lbctl.dataplane.ebpf import EbpfError, ListenerError
-from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
+from lbctl.model.dataplane import Service
+from lbctl.model.errors import EbpfError, EngineError, ListenerError
 from lbctl.model.names import replica_name
-from lbctl.runtime.engine import CreateRequest, EngineError, EngineEvent
+from lbctl.model.runtime import CreateRequest, EngineEvent
 
 log = logging.getLogger("lbctl.controller")
 

@@ -68,7 +68,6 @@ from lbctl.dataplane.iptables_rules import (
     Family,
     RenderCache,
     SavedTable,
-    Service,
     changed_dnat_chains,
     dnat_counters,
     dnat_endpoints,
@@ -84,6 +83,7 @@ from lbctl.dataplane.iptables_rules import (
     service_endpoints,
 )
 from lbctl.fsutil import atomic_write
+from lbctl.model.dataplane import Service
 
 log = logging.getLogger(__name__)
 

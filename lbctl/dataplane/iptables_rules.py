@@ -95,6 +95,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from lbctl.model import Publish
+from lbctl.model.dataplane import Backend, Service
 
 PREFIX = "LBCTL-"
 CHAIN_PREROUTING = "LBCTL-PREROUTING"
@@ -151,39 +152,6 @@ class Family:
 IPV4 = Family(4, "iptables", 32, "127.0.0.0/8", "icmp-port-unreachable")
 IPV6 = Family(6, "ip6tables", 128, "::1/128", "icmp6-port-unreachable")
 FAMILIES = {4: IPV4, 6: IPV6}
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One replica the data plane may send new connections to."""
-
-    name: str  # replica name, e.g. "web-2" (rule comments, counters)
-    ip: str  # container IPv4 (after for_family(.., 6): its IPv6 address)
-    port: int  # container port
-    # Share of new connections relative to the other backends (a canary's weight); the
-    # statistic rules turn weights into probabilities, 1:1:1 into kube-proxy's 1/(n-i).
-    weight: int = 1
-    ip6: str | None = None  # container IPv6, where its network has IPv6
-
-
-@dataclass(frozen=True)
-class Service:
-    """One published app: the host addresses it answers on and the replicas behind it."""
-
-    app: str
-    publish: Publish
-    backends: tuple[Backend, ...]  # stable order (the controller sorts by name)
-    # Host bridges of the backends; route_localnet goes on each. More than one when an app's
-    # backends live on several networks (lbctl's replicas on docker0 beside containers that
-    # `docker-compose up` started on its project's br-<id> and lbctl adopted).
-    bridges: tuple[str, ...]
-    # Further publishes of the app (model.AppSpec.extra_publishes): same container port and
-    # protocol, another address or family.
-    extra_publishes: tuple[Publish, ...] = ()
-
-    @property
-    def publishes(self) -> tuple[Publish, ...]:
-        return (self.publish, *self.extra_publishes)
 
 
 def for_family(services: Iterable[Service], family: Family) -> list[Service]:

@@ -40,10 +40,6 @@ _OPEN_STATES = {0x01, 0x04, 0x05, 0x08, 0x09, 0x0B}  # ESTABLISHED FIN_WAIT1/2 C
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
-class ListenerError(RuntimeError):
-    """The replica's listener cannot be used in ebpf mode: one line, user-facing."""
-
-
 @dataclass(frozen=True)
 class Listener:
     """A socket taking new traffic on the port, as seen from the host."""

@@ -1,5 +1,8 @@
-"""The one error type every layer uses for a user's mistake, so that the API can answer it with
-a 4xx and the CLI with exit code 2 whatever layer noticed it."""
+"""The errors every layer raises and the controller tells apart: a user's mistake
+(InvalidInput, Forbidden: a 4xx and exit code 2 whatever layer noticed it), the engine's
+failure (EngineError), the eBPF data plane's (EbpfError: lbctl's or the host's problem, retried)
+and the app's own (ListenerError: its listener cannot be used, reported, not retried). They
+live in the model so that the controller can catch them without importing an adapter."""
 
 from __future__ import annotations
 
@@ -12,3 +15,26 @@ class Forbidden(InvalidInput):
     """Input that is valid but not this caller's to ask for (the members' policy, the daemon's
     caps): HTTP 403, and like any bad input one line, exit code 2, nothing changed. A subclass
     of InvalidInput so that every layer that handles bad input handles this too."""
+
+
+class EngineError(RuntimeError):
+    """The engine refused a request, could not be reached or did not answer in time."""
+
+
+class ImageNotFound(EngineError):
+    pass
+
+
+class EbpfError(RuntimeError):
+    """Loading the program, or a map operation, failed.  `summary` is one line for users;
+    `detail` holds the loader's stderr (the verifier log) and is part of str(self) too, so a
+    log line of the exception shows why the verifier refused."""
+
+    def __init__(self, summary: str, detail: str = "") -> None:
+        super().__init__(f"{summary}\n{detail}" if detail else summary)
+        self.summary = summary
+        self.detail = detail
+
+
+class ListenerError(RuntimeError):
+    """The replica's listener cannot be used in ebpf mode: one line, user-facing."""

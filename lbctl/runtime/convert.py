@@ -141,19 +141,3 @@ def parse_time(text: str) -> float | None:
     except ValueError:
         return None
 
-
-def replica_labels(
-    app: str,
-    role: str,
-    index: int | None = None,
-    spec_hash: str | None = None,
-    revision: int | None = None,
-) -> dict[str, str]:
-    labels = {LABEL_APP: app, LABEL_MANAGED: "true", LABEL_ROLE: role}
-    if index is not None:
-        labels[LABEL_INDEX] = str(index)
-    if spec_hash is not None:
-        labels[LABEL_SPEC_HASH] = spec_hash
-    if revision is not None:
-        labels[LABEL_REVISION] = str(revision)
-    return labels

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiodocker
@@ -22,9 +21,11 @@ import aiohttp
 from aiodocker.events import DockerEvents
 
 from lbctl.model import LABEL_APP, LABEL_MANAGED, Container
-from lbctl.model.options import DEFAULT_NETWORK, RunOptions
+from lbctl.model.errors import EngineError, ImageNotFound
+from lbctl.model.options import DEFAULT_NETWORK
+from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
-from lbctl.runtime.events import EngineEvent, parse_event
+from lbctl.runtime.events import parse_event
 from lbctl.runtime.options import create_config, merge_ulimits
 from lbctl.runtime.podman import podman_ulimits
 
@@ -41,59 +42,8 @@ REMOVE_MARGIN = 15.0
 T = TypeVar("T")
 
 
-class EngineError(RuntimeError):
-    """The engine refused a request, could not be reached or did not answer in time."""
-
-
-class ImageNotFound(EngineError):
-    pass
-
-
 def docker_host(explicit: str | None) -> str:
     return explicit or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    name: str
-    image: str
-    labels: Mapping[str, str]
-    env: Mapping[str, str]
-    command: Sequence[str] = ()
-    join: str | None = None  # id of a container whose network namespace this one shares
-    sysctls: Mapping[str, str] | None = None
-    ulimits: Sequence[Mapping[str, Any]] = ()
-    extra_host_config: Mapping[str, Any] = field(default_factory=dict)
-    # docker run's options (volumes, limits, health check, ...); `options.network` is not
-    # read: `networks` says where the container goes.
-    options: RunOptions = field(default_factory=RunOptions)
-    # Networks to join, in order (none: the default bridge); ignored with `join`.
-    networks: Sequence[str] = ()
-    # Names the container answers to on user-defined networks (the app's name).
-    aliases: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """A bridge network lbctl creates when it is missing: lbctl's own (controller.template) or
-    one a compose file declares (controller.admission.Resources)."""
-
-    name: str
-    labels: Mapping[str, str]
-    ipv6_subnet: str | None = None  # IPv6 enabled with this subnet
-    bridge: str | None = None  # host bridge interface name, where the engine lets us pick
-    # lbctl's own network: one of this name without `labels` is someone else's, and is
-    # refused rather than used (a compose file's network is used as it is found).
-    owned: bool = False
-
-
-@dataclass(frozen=True)
-class NetworkFacts:
-    """What admission needs to know of an existing network."""
-
-    driver: str  # bridge, overlay, macvlan, ...
-    ipv6: bool  # IPv6 enabled: containers there get an IPv6 address
-    managed: bool = False  # labelled lbctl.managed=true: lbctl created it
 
 
 class Engine:
@@ -493,13 +443,4 @@ def _endpoint(network: str, aliases: Sequence[str]) -> dict[str, Any]:
     return {"Aliases": list(aliases)} if aliases and network != DEFAULT_NETWORK else {}
 
 
-__all__ = [
-    "CreateRequest",
-    "Engine",
-    "EngineError",
-    "EngineEvent",
-    "ImageNotFound",
-    "NetworkFacts",
-    "NetworkSpec",
-    "docker_host",
-]
+__all__ = ["Engine", "docker_host"]

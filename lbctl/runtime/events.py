@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from lbctl.model import LABEL_APP
+from lbctl.model.runtime import EngineEvent
 
 # Events that can change what the data plane should hold. Everything else (exec, attach,
 # resize, ...) is noise for us.
@@ -24,29 +24,6 @@ NETWORK_ACTIONS = frozenset({"create"})
 # Podman's names for the events lbctl watches (its `kill` carries no signal attribute, so a
 # kill is not taken as fatal there; the `die` that follows is).
 _PODMAN_ACTIONS = {"remove": "destroy"}
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    action: str  # normalized: "health_status" for every health_status: ... variant
-    container_id: str
-    app: str | None
-    signal: int | None = None  # for "kill": the signal the engine is about to send
-    kind: str = "container"  # or "network" (container_id is then the network's id)
-
-    @property
-    def changes_identity(self) -> bool:
-        """The container's PID, address or name may differ afterwards: what was cached about
-        it is stale. (`kill` and health changes leave them as they are; the `die` that
-        follows a fatal kill says so itself.)"""
-        return self.action not in ("kill", "health_status", "pause", "unpause")
-
-    @property
-    def fatal(self) -> bool:
-        """The container is going away (a kill with a terminating signal, die, stop, oom)."""
-        if self.action == "kill":
-            return self.signal in (2, 3, 9, 15)
-        return self.action in ("die", "stop", "oom", "pause")
 
 
 def parse_event(ev: Mapping[str, Any]) -> EngineEvent | None:

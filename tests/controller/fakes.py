@@ -23,9 +23,7 @@ from lbctl.controller.probes import Answers
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import Settings, Shared
-from lbctl.dataplane.ebpf import Member
 from lbctl.dataplane.hostports import HostPorts
-from lbctl.dataplane.iptables_rules import Service
 from lbctl.metrics import Metrics
 from lbctl.model import (
     LABEL_APP,
@@ -38,14 +36,10 @@ from lbctl.model import (
     AppSpec,
     Container,
 )
+from lbctl.model.dataplane import Member, Service
+from lbctl.model.errors import EngineError
+from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 from lbctl.model.spec import Mode
-from lbctl.runtime.engine import (
-    CreateRequest,
-    EngineError,
-    EngineEvent,
-    NetworkFacts,
-    NetworkSpec,
-)
 
 
 @dataclass
@@ -174,7 +168,7 @@ class FakeEbpf:
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
                    draining: Sequence[Member] = (), proto: str = "tcp") -> None:
-        from lbctl.dataplane.ebpf import EbpfError
+        from lbctl.model.errors import EbpfError
 
         if app in self.fail:
             raise EbpfError(self.fail[app])

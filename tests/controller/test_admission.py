@@ -14,7 +14,7 @@ import pytest
 
 from lbctl.controller.admission import Admission, Resources, check_port_free
 from lbctl.model import AppSpec, InvalidInput
-from lbctl.runtime.engine import NetworkFacts, NetworkSpec
+from lbctl.model.runtime import NetworkFacts, NetworkSpec
 
 
 class FakeEngine:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from lbctl.model import AppSpec, Container
+from lbctl.model.runtime import EngineEvent
 from lbctl.model.spec import Mode
-from lbctl.runtime.events import EngineEvent
 from tests.controller.fakes import FakeEngine, harness, spec
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from lbctl.controller import draining, retire
 from lbctl.controller.draining import FLOW_IDLE
-from lbctl.dataplane.ebpf import Member
 from lbctl.model import AppSpec, Container, Mode, Publish
-from lbctl.runtime.engine import CreateRequest, EngineEvent
+from lbctl.model.dataplane import Member
+from lbctl.model.runtime import CreateRequest, EngineEvent
 
 
 def replica(pid: int | None = 42) -> Container:

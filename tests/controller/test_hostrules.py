@@ -12,8 +12,8 @@ import pytest
 
 from lbctl.controller import hostrules
 from lbctl.controller.hostrules import HostRules
-from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
+from lbctl.model.dataplane import Backend, Service
 from tests.controller.fakes import FakeRules
 
 

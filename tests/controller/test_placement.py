@@ -7,8 +7,8 @@ from typing import Any
 
 from lbctl.controller import backends, hostrules, readiness, template
 from lbctl.controller.planner import AppPlan
-from lbctl.dataplane.iptables_rules import Backend
 from lbctl.model import AppSpec, Container
+from lbctl.model.dataplane import Backend
 from lbctl.runtime.convert import to_container
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lbctl.dataplane.ebpf import EbpfDataplane, Member
+from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.model.dataplane import Member
 
 KERNEL = [
     pytest.mark.kernel,

@@ -22,14 +22,9 @@ import time
 import pytest
 
 from lbctl.dataplane import bpf_loader, bpfsys, sockets
-from lbctl.dataplane.ebpf import (
-    MAX_SLOTS,
-    EbpfDataplane,
-    EbpfError,
-    ListenerError,
-    Member,
-    build_table,
-)
+from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, build_table
+from lbctl.model.dataplane import Member
+from lbctl.model.errors import EbpfError, ListenerError
 from tests.dataplane.ebpf_harness import (
     APP,
     KERNEL,

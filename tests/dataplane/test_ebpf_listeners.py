@@ -23,7 +23,9 @@ from collections.abc import Iterator
 import pytest
 
 from lbctl.dataplane import bpf_loader
-from lbctl.dataplane.ebpf import EbpfDataplane, ListenerError, Member, pins, table
+from lbctl.dataplane.ebpf import EbpfDataplane, pins, table
+from lbctl.model.dataplane import Member
+from lbctl.model.errors import ListenerError
 from tests.dataplane.ebpf_harness import APP, KERNEL, PORT, Netns, members
 
 pytestmark = KERNEL

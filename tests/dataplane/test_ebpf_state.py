@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from lbctl.dataplane import bpfsys
-from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, EbpfError, Member, slots
+from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, slots
 from lbctl.dataplane.ebpf.slots import DamagedState, Held, SlotBook
+from lbctl.model.dataplane import Member
+from lbctl.model.errors import EbpfError
 
 W1, W2, W2V6, W0 = "web-1 udp4 0.0.0.0", "web-2 udp4 0.0.0.0", "web-2 udp6 ::", "web-0 udp6 ::"
 GOOD: dict[str, Any] = {

@@ -75,7 +75,7 @@ import asyncio, json, sys
 from pathlib import Path
 from lbctl.dataplane import hairpin
 from lbctl.dataplane.iptables import DualStackRules
-from lbctl.dataplane.iptables_rules import Backend, Service
+from lbctl.model.dataplane import Backend, Service
 from lbctl.model import Publish
 backends = tuple(Backend(n, ip, CPORT, 1, ip6) for n, ip, ip6 in json.loads(sys.argv[2]))
 svc = Service("web", Publish("0.0.0.0", PORT, CPORT), backends, ("BRIDGE",),

@@ -29,8 +29,8 @@ from harness.host import host_lock
 from lbctl.dataplane import iptables as iptables_mod
 from lbctl.dataplane import iptables_rules
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
-from lbctl.dataplane.iptables_rules import Backend, Service
 from lbctl.model import Publish
+from lbctl.model.dataplane import Backend, Service
 
 pytestmark = [
     pytest.mark.kernel,

@@ -25,8 +25,6 @@ from lbctl.dataplane.iptables_rules import (
     MAX_CHAIN_LEN,
     SEP_PREFIX,
     SNAT_PREFIX,
-    Backend,
-    Service,
     bucket_chain,
     changed_dnat_chains,
     dnat_counters,
@@ -37,6 +35,7 @@ from lbctl.dataplane.iptables_rules import (
     svc_chain,
 )
 from lbctl.model import Publish
+from lbctl.model.dataplane import Backend, Service
 
 
 def big(n: int, host_ip: str = "0.0.0.0", app: str = "web", moved: int | None = None) -> Service:

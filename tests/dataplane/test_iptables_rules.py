@@ -13,8 +13,6 @@ from lbctl.dataplane.iptables_rules import (
     IPV4,
     IPV6,
     MAX_CHAIN_LEN,
-    Backend,
-    Service,
     dnat_counters,
     dnat_endpoints,
     for_family,
@@ -26,6 +24,7 @@ from lbctl.dataplane.iptables_rules import (
     wanted_chains,
 )
 from lbctl.model import Publish
+from lbctl.model.dataplane import Backend, Service
 
 WEB = "LBCTL-SVC-JNPFP5XLF5BLSA43"  # svc_chain("web")
 DNS = "LBCTL-SVC-3V22TVX3GCOEHGP6"  # svc_chain("dns")

@@ -10,10 +10,12 @@ import pytest
 from harness import PREFIX
 from harness.engine import docker
 from lbctl.model import LABEL_APP
+from lbctl.model.errors import ImageNotFound
+from lbctl.model.names import replica_labels
+from lbctl.model.runtime import CreateRequest
 from lbctl.runtime.convert import health_marker as _health_marker
 from lbctl.runtime.convert import parse_time as _parse_time
-from lbctl.runtime.convert import replica_labels
-from lbctl.runtime.engine import CreateRequest, Engine, ImageNotFound
+from lbctl.runtime.engine import Engine
 from lbctl.runtime.events import parse_event as _parse_event
 from lbctl.runtime.podman import podman_ulimits
 

@@ -36,7 +36,7 @@ Importers use this package's names; the modules are for the package and the benc
 from __future__ import annotations
 
 from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
-from lbctl.dataplane.ebpf.plane import EbpfDataplane, Member
+from lbctl.dataplane.ebpf.plane import EbpfDataplane
 from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS, TABLE_LEN, build_table
 
 __all__ = [
@@ -46,6 +46,5 @@ __all__ = [
     "EbpfDataplane",
     "EbpfError",
     "ListenerError",
-    "Member",
     "build_table",
 ]

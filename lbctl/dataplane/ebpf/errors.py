@@ -6,17 +6,7 @@ retried."""
 
 from __future__ import annotations
 
-from lbctl.dataplane.sockets import ListenerError
+from lbctl.model.errors import EbpfError, ListenerError
 
 __all__ = ["EbpfError", "ListenerError"]
 
-
-class EbpfError(RuntimeError):
-    """Loading the program, or a map operation, failed.  `summary` is one line for users;
-    `detail` holds the loader's stderr (the verifier log) and is part of str(self) too, so a
-    log line of the exception shows why the verifier refused."""
-
-    def __init__(self, summary: str, detail: str = "") -> None:
-        super().__init__(f"{summary}\n{detail}" if detail else summary)
-        self.summary = summary
-        self.detail = detail

@@ -35,21 +35,15 @@ from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
 from lbctl.dataplane.ebpf.pins import Maps
 from lbctl.dataplane.ebpf.slots import Held, SlotBook, Snapshot
 from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS, build_table, u32
+from lbctl.model.dataplane import Member
 
-__all__ = ["EbpfDataplane", "Member"]
+__all__ = ["EbpfDataplane"]
 
 # The package's one logger name, as before the split: log filters need not know the modules.
 log = logging.getLogger("lbctl.dataplane.ebpf")
 
 # How long after a replica's first listener shows up each sync looks for more of them.
 STARTUP_RESCAN = 3.0
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str  # replica name, e.g. "web-2"
-    pid: int  # host PID of the replica container's init process
-    weight: int = 1
 
 
 @dataclass
