@@ -1,0 +1,143 @@
+"""Every default and interval of the daemon, in one tree (kopf's OperatorSettings).
+
+The command line sets it (`lbctl daemon --drain-timeout ...`), the daemon hands each part to
+the part it configures (the engine its `engine` section, the iptables data plane its
+`iptables` section, each app's worker the `worker`, `probes` and `drain` sections), and tests
+build one with the values they need instead of patching module constants. A value lives here
+once: no module keeps its own copy of a default.
+
+What is not here is not a setting: sizes fixed by the kernel or by the eBPF program's maps
+(bpf/lbctl_shared.h), syscall numbers, the state file's format version.
+
+Pure data, importable by every layer (it sits beside lbctl.model at the bottom of the import
+graph).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    # None: $DOCKER_HOST, else unix:///var/run/docker.sock.
+    docker_host: str | None = None
+    # A list, an inspect or a create answers in milliseconds on a healthy engine; 15 s is far
+    # beyond that and still short enough that a wedged engine shows up in `status` and stops
+    # the watchdog long before anyone would notice otherwise.
+    call_timeout: float = 15.0
+    # A removal waits for the container's own stop grace first, then this much more.
+    remove_margin: float = 15.0
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    interval: float = 0.25  # seconds between two probe rounds of an app
+    # ebpf mode: a ready replica's listener is re-read only this often (its socket leaving
+    # the map is checked every round; reading the namespace's socket table 4 times a second
+    # cost the daemon a core under a new-connection load).
+    ebpf_ready_recheck: float = 5.0
+    connect_timeout: float = 0.25  # a TCP probe's connect
+    failures_to_unhealthy: int = 2  # failed probes in a row that make a ready replica unhealthy
+
+
+@dataclass(frozen=True)
+class DrainSettings:
+    timeout: float = 10.0  # longest a replica's open connections are waited for
+    poll: float = 0.1  # how often a drain asks whether the replica still serves
+    flow_idle: float = 2.0  # UDP: a replica whose flows were quiet this long is drained
+    handshake_settle: float = 0.3  # TCP: handshakes under way when it left the data plane
+    stop_grace: int = 10  # seconds a replica gets to exit before SIGKILL (--stop-timeout wins)
+    remove_attempts: int = 5  # a stop/remove the engine refuses is tried this often
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    resync_interval: float = 1.0  # a worker's full pass at least this often, events or not
+    # Longer than any single engine call (they time out on their own), so a pass that hits
+    # its limit means something beyond one slow call.
+    pass_timeout: float = 60.0
+    # A `kill`/`stop` event takes a replica out at once; the mark expires after this (longer
+    # than `docker stop`'s default 10 s before its SIGKILL), since the engine's list may never
+    # show the change (a pause undone, a signal the app survives).
+    doom_grace: float = 15.0
+    unhealthy_grace: float = 30.0  # an unhealthy replica is replaced after this
+    discovery_interval: float = 5.0  # the engine's full list, for apps nobody told us about
+    sandbox_image: str = "lbctl/pause:latest"
+
+
+@dataclass(frozen=True)
+class HostRulesSettings:
+    min_interval: float = 0.01  # between two iptables syncs (changes in between coalesce)
+    # Someone may flush our chains (an admin, a firewall reload): a periodic full sync
+    # repairs them, as kube-proxy's does. It writes nothing when the rules are as they were.
+    resync_interval: float = 30.0
+    wait_timeout: float = 30.0  # a worker waits this long for the sync that includes it
+
+
+@dataclass(frozen=True)
+class IptablesSettings:
+    # One sync takes milliseconds; the bound only keeps a wedged xtables lock holder from
+    # hanging the controller forever (it retries anyway).
+    command_timeout: float = 30.0
+    # The fast path trusts its memory of the kernel for at most this long without a full
+    # pass, whatever the caller asks.
+    full_resync_interval: float = 60.0
+    # Backends per bucket chain: a service with more gets one DNAT chain per bucket, so one
+    # changed backend rewrites one bucket, not the whole service.
+    bucket: int = 64
+    # Rewriting more DNAT chains than this in one fast pass: one `iptables-save -t nat` reads
+    # their counters more cheaply than one `iptables -S` per chain.
+    per_chain_counter_reads: int = 4
+
+
+@dataclass(frozen=True)
+class EbpfSettings:
+    pin_root: Path = Path("/sys/fs/bpf/lbctl")
+    # How long after a replica's first listener shows up each sync looks for more of them
+    # (a replica binds IPv4, then IPv6, or TCP then UDP, one after another).
+    startup_rescan: float = 3.0
+    loader_timeout: float = 120.0  # compiling and loading the program (LLVM, the verifier)
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    # 0: no cap. Why these numbers: lbctl.controller.limits.
+    max_apps: int = 64
+    max_containers: int = 256
+    # pids-limit of a replica whose app sets none (0: the engine's default). Podman's own
+    # default; a fork bomb in one replica cannot take the host's 32768 PIDs.
+    default_pids_limit: int = 2048
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    max_body: int = 64 * 1024  # bytes of one request body
+    # How long a status or a scrape may reuse the kernel's counters read by an earlier one:
+    # 100 scrapes at once read them once, never under the sync lock.
+    counters_max_age: float = 0.5
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    state_dir: Path = Path("/var/lib/lbctl")
+    metrics_addr: str = "127.0.0.1:9477"
+    trim_interval: float = 30.0  # seconds between malloc trims (lbctl.malloc)
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole tree; `Settings()` is every default."""
+
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
+    drain: DrainSettings = field(default_factory=DrainSettings)
+    hostrules: HostRulesSettings = field(default_factory=HostRulesSettings)
+    iptables: IptablesSettings = field(default_factory=IptablesSettings)
+    ebpf: EbpfSettings = field(default_factory=EbpfSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
