@@ -39,8 +39,12 @@ def ebpf_members(
     """(ready, draining) members: ready replicas by weight in the selection table; draining
     ones stay in the socket map only, so their queued connections can still migrate."""
     ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
+    # Only replicas in the app's namespace: one left in a lost sandbox's namespace has no
+    # listener in the app's groups, and asking for it would fail the sync.
+    ns = p.sandbox.id if p.sandbox is not None else None
     draining = [
         Member(c.name, c.pid) for c in containers
         if c.id in leaving and c.running and c.pid and c.role == ROLE_REPLICA
+        and c.joined_to == ns
     ]  # fmt: skip
     return ready, draining

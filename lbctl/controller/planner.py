@@ -102,6 +102,9 @@ class AppPlan:
     # too many (a scale-up may reclaim them while they drain).
     retire: tuple[Container, ...] = ()
     surplus: frozenset[str] = frozenset()
+    # Of `retire`, replicas left in the namespace of a sandbox that is gone: nothing of theirs
+    # can be reached, so they are stopped without a drain.
+    orphaned: frozenset[str] = frozenset()
     # Draining replicas to take back into service (their retirement is cancelled).
     reclaim: tuple[Container, ...] = ()
     # Replicas the data plane must serve (ready, not retiring), sorted by name, and their
@@ -171,6 +174,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     active: list[Container] = []  # managed, running, not retiring: what counts as a replica
     serving: list[Container] = []
     crashed: list[Container] = []
+    orphaned: list[Container] = []
     dead_indexes: set[int] = set()
     target = desired.hash or spec.spec_hash()
     for c in replicas:
@@ -192,8 +196,14 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
             continue
         joined = sandbox is not None and c.joined_to == sandbox.id
         if spec.mode is Mode.EBPF and c.managed and not joined:
-            # In a namespace whose sandbox is gone: unreachable, so replace it now.
+            # In a namespace whose sandbox is gone: the namespace lost its interface with the
+            # sandbox, so nothing there is reachable or can finish. It goes at once, without a
+            # drain, and its successor takes its name once it is removed (a moment), as a
+            # crashed replica's does: names stay 1..N across a sandbox repair.
             retire.append(c)
+            orphaned.append(c)
+            if c.index is not None:
+                dead_indexes.add(c.index)
             continue
         state = _state(c, observed)
         states[c.id] = state
@@ -274,6 +284,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         create=tuple(creates),
         retire=tuple(_unique(retire)),
         surplus=frozenset(c.id for c in roll.surplus),
+        orphaned=frozenset(c.id for c in orphaned),
         reclaim=tuple(reclaim),
         backends=tuple(serving),
         weights=weights,

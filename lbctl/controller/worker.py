@@ -249,7 +249,8 @@ class AppWorker:
         forget = self._forget_flows(served) if served else None
         for c in p.retire:
             replica = c.role == ROLE_REPLICA
-            self.retirements.start(c, pending if replica else None, surplus=c.id in p.surplus,
+            drain = pending if replica and c.id not in p.orphaned else None
+            self.retirements.start(c, drain, surplus=c.id in p.surplus,
                                    before_stop=forget if replica else None)
             if (spec is not None and c.running and c.role == ROLE_REPLICA
                     and c.spec_hash not in (None, desired.hash)):

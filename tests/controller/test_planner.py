@@ -222,6 +222,25 @@ def test_ebpf_lost_sandbox_replaces_its_replicas() -> None:
     assert p.create_sandbox
 
 
+def test_replicas_of_a_lost_sandbox_go_undrained_and_keep_their_names() -> None:
+    """The new sandbox runs; the replicas left in the old namespace cannot be reached (its
+    interface went with the old sandbox), so they are not drained, and their successors wait
+    for their names rather than take new indexes."""
+    old = [rep(1, joined="sbOLD"), rep(2, joined="sbOLD")]
+    p = plan_app(want(2, Mode.EBPF), seen([sandbox(), *old], ready(*old)))
+    assert names(p.retire) == ["web-1", "web-2"]
+    assert p.orphaned == {c.id for c in old}
+    assert p.create == () and not p.converged
+    # Retiring and stopping: still nothing new under another name.
+    gone = frozenset(c.id for c in old)
+    p = plan_app(want(2, Mode.EBPF), seen([sandbox(), *old], ready(*old), retiring=gone,
+                                          stopping=gone))
+    assert p.create == ()
+    # Removed: the successors take 1 and 2.
+    p = plan_app(want(2, Mode.EBPF), seen([sandbox()]))
+    assert indexes(p) == [1, 2]
+
+
 def test_ebpf_only_joined_replicas_serve() -> None:
     joined = rep(1, joined="sb1")
     p = plan_app(want(1, Mode.EBPF), seen([sandbox(), joined], ready(joined)))

@@ -85,7 +85,16 @@ def _gateway(cli: str) -> str:
     name = "bridge" if cli == "docker" else "podman"
     info = json.loads(docker("network", "inspect", name, cli=cli))[0]
     if cli == "docker":
-        return str(info["IPAM"]["Config"][0]["Gateway"])
+        cfg = info["IPAM"]["Config"][0]
+        if "Gateway" in cfg:
+            return str(cfg["Gateway"])
+        # A freshly started dockerd may list the default bridge's subnet without its gateway
+        # (seen on a fresh machine: IPAM Config held only "Subnet"); the address is the
+        # bridge interface's own.
+        bridge = info["Options"].get("com.docker.network.bridge.name", "docker0")
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge],
+                             capture_output=True, text=True, check=True).stdout
+        return out.split()[3].split("/")[0]
     for sub in info.get("subnets") or info.get("Subnets") or []:
         if sub.get("gateway"):
             return str(sub["gateway"])
