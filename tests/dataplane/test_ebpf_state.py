@@ -83,7 +83,7 @@ def test_parse_missing_or_unknown_keys_are_fine(data: object) -> None:
         {"held": {"1": [1, 2, 3, 4, -5]}},
         {"held": {"1": [1, 2, 3, 4, 2**64]}},
         {"held": {"1": {"pid": 1}}},
-        {"held": {"999": [1, 2, 3, 4, 5]}},
+        {"held": {str(MAX_SLOTS): [1, 2, 3, 4, 5]}},  # one past the last slot
         {"held": {"-1": [1, 2, 3, 4, 5]}},
         {"held": {" 1": [1, 2, 3, 4, 5]}},
         {"held": {"\u0663": [1, 2, 3, 4, 5]}},  # a digit to int(), not to us
