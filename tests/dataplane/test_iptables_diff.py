@@ -357,3 +357,11 @@ async def test_counters_read_beside_a_sync_never_go_down(tmp_path: pathlib.Path)
     assert await dp.counters() == {("web", "r0001"): 9}
     dp.saved = saved_counter(2, ["r0001", "r0002"])  # a new r0002
     assert await dp.counters() == {("web", "r0001"): 9, ("web", "r0002"): 2}
+
+
+async def test_a_command_is_bounded_by_the_settings_timeout(tmp_path: pathlib.Path) -> None:
+    """A wedged xtables lock holder must not hang the controller: every command run gets
+    IptablesSettings.command_timeout (here a stand-in command that never finishes in time)."""
+    dp = IptablesDataplane(tmp_path, settings=IptablesSettings(command_timeout=0.2))
+    with pytest.raises(IptablesError, match=r"^sleep 30 did not finish in 0.2s"):
+        await dp._run(["sleep", "30"])

@@ -140,7 +140,7 @@ async def run_loader(
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise EbpfError(f"eBPF loader timed out after {timeout:.0f}s") from None
+        raise EbpfError(f"eBPF loader timed out after {timeout:g}s") from None
     text = err.decode(errors="replace").strip()
     if proc.returncode != 0:
         last = text.splitlines()[-1] if text else f"exit code {proc.returncode}"

@@ -118,9 +118,9 @@ class EbpfDataplane:
         # programs themselves are older.
         if not os.path.exists("/proc/sys/net/ipv4/tcp_migrate_req"):
             return "kernel too old for SK_REUSEPORT migration (needs 5.14+)"
-        for path in (bpf_loader.source_path(), bpf_loader.header_path()):
-            if not path.exists():
-                return f"eBPF program source missing: {path}"
+        # (The shared header is read when this package is imported: layout.py.)
+        if not bpf_loader.source_path().exists():
+            return f"eBPF program source missing: {bpf_loader.source_path()}"
         return None
 
     async def check_program(self) -> str | None:
@@ -253,7 +253,8 @@ class EbpfDataplane:
         return pins.pinned_apps(self.pin_root)
 
     def loaded_tag(self, app: str) -> str | None:
-        """Version tag of the app's pinned program (hash of the C source it was built from)."""
+        """Version tag of the app's pinned program (hash of the C source and header it was built
+        from)."""
         return pins.pinned_tag(pins.pin_dir(self.pin_root, app))
 
     # ---------------------------------------------------------------- loading

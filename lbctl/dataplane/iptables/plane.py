@@ -410,7 +410,7 @@ class IptablesDataplane:
             await proc.wait()
             limit = self.settings.command_timeout
             raise IptablesError(
-                f"{' '.join(cmd)} did not finish in {limit:.0f}s (xtables lock held?)"
+                f"{' '.join(cmd)} did not finish in {limit:g}s (xtables lock held?)"
             ) from None
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
