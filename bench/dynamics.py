@@ -29,7 +29,7 @@ from bench.rss import status_mb
 from harness import wrk
 from harness.engine import docker
 from lbctl.dataplane.ebpf import pins, table
-from lbctl.dataplane.iptables_rules import svc_chain
+from lbctl.dataplane.iptables.chains import svc_chain
 
 Log = Callable[[str], None]
 SCALE_CONNECTIONS = 32

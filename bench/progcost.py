@@ -11,6 +11,10 @@ enable_stats() fd is held (BPF_ENABLE_STATS, which switches itself off when clos
   tcp, v1        the same through the program before listener groups
                  (tests/dataplane/data/lbctl_reuseport_v1.c), attached in its place
   udp, current   datagrams of known flows (flow map lookup, select) and new ones
+  tcp/udp, v2    the same two through the previous release's program (one 129-line
+                 function, tests/dataplane/data/lbctl_reuseport_v2.c) and the current one,
+                 attached in turn to the same group for six rounds each: what splitting
+                 it into helpers cost (`ratio current/v2`: median, min, max of the rounds)
 
 A wrk benchmark sees a new connection cost tens of microseconds; this isolates the
 program's part of it, so a change to the TCP path shows up here first.
@@ -35,7 +39,9 @@ from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.model.dataplane import Member
 
 PORT = 9000
-V1_SRC = pathlib.Path(__file__).resolve().parents[1] / "tests/dataplane/data/lbctl_reuseport_v1.c"
+DATA = pathlib.Path(__file__).resolve().parents[1] / "tests/dataplane/data"
+V1_SRC = DATA / "lbctl_reuseport_v1.c"
+V2_SRC = DATA / "lbctl_reuseport_v2.c"
 
 FARM = r"""
 import os, select, signal, socket, sys, time
@@ -124,6 +130,20 @@ def measure(prog_pin: pathlib.Path, ns: str, proto: str, n: int, k: int = 1,
     return {"runs": runs, "ns_per_run": round((ns1 - ns0) / runs, 1) if runs else 0.0}
 
 
+def attach(prog_pin: pathlib.Path, pid: int, proto: str) -> None:
+    """Attach the pinned program to the group of the replica's `proto` socket on PORT (it
+    replaces whichever program the group had)."""
+    prog = bpfsys.obj_get(str(prog_pin))
+    try:
+        fd = sockets.take(sockets.find_listeners(pid, PORT, proto)[0])
+        try:
+            sockets.attach_program(fd, prog)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(prog)
+
+
 def plant_v1(pin: pathlib.Path, pids: list[int]) -> pathlib.Path:
     """The program before listener groups, pinned and attached to the TCP group with its
     table filled as that version's daemon did."""
@@ -183,6 +203,36 @@ def main() -> int:
                 pin_root / "pc-addr" / f"prog_{tag}", ns, "tcp", 3000, port=PORT + 1)
             results["udp, current"] = measure(pin_root / "pc-udp" / f"prog_{tag}", ns, "udp",
                                               300, 10)  # fmt: skip
+            # The previous release's program, loaded by the same data plane for apps of its
+            # own on the same groups: attaching it replaces the current one there.
+            os.environ["LBCTL_BPF_SRC"] = str(V2_SRC)
+            try:
+                asyncio.run(dp.sync("pc-v2tcp", PORT, netns_pid, members, proto="tcp"))
+                asyncio.run(dp.sync("pc-v2udp", PORT, netns_pid, members, proto="udp"))
+                v2 = bpf_loader.source_tag()
+            finally:
+                del os.environ["LBCTL_BPF_SRC"]
+            # One program at a time is attached to a group: alternate them, six rounds each,
+            # which one goes first alternating too, so that both see the same host (a shared
+            # machine drifts between runs).
+            for proto, n, k in (("tcp", 600, 1), ("udp", 60, 10)):
+                progs = {"current": pin_root / f"pc-{proto}" / f"prog_{tag}",
+                         "v2": pin_root / f"pc-v2{proto}" / f"prog_{v2}"}  # fmt: skip
+                rounds: dict[str, list[dict[str, float]]] = {name: [] for name in progs}
+                for i in range(6):
+                    for name, prog in sorted(progs.items(), reverse=i % 2 == 1):
+                        attach(prog, members[0].pid, proto)
+                        rounds[name].append(measure(prog, ns, proto, n, k))
+                for name, got in rounds.items():
+                    runs = sum(r["runs"] for r in got)
+                    total = sum(r["runs"] * r["ns_per_run"] for r in got)
+                    results[f"{proto}, {name}, alternating"] = {
+                        "runs": runs, "ns_per_run": round(total / runs, 1)}
+                ratios = sorted(a["ns_per_run"] / b["ns_per_run"]
+                                for a, b in zip(rounds["current"], rounds["v2"], strict=True))
+                results[f"{proto}, ratio current/v2"] = {
+                    "median": round(ratios[len(ratios) // 2], 3),
+                    "min": round(ratios[0], 3), "max": round(ratios[-1], 3)}  # fmt: skip
             v1 = plant_v1(pin_root / "pc-v1", [m.pid for m in members])
             results["tcp, v1"] = measure(v1, ns, "tcp", 3000)
     finally:

@@ -71,7 +71,7 @@ def _sweep(d: Daemon) -> list[str]:
     import asyncio
 
     from lbctl.dataplane.iptables import IptablesDataplane
-    from lbctl.dataplane.iptables_rules import IPV4, IPV6
+    from lbctl.dataplane.iptables.family import IPV4, IPV6
 
     leaked: list[str] = []
     for family in (IPV4, IPV6):

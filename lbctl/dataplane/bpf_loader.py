@@ -7,7 +7,7 @@ at ~130 MB RSS for good, while the daemon must stay small.  The daemon only open
 
 Pins written into DIR (created atomically: everything goes into a sibling temp dir that is
 renamed to DIR at the end, so a half-written DIR never exists):
-    prog_<tag>   the program (tag = version of the C source, see source_tag())
+    prog_<tag>   the program (tag = version of the C source and its header, see source_tag())
     sockets wildcard groups selection config flows steered reasons cursor   its maps
 
 On failure the process exits 1 with the reason on stderr; libbcc prints the verifier log to
@@ -31,24 +31,40 @@ ATTACH_SELECT_OR_MIGRATE = 40  # BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: migration o
 MAP_NAMES = ("sockets", "wildcard", "groups", "selection", "config", "flows", "steered",
              "reasons", "cursor")
 BPFFS = pathlib.Path("/sys/fs/bpf")
+SOURCE_NAME = "lbctl_reuseport.c"
+HEADER_NAME = "lbctl_shared.h"
+
+
+def bpf_dir() -> pathlib.Path:
+    """lbctl's bpf/ directory: next to the package (source tree or editable install), else the
+    system data dir.  The shared header is always taken from here, also for a program built
+    from $LBCTL_BPF_SRC (a test's variant of the program keeps the real sizes and layouts)."""
+    here = pathlib.Path(__file__).resolve().parents[2] / "bpf"
+    if (here / SOURCE_NAME).exists():
+        return here
+    return pathlib.Path("/usr/share/lbctl/bpf")
 
 
 def source_path() -> pathlib.Path:
-    """Where the C program lives: $LBCTL_BPF_SRC, else bpf/ next to the package (source tree
-    or editable install), else the system data dir."""
+    """Where the C program lives: $LBCTL_BPF_SRC, else bpf_dir()."""
     env = os.environ.get("LBCTL_BPF_SRC")
     if env:
         return pathlib.Path(env)
-    here = pathlib.Path(__file__).resolve().parents[2] / "bpf" / "lbctl_reuseport.c"
-    if here.exists():
-        return here
-    return pathlib.Path("/usr/share/lbctl/bpf/lbctl_reuseport.c")
+    return bpf_dir() / SOURCE_NAME
+
+
+def header_path() -> pathlib.Path:
+    """The header both the program and lbctl.dataplane.ebpf.layout read."""
+    return bpf_dir() / HEADER_NAME
 
 
 def source_tag(src: pathlib.Path | None = None) -> str:
-    """Version tag of the program: a hash of the C source, so the daemon can tell whether the
-    pinned program is the current one without compiling anything."""
-    return hashlib.sha256((src or source_path()).read_bytes()).hexdigest()[:16]
+    """Version tag of the program: a hash of the C source and the shared header it is built
+    with, so the daemon can tell whether the pinned program is the current one without
+    compiling anything (a changed map size is a new version, like a changed line of C)."""
+    digest = hashlib.sha256((src or source_path()).read_bytes())
+    digest.update(header_path().read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def is_bpffs_mounted(path: pathlib.Path = BPFFS) -> bool:
@@ -76,7 +92,7 @@ def load(src: pathlib.Path, pin_dir: pathlib.Path | None) -> dict[str, object]:
     from lbctl.dataplane import bpfsys
 
     t0 = time.monotonic()
-    b = bcc.BPF(src_file=str(src).encode())
+    b = bcc.BPF(src_file=str(src).encode(), cflags=[f"-I{bpf_dir()}"])
     fn = b.load_func(PROG_NAME.encode(), PROG_TYPE_SK_REUSEPORT,
                      attach_type=ATTACH_SELECT_OR_MIGRATE)
     load_s = time.monotonic() - t0

@@ -10,7 +10,7 @@ it only with `userland-proxy: false`; Podman's CNI config sets it on its own por
 sets it on every pod's port. lbctl sets it on the ports of the DNAT targets it creates (its
 replicas in iptables mode, its sandboxes in ebpf mode), where its own published address is
 what makes the hairpin happen. The port goes away with the container, so nothing is put back.
-The MASQUERADE that makes the reply come back is in iptables_rules.
+The MASQUERADE that makes the reply come back is in lbctl.dataplane.iptables.rules.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def ipv6_unavailable_reason(proc: Path = PROC) -> str | None:
 def bridge_nf_call(family: int, proc: Path = PROC) -> bool | None:
     """Whether bridged packets traverse ip(6)tables (br_netfilter with
     bridge-nf-call-ip(6)tables=1); None when br_netfilter is not there at all. It decides
-    which of lbctl's hairpin rules do the work (see dataplane.iptables_rules)."""
+    which of lbctl's hairpin rules do the work (see dataplane.iptables.rules)."""
     name = "bridge-nf-call-iptables" if family == 4 else "bridge-nf-call-ip6tables"
     try:
         return (proc / "sys/net/bridge" / name).read_text().strip() == "1"

@@ -17,12 +17,23 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
 import pytest
 
 from lbctl.dataplane import bpf_loader, bpfsys, sockets
-from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, build_table
+from lbctl.dataplane.ebpf import (
+    MAX_SLOTS,
+    REASONS,
+    EbpfDataplane,
+    apply,
+    build_table,
+    flows,
+    layout,
+    table,
+)
 from lbctl.model.dataplane import Member
 from lbctl.model.errors import EbpfError, ListenerError
 from tests.dataplane.ebpf_harness import (
@@ -49,6 +60,43 @@ def test_build_table_weights_and_interleaving() -> None:
     big = build_table([(i, 10) for i in range(64)])  # 640 > 256: scaled, every one present
     assert len(big) <= 256 and set(big) == set(range(64))
     assert max(collections.Counter(big).values()) - min(collections.Counter(big).values()) <= 1
+
+
+LOAD_AND_PIN = r"""
+import sys
+from lbctl.dataplane import bpf_loader
+bpf_loader.load(bpf_loader.source_path(), __import__("pathlib").Path(sys.argv[1]))
+"""
+
+
+def test_the_kernels_maps_have_the_sizes_python_uses(pin_root: pathlib.Path) -> None:
+    """Key size, value size and entries of every map as the kernel built them from the C
+    program (through bpf/lbctl_shared.h), against what the Python side packs and bounds
+    (through lbctl.dataplane.ebpf.layout, test_ebpf_layout.py)."""
+    pin = pin_root / "layout"
+    subprocess.run([sys.executable, "-c", LOAD_AND_PIN, str(pin)], check=True, capture_output=True,
+                   timeout=120)  # fmt: skip
+    d = layout.DEFINES
+    expect = {
+        "sockets": (bpfsys.BPF_MAP_TYPE_SOCKMAP, 4, 8, d["MAX_SLOTS"]),
+        "wildcard": (None, 4, 4, d["N_WILDCARD"]),
+        "groups": (None, table.GROUP_KEY_SIZE, 4, d["MAX_GROUPS"]),
+        "selection": (None, 4, 4, d["MAX_GROUPS"] * 2 * d["TABLE_LEN"]),
+        "config": (None, 4, 4, d["MAX_GROUPS"] * d["N_CFG"]),
+        "flows": (None, flows.KEY_SIZE, flows.VALUE_SIZE, d["MAX_FLOWS"]),
+        "steered": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, d["MAX_SLOTS"]),
+        "reasons": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, d["N_REASONS"]),
+        "cursor": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 4, d["MAX_GROUPS"]),
+    }
+    assert set(expect) == set(bpf_loader.MAP_NAMES)
+    for name, (mtype, ksize, vsize, entries) in expect.items():
+        fd = bpfsys.obj_get(str(pin / name))
+        try:
+            got = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        assert got[1:] == (ksize, vsize, entries), name
+        assert mtype is None or got[0] == mtype, name
 
 
 async def test_program_loads_pins_and_is_removed(
@@ -396,3 +444,60 @@ async def test_upgrade_from_the_program_before_listener_groups(
         assert (await dp.reasons(APP))["fallback"] == 0
     finally:
         await dp.remove(APP)
+
+
+async def test_counters_never_wait_for_a_sync(
+    dp: EbpfDataplane, netns: Netns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape reads the pinned maps without the app's lock: here it answers while a sync
+    holds that lock, stopped in the middle of its apply step until the scrape is done."""
+    pids = netns.farm(["web-1", "web-2"])
+    await dp.sync(APP, PORT, netns.pid, members(pids))
+    tally = await connect(netns, 40)
+    entered, release = threading.Event(), threading.Event()
+    real = apply.apply
+
+    def held_apply(*args: Any) -> None:
+        entered.set()
+        release.wait(60)
+        real(*args)
+
+    monkeypatch.setattr(apply, "apply", held_apply)
+    sync = asyncio.create_task(dp.sync(APP, PORT, netns.pid, members(pids)[:1],
+                                       draining=members(pids)[1:]))  # fmt: skip
+    try:
+        assert await asyncio.to_thread(entered.wait, 60)
+        # The deadline only turns a deadlock (counters waiting for the lock the sync holds
+        # until counters returns) into a failure instead of a hang.
+        counted = await asyncio.wait_for(dp.counters(APP), 30)
+        reasons = await asyncio.wait_for(dp.reasons(APP), 30)
+        assert not sync.done()
+    finally:
+        release.set()
+        await sync
+    assert counted == {n: tally[n] for n in pids} and reasons["fallback"] == 0
+    assert (await connect(netns, 20)) == {"web-1": 20}  # the sync went on afterwards
+
+
+async def test_counters_fail_soft_while_the_pins_move_or_go(
+    dp: EbpfDataplane, netns: Netns, pin_root: pathlib.Path
+) -> None:
+    """An upgrade renames the pin directory (pins.promote) and a remove deletes it, both
+    without the counters' reader knowing: a read that finds no pins answers what it answered
+    last, never less; a removed app has no counters."""
+    pids = netns.farm(["web-1", "web-2"])
+    await dp.sync(APP, PORT, netns.pid, members(pids))
+    tally = await connect(netns, 30)
+    counted = await dp.counters(APP)
+    assert counted == {n: tally[n] for n in pids}
+    pin = pin_root / "web~t"
+    aside = pin.with_name("aside")
+    pin.rename(aside)  # what a reader sees between promote()'s two steps
+    try:
+        assert await dp.counters(APP) == counted
+        assert (await dp.reasons(APP))["fallback"] == 0
+    finally:
+        aside.rename(pin)
+    await dp.remove(APP)
+    assert await dp.counters(APP) == {}
+    assert await dp.reasons(APP) == dict.fromkeys(REASONS, 0)

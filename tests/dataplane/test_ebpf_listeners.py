@@ -405,6 +405,37 @@ async def test_udp_flows_keep_their_replica_across_a_program_upgrade(
     assert (await dp.reasons(APP))["flow_moved"] == 0
 
 
+async def test_upgrade_from_the_previous_release_keeps_flows_counters_and_steering(
+    dp: EbpfDataplane, netns: Netns, flows: UdpFlows, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host running the release before the shared header (data/lbctl_reuseport_v2.c: the
+    sizes written in the C, 256 slots): the first sync of this version loads the current
+    program beside it, carries the counters and the flow map into the larger maps, swaps,
+    and every flow stays on its replica."""
+    old_src = pathlib.Path(__file__).parent / "data" / "lbctl_reuseport_v2.c"
+    monkeypatch.setenv("LBCTL_BPF_SRC", str(old_src))
+    pids = farm(netns, "udp4,udp6", ["web-1", "web-2"])
+    await dp.sync(APP, PORT, netns.pid, members(pids), proto="udp")
+    assert dp.loaded_tag(APP) == bpf_loader.source_tag(old_src)
+    await flows.add(100)
+    await flows.add(50, family="6")
+    before = await flows.send("a")
+    assert set(before) == {"web-1", "web-2"}
+    counted = await dp.counters(APP)
+    assert sum(counted.values()) == 150
+    monkeypatch.delenv("LBCTL_BPF_SRC")
+    await dp.sync(APP, PORT, netns.pid, members(pids), proto="udp")
+    assert dp.loaded_tag(APP) == bpf_loader.source_tag() != bpf_loader.source_tag(old_src)
+    assert await flows.send("b") == before
+    assert await dp.counters(APP) == counted
+    reasons = await dp.reasons(APP)
+    assert reasons["flow_moved"] == reasons["fallback"] == reasons["no_group"] == 0
+    await flows.add(60)  # new flows, steered by the new program over both replicas
+    after = await flows.send("c", 150)
+    assert set(after) == {"web-1", "web-2"}
+    assert sum((await dp.counters(APP)).values()) == 210
+
+
 async def test_udp_socket_without_reuseport_is_refused(dp: EbpfDataplane, netns: Netns) -> None:
     pids = farm(netns, "tcp4,udp4!", ["web-plain"])
     assert await dp.has_listener(pids["web-plain"], PORT, "web-plain", "tcp")

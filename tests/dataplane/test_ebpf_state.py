@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from lbctl.dataplane import bpfsys
-from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, slots
+from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane, pins, slots
 from lbctl.dataplane.ebpf.slots import DamagedState, Held, SlotBook
 from lbctl.model.dataplane import Member
 from lbctl.model.errors import EbpfError
+from lbctl.settings import EbpfSettings
 
 W1, W2, W2V6, W0 = "web-1 udp4 0.0.0.0", "web-2 udp4 0.0.0.0", "web-2 udp6 ::", "web-0 udp6 ::"
 GOOD: dict[str, Any] = {
@@ -83,7 +84,7 @@ def test_parse_missing_or_unknown_keys_are_fine(data: object) -> None:
         {"held": {"1": [1, 2, 3, 4, -5]}},
         {"held": {"1": [1, 2, 3, 4, 2**64]}},
         {"held": {"1": {"pid": 1}}},
-        {"held": {"999": [1, 2, 3, 4, 5]}},
+        {"held": {str(MAX_SLOTS): [1, 2, 3, 4, 5]}},  # one past the last slot
         {"held": {"-1": [1, 2, 3, 4, 5]}},
         {"held": {" 1": [1, 2, 3, 4, 5]}},
         {"held": {"\u0663": [1, 2, 3, 4, 5]}},  # a digit to int(), not to us
@@ -209,3 +210,18 @@ async def test_os_error_in_a_sync_is_an_ebpf_error(
     assert "\n" not in e.value.summary
     assert "map update: Argument list too long" in e.value.summary
     assert isinstance(e.value.__cause__, OSError)
+
+
+def test_the_data_plane_takes_its_section_of_the_settings(tmp_path: pathlib.Path) -> None:
+    dp = EbpfDataplane(tmp_path / "state", settings=EbpfSettings(pin_root=tmp_path / "pins"))
+    assert dp.pin_root == tmp_path / "pins"
+    assert dp.settings.startup_rescan == EbpfSettings().startup_rescan
+    # an explicit pin root (the daemon's positional argument) wins
+    assert EbpfDataplane(tmp_path, tmp_path / "other").pin_root == tmp_path / "other"
+    assert EbpfDataplane(tmp_path).pin_root == EbpfSettings().pin_root
+
+
+async def test_the_loader_is_bounded_by_the_settings_timeout() -> None:
+    """Compiling takes LLVM ~0.6 s here: a loader given far less is stopped, one line."""
+    with pytest.raises(EbpfError, match=r"^eBPF loader timed out after 0.001s$"):
+        await pins.run_loader(["--check"], 0.001)

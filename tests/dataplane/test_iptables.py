@@ -26,11 +26,11 @@ from collections.abc import Iterator
 import pytest
 
 from harness.host import host_lock
-from lbctl.dataplane import iptables as iptables_mod
-from lbctl.dataplane import iptables_rules
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
+from lbctl.dataplane.iptables.chains import SEP_PREFIX, bucket_chain, jump_spec
 from lbctl.model import Publish
 from lbctl.model.dataplane import Backend, Service
+from lbctl.settings import IptablesSettings
 
 pytestmark = [
     pytest.mark.kernel,
@@ -401,13 +401,14 @@ async def test_udp_flow_leaves_a_removed_backend(
 SCRATCH = r"""
 import asyncio, json, pathlib, sys, tempfile
 from lbctl.controller.hostrules import _service
-from lbctl.dataplane import hostnet, iptables_rules
+from lbctl.dataplane import hostnet
 from lbctl.dataplane.iptables import IptablesDataplane
+from lbctl.settings import IptablesSettings
 doc = json.loads(sys.argv[1])
-iptables_rules.BUCKET = doc["bucket"]
 hostnet.connected_networks = lambda family, proc=None: doc["nets"]
 services = [_service(d) for d in doc["services"]]
-asyncio.run(IptablesDataplane(pathlib.Path(tempfile.mkdtemp())).sync(services))
+settings = IptablesSettings(bucket=doc["bucket"])
+asyncio.run(IptablesDataplane(pathlib.Path(tempfile.mkdtemp()), settings=settings).sync(services))
 import subprocess
 print(subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout)
 """
@@ -429,11 +430,11 @@ def lbctl_rules(saved: str | None = None) -> dict[str, list[str]]:
     return out
 
 
-def from_scratch(services: list[Service]) -> dict[str, list[str]]:
+def from_scratch(services: list[Service], bucket: int) -> dict[str, list[str]]:
     from lbctl.controller.hostrules import _service_json
-    from lbctl.dataplane import hostnet, iptables_rules
+    from lbctl.dataplane import hostnet
 
-    doc = {"bucket": iptables_rules.BUCKET, "nets": hostnet.connected_networks(4),
+    doc = {"bucket": bucket, "nets": hostnet.connected_networks(4),
            "services": [_service_json(s) for s in services]}  # fmt: skip
     sh("ip", "netns", "del", SCRATCH_NS, check=False)
     sh("ip", "netns", "add", SCRATCH_NS)
@@ -455,17 +456,17 @@ def everywhere(n: int, port: int, app: str = "lbtest", moved: dict[int, str] = {
 
 
 @pytest.fixture
-def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+def small_buckets() -> IptablesSettings:
     """Buckets of 2 backends: our 3 servers then make a bucketed service (2 + 1), the
-    layout of every service over iptables_rules.BUCKET backends."""
-    monkeypatch.setattr(iptables_rules, "BUCKET", 2)
+    layout of every service over IptablesSettings.bucket backends."""
+    return IptablesSettings(bucket=2)
 
 
 async def test_fast_syncs_leave_what_a_full_sync_from_scratch_would(
-    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: None
+    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: IptablesSettings
 ) -> None:
     port, other = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
-    dp = IptablesDataplane(tmp_path)
+    dp = IptablesDataplane(tmp_path, settings=small_buckets)
     await dp.sync([everywhere(3, port)])
     seen = await spread(port, 90)
     assert set(seen) == set(NAMES), seen  # every bucket serves
@@ -479,7 +480,7 @@ async def test_fast_syncs_leave_what_a_full_sync_from_scratch_would(
     for services in steps:
         await dp.sync(services)
         assert dp.full_passes == 1  # each of these was the fast path
-        assert lbctl_rules() == from_scratch(services), services
+        assert lbctl_rules() == from_scratch(services, small_buckets.bucket), services
 
     # Counters survived every rewrite of the chains holding them (read, then carried over);
     # web-2 left at the scale-down, and its rule's counter with it (a full sync does alike).
@@ -493,14 +494,14 @@ async def test_fast_syncs_leave_what_a_full_sync_from_scratch_would(
 
 
 async def test_failed_fast_sync_falls_back_to_a_full_pass_that_repairs(
-    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: None
+    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: IptablesSettings
 ) -> None:
     port = free_port(socket.SOCK_STREAM)
-    dp = IptablesDataplane(tmp_path)
+    dp = IptablesDataplane(tmp_path, settings=small_buckets)
     good = [everywhere(3, port)]
     await dp.sync(good)
     # Behind lbctl's back: web-2's DNAT rule (alone in its bucket) is deleted.
-    sep = iptables_rules.bucket_chain(iptables_rules.SEP_PREFIX, "lbtest", 1)
+    sep = bucket_chain(SEP_PREFIX, "lbtest", 1)
     sh("iptables", "-w", "-t", "nat", "-D", sep, "1")
     bad = [everywhere(3, port, moved={1: "10.251.0.300"})]
     with pytest.raises(IptablesError):
@@ -508,24 +509,23 @@ async def test_failed_fast_sync_falls_back_to_a_full_pass_that_repairs(
     assert dp.full_passes == 1
     await dp.sync(good)  # not asked to be full: the failure made it so
     assert dp.full_passes == 2
-    assert lbctl_rules() == from_scratch(good)
+    assert lbctl_rules() == from_scratch(good, small_buckets.bucket)
     assert set(await spread(port, 60)) == set(NAMES)
     await dp.sync([])
     assert_restored(host[0])
 
 
 async def test_rules_removed_behind_our_back_come_back_with_the_periodic_full_pass(
-    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: None,
-    monkeypatch: pytest.MonkeyPatch,
+    host: tuple[list[str], str], tmp_path: pathlib.Path, small_buckets: IptablesSettings,
 ) -> None:  # fmt: skip
     port = free_port(socket.SOCK_STREAM)
-    dp = IptablesDataplane(tmp_path)
+    dp = IptablesDataplane(tmp_path, settings=small_buckets)
     services = [everywhere(3, port)]
     await dp.sync(services)
     expected = lbctl_rules()
-    sep = iptables_rules.bucket_chain(iptables_rules.SEP_PREFIX, "lbtest", 1)
+    sep = bucket_chain(SEP_PREFIX, "lbtest", 1)
     sh("iptables", "-w", "-t", "nat", "-F", sep)  # an admin flushes a chain of ours ...
-    sh("iptables", "-w", "-t", "nat", "-D", "OUTPUT", *iptables_rules.jump_spec("LBCTL-OUTPUT"))
+    sh("iptables", "-w", "-t", "nat", "-D", "OUTPUT", *jump_spec("LBCTL-OUTPUT"))
     # ... which the fast path, trusting its memory, does not see (no change: nothing run) ...
     await dp.sync(services)
     assert lbctl_rules() != expected
@@ -533,10 +533,14 @@ async def test_rules_removed_behind_our_back_come_back_with_the_periodic_full_pa
     await dp.sync(services, full=True)
     assert lbctl_rules() == expected
     assert set(await spread(port, 60)) == set(NAMES)
-    # ... and the data plane runs one by itself when its memory is FULL_RESYNC_INTERVAL old.
+    # ... and a data plane runs one by itself when its memory is full_resync_interval old
+    # (here at once: the second sync of `later` would otherwise be a fast pass).
+    quick = dataclasses.replace(small_buckets, full_resync_interval=0.0)
+    later = IptablesDataplane(tmp_path, settings=quick)
+    await later.sync(services)
     sh("iptables", "-w", "-t", "nat", "-F", sep)
-    monkeypatch.setattr(iptables_mod, "FULL_RESYNC_INTERVAL", 0.0)
-    await dp.sync(services)
+    await later.sync(services)
+    assert later.full_passes == 2
     assert lbctl_rules() == expected
     await dp.sync([])
     assert_restored(host[0])

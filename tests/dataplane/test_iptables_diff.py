@@ -8,6 +8,7 @@ test_iptables.py; here the exact restore text is checked.
 # ruff: noqa: E501  (expected rules are written one iptables line per source line)
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
 import re
@@ -17,25 +18,23 @@ from fractions import Fraction
 
 import pytest
 
-from lbctl.dataplane import iptables as iptables_mod
-from lbctl.dataplane import iptables_rules as rules_mod
-from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
-from lbctl.dataplane.iptables_rules import (
+from lbctl.dataplane.iptables import IptablesDataplane, IptablesError, save
+from lbctl.dataplane.iptables.chains import (
     FWD_PREFIX,
     MAX_CHAIN_LEN,
     SEP_PREFIX,
     SNAT_PREFIX,
     bucket_chain,
-    changed_dnat_chains,
-    dnat_counters,
-    parse_listing,
-    render,
-    render_chains,
-    render_diff,
     svc_chain,
 )
+from lbctl.dataplane.iptables.restore import changed_dnat_chains, render, render_diff
+from lbctl.dataplane.iptables.rules import RenderCache, render_chains
+from lbctl.dataplane.iptables.save import dnat_counters, parse_listing
 from lbctl.model import Publish
 from lbctl.model.dataplane import Backend, Service
+from lbctl.settings import IptablesSettings
+
+BUCKET = IptablesSettings().bucket
 
 
 def big(n: int, host_ip: str = "0.0.0.0", app: str = "web", moved: int | None = None) -> Service:
@@ -68,13 +67,13 @@ def shares(chains: dict[tuple[str, str], list[str]], chain: str) -> dict[str, Fr
 
 
 def test_up_to_a_bucket_the_layout_is_flat() -> None:
-    chains = render_chains([big(rules_mod.BUCKET)])
+    chains = render_chains([big(BUCKET)])
     assert not [c for _, c in chains if c.startswith((SEP_PREFIX, SNAT_PREFIX, FWD_PREFIX))]
-    assert len(chains[("nat", svc_chain("web"))]) == rules_mod.BUCKET
+    assert len(chains[("nat", svc_chain("web"))]) == BUCKET
 
 
 def test_a_large_service_is_cut_into_buckets_with_equal_shares() -> None:
-    n = 3 * rules_mod.BUCKET + 5
+    n = 3 * BUCKET + 5
     chains = render_chains([big(n)])
     svc = chains[("nat", svc_chain("web"))]
     assert len(svc) == 4  # 3 full buckets and one of 5
@@ -97,7 +96,7 @@ def test_a_large_service_is_cut_into_buckets_with_equal_shares() -> None:
 
 
 def test_weights_carry_over_to_bucket_shares() -> None:
-    n = rules_mod.BUCKET + 1
+    n = BUCKET + 1
     svc = big(n)
     heavy = dataclasses.replace(svc.backends[-1], weight=3)
     svc = dataclasses.replace(svc, backends=(*svc.backends[:-1], heavy))
@@ -112,7 +111,7 @@ def test_one_moved_backend_rewrites_only_its_bucket() -> None:
     old = render_chains([big(n)])
     new = render_chains([big(n, moved=4999)])
     text = render_diff(old, new, {("web", "r4999"): (7, 420), ("web", "r4998"): (1, 60)})
-    last = n // rules_mod.BUCKET  # 5000 = 78 full buckets + one of 8
+    last = n // BUCKET  # 5000 = 78 full buckets + one of 8
     sep, snt, fwd = (bucket_chain(p, "web", last) for p in (SEP_PREFIX, SNAT_PREFIX, FWD_PREFIX))
     declared = re.findall(r"^:(\S+) - \[0:0\]$", text, re.M)
     assert declared == [sep, snt, fwd] or sorted(declared) == sorted([sep, snt, fwd])
@@ -136,8 +135,8 @@ def test_equal_renders_diff_to_nothing() -> None:
 
 
 def test_scale_down_deletes_emptied_buckets_after_rewriting_their_jumps() -> None:
-    old = render_chains([big(rules_mod.BUCKET + 1)])
-    new = render_chains([big(rules_mod.BUCKET)])
+    old = render_chains([big(BUCKET + 1)])
+    new = render_chains([big(BUCKET)])
     text = render_diff(old, new)
     nat = text.split("*filter\n")[0]
     gone = [bucket_chain(p, "web", j) for p in (SEP_PREFIX, SNAT_PREFIX) for j in (0, 1)]
@@ -180,18 +179,21 @@ def test_parse_listing_reads_counters_of_one_chain() -> None:
 
 
 class FakeExec(IptablesDataplane):
-    """Records every command; iptables-save shows an empty host, listings show what a full
-    pass needs (our jump first), a restore fails while `fail` is set."""
+    """Records every command; iptables-save shows `saved` (an empty host), listings show what
+    a full pass needs (our jump first), a restore fails while `fail` is set."""
 
-    def __init__(self, tmp: pathlib.Path) -> None:
-        super().__init__(tmp)
+    def __init__(self, tmp: pathlib.Path, settings: IptablesSettings | None = None) -> None:
+        super().__init__(tmp, settings=settings or IptablesSettings())
         self.cmds: list[list[str]] = []
         self.restores: list[str] = []
         self.fail = False
         self.listings: dict[str, str] = {}
+        self.saved = ""  # what iptables-save prints
 
     async def _run(self, cmd: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
         self.cmds.append(cmd)
+        if cmd[0] == "iptables-save":
+            return 0, self.saved, ""
         if cmd[0] == "iptables-restore":
             self.restores.append((stdin or b"").decode())
             return (1, "", "iptables-restore: line 2 failed") if self.fail else (0, "", "")
@@ -240,23 +242,24 @@ async def test_a_failed_restore_makes_the_next_sync_full(tmp_path: pathlib.Path)
     assert dp.restores[-1] == render([big(3, moved=1)])
 
 
-async def test_full_when_asked_and_when_memory_is_old(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_full_when_asked_and_when_memory_is_old(tmp_path: pathlib.Path) -> None:
     dp = FakeExec(tmp_path)
     await dp.sync([big(3)])
+    await dp.sync([big(3)])
+    assert dp.full_passes == 1
     await dp.sync([big(3)], full=True)
     assert dp.full_passes == 2
-    monkeypatch.setattr(iptables_mod, "FULL_RESYNC_INTERVAL", 0.0)
-    await dp.sync([big(3)])
-    assert dp.full_passes == 3
     await dp.sync([])  # removal is always full: the jumps must go first
-    assert dp.full_passes == 4
-    monkeypatch.undo()
+    assert dp.full_passes == 3
     dp.cmds.clear()
     await dp.sync([big(3)])  # ... and so is the sync after it: the jumps must come back
-    assert dp.full_passes == 5
+    assert dp.full_passes == 4
     assert [c for c in dp.cmds if "-I" in c], "no jump inserted"
+    # Memory older than full_resync_interval is not trusted, whatever the caller asks.
+    stale = FakeExec(tmp_path, IptablesSettings(full_resync_interval=0.0))
+    await stale.sync([big(3)])
+    await stale.sync([big(3)])
+    assert stale.full_passes == 2
 
 
 
@@ -271,11 +274,11 @@ async def test_full_when_asked_and_when_memory_is_old(
     "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
 ])  # fmt: skip
 def test_fast_split_agrees_with_shlex(line: str) -> None:
-    assert rules_mod._split(line) == shlex.split(line)
+    assert save._split(line) == shlex.split(line)
 
 
 def test_render_cache_changes_nothing_but_the_work() -> None:
-    cache = rules_mod.RenderCache()
+    cache = RenderCache()
     heavy = dataclasses.replace(big(200).backends[7], weight=5)
     steps = [
         [big(200)],
@@ -296,3 +299,69 @@ def test_render_cache_changes_nothing_but_the_work() -> None:
     assert again[sep0] is first[sep0]
     last = ("nat", bucket_chain(SEP_PREFIX, "web", 3))
     assert again[last] is not first[last] and again[last] != first[last]
+
+
+def saved_counter(packets: int, replicas: Sequence[str] = ("r0001",)) -> str:
+    rules = "".join(
+        f'[{packets}:{packets * 60}] -A {svc_chain("web")} -m comment --comment "web/{r}" '
+        f"-j DNAT --to-destination 10.1.0.2:80\n" for r in replicas
+    )
+    return f"*nat\n:{svc_chain('web')} - [0:0]\n{rules}COMMIT\n"
+
+
+class HeldRestore(FakeExec):
+    """A restore that waits, once `hold` is set, until `release` is: a sync caught holding the
+    data plane's lock in the middle of its transaction."""
+
+    def __init__(self, tmp: pathlib.Path) -> None:
+        super().__init__(tmp)
+        self.hold = False
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def _run(self, cmd: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+        if cmd[0] == "iptables-restore" and self.hold:
+            self.entered.set()
+            await self.release.wait()
+        return await super()._run(cmd, stdin)
+
+
+async def test_counters_never_wait_for_a_sync(tmp_path: pathlib.Path) -> None:
+    dp = HeldRestore(tmp_path)
+    await dp.sync([big(3)])
+    dp.saved = saved_counter(7)
+    dp.hold = True
+    sync = asyncio.create_task(dp.sync([big(3, moved=1)]))
+    try:
+        await asyncio.wait_for(dp.entered.wait(), 30)
+        # The deadline only turns a deadlock (the scrape waiting for the lock the sync holds
+        # until the scrape is done) into a failure instead of a hang.
+        counted = await asyncio.wait_for(dp.counters(), 30)
+        assert not sync.done()
+    finally:
+        dp.release.set()
+        await sync
+    assert counted == {("web", "r0001"): 7}
+    assert [c[0] for c in dp.cmds[-2:]] == ["iptables-save", "iptables-restore"]
+
+
+async def test_counters_read_beside_a_sync_never_go_down(tmp_path: pathlib.Path) -> None:
+    """A read between a sync's counter read and its restore sees connections the restore
+    does not carry over; the next read must not be lower.  A replica gone starts afresh."""
+    dp = FakeExec(tmp_path)
+    await dp.sync([big(3)])
+    dp.saved = saved_counter(7, ["r0001", "r0002"])
+    assert await dp.counters() == {("web", "r0001"): 7, ("web", "r0002"): 7}
+    dp.saved = saved_counter(5, ["r0001", "r0002"])  # the restore carried 5
+    assert await dp.counters() == {("web", "r0001"): 7, ("web", "r0002"): 7}
+    dp.saved = saved_counter(9, ["r0001"])
+    assert await dp.counters() == {("web", "r0001"): 9}
+    dp.saved = saved_counter(2, ["r0001", "r0002"])  # a new r0002
+    assert await dp.counters() == {("web", "r0001"): 9, ("web", "r0002"): 2}
+
+
+async def test_a_command_is_bounded_by_the_settings_timeout(tmp_path: pathlib.Path) -> None:
+    """A wedged xtables lock holder must not hang the controller: every command run gets
+    IptablesSettings.command_timeout (here a stand-in command that never finishes in time)."""
+    dp = IptablesDataplane(tmp_path, settings=IptablesSettings(command_timeout=0.2))
+    with pytest.raises(IptablesError, match=r"^sleep 30 did not finish in 0.2s"):
+        await dp._run(["sleep", "30"])

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from lbctl.dataplane.iptables_rules import (
-    IPV4,
-    IPV6,
-    MAX_CHAIN_LEN,
-    dnat_counters,
-    dnat_endpoints,
-    for_family,
-    localnet_bridges,
-    parse_save,
-    render,
-    render_chains,
-    svc_chain,
-    wanted_chains,
-)
+from lbctl.dataplane.iptables.chains import MAX_CHAIN_LEN, svc_chain
+from lbctl.dataplane.iptables.family import IPV4, IPV6, for_family, localnet_bridges
+from lbctl.dataplane.iptables.restore import render
+from lbctl.dataplane.iptables.rules import render_chains, wanted_chains
+from lbctl.dataplane.iptables.save import dnat_counters, dnat_endpoints, parse_save
 from lbctl.model import Publish
 from lbctl.model.dataplane import Backend, Service
 

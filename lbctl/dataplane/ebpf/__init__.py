@@ -20,15 +20,22 @@ Life of an app's objects:
 
 The package is split by what each part is responsible for, so each can be read (and the
 pure parts tested) on its own:
-  table   the contract with the C program: map sizes, config keys, reasons, the groups, the
-          selection tables and their double-buffered write;
-  flows   the UDP flow map: how recently a replica's flows were seen (drains), and copying
-          them into an upgraded program;
-  pins    the bpffs directories: loader subprocess, opening pins, upgrade and recovery;
-  slots   which replica's listener sits in which slot, which group has which table,
-          persisted in the state dir;
-  errors  EbpfError (lbctl's problem) vs ListenerError (the app's);
-  plane   EbpfDataplane, the facade the daemon uses, ordering the above under a per-app lock.
+  layout   the sizes, keys and struct layouts of bpf/lbctl_shared.h, the one source the C
+           program and this package read;
+  table    the contract with the C program: map sizes, config keys, reasons, the groups, the
+           selection tables and their double-buffered write;
+  flows    the UDP flow map: how recently a replica's flows were seen (drains), and copying
+           them into an upgraded program;
+  pins     the bpffs directories: loader subprocess, opening pins, upgrade and recovery;
+  slots    which replica's listener sits in which slot, which group has which table,
+           persisted in the state dir;
+  observe  a sync's reads: what the maps hold, which listeners the members have (`Have`);
+  plan     a sync's decisions, pure: (have, want) -> the slots, tables and groups to change;
+  apply    a sync's writes, in the order that never misroutes;
+  counters reading the counters without the sync lock (a scrape never waits for a sync);
+  errors   EbpfError (lbctl's problem) vs ListenerError (the app's);
+  plane    EbpfDataplane, the facade the daemon uses: observe, plan, apply under a per-app
+           lock.
 
 Importers use this package's names; the modules are for the package and the benchmarks.
 """

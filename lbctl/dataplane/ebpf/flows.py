@@ -14,11 +14,16 @@ import time
 from collections.abc import Collection, Mapping
 
 from lbctl.dataplane import bpfsys
+from lbctl.dataplane.ebpf import layout
 
 __all__ = ["KEY_SIZE", "VALUE_SIZE", "active", "copy"]
 
-KEY_SIZE = 8  # struct flow_key {u32 hash; u32 group;}
-VALUE_SIZE = 16  # struct flow {u32 slot; u32 pad; u64 seen_ns;}
+KEY_SIZE = layout.STRUCTS["flow_key"].size
+_VALUE = layout.STRUCTS["flow"]
+VALUE_SIZE = _VALUE.size
+# The value's fields by name, whatever their order in the header.
+_SLOT = [name for _, name, _ in _VALUE.fields].index("slot")
+_SEEN = [name for _, name, _ in _VALUE.fields].index("seen_ns")
 
 
 def active(fds: Mapping[str, int], slots: Collection[int], within: float) -> int:
@@ -29,7 +34,8 @@ def active(fds: Mapping[str, int], slots: Collection[int], within: float) -> int
     since = time.monotonic_ns() - int(within * 1e9)
     n = 0
     for _, value in bpfsys.map_lookup_batch(fds["flows"], KEY_SIZE, VALUE_SIZE):
-        slot, _, seen = struct.unpack("=IIQ", value)
+        fields = struct.unpack(_VALUE.format, value)
+        slot, seen = fields[_SLOT], fields[_SEEN]
         if slot in slots and seen >= since:
             n += 1
     return n

@@ -27,9 +27,9 @@ from lbctl.dataplane import bpf_loader, bpfsys
 from lbctl.dataplane.ebpf import flows
 from lbctl.dataplane.ebpf.errors import EbpfError
 from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS
+from lbctl.settings import EbpfSettings
 
 __all__ = [
-    "LOADER_TIMEOUT",
     "Maps",
     "carry_counters",
     "decode",
@@ -44,8 +44,6 @@ __all__ = [
     "remove_pins",
     "run_loader",
 ]
-
-LOADER_TIMEOUT = 120.0
 
 
 @dataclass
@@ -126,20 +124,23 @@ def open_pins(pin: pathlib.Path) -> Maps:
     return Maps(pin, tag, prog, fds)
 
 
-async def run_loader(args: list[str]) -> dict[str, Any]:
+async def run_loader(
+    args: list[str], timeout: float = EbpfSettings.loader_timeout
+) -> dict[str, Any]:
     """Run the loader process with `args` (--pin-dir DIR or --check); its facts on success,
-    EbpfError carrying its stderr (the verifier log) otherwise."""
+    EbpfError carrying its stderr (the verifier log) otherwise, or when it takes longer than
+    `timeout` seconds (EbpfSettings.loader_timeout)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lbctl.dataplane.bpf_loader", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(LOADER_TIMEOUT):
+        async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise EbpfError(f"eBPF loader timed out after {LOADER_TIMEOUT:.0f}s") from None
+        raise EbpfError(f"eBPF loader timed out after {timeout:g}s") from None
     text = err.decode(errors="replace").strip()
     if proc.returncode != 0:
         last = text.splitlines()[-1] if text else f"exit code {proc.returncode}"

@@ -1,19 +1,23 @@
 """EbpfDataplane: the one object the daemon talks to for every ebpf-mode app.
 
-It exists to put the package's pieces in the right order under one lock per app: the pins
-(pins.py) must be open and the slot bookkeeping (slots.py) read before a sync can insert
-listeners, and the table (table.py) must be written before a freshly loaded program is
-attached.  The rest of the daemon sees only this facade and its async methods; all bpf(2)
-and /proc work runs in worker threads (asyncio.to_thread), so the event loop never blocks.
+It puts the package's pieces in order under one lock per app: the pins (pins.py) open and the
+slot bookkeeping (slots.py) read, then each sync observes (observe.py: what the maps hold,
+which listeners the members have), plans (plan.py: pure, from those and what is wanted) and
+applies (apply.py: in the order that never misroutes), then keeps the new bookkeeping.  The
+rest of the daemon sees only this facade and its async methods; all bpf(2) and /proc work runs
+in worker threads (asyncio.to_thread), so the event loop never blocks.
 
-A listener is borrowed from the replica (pidfd_getfd) only long enough to insert it into the
-sockmap and attach the program: the daemon never keeps a replica's listener alive, so
+A listener is borrowed from the replica (pidfd_getfd) only for the sync that inserts it into
+the sockmap and attaches the program: the daemon never keeps a replica's listener alive, so
 stopping a replica frees its port at once.
 
 A replica's listeners are searched for (sock_diag, /proc) only while it has none in the map
-yet, lost one, or started less than STARTUP_RESCAN ago; afterwards a sync costs one map
-lookup per listener.  A socket that a replica opens later in its life is not seen until its
-others close (its group then works without it: the kernel's own choice for that socket).
+yet, lost one, or started less than EbpfSettings.startup_rescan ago; afterwards a sync costs
+one map lookup per listener.  A socket that a replica opens later in its life is not seen
+until its others close (its group then works without it: the kernel's own choice for that
+socket).
+
+counters() and reasons() take no lock (counters.py): a scrape never waits for a sync.
 """
 
 from __future__ import annotations
@@ -24,26 +28,28 @@ import logging
 import os
 import pathlib
 import shutil
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lbctl.dataplane import bpf_loader, bpfsys, sockets
-from lbctl.dataplane.ebpf import flows, pins, slots, table
+from lbctl.dataplane import bpf_loader, sockets
+from lbctl.dataplane.ebpf import apply, counters, flows, observe, pins, plan, slots
 from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
+from lbctl.dataplane.ebpf.observe import Known
 from lbctl.dataplane.ebpf.pins import Maps
+from lbctl.dataplane.ebpf.plan import Want
 from lbctl.dataplane.ebpf.slots import Held, SlotBook, Snapshot
-from lbctl.dataplane.ebpf.table import MAX_SLOTS, REASONS, build_table, u32
+from lbctl.dataplane.ebpf.table import REASONS
+from lbctl.dataplane.monotonic import Monotonic
 from lbctl.model.dataplane import Member
+from lbctl.settings import EbpfSettings
 
 __all__ = ["EbpfDataplane"]
 
 # The package's one logger name, as before the split: log filters need not know the modules.
 log = logging.getLogger("lbctl.dataplane.ebpf")
 
-# How long after a replica's first listener shows up each sync looks for more of them.
-STARTUP_RESCAN = 3.0
+View = dict[str, tuple[int, ...]]  # replica -> its slots, what counters() sums
 
 
 @dataclass
@@ -54,31 +60,41 @@ class _App:
     loaded: bool = False  # persisted state read
     book: SlotBook = field(default_factory=SlotBook)
     # What the state file holds, to save only on a change.  Compared with this rather than
-    # with the book at the start of a sync, so a sync that failed after changing the book
-    # (and before saving it) still gets it saved by the next one.
+    # with the book at the start of a sync, so a sync that failed after changing the maps
+    # (and before saving) still gets the book saved by the next one.
     saved: Snapshot | None = None
     # The state file was damaged, so the sockmap may hold entries of slots the book no longer
     # knows: the next sync empties every slot it does not hold.
     sweep: bool = False
-    # Per group index: the live selection table as last written/read (None: not known to be
-    # the program's), and which half of it is active.
-    tables: dict[int, list[int] | None] = field(default_factory=dict)
-    active: dict[int, int] = field(default_factory=dict)
-    registered: set[str] = field(default_factory=set)  # groups known to be in `groups`
-    # Replica name -> (pid, monotonic time its first listener was found): see _starting().
+    known: Known = field(default_factory=Known)  # tables and registrations, as last applied
+    # Replica name -> (pid, monotonic time its first listener was found): plan.must_scan().
     first_seen: dict[str, tuple[int, float]] = field(default_factory=dict)
     upgrade_failed: str | None = None  # tag whose load failed; not retried by this daemon
+    # Published for counters() after each load and applied plan; replaced, never mutated.
+    view: View | None = None
+
+
+def _view(book: SlotBook) -> View:
+    out: dict[str, list[int]] = {}
+    for key, slot in sorted(book.slots.items()):
+        out.setdefault(slots.replica_of(key), []).append(slot)
+    return {name: tuple(s) for name, s in out.items()}
 
 
 class EbpfDataplane:
     """The ebpf data plane of every ebpf-mode app on this host."""
 
     def __init__(
-        self, state_dir: pathlib.Path, pin_root: pathlib.Path = pathlib.Path("/sys/fs/bpf/lbctl")
-    ) -> None:
+        self, state_dir: pathlib.Path, pin_root: pathlib.Path | None = None, *,
+        settings: EbpfSettings = EbpfSettings(),  # noqa: B008  (frozen: one shared default)
+    ) -> None:  # fmt: skip
         self.state_dir = pathlib.Path(state_dir)
-        self.pin_root = pathlib.Path(pin_root)
+        self.settings = settings
+        self.pin_root = pathlib.Path(pin_root if pin_root is not None else settings.pin_root)
         self._apps: dict[str, _App] = {}
+        # What counters() and reasons() returned last per app: never lower (monotonic.py).
+        self._steered: dict[str, Monotonic[str]] = {}
+        self._reasons: dict[str, Monotonic[str]] = {}
 
     # ---------------------------------------------------------------- host capability
 
@@ -102,6 +118,7 @@ class EbpfDataplane:
         # programs themselves are older.
         if not os.path.exists("/proc/sys/net/ipv4/tcp_migrate_req"):
             return "kernel too old for SK_REUSEPORT migration (needs 5.14+)"
+        # (The shared header is read when this package is imported: layout.py.)
         if not bpf_loader.source_path().exists():
             return f"eBPF program source missing: {bpf_loader.source_path()}"
         return None
@@ -110,7 +127,7 @@ class EbpfDataplane:
         """Compile and load the program once (nothing pinned): None, or why it failed
         including the verifier log.  For `lbctl doctor`."""
         try:
-            await pins.run_loader(["--check"])
+            await pins.run_loader(["--check"], self.settings.loader_timeout)
         except EbpfError as e:
             return str(e)
         return None
@@ -175,12 +192,11 @@ class EbpfDataplane:
         SO_REUSEPORT, other namespace), EbpfError when lbctl or the kernel failed (for this
         app only: the caller goes on with the others and retries)."""
         st = self._apps.setdefault(app, _App())
+        want = Want(port, proto, tuple(ready), tuple(draining))
         async with st.lock:
             try:
                 await self._ensure_program(app, st)
-                await asyncio.to_thread(
-                    self._sync_blocking, app, st, port, proto, netns_pid, ready, draining
-                )
+                await asyncio.to_thread(self._sync_blocking, app, st, want, netns_pid)
             except OSError as e:
                 # A bpf(2) call, a setsockopt, a pin rename or the state file's write failed:
                 # one line for the user, as an EbpfError so that the caller treats it as this
@@ -190,16 +206,28 @@ class EbpfDataplane:
                 raise EbpfError(f"system call failed: {summary}") from e
 
     async def counters(self, app: str) -> dict[str, int]:
-        """Replica name -> new connections steered to it (sum over CPUs, monotonic)."""
-        st = self._apps.setdefault(app, _App())
-        async with st.lock:
-            return await asyncio.to_thread(self._counters_blocking, app, st)
+        """Replica name -> new connections steered to it (sum over CPUs, monotonic).  Takes no
+        lock: it never waits for a sync, nor a sync for it (counters.py)."""
+        floor = self._steered.setdefault(app, Monotonic())
+        read = await asyncio.to_thread(counters.steered, pins.pin_dir(self.pin_root, app),
+                                       self._slot_view(app))  # fmt: skip
+        return floor.last if read is None else floor.update(read)
 
     async def reasons(self, app: str) -> dict[str, int]:
-        """Reason -> count: no_ready_replica, select_error, fallback, migrated."""
-        st = self._apps.setdefault(app, _App())
-        async with st.lock:
-            return await asyncio.to_thread(self._reasons_blocking, app, st)
+        """Reason -> count (table.REASONS: no_ready_replica, select_error, ...).  Takes no
+        lock, as counters()."""
+        floor = self._reasons.setdefault(app, Monotonic())
+        read = await asyncio.to_thread(counters.reasons, pins.pin_dir(self.pin_root, app))
+        if read is None:
+            return {**dict.fromkeys(REASONS, 0), **floor.last}
+        return floor.update(read)
+
+    def _slot_view(self, app: str) -> View:
+        """The replica -> slots view the app's last sync published; before any, the state
+        file's, read without setting a damaged one aside (that is the sync's to do)."""
+        st = self._apps.get(app)
+        view = st.view if st is not None else None
+        return view if view is not None else _view(slots.peek(self._state_file(app)))
 
     async def remove(self, app: str) -> None:
         """Detach the program from any replica still listening, unpin everything and forget
@@ -208,6 +236,8 @@ class EbpfDataplane:
         async with st.lock:
             await asyncio.to_thread(self._remove_blocking, app, st)
         self._apps.pop(app, None)
+        self._steered.pop(app, None)
+        self._reasons.pop(app, None)
 
     def close(self) -> None:
         """Close the daemon's fds on shutdown.  Pins stay: the attached program keeps
@@ -223,7 +253,8 @@ class EbpfDataplane:
         return pins.pinned_apps(self.pin_root)
 
     def loaded_tag(self, app: str) -> str | None:
-        """Version tag of the app's pinned program (hash of the C source it was built from)."""
+        """Version tag of the app's pinned program (hash of the C source and header it was built
+        from)."""
         return pins.pinned_tag(pins.pin_dir(self.pin_root, app))
 
     # ---------------------------------------------------------------- loading
@@ -244,7 +275,7 @@ class EbpfDataplane:
         if st.maps is not None and st.maps.tag == want:
             return
         if st.maps is None:  # first use: load and pin, nothing to carry over
-            await pins.run_loader(["--pin-dir", str(pin)])
+            await pins.run_loader(["--pin-dir", str(pin)], self.settings.loader_timeout)
             st.maps = await asyncio.to_thread(pins.open_pins, pin)
             await asyncio.to_thread(self._load_state, app, st)
             return
@@ -255,7 +286,7 @@ class EbpfDataplane:
         log.info("ebpf %s: upgrading program %s -> %s", app, st.maps.tag, want)
         await asyncio.to_thread(shutil.rmtree, nxt, True)
         try:
-            await pins.run_loader(["--pin-dir", str(nxt)])
+            await pins.run_loader(["--pin-dir", str(nxt)], self.settings.loader_timeout)
         except EbpfError as e:
             # The pinned program still works: a failed upgrade must not stop replica changes.
             log.error("ebpf %s: new program failed to load, keeping %s: %s", app, st.maps.tag, e)
@@ -264,9 +295,7 @@ class EbpfDataplane:
         st.old_maps = st.maps
         st.maps = await asyncio.to_thread(pins.open_pins, nxt)
         st.book.held.clear()  # the new sockmap is empty
-        st.tables.clear()  # and so are its tables and groups
-        st.active.clear()
-        st.registered.clear()
+        st.known.clear()  # and so are its tables and groups
 
     def _load_state(self, app: str, st: _App) -> None:
         if st.loaded:
@@ -274,19 +303,12 @@ class EbpfDataplane:
         st.loaded = True
         st.book, st.sweep = slots.load(self._state_file(app))
         st.saved = st.book.snapshot()
+        st.view = _view(st.book)
 
     # ---------------------------------------------------------------- sync
 
-    def _sync_blocking(
-        self,
-        app: str,
-        st: _App,
-        port: int,
-        proto: str,
-        netns_pid: int,
-        ready: Sequence[Member],
-        draining: Sequence[Member],
-    ) -> None:
+    def _sync_blocking(self, app: str, st: _App, want: Want, netns_pid: int) -> None:
+        """Observe, plan, apply (observe.py, plan.py, apply.py), then keep what was learnt."""
         maps = st.maps
         assert maps is not None
         if "wildcard" not in maps.fds:
@@ -298,182 +320,32 @@ class EbpfDataplane:
                 "current one failed to load: replica changes are not applied"
             )
         self._load_state(app, st)
-        book = st.book
-        wanted: dict[str, Member] = {m.name: m for m in draining}
-        wanted.update({m.name: m for m in ready})  # ready wins if listed twice
-        now = time.monotonic()
-
-        # Keys of replicas that left, or of another protocol (the spec changed), go first.
-        for key in list(book.slots):
-            group = slots.group_of(key)
-            if slots.replica_of(key) not in wanted or group is None or group[:3] != proto:
-                bpfsys.map_delete(maps.fds["sockets"], u32(book.retire(key)))
-        st.first_seen = {n: v for n, v in st.first_seen.items() if n in wanted}
-
-        errors: list[str] = []
-        taken: list[int] = []  # fds kept open until the program is attached, then closed
+        have, errors = observe.observe(
+            maps, st.book, st.known, want, netns_pid, first_seen=st.first_seen,
+            now=time.monotonic(), rescan=self.settings.startup_rescan,
+            upgrade=st.old_maps is not None, sweep=st.sweep,
+        )  # fmt: skip
         try:
-            listening: set[str] = set()  # slot keys whose socket is in the sockmap now
-            for m in wanted.values():
-                keys = book.keys_of(m.name)
-                held = [k for k in keys
-                        if self._still_held(maps, book.slots[k], book.held.get(book.slots[k]),
-                                            m.pid)]  # fmt: skip
-                listening.update(held)
-                if keys and len(held) == len(keys) and not self._starting(st, m, now):
-                    continue
-                self._scan(st, maps, book, m, port, proto, netns_pid, errors, taken, listening,
-                           now)  # fmt: skip
-            if st.old_maps is not None:
-                pins.carry_counters(st.old_maps, maps)
-            self._write_groups(st, maps, book, port, ready, listening)
-            if st.sweep:
-                self._sweep(maps, book, port)
-                st.sweep = False
-            # Attach after the tables are written and the groups registered, so a freshly
-            # loaded program (first load or upgrade) never sees an empty table.  Every fd
-            # gets it: each of the app's reuseport groups needs the program attached.
-            for fd in taken:
-                sockets.attach_program(fd, maps.prog)
+            p = plan.plan(have, want)
+            try:
+                apply.apply(p, maps, st.old_maps)
+            except BaseException:
+                st.known.clear()  # what was applied is read back by the next sync
+                raise
         finally:
-            for fd in taken:
-                os.close(fd)  # never keep a replica's listener alive
+            for b in have.borrowed:
+                os.close(b.fd)  # never keep a replica's listener alive
+        st.book, st.first_seen, st.sweep = p.book, p.first_seen, False
+        st.known.tables, st.known.registered = p.live, p.registered
+        st.view = _view(p.book)
         if st.old_maps is not None:
             self._finish_upgrade(app, st)
-        snap = book.snapshot()
+        snap = st.book.snapshot()
         if snap != st.saved:
-            slots.save(self._state_file(app), book)
+            slots.save(self._state_file(app), st.book)
             st.saved = snap
         if errors:
             raise ListenerError(errors[0])
-
-    @staticmethod
-    def _starting(st: _App, m: Member, now: float) -> bool:
-        """A replica binds its sockets one after another as it starts (IPv4, then IPv6, or
-        TCP then UDP): look for more of them at every sync during its first seconds, not only
-        until the first one shows up."""
-        pid, since = st.first_seen.get(m.name, (0, 0.0))
-        return pid != m.pid or now - since < STARTUP_RESCAN
-
-    def _scan(
-        self, st: _App, maps: Maps, book: SlotBook, m: Member, port: int, proto: str,
-        netns_pid: int, errors: list[str], taken: list[int], listening: set[str], now: float,
-    ) -> None:
-        """Find m's listeners and put each in its slot (one per reuseport group: a prefork
-        server's further sockets in a group are left to the kernel's own choice)."""
-        try:
-            found = sockets.find_listeners(m.pid, port, proto)
-            if not found:
-                log.info("ebpf: %s (pid %d) has no %s listener on %d yet", m.name, m.pid,
-                         proto, port)
-                return
-            if not sockets.same_netns(m.pid, netns_pid):
-                errors.append(
-                    f"{m.name} is not in the app's network namespace (its sandbox's): "
-                    "ebpf mode needs every replica joined to the sandbox"
-                )
-                return
-        except OSError as e:  # replica exited meanwhile: next sync sees it gone
-            log.info("ebpf: cannot list %s's listeners: %s", m.name, e)
-            return
-        if st.first_seen.get(m.name, (0, 0.0))[0] != m.pid:
-            st.first_seen[m.name] = (m.pid, now)
-        steered = maps.fds["steered"]
-        for listener in found:
-            key = slots.slot_key(m.name, listener.group)
-            if key in listening:
-                continue  # still held, or a second socket of m in this group
-            slot = book.slots.get(key)
-            if slot is None:
-                slot = book.alloc(key, lambda s: bpfsys.percpu_set_u64(steered, s, 0))
-            fd = self._insert(maps, book, slot, m, listener, port, errors)
-            if fd is not None:
-                taken.append(fd)
-                listening.add(key)
-
-    def _write_groups(
-        self, st: _App, maps: Maps, book: SlotBook, port: int, ready: Sequence[Member],
-        listening: set[str],
-    ) -> None:
-        """Each group with a socket in the sockmap gets its table (its ready members' sockets
-        by weight; empty when all drain) and, once the table is written, its registration
-        (table.register_group); a group with no socket left is unregistered and its index
-        freed."""
-        weights = {m.name: max(0, m.weight) for m in ready}
-        by_group: dict[str, list[tuple[int, int]]] = {}
-        for key in sorted(listening, key=lambda k: book.slots[k]):
-            group = slots.group_of(key)
-            assert group is not None
-            entries = by_group.setdefault(group, [])
-            name = slots.replica_of(key)
-            if name in weights:
-                entries.append((book.slots[key], weights[name]))
-        fds = maps.fds
-        for group, members in sorted(by_group.items()):
-            idx = book.alloc_group(group)
-            if group not in st.registered and table.read_group(fds, group, port) == idx:
-                st.registered.add(group)  # registered by an earlier daemon: read, not write
-            if idx not in st.tables:
-                st.active[idx], live = table.read_table(fds, idx)
-                st.tables[idx] = live if group in st.registered else None
-            want = build_table(members)
-            if want != st.tables[idx]:
-                st.active[idx] = table.write_table(fds, st.active[idx], want, idx)
-                st.tables[idx] = want
-            if group not in st.registered:
-                table.register_group(fds, group, port, idx)
-                st.registered.add(group)
-        for group in [g for g in book.groups if g not in by_group]:
-            table.unregister_group(fds, group, port)
-            st.registered.discard(group)
-            st.tables.pop(book.groups.pop(group), None)
-
-    @staticmethod
-    def _sweep(maps: Maps, book: SlotBook, port: int) -> None:
-        """Leftovers of lost bookkeeping (a damaged state file).  The tables just written name
-        held slots only, so emptying the others changes no steering; it keeps the maps what
-        the book says, so a slot or group index handed out later starts empty."""
-        for slot in range(MAX_SLOTS):
-            if slot not in book.held:
-                bpfsys.map_delete(maps.fds["sockets"], u32(slot))
-        known = {table.registration(g, port) for g in book.groups}
-        for reg in table.registered_groups(maps.fds):
-            if reg not in known:
-                table.drop_registration(maps.fds, reg)
-
-    @staticmethod
-    def _still_held(maps: Maps, slot: int, held: Held | None, pid: int) -> bool:
-        if held is None or held.pid != pid:
-            return False
-        raw = bpfsys.map_lookup(maps.fds["sockets"], u32(slot), 8)
-        # ENOENT: the socket closed (the kernel drops it from the sockmap by itself).
-        return raw is not None and struct.unpack("=Q", raw)[0] == held.cookie
-
-    @staticmethod
-    def _insert(
-        maps: Maps, book: SlotBook, slot: int, m: Member, listener: sockets.Listener,
-        port: int, errors: list[str],
-    ) -> int | None:
-        """Borrow m's listener and put it in `slot`; returns the fd (caller closes it)."""
-        if book.held.pop(slot, None) is not None:
-            bpfsys.map_delete(maps.fds["sockets"], u32(slot))
-        try:
-            fd = sockets.take(listener)
-        except OSError as e:  # replica exited meanwhile: next sync sees it gone
-            log.info("ebpf: cannot take %s's listener: %s", m.name, e)
-            return None
-        try:
-            if not sockets.has_reuseport(fd):
-                errors.append(sockets.no_reuseport_message(m.name, port, listener.proto))
-                os.close(fd)
-                return None
-            bpfsys.map_update(maps.fds["sockets"], u32(slot), struct.pack("=Q", fd))
-            book.held[slot] = Held(m.pid, listener.inode, sockets.cookie(fd),
-                                   listener.pid, listener.fd)
-        except OSError as e:
-            os.close(fd)
-            raise EbpfError(f"cannot insert {m.name}'s listener into the sockmap: {e}") from e
-        return fd
 
     def _finish_upgrade(self, app: str, st: _App) -> None:
         """The new program is attached (or there is no group to attach to): drop the old
@@ -502,7 +374,7 @@ class EbpfDataplane:
         keys = book.keys_of(replica)
         if maps is None or not keys:
             return None
-        return all(self._still_held(maps, book.slots[k], book.held.get(book.slots[k]), pid)
+        return all(observe.still_held(maps.fds, book.slots[k], book.held.get(book.slots[k]), pid)
                    for k in keys)
 
     def _open_existing(self, app: str, st: _App) -> Maps | None:
@@ -512,16 +384,6 @@ class EbpfDataplane:
             self._load_state(app, st)
         return st.maps
 
-    def _counters_blocking(self, app: str, st: _App) -> dict[str, int]:
-        maps = self._open_existing(app, st)
-        if maps is None:
-            return {}
-        out: dict[str, int] = {}
-        for key, slot in sorted(st.book.slots.items()):
-            name = slots.replica_of(key)
-            out[name] = out.get(name, 0) + bpfsys.percpu_sum_u64(maps.fds["steered"], slot)
-        return out
-
     def _active_flows_blocking(self, app: str, st: _App, replica: str, within: float) -> int:
         maps = self._open_existing(app, st)
         if maps is None or "flows" not in maps.fds:
@@ -529,12 +391,6 @@ class EbpfDataplane:
         mine = {st.book.slots[k] for k in st.book.keys_of(replica)
                 if (slots.group_of(k) or "").startswith("udp")}  # fmt: skip
         return flows.active(maps.fds, mine, within)
-
-    def _reasons_blocking(self, app: str, st: _App) -> dict[str, int]:
-        maps = self._open_existing(app, st)
-        if maps is None:
-            return dict.fromkeys(REASONS, 0)
-        return {r: bpfsys.percpu_sum_u64(maps.fds["reasons"], i) for i, r in enumerate(REASONS)}
 
     def _remove_blocking(self, app: str, st: _App) -> None:
         self._load_state(app, st)

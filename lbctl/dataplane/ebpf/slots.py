@@ -51,6 +51,7 @@ __all__ = [
     "group_of",
     "load",
     "parse",
+    "peek",
     "replica_of",
     "save",
     "set_aside_path",
@@ -303,6 +304,16 @@ def load(path: pathlib.Path) -> tuple[SlotBook, bool]:
         path, reason, kept,
     )
     return SlotBook(), True
+
+
+def peek(path: pathlib.Path) -> SlotBook:
+    """The bookkeeping as the file holds it, for a reader that must not wait for the app's
+    sync (counters): no file, an unreadable or a damaged one is an empty book, and the file
+    stays as found (setting a damaged one aside is load()'s, under the sync lock)."""
+    try:
+        return parse(json.loads(path.read_bytes()))
+    except (OSError, ValueError, RecursionError):
+        return SlotBook()
 
 
 def save(path: pathlib.Path, book: SlotBook) -> None:

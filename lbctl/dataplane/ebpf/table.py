@@ -3,7 +3,8 @@ the only thing the daemon rewrites to change which replicas get traffic (it neve
 program for that).
 
 This module is the Python side of the contract with bpf/lbctl_reuseport.c: map sizes, the
-keys of `wildcard`, `groups`, `config` and `reasons`, and the double-buffered layout of
+keys of `wildcard`, `groups`, `config` and `reasons` (their numbers read from
+bpf/lbctl_shared.h by layout.py), and the double-buffered layout of
 `selection`, one pair of tables per reuseport group (a group index, 0 to MAX_GROUPS - 1,
 chosen by the daemon and registered under the group's key: in `wildcard` by protocol and
 family for a group bound to the wildcard address, in `groups` by the whole key otherwise).
@@ -20,6 +21,7 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from lbctl.dataplane import bpfsys, sockets
+from lbctl.dataplane.ebpf import layout
 
 __all__ = [
     "CFG_ACTIVE",
@@ -28,6 +30,7 @@ __all__ = [
     "GROUP_KEY_SIZE",
     "MAX_GROUPS",
     "MAX_SLOTS",
+    "N_REASONS",
     "REASONS",
     "TABLE_LEN",
     "build_table",
@@ -43,17 +46,22 @@ __all__ = [
     "write_table",
 ]
 
-# Keep in step with bpf/lbctl_reuseport.c.
-MAX_SLOTS = 256
-MAX_GROUPS = 8
-TABLE_LEN = 256
-CFG_ACTIVE, CFG_LEN0, CFG_LEN1 = 0, 1, 2
-N_CFG = 4
-# index = C key; the first four meant the same before groups and flows existed, so counters
-# carried over from an older program keep their meaning.
-REASONS = ("no_ready_replica", "select_error", "fallback", "migrated", "no_group",
-           "flow_moved")
-GROUP_KEY_SIZE = 28  # struct group_key
+MAX_SLOTS = layout.DEFINES["MAX_SLOTS"]
+MAX_GROUPS = layout.DEFINES["MAX_GROUPS"]
+TABLE_LEN = layout.DEFINES["TABLE_LEN"]
+CFG_ACTIVE = layout.DEFINES["CFG_ACTIVE"]
+CFG_LEN0 = layout.DEFINES["CFG_LEN0"]
+CFG_LEN1 = layout.DEFINES["CFG_LEN1"]
+N_CFG = layout.DEFINES["N_CFG"]
+N_WILDCARD = layout.DEFINES["N_WILDCARD"]
+N_REASONS = layout.DEFINES["N_REASONS"]
+# index = C key (R_* in the header), name = the macro's, lower-cased without R_ (the metrics'
+# label): the first four meant the same before groups and flows existed, so counters carried
+# over from an older program keep their meaning.
+_REASON_KEYS = {v: k[2:].lower() for k, v in layout.DEFINES.items()
+                if k.startswith("R_")}  # fmt: skip
+REASONS = tuple(_REASON_KEYS[i] for i in range(len(_REASON_KEYS)))
+GROUP_KEY_SIZE = layout.STRUCTS["group_key"].size
 
 
 def u32(v: int) -> bytes:
@@ -137,7 +145,7 @@ def unregister_group(fds: Mapping[str, int], gid: str, port: int) -> None:
 def registered_groups(fds: Mapping[str, int]) -> list[bytes | int]:
     """Every registration the program has: `groups` keys, and `wildcard` keys in use."""
     found: list[bytes | int] = list(bpfsys.map_keys(fds["groups"], GROUP_KEY_SIZE))
-    for w in range(4):
+    for w in range(N_WILDCARD):
         raw = bpfsys.map_lookup(fds["wildcard"], u32(w), 4)
         if raw and struct.unpack("=I", raw)[0]:
             found.append(w)
@@ -185,15 +193,13 @@ def read_table(fds: Mapping[str, int], group: int = 0) -> tuple[int, list[int]]:
     return active, table
 
 
-def write_table(fds: Mapping[str, int], active: int, table: list[int], group: int = 0) -> int:
-    """Write the group's inactive table and its length, then flip its CFG_ACTIVE (one 4-byte
-    store the program reads first): a connection sees the old set or the new one, never a
-    mix.  The half just retired is rewritten only by the next change, long after any program
-    run that read the old index has finished.  Returns the new active index."""
-    new = 1 - active
+def write_table(fds: Mapping[str, int], half: int, table: list[int], group: int = 0) -> None:
+    """Write the group's table into `half` (the inactive one) with its length, then make it
+    active (one 4-byte store the program reads first): a connection sees the old set or the
+    new one, never a mix.  The half just retired is rewritten only by the next change, long
+    after any program run that read the old index has finished."""
     sel, cfg = fds["selection"], fds["config"]
     for i, slot in enumerate(table):
-        bpfsys.map_update(sel, _sel(group, new, i), u32(slot))
-    bpfsys.map_update(cfg, _cfg(group, CFG_LEN1 if new else CFG_LEN0), u32(len(table)))
-    bpfsys.map_update(cfg, _cfg(group, CFG_ACTIVE), u32(new))
-    return new
+        bpfsys.map_update(sel, _sel(group, half, i), u32(slot))
+    bpfsys.map_update(cfg, _cfg(group, CFG_LEN1 if half else CFG_LEN0), u32(len(table)))
+    bpfsys.map_update(cfg, _cfg(group, CFG_ACTIVE), u32(half))

@@ -1,4 +1,5 @@
-"""The iptables data plane: applies `iptables_rules` to the kernel, kube-proxy style.
+"""The iptables data plane: applies the rendered rules (rules.py, restore.py) to the kernel,
+kube-proxy style; the package's I/O.
 
 One `IptablesDataplane` per address family (iptables, or ip6tables with the same chains);
 `DualStackRules` drives both as the one rules port the controller syncs.
@@ -9,16 +10,17 @@ Two kinds of sync, as kube-proxy's proxier does:
     `iptables-restore --noflush --counters` transaction, then make sure the five jump rules
     exist, first in their built-in chains. It runs at the first sync of a process, after any
     failure, on `sync([])`, when the caller asks (`full=True`: HostRules' periodic resync
-    and its resync() after a Docker network event) and at the latest FULL_RESYNC_INTERVAL
-    after the last one. It repairs whatever someone else changed in our chains and jumps;
+    and its resync() after a Docker network event) and at the latest
+    IptablesSettings.full_resync_interval after the last one. It repairs whatever someone
+    else changed in our chains and jumps;
   * the fast path, every other time: the rendered ruleset of the last successful sync is
     kept in memory (chain -> rule lines), the new one is rendered and only the chains that
     differ are written, in one --noflush transaction (render_diff); no iptables-save. Its
     cost follows the size of the chains it rewrites more than that of the host's ruleset:
     with iptables-nft (1.8.9), rewriting a chain makes iptables-restore fetch rules from the
     kernel (45 ms for one `-R` in a 5,000-rule chain on this host), so a large service is
-    cut into buckets of iptables_rules.BUCKET backends and one changed backend rewrites only
-    its bucket's chains (iptables_rules' module doc). What remains, measured: flushing even
+    cut into buckets of IptablesSettings.bucket backends and one changed backend rewrites
+    only its bucket's chains (rules.py, "Large services"). What remains, measured: flushing even
     a small chain costs ~10 ms per table when the table holds ~10,000 other rules (creating
     a chain or appending to one costs ~3 ms), plus the Python render of every backend.
 A failed sync raises IptablesError and changes nothing in our chains (each transaction is
@@ -32,19 +34,20 @@ Things kept outside the restore transaction, and why:
     with `iptables -I` after the restore when missing, de-duplicated, and removed (before the
     restore that deletes our chains) by `sync([])`; checked by full passes only;
   * `net.ipv4.conf.<bridge>.route_localnet` (needed to DNAT 127.0.0.1 clients): set to 1 on
-    backend bridges only, before the restore; the original value is persisted in
-    state_dir/iptables-sysctl.json first (atomically), so a crashed or restarted daemon still
-    puts it back when no service needs the bridge any more;
+    backend bridges only, before the restore, and put back when no service needs the bridge
+    any more (localnet.py);
   * conntrack clean-up of UDP flows to removed backends (see lbctl.dataplane.conntrack).
 
 Counters: re-declaring a chain zeroes its rules' counters, so before a chain holding DNAT
 rules is rewritten each replica's DNAT counter is read (the full pass: from its save; the
 fast path: `iptables -S CHAIN -v` of just the chains it rewrites) and written back with
-`[pkts:bytes]`. Syncs and counters() share one lock, so nobody can read counters between
-that read and the restore: the values counters() returns never go down, across syncs and
-daemon restarts (the rules outlive the daemon). Chains whose rules do not change are left
-out of the transaction altogether, so their counters stay exact; only a replica whose rule
-is rewritten may miss connections arriving in the milliseconds between read and restore.
+`[pkts:bytes]`, so the counters outlive syncs and daemon restarts (the rules outlive the
+daemon). Chains whose rules do not change are left out of the transaction altogether, so
+their counters stay exact; only a replica whose rule is rewritten may miss connections
+arriving in the milliseconds between read and restore. counters() takes no lock (a scrape
+never delays a sync): `iptables-save -c` is safe beside a restore (each restore is one
+atomic transaction), and a read that lands between a sync's counter read and its restore
+is kept from going down later by lbctl.dataplane.monotonic.
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import pathlib
 import re
@@ -60,56 +62,37 @@ import time
 from collections.abc import Mapping, Sequence
 
 from lbctl.dataplane import conntrack, hostnet
-from lbctl.dataplane.iptables_rules import (
+from lbctl.dataplane.iptables.chains import JUMPS, PREFIX, jump_spec
+from lbctl.dataplane.iptables.errors import IptablesError
+from lbctl.dataplane.iptables.family import (
     IPV4,
     IPV6,
-    JUMPS,
-    PREFIX,
     Family,
-    RenderCache,
-    SavedTable,
-    changed_dnat_chains,
-    dnat_counters,
-    dnat_endpoints,
     for_family,
     is_remote_reachable,
-    jump_spec,
     localnet_bridges,
+)
+from lbctl.dataplane.iptables.localnet import RouteLocalnet
+from lbctl.dataplane.iptables.restore import changed_dnat_chains, render, render_diff
+from lbctl.dataplane.iptables.rules import RenderCache, render_chains
+from lbctl.dataplane.iptables.save import (
+    SavedTable,
+    dnat_counters,
+    dnat_endpoints,
     parse_listing,
     parse_save,
-    render,
-    render_chains,
-    render_diff,
     service_endpoints,
 )
-from lbctl.fsutil import atomic_write
+from lbctl.dataplane.monotonic import Monotonic
 from lbctl.model.dataplane import Service
+from lbctl.settings import IptablesSettings
 
-log = logging.getLogger(__name__)
+__all__ = ["DualStackRules", "IptablesDataplane"]
 
-# One sync should take milliseconds; the bound only keeps a wedged xtables lock holder from
-# hanging the controller forever (it retries anyway).
-COMMAND_TIMEOUT = 30.0
-# The fast path trusts its memory of the kernel for at most this long without a full pass,
-# whatever the caller asks (HostRules asks every 30 s).
-FULL_RESYNC_INTERVAL = 60.0
-# Rewriting more DNAT chains than this in one fast pass: one `iptables-save -t nat` reads
-# their counters more cheaply than one `iptables -S` per chain.
-PER_CHAIN_COUNTER_READS = 4
-SYSCTL_STATE_FILE = "iptables-sysctl.json"
+log = logging.getLogger("lbctl.dataplane.iptables")
+
 FAILED_RULES_FILE = "{tool}-failed.rules"
-_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,14}\Z")  # a Linux interface name
 _LINE_RE = re.compile(r"line (\d+)")
-
-
-class IptablesError(RuntimeError):
-    """A sync step failed; the message is one line. The caller retries with a full sync."""
-
-
-def _sysctl_path(bridge: str) -> pathlib.Path:
-    if not _BRIDGE_RE.match(bridge) or bridge in (".", ".."):
-        raise IptablesError(f"invalid bridge name {bridge!r}")
-    return pathlib.Path("/proc/sys/net/ipv4/conf") / bridge / "route_localnet"
 
 
 class IptablesDataplane:
@@ -120,9 +103,15 @@ class IptablesDataplane:
     so hosts that never publish IPv6 never run ip6tables at all.
     """
 
-    def __init__(self, state_dir: pathlib.Path, family: Family = IPV4) -> None:
+    def __init__(
+        self, state_dir: pathlib.Path, family: Family = IPV4, *,
+        settings: IptablesSettings = IptablesSettings(),  # noqa: B008  (frozen, shared)
+    ) -> None:  # fmt: skip
         self._state_dir = pathlib.Path(state_dir)
         self.family = family
+        self.settings = settings
+        self._localnet = RouteLocalnet(self._state_dir)
+        self._counted: Monotonic[tuple[str, str]] = Monotonic()
         self._save_cmd = f"{family.tool}-save"
         self._restore_cmd = f"{family.tool}-restore"
         self._lock = asyncio.Lock()
@@ -140,7 +129,7 @@ class IptablesDataplane:
         # UDP backends at the last successful sync: whose conntrack flows the fast path
         # clears when they go (a full pass reads them from the kernel instead).
         self._last_udp: set[tuple[str, int]] = set()
-        self._last_full = -FULL_RESYNC_INTERVAL  # monotonic time of the last full pass
+        self._last_full = -settings.full_resync_interval  # monotonic time of the last full pass
         self.full_passes = 0  # how many syncs were full passes (tests, bench)
         self._cache = RenderCache()  # unchanged buckets are not rendered again
 
@@ -158,7 +147,7 @@ class IptablesDataplane:
         async with self._lock:
             if not services and self._clean:
                 return
-            stale_memory = time.monotonic() - self._last_full >= FULL_RESYNC_INTERVAL
+            stale_memory = time.monotonic() - self._last_full >= self.settings.full_resync_interval
             try:
                 # Nothing remembered (first sync, failure) or nothing applied (after a
                 # removal, which also took the jumps away): only a full pass knows the kernel.
@@ -180,8 +169,8 @@ class IptablesDataplane:
         started = time.monotonic()
         bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
         nets = self._bridge_nets(services)
-        self._enable_localnet(bridges)
-        chains = render_chains(services, self.family, nets, self._cache)
+        self._localnet.enable(bridges)
+        chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket)
         text = ""
         if chains != old:
             rewritten = changed_dnat_chains(old, chains)
@@ -190,7 +179,7 @@ class IptablesDataplane:
         if text:
             await self._restore(text)
         if self.family is IPV4:
-            self._restore_localnet(keep=bridges)
+            self._localnet.restore(keep=bridges)
         await self._clean_conntrack(services, self._last_udp)
         self._remember(services, chains)
         log.debug("%s fast sync of %d service(s) took %.3fs (%d line(s) written)",
@@ -199,7 +188,7 @@ class IptablesDataplane:
 
     async def _read_counters(self, chains: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
         """(app, replica) -> (packets, bytes) of the DNAT rules in these nat chains of ours."""
-        if len(chains) > PER_CHAIN_COUNTER_READS:
+        if len(chains) > self.settings.per_chain_counter_reads:
             saved = parse_save(await self._run_checked([self._save_cmd, "-c", "-t", "nat"]))
             return dnat_counters(saved)
         out: dict[tuple[str, str], tuple[int, int]] = {}
@@ -236,12 +225,12 @@ class IptablesDataplane:
         bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
         old_udp = dnat_endpoints(saved, "udp")
         nets = self._bridge_nets(services)
-        chains = render_chains(services, self.family, nets, self._cache)
+        chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket)
         stale = sorted(ours - set(chains))
 
         if services:
             # Before the rules, so the first DNATed 127.0.0.1 packet is already routable.
-            self._enable_localnet(bridges)
+            self._localnet.enable(bridges)
         else:
             # Our chains cannot be deleted while a built-in chain still jumps to them.
             await self._remove_jumps(saved)
@@ -265,13 +254,14 @@ class IptablesDataplane:
             unchanged=unchanged,
             family=self.family,
             bridge_nets=nets,
+            bucket=self.settings.bucket,
         )
         if text:
             await self._restore(text)
         if services:
             await self._ensure_jumps(saved)
         if self.family is IPV4:
-            self._restore_localnet(keep=bridges)
+            self._localnet.restore(keep=bridges)
         await self._clean_conntrack(services, old_udp)
         self._remember(services, chains)
         self._last_full = started
@@ -282,7 +272,7 @@ class IptablesDataplane:
 
     def _bridge_nets(self, services: Sequence[Service]) -> dict[str, list[str]]:
         """The networks of the bridges whose backends containers can call through a
-        published address (the same-bridge hairpin rules; iptables_rules' module doc)."""
+        published address (the same-bridge hairpin rules; rules.py's module doc)."""
         bridges = {
             b for s in services
             if s.backends and any(is_remote_reachable(p) for p in s.publishes)
@@ -294,12 +284,14 @@ class IptablesDataplane:
         return {b: nets[b] for b in sorted(bridges) if b in nets}
 
     async def counters(self) -> dict[tuple[str, str], int]:
-        """(app, replica) -> new connections the rules sent to that replica (DNAT packets)."""
-        async with self._lock:
-            if self._clean:
-                return {}
-            text = await self._run_checked([self._save_cmd, "-c", "-t", "nat"])
-        return {key: pkts for key, (pkts, _) in dnat_counters(parse_save(text)).items()}
+        """(app, replica) -> new connections the rules sent to that replica (DNAT packets),
+        never lower than a previous answer while the replica has a rule.  Takes no lock: it
+        never waits for a sync, nor a sync for it (module doc, "Counters")."""
+        if self._clean:
+            return {}
+        text = await self._run_checked([self._save_cmd, "-c", "-t", "nat"])
+        read = {key: pkts for key, (pkts, _) in dnat_counters(parse_save(text)).items()}
+        return self._counted.update(read)
 
     # --- jump rules ----------------------------------------------------------------------
 
@@ -342,64 +334,6 @@ class IptablesDataplane:
                 # exact form (an older lbctl may have written it differently).
                 if (table, rule.chain) in builtins and (rule.target or "").startswith(PREFIX):
                     await self._iptables(table, "-D", rule.chain, *rule.args)
-
-    # --- route_localnet ------------------------------------------------------------------
-
-    def _load_sysctl_state(self) -> dict[str, str]:
-        path = self._state_dir / SYSCTL_STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            raise IptablesError(f"cannot read {path}: {e}") from None
-        originals = data.get("route_localnet", {}) if isinstance(data, dict) else {}
-        return {str(k): str(v) for k, v in originals.items()}
-
-    def _save_sysctl_state(self, originals: Mapping[str, str]) -> None:
-        # Atomic (temp file + rename + fsync): a crash must never leave a half-written file
-        # that loses the original value we promised to put back.
-        doc = {"route_localnet": dict(sorted(originals.items()))}
-        data = json.dumps(doc, indent=2).encode() + b"\n"
-        atomic_write(self._state_dir / SYSCTL_STATE_FILE, data)
-
-    def _enable_localnet(self, bridges: frozenset[str]) -> None:
-        originals = self._load_sysctl_state()
-        for bridge in sorted(bridges):
-            path = _sysctl_path(bridge)
-            try:
-                current = path.read_text().strip()
-                if bridge not in originals:
-                    originals[bridge] = current
-                    self._save_sysctl_state(originals)  # persisted before we change anything
-                if current != "1":
-                    path.write_text("1\n")
-            except FileNotFoundError:
-                # The bridge is gone (network removed under us): its backends are unreachable
-                # anyway; the controller's next sync will not list it.
-                log.warning("bridge %s has no route_localnet sysctl; skipping", bridge)
-            except OSError as e:
-                raise IptablesError(f"cannot set {path}: {e}") from None
-
-    def _restore_localnet(self, keep: frozenset[str]) -> None:
-        originals = self._load_sysctl_state()
-        changed = False
-        for bridge in sorted(set(originals) - keep):
-            path = _sysctl_path(bridge)
-            try:
-                path.write_text(originals[bridge] + "\n")
-            except FileNotFoundError:
-                pass  # bridge deleted: nothing left to restore
-            except OSError as e:
-                raise IptablesError(f"cannot restore {path}: {e}") from None
-            del originals[bridge]
-            changed = True
-        if changed:
-            try:
-                self._save_sysctl_state(originals)
-            except OSError as e:
-                state = self._state_dir / SYSCTL_STATE_FILE
-                raise IptablesError(f"cannot write {state}: {e}") from None
 
     # --- conntrack -----------------------------------------------------------------------
 
@@ -468,14 +402,15 @@ class IptablesDataplane:
                 f"{cmd[0]} not found: install iptables (`apt-get install iptables`)"
             ) from None
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
+            async with asyncio.timeout(self.settings.command_timeout):
                 out, err = await proc.communicate(stdin)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+            limit = self.settings.command_timeout
             raise IptablesError(
-                f"{' '.join(cmd)} did not finish in {COMMAND_TIMEOUT:.0f}s (xtables lock held?)"
+                f"{' '.join(cmd)} did not finish in {limit:g}s (xtables lock held?)"
             ) from None
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
@@ -487,9 +422,12 @@ class DualStackRules:
     rules new and the IPv6 ones as they were; the sync raises, and HostRules' retry is a
     full sync of both."""
 
-    def __init__(self, state_dir: pathlib.Path) -> None:
-        self.v4 = IptablesDataplane(state_dir, IPV4)
-        self.v6 = IptablesDataplane(state_dir, IPV6)
+    def __init__(
+        self, state_dir: pathlib.Path, *,
+        settings: IptablesSettings = IptablesSettings(),  # noqa: B008  (frozen, shared)
+    ) -> None:  # fmt: skip
+        self.v4 = IptablesDataplane(state_dir, IPV4, settings=settings)
+        self.v6 = IptablesDataplane(state_dir, IPV6, settings=settings)
 
     async def sync(self, services: Sequence[Service], full: bool = False) -> None:
         await self.v4.sync(services, full)

@@ -1,0 +1,69 @@
+"""The names of lbctl's iptables chains and where they hook in: nothing outside chains named
+`LBCTL-*` is ever written, and the jump rules that hook them into the built-in chains are the
+five in `JUMPS` (managed by plane.py, outside the restore transaction).
+
+Chain names are at most 28 characters: app names go into chains only as a hash
+(`LBCTL-SVC-` + base32(sha256(app))[:16], like kube-proxy's KUBE-SVC-*), and the app name
+itself is kept in a `-m comment`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+PREFIX = "LBCTL-"
+CHAIN_PREROUTING = "LBCTL-PREROUTING"
+CHAIN_OUTPUT = "LBCTL-OUTPUT"
+CHAIN_POSTROUTING = "LBCTL-POSTROUTING"
+CHAIN_FORWARD = "LBCTL-FORWARD"
+CHAIN_INPUT = "LBCTL-INPUT"
+SVC_PREFIX = "LBCTL-SVC-"
+# Bucket chains of a large service (rules.py: "Large services").
+SEP_PREFIX = "LBCTL-SEP-"  # nat: the DNAT rules of one bucket
+SNAT_PREFIX = "LBCTL-SNT-"  # nat: the per-backend POSTROUTING rules of one bucket
+FWD_PREFIX = "LBCTL-FWD-"  # filter: the per-backend FORWARD rules of one bucket
+MAX_CHAIN_LEN = 28
+
+# (table, built-in chain, our chain): the hooks. Each is a single rule inserted at position 1
+# of the built-in chain (ahead of Docker's rules), carrying JUMP_COMMENT so it is recognisably
+# ours in `iptables-save` output.
+JUMP_COMMENT = "lbctl"
+JUMPS: tuple[tuple[str, str, str], ...] = (
+    ("nat", "PREROUTING", CHAIN_PREROUTING),
+    ("nat", "OUTPUT", CHAIN_OUTPUT),
+    ("nat", "POSTROUTING", CHAIN_POSTROUTING),
+    ("filter", "FORWARD", CHAIN_FORWARD),
+    ("filter", "INPUT", CHAIN_INPUT),
+)
+BASE_CHAINS: dict[str, tuple[str, ...]] = {
+    "nat": (CHAIN_PREROUTING, CHAIN_OUTPUT, CHAIN_POSTROUTING),
+    "filter": (CHAIN_FORWARD, CHAIN_INPUT),
+}
+TABLES = ("nat", "filter")
+
+
+def jump_spec(target: str) -> list[str]:
+    """The rule (minus `-A CHAIN`) that hooks `target` into its built-in chain."""
+    return ["-m", "comment", "--comment", JUMP_COMMENT, "-j", target]
+
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def svc_chain(app: str) -> str:
+    """`LBCTL-SVC-` + 16 base32 chars of sha256(app): fits 28 chars for any valid app name
+    and cannot collide with a base chain."""
+    return SVC_PREFIX + _hash16(app)
+
+
+def bucket_chain(prefix: str, app: str, bucket: int) -> str:
+    """A large service's bucket chain: prefix + 16 base32 chars of sha256("app#bucket")."""
+    return prefix + _hash16(f"{app}#{bucket}")
+
+def chain_table(chain: str) -> str:
+    """Table a bare LBCTL chain name lives in, by lbctl's naming scheme."""
+    return "filter" if chain in BASE_CHAINS["filter"] or chain.startswith(FWD_PREFIX) else "nat"
+
