@@ -134,3 +134,5 @@ def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {"team": "web"}
     # what Kubernetes has no field for is named, never dropped silently
     assert "#   volume, network, init\n" in text
+
+

@@ -7,10 +7,12 @@ that; anyone else gets this policy, whose defaults let a member run a real servi
 nothing that reaches past its containers.
 
 The checks read an app's JSON (the API body, or the spec an update makes), not AppSpec: they
-judge fields by their docker names whether or not this version's parser knows them, so a
-field added to the spec later is judged from the day it lands, and the ones the parser
-refuses (privileged, pid, ipc, device, ...) are refused here too. A value the checks cannot
-read is refused: a syntax the policy does not understand is not a syntax it allows.
+judge fields by their docker names whether or not this version's parser knows them, so the
+ones the parser refuses (privileged, pid, ipc, device, ...) are refused here too. Each option
+of the table (lbctl.model.options) says how it is judged (its `Judge` class), and there is
+one rule per class here: an option cannot be added without its class, nor a class without
+its rule. A value the checks cannot read is refused: a syntax the policy does not understand
+is not a syntax it allows.
 
 Pure: no I/O but reading the file at start and resolving symlinks of a bind source.
 """
@@ -23,12 +25,14 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lbctl.model import Forbidden, InvalidInput, Publish
+from lbctl.model.option import Judge
+from lbctl.model.options import OPTIONS
 
 DEFAULT_PATH = Path("/etc/lbctl/policy.toml")
 
@@ -103,37 +107,62 @@ class Policy:
         `current_replicas`: what the app runs now (an update keeps a count above the cap)."""
         name = app.get("name")
         for key in _NEVER:
-            if _given(app.get(key)) and not (key == "security-opt" and _harmless_secopt(
-                    app.get(key))):
-                raise Forbidden(f"policy: {key} is root's alone (it gives a container the "
-                                f"host{'' if name is None else f'; app {name}'})")
+            self._root_only(key, app.get(key), name)
         for key in _NAMESPACES:
-            v = app.get(key)
-            if isinstance(v, str) and (v == "host" or v.startswith("container:")):
-                raise Forbidden(f"policy: {key} {v} shares a namespace beyond the app's own: "
-                                "root's alone")
-            if _given(v) and not isinstance(v, str):
-                raise Forbidden(f"policy: cannot check {key} {v!r}")
+            self._namespace(key, app.get(key))
         self.check_publish(app.get("publish"))
-        for v in _items(app.get("volume"), "volume"):
-            self._check_volume(v)
-        for m in _items(app.get("mount"), "mount"):
-            self._check_mount(m)
-        for net in _items(app.get("network"), "network"):
+        for o in OPTIONS:
+            value = app.get(o.key)
+            if value is not None:
+                _RULES[o.judge](self, o.key, value)
+        self.check_replicas(app.get("replicas", 1), current_replicas)
+
+    # ---- one rule per Judge class: (policy, option key, its value, not None) -------------
+
+    def _free(self, key: str, value: object) -> None:
+        """Nothing to judge: the option reaches nothing beyond the app's containers."""
+
+    def _volume_sources(self, key: str, value: object) -> None:
+        for text in _items(value, key):
+            parts = text.split(":")
+            if len(parts) >= 2 and parts[0].startswith(("/", ".", "~")):
+                self._check_bind(parts[0], f"{key} {text}")
+
+    def _mount_sources(self, key: str, value: object) -> None:
+        for text in _items(value, key):
+            self._check_mount(text)
+
+    def _networks(self, key: str, value: object) -> None:
+        for net in _items(value, key):
             self.check_network(net)
-        for cap in _items(app.get("cap-add"), "cap-add"):
+
+    def _capabilities(self, key: str, value: object) -> None:
+        for cap in _items(value, key):
             norm = cap.upper().removeprefix("CAP_")
             if norm not in self.allowed_cap_add:
-                raise self._refuse(f"cap-add {cap} is not allowed", "allowed_cap_add")
-        driver = app.get("log-driver")
-        if driver is not None and driver not in self.allowed_log_drivers:
-            raise self._refuse(f"log-driver {driver!r} is not allowed", "allowed_log_drivers")
-        pids = app.get("pids-limit")
-        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int)
-                                 or not 1 <= pids <= self.max_pids_limit):
-            raise self._refuse(f"pids-limit {pids!r} is not from 1 to {self.max_pids_limit}",
+                raise self._refuse(f"{key} {cap} is not allowed", "allowed_cap_add")
+
+    def _log_driver(self, key: str, value: object) -> None:
+        if value not in self.allowed_log_drivers:
+            raise self._refuse(f"{key} {value!r} is not allowed", "allowed_log_drivers")
+
+    def _pids_bound(self, key: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                1 <= value <= self.max_pids_limit):
+            raise self._refuse(f"{key} {value!r} is not from 1 to {self.max_pids_limit}",
                                "max_pids_limit")
-        self.check_replicas(app.get("replicas", 1), current_replicas)
+
+    def _namespace(self, key: str, value: object) -> None:
+        if isinstance(value, str) and (value == "host" or value.startswith("container:")):
+            raise Forbidden(f"policy: {key} {value} shares a namespace beyond the app's own: "
+                            "root's alone")
+        if _given(value) and not isinstance(value, str):
+            raise Forbidden(f"policy: cannot check {key} {value!r}")
+
+    def _root_only(self, key: str, value: object, app: object = None) -> None:
+        if _given(value) and not (key == "security-opt" and _harmless_secopt(value)):
+            raise Forbidden(f"policy: {key} is root's alone (it gives a container the "
+                            f"host{'' if app is None else f'; app {app}'})")
 
     def check_publish(self, value: object) -> None:
         for text in _items(value, "publish"):
@@ -159,11 +188,6 @@ class Policy:
                             "container's network namespace)")
         if not any(fnmatch.fnmatchcase(net, pat) for pat in self.allowed_networks):
             raise self._refuse(f"network {net} is not allowed", "allowed_networks")
-
-    def _check_volume(self, text: str) -> None:
-        parts = text.split(":")
-        if len(parts) >= 2 and parts[0].startswith(("/", ".", "~")):
-            self._check_bind(parts[0], f"volume {text}")
 
     def _check_mount(self, text: str) -> None:
         kv: dict[str, str] = {}
@@ -197,6 +221,19 @@ class Policy:
         """A compose file's networks to create: only names the member may join."""
         for net in networks:
             self.check_network(net)
+
+
+_RULES: dict[Judge, Callable[[Policy, str, object], None]] = {
+    Judge.FREE: Policy._free,
+    Judge.VOLUME_SOURCE: Policy._volume_sources,
+    Judge.MOUNT_SOURCE: Policy._mount_sources,
+    Judge.NETWORK: Policy._networks,
+    Judge.CAPABILITY: Policy._capabilities,
+    Judge.LOG_DRIVER: Policy._log_driver,
+    Judge.PIDS_BOUND: Policy._pids_bound,
+    Judge.NAMESPACE: Policy._namespace,
+    Judge.ROOT_ONLY: Policy._root_only,
+}
 
 
 def _given(v: object) -> bool:

@@ -228,17 +228,35 @@ def test_networks_to_create_follow_the_networks_to_join() -> None:
     refused(p, app(network=["team-a", "db"]), "network db")
 
 
-def test_every_spec_field_the_parser_knows_is_judged_or_harmless() -> None:
-    """A new option of the spec needs a decision here: the list below is every option the
-    policy lets through unjudged, because it cannot reach past the app's containers."""
-    from lbctl.model.options import FIELDS
+def test_every_option_has_its_class_and_every_class_its_rule() -> None:
+    """A new option of the table needs a decision here: this is how each is judged. FREE
+    ones cannot reach past the app's containers."""
+    from lbctl.model.option import Judge
+    from lbctl.model.options import OPTIONS
 
-    judged = {"volume", "mount", "network", "cap-add", "pids-limit", "log-driver"}
-    harmless = {"tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
-                "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
-                "health-retries", "health-start-period", "read-only", "cap-drop",
-                "stop-signal", "stop-timeout", "log-opt", "init"}
-    assert set(FIELDS) == judged | harmless, set(FIELDS) ^ (judged | harmless)
+    assert set(policy._RULES) == set(Judge)  # a class without a rule cannot be declared
+    assert {o.key: o.judge for o in OPTIONS if o.judge is not Judge.FREE} == {
+        "volume": Judge.VOLUME_SOURCE, "mount": Judge.MOUNT_SOURCE, "network": Judge.NETWORK,
+        "pids-limit": Judge.PIDS_BOUND, "cap-add": Judge.CAPABILITY,
+        "log-driver": Judge.LOG_DRIVER}
+    assert {o.key for o in OPTIONS if o.judge is Judge.FREE} == {
+        "tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
+        "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
+        "health-retries", "health-start-period", "read-only", "cap-drop", "stop-signal",
+        "stop-timeout", "log-opt", "init"}
+
+
+def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_app hands every option the app gives to its class's rule (none slips past)."""
+    from lbctl.model.options import OPTIONS
+    from tests.model.test_spec_options import FULL
+
+    judged: list[tuple[str, str]] = []
+    for judge in list(policy._RULES):
+        monkeypatch.setitem(policy._RULES, judge,
+                            lambda p, key, value, j=judge: judged.append((key, str(j))))
+    P.check_app(app(**FULL))
+    assert judged == [(o.key, str(o.judge)) for o in OPTIONS]
 
 
 def test_an_invalid_publish_is_bad_input_not_a_policy_matter() -> None:
