@@ -136,3 +136,17 @@ def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
     assert "#   volume, network, init\n" in text
 
 
+
+def test_kubernetes_shm_size_is_a_memory_emptydir() -> None:
+    spec = AppSpec.from_json({"name": "web", "image": "lbctl/demo", "publish": "8080:8080",
+                              "shm-size": "96m"})
+    text = to_kubernetes(spec)
+    pod = next(yaml.safe_load_all(text))["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                            "sizeLimit": "96Mi"}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert "Not in these manifests" not in text
+    odd = AppSpec.from_json({"name": "web", "image": "lbctl/demo", "publish": "8080:8080",
+                             "shm-size": "100000"})
+    pod = next(yaml.safe_load_all(to_kubernetes(odd)))["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "100000"

@@ -330,6 +330,19 @@ class RunOptions:
         compose=Compose("init"),
         kube=NotExported("a pod has no init process of the runtime's"),
         judge=Judge.FREE)
+    # Free for members: /dev/shm is a tmpfs whose pages are charged to the replica's memory
+    # cgroup like any it writes, as with --tmpfs, which members have too; the size is a cap.
+    shm_size: str | None = opt(
+        None, flags=("--shm-size",), arg=Arg.ONE,
+        value=values.size(1, "one byte (leave it out for the engine's 64m)"), metavar="SIZE",
+        help="size of /dev/shm (64m, 1g)",
+        engine="HostConfig.ShmSize", engine_value=parse_size,
+        compose=Compose("shm_size", Shape.TEXT),
+        kube=lambda s: {
+            "pod": {"volumes": [{"name": "dshm", "emptyDir": {
+                "medium": "Memory", "sizeLimit": _quantity(s)}}]},
+            "container": {"volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}},
+        judge=Judge.FREE)
 
     # -- parsed views, for lbctl.runtime --------------------------------------------------
 

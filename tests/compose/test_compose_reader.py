@@ -129,6 +129,19 @@ def test_every_key_with_composes_meaning(tmp_path: Path) -> None:
     AppSpec.from_json(app)  # and the daemon takes it
 
 
+def test_shm_size_with_composes_meaning(tmp_path: Path) -> None:
+    """shm_size: a size, or a number of bytes."""
+    p = write(tmp_path, "services:\n  web:\n    image: i\n    x-lbctl: {publish: '1:1'}\n"
+                        "    shm_size: 96m\n    network_mode: bridge\n")
+    [app] = read_compose(p, {}).apps
+    assert app["shm-size"] == "96m" and AppSpec.from_json(app).options.shm_size == "96m"
+    svc = yaml.safe_load(to_compose(AppSpec.from_json(app)))["services"]["web"]
+    assert svc["shm_size"] == "96m"
+    p = write(tmp_path, "services:\n  web:\n    image: i\n    x-lbctl: {publish: '1:1'}\n"
+                        "    shm_size: 100663296\n")
+    assert read_compose(p, {}).apps[0]["shm-size"] == "100663296"
+
+
 def test_ports_with_replicas_is_an_app_and_default_network(tmp_path: Path) -> None:
     p = write(tmp_path, "services:\n  api:\n    image: lbctl/demo\n    ports: ['8081:8080']\n"
                         "    deploy: {replicas: 2}\n")
@@ -241,7 +254,7 @@ SPECS: list[dict[str, Any]] = [
      "health-retries": 3, "health-start-period": "1m30s", "read-only": True,
      "cap-add": ["NET_ADMIN"], "cap-drop": ["ALL"], "stop-signal": "SIGINT",
      "stop-timeout": 3, "log-driver": "json-file", "log-opt": {"max-size": "1m"},
-     "init": True},
+     "init": True, "shm-size": "96m"},
     {"name": "dual", "image": "lbctl/demo", "publish": ["0.0.0.0:80:8080", "[::]:80:8080"],
      "network": ["dual"], "update": {"parallelism": 2}},
     {"name": "sh", "image": "busybox", "publish": "9000:9000",

@@ -243,7 +243,7 @@ def test_every_option_has_its_class_and_every_class_its_rule() -> None:
         "tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
         "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
         "health-retries", "health-start-period", "read-only", "cap-drop", "stop-signal",
-        "stop-timeout", "log-opt", "init"}
+        "stop-timeout", "log-opt", "init", "shm-size"}
 
 
 def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,6 +257,11 @@ def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyP
                             lambda p, key, value, j=judge: judged.append((key, str(j))))
     P.check_app(app(**FULL))
     assert judged == [(o.key, str(o.judge)) for o in OPTIONS]
+
+
+def test_any_shm_size_passes() -> None:
+    """/dev/shm's pages are the replica's memory, as --tmpfs's are: members get any size."""
+    P.check_app(app(**{"shm-size": "8g"}))
 
 
 def test_an_invalid_publish_is_bad_input_not_a_policy_matter() -> None:

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
+from lbctl.cli.inputs import spec_from_run, update_from_args
 from lbctl.cli.parser import build_parser
-from lbctl.model import AppSpec
+from lbctl.model import AppSpec, InvalidInput
 from lbctl.model.option import Compose, Judge, NotExported, Refines
 from lbctl.model.options import FIELDS, NAMESPACE_FIELDS, OPTIONS, RunOptions
+from lbctl.runtime.options import create_config
 from tests.model.test_spec_options import FULL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +86,29 @@ def _docker_run_group(cmd: str) -> list[str]:
 def test_the_parsers_docker_run_flags_are_the_tables(cmd: str) -> None:
     extra = ["--env-file"] + (["--unset"] if cmd == "update" else [])
     assert _docker_run_group(cmd) == [f for o in OPTIONS for f in o.flags] + extra
+
+
+def test_the_new_options_from_the_command_line(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["run", "web", "--image", "i", "-p", "8080:8080",
+                                      "--shm-size", "96m"])
+    data = spec_from_run(args, [])
+    assert data["shm-size"] == "96m" and AppSpec.from_json(data).options.shm_size == "96m"
+    up = build_parser().parse_args(["update", "web", "--shm-size", "1g"])
+    assert update_from_args(up, []) == {"shm-size": "1g"}
+    with pytest.raises(InvalidInput, match="shm-size"):
+        spec_from_run(build_parser().parse_args(["run", "web", "--image", "i", "-p", "1:1",
+                                                 "--shm-size", "lots"]), [])
+
+
+def test_create_config_of_the_new_options() -> None:
+    opts = RunOptions.from_json({"shm-size": "96m"})
+    assert create_config(opts) == ({}, {"ShmSize": 96 << 20})
+    # a number of bytes, as TOML and YAML give it, is kept as its text
+    opts = RunOptions.from_json({"shm-size": 1 << 30})
+    assert opts.to_json() == {"shm-size": str(1 << 30)}
+    assert create_config(opts)[1] == {"ShmSize": 1 << 30}
 
 
 # ---- the README -------------------------------------------------------------------------
