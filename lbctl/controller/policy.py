@@ -14,12 +14,15 @@ one rule per class here: an option cannot be added without its class, nor a clas
 its rule. A value the checks cannot read is refused: a syntax the policy does not understand
 is not a syntax it allows.
 
-Pure: no I/O but reading the file at start and resolving symlinks of a bind source.
+Pure: no I/O but reading the file at start, resolving symlinks of a bind source and looking
+up the host's privileged groups.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import grp
 import ipaddress
 import os
 import re
@@ -50,6 +53,10 @@ _NEVER = ("privileged", "device", "device-cgroup-rule", "volumes-from", "cgroup-
           "runtime", "gpus", "sysctl", "security-opt")
 # Namespace fields: "host" or "container:X" share a namespace beyond the app's own.
 _NAMESPACES = ("pid", "ipc", "uts", "userns", "cgroupns")
+# Groups a member may not add to a replica's process (--group-add): root's, and the groups
+# that own what a process of theirs reaches past the container with where such files are
+# bind-mounted or shared (the engine's socket, disks, password hashes, sudo, the logs).
+PRIVILEGED_GROUPS = ("root", "docker", "disk", "shadow", "sudo", "adm")
 # A member's caps: a quarter of the spec's 64 replicas per app, half the daemon's 64 apps, so
 # that members alone cannot fill the daemon's caps that bind root too.
 DEFAULT_MAX_REPLICAS = 16
@@ -152,6 +159,17 @@ class Policy:
             raise self._refuse(f"{key} {value!r} is not from 1 to {self.max_pids_limit}",
                                "max_pids_limit")
 
+    def _groups(self, key: str, value: object) -> None:
+        """No group 0 and none of PRIVILEGED_GROUPS, by name (the image's /etc/group names
+        them) or by the number they have on this host (which owns its files)."""
+        host_gids = _host_gids(PRIVILEGED_GROUPS)
+        for text in _items(value, key):
+            if text in PRIVILEGED_GROUPS or (text.isascii() and text.isdigit() and (
+                    int(text) == 0 or int(text) in host_gids)):
+                raise Forbidden(f"policy: {key} {text} is root's alone (a privileged group: "
+                                f"GID 0, {', '.join(PRIVILEGED_GROUPS[1:])} or their "
+                                "numbers on this host)")
+
     def _namespace(self, key: str, value: object) -> None:
         if isinstance(value, str) and (value == "host" or value.startswith("container:")):
             raise Forbidden(f"policy: {key} {value} shares a namespace beyond the app's own: "
@@ -231,9 +249,18 @@ _RULES: dict[Judge, Callable[[Policy, str, object], None]] = {
     Judge.CAPABILITY: Policy._capabilities,
     Judge.LOG_DRIVER: Policy._log_driver,
     Judge.PIDS_BOUND: Policy._pids_bound,
+    Judge.GROUP: Policy._groups,
     Judge.NAMESPACE: Policy._namespace,
     Judge.ROOT_ONLY: Policy._root_only,
 }
+
+
+def _host_gids(names: Iterable[str]) -> set[int]:
+    gids = set()
+    for name in names:
+        with contextlib.suppress(KeyError):  # no such group here
+            gids.add(grp.getgrnam(name).gr_gid)
+    return gids
 
 
 def _given(v: object) -> bool:

@@ -1,7 +1,7 @@
 """Docker's small syntaxes, parsed and validated: sizes (`512m`), Go durations (`1m30s`),
 `-v SOURCE:TARGET[:OPTIONS]`, `--mount type=...,source=...,target=...`, `--ulimit`,
-`--tmpfs`, `--add-host`, and volume and network names; and their forms in the engine's
-API. Pure; the option table (lbctl.model.options) validates an app's options with
+`--tmpfs`, `--add-host`, `--group-add`, and volume and network names; and their forms in the
+engine's API. Pure; the option table (lbctl.model.options) validates an app's options with
 them and says with them what the engine is sent.
 """
 
@@ -30,6 +30,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 <
                "p": 1 << 50}
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
                    "h": 3600.0}
+_GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?\Z")  # useradd's names (and Samba's $)
+MAX_GID = (1 << 32) - 2  # (gid_t)-1 means "no change" to the kernel
 
 # `--network host`: replicas in the host's own network namespace (lbctl's fastest path, ebpf
 # mode only; see lbctl.model.spec.check_host_network).
@@ -312,6 +314,17 @@ def parse_add_host(text: object) -> tuple[str, str]:
         except ValueError:
             raise InvalidInput(f"invalid IP {ip!r} in add-host {text!r}") from None
     return host, ip
+
+
+def parse_group(item: object) -> str:
+    """`--group-add GROUP`: a group name (looked up in the image's /etc/group) or a number."""
+    if isinstance(item, str):
+        if item.isascii() and item.isdigit():
+            if int(item) <= MAX_GID:
+                return item
+        elif _GROUP_RE.match(item) and len(item) <= 64:
+            return item
+    raise InvalidInput(f"invalid group-add {item!r}: use a group name or a number")
 
 
 def volume_engine_json(volumes: list[Volume]) -> tuple[dict[str, Any], list[str]]:

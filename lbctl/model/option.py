@@ -60,6 +60,7 @@ class Judge(StrEnum):
     CAPABILITY = "capability"  # kernel capabilities: those allowed_cap_add names
     LOG_DRIVER = "log driver"  # where output goes: drivers allowed_log_drivers names
     PIDS_BOUND = "pids bound"  # a bound: never unlimited, at most max_pids_limit
+    GROUP = "group"  # supplementary groups: never root's or those owning the host's
     NAMESPACE = "namespace"  # "host" or "container:X" shares a namespace: root's alone
     ROOT_ONLY = "root only"  # gives a container the host, whatever its value
 

@@ -40,6 +40,7 @@ from lbctl.model.docker_syntax import (
     health_test,
     parse_add_host,
     parse_duration,
+    parse_group,
     parse_size,
     parse_tmpfs,
     volume_engine_json,
@@ -343,6 +344,16 @@ class RunOptions:
                 "medium": "Memory", "sizeLimit": _quantity(s)}}]},
             "container": {"volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}},
         judge=Judge.FREE)
+    group_add: tuple[str, ...] = opt(
+        (), flags=("--group-add",), arg=Arg.MANY, value=values.strings(parse_group),
+        metavar="GROUP", help="another group of the container's process (name or GID)",
+        engine="HostConfig.GroupAdd",
+        compose=Compose("group_add", Shape.TEXTS),
+        kube=lambda gs: (
+            nest("pod.securityContext.supplementalGroups", [int(g) for g in gs])
+            if all(g.isdigit() for g in gs)
+            else Unmapped("group-add (a name; Kubernetes takes numeric supplementalGroups)")),
+        judge=Judge.GROUP)
 
     # -- parsed views, for lbctl.runtime --------------------------------------------------
 

@@ -238,7 +238,7 @@ def test_every_option_has_its_class_and_every_class_its_rule() -> None:
     assert {o.key: o.judge for o in OPTIONS if o.judge is not Judge.FREE} == {
         "volume": Judge.VOLUME_SOURCE, "mount": Judge.MOUNT_SOURCE, "network": Judge.NETWORK,
         "pids-limit": Judge.PIDS_BOUND, "cap-add": Judge.CAPABILITY,
-        "log-driver": Judge.LOG_DRIVER}
+        "log-driver": Judge.LOG_DRIVER, "group-add": Judge.GROUP}
     assert {o.key for o in OPTIONS if o.judge is Judge.FREE} == {
         "tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
         "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
@@ -259,9 +259,29 @@ def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyP
     assert judged == [(o.key, str(o.judge)) for o in OPTIONS]
 
 
-def test_any_shm_size_passes() -> None:
+@pytest.mark.parametrize("groups", [["0"], ["root"], ["docker"], ["disk"], ["shadow"],
+                                    ["sudo"], ["adm"], ["audio", "00"]])
+def test_a_member_adds_no_privileged_group(groups: list[str]) -> None:
+    refused(P, app(**{"group-add": groups}), "group-add", "root's alone")
+
+
+def test_privileged_groups_by_their_numbers_on_this_host() -> None:
+    """The image's names are its own; a number is the host's too (the group owning host
+    files a replica may reach): the host's numbers of those groups are refused as well."""
+    import grp
+
+    for name in policy.PRIVILEGED_GROUPS[1:]:
+        try:
+            gid = grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+        refused(P, app(**{"group-add": [str(gid)]}), f"group-add {gid}")
+
+
+def test_harmless_groups_and_any_shm_size_pass() -> None:
     """/dev/shm's pages are the replica's memory, as --tmpfs's are: members get any size."""
-    P.check_app(app(**{"shm-size": "8g"}))
+    P.check_app(app(**{"group-add": ["1234", "audio"], "shm-size": "8g"}))
+    refused(P, app(**{"group-add": [0]}), "cannot check group-add")
 
 
 def test_an_invalid_publish_is_bad_input_not_a_policy_matter() -> None:

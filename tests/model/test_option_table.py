@@ -92,19 +92,23 @@ def test_the_new_options_from_the_command_line(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     args = build_parser().parse_args(["run", "web", "--image", "i", "-p", "8080:8080",
-                                      "--shm-size", "96m"])
+                                      "--shm-size", "96m", "--group-add", "1234",
+                                      "--group-add", "audio"])
     data = spec_from_run(args, [])
-    assert data["shm-size"] == "96m" and AppSpec.from_json(data).options.shm_size == "96m"
-    up = build_parser().parse_args(["update", "web", "--shm-size", "1g"])
-    assert update_from_args(up, []) == {"shm-size": "1g"}
+    assert (data["shm-size"], data["group-add"]) == ("96m", ["1234", "audio"])
+    spec = AppSpec.from_json(data)
+    assert spec.options.shm_size == "96m" and spec.options.group_add == ("1234", "audio")
+    up = build_parser().parse_args(["update", "web", "--shm-size", "1g", "--unset",
+                                    "group-add"])
+    assert update_from_args(up, []) == {"shm-size": "1g", "unset": ["group-add"]}
     with pytest.raises(InvalidInput, match="shm-size"):
         spec_from_run(build_parser().parse_args(["run", "web", "--image", "i", "-p", "1:1",
                                                  "--shm-size", "lots"]), [])
 
 
 def test_create_config_of_the_new_options() -> None:
-    opts = RunOptions.from_json({"shm-size": "96m"})
-    assert create_config(opts) == ({}, {"ShmSize": 96 << 20})
+    opts = RunOptions.from_json({"shm-size": "96m", "group-add": ["1234", "audio"]})
+    assert create_config(opts) == ({}, {"ShmSize": 96 << 20, "GroupAdd": ["1234", "audio"]})
     # a number of bytes, as TOML and YAML give it, is kept as its text
     opts = RunOptions.from_json({"shm-size": 1 << 30})
     assert opts.to_json() == {"shm-size": str(1 << 30)}
