@@ -29,16 +29,18 @@ containers: the demo image then answers with its hostname).
 from __future__ import annotations
 
 import copy
-import math
 import re
-from typing import Any
+from typing import Any, assert_never
 
 import yaml
 
 from lbctl.model import LABEL_APP, AppSpec, InvalidInput
-from lbctl.model.docker_syntax import Mount, Volume, parse_duration
-from lbctl.model.options import RunOptions
-from lbctl.model.rollout import UpdatePolicy
+from lbctl.model.docker_syntax import DEFAULT_NETWORK, HOST_NETWORK, Mount, Volume
+from lbctl.model.option import NotExported, Refines, Shape, Unmapped, merge
+from lbctl.model.options import OPTIONS, RunOptions
+from lbctl.model.update_policy import UpdatePolicy
+
+_NO_OPTIONS = RunOptions()
 
 FORMATS = ("compose", "kubernetes")
 
@@ -66,16 +68,16 @@ def to_compose(spec: AppSpec) -> str:
     if spec.update != UpdatePolicy():
         x_lbctl["update"] = spec.update.to_json()
     service["x-lbctl"] = x_lbctl
-    if o.entrypoint is not None:
-        service["entrypoint"] = list(o.entrypoint)
     if spec.command:
         service["command"] = list(spec.command)
     env = {**spec.env, "LBCTL_APP": spec.name}
     service["environment"] = env
-    service["labels"] = {**o.label, LABEL_APP: spec.name}
     service["expose"] = [f"{pub.container_port}/{pub.proto}"]
     service["deploy"] = {"replicas": spec.replicas}
     volumes, networks = _compose_options(o, service)
+    service["labels"] = {**service.get("labels", {}), LABEL_APP: spec.name}
+    service = _ordered(service, ("image", "x-lbctl", "entrypoint", "command", "environment",
+                                 "labels", "expose", "deploy"))
     doc: dict[str, Any] = {"services": {spec.name: service}}
     if volumes:
         doc["volumes"] = {v: {"name": v} for v in volumes}
@@ -98,6 +100,12 @@ def to_compose(spec: AppSpec) -> str:
     return header + _dump(doc)
 
 
+def _ordered(d: dict[str, Any], first: tuple[str, ...]) -> dict[str, Any]:
+    """`d` with the keys of `first` first, for a reader: the options fill their keys in the
+    table's order."""
+    return {**{k: d[k] for k in first if k in d}, **d}
+
+
 def _publish_field(spec: AppSpec) -> str | list[str]:
     """One publish as a string, several as a list: as in lbctl's own JSON."""
     pubs = [str(p) for p in spec.publishes]
@@ -109,84 +117,65 @@ def _publish_flags(spec: AppSpec) -> str:
 
 
 def _compose_options(o: RunOptions, svc: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """docker run's options in compose's words; returns the named volumes and networks the
-    file must declare."""
+    """docker run's options in compose's words (each option's `compose` entry in the table);
+    returns the named volumes and networks the file must declare."""
     named: list[str] = []
-    vols: list[Any] = []
-    for text in o.volume:
-        vol = Volume.parse(text)
-        if vol.source is not None and not vol.bind and vol.source not in named:
-            named.append(vol.source)
-        vols.append(text)
-    for text in o.mount:
-        m = Mount.parse(text)
-        vols.append(_long_volume(m))
-        if m.type == "volume" and m.source is not None and m.source not in named:
-            named.append(m.source)
-    if vols:
-        svc["volumes"] = vols
-    if o.tmpfs:
-        svc["tmpfs"] = list(o.tmpfs)
-    if o.host_network:
-        svc["network_mode"] = "host"
-    elif o.network:
-        svc["networks"] = list(o.network)
-    else:
-        svc["network_mode"] = "bridge"
-    if o.add_host:
-        svc["extra_hosts"] = list(o.add_host)
-    if o.dns:
-        svc["dns"] = list(o.dns)
-    if o.memory is not None:
-        svc["mem_limit"] = o.memory
-    if o.cpus is not None:
-        svc["cpus"] = o.cpus
-    if o.pids_limit is not None:
-        svc["pids_limit"] = o.pids_limit
-    if o.ulimit:
-        limits: dict[str, Any] = {}
-        for text in o.ulimit:
-            name, _, value = text.partition("=")
-            soft, colon, hard = value.partition(":")
-            limits[name] = {"soft": int(soft), "hard": int(hard)} if colon else int(soft)
-        svc["ulimits"] = limits
-    if o.user is not None:
-        svc["user"] = o.user
-    if o.workdir is not None:
-        svc["working_dir"] = o.workdir
-    health: dict[str, Any] = {}
-    if isinstance(o.health_cmd, str):
-        health["test"] = o.health_cmd
-    elif o.health_cmd is not None:
-        health["test"] = ["CMD", *o.health_cmd]
-    for key, v in (("interval", o.health_interval), ("timeout", o.health_timeout),
-                   ("start_period", o.health_start_period)):
-        if v is not None:
-            health[key] = v
-    if o.health_retries is not None:
-        health["retries"] = o.health_retries
-    if health:
-        svc["healthcheck"] = health
-    if o.read_only:
-        svc["read_only"] = True
-    if o.init:
-        svc["init"] = True
-    if o.cap_add:
-        svc["cap_add"] = list(o.cap_add)
-    if o.cap_drop:
-        svc["cap_drop"] = list(o.cap_drop)
-    if o.stop_signal is not None:
-        svc["stop_signal"] = o.stop_signal
-    if o.stop_timeout is not None:
-        svc["stop_grace_period"] = f"{o.stop_timeout}s"
-    if o.log_driver is not None or o.log_opt:
-        logging: dict[str, Any] = {}
-        if o.log_driver is not None:
-            logging["driver"] = o.log_driver
-        if o.log_opt:
-            logging["options"] = dict(o.log_opt)
-        svc["logging"] = logging
-    return named, [] if o.host_network else list(o.network)
+    networks: list[str] = []
+    for opt in OPTIONS:
+        v = getattr(o, opt.attr)
+        # No networks: compose would mean its project network; the app's is Docker's bridge.
+        if v == getattr(_NO_OPTIONS, opt.attr) and opt.compose.shape is not Shape.NETWORKS:
+            continue
+        key = opt.compose.key
+        match opt.compose.shape:
+            case Shape.AS_IS | Shape.TEXT | Shape.NUMBER:
+                _put(svc, key, v)
+            case Shape.TEXTS | Shape.TEXT_OR_TEXTS | Shape.HOSTS | Shape.COMMAND:
+                _put(svc, key, list(v))
+            case Shape.PAIRS | Shape.LABELS:
+                _put(svc, key, dict(v))
+            case Shape.SECONDS:
+                _put(svc, key, f"{v}s")
+            case Shape.HEALTH_TEST:
+                _put(svc, key, v if isinstance(v, str) else ["CMD", *v])
+            case Shape.ULIMITS:
+                limits: dict[str, Any] = {}
+                for text in v:
+                    name, _, value = text.partition("=")
+                    soft, colon, hard = value.partition(":")
+                    limits[name] = {"soft": int(soft), "hard": int(hard)} if colon else int(soft)
+                _put(svc, key, limits)
+            case Shape.SHORT_VOLUMES:
+                for text in v:
+                    vol = Volume.parse(text)
+                    if vol.source is not None and not vol.bind and vol.source not in named:
+                        named.append(vol.source)
+                    svc.setdefault(key, []).append(text)
+            case Shape.LONG_VOLUMES:
+                for text in v:
+                    m = Mount.parse(text)
+                    if m.type == "volume" and m.source is not None and m.source not in named:
+                        named.append(m.source)
+                    svc.setdefault(key, []).append(_long_volume(m))
+            case Shape.NETWORKS:
+                if v == (HOST_NETWORK,):
+                    svc["network_mode"] = HOST_NETWORK
+                elif v:
+                    svc[key] = list(v)
+                    networks += v
+                else:
+                    svc["network_mode"] = DEFAULT_NETWORK
+            case _:
+                assert_never(opt.compose.shape)
+    return named, networks
+
+
+def _put(svc: dict[str, Any], key: str, value: object) -> None:
+    """`healthcheck.interval` is `interval` in the service's `healthcheck` mapping."""
+    *parents, last = key.split(".")
+    for part in parents:
+        svc = svc.setdefault(part, {})
+    svc[last] = value
 
 
 def _long_volume(m: Mount) -> dict[str, Any]:
@@ -218,71 +207,28 @@ def k8s_name(name: str) -> str:
     return out[:63].rstrip("-")
 
 
-_MI = 1 << 20
-
-
-def _k8s_options(o: RunOptions, container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
-    """docker run's options as container and pod fields where Kubernetes has the same thing;
-    returns the options it has not, which the header names (never dropped silently)."""
+def _k8s_options(o: RunOptions, container: dict[str, Any], pod: dict[str, Any],
+                 annotations: dict[str, str]) -> list[str]:
+    """docker run's options as container and pod fields where Kubernetes has the same thing
+    (each option's `kube` entry in the table); returns the options it has not, which the
+    header names (never dropped silently)."""
     left: list[str] = []
-    limits: dict[str, str] = {}
-    memory = o.memory_bytes()
-    if memory is not None:
-        limits["memory"] = f"{memory // _MI}Mi" if memory % _MI == 0 else str(memory)
-    if o.cpus is not None:
-        limits["cpu"] = f"{o.cpus:g}"
-    if limits:
-        container["resources"] = {"limits": limits}
-    if o.workdir is not None:
-        container["workingDir"] = o.workdir
-    security: dict[str, Any] = {}
-    if o.user is not None:
-        uid, _, gid = o.user.partition(":")
-        if uid.isdigit() and (not gid or gid.isdigit()):
-            security["runAsUser"] = int(uid)
-            if gid:
-                security["runAsGroup"] = int(gid)
+    given = o.to_json()
+    parts = {"container": container, "pod": pod, "annotations": annotations}
+    for opt, v in o.given():
+        kube = opt.kube
+        if isinstance(kube, NotExported):
+            note = opt.key
+        elif isinstance(kube, Refines) and kube.needs not in given:
+            note = kube.note
         else:
-            left.append("user (a name; Kubernetes takes a numeric runAsUser)")
-    if o.read_only:
-        security["readOnlyRootFilesystem"] = True
-    caps: dict[str, list[str]] = {}
-    if o.cap_add:
-        caps["add"] = list(o.cap_add)
-    if o.cap_drop:
-        caps["drop"] = list(o.cap_drop)
-    if caps:
-        security["capabilities"] = caps
-    if security:
-        container["securityContext"] = security
-    if o.health_cmd is not None:
-        cmd = (["/bin/sh", "-c", o.health_cmd] if isinstance(o.health_cmd, str)
-               else list(o.health_cmd))
-        probe: dict[str, Any] = {"exec": {"command": cmd}}
-        for key, v in (("periodSeconds", o.health_interval), ("timeoutSeconds", o.health_timeout),
-                       ("initialDelaySeconds", o.health_start_period)):
-            if v is not None:
-                probe[key] = max(1, math.ceil(parse_duration(v)))
-        if o.health_retries:
-            probe["failureThreshold"] = o.health_retries
-        container["livenessProbe"] = probe
-    elif any(v is not None for v in (o.health_interval, o.health_timeout, o.health_retries,
-                                      o.health_start_period)):
-        left.append("health-* (timings of the image's own health check)")
-    if o.stop_timeout is not None:
-        pod["terminationGracePeriodSeconds"] = o.stop_timeout
-    if o.add_host:
-        by_ip: dict[str, list[str]] = {}
-        for text in o.add_host:
-            host, _, ip = text.partition(":")
-            by_ip.setdefault(ip, []).append(host)
-        pod["hostAliases"] = [{"ip": ip, "hostnames": hosts} for ip, hosts in by_ip.items()]
-    if o.dns:
-        pod["dnsConfig"] = {"nameservers": list(o.dns)}
-    for key in ("volume", "mount", "tmpfs", "network", "pids-limit", "ulimit", "stop-signal",
-                "log-driver", "log-opt", "init"):
-        if key in o.to_json():
-            left.append(key)
+            patch = (kube.write if isinstance(kube, Refines) else kube)(v)
+            if not isinstance(patch, Unmapped):
+                merge(parts, patch)
+                continue
+            note = patch.note
+        if note not in left:
+            left.append(note)
     return left
 
 
@@ -295,8 +241,6 @@ def to_kubernetes(spec: AppSpec) -> str:
     env.append({"name": "LBCTL_APP", "value": spec.name})
     env.append({"name": "LBCTL_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     container: dict[str, Any] = {"name": name, "image": spec.image}
-    if spec.options.entrypoint is not None:
-        container["command"] = list(spec.options.entrypoint)
     if spec.command:
         container["args"] = list(spec.command)
     container["env"] = env
@@ -304,11 +248,13 @@ def to_kubernetes(spec: AppSpec) -> str:
     if proto == "TCP":
         container["readinessProbe"] = {"tcpSocket": {"port": pub.container_port}}
     pod: dict[str, Any] = {"containers": [container]}
-    left = _k8s_options(spec.options, container, pod)
+    annotations: dict[str, str] = {}
+    left = _k8s_options(spec.options, container, pod, annotations)
+    container = _ordered(container, ("name", "image", "command", "args", "env", "ports"))
+    pod["containers"] = [container]
     template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod}
-    if spec.options.label:
-        # Docker labels are free-form; Kubernetes labels are not: annotations keep them.
-        template["metadata"]["annotations"] = dict(spec.options.label)
+    if annotations:
+        template["metadata"]["annotations"] = annotations
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -134,3 +134,24 @@ def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {"team": "web"}
     # what Kubernetes has no field for is named, never dropped silently
     assert "#   volume, network, init\n" in text
+
+
+def test_kubernetes_shm_size_and_numeric_groups() -> None:
+    """--shm-size is a memory-backed emptyDir at /dev/shm; numeric --group-add are the pod's
+    supplementalGroups, names have no Kubernetes field and are named."""
+    spec = AppSpec.from_json({"name": "web", "image": "lbctl/demo", "publish": "8080:8080",
+                              "shm-size": "96m", "group-add": ["1234", "5678"]})
+    text = to_kubernetes(spec)
+    pod = next(yaml.safe_load_all(text))["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                            "sizeLimit": "96Mi"}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert pod["securityContext"] == {"supplementalGroups": [1234, 5678]}
+    assert "Not in these manifests" not in text
+    named = AppSpec.from_json({"name": "web", "image": "lbctl/demo", "publish": "8080:8080",
+                               "group-add": ["audio"], "shm-size": "100000"})
+    text = to_kubernetes(named)
+    pod = next(yaml.safe_load_all(text))["spec"]["template"]["spec"]
+    assert "securityContext" not in pod
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "100000"
+    assert "#   group-add (a name; Kubernetes takes numeric supplementalGroups)\n" in text

@@ -4,28 +4,22 @@ bad input is refused here with one line and exit 2, and nothing is sent."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from lbctl.compose.interpolate import parse_docker_env_file
 from lbctl.compose.reader import is_compose, read_compose
 from lbctl.model import AppSpec, InvalidInput, parse_env, parse_replicas, validate_name
+from lbctl.model.docker_syntax import absolute_bind
+from lbctl.model.option import Arg
 from lbctl.model.options import FIELDS as OPTION_FIELDS
+from lbctl.model.options import OPTIONS
 from lbctl.model.publish import parse_publishes
-from lbctl.model.rollout import UpdatePolicy
-
-# docker run flags whose values are lists, and those that are KEY=VALUE objects.
-_LIST_FLAGS = ("volume", "mount", "tmpfs", "network", "add-host", "dns", "ulimit", "cap-add",
-               "cap-drop")
-_MAP_FLAGS = ("label", "log-opt")
-_SCALAR_FLAGS = ("memory", "cpus", "pids-limit", "user", "workdir", "health-interval",
-                 "health-timeout", "health-retries", "health-start-period", "stop-signal",
-                 "stop-timeout", "log-driver")
+from lbctl.model.update_policy import UpdatePolicy
 
 
 @dataclass
@@ -50,53 +44,23 @@ def options_from_args(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     """The docker run options given on the command line, as spec fields (relative bind
     sources are taken from `base`, the working directory, as docker run does)."""
     out: dict[str, Any] = {}
-    for key in _LIST_FLAGS:
-        v = getattr(args, key.replace("-", "_"), None)
-        if v is not None:
-            out[key] = [absolute_bind(x, base) for x in v] if key == "volume" else list(v)
-    for key in _MAP_FLAGS:
-        v = getattr(args, key.replace("-", "_"), None)
-        if v is not None:
-            pairs: dict[str, str] = {}
-            for item in v:
-                k, _, val = item.partition("=")
-                pairs[k] = val
-            out[key] = pairs
-    for key in _SCALAR_FLAGS:
-        v = getattr(args, key.replace("-", "_"), None)
-        if v is not None:
-            out[key] = v
-    if getattr(args, "entrypoint", None) is not None:
-        out["entrypoint"] = [args.entrypoint]
-    if getattr(args, "health_cmd", None) is not None:
-        out["health-cmd"] = health_cmd(args.health_cmd)
-    for key in ("read-only", "init"):
-        if getattr(args, key.replace("-", "_"), None):
-            out[key] = True
+    for o in OPTIONS:
+        v = getattr(args, o.attr, None)
+        if v is None:
+            continue
+        conv = o.from_cli or (lambda text, _base: text)
+        match o.arg:
+            case Arg.SWITCH:
+                out[o.key] = True
+            case Arg.ONE:
+                out[o.key] = conv(v, base)
+            case Arg.MANY:
+                out[o.key] = [conv(item, base) for item in v]
+            case Arg.PAIRS:
+                out[o.key] = dict(item.partition("=")[::2] for item in v)
+            case _:
+                assert_never(o.arg)
     return out
-
-
-def health_cmd(text: str) -> str | list[str]:
-    """--health-cmd: a shell command, as in docker run; a JSON list is the exec form (a
-    Dockerfile's HEALTHCHECK CMD [...]), for images without a shell."""
-    if text.lstrip().startswith("["):
-        try:
-            cmd = json.loads(text)
-        except ValueError:
-            raise InvalidInput(f"--health-cmd {text!r} is not a JSON list of strings") from None
-        if not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
-            raise InvalidInput(f"--health-cmd {text!r} is not a JSON list of strings")
-        return cmd
-    return text
-
-
-def absolute_bind(volume: str, base: Path) -> str:
-    """`-v ./conf:/etc/app` -> the absolute host path (the daemon has no working dir)."""
-    source, sep, rest = volume.partition(":")
-    if sep and (source.startswith(("./", "../", "~")) or source in (".", "..")):
-        source = os.path.normpath(base / os.path.expanduser(source))
-        return f"{source}:{rest}"
-    return volume
 
 
 def env_from_files(paths: Sequence[str], base: Path,

@@ -7,6 +7,8 @@ import sys
 from typing import Any, NoReturn
 
 from lbctl import __version__
+from lbctl.model.option import Arg
+from lbctl.model.options import OPTIONS
 
 EXIT_USAGE = 2
 
@@ -55,50 +57,27 @@ def _update_policy_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _docker_run_flags(p: argparse.ArgumentParser, update: bool = False) -> None:
-    """docker run's options, under docker's names (see lbctl.model.options)."""
+    """docker run's options, under docker's names: one flag per entry of the option table
+    (lbctl.model.options), in its order."""
     title = ("docker run options (given ones replace the app's; --unset resets one)" if update
              else "docker run options (same names and syntax as docker run)")
     g = p.add_argument_group(title)
-
-    def many(*flags: str, **kw: Any) -> None:
-        g.add_argument(*flags, action="append", default=None, **kw)
-
-    many("-v", "--volume", metavar="[SRC:]DST[:OPTS]",
-                   help="named volume, absolute (or ./relative) host path, or anonymous")
-    many("--mount", metavar="type=...,source=...,target=...")
-    many("--tmpfs", metavar="PATH[:OPTS]")
-    many("--network", metavar="NET",
-                   help="user-defined bridge network(s); the first carries the app's traffic "
-                        "(ebpf mode: the sandbox joins them)")
-    many("--add-host", metavar="HOST:IP")
-    many("--dns", metavar="IP")
-    g.add_argument("-m", "--memory", metavar="SIZE", help="memory limit (512m, 1g)")
-    g.add_argument("--cpus", metavar="N", help="CPU limit (0.5, 2)")
-    g.add_argument("--pids-limit", type=int, metavar="N")
-    many("--ulimit", metavar="NAME=SOFT[:HARD]")
-    g.add_argument("-u", "--user", metavar="USER[:GROUP]")
-    g.add_argument("-w", "--workdir", metavar="DIR")
-    g.add_argument("--entrypoint", metavar="CMD")
-    many("-l", "--label", metavar="KEY=VALUE")
-    many("--env-file", metavar="FILE",
+    for o in OPTIONS:
+        kw: dict[str, Any] = {"dest": o.attr, "help": o.help}
+        if o.arg is Arg.SWITCH:
+            g.add_argument(*o.flags, action="store_true", default=None, **kw)
+            continue
+        kw["metavar"] = o.metavar
+        if o.cli_type is not None:
+            kw["type"] = o.cli_type
+        if o.arg is Arg.ONE:
+            g.add_argument(*o.flags, **kw)
+        else:
+            g.add_argument(*o.flags, action="append", default=None, **kw)
+    g.add_argument("--env-file", action="append", default=None, metavar="FILE",
                    help="read KEY=VALUE lines into the environment (-e wins)")
-    g.add_argument("--health-cmd", metavar="CMD",
-                   help='run in the image\'s shell; a JSON list (\'["/httpd","--check"]\') '
-                        "runs without one")
-    g.add_argument("--health-interval", metavar="DURATION")
-    g.add_argument("--health-timeout", metavar="DURATION")
-    g.add_argument("--health-retries", type=int, metavar="N")
-    g.add_argument("--health-start-period", metavar="DURATION")
-    g.add_argument("--read-only", action="store_true", default=None)
-    many("--cap-add", metavar="CAP")
-    many("--cap-drop", metavar="CAP")
-    g.add_argument("--stop-signal", metavar="SIGNAL")
-    g.add_argument("--stop-timeout", type=int, metavar="SECONDS")
-    g.add_argument("--log-driver", metavar="DRIVER")
-    many("--log-opt", metavar="KEY=VALUE")
-    g.add_argument("--init", action="store_true", default=None)
     if update:
-        many("--unset", metavar="OPTION",
+        g.add_argument("--unset", action="append", default=None, metavar="OPTION",
                        help="reset an option (memory, volume, ...) to the image's default")
 
 

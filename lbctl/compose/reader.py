@@ -26,27 +26,34 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from lbctl.compose.interpolate import interpolate, parse_dotenv
 from lbctl.model import LABEL_APP, InvalidInput, Publish
-from lbctl.model.docker_syntax import parse_duration
+from lbctl.model.docker_syntax import HOST_NETWORK, parse_duration
+from lbctl.model.option import Option, Shape
+from lbctl.model.options import OPTIONS
 from lbctl.model.publish import parse_publishes, validate_publishes
 
 LBCTL_KEY = "x-lbctl"
 _TOP_KEYS = {"version", "services", "networks", "volumes"}
+# A service's keys: the app's own, and the docker run options' (the option table's compose
+# keys; `network_mode` is read with `networks`).
 _SERVICE_KEYS = {
-    "image", LBCTL_KEY, "ports", "deploy", "expose", "restart", "labels", "environment",
-    "env_file", "command", "entrypoint", "volumes", "tmpfs", "networks", "mem_limit", "cpus",
-    "pids_limit", "user", "working_dir", "healthcheck", "read_only", "init", "cap_add",
-    "cap_drop", "ulimits", "stop_signal", "stop_grace_period", "logging", "extra_hosts", "dns",
-    "network_mode", "profiles",
+    "image", LBCTL_KEY, "ports", "deploy", "expose", "restart", "environment", "env_file",
+    "command", "network_mode", "profiles", *(o.compose.key.split(".")[0] for o in OPTIONS),
 }
+# Keys inside an option's mapping (healthcheck: {interval: ...}): the table's.
+_NESTED = [o.compose.key.partition(".") for o in OPTIONS if "." in o.compose.key]
+_SUB_KEYS = {parent: {k for p, _, k in _NESTED if p == parent} for parent, _, _ in _NESTED}
+# Keys compose has and lbctl cannot honour when they are set: why, in the refusal.
+_REFUSED = {"healthcheck.disable": "not supported by lbctl (lbctl keeps the image's health "
+                                   "check)"}
+_LIMITS = {o.compose.limit for o in OPTIONS if o.compose.limit is not None}
 _LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update"}
 _DEPLOY_KEYS = {"replicas", "resources", "update_config"}
 _UPDATE_CONFIG = {"parallelism", "delay", "failure_action", "monitor", "order",
                   "max_failure_ratio"}
-_HEALTH_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
 _DROPPED_ENV = ("LBCTL_APP", "LBCTL_REPLICA")  # lbctl sets them on every replica
 
 
@@ -113,6 +120,15 @@ def read_compose(path: Path, environ: Mapping[str, str] | None = None) -> Compos
 
 def _first_line(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
+
+
+@dataclass(frozen=True)
+class _Service:
+    """The service an option is read from."""
+
+    svc: dict[str, Any]
+    where: str  # services.NAME
+    app: str
 
 
 class Reader:
@@ -202,9 +218,8 @@ class Reader:
         env = self._env(svc, where)
         if env:
             spec["env"] = env
-        for key, field_name in (("command", "command"), ("entrypoint", "entrypoint")):
-            if svc.get(key) is not None:
-                spec[field_name] = self._command(svc[key], f"{where}.{key}")
+        if svc.get("command") is not None:
+            spec["command"] = self._command(svc["command"], f"{where}.command")
         self._options(svc, spec, deploy, where, name)
         return spec
 
@@ -350,74 +365,103 @@ class Reader:
 
     def _options(self, svc: dict[str, Any], spec: dict[str, Any], deploy: dict[str, Any],
                  where: str, app: str) -> None:
-        volume, mount = self._volumes(svc.get("volumes"), f"{where}.volumes")
-        if volume:
-            spec["volume"] = volume
-        if mount:
-            spec["mount"] = mount
-        if svc.get("tmpfs") is not None:
-            spec["tmpfs"] = self._list_or_one(svc["tmpfs"], f"{where}.tmpfs")
-        mode = svc.get("network_mode")
-        if mode is not None:
-            if mode not in ("bridge", "host"):
-                raise self.fail(f"{where}.network_mode", f"{mode!r} is not supported by lbctl "
-                                "(bridge, host, or networks:); to put docker-compose's "
-                                "containers into an ebpf app's namespace, see `lbctl export`")
-            if svc.get("networks") is not None:
-                raise self.fail(where, "network_mode and networks together")
-            if mode == "host":
-                spec["network"] = ["host"]
-        else:
-            spec["network"] = self._networks(svc.get("networks"), f"{where}.networks")
-        if svc.get("extra_hosts") is not None:
-            hosts = svc["extra_hosts"]
-            if isinstance(hosts, dict):
-                hosts = [f"{h}:{ip}" for h, ip in hosts.items()]
-            spec["add-host"] = self._strs(hosts, f"{where}.extra_hosts")
-        if svc.get("dns") is not None:
-            spec["dns"] = self._list_or_one(svc["dns"], f"{where}.dns")
+        """docker run's options, each read from its compose key (the option table's)."""
+        for parent, known in _SUB_KEYS.items():
+            sub = self._mapping(svc.get(parent) or {}, f"{where}.{parent}")
+            for k in sorted(set(sub) - known):
+                hint = _REFUSED.get(f"{parent}.{k}")
+                if hint is None or sub[k]:
+                    raise self.fail(f"{where}.{parent}.{k}", hint or "not supported by lbctl")
         limits = self._limits(deploy, f"{where}.deploy")
-        for key, limit, field_name in (("mem_limit", "memory", "memory"),
-                                       ("cpus", "cpus", "cpus"),
-                                       ("pids_limit", "pids", "pids-limit")):
-            v = svc.get(key)
-            if v is not None and limit in limits and _norm(limits[limit]) != _norm(v):
-                raise self.fail(where, f"{key} and deploy.resources.limits.{limit} differ")
-            v = v if v is not None else limits.get(limit)
-            if v is not None:
-                spec[field_name] = str(v) if field_name == "memory" else v
-        if svc.get("ulimits") is not None:
-            spec["ulimit"] = self._ulimits(svc["ulimits"], f"{where}.ulimits")
-        for key, field_name in (("user", "user"), ("working_dir", "workdir"),
-                                ("stop_signal", "stop-signal")):
-            if svc.get(key) is not None:
-                spec[field_name] = str(svc[key])
-        if svc.get("labels") is not None:
-            labels = self._labels(svc["labels"], f"{where}.labels")
-            if labels.get(LABEL_APP) == app:
-                del labels[LABEL_APP]  # what makes docker-compose's containers adopted
-            if labels:
-                spec["label"] = labels
-        self._health(svc.get("healthcheck"), spec, f"{where}.healthcheck")
-        for key in ("read_only", "init"):
-            if svc.get(key) is not None:
-                spec[key.replace("_", "-")] = svc[key]
-        for key in ("cap_add", "cap_drop"):
-            if svc.get(key) is not None:
-                spec[key.replace("_", "-")] = self._strs(svc[key], f"{where}.{key}")
-        if svc.get("stop_grace_period") is not None:
-            secs = self._seconds(svc["stop_grace_period"], f"{where}.stop_grace_period")
-            spec["stop-timeout"] = math.ceil(secs)
-        if svc.get("logging") is not None:
-            log = self._mapping(svc["logging"], f"{where}.logging")
-            bad = sorted(set(log) - {"driver", "options"})
-            if bad:
-                raise self.fail(f"{where}.logging.{bad[0]}", "not supported by lbctl")
-            if log.get("driver") is not None:
-                spec["log-driver"] = log["driver"]
-            if log.get("options"):
-                spec["log-opt"] = {str(k): str(v) for k, v in
-                                   self._mapping(log["options"], f"{where}.logging").items()}
+        service = _Service(svc, where, app)
+        for o in OPTIONS:
+            c = o.compose
+            at = f"{where}.{c.key}"
+            parent, _, key = c.key.rpartition(".")
+            raw = (svc.get(parent) or {}).get(key) if parent else svc.get(key)
+            if c.limit is not None and limits.get(c.limit) is not None:
+                limit_at = f"{where}.deploy.resources.limits.{c.limit}"
+                if raw is None:
+                    raw, at = limits[c.limit], limit_at
+                elif _norm(self._read(o, raw, at, service)) != _norm(
+                        self._read(o, limits[c.limit], limit_at, service)):
+                    raise self.fail(where, f"{c.key} and deploy.resources.limits.{c.limit} "
+                                    "differ")
+            if raw is None and c.shape is not Shape.NETWORKS:
+                continue
+            value = self._read(o, raw, at, service)
+            if value is not None and value != [] and value != {}:
+                spec[o.key] = value
+
+    def _read(self, o: Option[Any], v: Any, where: str, service: _Service) -> Any:
+        """Compose's value `v` of option `o` (at `where` in `service`), as the spec's JSON
+        takes it; None: nothing."""
+        match o.compose.shape:
+            case Shape.AS_IS:
+                return v
+            case Shape.TEXT:
+                return self._str(v, where)
+            case Shape.TEXTS:
+                return self._strs(v, where)
+            case Shape.TEXT_OR_TEXTS:
+                return self._list_or_one(v, where)
+            case Shape.NUMBER:
+                if isinstance(v, str):
+                    try:
+                        return float(v)
+                    except ValueError:
+                        raise self.fail(where, "must be a number") from None
+                return v
+            case Shape.PAIRS:
+                return {str(k): str(x) for k, x in self._mapping(v, where).items()}
+            case Shape.HOSTS:
+                hosts = [f"{h}:{ip}" for h, ip in v.items()] if isinstance(v, dict) else v
+                return self._strs(hosts, where)
+            case Shape.ULIMITS:
+                return self._ulimits(v, where)
+            case Shape.COMMAND:
+                return self._command(v, where)
+            case Shape.SECONDS:
+                return math.ceil(self._seconds(v, where))
+            case Shape.HEALTH_TEST:
+                return self._health_test(v, where)
+            case Shape.SHORT_VOLUMES:
+                return [self._short_volume(item, where) for item in self._volume_items(v, where)
+                        if isinstance(item, str)]
+            case Shape.LONG_VOLUMES:
+                return [self._long_volume(item, where) for item in self._volume_items(v, where)
+                        if isinstance(item, dict)]
+            case Shape.NETWORKS:
+                return self._network_mode(service.svc, service.where)
+            case Shape.LABELS:
+                labels = self._labels(v, where)
+                if labels.get(LABEL_APP) == service.app:
+                    del labels[LABEL_APP]  # what makes docker-compose's containers adopted
+                return labels
+            case _:
+                assert_never(o.compose.shape)
+
+    def _network_mode(self, svc: dict[str, Any], where: str) -> list[str] | None:
+        mode = svc.get("network_mode")
+        if mode is None:
+            return self._networks(svc.get("networks"), f"{where}.networks")
+        if mode not in ("bridge", "host"):
+            raise self.fail(f"{where}.network_mode", f"{mode!r} is not supported by lbctl "
+                            "(bridge, host, or networks:); to put docker-compose's "
+                            "containers into an ebpf app's namespace, see `lbctl export`")
+        if svc.get("networks") is not None:
+            raise self.fail(where, "network_mode and networks together")
+        return [HOST_NETWORK] if mode == HOST_NETWORK else None
+
+    def _health_test(self, test: Any, where: str) -> str | list[str]:
+        if isinstance(test, str):
+            return test
+        t = self._strs(test, where)
+        if t[:1] == ["CMD"] and len(t) > 1:
+            return t[1:]
+        if t[:1] == ["CMD-SHELL"] and len(t) == 2:
+            return t[1]
+        raise self.fail(where, "use [CMD, ...], [CMD-SHELL, ...] or a string")
 
     def _limits(self, deploy: dict[str, Any], where: str) -> dict[str, Any]:
         res = self._mapping(deploy.get("resources") or {}, f"{where}.resources")
@@ -425,31 +469,18 @@ class Reader:
         if bad:
             raise self.fail(f"{where}.resources.{bad[0]}", "not supported by lbctl")
         limits = self._mapping(res.get("limits") or {}, f"{where}.resources.limits")
-        bad = sorted(set(limits) - {"memory", "cpus", "pids"})
+        bad = sorted(set(limits) - _LIMITS)
         if bad:
             raise self.fail(f"{where}.resources.limits.{bad[0]}", "not supported by lbctl")
-        out = dict(limits)
-        if "cpus" in out and isinstance(out["cpus"], str):
-            try:
-                out["cpus"] = float(out["cpus"])
-            except ValueError:
-                raise self.fail(f"{where}.resources.limits.cpus", "must be a number") from None
-        return out
+        return limits
 
-    def _volumes(self, v: Any, where: str) -> tuple[list[str], list[str]]:
-        """Short syntax -> docker -v strings, long syntax -> docker --mount strings."""
-        if v is None:
-            return [], []
-        volume: list[str] = []
-        mount: list[str] = []
-        for item in self._list(v, where):
-            if isinstance(item, str):
-                volume.append(self._short_volume(item, where))
-            elif isinstance(item, dict):
-                mount.append(self._long_volume(item, where))
-            else:
+    def _volume_items(self, v: Any, where: str) -> list[Any]:
+        """`volumes:`, short syntax (docker -v strings) and long (docker --mount strings)."""
+        items = self._list(v, where)
+        for item in items:
+            if not isinstance(item, str | dict):
                 raise self.fail(where, f"{item!r} is neither a string nor a mapping")
-        return volume, mount
+        return items
 
     def _short_volume(self, text: str, where: str) -> str:
         parts = text.split(":")
@@ -554,35 +585,6 @@ class Reader:
         labels.update(self._labels(d.get("labels") or {}, f"{where}.labels"))
         created[name] = labels
         return name
-
-    def _health(self, v: Any, spec: dict[str, Any], where: str) -> None:
-        if v is None:
-            return
-        h = self._mapping(v, where)
-        bad = sorted(set(h) - _HEALTH_KEYS)
-        if bad:
-            raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
-        if h.get("disable"):
-            raise self.fail(f"{where}.disable", "not supported by lbctl (lbctl keeps the "
-                            "image's health check)")
-        test = h.get("test")
-        if test is not None:
-            if isinstance(test, str):
-                spec["health-cmd"] = test
-            else:
-                t = self._strs(test, f"{where}.test")
-                if t[:1] == ["CMD"] and len(t) > 1:
-                    spec["health-cmd"] = t[1:]
-                elif t[:1] == ["CMD-SHELL"] and len(t) == 2:
-                    spec["health-cmd"] = t[1]
-                else:
-                    raise self.fail(f"{where}.test", "use [CMD, ...], [CMD-SHELL, ...] or a "
-                                    "string")
-        for key in ("interval", "timeout", "start_period"):
-            if h.get(key) is not None:
-                spec[f"health-{key.replace('_', '-')}"] = str(h[key])
-        if h.get("retries") is not None:
-            spec["health-retries"] = h["retries"]
 
     def _ulimits(self, v: Any, where: str) -> list[str]:
         out = []

@@ -7,28 +7,35 @@ that; anyone else gets this policy, whose defaults let a member run a real servi
 nothing that reaches past its containers.
 
 The checks read an app's JSON (the API body, or the spec an update makes), not AppSpec: they
-judge fields by their docker names whether or not this version's parser knows them, so a
-field added to the spec later is judged from the day it lands, and the ones the parser
-refuses (privileged, pid, ipc, device, ...) are refused here too. A value the checks cannot
-read is refused: a syntax the policy does not understand is not a syntax it allows.
+judge fields by their docker names whether or not this version's parser knows them, so the
+ones the parser refuses (privileged, pid, ipc, device, ...) are refused here too. Each option
+of the table (lbctl.model.options) says how it is judged (its `Judge` class), and there is
+one rule per class here: an option cannot be added without its class, nor a class without
+its rule. A value the checks cannot read is refused: a syntax the policy does not understand
+is not a syntax it allows.
 
-Pure: no I/O but reading the file at start and resolving symlinks of a bind source.
+Pure: no I/O but reading the file at start, resolving symlinks of a bind source and looking
+up the host's privileged groups.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import grp
 import ipaddress
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lbctl.model import Forbidden, InvalidInput, Publish
+from lbctl.model.option import Judge
+from lbctl.model.options import OPTIONS
 
 DEFAULT_PATH = Path("/etc/lbctl/policy.toml")
 
@@ -46,6 +53,10 @@ _NEVER = ("privileged", "device", "device-cgroup-rule", "volumes-from", "cgroup-
           "runtime", "gpus", "sysctl", "security-opt")
 # Namespace fields: "host" or "container:X" share a namespace beyond the app's own.
 _NAMESPACES = ("pid", "ipc", "uts", "userns", "cgroupns")
+# Groups a member may not add to a replica's process (--group-add): root's, and the groups
+# that own what a process of theirs reaches past the container with where such files are
+# bind-mounted or shared (the engine's socket, disks, password hashes, sudo, the logs).
+PRIVILEGED_GROUPS = ("root", "docker", "disk", "shadow", "sudo", "adm")
 # A member's caps: a quarter of the spec's 64 replicas per app, half the daemon's 64 apps, so
 # that members alone cannot fill the daemon's caps that bind root too.
 DEFAULT_MAX_REPLICAS = 16
@@ -103,37 +114,73 @@ class Policy:
         `current_replicas`: what the app runs now (an update keeps a count above the cap)."""
         name = app.get("name")
         for key in _NEVER:
-            if _given(app.get(key)) and not (key == "security-opt" and _harmless_secopt(
-                    app.get(key))):
-                raise Forbidden(f"policy: {key} is root's alone (it gives a container the "
-                                f"host{'' if name is None else f'; app {name}'})")
+            self._root_only(key, app.get(key), name)
         for key in _NAMESPACES:
-            v = app.get(key)
-            if isinstance(v, str) and (v == "host" or v.startswith("container:")):
-                raise Forbidden(f"policy: {key} {v} shares a namespace beyond the app's own: "
-                                "root's alone")
-            if _given(v) and not isinstance(v, str):
-                raise Forbidden(f"policy: cannot check {key} {v!r}")
+            self._namespace(key, app.get(key))
         self.check_publish(app.get("publish"))
-        for v in _items(app.get("volume"), "volume"):
-            self._check_volume(v)
-        for m in _items(app.get("mount"), "mount"):
-            self._check_mount(m)
-        for net in _items(app.get("network"), "network"):
+        for o in OPTIONS:
+            value = app.get(o.key)
+            if value is not None:
+                _RULES[o.judge](self, o.key, value)
+        self.check_replicas(app.get("replicas", 1), current_replicas)
+
+    # ---- one rule per Judge class: (policy, option key, its value, not None) -------------
+
+    def _free(self, key: str, value: object) -> None:
+        """Nothing to judge: the option reaches nothing beyond the app's containers."""
+
+    def _volume_sources(self, key: str, value: object) -> None:
+        for text in _items(value, key):
+            parts = text.split(":")
+            if len(parts) >= 2 and parts[0].startswith(("/", ".", "~")):
+                self._check_bind(parts[0], f"{key} {text}")
+
+    def _mount_sources(self, key: str, value: object) -> None:
+        for text in _items(value, key):
+            self._check_mount(text)
+
+    def _networks(self, key: str, value: object) -> None:
+        for net in _items(value, key):
             self.check_network(net)
-        for cap in _items(app.get("cap-add"), "cap-add"):
+
+    def _capabilities(self, key: str, value: object) -> None:
+        for cap in _items(value, key):
             norm = cap.upper().removeprefix("CAP_")
             if norm not in self.allowed_cap_add:
-                raise self._refuse(f"cap-add {cap} is not allowed", "allowed_cap_add")
-        driver = app.get("log-driver")
-        if driver is not None and driver not in self.allowed_log_drivers:
-            raise self._refuse(f"log-driver {driver!r} is not allowed", "allowed_log_drivers")
-        pids = app.get("pids-limit")
-        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int)
-                                 or not 1 <= pids <= self.max_pids_limit):
-            raise self._refuse(f"pids-limit {pids!r} is not from 1 to {self.max_pids_limit}",
+                raise self._refuse(f"{key} {cap} is not allowed", "allowed_cap_add")
+
+    def _log_driver(self, key: str, value: object) -> None:
+        if value not in self.allowed_log_drivers:
+            raise self._refuse(f"{key} {value!r} is not allowed", "allowed_log_drivers")
+
+    def _pids_bound(self, key: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                1 <= value <= self.max_pids_limit):
+            raise self._refuse(f"{key} {value!r} is not from 1 to {self.max_pids_limit}",
                                "max_pids_limit")
-        self.check_replicas(app.get("replicas", 1), current_replicas)
+
+    def _groups(self, key: str, value: object) -> None:
+        """No group 0 and none of PRIVILEGED_GROUPS, by name (the image's /etc/group names
+        them) or by the number they have on this host (which owns its files)."""
+        host_gids = _host_gids(PRIVILEGED_GROUPS)
+        for text in _items(value, key):
+            if text in PRIVILEGED_GROUPS or (text.isascii() and text.isdigit() and (
+                    int(text) == 0 or int(text) in host_gids)):
+                raise Forbidden(f"policy: {key} {text} is root's alone (a privileged group: "
+                                f"GID 0, {', '.join(PRIVILEGED_GROUPS[1:])} or their "
+                                "numbers on this host)")
+
+    def _namespace(self, key: str, value: object) -> None:
+        if isinstance(value, str) and (value == "host" or value.startswith("container:")):
+            raise Forbidden(f"policy: {key} {value} shares a namespace beyond the app's own: "
+                            "root's alone")
+        if _given(value) and not isinstance(value, str):
+            raise Forbidden(f"policy: cannot check {key} {value!r}")
+
+    def _root_only(self, key: str, value: object, app: object = None) -> None:
+        if _given(value) and not (key == "security-opt" and _harmless_secopt(value)):
+            raise Forbidden(f"policy: {key} is root's alone (it gives a container the "
+                            f"host{'' if app is None else f'; app {app}'})")
 
     def check_publish(self, value: object) -> None:
         for text in _items(value, "publish"):
@@ -159,11 +206,6 @@ class Policy:
                             "container's network namespace)")
         if not any(fnmatch.fnmatchcase(net, pat) for pat in self.allowed_networks):
             raise self._refuse(f"network {net} is not allowed", "allowed_networks")
-
-    def _check_volume(self, text: str) -> None:
-        parts = text.split(":")
-        if len(parts) >= 2 and parts[0].startswith(("/", ".", "~")):
-            self._check_bind(parts[0], f"volume {text}")
 
     def _check_mount(self, text: str) -> None:
         kv: dict[str, str] = {}
@@ -197,6 +239,28 @@ class Policy:
         """A compose file's networks to create: only names the member may join."""
         for net in networks:
             self.check_network(net)
+
+
+_RULES: dict[Judge, Callable[[Policy, str, object], None]] = {
+    Judge.FREE: Policy._free,
+    Judge.VOLUME_SOURCE: Policy._volume_sources,
+    Judge.MOUNT_SOURCE: Policy._mount_sources,
+    Judge.NETWORK: Policy._networks,
+    Judge.CAPABILITY: Policy._capabilities,
+    Judge.LOG_DRIVER: Policy._log_driver,
+    Judge.PIDS_BOUND: Policy._pids_bound,
+    Judge.GROUP: Policy._groups,
+    Judge.NAMESPACE: Policy._namespace,
+    Judge.ROOT_ONLY: Policy._root_only,
+}
+
+
+def _host_gids(names: Iterable[str]) -> set[int]:
+    gids = set()
+    for name in names:
+        with contextlib.suppress(KeyError):  # no such group here
+            gids.add(grp.getgrnam(name).gr_gid)
+    return gids
 
 
 def _given(v: object) -> bool:

@@ -1,14 +1,19 @@
 """Docker's small syntaxes, parsed and validated: sizes (`512m`), Go durations (`1m30s`),
 `-v SOURCE:TARGET[:OPTIONS]`, `--mount type=...,source=...,target=...`, `--ulimit`,
-`--tmpfs`, `--add-host`, and volume and network names. Pure; lbctl.model.options validates
-an app's options with them and lbctl.runtime.options turns their results into create JSON.
+`--tmpfs`, `--add-host`, `--group-add`, and volume and network names; and their forms in the
+engine's API. Pure; the option table (lbctl.model.options) validates an app's options with
+them and says with them what the engine is sent.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from lbctl.model.errors import InvalidInput
 
@@ -25,7 +30,14 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 <
                "p": 1 << 50}
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
                    "h": 3600.0}
+_GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?\Z")  # useradd's names (and Samba's $)
+MAX_GID = (1 << 32) - 2  # (gid_t)-1 means "no change" to the kernel
 
+# `--network host`: replicas in the host's own network namespace (lbctl's fastest path, ebpf
+# mode only; see lbctl.model.spec.check_host_network).
+HOST_NETWORK = "host"
+# The default network: Docker's bridge (docker0), where lbctl's replicas always lived.
+DEFAULT_NETWORK = "bridge"
 
 
 def parse_size(text: object, what: str = "size") -> int:
@@ -158,6 +170,25 @@ class Mount:
             parts.append(f"tmpfs-mode={self.tmpfs_mode}")
         return ",".join(parts)
 
+    def engine_json(self) -> dict[str, Any]:
+        """As HostConfig.Mounts takes it (what docker run sends for the same --mount)."""
+        out: dict[str, Any] = {"Type": self.type, "Target": self.target,
+                               "ReadOnly": self.read_only}
+        if self.source is not None:
+            out["Source"] = self.source
+        if self.propagation is not None:
+            out["BindOptions"] = {"Propagation": self.propagation}
+        if self.nocopy:
+            out["VolumeOptions"] = {"NoCopy": True}
+        tmpfs: dict[str, int] = {}
+        if self.tmpfs_size_bytes is not None:
+            tmpfs["SizeBytes"] = self.tmpfs_size_bytes
+        if self.tmpfs_mode_bits is not None:
+            tmpfs["Mode"] = self.tmpfs_mode_bits
+        if tmpfs:
+            out["TmpfsOptions"] = tmpfs
+        return out
+
     @property
     def tmpfs_size_bytes(self) -> int | None:
         return None if self.tmpfs_size is None else parse_size(self.tmpfs_size, "tmpfs-size")
@@ -236,6 +267,9 @@ class Ulimit:
     soft: int
     hard: int
 
+    def engine_json(self) -> dict[str, Any]:
+        return {"Name": self.name, "Soft": self.soft, "Hard": self.hard}
+
     @classmethod
     def parse(cls, text: object) -> Ulimit:
         """`name=soft[:hard]` (-1: unlimited)."""
@@ -280,3 +314,63 @@ def parse_add_host(text: object) -> tuple[str, str]:
         except ValueError:
             raise InvalidInput(f"invalid IP {ip!r} in add-host {text!r}") from None
     return host, ip
+
+
+def parse_group(item: object) -> str:
+    """`--group-add GROUP`: a group name (looked up in the image's /etc/group) or a number."""
+    if isinstance(item, str):
+        if item.isascii() and item.isdigit():
+            if int(item) <= MAX_GID:
+                return item
+        elif _GROUP_RE.match(item) and len(item) <= 64:
+            return item
+    raise InvalidInput(f"invalid group-add {item!r}: use a group name or a number")
+
+
+def volume_engine_json(volumes: list[Volume]) -> tuple[dict[str, Any], list[str]]:
+    """-v as docker run sends it: (Config.Volumes for anonymous volumes, HostConfig.Binds
+    for the others)."""
+    anonymous: dict[str, Any] = {}
+    binds: list[str] = []
+    for v in volumes:
+        if v.source is None:
+            anonymous[v.target] = {}
+        else:
+            binds.append(":".join([v.source, v.target, *([",".join(v.options)]
+                                                          if v.options else [])]))
+    return anonymous, binds
+
+
+def absolute_bind(volume: str, base: Path) -> str:
+    """`-v ./conf:/etc/app` -> the absolute host path, from `base` (the daemon has no working
+    directory: the command line resolves it where the user typed it, as docker run does)."""
+    source, sep, rest = volume.partition(":")
+    if sep and (source.startswith(("./", "../", "~")) or source in (".", "..")):
+        source = os.path.normpath(base / os.path.expanduser(source))
+        return f"{source}:{rest}"
+    return volume
+
+
+def health_cmd_text(text: str) -> str | list[str]:
+    """--health-cmd: a shell command, as in docker run; a JSON list is the exec form (a
+    Dockerfile's HEALTHCHECK CMD [...]), for images without a shell."""
+    if text.lstrip().startswith("["):
+        try:
+            cmd = json.loads(text)
+        except ValueError:
+            raise InvalidInput(f"--health-cmd {text!r} is not a JSON list of strings") from None
+        if not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
+            raise InvalidInput(f"--health-cmd {text!r} is not a JSON list of strings")
+        return cmd
+    return text
+
+
+def health_test(cmd: str | tuple[str, ...]) -> list[str]:
+    """Config.Healthcheck.Test: a string runs in the image's shell (CMD-SHELL), a list is
+    the exec form (CMD)."""
+    return ["CMD-SHELL", cmd] if isinstance(cmd, str) else ["CMD", *cmd]
+
+
+def duration_ns(text: str) -> int:
+    """A Go duration as the engine's nanoseconds."""
+    return round(parse_duration(text) * 1e9)

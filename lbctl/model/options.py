@@ -1,15 +1,18 @@
-"""The `docker run` options real services need, as part of an app's spec.
+"""The `docker run` options real services need, as part of an app's spec: one table, one entry
+per option.
 
 Users know these from `docker run`, so they keep docker's names and syntaxes everywhere: on
 the command line (`-v data:/data`, `--memory 512m`), and as fields of TOML, the API and the
 state file, named like the long flag (`volume`, `pids-limit`, `health-cmd`; singular, the
 dashes kept). Values are stored as the user wrote them (a `--mount` in one canonical
-spelling), once validated here with lbctl.model.docker_syntax, so `export` and `update` show
-the user's own words; `lbctl.runtime.options` turns them into the engine's create JSON.
+spelling), once validated (lbctl.model.option_values), so `export` and `update` show the
+user's own words.
 
-Validation is strict and pure: whatever passes here is something the engine accepts in
-form, and a value the engine would refuse (or worse, read differently) is refused with one
-line before anything changes.
+`RunOptions` is the table: each field is an option, declared with `opt(...)` (see
+lbctl.model.option), which says its flags, how its value is checked, where the engine takes
+it, its compose key, its Kubernetes fields and how the members' policy judges it. The command
+line, the engine's create JSON, the compose reader and exporter, the Kubernetes exporter and
+the policy all loop over `OPTIONS`: adding an option is adding its field here.
 
 Options that belong to a network namespace (`network`, `add-host`, `dns`, see
 NAMESPACE_FIELDS) go on the app's sandbox in ebpf mode: replicas join its namespace with
@@ -19,110 +22,338 @@ these options on a container that joins another's namespace.
 
 from __future__ import annotations
 
-import ipaddress
-import re
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from lbctl.model import option_values as values
 from lbctl.model.docker_syntax import (
-    NAME_RE,
+    DEFAULT_NETWORK,
+    HOST_NETWORK,
     Mount,
     Ulimit,
     Volume,
-    abs_path,
+    absolute_bind,
+    duration_ns,
+    health_cmd_text,
+    health_test,
     parse_add_host,
     parse_duration,
+    parse_group,
     parse_size,
     parse_tmpfs,
+    volume_engine_json,
 )
 from lbctl.model.errors import InvalidInput
+from lbctl.model.option import (
+    Arg,
+    Compose,
+    CreateJSON,
+    Judge,
+    NotExported,
+    Option,
+    Patch,
+    Refines,
+    Shape,
+    Unmapped,
+    nest,
+    opt,
+    table,
+)
 
-# JSON field name -> dataclass attribute. The order is the order of `to_json` and of
-# `lbctl run --help`.
-FIELDS: dict[str, str] = {
-    "volume": "volume",
-    "mount": "mount",
-    "tmpfs": "tmpfs",
-    "network": "network",
-    "add-host": "add_host",
-    "dns": "dns",
-    "memory": "memory",
-    "cpus": "cpus",
-    "pids-limit": "pids_limit",
-    "ulimit": "ulimit",
-    "user": "user",
-    "workdir": "workdir",
-    "entrypoint": "entrypoint",
-    "label": "label",
-    "health-cmd": "health_cmd",
-    "health-interval": "health_interval",
-    "health-timeout": "health_timeout",
-    "health-retries": "health_retries",
-    "health-start-period": "health_start_period",
-    "read-only": "read_only",
-    "cap-add": "cap_add",
-    "cap-drop": "cap_drop",
-    "stop-signal": "stop_signal",
-    "stop-timeout": "stop_timeout",
-    "log-driver": "log_driver",
-    "log-opt": "log_opt",
-    "init": "init",
-}
-# Set on the sandbox in ebpf mode (Docker refuses them beside `--network container:...`).
-NAMESPACE_FIELDS = frozenset({"network", "add-host", "dns"})
-# `--network host`: replicas in the host's own network namespace (lbctl's fastest path, ebpf
-# mode only; see lbctl.model.spec.check_host_network).
-HOST_NETWORK = "host"
-# The default network: Docker's bridge (docker0), where lbctl's replicas always lived.
-DEFAULT_NETWORK = "bridge"
+__all__ = ["DEFAULT_NETWORK", "FIELDS", "HOST_NETWORK", "NAMESPACE_FIELDS", "OPTIONS",
+           "RunOptions"]
 
-MAX_ITEMS = 64  # of any list option: far beyond a real service, short of a hostile body
-MAX_STOP_TIMEOUT = 600
+_MI = 1 << 20
 
-_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?\Z")
-_CAP_RE = re.compile(r"^[A-Za-z][A-Za-z_]*\Z")
-_SIGNAL_RE = re.compile(r"^(SIG)?[A-Z][A-Z0-9]*(\+[0-9]+)?\Z")
-_LOG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*\Z")
-MIN_MEMORY = 6 * (1 << 20)  # Docker's own minimum
 
-# ---- the options ---------------------------------------------------------------------------
+def _volumes(given: tuple[str, ...], out: CreateJSON) -> None:
+    anonymous, binds = volume_engine_json([Volume.parse(v) for v in given])
+    if binds:
+        out.host["Binds"] = binds
+    if anonymous:
+        out.config["Volumes"] = anonymous
+
+
+def _log_config(part: str) -> Callable[[object, CreateJSON], None]:
+    """A part of HostConfig.LogConfig, which docker run always sends whole."""
+
+    def put(v: object, out: CreateJSON) -> None:
+        log = out.host.setdefault("LogConfig", {"Type": "", "Config": {}})
+        log[part] = dict(v) if isinstance(v, Mapping) else v
+
+    return put
+
+
+def _quantity(text: str) -> str:
+    """A size as a Kubernetes quantity: Mi when it is whole mebibytes, else bytes."""
+    n = parse_size(text)
+    return f"{n // _MI}Mi" if n % _MI == 0 else str(n)
+
+
+# A health check's timings alone tune the image's own check, which Kubernetes cannot run.
+_IMAGES_CHECK = "health-* (timings of the image's own health check)"
+
+
+def _probe_seconds(part: str) -> Refines[str]:
+    """A health check's duration as the liveness probe's (whole seconds, at least 1)."""
+
+    def write(text: str) -> Patch:
+        return nest(f"container.livenessProbe.{part}", max(1, math.ceil(parse_duration(text))))
+
+    return Refines("health-cmd", _IMAGES_CHECK, write)
+
+
+def _host_aliases(hosts: tuple[str, ...]) -> Patch:
+    by_ip: dict[str, list[str]] = {}
+    for h in hosts:
+        name, _, ip = h.partition(":")
+        by_ip.setdefault(ip, []).append(name)
+    return nest("pod.hostAliases", [{"ip": ip, "hostnames": names}
+                                    for ip, names in by_ip.items()])
+
+
+def _run_as(user: str) -> Patch | Unmapped:
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        return Unmapped("user (a name; Kubernetes takes a numeric runAsUser)")
+    ids = {"runAsUser": int(uid), **({"runAsGroup": int(gid)} if gid else {})}
+    return nest("container.securityContext", ids)
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """docker run's options of an app, as validated strings and numbers (None / empty:
-    not given, the image's or the engine's default)."""
+    not given, the image's or the engine's default). One field per option, in the order of
+    `to_json` and of `lbctl run --help`."""
 
-    volume: tuple[str, ...] = ()
-    mount: tuple[str, ...] = ()
-    tmpfs: tuple[str, ...] = ()
-    network: tuple[str, ...] = ()
-    add_host: tuple[str, ...] = ()
-    dns: tuple[str, ...] = ()
-    memory: str | None = None
-    cpus: float | None = None
-    pids_limit: int | None = None
-    ulimit: tuple[str, ...] = ()
-    user: str | None = None
-    workdir: str | None = None
-    entrypoint: tuple[str, ...] | None = None
-    label: Mapping[str, str] = field(default_factory=dict)
-    # A string runs in the image's shell (docker run's --health-cmd); a list is the exec form
-    # (a Dockerfile's HEALTHCHECK CMD [...]), which images without a shell need.
-    health_cmd: str | tuple[str, ...] | None = None
-    health_interval: str | None = None
-    health_timeout: str | None = None
-    health_retries: int | None = None
-    health_start_period: str | None = None
-    read_only: bool = False
-    cap_add: tuple[str, ...] = ()
-    cap_drop: tuple[str, ...] = ()
-    stop_signal: str | None = None
-    stop_timeout: int | None = None
-    log_driver: str | None = None
-    log_opt: Mapping[str, str] = field(default_factory=dict)
-    init: bool = False
+    volume: tuple[str, ...] = opt(
+        (), flags=("-v", "--volume"), arg=Arg.MANY, value=values.strings(Volume.parse),
+        metavar="[SRC:]DST[:OPTS]",
+        help="named volume, absolute (or ./relative) host path, or anonymous",
+        from_cli=absolute_bind,
+        engine=_volumes,
+        compose=Compose("volumes", Shape.SHORT_VOLUMES),
+        kube=NotExported("a cluster's storage (a PersistentVolumeClaim, a hostPath) is the "
+                         "cluster's to choose"),
+        judge=Judge.VOLUME_SOURCE)
+    mount: tuple[str, ...] = opt(
+        (), flags=("--mount",), arg=Arg.MANY, value=values.canonical(Mount.parse),
+        metavar="type=...,source=...,target=...",
+        engine="HostConfig.Mounts",
+        engine_value=lambda ms: [Mount.parse(m).engine_json() for m in ms],
+        compose=Compose("volumes", Shape.LONG_VOLUMES),
+        kube=NotExported("as volume"),
+        judge=Judge.MOUNT_SOURCE)
+    tmpfs: tuple[str, ...] = opt(
+        (), flags=("--tmpfs",), arg=Arg.MANY, value=values.strings(parse_tmpfs),
+        metavar="PATH[:OPTS]",
+        engine="HostConfig.Tmpfs", engine_value=lambda ts: dict(parse_tmpfs(t) for t in ts),
+        compose=Compose("tmpfs", Shape.TEXT_OR_TEXTS),
+        kube=NotExported("an emptyDir of medium Memory has no mount options (mode, ...)"),
+        judge=Judge.FREE)
+    network: tuple[str, ...] = opt(
+        (), flags=("--network",), arg=Arg.MANY, value=values.networks, metavar="NET",
+        help="user-defined bridge network(s); the first carries the app's traffic (ebpf "
+             "mode: the sandbox joins them)",
+        engine=None,  # joined as lbctl.controller.template decides with the app's mode
+        compose=Compose("networks", Shape.NETWORKS),
+        kube=NotExported("a cluster has one pod network"),
+        judge=Judge.NETWORK, namespace=True)
+    add_host: tuple[str, ...] = opt(
+        (), flags=("--add-host",), arg=Arg.MANY, value=values.strings(parse_add_host),
+        metavar="HOST:IP",
+        engine="HostConfig.ExtraHosts",
+        compose=Compose("extra_hosts", Shape.HOSTS),
+        kube=_host_aliases,
+        judge=Judge.FREE, namespace=True)
+    dns: tuple[str, ...] = opt(
+        (), flags=("--dns",), arg=Arg.MANY, value=values.strings(values.ip_address),
+        metavar="IP",
+        engine="HostConfig.Dns",
+        compose=Compose("dns", Shape.TEXT_OR_TEXTS),
+        kube=lambda ips: nest("pod.dnsConfig.nameservers", ips),
+        judge=Judge.FREE, namespace=True)
+    memory: str | None = opt(
+        None, flags=("-m", "--memory"), arg=Arg.ONE,
+        value=values.size(values.MIN_MEMORY, "the engine's minimum of 6m"), metavar="SIZE",
+        help="memory limit (512m, 1g)",
+        engine="HostConfig.Memory", engine_value=parse_size,
+        compose=Compose("mem_limit", Shape.TEXT, limit="memory"),
+        kube=lambda m: nest("container.resources.limits.memory", _quantity(m)),
+        judge=Judge.FREE)
+    cpus: float | None = opt(
+        None, flags=("--cpus",), arg=Arg.ONE, value=values.cpus, metavar="N",
+        help="CPU limit (0.5, 2)",
+        engine="HostConfig.NanoCpus", engine_value=lambda n: round(n * 1e9),
+        compose=Compose("cpus", Shape.NUMBER, limit="cpus"),
+        kube=lambda n: nest("container.resources.limits.cpu", f"{n:g}"),
+        judge=Judge.FREE)
+    pids_limit: int | None = opt(
+        None, flags=("--pids-limit",), arg=Arg.ONE, value=values.int_in(-1, 4_194_304),
+        metavar="N", cli_type=int,
+        engine="HostConfig.PidsLimit",
+        compose=Compose("pids_limit", limit="pids"),
+        kube=NotExported("the kubelet's podPidsLimit is the node's"),
+        judge=Judge.PIDS_BOUND)
+    ulimit: tuple[str, ...] = opt(
+        (), flags=("--ulimit",), arg=Arg.MANY, value=values.strings(Ulimit.parse),
+        metavar="NAME=SOFT[:HARD]",
+        engine="HostConfig.Ulimits",
+        engine_value=lambda us: [Ulimit.parse(u).engine_json() for u in us],
+        compose=Compose("ulimits", Shape.ULIMITS),
+        kube=NotExported("a pod has no rlimits"),
+        judge=Judge.FREE)
+    user: str | None = opt(
+        None, flags=("-u", "--user"), arg=Arg.ONE,
+        value=values.text(values.USER_RE, "use USER[:GROUP] or UID[:GID]"),
+        metavar="USER[:GROUP]",
+        engine="Config.User",
+        compose=Compose("user", Shape.TEXT),
+        kube=_run_as,
+        judge=Judge.FREE)
+    workdir: str | None = opt(
+        None, flags=("-w", "--workdir"), arg=Arg.ONE, value=values.path, metavar="DIR",
+        engine="Config.WorkingDir",
+        compose=Compose("working_dir", Shape.TEXT),
+        kube=lambda d: nest("container.workingDir", d),
+        judge=Judge.FREE)
+    entrypoint: tuple[str, ...] | None = opt(
+        None, flags=("--entrypoint",), arg=Arg.ONE, value=values.entrypoint, metavar="CMD",
+        from_cli=lambda cmd, _: [cmd],
+        engine="Config.Entrypoint",
+        compose=Compose("entrypoint", Shape.COMMAND),
+        kube=lambda cmd: nest("container.command", cmd),
+        judge=Judge.FREE)
+    label: Mapping[str, str] = opt(
+        factory=dict, flags=("-l", "--label"), arg=Arg.PAIRS, value=values.labels,
+        metavar="KEY=VALUE",
+        engine="Config.Labels",
+        compose=Compose("labels", Shape.LABELS),
+        # Docker labels are free-form; Kubernetes labels are not: annotations keep them.
+        kube=lambda ls: nest("annotations", ls),
+        judge=Judge.FREE)
+    health_cmd: str | tuple[str, ...] | None = opt(
+        None, flags=("--health-cmd",), arg=Arg.ONE, value=values.health_cmd, metavar="CMD",
+        help='run in the image\'s shell; a JSON list (\'["/httpd","--check"]\') runs '
+             "without one",
+        from_cli=lambda cmd, _: health_cmd_text(cmd),
+        engine="Config.Healthcheck.Test", engine_value=health_test,
+        compose=Compose("healthcheck.test", Shape.HEALTH_TEST),
+        kube=lambda c: nest("container.livenessProbe.exec.command",
+                           ["/bin/sh", "-c", c] if isinstance(c, str) else c),
+        judge=Judge.FREE)
+    health_interval: str | None = opt(
+        None, flags=("--health-interval",), arg=Arg.ONE, value=values.duration,
+        metavar="DURATION",
+        engine="Config.Healthcheck.Interval", engine_value=duration_ns,
+        compose=Compose("healthcheck.interval", Shape.TEXT),
+        kube=_probe_seconds("periodSeconds"),
+        judge=Judge.FREE)
+    health_timeout: str | None = opt(
+        None, flags=("--health-timeout",), arg=Arg.ONE, value=values.duration,
+        metavar="DURATION",
+        engine="Config.Healthcheck.Timeout", engine_value=duration_ns,
+        compose=Compose("healthcheck.timeout", Shape.TEXT),
+        kube=_probe_seconds("timeoutSeconds"),
+        judge=Judge.FREE)
+    health_retries: int | None = opt(
+        None, flags=("--health-retries",), arg=Arg.ONE, value=values.int_in(0, 1000),
+        metavar="N", cli_type=int,
+        engine="Config.Healthcheck.Retries",
+        compose=Compose("healthcheck.retries"),
+        kube=Refines("health-cmd", _IMAGES_CHECK, lambda n: nest(
+            "container.livenessProbe.failureThreshold", n) if n else {}),
+        judge=Judge.FREE)
+    health_start_period: str | None = opt(
+        None, flags=("--health-start-period",), arg=Arg.ONE, value=values.duration,
+        metavar="DURATION",
+        engine="Config.Healthcheck.StartPeriod",
+        engine_value=duration_ns,
+        compose=Compose("healthcheck.start_period", Shape.TEXT),
+        kube=_probe_seconds("initialDelaySeconds"),
+        judge=Judge.FREE)
+    read_only: bool = opt(
+        False, flags=("--read-only",), arg=Arg.SWITCH, value=values.boolean,
+        engine="HostConfig.ReadonlyRootfs",
+        compose=Compose("read_only"),
+        kube=lambda ro: nest("container.securityContext.readOnlyRootFilesystem", ro),
+        judge=Judge.FREE)
+    cap_add: tuple[str, ...] = opt(
+        (), flags=("--cap-add",), arg=Arg.MANY, value=values.strings(values.capability),
+        metavar="CAP",
+        engine="HostConfig.CapAdd",
+        compose=Compose("cap_add", Shape.TEXTS),
+        kube=lambda caps: nest("container.securityContext.capabilities.add", caps),
+        judge=Judge.CAPABILITY)
+    cap_drop: tuple[str, ...] = opt(
+        (), flags=("--cap-drop",), arg=Arg.MANY, value=values.strings(values.capability),
+        metavar="CAP",
+        engine="HostConfig.CapDrop",
+        compose=Compose("cap_drop", Shape.TEXTS),
+        kube=lambda caps: nest("container.securityContext.capabilities.drop", caps),
+        judge=Judge.FREE)
+    stop_signal: str | None = opt(
+        None, flags=("--stop-signal",), arg=Arg.ONE, value=values.signal, metavar="SIGNAL",
+        engine="Config.StopSignal",
+        compose=Compose("stop_signal", Shape.TEXT),
+        kube=NotExported("the kubelet stops a container with the image's STOPSIGNAL"),
+        judge=Judge.FREE)
+    stop_timeout: int | None = opt(
+        None, flags=("--stop-timeout",), arg=Arg.ONE,
+        value=values.int_in(0, values.MAX_STOP_TIMEOUT),
+        metavar="SECONDS", cli_type=int,
+        engine="Config.StopTimeout",
+        compose=Compose("stop_grace_period", Shape.SECONDS),
+        kube=lambda s: nest("pod.terminationGracePeriodSeconds", s),
+        judge=Judge.FREE)
+    log_driver: str | None = opt(
+        None, flags=("--log-driver",), arg=Arg.ONE,
+        value=values.text(values.LOG_DRIVER_RE,
+                          "use a logging driver's name (json-file, local, ...)"),
+        metavar="DRIVER",
+        engine=_log_config("Type"),
+        compose=Compose("logging.driver"),
+        kube=NotExported("the cluster collects containers' output its own way"),
+        judge=Judge.LOG_DRIVER)
+    log_opt: Mapping[str, str] = opt(
+        factory=dict, flags=("--log-opt",), arg=Arg.PAIRS,
+        value=values.pairs(values.LOG_OPT_RE),
+        metavar="KEY=VALUE",
+        engine=_log_config("Config"),
+        compose=Compose("logging.options", Shape.PAIRS),
+        kube=NotExported("as log-driver"),
+        judge=Judge.FREE)
+    init: bool = opt(
+        False, flags=("--init",), arg=Arg.SWITCH, value=values.boolean,
+        engine="HostConfig.Init",
+        compose=Compose("init"),
+        kube=NotExported("a pod has no init process of the runtime's"),
+        judge=Judge.FREE)
+    # Free for members: /dev/shm is a tmpfs whose pages are charged to the replica's memory
+    # cgroup like any it writes, as with --tmpfs, which members have too; the size is a cap.
+    shm_size: str | None = opt(
+        None, flags=("--shm-size",), arg=Arg.ONE,
+        value=values.size(1, "one byte (leave it out for the engine's 64m)"), metavar="SIZE",
+        help="size of /dev/shm (64m, 1g)",
+        engine="HostConfig.ShmSize", engine_value=parse_size,
+        compose=Compose("shm_size", Shape.TEXT),
+        kube=lambda s: {
+            "pod": {"volumes": [{"name": "dshm", "emptyDir": {
+                "medium": "Memory", "sizeLimit": _quantity(s)}}]},
+            "container": {"volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}},
+        judge=Judge.FREE)
+    group_add: tuple[str, ...] = opt(
+        (), flags=("--group-add",), arg=Arg.MANY, value=values.strings(parse_group),
+        metavar="GROUP", help="another group of the container's process (name or GID)",
+        engine="HostConfig.GroupAdd",
+        compose=Compose("group_add", Shape.TEXTS),
+        kube=lambda gs: (
+            nest("pod.securityContext.supplementalGroups", [int(g) for g in gs])
+            if all(g.isdigit() for g in gs)
+            else Unmapped("group-add (a name; Kubernetes takes numeric supplementalGroups)")),
+        judge=Judge.GROUP)
 
     # -- parsed views, for lbctl.runtime --------------------------------------------------
 
@@ -147,36 +378,37 @@ class RunOptions:
         """`--network host`: the replicas share the host's network namespace."""
         return self.network == (HOST_NETWORK,)
 
+    def given(self) -> list[tuple[Option[Any], Any]]:
+        """The options set to something other than their default, with their values."""
+        return [(o, getattr(self, o.attr)) for o in OPTIONS
+                if getattr(self, o.attr) != getattr(_DEFAULT, o.attr)]
+
     # -- JSON ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         """Only what was given: an app without options keeps the JSON (and the spec hash) it
         had before options existed, so upgrading lbctl rolls no replica."""
         out: dict[str, Any] = {}
-        default = RunOptions()
-        for key, attr in FIELDS.items():
-            v = getattr(self, attr)
-            if v == getattr(default, attr):
-                continue
+        for o, v in self.given():
             if isinstance(v, tuple):
                 v = list(v)
             elif isinstance(v, Mapping):
                 v = dict(sorted(v.items()))
-            out[key] = v
+            out[o.key] = v
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunOptions:
         """The option fields of an app's JSON (other keys are the caller's)."""
         values: dict[str, Any] = {}
-        for key, attr in FIELDS.items():
-            if key in data and data[key] is not None:
-                values[attr] = _VALIDATORS[key](data[key], key)
+        for o in OPTIONS:
+            if data.get(o.key) is not None:
+                values[o.attr] = o.value(data[o.key], o.key)
         opts = cls(**values)
-        opts._check_together()
+        opts._check_targets()
         return opts
 
-    def _check_together(self) -> None:
+    def _check_targets(self) -> None:
         targets: list[str] = [v.target for v in self.volumes()]
         targets += [m.target for m in self.mounts()]
         targets += [parse_tmpfs(t)[0] for t in self.tmpfs]
@@ -184,190 +416,15 @@ class RunOptions:
         if dup:
             raise InvalidInput(f"{dup[0]} is mounted twice (volume, mount and tmpfs targets "
                                "must differ)")
-        for key in ("health-interval", "health-timeout", "health-start-period"):
-            v = getattr(self, FIELDS[key])
-            if v is not None and 0 < parse_duration(v, key) < 0.001:
-                raise InvalidInput(f"{key} must be 0 or at least 1ms, not {v!r}")
 
     def without(self, *keys: str) -> RunOptions:
         """These options reset to their defaults (`lbctl update --unset`)."""
-        default = RunOptions()
-        return replace(self, **{FIELDS[k]: getattr(default, FIELDS[k]) for k in keys})
+        return replace(self, **{FIELDS[k]: getattr(_DEFAULT, FIELDS[k]) for k in keys})
 
 
-def _strings(v: Any, key: str, check: Callable[[str], object] | None = None
-             ) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise InvalidInput(f"{key} must be a list of strings")
-    if len(v) > MAX_ITEMS:
-        raise InvalidInput(f"{key}: more than {MAX_ITEMS} entries")
-    if check is not None:
-        for x in v:
-            check(x)
-    return tuple(v)
-
-
-def _mapping(v: Any, key: str, key_re: re.Pattern[str]) -> dict[str, str]:
-    if isinstance(v, list):  # ["k=v", ...] as on the command line
-        pairs: dict[str, str] = {}
-        for item in v:
-            if not isinstance(item, str):
-                raise InvalidInput(f"{key} must be an object of strings or a list of KEY=VALUE")
-            k, _, val = item.partition("=")
-            pairs[k] = val
-        v = pairs
-    if not isinstance(v, dict) or len(v) > MAX_ITEMS:
-        raise InvalidInput(f"{key} must be an object of strings or a list of KEY=VALUE")
-    for k, val in v.items():
-        if not isinstance(k, str) or not key_re.match(k) or len(k) > 255:
-            raise InvalidInput(f"invalid {key} key {k!r}")
-        if not isinstance(val, str) or len(val) > 4096 or "\0" in val:
-            raise InvalidInput(f"invalid {key} value for {k!r}: use a string")
-    return dict(v)
-
-
-def _labels(v: Any, key: str) -> dict[str, str]:
-    labels = _mapping(v, key, re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*\Z"))
-    ours = sorted(k for k in labels if k.startswith("lbctl."))
-    if ours:
-        raise InvalidInput(f"label {ours[0]!r}: keys starting with lbctl. are lbctl's own")
-    return labels
-
-
-def _optional_str(pattern: re.Pattern[str], hint: str) -> Callable[[Any, str], str]:
-    def check(v: Any, key: str) -> str:
-        if not isinstance(v, str) or not pattern.match(v) or len(v) > 255:
-            raise InvalidInput(f"invalid {key} {v!r}: {hint}")
-        return v
-
-    return check
-
-
-def _duration(v: Any, key: str) -> str:
-    parse_duration(v, key)
-    return str(v)
-
-
-def _int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
-    def check(v: Any, key: str) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise InvalidInput(f"{key} must be a whole number from {lo} to {hi}, not {v!r}")
-        return v
-
-    return check
-
-
-def _bool(v: Any, key: str) -> bool:
-    if not isinstance(v, bool):
-        raise InvalidInput(f"{key} must be true or false, not {v!r}")
-    return v
-
-
-def _memory(v: Any, key: str) -> str:
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = str(v)
-    n = parse_size(v, key)
-    if n < MIN_MEMORY:
-        raise InvalidInput(f"memory {v!r} is below the engine's minimum of 6m")
-    return str(v)
-
-
-def _cpus(v: Any, key: str) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            raise InvalidInput(f"cpus must be a number of CPUs (0.5, 2), not {v!r}") from None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.01 <= v <= 1024:
-        raise InvalidInput(f"cpus must be a number of CPUs from 0.01 to 1024, not {v!r}")
-    return float(v)
-
-
-def _network(name: str) -> None:
-    if name == HOST_NETWORK:
-        return
-    if name == "none" or not NAME_RE.match(name) or len(name) > 255:
-        raise InvalidInput(f"invalid network {name!r}: use the name of a bridge network "
-                           "(`docker network create NAME`) or host; none and container: "
-                           "modes would leave lbctl no address to send traffic to")
-
-
-def _networks(v: Any, key: str) -> tuple[str, ...]:
-    nets = _strings(v, key, _network)
-    if len(set(nets)) != len(nets):
-        raise InvalidInput(f"{key}: a network is named twice")
-    if HOST_NETWORK in nets and len(nets) > 1:
-        raise InvalidInput(f"{key}: host cannot be combined with other networks (a replica "
-                           "on the host's network has no interface of its own to join them)")
-    return nets
-
-
-def _dns(text: str) -> None:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        raise InvalidInput(f"invalid dns {text!r}: use an IP address") from None
-
-
-def _cap(text: str) -> None:
-    if not _CAP_RE.match(text) or len(text) > 64:
-        raise InvalidInput(f"invalid capability {text!r}: use a name like NET_ADMIN or ALL")
-
-
-def _entrypoint(v: Any, key: str) -> tuple[str, ...]:
-    ep = _strings(v, key)
-    if not ep:
-        raise InvalidInput("entrypoint must name a program ([\"\"] resets the image's)")
-    return ep
-
-
-def _health_cmd(v: Any, key: str) -> str | tuple[str, ...]:
-    if isinstance(v, str):
-        if not v.strip():
-            raise InvalidInput("health-cmd must not be empty")
-        return v
-    cmd = _strings(v, key)
-    if not cmd or not cmd[0]:
-        raise InvalidInput("health-cmd must name a program")
-    return cmd
-
-
-def _signal(v: Any, key: str) -> str:
-    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64:
-        return str(v)
-    if isinstance(v, str) and ((re.fullmatch(r"[0-9]{1,2}", v) and 1 <= int(v) <= 64)
-                               or _SIGNAL_RE.match(v)):
-        return v
-    raise InvalidInput(f"invalid stop-signal {v!r}: use a name like SIGTERM or a number")
-
-
-_VALIDATORS: dict[str, Callable[[Any, str], Any]] = {
-    "volume": lambda v, k: _strings(v, k, Volume.parse),
-    "mount": lambda v, k: tuple(str(Mount.parse(m)) for m in _strings(v, k)),
-    "tmpfs": lambda v, k: _strings(v, k, parse_tmpfs),
-    "network": _networks,
-    "add-host": lambda v, k: _strings(v, k, parse_add_host),
-    "dns": lambda v, k: _strings(v, k, _dns),
-    "memory": _memory,
-    "cpus": _cpus,
-    "pids-limit": _int_in(-1, 4_194_304),
-    "ulimit": lambda v, k: _strings(v, k, Ulimit.parse),
-    "user": _optional_str(_USER_RE, "use USER[:GROUP] or UID[:GID]"),
-    "workdir": lambda v, k: abs_path(v, k),
-    "entrypoint": _entrypoint,
-    "label": _labels,
-    "health-cmd": _health_cmd,
-    "health-interval": _duration,
-    "health-timeout": _duration,
-    "health-retries": _int_in(0, 1000),
-    "health-start-period": _duration,
-    "read-only": _bool,
-    "cap-add": lambda v, k: _strings(v, k, _cap),
-    "cap-drop": lambda v, k: _strings(v, k, _cap),
-    "stop-signal": _signal,
-    "stop-timeout": _int_in(0, MAX_STOP_TIMEOUT),
-    "log-driver": _optional_str(_LOG_RE, "use a logging driver's name (json-file, local, ...)"),
-    "log-opt": lambda v, k: _mapping(v, k, re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")),
-    "init": _bool,
-}
-assert set(_VALIDATORS) == set(FIELDS) == {f.name.replace("_", "-") for f in fields(RunOptions)}
+OPTIONS: tuple[Option[Any], ...] = table(RunOptions)
+# JSON field name -> RunOptions attribute, in the table's order.
+FIELDS: dict[str, str] = {o.key: o.attr for o in OPTIONS}
+# Set on the sandbox in ebpf mode (Docker refuses them beside `--network container:...`).
+NAMESPACE_FIELDS = frozenset(o.key for o in OPTIONS if o.namespace)
+_DEFAULT = RunOptions()

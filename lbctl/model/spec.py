@@ -16,7 +16,7 @@ from lbctl.model.names import validate_name, validate_replicas
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.options import RunOptions
 from lbctl.model.publish import Publish, parse_publishes
-from lbctl.model.rollout import UpdatePolicy
+from lbctl.model.update_policy import UpdatePolicy
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*\Z")

@@ -98,12 +98,15 @@ async def test_a_member_is_refused_root_is_not_and_nothing_changes(
     await refused(client, "POST", "/apps", app_body(**{"pids-limit": 100000}),
                   "pids-limit 100000")
     await refused(client, "POST", "/apps", app_body(replicas=17), "17 replicas")
+    await refused(client, "POST", "/apps", app_body(**{"group-add": ["0"]}), "group-add 0")
     # A multi-app apply is judged whole: the allowed app is not created either.
     await refused(client, "POST", "/apply", {"apps": [app_body("ok", publish=(
         "127.0.0.1:18081:80")), root_mount]}, "bind mount of /")
     await refused(client, "POST", "/apps/keep/update", {"volume": ["/:/host:ro"]},
                   "bind mount of /")
     await refused(client, "POST", "/apps/keep/scale", {"replicas": 20}, "20 replicas")
+    await refused(client, "POST", "/apps/keep/update", {"group-add": ["docker"]},
+                  "group-add docker is root's alone")
     assert snapshot(h, tmp_path) == before
 
     r = await client.post("/apps", json=root_mount, headers=ROOT)
@@ -111,6 +114,10 @@ async def test_a_member_is_refused_root_is_not_and_nothing_changes(
     r = await client.post("/apps", json={**port22, "name": "ssh"}, headers=ROOT)
     assert r.status == 201, await r.text()
     assert h.apps.spec("ssh").publish.host_port == 22
+    r = await client.post("/apps", json=app_body("wheel", publish="127.0.0.1:18091:80",
+                                                 **{"group-add": ["0", "docker"]}),
+                          headers=ROOT)
+    assert r.status == 201, await r.text()
 
 
 async def test_bad_input_is_a_400_before_any_judging(api: tuple[Client, Harness]) -> None:

@@ -129,6 +129,23 @@ def test_every_key_with_composes_meaning(tmp_path: Path) -> None:
     AppSpec.from_json(app)  # and the daemon takes it
 
 
+def test_shm_size_and_group_add_with_composes_meaning(tmp_path: Path) -> None:
+    """shm_size: a size, or a number of bytes; group_add: names and numbers (YAML's)."""
+    p = write(tmp_path, "services:\n  web:\n    image: i\n    x-lbctl: {publish: '1:1'}\n"
+                        "    shm_size: 96m\n    group_add: [1234, audio]\n"
+                        "    network_mode: bridge\n")
+    [app] = read_compose(p, {}).apps
+    assert (app["shm-size"], app["group-add"]) == ("96m", ["1234", "audio"])
+    spec = AppSpec.from_json(app)
+    assert spec.options.shm_size == "96m" and spec.options.group_add == ("1234", "audio")
+    svc = yaml.safe_load(to_compose(spec))["services"]["web"]
+    assert (svc["shm_size"], svc["group_add"]) == ("96m", ["1234", "audio"])
+    p = write(tmp_path, "services:\n  web:\n    image: i\n    x-lbctl: {publish: '1:1'}\n"
+                        "    shm_size: 100663296\n    group_add: [{gid: 1}]\n")
+    with pytest.raises(InvalidInput, match=r"services\.web\.group_add"):
+        read_compose(p, {})
+
+
 def test_ports_with_replicas_is_an_app_and_default_network(tmp_path: Path) -> None:
     p = write(tmp_path, "services:\n  api:\n    image: lbctl/demo\n    ports: ['8081:8080']\n"
                         "    deploy: {replicas: 2}\n")
@@ -241,7 +258,7 @@ SPECS: list[dict[str, Any]] = [
      "health-retries": 3, "health-start-period": "1m30s", "read-only": True,
      "cap-add": ["NET_ADMIN"], "cap-drop": ["ALL"], "stop-signal": "SIGINT",
      "stop-timeout": 3, "log-driver": "json-file", "log-opt": {"max-size": "1m"},
-     "init": True},
+     "init": True, "shm-size": "96m", "group-add": ["1234", "audio"]},
     {"name": "dual", "image": "lbctl/demo", "publish": ["0.0.0.0:80:8080", "[::]:80:8080"],
      "network": ["dual"], "update": {"parallelism": 2}},
     {"name": "sh", "image": "busybox", "publish": "9000:9000",

@@ -228,17 +228,60 @@ def test_networks_to_create_follow_the_networks_to_join() -> None:
     refused(p, app(network=["team-a", "db"]), "network db")
 
 
-def test_every_spec_field_the_parser_knows_is_judged_or_harmless() -> None:
-    """A new option of the spec needs a decision here: the list below is every option the
-    policy lets through unjudged, because it cannot reach past the app's containers."""
-    from lbctl.model.options import FIELDS
+def test_every_option_has_its_class_and_every_class_its_rule() -> None:
+    """A new option of the table needs a decision here: this is how each is judged. FREE
+    ones cannot reach past the app's containers."""
+    from lbctl.model.option import Judge
+    from lbctl.model.options import OPTIONS
 
-    judged = {"volume", "mount", "network", "cap-add", "pids-limit", "log-driver"}
-    harmless = {"tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
-                "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
-                "health-retries", "health-start-period", "read-only", "cap-drop",
-                "stop-signal", "stop-timeout", "log-opt", "init"}
-    assert set(FIELDS) == judged | harmless, set(FIELDS) ^ (judged | harmless)
+    assert set(policy._RULES) == set(Judge)  # a class without a rule cannot be declared
+    assert {o.key: o.judge for o in OPTIONS if o.judge is not Judge.FREE} == {
+        "volume": Judge.VOLUME_SOURCE, "mount": Judge.MOUNT_SOURCE, "network": Judge.NETWORK,
+        "pids-limit": Judge.PIDS_BOUND, "cap-add": Judge.CAPABILITY,
+        "log-driver": Judge.LOG_DRIVER, "group-add": Judge.GROUP}
+    assert {o.key for o in OPTIONS if o.judge is Judge.FREE} == {
+        "tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
+        "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
+        "health-retries", "health-start-period", "read-only", "cap-drop", "stop-signal",
+        "stop-timeout", "log-opt", "init", "shm-size"}
+
+
+def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_app hands every option the app gives to its class's rule (none slips past)."""
+    from lbctl.model.options import OPTIONS
+    from tests.model.test_spec_options import FULL
+
+    judged: list[tuple[str, str]] = []
+    for judge in list(policy._RULES):
+        monkeypatch.setitem(policy._RULES, judge,
+                            lambda p, key, value, j=judge: judged.append((key, str(j))))
+    P.check_app(app(**FULL))
+    assert judged == [(o.key, str(o.judge)) for o in OPTIONS]
+
+
+@pytest.mark.parametrize("groups", [["0"], ["root"], ["docker"], ["disk"], ["shadow"],
+                                    ["sudo"], ["adm"], ["audio", "00"]])
+def test_a_member_adds_no_privileged_group(groups: list[str]) -> None:
+    refused(P, app(**{"group-add": groups}), "group-add", "root's alone")
+
+
+def test_privileged_groups_by_their_numbers_on_this_host() -> None:
+    """The image's names are its own; a number is the host's too (the group owning host
+    files a replica may reach): the host's numbers of those groups are refused as well."""
+    import grp
+
+    for name in policy.PRIVILEGED_GROUPS[1:]:
+        try:
+            gid = grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+        refused(P, app(**{"group-add": [str(gid)]}), f"group-add {gid}")
+
+
+def test_harmless_groups_and_any_shm_size_pass() -> None:
+    """/dev/shm's pages are the replica's memory, as --tmpfs's are: members get any size."""
+    P.check_app(app(**{"group-add": ["1234", "audio"], "shm-size": "8g"}))
+    refused(P, app(**{"group-add": [0]}), "cannot check group-add")
 
 
 def test_an_invalid_publish_is_bad_input_not_a_policy_matter() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -260,3 +261,39 @@ def test_options_on_podman(
             docker("rm", "-f", c["Id"], check=False, cli=cli)
         docker("network", "rm", net, check=False, cli=cli)
         docker("volume", "rm", vol, check=False, cli=cli)
+
+
+@pytest.mark.parametrize("mode", ["iptables", "ebpf"])
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_shm_size_and_group_add_reach_the_replicas_process(
+    daemon: Daemon, app_name: str, demo_image: str, engine: str, mode: str
+) -> None:
+    """--shm-size 96m and --group-add 1234, on each engine and in each mode: the engine is
+    sent them (inspect), the replica's /dev/shm is a 96 MiB tmpfs (statfs of it in the
+    replica's mount namespace, as `df` inside would show), and its process has group 1234
+    (its own /proc/self/status, served by the demo server through lbctl's port)."""
+    cli = "podman" if engine == "podman" else "docker"
+    if cli == "podman" and subprocess.run([cli, "image", "exists", demo_image],
+                                          check=False).returncode:
+        subprocess.run(f"docker save {demo_image} | podman load -q", shell=True, check=True,
+                       capture_output=True)
+    port = free_port()
+    try:
+        daemon.ok("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",
+                  "--mode", mode, "--shm-size", "96m", "--group-add", "1234",
+                  "-e", "FILE=/proc/self/status", timeout=120)
+        [c] = [c for c in app_containers(app_name, cli=cli) if c["Name"].lstrip("/") ==
+               f"{app_name}-1"]
+        assert c["HostConfig"]["ShmSize"] == 96 << 20
+        assert c["HostConfig"]["GroupAdd"] == ["1234"]
+        shm = os.statvfs(f"/proc/{c['State']['Pid']}/root/dev/shm")
+        assert shm.f_blocks * shm.f_frsize == 96 << 20
+        status, _, body = request(port, "/file")
+        groups = [line.split()[1:] for line in body.splitlines() if line.startswith("Groups:")]
+        assert status == 200 and groups and "1234" in groups[0], body
+        daemon.ok("rm", app_name)
+    finally:
+        with contextlib.suppress(Exception):
+            daemon.api("DELETE", f"/apps/{app_name}")
+        for leftover in app_containers(app_name, cli=cli):
+            docker("rm", "-f", leftover["Id"], check=False, cli=cli)

@@ -144,6 +144,8 @@ FULL: dict[str, Any] = {
     "log-driver": "json-file",
     "log-opt": {"max-size": "10m"},
     "init": True,
+    "shm-size": "96m",
+    "group-add": ["1234", "audio"],
 }
 
 
@@ -193,6 +195,10 @@ def test_changing_any_option_changes_the_hash(key: str) -> None:
     {"stop-signal": "TERM;"}, {"stop-signal": 99}, {"stop-timeout": 601},
     {"log-driver": "json file"}, {"log-opt": {"max size": "1"}},
     {"add-host": ["db"]}, {"dns": ["dns.example"]},
+    {"shm-size": "0"}, {"shm-size": "lots"}, {"shm-size": True}, {"shm-size": -1},
+    {"group-add": "1234"}, {"group-add": ["a b"]}, {"group-add": [-1]},
+    {"group-add": [str(1 << 32)]}, {"group-add": [1234]}, {"group-add": [""]},
+    {"group-add": ["١٢٣"]},
     {"env-file": "x.env"},  # read by the CLI, never sent to the daemon
     {"privileged": True},  # not an option lbctl takes
     {"volume": [f"v{i}:/d{i}" for i in range(65)]},
