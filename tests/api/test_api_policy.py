@@ -37,7 +37,7 @@ async def _api(tmp_path: Path, policy: Policy) -> tuple[Client, Harness]:
     h = harness(tmp_path)
     await h.start()
     client: Client = TestClient(TestServer(
-        Api(h.controller, Mode.IPTABLES, policy, identify=as_header).app))
+        Api(h.apps, h.status, Mode.IPTABLES, policy, identify=as_header).app))
     await client.start_server()
     return client, h
 
@@ -192,7 +192,7 @@ async def test_the_cli_prints_a_refusal_as_one_line_and_exits_2(
 
     h = harness(tmp_path)
     await h.start()
-    runner = web.AppRunner(Api(h.controller, Mode.IPTABLES,
+    runner = web.AppRunner(Api(h.apps, h.status, Mode.IPTABLES,
                                identify=lambda r: Caller(1000, 1000, 1)).app)
     await runner.setup()
     sock = tmp_path / "api.sock"

@@ -22,11 +22,12 @@ from harness.daemon import Daemon, UnixHTTPConnection
 from harness.engine import app_containers, docker
 from harness.host import free_port, iptables_save
 from lbctl.model.options import FIELDS as OPTION_FIELDS
+from lbctl.settings import ApiSettings
 
 pytestmark = pytest.mark.engine
 
 IMAGE = "lbctl/demo:latest"
-MAX_BODY = 64 * 1024
+MAX_BODY = ApiSettings().max_body  # the daemon runs with the default
 VALID_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,19}")
 
 
