@@ -39,13 +39,13 @@ class KernelCounters:
         self.max_age = max_age
         self.now = now
         self._value: Counts | None = None
-        self._read_at = 0.0  # clock time the cached read began
+        self._read_at = 0.0  # clock time the cached read ended
         self._inflight: asyncio.Task[Counts] | None = None
         self.reads = 0  # reads of the kernel so far (tests, and the proof of sharing)
 
     async def read(self) -> Counts:
-        """The counters, at most `max_age` old (counted from when their read began); also
-        feeds the metrics."""
+        """The counters, at most `max_age` old (counted from the end of their read: what
+        comes before it is the wait for the data plane's lock); also feeds the metrics."""
         if self._value is not None and self.now() - self._read_at <= self.max_age:
             return self._value
         if self._inflight is None:
@@ -54,12 +54,11 @@ class KernelCounters:
         return await asyncio.shield(self._inflight)
 
     async def _read(self) -> Counts:
-        started = self.now()
         try:
             out = await self._read_kernel()
         finally:
             self._inflight = None
-        self._value, self._read_at = out, started
+        self._value, self._read_at = out, self.now()
         return out
 
     async def _read_kernel(self) -> Counts:
