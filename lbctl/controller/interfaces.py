@@ -130,7 +130,7 @@ class Ipv6Settled(Protocol):
     """Whether the IPv6 address of a host bridge left duplicate address detection (lbctl.
     dataplane.hostnet.ipv6_settled): a tentative one does not serve yet."""
 
-    def __call__(self, iface: str | None) -> bool: ...
+    def __call__(self, iface: str | None, /) -> bool: ...
 
 
 # Whether one replica answers now (readiness.answers builds one per app's spec).

@@ -52,7 +52,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[Client, Harness]]:
         await h.stop()
 
 
-def app_body(name: str = "web", **kw: Any) -> dict[str, Any]:
+def app_body(name: str = "web", /, **kw: Any) -> dict[str, Any]:
     return {"name": name, "image": "img:1", "publish": "127.0.0.1:18080:80", "replicas": 2,
             **kw}
 

@@ -216,7 +216,7 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
     # docker run's options: bad values, a network that is missing or no bridge, a resource
     # to create under a bad name, an option both set and unset.
     good_app = json.loads(spec_with())
-    options_bad = st.sampled_from([
+    bad_options: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/apps", {"memory": "1k"}), ("POST", "/apps", {"network": ["host"]}),
         ("POST", "/apps", {"network": [f"{PREFIX}-no-such-net"]}),
         ("POST", "/apps", {"label": {"lbctl.app": "x"}}), ("POST", "/apps", {"volume": "x:/y"}),
@@ -231,7 +231,8 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
         ("POST", f"/apps/{existing}/update", {"unset": "memory"}),
         ("POST", f"/apps/{existing}/update", {"memory": "1g", "unset": ["memory"]}),
         ("POST", f"/apps/{existing}/update", {"memory": "lots"}),
-    ]).map(lambda t: Req(
+    ]
+    options_bad = st.sampled_from(bad_options).map(lambda t: Req(
         f"options: {sorted(t[2])[0]}", t[0], t[1],
         json.dumps({**good_app, **t[2]} if t[1] == "/apps" else
                    {"apps": [good_app], **t[2]} if t[1] == "/apply" else t[2]).encode()))

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from lbctl.controller.interfaces import Answers
 from lbctl.model import AppSpec, Container
@@ -19,7 +20,7 @@ from lbctl.settings import Settings
 from tests.controller.fakes import FAST, FakeEngine, harness, spec
 
 
-def worker_settings(**fields: float) -> Settings:
+def worker_settings(**fields: Any) -> Settings:
     return replace(FAST, worker=replace(FAST.worker, **fields))
 
 

@@ -65,7 +65,7 @@ def test_ula_subnet_is_a_stable_unique_local_64() -> None:
 def test_service_carries_both_addresses_and_every_publish() -> None:
     dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
     a, b = container("web-1", "172.30.0.2", "fd00::2"), container("web-2", "172.30.0.3", None)
-    svc = backends.service(dual, AppPlan(backends=[a, b]))
+    svc = backends.service(dual, AppPlan(backends=(a, b)))
     assert svc.backends == (Backend("web-1", "172.30.0.2", 8080, 1, "fd00::2"),
                             Backend("web-2", "172.30.0.3", 8080, 1, None))
     assert svc.publishes == dual.publishes and svc.bridges == ("lbctl0",)

@@ -790,7 +790,7 @@ def test_what_lbctl_did_not_create_is_untouched(daemon: Daemon, app_name: str) -
         for app in (ipt_app, ebpf_app):
             victim = next(c["Id"] for c in replicas_of(app) if c["Name"] == f"/{app}-1")
             docker("kill", victim)
-            wait_until(lambda a=app, v=victim: any(  # type: ignore[misc]
+            wait_until(lambda a=app, v=victim: any(
                 r["name"] == f"{a}-1" and r["state"] == "ready" and r["container_id"] != v
                 for r in daemon.status(a)["replicas"]), 30, f"{app}-1 replaced")
         untouched("crash")
