@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lbctl.controller import clock
 from lbctl.controller.interfaces import RulesPort
 from lbctl.fsutil import atomic_write
 from lbctl.model import InvalidInput, Publish
@@ -44,13 +43,11 @@ class HostRules:
         state_dir: Path,
         settings: HostRulesSettings,
         on_sync: Callable[[float, bool], None] = lambda seconds, ok: None,
-        now: Callable[[], float] = clock.monotonic,
     ) -> None:
         self._rules = rules
         self.path = Path(state_dir) / STATE_FILE
         self.on_sync = on_sync
         self.settings = settings
-        self.now = now
         self.services: dict[str, Service] = {}
         self._version = 0  # bumped on every change of `services`
         self._synced = -1  # version of the last successful sync
@@ -58,7 +55,6 @@ class HostRules:
         self._wake = asyncio.Event()
         self._full = True  # the next sync compares with the kernel: startup, resync()
         self._done = asyncio.Condition()
-        self.last_ok: float | None = None  # clock time of the last successful sync
 
     def load(self) -> set[str]:
         """Start from what the last daemon applied; returns the apps it holds."""
@@ -139,7 +135,6 @@ class HostRules:
                 continue
             self.on_sync(time.perf_counter() - t0, True)
             backoff = 0.2
-            self.last_ok = self.now()
             self._save(services)
             async with self._done:
                 self._synced = max(self._synced, version)
