@@ -10,7 +10,7 @@ second one stops at once with one line naming the first.
 The pin root's lock file cannot live in the pin root: bpffs holds pins and directories only,
 and the data plane removes the root with its last app. It lives in the lock dir (/run/lock),
 named after the root's path. The holder's pid comes from /proc/locks (the kernel's own
-record), so a stale pid written in a file can never be shown.
+record), so a stale pid can never be shown.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def hold(path: Path, what: str, flag: str) -> int:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())  # for people; holder() asks the kernel
+    # Nothing is written in it: a daemon that stops at once (a damaged state file) leaves the
+    # state dir exactly as it found it, and the holder's pid is the kernel's to tell.
     return fd
 
 
