@@ -14,7 +14,7 @@ setup:
 
 lint: setup
 	$(VENV)/bin/ruff check lbctl tests bench harness
-	$(VENV)/bin/mypy --strict lbctl
+	$(VENV)/bin/mypy --strict lbctl tests harness bench
 
 test: ENGINE = podman
 test: setup lint

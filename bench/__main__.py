@@ -121,7 +121,7 @@ NOTES = [
     "iptables-services) would drop every connection to the app. (3) eBPF redirect at the "
     "sandbox veth (bpf_redirect_peer) saves the veth crossing that (1) already removes.",
     "What the daemon does while the throughput runs (its CPU column): every app's worker "
-    "probes its replicas every 0.25 s (lbctl.controller.probes). In ebpf mode the probe "
+    "probes its replicas every 0.25 s (lbctl.controller.readiness). In ebpf mode the probe "
     "asks the kernel for the replica's listening sockets with sock_diag (NETLINK_SOCK_DIAG "
     "through pyroute2, filtered on LISTEN) from a worker thread that enters the replica's "
     "network namespace with setns, and matches them by inode against the replica's own "

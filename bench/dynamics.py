@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -67,14 +68,15 @@ def scale_under_load(env: Env, which: list[str], seconds: float, log: Log) -> li
             port = env.run_app(app, 4, path)
             url = f"http://127.0.0.1:{port}/"
 
-            def step(app: str = app) -> None:
+            def scale(app: str = app) -> None:
                 env.scale(app, 1)
                 time.sleep(0.5)
                 env.scale(app, 4)
                 time.sleep(0.5)
 
             action = "lbctl scale 4 -> 1 -> 4"
-            cleanup: Callable[[], None] = lambda app=app: env.rm_app(app)  # noqa: E731
+            step: Callable[[], None] = scale
+            cleanup: Callable[[], object] = functools.partial(env.rm_app, app)
         else:
             sb = "bench-slrp-sandbox"
             run_sandbox(sb, "bench-slrp")
@@ -84,15 +86,15 @@ def scale_under_load(env: Env, which: list[str], seconds: float, log: Log) -> li
             url = f"http://{container_ip(sb)}:{PORT}/"
             time.sleep(1)
 
-            def step(names: list[str] = names) -> None:
+            def kill(names: list[str] = names) -> None:
                 docker("kill", *names[1:])
                 time.sleep(0.5)
                 docker("start", *names[1:])
                 time.sleep(1.0)
 
             action = "docker kill 3 of 4, docker start"
-            cleanup = lambda sb=sb, names=names: docker(  # noqa: E731
-                "rm", "-f", sb, *names, check=False)
+            step = kill
+            cleanup = functools.partial(docker, "rm", "-f", sb, *names, check=False)
         try:
             wrk.run(url, 1, close=True, connections=SCALE_CONNECTIONS)  # warm
             proc = wrk.start(url, seconds, close=True, connections=SCALE_CONNECTIONS)
@@ -145,6 +147,10 @@ def _answer(port: int) -> str | None:
         conn.close()
 
 
+def _has_replicas(env: Env, app: str, n: int) -> bool:
+    return len(_replicas(env, app)) == n
+
+
 def _replicas(env: Env, app: str) -> list[dict[str, Any]]:
     reps: list[dict[str, Any]] = env.lbctl().status(app)["replicas"]
     return reps
@@ -190,7 +196,7 @@ def convergence(env: Env, modes: list[str], tries: int, log: Log) -> list[Conver
             _wait_ready(env, app, 3)
             env.scale(app, 2)
             for i in range(tries):
-                env.lbctl().wait(lambda app=app: len(_replicas(env, app)) == 2, timeout=60,
+                env.lbctl().wait(functools.partial(_has_replicas, env, app, 2), timeout=60,
                                  what="scale-down finished")
                 known = {r["name"] for r in _replicas(env, app)}
                 t0 = time.monotonic()

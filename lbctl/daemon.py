@@ -10,58 +10,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from lbctl import __version__, malloc, sdnotify
+from lbctl import __version__, instance_lock, malloc, sdnotify
 from lbctl.api.server import Api
-from lbctl.controller import status as status_mod
 from lbctl.controller import template
 from lbctl.controller.admission import Admission
+from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
+from lbctl.controller.counters import KernelCounters
+from lbctl.controller.draining import Drains
 from lbctl.controller.hostrules import HostRules
-from lbctl.controller.limits import DEFAULT_MAX_APPS, DEFAULT_MAX_CONTAINERS, daemon_limits
+from lbctl.controller.limits import daemon_limits
+from lbctl.controller.metrics import Metrics
 from lbctl.controller.policy import Policy
+from lbctl.controller.readiness.answers import Questions
+from lbctl.controller.readiness.rounds import ReplicaProbes
+from lbctl.controller.status import Status
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
-from lbctl.controller.template import DEFAULT_PIDS_LIMIT
-from lbctl.controller.worker import Settings, Shared
-from lbctl.dataplane import hairpin
+from lbctl.controller.worker import AppWorker
+from lbctl.dataplane import hairpin, hostnet
 from lbctl.dataplane.conntrack import forget_backend
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
-from lbctl.metrics import Metrics
 from lbctl.model import InvalidInput, Mode
-from lbctl.runtime.engine import CALL_TIMEOUT, Engine
+from lbctl.runtime.engine import Engine
+from lbctl.settings import Settings
 
 log = logging.getLogger("lbctl.daemon")
-
-DEFAULT_STATE_DIR = "/var/lib/lbctl"
-DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
-TRIM_INTERVAL = 30.0  # seconds between malloc trims (lbctl.malloc)
-
-
-@dataclass
-class DaemonConfig:
-    socket: Path
-    state_dir: Path
-    metrics_addr: str
-    docker_host: str | None
-    drain_timeout: float = 10.0
-    stop_grace: int = 10
-    bpf_pin_root: Path = Path("/sys/fs/bpf/lbctl")
-    engine_timeout: float = CALL_TIMEOUT
-    unhealthy_grace: float = 30.0
-    policy: Policy = field(default_factory=Policy)  # for callers other than root
-    max_apps: int = DEFAULT_MAX_APPS  # 0: no cap
-    max_containers: int = DEFAULT_MAX_CONTAINERS  # 0: no cap
-    default_pids_limit: int = DEFAULT_PIDS_LIMIT  # 0: the engine's default (none on Docker)
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -81,62 +66,113 @@ def _machine_id() -> str:
     return socket.gethostname()
 
 
-def build(cfg: DaemonConfig) -> tuple[Controller, Engine, EbpfDataplane | None, Settings]:
-    """Every part, wired: the one place that knows the concrete classes."""
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+@dataclass
+class Daemon:
+    """Every part, wired: what `serve` runs, serves and closes."""
+
+    controller: Controller
+    api: Api
+    metrics: Metrics
+    counters: KernelCounters
+    apps: AppsService
+    engine: Engine
+    ebpf: EbpfDataplane | None
+    host_ports: HostPorts
+    default_mode: Mode
+
+
+def lock(settings: Settings) -> list[int]:
+    """The state dir's and the pin root's locks (lbctl.instance_lock), before anything is
+    touched; raises AlreadyRunning naming the daemon that holds one."""
+    d = settings.daemon
+    fds = [instance_lock.hold(instance_lock.state_dir_lock(d.state_dir),
+                              f"state dir {d.state_dir}", "--state-dir")]
+    try:
+        fds.append(instance_lock.hold(
+            instance_lock.pin_root_lock(d.lock_dir, settings.ebpf.pin_root),
+            f"bpf pin root {settings.ebpf.pin_root}", "--bpf-pin-root"))
+    except BaseException:
+        os.close(fds[0])
+        raise
+    return fds
+
+
+def build(settings: Settings, policy: Policy | None = None) -> Daemon:
+    """Every part, wired: the one place that knows the concrete classes and gives each part
+    the collaborators it works with."""
+    state_dir = settings.daemon.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     metrics = Metrics()
-    engine = Engine(cfg.docker_host, call_timeout=cfg.engine_timeout)
+    engine = Engine(settings.engine)
     ebpf: EbpfDataplane | None = None
     reason = EbpfDataplane.unavailable_reason()
     if reason is None:
-        ebpf = EbpfDataplane(cfg.state_dir, cfg.bpf_pin_root)
+        ebpf = EbpfDataplane(state_dir, settings.ebpf.pin_root)
     else:
         log.warning("ebpf mode unavailable: %s; apps default to iptables mode", reason)
-    settings = Settings(
-        drain_timeout=cfg.drain_timeout,
-        stop_grace=cfg.stop_grace,
-        default_mode=Mode.EBPF if ebpf else Mode.IPTABLES,
-        unhealthy_grace=cfg.unhealthy_grace,
-        ipv6_subnet=template.ula_subnet(_machine_id()),
-        default_pids_limit=cfg.default_pids_limit or None,
-    )
+    default_mode = Mode.EBPF if ebpf else Mode.IPTABLES
 
     def on_sync(seconds: float, ok: bool) -> None:
         metrics.sync_seconds.labels(dataplane="iptables").observe(seconds)
         if not ok:
             metrics.sync_errors.labels(dataplane="iptables").inc()
 
-    hostrules = HostRules(DualStackRules(cfg.state_dir), cfg.state_dir, on_sync)
+    rules = DualStackRules(state_dir)
+    hostrules = HostRules(rules, state_dir, settings.hostrules, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
-    ports = HostPorts()
-    apps = AppsService(StateStore(cfg.state_dir),
-                       Admission(engine, unavailable, port_check=ports.check_spec),
-                       ports=ports, limits=daemon_limits(cfg.max_apps, cfg.max_containers))
-    shared = Shared(
-        engine=engine, apps=apps, hostrules=hostrules, ebpf=ebpf, ebpf_unavailable=unavailable,
-        open_connections=established_connections, forget_flows=forget_backend,
-        metrics=metrics, settings=settings, hairpin=hairpin.enable_async,
-    )
-    controller = Controller(shared)
+    host_ports = HostPorts()
+    apps = AppsService(StateStore(state_dir),
+                       Admission(engine, unavailable, hostnet.ipv6_unavailable_reason,
+                                 port_check=host_ports.check_spec),
+                       host_ports=host_ports, limits=daemon_limits(settings.limits))
+    questions = Questions(ebpf, hostnet.ipv6_settled, settings.probes)
+    drains = Drains(ebpf, established_connections, forget_backend, settings.drain)
+    own_network = template.network_spec(template.ula_subnet(_machine_id()))
+
+    def new_worker(app: str) -> AppWorker:
+        return AppWorker(
+            app, engine=engine, apps=apps,
+            dataplane=AppDataplane(app, hostrules, ebpf, unavailable, hairpin.enable_async,
+                                   metrics),
+            drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
+            metrics=metrics, settings=settings, own_network=own_network,
+        )
+
+    controller = Controller(apps=apps, hostrules=hostrules, engine=engine,
+                            new_worker=new_worker, metrics=metrics, settings=settings.worker,
+                            pinned_apps=ebpf.pinned_apps if ebpf is not None else list)
     apps.on_change = controller.on_change
     apps.load()  # a damaged state file stops us here, before anything is touched
-    return controller, engine, ebpf, settings
+    counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
+    api = Api(apps, Status(apps, counters, controller), default_mode, policy,
+              settings=settings.api)
+    return Daemon(controller, api, metrics, counters, apps, engine, ebpf, host_ports,
+                  default_mode)
 
 
-async def serve(cfg: DaemonConfig) -> None:
-    controller, engine, ebpf, settings = build(cfg)
-    api = Api(controller, settings.default_mode, cfg.policy)
-    await api.start(cfg.socket)
-    metrics_runner = await _serve_metrics(cfg.metrics_addr, controller)
+async def serve(settings: Settings, sock: Path, policy: Policy | None = None) -> None:
+    locks = lock(settings)
+    try:
+        await _serve(settings, sock, policy or Policy())
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
+    d = build(settings, policy)
+    controller = d.controller
+    await d.api.start(sock)
+    metrics_runner = await _serve_metrics(settings.daemon.metrics_addr, d.metrics, d.counters)
     log.info(
         "lbctl daemon started",
         extra={
             "version": __version__,
-            "socket": str(cfg.socket),
-            "engine": engine.url,
-            "apps": len(controller.apps.state.apps),
-            "default_mode": str(settings.default_mode),
-            "policy": str(cfg.policy.path) if cfg.policy.from_file else "built-in",
+            "socket": str(sock),
+            "engine": d.engine.url,
+            "apps": len(d.apps.state.apps),
+            "default_mode": str(d.default_mode),
+            "policy": str(policy.path) if policy.from_file else "built-in",
         },
     )
 
@@ -146,9 +182,9 @@ async def serve(cfg: DaemonConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     run = asyncio.create_task(controller.run())
-    ready = asyncio.create_task(_notify_ready(controller))
+    ready = asyncio.create_task(_notify_ready(controller, d.apps))
     watchdog = asyncio.create_task(_watchdog(controller))
-    trimmer = asyncio.create_task(_trim_memory())
+    trimmer = asyncio.create_task(_trim_memory(settings.daemon.trim_interval))
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -160,29 +196,28 @@ async def serve(cfg: DaemonConfig) -> None:
         for t in (run, ready, watchdog, trimmer, stopper):
             t.cancel()
         await asyncio.gather(run, ready, watchdog, trimmer, stopper, return_exceptions=True)
-        await api.stop()
+        await d.api.stop()
         await metrics_runner.cleanup()
-        await engine.close()
-        if controller.apps.ports is not None:
-            controller.apps.ports.close()
-        if ebpf is not None:
-            ebpf.close()  # our fds only: the pins and the attached programs keep serving
+        await d.engine.close()
+        d.host_ports.close()
+        if d.ebpf is not None:
+            d.ebpf.close()  # our fds only: the pins and the attached programs keep serving
         with contextlib.suppress(OSError):
-            cfg.socket.unlink()
+            sock.unlink()
 
 
-async def _notify_ready(controller: Controller) -> None:
+async def _notify_ready(controller: Controller, apps: AppsService) -> None:
     await controller.first_sync.wait()
     sdnotify.notify("READY=1")
-    log.info("first sync done", extra={"apps": len(controller.apps.state.apps)})
+    log.info("first sync done", extra={"apps": len(apps.state.apps)})
 
 
-async def _trim_memory() -> None:
+async def _trim_memory(interval: float) -> None:
     """What a burst freed (a scale storm's engine payloads, a large status) goes back to the
-    kernel within TRIM_INTERVAL instead of staying in RSS for the daemon's life; a trim of
+    kernel within `interval` instead of staying in RSS for the daemon's life; a trim of
     the daemon's heap takes well under a millisecond, so the loop does it itself."""
     while True:
-        await asyncio.sleep(TRIM_INTERVAL)
+        await asyncio.sleep(interval)
         malloc.trim()
 
 
@@ -206,12 +241,12 @@ async def _watchdog(controller: Controller) -> None:
         await asyncio.sleep(interval)
 
 
-async def _serve_metrics(addr: str, controller: Controller) -> web.AppRunner:
+async def _serve_metrics(addr: str, metrics: Metrics, counters: KernelCounters) -> web.AppRunner:
     host, port = parse_addr(addr)
-    metrics = controller.s.metrics
 
     async def handle(request: web.Request) -> web.Response:
-        await status_mod.counters(controller)  # kernel counters are read at scrape time
+        # The kernel's counters, shared with status and other scrapes (controller.counters)
+        await counters.read()
         return web.Response(
             body=metrics.render(), content_type="text/plain", charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},

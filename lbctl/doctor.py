@@ -16,6 +16,7 @@ from lbctl.dataplane import hostnet
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.model.errors import EngineError
 from lbctl.runtime.engine import Engine
+from lbctl.settings import EngineSettings
 
 
 @dataclass
@@ -130,7 +131,7 @@ async def run_doctor(docker_host: str | None = None, socket: Path | None = None)
         _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ipv6, _bridge_nf, _ebpf,
     ]
     checks.extend(f() for f in sync_checks)
-    engine = Engine(docker_host)
+    engine = Engine(EngineSettings(docker_host=docker_host))
     try:
         info = await engine.version()
         checks.append(Check("container engine", True,

@@ -63,6 +63,9 @@ class WorkerSettings:
     # show the change (a pause undone, a signal the app survives).
     doom_grace: float = 15.0
     unhealthy_grace: float = 30.0  # an unhealthy replica is replaced after this
+    # Replicas that exit before they are ready are recreated after 0.5 s, 1 s, 2 s, ...,
+    # at most this long apart (a crash loop must not keep the engine busy).
+    create_backoff_max: float = 30.0
     discovery_interval: float = 5.0  # the engine's full list, for apps nobody told us about
     sandbox_image: str = "lbctl/pause:latest"
 
@@ -106,8 +109,12 @@ class LimitSettings:
     # 0: no cap. Why these numbers: lbctl.controller.limits.
     max_apps: int = 64
     max_containers: int = 256
-    # pids-limit of a replica whose app sets none (0: the engine's default). Podman's own
-    # default; a fork bomb in one replica cannot take the host's 32768 PIDs.
+    # pids-limit of a replica whose app sets none (0: the engine's default). Without one,
+    # Docker sets none, and a fork bomb or a thread leak in one replica takes every PID of the
+    # host (kernel.pid_max is 32768 here). 2048 is Podman's own default (containers.conf
+    # pids_limit), so Podman users see no change, and far above what a server replica uses
+    # (the demo: 1; nginx: one per worker; a JVM: a few hundred threads). Not part of a spec
+    # (nor of its hash): changing it rolls nothing, new replicas get the new one.
     default_pids_limit: int = 2048
 
 
@@ -125,6 +132,9 @@ class DaemonSettings:
     metrics_addr: str = "127.0.0.1:9477"
     trim_interval: float = 30.0  # seconds between malloc trims (lbctl.malloc)
     log_level: str = "info"
+    # Where the lock on the bpf pin root lives (bpffs holds no plain files; lbctl.
+    # instance_lock); the state dir's lock is in the state dir.
+    lock_dir: Path = Path("/run/lock")
 
 
 @dataclass(frozen=True)

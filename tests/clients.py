@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import ROOT
-from harness.remote import RemoteHost, remote_host  # noqa: F401 (used by the e2e tests)
+from harness.remote import RemoteHost as RemoteHost  # the e2e tests import them from here
+from harness.remote import remote_host as remote_host
 
 IMAGES = {
     # kind -> (source dir, C file, binary name in the image)

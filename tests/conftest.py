@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,7 +41,7 @@ def daemon(tmp_path: Path, engine: str) -> Iterator[Daemon]:
                             f"run `make setup ENGINE={engine}`")
     lock = host_lock()
     lock.__enter__()
-    request_cleanup = [lambda: lock.__exit__(None, None, None)]
+    request_cleanup: list[Callable[[], object]] = [lambda: lock.__exit__(None, None, None)]
     d = Daemon(tmp_path)
     d.docker_host = docker_host
     d.start()

@@ -6,7 +6,7 @@ import json
 import re
 
 from harness import ROOT
-from lbctl.metrics import Metrics
+from lbctl.controller.metrics import Metrics
 
 
 def test_dashboard_queries_known_metrics() -> None:

@@ -24,12 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from lbctl.api.identity import Caller, peer
-from lbctl.controller import status as status_mod
 from lbctl.controller.admission import Resources
-from lbctl.controller.apps import NotFound
+from lbctl.controller.apps import AppsService, NotFound
 from lbctl.controller.limits import Cap, Limits
 from lbctl.controller.policy import Policy
-from lbctl.controller.supervisor import Controller
+from lbctl.controller.status import Status
 from lbctl.model import (
     AppSpec,
     Forbidden,
@@ -41,12 +40,13 @@ from lbctl.model import (
 from lbctl.model.docker_syntax import resource_name
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.spec import parse_env
+from lbctl.settings import ApiSettings
 
 log = logging.getLogger("lbctl.api")
 
-MAX_BODY = 64 * 1024
 SOCKET_GROUP = "lbctl"
 CALLER = web.RequestKey("caller", Caller)
+MAX_BODY = web.AppKey("max_body", int)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -54,15 +54,16 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The whole body as JSON. `read()` collects every segment up to the end of the body (a
-    single `content.read(n)` returns whatever arrived first: half a JSON document when the
-    client's write was split in two segments)."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
+    """The whole body as JSON, at most the settings' `max_body` bytes. `read()` collects
+    every segment up to the end of the body (a single `content.read(n)` returns whatever
+    arrived first: half a JSON document when the client's write was split in two segments)."""
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidInput(f"request body larger than {limit} bytes")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise InvalidInput(f"request body larger than {MAX_BODY} bytes") from None
+        raise InvalidInput(f"request body larger than {limit} bytes") from None
     try:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -135,17 +136,21 @@ def _resources(raw: object, what: str) -> dict[str, dict[str, str]]:
 class Api:
     def __init__(
         self,
-        controller: Controller,
+        apps: AppsService,
+        status: Status,
         default_mode: Mode,
         policy: Policy | None = None,
         identify: Callable[[web.Request], Caller] = peer,
+        settings: ApiSettings = ApiSettings(),  # noqa: B008 (frozen: one shared default)
     ) -> None:
-        self.c = controller
-        self.apps = controller.apps
+        self.apps = apps
+        self.status = status
         self.default_mode = default_mode
         self.policy = policy or Policy()
         self.identify = identify  # tests inject a caller; the daemon asks the kernel
-        app = web.Application(middlewares=[_errors, self._caller], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[_errors, self._caller],
+                              client_max_size=settings.max_body)
+        app[MAX_BODY] = settings.max_body
         r = app.router
         r.add_get("/apps", self.list_apps)
         r.add_post("/apps", self.create_app)
@@ -229,13 +234,13 @@ class Api:
         return Limits(apps=(Cap(rules.max_apps, rules.rule("max_apps"), "policy"),))
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "synced": self.c.first_sync.is_set()})
+        return web.json_response({"ok": True, "synced": self.status.synced()})
 
     async def list_apps(self, request: web.Request) -> web.Response:
-        return web.json_response({"apps": await status_mod.status(self.c)})
+        return web.json_response({"apps": await self.status.report()})
 
     async def get_app(self, request: web.Request) -> web.Response:
-        apps = await status_mod.status(self.c, _name(request))
+        apps = await self.status.report(_name(request))
         return web.json_response(apps[0])
 
     async def get_spec(self, request: web.Request) -> web.Response:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,48 +104,22 @@ def _daemon(args: argparse.Namespace) -> int:
     from lbctl import logs, malloc
 
     malloc.limit_arenas()  # before any thread starts: see lbctl.malloc
+    from lbctl.cli.daemon_flags import settings_from
     from lbctl.controller import policy
     from lbctl.controller.store import StateError
-    from lbctl.daemon import (
-        DEFAULT_METRICS_ADDR,
-        DEFAULT_STATE_DIR,
-        DaemonConfig,
-        parse_addr,
-        serve,
-    )
+    from lbctl.daemon import parse_addr, serve
+    from lbctl.instance_lock import AlreadyRunning
 
-    logs.setup(args.log_level)
-    metrics_addr = args.metrics_addr or DEFAULT_METRICS_ADDR
-    parse_addr(metrics_addr)
-    if args.drain_timeout < 0 or args.stop_grace < 0:
-        raise InvalidInput("--drain-timeout and --stop-grace must not be negative")
-    if args.engine_timeout <= 0 or args.unhealthy_grace < 0:
-        raise InvalidInput("--engine-timeout must be positive, --unhealthy-grace not negative")
-    caps = {k: v for k in ("max_apps", "max_containers", "default_pids_limit")
-            if (v := getattr(args, k)) is not None}
-    if any(v < 0 for v in caps.values()):
-        raise InvalidInput("--max-apps, --max-containers and --default-pids-limit must not be "
-                           "negative (0: none)")
+    settings = settings_from(args)
+    logs.setup(settings.daemon.log_level)
+    parse_addr(settings.daemon.metrics_addr)
     try:
         rules = policy.load(Path(args.policy) if args.policy else None)
     except policy.PolicyError as e:
         raise Failure(str(e)) from None
-    cfg = DaemonConfig(
-        socket=socket_path(args.daemon_socket or args.socket),
-        state_dir=Path(args.state_dir or os.environ.get("STATE_DIRECTORY") or DEFAULT_STATE_DIR),
-        metrics_addr=metrics_addr,
-        docker_host=args.docker_host,
-        drain_timeout=args.drain_timeout,
-        stop_grace=args.stop_grace,
-        bpf_pin_root=Path(args.bpf_pin_root),
-        engine_timeout=args.engine_timeout,
-        unhealthy_grace=args.unhealthy_grace,
-        policy=rules,
-        **caps,
-    )
     try:
-        asyncio.run(serve(cfg))
-    except StateError as e:
+        asyncio.run(serve(settings, socket_path(args.daemon_socket or args.socket), rules))
+    except (StateError, AlreadyRunning) as e:
         raise Failure(str(e)) from None
     except OSError as e:
         raise Failure(f"daemon failed to start: {e}") from None

@@ -7,6 +7,7 @@ import sys
 from typing import Any, NoReturn
 
 from lbctl import __version__
+from lbctl.cli.daemon_flags import add_flags as add_daemon_flags
 from lbctl.model.option import Arg
 from lbctl.model.options import OPTIONS
 
@@ -91,28 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("daemon", help="run the controller")
     d.add_argument("--socket", dest="daemon_socket")
-    d.add_argument("--state-dir", default=None)
-    d.add_argument("--metrics-addr", default=None)
-    d.add_argument("--docker-host", default=None)
-    d.add_argument("--drain-timeout", type=float, default=10.0)
-    d.add_argument("--stop-grace", type=int, default=10)
-    d.add_argument("--bpf-pin-root", default="/sys/fs/bpf/lbctl")
-    d.add_argument("--engine-timeout", type=float, default=15.0,
-                   help="seconds any one engine call may take (default 15)")
-    d.add_argument("--unhealthy-grace", type=float, default=30.0,
-                   help="seconds an unhealthy replica is kept before it is replaced (default 30)")
-    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_daemon_flags(d)  # each sets a field of lbctl.settings.Settings
     d.add_argument("--policy", metavar="FILE",
                    help="what callers other than root may ask for (default "
                         "/etc/lbctl/policy.toml; absent: the built-in safe defaults)")
-    d.add_argument("--max-apps", type=int, metavar="N",
-                   help="apps on this host, for every caller (default 64; 0: no cap)")
-    d.add_argument("--max-containers", type=int, metavar="N",
-                   help="replicas and sandboxes of all apps, for every caller (default 256; "
-                        "0: no cap)")
-    d.add_argument("--default-pids-limit", type=int, metavar="N",
-                   help="pids-limit of a replica whose app sets none (default 2048; 0: the "
-                        "engine's default)")
 
     r = sub.add_parser("run", help="run an app: N replicas on one host port (again: update it)")
     r.add_argument("name")

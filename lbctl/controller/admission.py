@@ -24,9 +24,8 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lbctl.controller.ports import EnginePort
+from lbctl.controller.interfaces import EnginePort
 from lbctl.controller.template import attachment
-from lbctl.dataplane.hostnet import ipv6_unavailable_reason
 from lbctl.model import AppSpec, InvalidInput, Mode
 from lbctl.model.options import DEFAULT_NETWORK
 from lbctl.model.runtime import NetworkFacts, NetworkSpec
@@ -47,9 +46,12 @@ class Admission:
         self,
         engine: EnginePort,
         ebpf_unavailable: Callable[[], str | None],
+        ipv6_unavailable: Callable[[], str | None],
         port_check: Callable[[AppSpec], None] | None = None,
-        ipv6_unavailable: Callable[[], str | None] = ipv6_unavailable_reason,
     ) -> None:
+        """`ebpf_unavailable`/`ipv6_unavailable`: why this host cannot serve that mode or
+        family now (None: it can; lbctl.dataplane knows); `port_check`: refuses a host port
+        something else serves (the daemon's HostPorts; default: try to bind it)."""
         self.engine = engine
         self.ebpf_unavailable = ebpf_unavailable
         self.port_check = port_check or check_port_free

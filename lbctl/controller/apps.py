@@ -19,10 +19,10 @@ from dataclasses import replace
 
 from lbctl.controller import limits as limits_mod
 from lbctl.controller.admission import Admission, Resources
+from lbctl.controller.interfaces import HostPortHolder, Placeholder
 from lbctl.controller.limits import Limits
 from lbctl.controller.planner import Desired
 from lbctl.controller.store import AppRecord, State, StateStore
-from lbctl.dataplane.hostports import HostPorts, Placeholder
 from lbctl.model import AppSpec, InvalidInput, Mode, Publish
 from lbctl.model.options import NAMESPACE_FIELDS
 from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
@@ -41,7 +41,7 @@ class AppsService:
         admission: Admission,
         on_change: Callable[[str], None] = lambda app: None,
         clock: Callable[[], float] = time.time,
-        ports: HostPorts | None = None,
+        host_ports: HostPortHolder | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.store = store
@@ -49,7 +49,7 @@ class AppsService:
         self.on_change = on_change
         self.clock = clock
         # None: nothing is held (logic tests, which must not take the host's real ports).
-        self.ports = ports
+        self.host_ports = host_ports
         self.limits = limits or Limits()
         self.state = State()
         self._commit = asyncio.Lock()
@@ -60,20 +60,20 @@ class AppsService:
 
     def load(self) -> None:
         self.state = self.store.load_state()
-        if self.ports is not None:
+        if self.host_ports is not None:
             # Every app's port again, and a removed app's until its last replica is gone
             # (our rules still send its traffic there while it drains).
             held = {n: _host_ports(r.spec) for n, r in self.state.apps.items()}
             held.update({n: _host_ports(s) for n, s in self.state.deleted.items()})
-            self.ports.ensure_all(held)
+            self.host_ports.ensure_all(held)
 
     def port_conflict(self, name: str) -> str | None:
         """What else holds the app's host port, when something does (see HostPorts)."""
-        return self.ports.conflict(name) if self.ports is not None else None
+        return self.host_ports.conflict(name) if self.host_ports is not None else None
 
     def retake_ports(self) -> None:
-        if self.ports is not None:
-            self.ports.retry()
+        if self.host_ports is not None:
+            self.host_ports.retry()
 
     # ---- what workers read ---------------------------------------------------------------
 
@@ -300,8 +300,8 @@ class AppsService:
 
     def finish_delete(self, name: str) -> None:
         """The app's worker removed the last of it: its host port is free again."""
-        if self.ports is not None and name not in self.state.apps:
-            self.ports.release(name)
+        if self.host_ports is not None and name not in self.state.apps:
+            self.host_ports.release(name)
         if name in self.state.deleted:
             state = State(dict(self.state.apps), dict(self.state.deleted))
             del state.deleted[name]
@@ -349,22 +349,22 @@ class AppsService:
     def _take_ports(self, specs: Sequence[AppSpec]) -> dict[str, list[Placeholder]]:
         """Placeholders for new apps, all or none (InvalidInput names the port in use)."""
         taken: dict[str, list[Placeholder]] = {}
-        if self.ports is None:
+        if self.host_ports is None:
             return taken
         try:
             for s in specs:
                 if s.host_network:
-                    self.ports.check_spec(s)
-                taken[s.name] = self.ports.reserve(_host_ports(s))
+                    self.host_ports.check_spec(s)
+                taken[s.name] = self.host_ports.reserve(_host_ports(s))
         except BaseException:
             _close(taken)
             raise
         return taken
 
     def _hold_ports(self, state: State, taken: dict[str, list[Placeholder]]) -> None:
-        if self.ports is not None:
+        if self.host_ports is not None:
             for name, socks in taken.items():
-                self.ports.hold(name, _host_ports(state.apps[name].spec), socks)
+                self.host_ports.hold(name, _host_ports(state.apps[name].spec), socks)
 
     def _published_except(self, names: Sequence[str]) -> list[AppSpec]:
         skip = set(names)

@@ -21,20 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lbctl.controller.ports import RulesPort
+from lbctl.controller.interfaces import RulesPort
 from lbctl.fsutil import atomic_write
 from lbctl.model import InvalidInput, Publish
 from lbctl.model.dataplane import Backend, Service
+from lbctl.settings import HostRulesSettings
 
 log = logging.getLogger("lbctl.controller")
 
 STATE_FILE = "services.json"
-MIN_INTERVAL = 0.01
-# Someone may flush our chains (an admin, a firewall reload): a periodic full sync repairs
-# them, as kube-proxy's does. It writes nothing when the rules are as they should be. Syncs
-# for a change in between are the rules port's fast path (only the chains that changed,
-# from its memory of the last sync).
-RESYNC_INTERVAL = 30.0
 
 
 class SyncFailed(RuntimeError):
@@ -46,13 +41,13 @@ class HostRules:
         self,
         rules: RulesPort,
         state_dir: Path,
+        settings: HostRulesSettings,
         on_sync: Callable[[float, bool], None] = lambda seconds, ok: None,
-        min_interval: float = MIN_INTERVAL,
     ) -> None:
-        self.rules = rules
+        self._rules = rules
         self.path = Path(state_dir) / STATE_FILE
         self.on_sync = on_sync
-        self.min_interval = min_interval
+        self.settings = settings
         self.services: dict[str, Service] = {}
         self._version = 0  # bumped on every change of `services`
         self._synced = -1  # version of the last successful sync
@@ -60,7 +55,6 @@ class HostRules:
         self._wake = asyncio.Event()
         self._full = True  # the next sync compares with the kernel: startup, resync()
         self._done = asyncio.Condition()
-        self.last_ok = 0.0  # monotonic time of the last successful sync
 
     def load(self) -> set[str]:
         """Start from what the last daemon applied; returns the apps it holds."""
@@ -79,9 +73,10 @@ class HostRules:
     def apps(self) -> set[str]:
         return set(self.services)
 
-    async def set(self, app: str, service: Service | None, timeout: float = 30.0) -> None:
+    async def set(self, app: str, service: Service | None) -> None:
         """Make `service` the app's rules (None: the app has none) and wait until a sync
-        that includes it succeeded. Raises SyncFailed (or TimeoutError)."""
+        that includes it succeeded. Raises SyncFailed (or TimeoutError, after the settings'
+        `wait_timeout`)."""
         current = self.services.get(app)
         if service == current and self._synced == self._version:
             return
@@ -93,7 +88,7 @@ class HostRules:
             self._version += 1
         mine = self._version
         self._wake.set()
-        async with asyncio.timeout(timeout), self._done:
+        async with asyncio.timeout(self.settings.wait_timeout), self._done:
             while self._synced < mine:
                 if self._failed is not None and self._failed[0] >= mine:
                     raise SyncFailed(self._failed[1])
@@ -110,7 +105,11 @@ class HostRules:
         backoff = 0.2
         while True:
             try:
-                async with asyncio.timeout(RESYNC_INTERVAL):
+                # Someone may flush our chains (an admin, a firewall reload): a periodic full
+                # sync repairs them, as kube-proxy's does. It writes nothing when the rules
+                # are as they should be; syncs for a change in between are the rules port's
+                # fast path (only the chains that changed, from its memory of the last sync).
+                async with asyncio.timeout(self.settings.resync_interval):
                     await self._wake.wait()
             except TimeoutError:
                 self._full = True
@@ -118,13 +117,13 @@ class HostRules:
             full, self._full = self._full, False
             version = self._version
             services = sorted(self.services.values(), key=lambda s: s.app)
-            t0 = time.monotonic()
+            t0 = time.perf_counter()  # how long the kernel took, for the sync histogram
             try:
-                await self.rules.sync(services, full=full)
+                await self._rules.sync(services, full=full)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self.on_sync(time.monotonic() - t0, False)
+                self.on_sync(time.perf_counter() - t0, False)
                 self._full = True  # the retry compares with the kernel
                 log.warning("iptables sync failed: %s; retrying in %.1fs", e, backoff)
                 async with self._done:
@@ -134,14 +133,13 @@ class HostRules:
                 backoff = min(backoff * 2, 5.0)
                 self._wake.set()
                 continue
-            self.on_sync(time.monotonic() - t0, True)
+            self.on_sync(time.perf_counter() - t0, True)
             backoff = 0.2
-            self.last_ok = time.monotonic()
             self._save(services)
             async with self._done:
                 self._synced = max(self._synced, version)
                 self._done.notify_all()
-            await asyncio.sleep(self.min_interval)
+            await asyncio.sleep(self.settings.min_interval)
 
     def _save(self, services: list[Service]) -> None:
         doc = {"services": [_service_json(s) for s in services]}

@@ -5,11 +5,12 @@ they bound the host's cost whoever asks (root raises them with the flags). A mem
 may add lower ones (`max_apps`). Only growth is refused: a change that keeps or lowers the
 count passes even above a cap (a cap lowered by a restart must not block a scale-down).
 
-Why these defaults, measured here: each container costs about 8-13 MB of host memory in its
-engine shim before the app runs anything, so 256 containers are 2-3 GB of overhead on a
-24 GB host; a Linux bridge takes at most 1024 ports, and every lbctl container on the default
-network is one of them (next to everyone else's containers). 64 apps: a worker, a chain and
-a probe loop each, and four replicas each on average under the container cap.
+Why the defaults (settings.LimitSettings), measured here: each container costs about 8-13 MB
+of host memory in its engine shim before the app runs anything, so 256 containers are 2-3 GB
+of overhead on a 24 GB host; a Linux bridge takes at most 1024 ports, and every lbctl
+container on the default network is one of them (next to everyone else's containers). 64
+apps: a worker, a chain and a probe loop each, and four replicas each on average under the
+container cap.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lbctl.model import AppSpec, Forbidden, Mode
-
-DEFAULT_MAX_APPS = 64
-DEFAULT_MAX_CONTAINERS = 256
+from lbctl.settings import LimitSettings
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,9 @@ class Limits:
         return Limits(self.apps + other.apps, self.containers + other.containers)
 
 
-def daemon_limits(max_apps: int | None, max_containers: int | None) -> Limits:
-    """The daemon's caps; None (a flag of 0): none."""
+def daemon_limits(settings: LimitSettings) -> Limits:
+    """The daemon's caps; a cap of 0: none."""
+    max_apps, max_containers = settings.max_apps, settings.max_containers
     return Limits(
         (Cap(max_apps, "--max-apps of the daemon; root can raise it"),) if max_apps else (),
         (Cap(max_containers, "--max-containers of the daemon; root can raise it"),)

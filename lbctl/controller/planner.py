@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from lbctl.model import ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
 from lbctl.model.options import HOST_NETWORK
 from lbctl.model.rollout import UpdatePolicy
+from lbctl.settings import WorkerSettings
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,15 @@ class Observed:
     doomed: frozenset[str] = frozenset()
     # Replicas that were ready at least once (a crash of one that never was is a crash loop).
     ever_ready: frozenset[str] = frozenset()
-    now: float = 0.0  # monotonic, for probe ages
+    now: float = 0.0  # the controller's clock (controller.clock), for probe ages
     wall: float = 0.0  # epoch seconds, for container start times
     # No replica may be created: the app failed in a way retrying cannot fix, or its mode is
     # unavailable on this host now.
     blocked: bool = False
-    unhealthy_grace: float = 30.0
-    # Monotonic time of the rollout's last step (a batch started), for the policy's delay.
-    last_step: float = 0.0
+    unhealthy_grace: float = WorkerSettings.unhealthy_grace  # the settings' default
+    # Clock time of the rollout's last step (a batch started), for the policy's delay;
+    # -inf: none yet.
+    last_step: float = -math.inf
 
 
 @dataclass(frozen=True)

@@ -13,31 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from lbctl.controller.draining import Pending
-from lbctl.controller.ports import EnginePort
+from lbctl.controller import clock
+from lbctl.controller.draining import BeforeStop, Pending
+from lbctl.controller.interfaces import EnginePort
 from lbctl.model import Container
+from lbctl.settings import DrainSettings
 
 log = logging.getLogger("lbctl.controller")
-
-DRAIN_POLL = 0.1
-REMOVE_ATTEMPTS = 5
 
 
 @dataclass
 class Retirement:
     container: Container
+    started: float  # clock time it began
     pending: Pending | None = None  # what it still serves; None: nothing to drain
-    started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
     surplus: bool = False  # retired for being too many: may be taken back while it drains
     drained: bool = False
     error: str | None = None
     # Run once it is drained, before the stop (iptables mode: forget its conntrack entries).
-    before_stop: Callable[[Container], Awaitable[None]] | None = None
+    before_stop: BeforeStop | None = None
 
 
 class Retirements:
@@ -46,14 +44,14 @@ class Retirements:
     def __init__(
         self,
         engine: EnginePort,
-        drain_timeout: float,
-        stop_grace: int,
+        settings: DrainSettings,
         on_done: Callable[[], None],
+        now: Callable[[], float] = clock.monotonic,
     ) -> None:
         self.engine = engine
-        self.drain_timeout = drain_timeout
-        self.stop_grace = stop_grace
+        self.settings = settings
         self.on_done = on_done
+        self.now = now
         self.active: dict[str, Retirement] = {}
         # Removed, but perhaps still in a list the worker took before the removal ended:
         # planned as retiring (never retired twice) until the engine no longer lists them.
@@ -62,7 +60,7 @@ class Retirements:
     def grace_of(self, c: Container) -> int:
         """The app's own --stop-timeout when it has one (its process needs that long to
         finish), else the daemon's --stop-grace."""
-        return self.stop_grace if c.stop_timeout is None else c.stop_timeout
+        return self.settings.stop_grace if c.stop_timeout is None else c.stop_timeout
 
     def ids(self) -> frozenset[str]:
         return frozenset(self.active) | frozenset(self.removed)
@@ -89,13 +87,13 @@ class Retirements:
         c: Container,
         pending: Pending | None,
         surplus: bool = False,
-        before_stop: Callable[[Container], Awaitable[None]] | None = None,
+        before_stop: BeforeStop | None = None,
     ) -> None:
         """Drain `c` while `pending` says it serves something (no drain when None: a sandbox,
         or a deleted app's replica whose port is unknown), then stop and remove it."""
         if c.id in self.active:
             return
-        r = Retirement(c, pending, surplus=surplus, before_stop=before_stop)
+        r = Retirement(c, self.now(), pending, surplus=surplus, before_stop=before_stop)
         r.task = asyncio.create_task(self._run(r), name=f"retire {c.name}")
         self.active[c.id] = r
 
@@ -122,7 +120,7 @@ class Retirements:
                 except Exception as e:  # best effort: the stop must happen regardless
                     log.warning("before stopping %s: %s", c.name, e, extra=fields)
             delay = 0.5
-            for attempt in range(1, REMOVE_ATTEMPTS + 1):
+            for attempt in range(1, self.settings.remove_attempts + 1):
                 try:
                     log.info("removing container", extra=fields)
                     await self.engine.stop_and_remove(c.id, self.grace_of(c))
@@ -142,7 +140,7 @@ class Retirements:
             self.on_done()
 
     async def _drain(self, r: Retirement, pending: Pending) -> None:
-        deadline = r.started + self.drain_timeout
+        deadline = r.started + self.settings.timeout
         while True:
             try:
                 left = await pending(r.container, r.started)
@@ -150,9 +148,9 @@ class Retirements:
                 return
             if left == 0:
                 return
-            if time.monotonic() >= deadline:
+            if self.now() >= deadline:
                 log.warning("drain timeout: stopping it with %d connection(s) or flow(s) "
                             "still active", left,
                             extra={"app": r.container.app, "replica": r.container.name})
                 return
-            await asyncio.sleep(DRAIN_POLL)
+            await asyncio.sleep(self.settings.poll)

@@ -1,69 +1,54 @@
 """`lbctl status`: each app as its worker last saw it, with the kernel's connection counters.
 
 Status never asks the engine: a wedged engine must not take `status` down with it, and what
-the worker saw is what the data plane was synced to. Counters are read from the kernel (rule
-counters, eBPF maps) at each call, so they count what the data plane did.
+the worker saw is what the data plane was synced to. Counters come from the kernel (rule
+counters, eBPF maps) through controller.counters, shared with the scrapes and at most
+`counters_max_age` old, so they count what the data plane did and never hold a sync back.
 """
 
 from __future__ import annotations
 
-import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from lbctl.controller.apps import NotFound
+from lbctl.controller.apps import AppsService, NotFound
+from lbctl.controller.counters import KernelCounters
 from lbctl.controller.supervisor import Controller
+from lbctl.controller.view import AppView
 from lbctl.model import ROLE_REPLICA, Mode, ReplicaState, sandbox_name
 
-log = logging.getLogger("lbctl.controller")
+
+class Status:
+    """What `GET /apps` and `/healthz` show: the apps service's records, the workers' views
+    (through the controller) and the kernel's counters."""
+
+    def __init__(self, apps: AppsService, counters: KernelCounters, controller: Controller,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.apps = apps
+        self.counters = counters
+        self.controller = controller
+        self.wall = wall
+
+    def synced(self) -> bool:
+        return self.controller.synced()
+
+    async def report(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every app, or the one named (NotFound when there is none)."""
+        if name is not None and self.apps.record(name) is None:
+            raise NotFound(f"no app named {name}")
+        counts = await self.counters.read()
+        names = [name] if name is not None else sorted(self.apps.state.apps)
+        return [_app(self.apps, n, self.controller.view(n), counts.get(n, {}), self.wall())
+                for n in names]
 
 
-async def counters(ctl: Controller) -> dict[str, dict[str, int]]:
-    """app -> replica -> new connections the data plane sent it; also feeds the metrics."""
-    s = ctl.s
-    out: dict[str, dict[str, int]] = {}
-    try:
-        for (app, replica), n in (await s.hostrules.rules.counters()).items():
-            out.setdefault(app, {})[replica] = n
-    except Exception as e:
-        log.warning("reading iptables counters: %s", e)
-    if s.ebpf is not None:
-        pinned = set(s.ebpf.pinned_apps())
-        for app in sorted(s.apps.names() & pinned):
-            rec = s.apps.record(app)
-            if rec is None or rec.spec.mode is not Mode.EBPF:
-                continue
-            try:
-                out[app] = await s.ebpf.counters(app)
-                for reason, n in (await s.ebpf.reasons(app)).items():
-                    s.metrics.bpf_reasons.values[(app, reason)] = n
-            except Exception as e:
-                log.warning("reading eBPF counters of %s: %s", app, e)
-    for app, per in out.items():
-        if app in s.apps.state.apps:
-            for replica, n in per.items():
-                s.metrics.connections.values[(app, replica)] = n
-    return out
-
-
-async def status(ctl: Controller, name: str | None = None) -> list[dict[str, Any]]:
-    apps = ctl.s.apps
-    if name is not None and apps.record(name) is None:
-        raise NotFound(f"no app named {name}")
-    counts = await counters(ctl)
-    names = [name] if name is not None else sorted(apps.state.apps)
-    return [_app(ctl, n, counts.get(n, {})) for n in names]
-
-
-def _app(ctl: Controller, name: str, counts: dict[str, int]) -> dict[str, Any]:
-    apps = ctl.s.apps
+def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, int],
+         now: float) -> dict[str, Any]:
     rec = apps.record(name)
     assert rec is not None
     spec = rec.spec
-    w = ctl.worker(name)
-    now = time.time()
     replicas: list[dict[str, Any]] = []
-    view = w.view if w else None
     if view is not None:
         p = view.plan
         total = sum(counts.values())

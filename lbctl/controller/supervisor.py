@@ -13,36 +13,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+import math
+from collections.abc import Callable
 
+from lbctl.controller import clock
 from lbctl.controller.apps import AppsService
 from lbctl.controller.hostrules import HostRules
-from lbctl.controller.worker import AppWorker, Shared
+from lbctl.controller.interfaces import EnginePort
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.view import AppView
+from lbctl.controller.worker import AppWorker
 from lbctl.model.errors import EngineError
+from lbctl.settings import WorkerSettings
 
 log = logging.getLogger("lbctl.controller")
 
-DISCOVERY_INTERVAL = 5.0
-
 
 class Controller:
-    def __init__(self, shared: Shared) -> None:
-        self.s = shared
+    def __init__(
+        self,
+        *,
+        apps: AppsService,
+        hostrules: HostRules,
+        engine: EnginePort,
+        new_worker: Callable[[str], AppWorker],
+        metrics: Metrics,
+        settings: WorkerSettings,
+        pinned_apps: Callable[[], list[str]] = list,
+        now: Callable[[], float] = clock.monotonic,
+    ) -> None:
+        """`new_worker`: one app's worker, with its collaborators (the daemon's wiring, or a
+        test's on fakes); `pinned_apps`: apps the eBPF data plane holds objects of (a
+        restarted daemon adopts them)."""
+        self.apps = apps
+        self.hostrules = hostrules
+        self.engine = engine
+        self.new_worker = new_worker
+        self.metrics = metrics
+        self.settings = settings
+        self.pinned_apps = pinned_apps
+        self.now = now
         self.workers: dict[str, AppWorker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.first_sync = asyncio.Event()
-        self.last_discovery = 0.0  # monotonic time the engine last answered a full list
+        self.last_discovery = -math.inf  # clock time the engine last answered a full list
         self._stopping = False
         self._connected_once = False
         self._discover_now = asyncio.Event()
-
-    @property
-    def apps(self) -> AppsService:
-        return self.s.apps
-
-    @property
-    def hostrules(self) -> HostRules:
-        return self.s.hostrules
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -53,7 +70,7 @@ class Controller:
     def ensure(self, app: str) -> AppWorker:
         w = self.workers.get(app)
         if w is None:
-            w = AppWorker(app, self.s)
+            w = self.new_worker(app)
             self.workers[app] = w
             self._tasks[app] = asyncio.create_task(self._run_worker(w), name=f"worker {app}")
         return w
@@ -73,18 +90,15 @@ class Controller:
         # The app is deleted and gone.
         self.workers.pop(w.name, None)
         self._tasks.pop(w.name, None)
-        self.s.metrics.forget_app(w.name)
-        self.s.apps.finish_delete(w.name)
+        self.metrics.forget_app(w.name)
+        self.apps.finish_delete(w.name)
         log.info("app removed", extra={"app": w.name})
-        if w.name in self.s.apps.names():  # created again meanwhile
+        if w.name in self.apps.names():  # created again meanwhile
             self.ensure(w.name)
 
     async def run(self) -> None:
-        for app in self.s.apps.names() | self.hostrules.load():
+        for app in self.apps.names() | self.hostrules.load() | set(self.pinned_apps()):
             self.ensure(app)
-        if self.s.ebpf is not None:
-            for app in self.s.ebpf.pinned_apps():
-                self.ensure(app)
         tasks = [
             asyncio.create_task(self.hostrules.run(), name="host rules"),
             asyncio.create_task(self._watch(), name="watch"),
@@ -105,7 +119,7 @@ class Controller:
         through one pass, well or not: the data plane then reflects what runs, and an app
         that cannot be synced (its error is in `status`) must not keep the daemon unready."""
         while True:
-            if all(w.last_pass for w in self.workers.values()):
+            if all(w.last_pass is not None for w in self.workers.values()):
                 self.first_sync.set()
                 return
             await asyncio.sleep(0.05)
@@ -116,13 +130,13 @@ class Controller:
         backoff = 0.2
         while not self._stopping:
             try:
-                async for ev in self.s.engine.events():
+                async for ev in self.engine.events():
                     if ev is None:
                         if self._connected_once:
-                            self.s.metrics.watch_restarts.inc()
+                            self.metrics.watch_restarts.inc()
                         self._connected_once = True
                         log.info("engine event stream connected",
-                                 extra={"engine": self.s.engine.url})
+                                 extra={"engine": self.engine.url})
                         backoff = 0.2
                         self._wake_all()
                         self._discover_now.set()
@@ -134,7 +148,7 @@ class Controller:
                         # the next sync, its isolation drops cross-bridge clients.
                         self.hostrules.resync()
                         continue
-                    self.s.metrics.events.labels(action=ev.action).inc()
+                    self.metrics.events.labels(action=ev.action).inc()
                     if ev.app is None:
                         continue
                     w = self.workers.get(ev.app)
@@ -160,17 +174,17 @@ class Controller:
     async def _discovery(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DISCOVERY_INTERVAL):
+                async with asyncio.timeout(self.settings.discovery_interval):
                     await self._discover_now.wait()
             self._discover_now.clear()
-            self.s.apps.retake_ports()  # a port in use at start, free now, is ours again
+            self.apps.retake_ports()  # a port in use at start, free now, is ours again
             try:
-                containers = await self.s.engine.list_containers()
+                containers = await self.engine.list_containers()
             except EngineError as e:
                 log.warning("discovery: %s", e)
                 continue
-            self.last_discovery = time.monotonic()
-            known = self.s.apps.names()
+            self.last_discovery = self.now()
+            known = self.apps.names()
             for c in containers:
                 # Deleted apps' managed containers (left by a daemon that crashed mid-rm)
                 # get a worker that drains and removes them. Adopted containers of an app
@@ -184,12 +198,22 @@ class Controller:
         """For the watchdog: the engine answered a full list within `window` seconds, and
         every worker finished a pass (well or not: a failed pass still proves it is not hung)
         within its pass time limit and a margin."""
-        now = time.monotonic()
+        now = self.now()
         if now - self.last_discovery > window:
             return False
-        limit = max(window, self.s.settings.pass_timeout + 5.0)
-        return all(now - w.last_pass <= limit for w in self.workers.values() if w.last_pass)
+        limit = max(window, self.settings.pass_timeout + 5.0)
+        return all(now - w.last_pass <= limit for w in self.workers.values()
+                   if w.last_pass is not None)
 
     def worker(self, app: str) -> AppWorker | None:
         return self.workers.get(app)
+
+    def view(self, app: str) -> AppView | None:
+        """What the app's worker last saw and did (None: no worker yet)."""
+        w = self.workers.get(app)
+        return w.view if w is not None else None
+
+    def synced(self) -> bool:
+        """Every app known at start went through one pass (/healthz, READY=1)."""
+        return self.first_sync.is_set()
 

@@ -21,7 +21,6 @@ from lbctl.model.names import replica_labels, replica_name, sandbox_name
 from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
 from lbctl.model.runtime import CreateRequest, NetworkSpec
 
-SANDBOX_IMAGE = "lbctl/pause:latest"
 # lbctl's own bridge network, for apps that publish IPv6: the engine's default bridge has no
 # IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines.
 NETWORK = "lbctl"
@@ -41,13 +40,6 @@ def ula_subnet(seed: str) -> str:
     unlikely to meet another host's or network's, as the RFC's random ID would be."""
     gid = hashlib.sha256(f"lbctl-ula:{seed}".encode()).digest()[:5]
     return str(ipaddress.IPv6Network((b"\xfd" + gid + b"\0" * 10, 64)))
-
-# A replica whose spec sets no pids-limit gets this one: without it, Docker sets none, and a
-# fork bomb or a thread leak in one replica takes every PID of the host (kernel.pid_max is
-# 32768 here). 2048 is Podman's own default (containers.conf pids_limit), so Podman users see
-# no change, and far above what a server replica uses (the demo: 1; nginx: one per worker;
-# a JVM: a few hundred threads).
-DEFAULT_PIDS_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -94,13 +86,13 @@ def replica_request(
     spec_hash: str,
     revision: int | None,
     join: str | None,
-    default_pids_limit: int | None = DEFAULT_PIDS_LIMIT,
+    default_pids_limit: int | None,
 ) -> CreateRequest:
     """Replica `index` of `spec` (ebpf mode: `join` is the sandbox it shares a namespace
     with; iptables mode: it joins the networks attachment(spec) names). Every replica
     learns its app and name from LBCTL_APP and LBCTL_REPLICA. The default pids limit
-    is not part of the spec (nor of its hash): changing it rolls nothing, and new
-    replicas get the new one."""
+    (settings.LimitSettings; None: the engine's) is not part of the spec (nor of its
+    hash): changing it rolls nothing, and new replicas get the new one."""
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
@@ -130,7 +122,7 @@ def replica_request(
     )
 
 
-def sandbox_request(spec: AppSpec, image: str = SANDBOX_IMAGE) -> CreateRequest:
+def sandbox_request(spec: AppSpec, image: str) -> CreateRequest:
     """The app's sandbox: it holds the network namespace every replica joins, and sets
     tcp_migrate_req there so a closing listener's queue migrates even without our program.
     It carries the namespace's options (networks, /etc/hosts entries, DNS servers)."""

@@ -6,6 +6,10 @@ one is retried with the worker's own backoff and shown as the app's error in `st
 next pass is a full one, so nothing is lost when an event is. One app's fault (a squatted
 sandbox name, a remove error, a damaged eBPF state file, a hung engine call) therefore stays
 that app's: the other workers go on.
+
+A worker is given what it works with, and nothing else: the engine, the desired state (the
+apps service), its app's share of the data planes, the drains, its probe rounds, the metrics
+and the settings. The daemon (and tests, on fakes) make them.
 """
 
 from __future__ import annotations
@@ -13,103 +17,74 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from lbctl.controller import backends, draining, readiness, template
+from lbctl.controller import clock, template
+from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
-from lbctl.controller.hostrules import HostRules
-from lbctl.controller.planner import AppPlan, Desired, Observed, is_host_namespace, plan_app
-from lbctl.controller.ports import (
-    ConnectionCounter,
-    EbpfPort,
-    EnginePort,
-    FlowForgetter,
-    Hairpin,
-)
-from lbctl.controller.probes import Answers
-from lbctl.controller.probing import PROBE_INTERVAL, ReplicaProbes
+from lbctl.controller.draining import Drains
+from lbctl.controller.interfaces import EnginePort
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
+from lbctl.controller.readiness.rounds import ReplicaProbes
 from lbctl.controller.retire import Retirements
 from lbctl.controller.view import AppView, CrashReport
-from lbctl.metrics import Metrics
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
-from lbctl.model.dataplane import Service
-from lbctl.model.errors import EbpfError, EngineError, ListenerError
+from lbctl.model.errors import EbpfError, EngineError
 from lbctl.model.names import replica_name
-from lbctl.model.runtime import CreateRequest, EngineEvent
+from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkSpec
+from lbctl.settings import Settings
 
 log = logging.getLogger("lbctl.controller")
 
-DOOM_GRACE = 15.0  # longer than `docker stop`'s default 10 s before its SIGKILL
-
-
-
-@dataclass
-class Settings:
-    drain_timeout: float = 10.0
-    stop_grace: int = 10
-    sandbox_image: str = template.SANDBOX_IMAGE
-    default_mode: Mode = Mode.IPTABLES
-    unhealthy_grace: float = 30.0
-    resync_interval: float = 1.0
-    # Longer than any single engine call (they time out on their own), so a pass that hits
-    # its limit means something beyond one slow call.
-    pass_timeout: float = 60.0
-    # lbctl's own network's IPv6 subnet (template.ula_subnet of the machine id).
-    ipv6_subnet: str = template.ula_subnet("lbctl")
-    # pids-limit of a replica whose spec sets none (None: the engine's default).
-    default_pids_limit: int | None = template.DEFAULT_PIDS_LIMIT
-
-
-@dataclass
-class Shared:
-    """What every worker uses: the engine, the data planes and the desired state."""
-
-    engine: EnginePort
-    apps: AppsService
-    hostrules: HostRules
-    ebpf: EbpfPort | None
-    ebpf_unavailable: Callable[[], str | None]
-    open_connections: ConnectionCounter
-    forget_flows: FlowForgetter
-    metrics: Metrics
-    settings: Settings
-    hairpin: Hairpin | None = None
-    # How a spec's replicas are probed, given each one's bridge (tests replace it; see
-    # controller/readiness.py).
-    answers: Callable[
-        [AppSpec, EbpfPort | None, Callable[[str], None], Mapping[str, str | None]], Answers
-    ] = readiness.answers_for
-
 
 class AppWorker:
-    def __init__(self, name: str, shared: Shared) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        engine: EnginePort,
+        apps: AppsService,
+        dataplane: AppDataplane,
+        drains: Drains,
+        probes: ReplicaProbes,
+        metrics: Metrics,
+        settings: Settings,
+        own_network: NetworkSpec,
+        now: Callable[[], float] = clock.monotonic,
+    ) -> None:
+        """`settings`: the tree; a worker reads its `worker` section, the drains' `drain`
+        (for its retirements) and the replicas' default pids limit. `own_network`: lbctl's
+        network (template.network_spec of this host's subnet), for apps placed there."""
         self.name = name
-        self.s = shared
+        self.engine = engine
+        self.apps = apps
+        self.dataplane = dataplane
+        self.drains = drains
+        self.probes = probes
+        self.metrics = metrics
+        self.settings = settings.worker
+        self.default_pids_limit = settings.limits.default_pids_limit or None
+        self.own_network = own_network
+        self.now = now
         self.view = AppView()
-        self.probes = ReplicaProbes(name, shared.ebpf)
-        self.retirements = Retirements(
-            shared.engine, shared.settings.drain_timeout, shared.settings.stop_grace, self.wake,
-        )
+        self.retirements = Retirements(engine, settings.drain, self.wake, now)
         self.doomed: dict[str, float] = {}
         self.reported: set[str] = set()  # containers whose crash was reported
-        self.last_pass = 0.0  # monotonic time the last pass ended (ok or not)
-        self.last_ok = 0.0
-        self.last_step = 0.0
+        self.last_pass: float | None = None  # clock time the last pass ended (ok or not)
+        self.last_step = -math.inf  # clock time of the last rollout step (never)
         self.create_failures = 0
-        self.create_not_before = 0.0
+        self.create_not_before = -math.inf
         self._wake = asyncio.Event()
         self._fast = False  # a replica is going away: take it out before asking the engine
         self._passed = asyncio.Condition()
         self._had_sandbox = False
-        for counter in (shared.metrics.pass_errors, shared.metrics.sandbox_repairs,
-                        shared.metrics.rollout_failures):
+        for counter in (metrics.pass_errors, metrics.sandbox_repairs, metrics.rollout_failures):
             counter.labels(app=name)  # at 0 from the start: a rate() works before the first
         self._tasks: set[asyncio.Task[None]] = set()
-        self.hairpinned: set[str] = set()  # containers whose bridge port was looked at
 
     # ---- feeding --------------------------------------------------------------------------
 
@@ -123,7 +98,7 @@ class AppWorker:
             # closes most of the window in which new connections would still be sent to a
             # dying process. The mark expires, since the engine's list may never show the
             # change (a pause undone within a second, a signal the app survives).
-            self.doomed[ev.container_id] = time.monotonic() + DOOM_GRACE
+            self.doomed[ev.container_id] = self.now() + self.settings.doom_grace
         elif ev.action in ("start", "unpause"):
             self.doomed.pop(ev.container_id, None)
         self.wake()
@@ -137,11 +112,11 @@ class AppWorker:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.s.settings.resync_interval):
+                    async with asyncio.timeout(self.settings.resync_interval):
                         await self._wake.wait()
                 self._wake.clear()
                 try:
-                    async with asyncio.timeout(self.s.settings.pass_timeout):
+                    async with asyncio.timeout(self.settings.pass_timeout):
                         if self._fast:
                             self._fast = False
                             await self.fast_sync()
@@ -156,7 +131,7 @@ class AppWorker:
                     continue
                 backoff = 0.2
                 self.view.pass_error = None
-                self.last_pass = self.last_ok = time.monotonic()
+                self.last_pass = self.now()
                 async with self._passed:
                     self._passed.notify_all()
                 if done:
@@ -169,9 +144,9 @@ class AppWorker:
             await asyncio.gather(probe, *self._tasks, return_exceptions=True)
 
     def _pass_failed(self, e: Exception) -> None:
-        self.last_pass = time.monotonic()
+        self.last_pass = self.now()
         if isinstance(e, TimeoutError):
-            msg = f"a pass took longer than {self.s.settings.pass_timeout:g}s"
+            msg = f"a pass took longer than {self.settings.pass_timeout:g}s"
         else:
             msg = _summary(e)
         if msg != self.view.pass_error:
@@ -181,7 +156,7 @@ class AppWorker:
                 log.error("pass failed: %s; retrying", msg, extra={"app": self.name},
                           exc_info=e)
         self.view.pass_error = msg
-        self.s.metrics.pass_errors.labels(app=self.name).inc()
+        self.metrics.pass_errors.labels(app=self.name).inc()
 
     async def wait_pass(self, timeout: float) -> None:
         async with asyncio.timeout(timeout), self._passed:
@@ -191,18 +166,18 @@ class AppWorker:
 
     async def pass_once(self) -> bool:
         """Observe, plan, apply. True once a deleted app is completely gone."""
-        apps = self.s.apps
+        apps = self.apps
         generation = apps.generation(self.name)
         desired = apps.desired(self.name)
         spec = desired.spec
         if self.view.error is not None and self.view.error_generation != generation:
             self.view.error = None  # the spec changed: let it try again
-        containers = await self.s.engine.list_containers(self.name)
+        containers = await self.engine.list_containers(self.name)
         live = {c.id for c in containers}
         self.probes.forget_missing(live)
         self.retirements.forget_missing(live)
-        self.hairpinned &= live
-        now = time.monotonic()
+        self.dataplane.forget_missing(live)
+        now = self.now()
         running = {c.id for c in containers if c.running and not c.paused}
         self.doomed = {cid: t for cid, t in self.doomed.items() if cid in running and now < t}
         blocked = self._blocked(desired)
@@ -218,10 +193,10 @@ class AppWorker:
             stopping=self.retirements.stopping(),
             doomed=frozenset(self.doomed),
             ever_ready=frozenset(self.probes.ever_ready),
-            now=time.monotonic(),
+            now=self.now(),
             wall=time.time(),
             blocked=blocked,
-            unhealthy_grace=self.s.settings.unhealthy_grace,
+            unhealthy_grace=self.settings.unhealthy_grace,
             last_step=self.last_step,
         )
         p = plan_app(desired, observed)
@@ -244,9 +219,8 @@ class AppWorker:
         if spec is not None:
             await self._report(desired, p)
         served = spec or desired.gone
-        pending = (draining.pending_for(served, self.s.ebpf, self.s.open_connections)
-                   if served else None)  # fmt: skip
-        forget = self._forget_flows(served) if served else None
+        pending = self.drains.pending_for(served) if served else None
+        forget = self.drains.before_stop(served) if served else None
         for c in p.retire:
             replica = c.role == ROLE_REPLICA
             drain = pending if replica and c.id not in p.orphaned else None
@@ -259,13 +233,11 @@ class AppWorker:
             if p.done:
                 # Its last containers are gone: so are its rules (the pass's sync may still
                 # have seen a retirement finishing, and kept its bridges).
-                await self.s.hostrules.set(self.name, None)
-                if self.s.ebpf is not None and self.name in self.s.ebpf.pinned_apps():
-                    await self.s.ebpf.remove(self.name)
+                await self.dataplane.remove()
                 # lbctl's network goes with the last app on it (the engine refuses while
                 # another app's container is attached; that app's removal tries again).
-                net = template.network_spec(self.s.settings.ipv6_subnet)
-                await self.s.engine.remove_network(net.name, net.labels)
+                net = self.own_network
+                await self.engine.remove_network(net.name, net.labels)
                 return True
             return False
 
@@ -273,12 +245,12 @@ class AppWorker:
             await self._create_replicas(spec, desired, p)
         if p.converged:
             self.create_failures = 0
-        self.s.metrics.set_replica_states(self.name, _counts(p, containers))
-        rec = self.s.apps.record(self.name)
+        self.metrics.set_replica_states(self.name, _counts(p, containers))
+        rec = self.apps.record(self.name)
         rolling = rec is not None and rec.rollout is not None and rec.rollout.active
-        self.s.metrics.rollout_in_progress.labels(app=self.name).set(1 if rolling else 0)
+        self.metrics.rollout_in_progress.labels(app=self.name).set(1 if rolling else 0)
         if desired.revision is not None:
-            self.s.metrics.rollout_revision.labels(app=self.name).set(desired.revision)
+            self.metrics.rollout_revision.labels(app=self.name).set(desired.revision)
         return False
 
     async def fast_sync(self) -> None:
@@ -286,11 +258,11 @@ class AppWorker:
         that a replica is going away: no engine call stands between a `kill` event and the
         replica leaving the data plane (an engine busy stopping 63 containers of another app
         answers a list in seconds). The full pass that follows confirms it."""
-        desired = self.s.apps.desired(self.name)
+        desired = self.apps.desired(self.name)
         containers = self.view.containers
         if desired.spec is None or not containers:
             return
-        now = time.monotonic()
+        now = self.now()
         self.doomed = {cid: t for cid, t in self.doomed.items() if now < t}
         observed = Observed(
             containers=containers,
@@ -301,7 +273,7 @@ class AppWorker:
             now=now,
             wall=time.time(),
             blocked=True,  # nothing is created from a stale view
-            unhealthy_grace=self.s.settings.unhealthy_grace,
+            unhealthy_grace=self.settings.unhealthy_grace,
             last_step=self.last_step,
         )
         await self._sync(desired, plan_app(desired, observed), containers)
@@ -310,147 +282,52 @@ class AppWorker:
         spec = desired.spec
         if spec is None:
             return True
-        if spec.mode is Mode.EBPF:
-            reason = self.s.ebpf_unavailable() if self.s.ebpf is not None else "disabled"
-            if reason:
-                self._fail(f"ebpf mode is not available on this host now ({reason}): "
-                           "remove the app and run it again with --mode iptables")
-                return True
+        reason = self.dataplane.unavailable(spec.mode)
+        if reason:
+            self._fail(f"ebpf mode is not available on this host now ({reason}): "
+                       "remove the app and run it again with --mode iptables")
+            return True
         return self.view.error is not None
 
     # ---- apply ------------------------------------------------------------------------------
 
-    def _draining_service(self, desired: Desired, p: AppPlan) -> Service | None:
-        """A deleted app's rules while its containers drain: no backend (new connections are
-        refused), but its bridges, so that route_localnet stays on them until the last
-        drain ends: 127.0.0.1 clients' open connections need it to the end."""
-        gone = desired.gone
+    async def _sync(self, desired: Desired, p: AppPlan, containers: list[Container]) -> None:
+        """The data planes to the plan (apply.AppDataplane); raises when either fails, so
+        that no retirement starts on a half-synced app."""
+        leaving = self.retirements.ids() | {c.id for c in p.retire}
         held = {c.id: c for c in p.retire}
         held.update({cid: r.container for cid, r in self.retirements.active.items()
                      if cid not in self.retirements.removed})
-        bridges = tuple(sorted({c.bridge for c in held.values() if c.running and c.bridge}))
-        if gone is None or not bridges:
-            return None
-        return Service(gone.name, gone.publish, (), bridges, gone.extra_publishes)
-
-    def _forget_flows(self, spec: AppSpec) -> Callable[[Container], Awaitable[None]] | None:
-        """iptables mode: a drained replica's conntrack entries go before it stops (why:
-        lbctl.dataplane.conntrack). Never in ebpf mode, where a replica's address is the
-        sandbox's and its entries are every replica's connections."""
-        if spec.mode is not Mode.IPTABLES:
-            return None
-        served = sorted({(p.container_port, p.proto) for p in spec.publishes})
-
-        async def forget(c: Container) -> None:
-            # Both families: an IPv6 publish's entries name the replica's IPv6 address.
-            for ip in (c.ip, c.ip6):
-                for port, proto in served:
-                    if ip is not None:
-                        n = await self.s.forget_flows(ip, port, proto)
-                        log.debug("forgot %d conntrack entries of %s at %s", n, c.name, ip,
-                                  extra={"app": self.name, "replica": c.name})
-
-        return forget
-
-    async def _sync(self, desired: Desired, p: AppPlan, containers: list[Container]) -> None:
-        """The data plane to the plan: eBPF first (a replica joins the selection table before
-        the DNAT could send it traffic), then the host rules. Raises when either fails, so
-        that no retirement starts on a half-synced app."""
-        spec = desired.spec
-        if spec is None:
-            await self.s.hostrules.set(self.name, self._draining_service(desired, p))
-            self.view.in_dataplane = frozenset()
-            return
-        if spec.mode is Mode.EBPF and is_host_namespace(p.sandbox):
-            # `--network host`: the replicas' own listeners are the published port; no rule
-            # of lbctl's stands between (nor ever did: a host app never had one).
-            await self._sync_ebpf(spec, p, containers, netns_pid=os.getpid())
-            await self.s.hostrules.set(self.name, None)
-            self.view.in_dataplane = frozenset(c.id for c in p.backends)
-            return
-        if spec.mode is Mode.EBPF:
-            if p.sandbox is None or p.sandbox.ip is None or p.sandbox.pid is None:
-                # Being repaired: leave the rules as they are. A SYN to the lost sandbox's
-                # address goes unanswered and is retried by the client until the new one
-                # (usually on the same address) is up, where a REJECT would fail it at once.
-                if self.name not in self.s.hostrules.apps():
-                    await self.s.hostrules.set(
-                        self.name, Service(self.name, spec.publish, (), (), spec.extra_publishes))
-                return
-            await self._sync_ebpf(spec, p, containers)
-        await self._hairpin(spec, p)
-        await self.s.hostrules.set(self.name, backends.service(spec, p))
-        self.view.in_dataplane = frozenset(c.id for c in p.backends)
-
-    async def _sync_ebpf(self, spec: AppSpec, p: AppPlan, containers: list[Container],
-                         netns_pid: int | None = None) -> None:
-        """`netns_pid`: a process in the replicas' namespace (default: the sandbox)."""
-        if netns_pid is None:
-            assert p.sandbox is not None and p.sandbox.pid is not None
-            netns_pid = p.sandbox.pid
-        assert self.s.ebpf is not None
-        leaving = self.retirements.ids() | {c.id for c in p.retire}
-        ready, drains = backends.ebpf_members(p, containers, leaving)
-        with self.s.metrics.sync_seconds.labels(dataplane="ebpf").time():
-            try:
-                await self.s.ebpf.sync(
-                    self.name, spec.publish.container_port, netns_pid, ready, drains,
-                    spec.publish.proto,
-                )
-            except ListenerError as e:
-                self._fail(str(e))  # the app must change, not lbctl
-            except EbpfError:
-                self.s.metrics.sync_errors.labels(dataplane="ebpf").inc()
-                raise
-
-    async def _hairpin(self, spec: AppSpec, p: AppPlan) -> None:
-        """Hairpin mode on the bridge port of each DNAT target lbctl created, once per
-        container (lbctl.dataplane.hairpin): without it, a replica calling the published
-        address and sent to itself is not served where bridges pass netfilter. Best effort:
-        other clients are served either way, so a failure is logged, not the pass's."""
-        if self.s.hairpin is None:
-            return
-        targets = [p.sandbox] if spec.mode is Mode.EBPF and p.sandbox else list(p.backends)
-        for c in targets:
-            if c.id in self.hairpinned or not c.managed or not c.pid:
-                continue
-            self.hairpinned.add(c.id)
-            try:
-                changed = await self.s.hairpin(c.pid)
-            except Exception as e:
-                log.warning("cannot set hairpin mode on %s's bridge port: %s", c.name, e,
-                            extra={"app": self.name, "replica": c.name})
-                continue
-            if changed:
-                log.debug("hairpin mode on %s", ", ".join(changed),
-                          extra={"app": self.name, "replica": c.name})
+        in_dataplane = await self.dataplane.sync(desired, p, containers, leaving,
+                                                 held.values(), self._fail)
+        if in_dataplane is not None:
+            self.view.in_dataplane = in_dataplane
 
     async def _ensure_network(self, spec: AppSpec) -> None:
         """lbctl's own network, before a container that template.attachment puts there."""
         if template.attachment(spec).own:
             try:
-                await self.s.engine.ensure_network(
-                    template.network_spec(self.s.settings.ipv6_subnet))
+                await self.engine.ensure_network(self.own_network)
             except EngineError as e:
                 self._note(str(e))
                 raise
 
     async def _create_sandbox(self, spec: AppSpec) -> None:
         if self._had_sandbox:
-            self.s.metrics.sandbox_repairs.labels(app=self.name).inc()
+            self.metrics.sandbox_repairs.labels(app=self.name).inc()
             log.warning("sandbox lost: recreating it and re-joining replicas",
                         extra={"app": self.name})
         await self._ensure_network(spec)
-        req = template.sandbox_request(spec, self.s.settings.sandbox_image)
+        req = template.sandbox_request(spec, self.settings.sandbox_image)
         try:
-            await self.s.engine.create_and_start(req)
+            await self.engine.create_and_start(req)
         except EngineError as e:
             self._note(f"creating sandbox: {e}")
             raise
         self._had_sandbox = True
 
     async def _create_replicas(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
-        now = time.monotonic()
+        now = self.now()
         if now < self.create_not_before:
             asyncio.get_running_loop().call_later(self.create_not_before - now, self.wake)
             return
@@ -460,7 +337,7 @@ class AppWorker:
             template_spec = spec
             revision = desired.revision
             if create.spec_hash != spec.spec_hash():
-                found = self.s.apps.revision_spec(self.name, create.spec_hash)
+                found = self.apps.revision_spec(self.name, create.spec_hash)
                 if found is None:
                     continue
                 template_spec = found
@@ -470,7 +347,7 @@ class AppWorker:
                 placed[create.spec_hash] = template_spec
             reqs.append((template.replica_request(template_spec, create.index,
                                                   create.spec_hash, revision, join,
-                                                  self.s.settings.default_pids_limit),
+                                                  self.default_pids_limit),
                          revision))
         # Each revision's networks (another revision's --network may differ).
         for placed_spec in placed.values():
@@ -486,7 +363,7 @@ class AppWorker:
     async def _create_one(self, req: CreateRequest, revision: int | None) -> None:
         fields = {"app": self.name, "replica": req.name}
         try:
-            await self.s.engine.create_and_start(req)
+            await self.engine.create_and_start(req)
             log.info("replica started", extra={**fields, "revision": revision})
         except EngineError as e:
             self._note(str(e))
@@ -498,7 +375,8 @@ class AppWorker:
         """Crash-looping replicas are recreated with exponential backoff, not in a tight
         loop; a converged app starts afresh."""
         self.create_failures += 1
-        self.create_not_before = time.monotonic() + min(30.0, 0.5 * 2 ** (self.create_failures - 1))
+        backoff = min(self.settings.create_backoff_max, 0.5 * 2 ** (self.create_failures - 1))
+        self.create_not_before = self.now() + backoff
 
     # ---- reports ------------------------------------------------------------------------------
 
@@ -509,18 +387,18 @@ class AppWorker:
             self.reported.add(c.id)
             self._bump_backoff()
             await self._report_crash(c)
-        apps = self.s.apps
+        apps = self.apps
         rec = apps.record(self.name)
         ro = rec.rollout if rec else None
         if ro is None or desired.revision is None or not ro.active:
             return
         if p.rollout_failure:
-            self.s.metrics.rollout_failures.labels(app=self.name).inc()
+            self.metrics.rollout_failures.labels(app=self.name).inc()
             reason = p.rollout_failure
             culprit = p.rollout_culprit
             if culprit is not None:
                 # What the replica said last is usually why: the operator sees it at once.
-                tail = await self.s.engine.logs_tail(culprit.id, 1)
+                tail = await self.engine.logs_tail(culprit.id, 1)
                 if tail:
                     reason = f"{reason}: {tail}"
             await apps.rollout_failed(self.name, desired.revision, reason)
@@ -528,7 +406,7 @@ class AppWorker:
             await apps.rollout_complete(self.name, desired.revision)
 
     async def _report_crash(self, c: Container) -> None:
-        tail = await self.s.engine.logs_tail(c.id, 1)
+        tail = await self.engine.logs_tail(c.id, 1)
         rep = CrashReport(c.name, c.exit_code, tail, time.time(), c.revision)
         self.view.crash = rep
         self._note(rep.line)
@@ -543,7 +421,7 @@ class AppWorker:
         if self.view.error != message:
             log.error("app failed: %s", message, extra={"app": self.name})
         self.view.error = message
-        self.view.error_generation = self.s.apps.generation(self.name)
+        self.view.error_generation = self.apps.generation(self.name)
 
     def _note(self, message: str) -> None:
         self.view.last_event = message
@@ -557,8 +435,8 @@ class AppWorker:
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            spec = self.s.apps.desired(self.name).spec
+            await asyncio.sleep(self.probes.settings.interval)
+            spec = self.apps.desired(self.name).spec
             if spec is None:
                 continue
             try:
@@ -571,15 +449,8 @@ class AppWorker:
 
     async def _probe(self, spec: AppSpec, containers: list[Container], only_new: bool) -> bool:
         """Probe running replicas; True when a verdict changed."""
-        return await self.probes.round(spec, containers, self._answers_for(spec, containers),
-                                       self.retirements.ids(), only_new)
-
-    def _answers_for(self, spec: AppSpec, containers: list[Container]) -> Answers:
-        # A replica that joined a sandbox has no network of its own: its traffic crosses the
-        # sandbox's bridge.
-        by_id = {c.id: c.bridge for c in containers}
-        bridges = {c.id: c.bridge or by_id.get(c.joined_to or "") for c in containers}
-        return self.s.answers(spec, self.s.ebpf, self._fail, bridges)
+        return await self.probes.round(spec, containers, self._fail, self.retirements.ids(),
+                                       only_new)
 
 
 def _counts(p: AppPlan, containers: list[Container]) -> dict[ReplicaState, int]:

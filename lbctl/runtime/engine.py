@@ -28,16 +28,11 @@ from lbctl.runtime.convert import health_marker, join_mode, target_network, to_c
 from lbctl.runtime.events import parse_event
 from lbctl.runtime.options import create_config, merge_ulimits
 from lbctl.runtime.podman import podman_ulimits
+from lbctl.settings import EngineSettings
 
 log = logging.getLogger("lbctl.runtime")
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-# A list, an inspect or a create answers in milliseconds on a healthy engine; 15 s is far
-# beyond that and still short enough that a wedged engine shows up in `status` and stops the
-# watchdog long before anyone would notice otherwise.
-CALL_TIMEOUT = 15.0
-# Removal waits for the container's own stop grace first.
-REMOVE_MARGIN = 15.0
 
 T = TypeVar("T")
 
@@ -49,9 +44,11 @@ def docker_host(explicit: str | None) -> str:
 class Engine:
     """A thin, typed facade over aiodocker with lbctl's conventions built in."""
 
-    def __init__(self, url: str | None = None, call_timeout: float = CALL_TIMEOUT) -> None:
-        self.url = docker_host(url)
-        self.call_timeout = call_timeout
+    def __init__(self, settings: EngineSettings = EngineSettings()) -> None:  # noqa: B008
+        """`settings.docker_host` None: $DOCKER_HOST, else Docker's socket."""
+        self.url = docker_host(settings.docker_host)
+        self.call_timeout = settings.call_timeout
+        self.remove_margin = settings.remove_margin
         self._docker: aiodocker.Docker | None = None
         self._bridges: dict[str, str | None] = {}
         # Inspect results keyed by (id, list-level State); a container's PID, IP and network
@@ -353,7 +350,7 @@ class Engine:
         await self._call(
             f"removing container {container_id[:12]}",
             self._stop_and_remove(container_id, grace),
-            timeout=grace + REMOVE_MARGIN,
+            timeout=grace + self.remove_margin,
         )
 
     async def _stop_and_remove(self, container_id: str, grace: int) -> None:

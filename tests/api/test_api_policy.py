@@ -37,7 +37,7 @@ async def _api(tmp_path: Path, policy: Policy) -> tuple[Client, Harness]:
     h = harness(tmp_path)
     await h.start()
     client: Client = TestClient(TestServer(
-        Api(h.controller, Mode.IPTABLES, policy, identify=as_header).app))
+        Api(h.apps, h.status, Mode.IPTABLES, policy, identify=as_header).app))
     await client.start_server()
     return client, h
 
@@ -52,7 +52,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[Client, Harness]]:
         await h.stop()
 
 
-def app_body(name: str = "web", **kw: Any) -> dict[str, Any]:
+def app_body(name: str = "web", /, **kw: Any) -> dict[str, Any]:
     return {"name": name, "image": "img:1", "publish": "127.0.0.1:18080:80", "replicas": 2,
             **kw}
 
@@ -199,7 +199,7 @@ async def test_the_cli_prints_a_refusal_as_one_line_and_exits_2(
 
     h = harness(tmp_path)
     await h.start()
-    runner = web.AppRunner(Api(h.controller, Mode.IPTABLES,
+    runner = web.AppRunner(Api(h.apps, h.status, Mode.IPTABLES,
                                identify=lambda r: Caller(1000, 1000, 1)).app)
     await runner.setup()
     sock = tmp_path / "api.sock"

@@ -22,11 +22,12 @@ from harness.daemon import Daemon, UnixHTTPConnection
 from harness.engine import app_containers, docker
 from harness.host import free_port, iptables_save
 from lbctl.model.options import FIELDS as OPTION_FIELDS
+from lbctl.settings import ApiSettings
 
 pytestmark = pytest.mark.engine
 
 IMAGE = "lbctl/demo:latest"
-MAX_BODY = 64 * 1024
+MAX_BODY = ApiSettings().max_body  # the daemon runs with the default
 VALID_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,19}")
 
 
@@ -215,7 +216,7 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
     # docker run's options: bad values, a network that is missing or no bridge, a resource
     # to create under a bad name, an option both set and unset.
     good_app = json.loads(spec_with())
-    options_bad = st.sampled_from([
+    bad_options: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/apps", {"memory": "1k"}), ("POST", "/apps", {"network": ["host"]}),
         ("POST", "/apps", {"network": [f"{PREFIX}-no-such-net"]}),
         ("POST", "/apps", {"label": {"lbctl.app": "x"}}), ("POST", "/apps", {"volume": "x:/y"}),
@@ -230,7 +231,8 @@ def requests(existing: str, port: int) -> st.SearchStrategy[Req]:
         ("POST", f"/apps/{existing}/update", {"unset": "memory"}),
         ("POST", f"/apps/{existing}/update", {"memory": "1g", "unset": ["memory"]}),
         ("POST", f"/apps/{existing}/update", {"memory": "lots"}),
-    ]).map(lambda t: Req(
+    ]
+    options_bad = st.sampled_from(bad_options).map(lambda t: Req(
         f"options: {sorted(t[2])[0]}", t[0], t[1],
         json.dumps({**good_app, **t[2]} if t[1] == "/apps" else
                    {"apps": [good_app], **t[2]} if t[1] == "/apply" else t[2]).encode()))

@@ -60,7 +60,7 @@ async def unix_api(tmp_path: Path) -> AsyncIterator[tuple[str, Harness]]:
     other uid: what they would say is tests/e2e/test_policy.py's business)."""
     h = harness(tmp_path)
     await h.start()
-    runner = web.AppRunner(Api(h.controller, Mode.IPTABLES).app)
+    runner = web.AppRunner(Api(h.apps, h.status, Mode.IPTABLES).app)
     await runner.setup()
     path = f"\0lbctl-test-identity-{os.getpid()}"
     await web.UnixSite(runner, path).start()

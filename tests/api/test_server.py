@@ -22,7 +22,7 @@ from tests.controller.fakes import Harness, harness
 async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Harness]]:
     h = harness(tmp_path)
     await h.start()
-    server = TestServer(Api(h.controller, Mode.IPTABLES).app)
+    server = TestServer(Api(h.apps, h.status, Mode.IPTABLES).app)
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

@@ -1,9 +1,12 @@
-"""Fakes at the controller's boundaries (lbctl.controller.ports): an engine, the eBPF data plane
-and the host rules, all in memory, with knobs for the faults a real host has (a create that
-fails, a remove that errors or hangs, an engine call that never answers).
+"""Fakes at the controller's boundaries (lbctl.controller.interfaces): an engine, the eBPF data
+plane and the host rules, all in memory, with knobs for the faults a real host has (a create
+that fails, a remove that errors or hangs, an engine call that never answers). The lines at
+the end have mypy check each fake against the Protocol it stands in for.
 
 They stand in for the engine and kernel only in logic tests of the controller; every
-capability is also tested end to end against the real ones in tests/e2e.
+capability is also tested end to end against the real ones in tests/e2e. The tests that use
+them run on looptime's virtual clock (tests/controller/conftest.py): the controller's
+intervals and timeouts pass at once, and the time the tests measure is the loop's.
 """
 
 from __future__ import annotations
@@ -15,16 +18,30 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from lbctl.controller import template
 from lbctl.controller.admission import Admission
+from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
+from lbctl.controller.counters import KernelCounters
+from lbctl.controller.draining import Drains
 from lbctl.controller.hostrules import HostRules
+from lbctl.controller.interfaces import (
+    Answers,
+    AnswersFor,
+    ConnectionCounter,
+    EbpfPort,
+    EnginePort,
+    FlowForgetter,
+    HostPortHolder,
+    RulesPort,
+)
 from lbctl.controller.limits import Limits
-from lbctl.controller.probes import Answers
+from lbctl.controller.metrics import Metrics
+from lbctl.controller.readiness.rounds import ReplicaProbes
+from lbctl.controller.status import Status
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
-from lbctl.controller.worker import Settings, Shared
-from lbctl.dataplane.hostports import HostPorts
-from lbctl.metrics import Metrics
+from lbctl.controller.worker import AppWorker
 from lbctl.model import (
     LABEL_APP,
     LABEL_INDEX,
@@ -40,6 +57,7 @@ from lbctl.model.dataplane import Member, Service
 from lbctl.model.errors import EngineError
 from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 from lbctl.model.spec import Mode
+from lbctl.settings import DrainSettings, Settings, WorkerSettings
 
 
 @dataclass
@@ -120,6 +138,13 @@ class FakeEngine:
         await self._maybe_hang()
         return image in self.images
 
+    async def cpu_count(self) -> int | None:
+        return 2
+
+    async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
+        await self._maybe_hang()
+        return False
+
     async def ensure_network(self, spec: NetworkSpec) -> bool:
         await self._maybe_hang()
         return False  # the fake's containers need no network to be made
@@ -175,8 +200,12 @@ class FakeEbpf:
         self.pinned.add(app)
         self.tables[app] = sorted(m.name for m in ready)
 
-    async def has_listener(self, pid: int, port: int, name: str | None = None) -> bool:
+    async def has_listener(self, pid: int, port: int, name: str | None = None,
+                           proto: str = "tcp") -> bool:
         return True
+
+    async def active_flows(self, app: str, replica: str, within: float) -> int:
+        return 0
 
     async def counters(self, app: str) -> dict[str, int]:
         return {}
@@ -201,17 +230,28 @@ class FakeRules:
         self.syncs = 0
         self.fail_next = 0
         self.fulls: list[bool] = []  # `full` of every sync asked for, failed ones included
+        # The real rules port serializes syncs and counter reads on one lock
+        # (lbctl.dataplane.iptables): so does this one, with a knob for how long a read takes.
+        self.lock = asyncio.Lock()
+        self.counter_delay = 0.0
+        self.counter_reads = 0
+        self.counts: dict[tuple[str, str], int] = {}
 
     async def sync(self, services: Sequence[Service], full: bool = False) -> None:
-        self.fulls.append(full)
-        if self.fail_next:
-            self.fail_next -= 1
-            raise RuntimeError("iptables-restore: simulated failure")
-        self.syncs += 1
-        self.applied = list(services)
+        async with self.lock:
+            self.fulls.append(full)
+            if self.fail_next:
+                self.fail_next -= 1
+                raise RuntimeError("iptables-restore: simulated failure")
+            self.syncs += 1
+            self.applied = list(services)
 
     async def counters(self) -> dict[tuple[str, str], int]:
-        return {}
+        async with self.lock:
+            self.counter_reads += 1
+            if self.counter_delay:
+                await asyncio.sleep(self.counter_delay)
+            return dict(self.counts)
 
     def backends(self, app: str) -> list[str]:
         for s in self.applied:
@@ -220,7 +260,7 @@ class FakeRules:
         return []
 
 
-def always_ready(spec: AppSpec, ebpf: object, fail: Callable[[str], None],
+def always_ready(spec: AppSpec, fail: Callable[[str], None],
                  bridges: Mapping[str, str | None]) -> Answers:
     async def answers(c: Container) -> bool:
         return c.running
@@ -253,6 +293,13 @@ def spec(name: str, replicas: int = 2, image: str = "img:1", mode: Mode = Mode.I
                               "replicas": replicas, "mode": str(mode), **extra})
 
 
+# Intervals short enough that a test sees the controller act within its (virtual) seconds.
+FAST = Settings(
+    worker=WorkerSettings(resync_interval=0.05, pass_timeout=5.0, unhealthy_grace=30.0),
+    drain=DrainSettings(timeout=1.0, stop_grace=1),
+)
+
+
 @dataclass
 class Harness:
     engine: FakeEngine
@@ -261,6 +308,9 @@ class Harness:
     conntrack: FakeConntrack
     controller: Controller
     apps: AppsService
+    hostrules: HostRules
+    status: Status
+    settings: Settings
     task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -273,28 +323,55 @@ class Harness:
             await asyncio.gather(self.task, return_exceptions=True)
 
     async def until(self, pred: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-        t0 = time.monotonic()
+        """Seconds on the loop's clock until `pred` holds (virtual under looptime)."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         while not pred():
-            if time.monotonic() - t0 > timeout:
+            if loop.time() - t0 > timeout:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
             await asyncio.sleep(0.01)
-        return time.monotonic() - t0
+        return loop.time() - t0
 
 
-def harness(tmp: Path, engine: FakeEngine | None = None, ports: HostPorts | None = None,
-            limits: Limits | None = None, **settings: object) -> Harness:
-    """The controller on fakes; `ports` (a HostPorts on a fake binder) and `limits` as the
-    daemon wires them, for the tests of what holds host ports and what caps apps."""
+def harness(tmp: Path, engine: FakeEngine | None = None,
+            host_ports: HostPortHolder | None = None, limits: Limits | None = None,
+            settings: Settings = FAST, answers: AnswersFor = always_ready,
+            open_connections: ConnectionCounter = no_connections) -> Harness:
+    """The controller on fakes, wired as lbctl.daemon.build wires it on the real adapters;
+    `host_ports` (a HostPorts on a fake binder) and `limits` as the daemon wires them, for the
+    tests of what holds host ports and what caps apps."""
     engine = engine or FakeEngine()
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
-    st = Settings(**{"drain_timeout": 1.0, "stop_grace": 1, "resync_interval": 0.05,
-                     "unhealthy_grace": 30.0, "pass_timeout": 5.0, **settings})  # type: ignore[arg-type]
-    apps = AppsService(StateStore(tmp), Admission(engine, lambda: None, port_check=lambda s: None),
-                       ports=ports, limits=limits)
-    shared = Shared(engine=engine, apps=apps, hostrules=HostRules(rules, tmp), ebpf=ebpf,
-                    ebpf_unavailable=lambda: None, open_connections=no_connections,
-                    forget_flows=conntrack, metrics=Metrics(), settings=st, answers=always_ready)
-    controller = Controller(shared)
+    metrics = Metrics()
+    apps = AppsService(StateStore(tmp),
+                       Admission(engine, lambda: None, lambda: None, port_check=lambda s: None),
+                       host_ports=host_ports, limits=limits)
+    hostrules = HostRules(rules, tmp, settings.hostrules)
+    drains = Drains(ebpf, open_connections, conntrack, settings.drain)
+    own_network = template.network_spec(template.ula_subnet("test"))
+
+    def new_worker(app: str) -> AppWorker:
+        return AppWorker(
+            app, engine=engine, apps=apps,
+            dataplane=AppDataplane(app, hostrules, ebpf, lambda: None, None, metrics),
+            drains=drains, probes=ReplicaProbes(app, answers, ebpf, settings.probes),
+            metrics=metrics, settings=settings, own_network=own_network,
+        )
+
+    controller = Controller(apps=apps, hostrules=hostrules, engine=engine, new_worker=new_worker,
+                            metrics=metrics, settings=settings.worker,
+                            pinned_apps=ebpf.pinned_apps)
     apps.on_change = controller.on_change
     apps.load()
-    return Harness(engine, ebpf, rules, conntrack, controller, apps)
+    counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
+    status = Status(apps, counters, controller)
+    return Harness(engine, ebpf, rules, conntrack, controller, apps, hostrules, status, settings)
+
+
+# mypy checks each fake against the Protocol it stands in for (`make lint`).
+_engine: EnginePort = FakeEngine()
+_ebpf: EbpfPort = FakeEbpf()
+_rules: RulesPort = FakeRules()
+_conntrack: FlowForgetter = FakeConntrack(FakeEngine())
+_connections: ConnectionCounter = no_connections
+_answers: AnswersFor = always_ready

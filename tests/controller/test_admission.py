@@ -58,7 +58,7 @@ def spec(*publish: str, name: str = "web", **opts: Any) -> AppSpec:
 
 def admission(engine: FakeEngine | None = None, ipv6: str | None = None) -> Admission:
     e: Any = engine or FakeEngine()
-    return Admission(e, lambda: None, port_check=lambda s: None, ipv6_unavailable=lambda: ipv6)
+    return Admission(e, lambda: None, lambda: ipv6, port_check=lambda s: None)
 
 
 # ---- publishes ---------------------------------------------------------------------------------

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from lbctl.controller.interfaces import Answers
 from lbctl.model import AppSpec, Container
 from lbctl.model.runtime import EngineEvent
 from lbctl.model.spec import Mode
-from tests.controller.fakes import FakeEngine, harness, spec
+from lbctl.settings import Settings
+from tests.controller.fakes import FAST, FakeEngine, harness, spec
+
+
+def worker_settings(**fields: Any) -> Settings:
+    return replace(FAST, worker=replace(FAST.worker, **fields))
 
 
 async def test_apps_converge_and_a_crashed_replica_is_replaced(tmp_path: Path) -> None:
@@ -49,7 +57,8 @@ async def test_a_failing_sandbox_create_does_not_hold_another_app(tmp_path: Path
         engine.kill("good-1")
         took = await h.until(lambda: h.rules.backends("good") == ["good-2"], 1.0)
         await h.until(lambda: h.rules.backends("good") == ["good-1", "good-2"], 2.0)
-        assert took < 1.0
+        # On the loop's clock (virtual): the event took it out, not a periodic pass
+        assert took < h.settings.worker.resync_interval, took
     finally:
         await h.stop()
 
@@ -70,13 +79,15 @@ async def test_remove_errors_and_slow_stops_stay_with_their_app(tmp_path: Path) 
         await h.apps.scale("slow", 1)
         await h.apps.scale("err", 1)
         await h.until(lambda: h.rules.backends("slow") == ["slow-1"], 1.0)
-        t0 = time.monotonic()
         engine.kill("ok-2")
-        await h.until(lambda: h.rules.backends("ok") == ["ok-1"], 1.0, "ok-2 out")
-        await h.until(lambda: h.rules.backends("ok") == ["ok-1", "ok-2"], 2.0, "ok-2 back")
-        failover = time.monotonic() - t0
-        assert failover < 1.5, failover
-        # the slow stops went on meanwhile, in parallel, not one after another
+        out = await h.until(lambda: h.rules.backends("ok") == ["ok-1"], 1.0, "ok-2 out")
+        back = await h.until(lambda: h.rules.backends("ok") == ["ok-1", "ok-2"], 2.0,
+                             "ok-2 back")
+        slow_left = len([c for c in engine.containers.values() if c.c.app == "slow"])
+        # On the loop's clock: ok-2 was out at once and back before the slow stops (2 s
+        # each) ended; they went on meanwhile, in parallel, not one after another
+        assert out < h.settings.worker.resync_interval and slow_left > 1, (out, slow_left)
+        assert out + back < 2.0, (out, back)
         await h.until(lambda: len([c for c in engine.containers.values()
                                    if c.c.app == "slow"]) == 1, 4.0, "slow ones gone")
     finally:
@@ -85,15 +96,16 @@ async def test_remove_errors_and_slow_stops_stay_with_their_app(tmp_path: Path) 
 
 async def test_an_unhealthy_replica_is_replaced_after_the_grace(tmp_path: Path) -> None:
     engine = FakeEngine()
-    h = harness(tmp_path, engine, unhealthy_grace=0.3)
     sick: set[str] = set()
 
-    def answers(spec: object, ebpf: object, fail: object, bridges: object):  # type: ignore[no-untyped-def]
+    def answers(spec: AppSpec, fail: Callable[[str], None],
+                bridges: Mapping[str, str | None]) -> Answers:
         async def probe(c: Container) -> bool:
             return c.running and c.name not in sick
         return probe
 
-    h.controller.s.answers = answers
+    h = harness(tmp_path, engine, settings=worker_settings(unhealthy_grace=0.3),
+                answers=answers)
     await h.start()
     try:
         await h.apps.apply([spec("web", 2)])
@@ -127,8 +139,7 @@ async def test_rm_survives_a_restart_and_drains_on_the_old_port(tmp_path: Path) 
         asked.append(port)
         return 0
 
-    h2 = harness(tmp_path, engine)
-    h2.controller.s.open_connections = counting
+    h2 = harness(tmp_path, engine, open_connections=counting)
     await h2.start()
     try:
         await asyncio.wait_for(h2.apps.wait_gone("web", 5), 6)
@@ -180,12 +191,12 @@ async def test_a_failed_rules_sync_is_retried_and_nothing_stops_meanwhile(
 
 async def test_a_wedged_engine_fails_passes_and_stops_liveness(tmp_path: Path) -> None:
     engine = FakeEngine()
-    h = harness(tmp_path, engine, pass_timeout=0.3)
+    h = harness(tmp_path, engine, settings=worker_settings(pass_timeout=0.3))
     await h.start()
     try:
         await h.apps.apply([spec("web", 1)])
         await h.until(lambda: len(h.rules.backends("web")) == 1)
-        h.controller.last_discovery = time.monotonic()
+        h.controller.last_discovery = asyncio.get_running_loop().time()
         assert h.controller.alive(1.0)
         engine.hang = True
         w = h.controller.worker("web")
@@ -318,7 +329,8 @@ async def test_a_network_created_on_the_engine_resyncs_the_host_rules(tmp_path: 
         before = h.rules.syncs
         h.engine.events_q.put_nowait(EngineEvent("create", "net1", None, kind="network"))
         took = await h.until(lambda: h.rules.syncs > before, 1.0, "a sync after the event")
-        print(f"host rules synced {1000 * took:.0f} ms after the network event")
+        # On the loop's clock: the event's sync, long before the periodic one
+        assert took < h.settings.hostrules.resync_interval / 100, took
     finally:
         await h.stop()
 
@@ -328,13 +340,12 @@ async def test_a_deleted_app_keeps_its_bridges_in_the_rules_until_its_drains_end
 ) -> None:
     """route_localnet must stay on a bridge while a deleted app's replicas drain 127.0.0.1
     clients' connections: its rules keep the bridges (and no backend) until the last drain."""
-    h = harness(tmp_path)
     open_conns = {"n": 1}
 
     async def draining(pid: int, port: int) -> int:
         return open_conns["n"]
 
-    h.controller.s.open_connections = draining
+    h = harness(tmp_path, open_connections=draining)
     await h.start()
     try:
         await h.apps.apply([spec("web", 2)])

@@ -14,15 +14,19 @@ from lbctl.controller import hostrules
 from lbctl.controller.hostrules import HostRules
 from lbctl.model import Publish
 from lbctl.model.dataplane import Backend, Service
+from lbctl.settings import HostRulesSettings
 from tests.controller.fakes import FakeRules
+
+# No pause between syncs: each test step's sync runs at once.
+SETTINGS = HostRulesSettings(min_interval=0)
 
 
 async def until(cond: Callable[[], bool]) -> None:
-    for _ in range(500):
+    for _ in range(20_000):  # 200 s of the loop's virtual time: past 3 resync intervals
         if cond():
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("not within 5 s")
+    raise AssertionError("not within 200 s")
 
 
 def svc(n: int) -> Service:
@@ -31,10 +35,10 @@ def svc(n: int) -> Service:
 
 
 async def test_full_only_at_start_after_failure_on_resync_and_periodically(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path,
 ) -> None:
     rules = FakeRules()
-    hr = HostRules(rules, tmp_path, min_interval=0)
+    hr = HostRules(rules, tmp_path, SETTINGS)
     task = asyncio.create_task(hr.run())
     try:
         await hr.set("web", svc(1))
@@ -57,14 +61,17 @@ async def test_full_only_at_start_after_failure_on_resync_and_periodically(
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    # Nothing to do for RESYNC_INTERVAL: the pass that runs then is full.
-    monkeypatch.setattr(hostrules, "RESYNC_INTERVAL", 0.05)
+    # Nothing to do for resync_interval: the pass that runs then is full.
     rules = FakeRules()
-    hr = HostRules(rules, tmp_path, min_interval=0)
+    hr = HostRules(rules, tmp_path, SETTINGS)
     task = asyncio.create_task(hr.run())
+    loop = asyncio.get_running_loop()
     try:
         await hr.set("web", svc(2))
+        t0 = loop.time()
         await until(lambda: len(rules.fulls) >= 4)
+        # three periodic passes, one per resync_interval (on the loop's virtual clock)
+        assert loop.time() - t0 >= 3 * SETTINGS.resync_interval
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

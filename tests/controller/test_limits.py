@@ -12,11 +12,12 @@ import pytest
 from lbctl.controller import limits
 from lbctl.controller.limits import Cap, Limits, daemon_limits
 from lbctl.model import Forbidden, Mode
+from lbctl.settings import LimitSettings
 from tests.controller.fakes import harness, spec
 
 
 async def test_daemon_caps_refuse_growth_only_and_bind_every_caller(tmp_path: Path) -> None:
-    h = harness(tmp_path, limits=daemon_limits(max_apps=2, max_containers=5))
+    h = harness(tmp_path, limits=daemon_limits(LimitSettings(max_apps=2, max_containers=5)))
     await h.apps.apply([spec("a", 2), spec("b", 2, mode=Mode.EBPF, port=18001)])  # 2 + 2 + 1
     with pytest.raises(Forbidden) as e:
         await h.apps.apply([spec("c", 0, port=18002)])
@@ -28,7 +29,7 @@ async def test_daemon_caps_refuse_growth_only_and_bind_every_caller(tmp_path: Pa
     await h.apps.scale("a", 1)  # less is always fine
     await h.apps.scale("a", 2)
     # Above a cap (lowered by a restart with smaller flags), what does not grow passes.
-    h.apps.limits = daemon_limits(max_apps=1, max_containers=1)
+    h.apps.limits = daemon_limits(LimitSettings(max_apps=1, max_containers=1))
     await h.apps.scale("a", 2)
     await h.apps.apply([spec("a", 1)])
     with pytest.raises(Forbidden, match="--max-containers"):
@@ -36,7 +37,7 @@ async def test_daemon_caps_refuse_growth_only_and_bind_every_caller(tmp_path: Pa
 
 
 async def test_a_callers_caps_add_to_the_daemons(tmp_path: Path) -> None:
-    h = harness(tmp_path, limits=daemon_limits(max_apps=10, max_containers=0))
+    h = harness(tmp_path, limits=daemon_limits(LimitSettings(max_apps=10, max_containers=0)))
     mine = Limits(apps=(Cap(1, "max_apps in /etc/lbctl/policy.toml", "policy"),))
     await h.apps.create(spec("a", 1), limits=mine)
     with pytest.raises(Forbidden) as e:
@@ -47,7 +48,7 @@ async def test_a_callers_caps_add_to_the_daemons(tmp_path: Path) -> None:
 
 
 async def test_racing_creates_cannot_both_take_the_last_place(tmp_path: Path) -> None:
-    h = harness(tmp_path, limits=daemon_limits(max_apps=1, max_containers=0))
+    h = harness(tmp_path, limits=daemon_limits(LimitSettings(max_apps=1, max_containers=0)))
     results = await asyncio.gather(*(h.apps.create(spec(f"app{i}", 1, port=18000 + i))
                                      for i in range(5)), return_exceptions=True)
     assert sum(r is None for r in results) == 1, results
@@ -58,4 +59,4 @@ async def test_racing_creates_cannot_both_take_the_last_place(tmp_path: Path) ->
 def test_containers_count_replicas_and_sandboxes() -> None:
     specs = [spec("a", 3), spec("b", 2, mode=Mode.EBPF), spec("c", 0, mode=Mode.EBPF)]
     assert limits.containers(specs) == 3 + 3 + 1
-    assert daemon_limits(0, 0) == Limits()
+    assert daemon_limits(LimitSettings(max_apps=0, max_containers=0)) == Limits()

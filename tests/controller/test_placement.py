@@ -5,11 +5,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from lbctl.controller import backends, hostrules, readiness, template
+from lbctl.controller import backends, hostrules, template
 from lbctl.controller.planner import AppPlan
+from lbctl.controller.readiness.answers import Questions
 from lbctl.model import AppSpec, Container
 from lbctl.model.dataplane import Backend
 from lbctl.runtime.convert import to_container
+from lbctl.settings import ProbeSettings, WorkerSettings
+
+SANDBOX = WorkerSettings().sandbox_image
 
 
 def spec(mode: str, *publish: str) -> AppSpec:
@@ -27,13 +31,13 @@ def test_only_ipv6_apps_without_networks_move_to_lbctls_network() -> None:
     dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
     assert template.attachment(v4) == template.Attachment(("bridge",), None, ())
     assert template.attachment(dual) == template.Attachment(("lbctl",), "lbctl", (), own=True)
-    req = template.replica_request(dual, 1, "h", 1, None)
+    req = template.replica_request(dual, 1, "h", 1, None, None)
     assert tuple(req.networks) == ("lbctl",) and req.labels["lbctl.network"] == "lbctl"
-    assert tuple(template.replica_request(v4, 1, "h", 1, None).networks) == ("bridge",)
+    assert tuple(template.replica_request(v4, 1, "h", 1, None, None).networks) == ("bridge",)
     ebpf = spec("ebpf", "[::]:80:8080")
     # ebpf mode: the sandbox holds the namespace; replicas join it and need no network.
-    assert tuple(template.sandbox_request(ebpf).networks) == ("lbctl",)
-    assert not template.replica_request(ebpf, 1, "h", 1, "sandbox-id").networks
+    assert tuple(template.sandbox_request(ebpf, SANDBOX).networks) == ("lbctl",)
+    assert not template.replica_request(ebpf, 1, "h", 1, "sandbox-id", None).networks
     net = template.network_spec(template.ula_subnet("machine"))
     assert (net.name, net.bridge, net.labels, net.owned) == (
         "lbctl", "lbctl0", {"lbctl.managed": "true"}, True)
@@ -47,7 +51,7 @@ def test_named_networks_win_over_lbctls_own_for_both_families() -> None:
                                "network": ["dual", "backend"]})
     assert template.attachment(named) == template.Attachment(
         ("dual", "backend"), "dual", ("web",))
-    sb = template.sandbox_request(named.with_replicas(1))
+    sb = template.sandbox_request(named.with_replicas(1), SANDBOX)
     assert tuple(sb.networks) == ("dual", "backend") and sb.labels["lbctl.network"] == "dual"
 
 
@@ -61,7 +65,7 @@ def test_ula_subnet_is_a_stable_unique_local_64() -> None:
 def test_service_carries_both_addresses_and_every_publish() -> None:
     dual = spec("iptables", "0.0.0.0:80:8080", "[::]:80:8080")
     a, b = container("web-1", "172.30.0.2", "fd00::2"), container("web-2", "172.30.0.3", None)
-    svc = backends.service(dual, AppPlan(backends=[a, b]))
+    svc = backends.service(dual, AppPlan(backends=(a, b)))
     assert svc.backends == (Backend("web-1", "172.30.0.2", 8080, 1, "fd00::2"),
                             Backend("web-2", "172.30.0.3", 8080, 1, None))
     assert svc.publishes == dual.publishes and svc.bridges == ("lbctl0",)
@@ -109,10 +113,11 @@ async def test_no_replica_of_an_ipv6_app_is_ready_while_its_bridge_is_tentative(
         asked.append(bridge)
         return False
 
-    answers = readiness.answers_for(dual, None, lambda m: None, {c.id: "lbctl0"}, tentative)
+    questions = Questions(None, tentative, ProbeSettings())
+    answers = questions(dual, lambda m: None, {c.id: "lbctl0"})
     assert await answers(c) is False and asked == ["lbctl0"]
     # An IPv4-only app does not ask.
     v4 = spec("iptables", "127.0.0.1:80:8080")
     asked.clear()
-    await readiness.answers_for(v4, None, lambda m: None, {}, tentative)(c)
+    await questions(v4, lambda m: None, {})(c)
     assert asked == []

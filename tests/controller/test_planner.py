@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from lbctl.controller.planner import AppPlan, Desired, Observed, Probe, is_host_namespace, plan_app
 from lbctl.model import (
@@ -250,7 +251,7 @@ def test_ebpf_only_joined_replicas_serve() -> None:
 # ---- rollouts ------------------------------------------------------------------------------
 
 
-def rolling(n: int, **kw: object) -> Desired:
+def rolling(n: int, **kw: Any) -> Desired:
     return want(n, image=NEW_IMAGE, **kw)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from lbctl.controller.status import status
 from lbctl.dataplane.hostports import HostPorts
 from lbctl.model import InvalidInput, Publish
 from tests.controller.fakes import harness, spec
@@ -44,7 +43,7 @@ class FakeBinder:
 
 async def test_an_app_holds_its_port_until_its_removal_is_done(tmp_path: Path) -> None:
     b = FakeBinder()
-    h = harness(tmp_path, ports=HostPorts(b))
+    h = harness(tmp_path, host_ports=HostPorts(b))
     await h.start()
     try:
         await h.apps.apply([spec("web", 2, port=18000), spec("api", 1, port=18001)])
@@ -63,7 +62,7 @@ async def test_a_refused_change_holds_nothing(tmp_path: Path) -> None:
     first app's placeholder is closed again."""
     b = FakeBinder()
     b.others.add(18002)
-    h = harness(tmp_path, ports=HostPorts(b))
+    h = harness(tmp_path, host_ports=HostPorts(b))
     await h.start()
     try:
         with pytest.raises(InvalidInput, match="18002/tcp is already in use"):
@@ -75,7 +74,7 @@ async def test_a_refused_change_holds_nothing(tmp_path: Path) -> None:
 
 async def test_a_failed_state_write_releases_the_new_port(tmp_path: Path) -> None:
     b = FakeBinder()
-    h = harness(tmp_path, ports=HostPorts(b))
+    h = harness(tmp_path, host_ports=HostPorts(b))
 
     def broken(state: object) -> None:
         raise OSError(28, "No space left on device")
@@ -88,17 +87,18 @@ async def test_a_failed_state_write_releases_the_new_port(tmp_path: Path) -> Non
 
 async def test_a_restart_takes_the_ports_back_or_reports_who_has_them(tmp_path: Path) -> None:
     b = FakeBinder()
-    h = harness(tmp_path, ports=HostPorts(b))
+    h = harness(tmp_path, host_ports=HostPorts(b))
     await h.apps.apply([spec("web", 1, port=18000), spec("api", 1, port=18001)])
     assert b.ports() == [18000, 18001]
-    assert h.apps.ports is not None
-    h.apps.ports.close()  # the daemon stops
+    held = h.apps.host_ports
+    assert isinstance(held, HostPorts)
+    held.close()  # the daemon stops
     b.others.add(18001)  # something takes api's port meanwhile
-    h2 = harness(tmp_path, ports=HostPorts(b))  # and starts again (load() re-holds)
+    h2 = harness(tmp_path, host_ports=HostPorts(b))  # and starts again (load() re-holds)
     await h2.start()
     try:
         assert b.ports() == [18000]
-        web, api = await status(h2.controller, "web"), await status(h2.controller, "api")
+        web, api = await h2.status.report("web"), await h2.status.report("api")
         assert web[0]["port_conflict"] is None
         assert api[0]["port_conflict"] == (
             "port 127.0.0.1:18001/tcp is also bound by another socket, which gets none of its "

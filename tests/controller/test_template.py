@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from lbctl.controller.template import (
-    DEFAULT_PIDS_LIMIT,
-    attachment,
-    replica_request,
-    sandbox_request,
-)
+from lbctl.controller.template import attachment, replica_request, sandbox_request
 from lbctl.model import AppSpec
 from lbctl.model.options import RunOptions
+from lbctl.settings import LimitSettings, WorkerSettings
+
+PIDS = LimitSettings().default_pids_limit
+SANDBOX = WorkerSettings().sandbox_image
 
 
 def spec(mode: str, **opts: Any) -> AppSpec:
@@ -28,8 +27,8 @@ OPTS: dict[str, Any] = {"network": ["backend", "front"], "add-host": ["db2:10.0.
 
 def test_iptables_replicas_carry_every_option_and_join_every_network() -> None:
     s = spec("iptables", **OPTS)
-    req = replica_request(s, 2, s.spec_hash(), 3, None)
-    assert req.options == replace(s.options, pids_limit=DEFAULT_PIDS_LIMIT)
+    req = replica_request(s, 2, s.spec_hash(), 3, None, PIDS)
+    assert req.options == replace(s.options, pids_limit=PIDS)
     assert tuple(req.networks) == ("backend", "front") and tuple(req.aliases) == ("web",)
     assert req.labels["lbctl.network"] == "backend"  # the DNAT target: the first network
     assert req.labels["lbctl.spec-hash"] == s.spec_hash()
@@ -38,12 +37,12 @@ def test_iptables_replicas_carry_every_option_and_join_every_network() -> None:
 
 def test_ebpf_namespace_options_go_on_the_sandbox_the_rest_on_replicas() -> None:
     s = spec("ebpf", **OPTS)
-    rep = replica_request(s, 1, s.spec_hash(), 1, "sandbox-id")
+    rep = replica_request(s, 1, s.spec_hash(), 1, "sandbox-id", PIDS)
     assert rep.join == "sandbox-id" and not rep.networks and not rep.aliases
     assert rep.options.network == () and rep.options.dns == () and rep.options.add_host == ()
     assert rep.options.memory == "64m" and rep.options.volume == ("data:/data",)
     assert "lbctl.network" not in rep.labels
-    sb = sandbox_request(s)
+    sb = sandbox_request(s, SANDBOX)
     assert tuple(sb.networks) == ("backend", "front") and sb.labels["lbctl.network"] == "backend"
     assert sb.options == RunOptions(add_host=("db2:10.0.0.5",), dns=("10.0.0.53",))
     assert sb.sysctls == {"net.ipv4.tcp_migrate_req": "1"}
@@ -55,8 +54,8 @@ def test_default_network_has_no_alias_and_no_recorded_name() -> None:
     s = spec("iptables")
     a = attachment(s)
     assert (a.networks, a.target, a.aliases) == (("bridge",), None, ())
-    assert "lbctl.network" not in replica_request(s, 1, s.spec_hash(), 1, None).labels
-    assert "lbctl.network" not in sandbox_request(spec("ebpf")).labels
+    assert "lbctl.network" not in replica_request(s, 1, s.spec_hash(), 1, None, PIDS).labels
+    assert "lbctl.network" not in sandbox_request(spec("ebpf"), SANDBOX).labels
     named = attachment(spec("iptables", network=["bridge", "backend"]))
     assert (named.target, named.aliases) == ("bridge", ("web",))
 
@@ -65,11 +64,11 @@ def test_a_replica_gets_the_default_pids_limit_unless_its_spec_sets_one() -> Non
     """A fork bomb in one replica must not take every PID of the host; the default is not
     part of the spec, so its hash (and what runs) does not change with it."""
     plain, own = spec("iptables"), spec("iptables", **{"pids-limit": 100})
-    assert replica_request(plain, 1, plain.spec_hash(), 1, None).options.pids_limit == 2048
-    assert replica_request(own, 1, own.spec_hash(), 1, None).options.pids_limit == 100
+    assert replica_request(plain, 1, plain.spec_hash(), 1, None, PIDS).options.pids_limit == 2048
+    assert replica_request(own, 1, own.spec_hash(), 1, None, PIDS).options.pids_limit == 100
     assert replica_request(plain, 1, plain.spec_hash(), 1, None, 500).options.pids_limit == 500
     assert replica_request(plain, 1, plain.spec_hash(), 1, None, None).options.pids_limit is None
     ebpf = spec("ebpf")
-    assert replica_request(ebpf, 1, ebpf.spec_hash(), 1, "sb").options.pids_limit == 2048
-    assert sandbox_request(ebpf).options.pids_limit is None
+    assert replica_request(ebpf, 1, ebpf.spec_hash(), 1, "sb", PIDS).options.pids_limit == 2048
+    assert sandbox_request(ebpf, SANDBOX).options.pids_limit is None
     assert "pids-limit" not in plain.to_json() and plain.spec_hash() == spec("iptables").spec_hash()

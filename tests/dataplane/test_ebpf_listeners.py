@@ -339,7 +339,9 @@ async def test_sockets_bound_to_an_address_are_found_by_the_whole_key(
     assert set(state(dp)["groups"]) == {"udp4 127.0.0.1", "udp6 ::1"}
     maps = pins.open_pins(dp.pin_root / "web~t")
     try:
-        assert sorted(map(len, table.registered_groups(maps.fds))) == [28, 28]  # hash keys
+        keys = table.registered_groups(maps.fds)
+        # two hash keys, no wildcard (an int)
+        assert sorted(len(k) if isinstance(k, bytes) else -1 for k in keys) == [28, 28]
     finally:
         maps.close()
     await flows.add(300, "4")

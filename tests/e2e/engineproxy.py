@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +89,7 @@ class EngineProxy:
         await session.close()
 
     def _handler(self, session: aiohttp.ClientSession) -> Callable[
-            [web.Request], object]:
+            [web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             # Accepted, never answered. The flag is a threading.Event set from the test's
             # thread, so it is polled (an asyncio.Event cannot be set across threads).

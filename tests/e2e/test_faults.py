@@ -230,6 +230,83 @@ def test_replica_crash_under_load_leaves_within_a_second_and_is_replaced(
     assert set(seen) == {f"{app_name}-{i}" for i in (1, 2, 3)}, seen
 
 
+# ---- a crowd of scrapes while a replica dies ---------------------------------------------
+
+
+SCRAPERS = 100
+
+
+def test_a_crowd_of_scrapes_does_not_hold_a_dead_replica_in_the_data_plane(
+    daemon: Daemon, app_name: str
+) -> None:
+    """100 clients GET /metrics and GET /apps back to back (each reads the kernel's rule
+    counters, under the lock every iptables sync takes) while a replica is `docker kill`ed:
+    it leaves the data plane as fast as without them, because the scrapes share one counters
+    read at a time (lbctl.controller.counters) instead of queueing 100 in front of the sync
+    (5 s late, reproduced before). iptables mode: there the dead replica's rule is what sends
+    clients to it, so the last refused request dates its leaving."""
+    import threading
+    import urllib.request
+
+    port = free_port()
+    run_app(daemon, app_name, port, 3, "iptables")
+    assert_consistent(daemon, app_name, 3, "iptables")
+    victim_name = f"{app_name}-2"
+    victim = next(c["Id"] for c in replicas_of(app_name) if c["Name"] == f"/{victim_name}")
+    stop = threading.Event()
+    scrapes = {"metrics": 0, "apps": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def scrape(i: int) -> None:
+        url = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+        while not stop.is_set():
+            kind = "metrics" if i % 2 else "apps"
+            try:
+                if kind == "metrics":
+                    with urllib.request.urlopen(url, timeout=30) as r:
+                        r.read()
+                else:
+                    daemon.api("GET", "/apps")
+            except Exception:
+                kind = "errors"
+            with lock:
+                scrapes[kind] += 1
+
+    def in_status() -> bool:
+        return any(r["container_id"] == victim and r["state"] == "ready"
+                   for r in daemon.status(app_name)["replicas"])
+
+    threads = [threading.Thread(target=scrape, args=(i,), daemon=True) for i in range(SCRAPERS)]
+    with Load(port, clients=4, seconds=40) as load:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # the crowd is at full speed
+        before = dict(scrapes)
+        assert in_status()
+        t_kill = time.monotonic()
+        docker("kill", victim)
+        wait_until(lambda: not in_status(), 10, "dead replica out of status", step=0.01)
+        left = time.monotonic() - t_kill
+        time.sleep(2.0)
+        stop.set()
+        window = time.monotonic() - t_kill
+        for t in threads:
+            t.join(timeout=60)
+    fail_times = [round(t - t_kill, 3) for t, _ in load.failed]
+    during = {k: scrapes[k] - before[k] for k in scrapes}
+    print(f"\n{SCRAPERS} scrapers ({during['metrics']} /metrics, {during['apps']} /apps, "
+          f"{during['errors']} errors in the {window:.1f}s from the kill on): "
+          f"killed replica out of status after {left:.3f}s; load sent {load.sent}, refused "
+          f"{len(load.failed)} at {fail_times} s after the kill")
+    assert during["metrics"] > SCRAPERS and during["apps"] > SCRAPERS, during
+    assert scrapes["errors"] == 0, scrapes
+    # The same bound as a kill without the crowd (test_replica_crash_under_load...)
+    assert left < 1.0, f"the dead replica stayed in the data plane for {left:.3f}s"
+    # and the order: nothing was sent to the dead replica after status said it left
+    assert all(0 <= t <= left + 0.05 for t in fail_times), (fail_times, left)
+    assert load.sent > 1000
+
+
 # ---- the sandbox (ebpf mode) is killed ------------------------------------------------------
 
 
@@ -713,7 +790,7 @@ def test_what_lbctl_did_not_create_is_untouched(daemon: Daemon, app_name: str) -
         for app in (ipt_app, ebpf_app):
             victim = next(c["Id"] for c in replicas_of(app) if c["Name"] == f"/{app}-1")
             docker("kill", victim)
-            wait_until(lambda a=app, v=victim: any(  # type: ignore[misc]
+            wait_until(lambda a=app, v=victim: any(
                 r["name"] == f"{a}-1" and r["state"] == "ready" and r["container_id"] != v
                 for r in daemon.status(a)["replicas"]), 30, f"{app}-1 replaced")
         untouched("crash")

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,9 @@ def heal_time(d: Daemon, app: str, victim: str) -> tuple[float, float]:
 
 
 @pytest.fixture
-def proxy(tmp_path: Path) -> EngineProxy:
+def proxy(tmp_path: Path) -> Iterator[EngineProxy]:
     with EngineProxy(tmp_path / "engine.sock") as p:
-        yield p  # type: ignore[misc]
+        yield p
 
 
 @pytest.fixture

@@ -1,14 +1,17 @@
-"""What the controller needs from the world, as Protocols: the engine, the eBPF data plane and
-the host's rules. The real implementations (lbctl.runtime.engine, lbctl.dataplane) satisfy
-them structurally; tests put fakes here to drive the controller without an engine or a kernel.
+"""What the controller needs from the world, as Protocols: the engine, the eBPF data plane, the
+host's rules, the host-port placeholders and the host facts probes and drains ask about. The
+real implementations (lbctl.runtime, lbctl.dataplane) satisfy them structurally and the daemon
+injects them; the controller never imports an adapter (tests/controller/test_imports.py), so
+tests put fakes here to drive it without an engine or a kernel (tests/controller/fakes.py,
+checked against these by mypy).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
-from lbctl.model import Container
+from lbctl.model import AppSpec, Container, Publish
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 
@@ -75,6 +78,32 @@ class RulesPort(Protocol):
     async def counters(self) -> dict[tuple[str, str], int]: ...
 
 
+class Placeholder(Protocol):
+    """A socket bound to a host port on an app's behalf (lbctl.dataplane.hostports)."""
+
+    def close(self) -> None: ...
+
+
+class HostPortHolder(Protocol):
+    """Holds each app's host ports with placeholder sockets while the app exists, so that
+    nothing else on the host binds them unnoticed (lbctl.dataplane.hostports.HostPorts)."""
+
+    def check_spec(self, spec: AppSpec) -> None: ...
+
+    def reserve(self, publishes: Sequence[Publish]) -> list[Placeholder]: ...
+
+    def hold(self, app: str, publishes: Sequence[Publish],
+             socks: Sequence[Placeholder]) -> None: ...
+
+    def ensure_all(self, apps: Mapping[str, Sequence[Publish]]) -> None: ...
+
+    def retry(self) -> None: ...
+
+    def release(self, app: str) -> None: ...
+
+    def conflict(self, app: str) -> str | None: ...
+
+
 class Hairpin(Protocol):
     """Puts the bridge ports of a container's namespace in hairpin mode (lbctl.dataplane.
     hairpin); returns the ports it changed."""
@@ -95,3 +124,23 @@ class FlowForgetter(Protocol):
     behind, which Docker would otherwise delete racily when it stops."""
 
     async def __call__(self, ip: str, port: int, proto: str = "tcp") -> int: ...
+
+
+class Ipv6Settled(Protocol):
+    """Whether the IPv6 address of a host bridge left duplicate address detection (lbctl.
+    dataplane.hostnet.ipv6_settled): a tentative one does not serve yet."""
+
+    def __call__(self, iface: str | None, /) -> bool: ...
+
+
+# Whether one replica answers now (readiness.answers builds one per app's spec).
+Answers = Callable[[Container], Awaitable[bool]]
+
+
+class AnswersFor(Protocol):
+    """How the replicas of `spec` are asked whether they serve (readiness.answers.Questions;
+    tests put one that answers as they like). `fail` records an error the app must fix;
+    `bridges` maps a container id to the bridge its DNAT traffic crosses."""
+
+    def __call__(self, spec: AppSpec, fail: Callable[[str], None],
+                 bridges: Mapping[str, str | None]) -> Answers: ...

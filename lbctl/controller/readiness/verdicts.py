@@ -1,57 +1,41 @@
-"""Readiness: which running replicas may take new connections.
+"""What a run of probe answers means for a replica, and since when.
 
 A replica is ready when its container runs, its engine health check (if the image has one)
-says healthy, and it answers on its port: a TCP connect in iptables mode (each replica has
-its own address), a listening socket in its own processes in ebpf mode (replicas share the
-sandbox's address, so a connect would not tell them apart). A ready replica that fails two
-probes in a row (0.25 s apart) is unhealthy, which takes it out of the data plane within a
-second. Each verdict keeps the time it was reached: a rollout counts a new replica only once
-it stayed ready long enough, and an unhealthy one is replaced after a grace period.
+says healthy, and it answers (readiness.answers). A ready replica that fails
+`failures_to_unhealthy` probes in a row (two, 0.25 s apart by default) is unhealthy, which
+takes it out of the data plane within a second. Each verdict keeps the time it was reached: a
+rollout counts a new replica only once it stayed ready long enough, and an unhealthy one is
+replaced after a grace period.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from lbctl.controller import clock
+from lbctl.controller.interfaces import Answers
 from lbctl.controller.planner import Probe
 from lbctl.model import Container, ReplicaState
-
-FAILURES_TO_UNHEALTHY = 2
-CONNECT_TIMEOUT = 0.25
-
-Answers = Callable[[Container], Awaitable[bool]]
+from lbctl.settings import ProbeSettings
 
 
 @dataclass
 class ProbeRecord:
     state: ReplicaState = ReplicaState.STARTING
     failures: int = 0
-    checked_at: float = 0.0  # time.monotonic() of the last probe
-    since: float = 0.0  # time.monotonic() when `state` was reached
-
-
-async def tcp_probe(ip: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(ip, port)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    checked_at: float | None = None  # clock time of the last probe
+    since: float = 0.0  # clock time when `state` was reached
 
 
 class Prober:
     """Keeps one verdict per container; `check` turns one probe result into a state."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, failures_to_unhealthy: int = ProbeSettings.failures_to_unhealthy,
+                 now: Callable[[], float] = clock.monotonic) -> None:
         self.records: dict[str, ProbeRecord] = {}
-        self.clock = clock
+        self.failures_to_unhealthy = failures_to_unhealthy
+        self.now = now
 
     def state(self, container_id: str) -> ReplicaState | None:
         rec = self.records.get(container_id)
@@ -62,9 +46,9 @@ class Prober:
         rec = self.records.get(container_id)
         return rec is not None and rec.failures > 0
 
-    def checked_at(self, container_id: str) -> float:
+    def checked_at(self, container_id: str) -> float | None:
         rec = self.records.get(container_id)
-        return rec.checked_at if rec else 0.0
+        return rec.checked_at if rec else None
 
     def verdicts(self) -> dict[str, Probe]:
         return {cid: Probe(r.state, r.since) for cid, r in self.records.items()}
@@ -77,12 +61,12 @@ class Prober:
     async def check(self, c: Container, answers: Answers) -> tuple[ReplicaState, bool]:
         """Probe one replica; returns (state, changed). An exception from `answers` (a
         netlink error, a vanished /proc entry) is a failed probe, never a failed pass."""
-        now = self.clock()
+        now = self.now()
         rec = self.records.setdefault(c.id, ProbeRecord(since=now))
         rec.checked_at = now
         before = rec.state
         if c.health == "unhealthy":
-            rec.state, rec.failures = ReplicaState.UNHEALTHY, FAILURES_TO_UNHEALTHY
+            rec.state, rec.failures = ReplicaState.UNHEALTHY, self.failures_to_unhealthy
         elif c.health == "starting":
             rec.state = ReplicaState.STARTING
         else:
@@ -94,7 +78,7 @@ class Prober:
                 rec.state, rec.failures = ReplicaState.READY, 0
             else:
                 rec.failures += 1
-                if before is ReplicaState.READY and rec.failures < FAILURES_TO_UNHEALTHY:
+                if before is ReplicaState.READY and rec.failures < self.failures_to_unhealthy:
                     pass  # one lost probe on a busy host is not yet a verdict
                 elif before is not ReplicaState.STARTING:
                     rec.state = ReplicaState.UNHEALTHY

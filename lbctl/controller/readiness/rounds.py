@@ -1,24 +1,23 @@
 """One app's probe rounds: which running replicas to probe now, and what they answered.
 
 Kept apart from the worker because the choice is the daemon's main cost under load: in ebpf
-mode a ready replica is re-probed only every EBPF_READY_RECHECK seconds, while a cheap
+mode a ready replica is re-probed only every `ebpf_ready_recheck` seconds, while a cheap
 question to the kernel (is its listener still in the socket map?) catches a closed listener
-within one PROBE_INTERVAL.
+within one probe interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Callable
 
+from lbctl.controller import clock
+from lbctl.controller.interfaces import AnswersFor, EbpfPort
 from lbctl.controller.planner import Probe
-from lbctl.controller.ports import EbpfPort
-from lbctl.controller.probes import Answers, Prober
+from lbctl.controller.readiness.verdicts import Prober
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
-
-PROBE_INTERVAL = 0.25
-EBPF_READY_RECHECK = 5.0
+from lbctl.settings import ProbeSettings
 
 log = logging.getLogger("lbctl.controller")
 
@@ -27,10 +26,14 @@ class ReplicaProbes:
     """The probe verdicts of one app's replicas and the replicas that were ever ready (the
     planner tells a new revision's replica that never got ready from one that failed)."""
 
-    def __init__(self, app: str, ebpf: EbpfPort | None) -> None:
+    def __init__(self, app: str, questions: AnswersFor, socket_map: EbpfPort | None,
+                 settings: ProbeSettings, now: Callable[[], float] = clock.monotonic) -> None:
         self.app = app
-        self.ebpf = ebpf
-        self.prober = Prober()
+        self.questions = questions
+        self.socket_map = socket_map
+        self.settings = settings
+        self.now = now
+        self.prober = Prober(settings.failures_to_unhealthy, now)
         self.ever_ready: set[str] = set()
 
     def forget_missing(self, live: set[str]) -> None:
@@ -40,13 +43,19 @@ class ReplicaProbes:
     def verdicts(self) -> dict[str, Probe]:
         return self.prober.verdicts()
 
-    async def round(self, spec: AppSpec, containers: list[Container], answers: Answers,
+    async def round(self, spec: AppSpec, containers: list[Container], fail: Callable[[str], None],
                     leaving: frozenset[str], only_new: bool) -> bool:
         """Probe running replicas that are not `leaving` (only never-probed ones with
-        `only_new`); True when a verdict changed."""
+        `only_new`); True when a verdict changed. `fail` records an error the app itself
+        must fix (a listener ebpf mode cannot use)."""
+        # A replica that joined a sandbox has no network of its own: its traffic crosses the
+        # sandbox's bridge.
+        by_id = {c.id: c.bridge for c in containers}
+        bridges = {c.id: c.bridge or by_id.get(c.joined_to or "") for c in containers}
+        answers = self.questions(spec, fail, bridges)
         jobs = []
         probed: list[Container] = []
-        now = time.monotonic()
+        now = self.now()
         cheap = await self._still_in_socket_map(spec, containers, leaving, only_new)
         for c in containers:
             if c.role != ROLE_REPLICA or not c.running or c.paused or c.id in leaving:
@@ -54,13 +63,15 @@ class ReplicaProbes:
             state = self.prober.state(c.id)
             if only_new and state is not None:
                 continue
+            checked = self.prober.checked_at(c.id)
             if (
                 spec.mode is Mode.EBPF
                 and state is ReplicaState.READY
                 and c.health != "unhealthy"
                 and not self.prober.failing(c.id)
                 and cheap.get(c.id, True)
-                and now - self.prober.checked_at(c.id) < EBPF_READY_RECHECK
+                and checked is not None
+                and now - checked < self.settings.ebpf_ready_recheck
             ):
                 # A ready replica's listener is in the sockmap, and a closed socket leaves
                 # the map by itself (the program then skips its slot), so re-reading the
@@ -89,12 +100,12 @@ class ReplicaProbes:
         their listeners? (container id -> answer; a False makes the full probe run now, so a
         replica that closed its listener is unhealthy within a second, not five.)"""
         out: dict[str, bool] = {}
-        if spec.mode is not Mode.EBPF or self.ebpf is None or only_new:
+        if spec.mode is not Mode.EBPF or self.socket_map is None or only_new:
             return out
         for c in containers:
             if (c.role == ROLE_REPLICA and c.running and c.pid and c.id not in leaving
                     and self.prober.state(c.id) is ReplicaState.READY):
-                held = await self.ebpf.holds(self.app, c.name, c.pid)
+                held = await self.socket_map.holds(self.app, c.name, c.pid)
                 if held is not None:
                     out[c.id] = held
         return out

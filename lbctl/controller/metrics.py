@@ -1,4 +1,7 @@
-"""Prometheus metrics, named as in the contract.
+"""Prometheus metrics, named as in the contract: what the controller observes (its passes,
+syncs, events, replica states, and the kernel's counters it reads), so they live with it.
+prometheus_client here is a registry of numbers in memory, not an adapter: rendering them is
+pure, and serving them over HTTP is the daemon's (lbctl.daemon).
 
 A registry of our own (not the process-global default) so that tests can run several
 controllers in one process without "duplicated timeseries" errors. Every labelled counter
