@@ -107,7 +107,7 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     ebpf: EbpfDataplane | None = None
     reason = EbpfDataplane.unavailable_reason()
     if reason is None:
-        ebpf = EbpfDataplane(state_dir, settings.ebpf.pin_root)
+        ebpf = EbpfDataplane(state_dir, settings=settings.ebpf)
     else:
         log.warning("ebpf mode unavailable: %s; apps default to iptables mode", reason)
     default_mode = Mode.EBPF if ebpf else Mode.IPTABLES
@@ -117,7 +117,7 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
         if not ok:
             metrics.sync_errors.labels(dataplane="iptables").inc()
 
-    rules = DualStackRules(state_dir)
+    rules = DualStackRules(state_dir, settings=settings.iptables)
     hostrules = HostRules(rules, state_dir, settings.hostrules, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
     host_ports = HostPorts()

@@ -5,6 +5,7 @@ not know (the checks must hold from the day such a field lands)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -252,9 +253,11 @@ def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyP
     from tests.model.test_spec_options import FULL
 
     judged: list[tuple[str, str]] = []
+    def spy(j: object) -> Callable[[object, str, object], None]:
+        return lambda p, key, value: judged.append((key, str(j)))
+
     for judge in list(policy._RULES):
-        monkeypatch.setitem(policy._RULES, judge,
-                            lambda p, key, value, j=judge: judged.append((key, str(j))))
+        monkeypatch.setitem(policy._RULES, judge, spy(judge))
     P.check_app(app(**FULL))
     assert judged == [(o.key, str(o.judge)) for o in OPTIONS]
 

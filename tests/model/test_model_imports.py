@@ -30,5 +30,5 @@ def test_the_model_imports_one_way() -> None:
         for dep in graph[node]:
             visit(dep, [*stack, node])
 
-    for node in graph:
-        visit(node, [])
+    for name in graph:
+        visit(name, [])

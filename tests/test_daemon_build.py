@@ -1,0 +1,27 @@
+"""The daemon's wiring hands each part its section of the settings tree: a value set on the
+command line reaches the part it configures (here the data planes', which tests of those parts
+construct themselves)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from lbctl.daemon import build
+from lbctl.dataplane.iptables import DualStackRules
+from lbctl.settings import DaemonSettings, EbpfSettings, IptablesSettings, Settings
+
+
+def test_the_data_planes_get_their_sections(tmp_path: Path) -> None:
+    settings = replace(
+        Settings(),
+        daemon=DaemonSettings(state_dir=tmp_path / "state"),
+        iptables=IptablesSettings(bucket=7, full_resync_interval=5.0),
+        ebpf=EbpfSettings(pin_root=tmp_path / "pins", startup_rescan=1.5),
+    )
+    d = build(settings)
+    rules = d.counters.rules
+    assert isinstance(rules, DualStackRules)
+    assert rules.v4.settings is settings.iptables and rules.v6.settings is settings.iptables
+    assert d.ebpf is not None, "the suite runs as root with bcc (make setup)"
+    assert d.ebpf.settings is settings.ebpf and d.ebpf.pin_root == tmp_path / "pins"
