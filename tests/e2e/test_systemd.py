@@ -198,6 +198,8 @@ def test_every_hardening_directive_is_in_effect_and_scored(m: Machine) -> None:
     for key, value in wanted.items():
         got = shown.get(key, "")
         assert set(got.split()) == set(value.split()), f"{key}: unit says {value}, systemd {got}"
+    verify = m.sh("systemd-analyze", "verify", "lbctl.service", check=False)
+    assert verify.returncode == 0 and "lbctl" not in verify.stderr, verify.stderr  # man page too
     bounding = m.show("lbctl", "CapabilityBoundingSet")["CapabilityBoundingSet"].split()
     assert "cap_dac_override" not in bounding and "cap_sys_ptrace" in bounding
     out = m.sh("systemd-analyze", "security", "lbctl", "--no-pager").stdout
