@@ -257,9 +257,11 @@ def _rootfs_image() -> str:
 
 
 def assert_no_leftovers() -> None:
-    """Nothing of any machine of this process is left on the host's engine."""
+    """Nothing of any machine of this process is left on the host's engine (the caller holds
+    the host lock, so no other run has a machine now)."""
     label = f"label=lbctl.test={PREFIX}"
     left = docker("ps", "-aq", "--filter", label).split()
     left += docker("volume", "ls", "-q", "--filter", label).split()
+    left += docker("images", "-q", "lbctl-test/machine").split()
     assert not left, f"left behind: {left}"
 

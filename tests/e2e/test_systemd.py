@@ -49,9 +49,10 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     # The machine has its own engine, network namespace and bpffs; the lock still keeps a
     # test that restarts the host's dockerd (test_faults) from taking the machine with it.
-    with host_lock(), machine(tmp_path_factory.mktemp("machine"), (IMAGE,)) as mach:
-        yield mach
-    assert_no_leftovers()
+    with host_lock():
+        with machine(tmp_path_factory.mktemp("machine"), (IMAGE,)) as mach:
+            yield mach
+        assert_no_leftovers()
 
 
 def lbctl(m: Machine, *args: str, user: str | None = None,
