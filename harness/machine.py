@@ -45,7 +45,7 @@ from harness.engine import docker
 ETC_FILES = ("passwd", "group", "shadow", "gshadow", "nsswitch.conf", "ld.so.cache",
              "ld.so.conf", "ld.so.conf.d", "alternatives", "protocols", "services",
              "ethertypes", "login.defs", "adduser.conf", "deluser.conf", "dpkg", "apt",
-             "default/useradd", "python3", "python3.11")
+             "default/useradd", "python3", "python3.11", "manpath.config")
 # What runc and dockerd inside need, short of --privileged (which fails here: the host's
 # bounding set lacks CAP_SYS_RESOURCE, and Docker 20.10 does not know CAP_BPF by name;
 # CAP_SYS_ADMIN lets the machine's processes use bpf()).

@@ -12,7 +12,7 @@
 #   /usr/bin/lbctl             the command (daemon and CLI)
 #   /lib/systemd/system/lbctl.service   systemd/lbctl.service
 #   /etc/lbctl/policy.toml     etc/policy.toml, a conffile
-#   /usr/share/lbctl/bpf/      the eBPF C source (lbctl.dataplane.bpf_loader.source_path)
+#   /usr/share/lbctl/bpf/      the eBPF program's source and header (bpf_loader.bpf_dir())
 #   /usr/share/lbctl/images/pause.tar   the sandbox image, loaded into the engine by postinst
 #   /usr/share/man/man1/lbctl.1.gz      from the CLI's argparse definitions
 # Maintainer scripts: packaging/deb/. Build needs: dpkg-deb, python3-venv, gcc and libc6-dev
@@ -118,7 +118,9 @@ chmod 755 "$root/usr/bin/lbctl"
 # --- the rest of the tree -----------------------------------------------------------------
 install -D -m 0644 systemd/lbctl.service "$root/lib/systemd/system/lbctl.service"
 install -D -m 0644 etc/policy.toml "$root/etc/lbctl/policy.toml"
-install -D -m 0644 bpf/lbctl_reuseport.c "$root/usr/share/lbctl/bpf/lbctl_reuseport.c"
+# The program and every header it (and lbctl.dataplane.ebpf.layout) reads: bpf_loader.bpf_dir().
+install -d "$root/usr/share/lbctl/bpf"
+install -m 0644 bpf/*.c bpf/*.h "$root/usr/share/lbctl/bpf/"
 install -D -m 0644 packaging/deb/lintian-overrides "$root/usr/share/lintian/overrides/lbctl"
 
 # The sandbox image: the same inputs, hash and label as scripts/build-images.sh's.
