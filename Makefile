@@ -1,5 +1,6 @@
-# lbctl: `make setup` installs everything (idempotent), `make test` runs the whole suite,
-# `make demo` shows 3 then 5 replicas sharing 127.0.0.1:8080.
+# lbctl: `make deb` builds the Debian package servers install, `make setup` installs everything
+# contributors need (idempotent), `make test` runs the whole suite, `make demo` shows 3 then 5
+# replicas sharing 127.0.0.1:8080.
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -8,9 +9,14 @@ PY    := $(VENV)/bin/python
 # runs its core scenarios against both engines.
 ENGINE ?= docker
 
-.PHONY: setup demo test lint unit bench bench-smoke clean-host
+.PHONY: setup deb demo test lint unit bench bench-smoke clean-host
 setup:
 	LBCTL_ENGINE=$(ENGINE) bash scripts/setup.sh
+
+# lbctl_<version>_<arch>.deb in this directory; needs none of `make setup`'s development set
+# (as root it installs its own build dependencies: gcc, libc6-dev, python3-venv, dpkg-dev).
+deb:
+	bash scripts/build-deb.sh
 
 lint: setup
 	$(VENV)/bin/ruff check lbctl tests bench harness

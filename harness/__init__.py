@@ -9,6 +9,8 @@ but the benchmark never depends on the test suite. The modules:
 - harness.traffic: HTTP requests to an app (one, a spread, a timed background load)
 - harness.wrk: wrk runs and the one parser of wrk's report
 - harness.engine: the Docker / Podman CLIs and cleanup of what this process made
+- harness.machine: a machine with systemd as PID 1 and an engine of its own, in a container,
+  to install the Debian package on
 """
 
 from __future__ import annotations

@@ -208,8 +208,9 @@ async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
 
 async def _notify_ready(controller: Controller, apps: AppsService) -> None:
     await controller.first_sync.wait()
-    sdnotify.notify("READY=1")
+    # Logged before READY, so that in the journal it precedes systemd's "Started".
     log.info("first sync done", extra={"apps": len(apps.state.apps)})
+    sdnotify.notify("READY=1")
 
 
 async def _trim_memory(interval: float) -> None:
@@ -228,9 +229,15 @@ async def _watchdog(controller: Controller) -> None:
     interval = sdnotify.watchdog_interval()
     if interval is None:
         return
+    # systemd arms the watchdog once READY=1 arrives, and the first feed is due within
+    # WatchdogSec: checking first one interval later gives the engine's first full list
+    # (which READY does not wait for when there is no app) the time to arrive, instead of
+    # reporting a stall that is only a start.
+    await controller.first_sync.wait()
     window = max(2 * interval, 15.0)
     stalled = False
     while True:
+        await asyncio.sleep(interval)
         if controller.alive(window):
             sdnotify.notify("WATCHDOG=1")
             stalled = False
@@ -238,7 +245,6 @@ async def _watchdog(controller: Controller) -> None:
             log.error("controller stalled (the engine does not answer): not feeding the "
                       "watchdog")
             stalled = True
-        await asyncio.sleep(interval)
 
 
 async def _serve_metrics(addr: str, metrics: Metrics, counters: KernelCounters) -> web.AppRunner:

@@ -26,6 +26,7 @@ class Check:
     detail: str
     fix: str = ""
     problem: str = "MISSING"  # what a failed check is called in the first column
+    advice: bool = False  # a failed check that lbctl works without: WARN, exit code unchanged
 
 
 def _capabilities() -> Check:
@@ -108,7 +109,28 @@ def _ebpf() -> Check:
     if reason is None:
         return Check("ebpf (bcc, headers, bpffs)", True, "ebpf mode available")
     return Check("ebpf (bcc, headers, bpffs)", False, reason,
-                 "run `make setup` (python3-bpfcc, linux-headers, bpffs); iptables mode works")
+                 "installed from the package: `dpkg-reconfigure lbctl` links Debian's "
+                 "linux-headers tree for a kernel that ships none (after booting another "
+                 "kernel too), or install linux-headers-$(uname -r); from source: `make "
+                 "setup`. iptables mode works meanwhile")
+
+
+def _keeps_containers(flavor: str, info: dict[str, object]) -> Check:
+    """Whether the engine's containers outlive a restart of the engine (an upgrade of its
+    package restarts it): without that, every replica stops with it and requests fail until
+    lbctl has started them again."""
+    name = "engine restarts"
+    if flavor == "podman":
+        return Check(name, True, "Podman runs no daemon that containers depend on (conmon "
+                                 "keeps each one): restarting its API service stops none")
+    if info.get("LiveRestoreEnabled"):
+        return Check(name, True, "containers keep running while dockerd restarts "
+                                 "(live-restore): an engine upgrade loses no request")
+    return Check(name, False, "live-restore is off: restarting or upgrading dockerd stops "
+                              "every replica, and requests fail until lbctl restarts them",
+                 'add "live-restore": true to /etc/docker/daemon.json, then '
+                 "`systemctl reload docker` (applied without a restart)",
+                 problem="WARN", advice=True)
 
 
 async def _daemon_ports(sock: Path) -> list[Check]:
@@ -136,9 +158,11 @@ async def run_doctor(docker_host: str | None = None, socket: Path | None = None)
         info = await engine.version()
         checks.append(Check("container engine", True,
                             f"{engine.flavor} {info.get('Version')} at {engine.url}"))
+        checks.append(_keeps_containers(engine.flavor, await engine.info()))
         has_pause = await engine.image_exists("lbctl/pause:latest")
         checks.append(Check("sandbox image", has_pause, "lbctl/pause:latest",
-                            "" if has_pause else "run `make setup` (builds lbctl/pause)"))
+                            "" if has_pause else "`docker load -i /usr/share/lbctl/images/"
+                            "pause.tar` (the package's), or `make setup` (builds it)"))
     except EngineError as e:
         checks.append(Check("container engine", False, str(e),
                             "start dockerd (or podman system service) or pass --docker-host"))
@@ -156,4 +180,4 @@ async def run_doctor(docker_host: str | None = None, socket: Path | None = None)
         print(f"{mark:<7} {c.name:<28} {c.detail}")
         if not c.ok and c.fix:
             print(f"        fix: {c.fix}")
-    return 0 if all(c.ok for c in checks) else 1
+    return 0 if all(c.ok or c.advice for c in checks) else 1

@@ -24,7 +24,7 @@ arch=$(dpkg --print-architecture)
 packages=(
     docker.io iptables conntrack python3-bpfcc bpfcc-tools "linux-headers-$arch"
     wrk curl busybox-static python3-venv gcc libc6-dev nginx-light haproxy prometheus
-    procps iproute2 docker-compose
+    procps iproute2 docker-compose lintian dpkg-dev
 )
 if [[ $with_podman == 1 ]]; then packages+=(podman); fi
 missing=()

@@ -104,6 +104,14 @@ class Engine:
             self.default_ulimits = podman_ulimits()
         return info
 
+    async def info(self) -> dict[str, Any]:
+        """The engine's /info (its configuration: LiveRestoreEnabled, drivers, ...)."""
+        try:
+            data = dict(await self._call("info", self.docker.system.info()))
+        except aiodocker.DockerError as e:
+            raise EngineError(f"container engine at {self.url}: {e.message}") from e
+        return data
+
     async def image_exists(self, image: str) -> bool:
         try:
             await self._call(f"inspecting image {image}", self.docker.images.inspect(image))

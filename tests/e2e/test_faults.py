@@ -11,12 +11,12 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness import dockerd
 from harness.daemon import LBCTL, Daemon
 from harness.engine import app_containers, docker
 from harness.host import free_port, iptables_save
@@ -352,55 +352,6 @@ def test_sandbox_killed_is_repaired_and_replicas_rejoin(daemon: Daemon, app_name
 
 # ---- the Docker engine restarts under a running daemon -------------------------------------
 
-DOCKERD_LOG = "/var/log/lbctl-dockerd.log"
-
-
-def _engine_up() -> bool:
-    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                       capture_output=True, text=True, timeout=20, check=False)
-    return r.returncode == 0 and bool(r.stdout.strip())
-
-
-def _pids(name: str) -> list[int]:
-    r = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True, check=False)
-    return [int(p) for p in r.stdout.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def stop_dockerd(timeout: float = 60) -> None:
-    """SIGTERM dockerd (it stops its containers and its containerd), wait until all are gone."""
-    targets = _pids("dockerd") + _pids("containerd")
-    assert _pids("dockerd"), "no dockerd runs: make setup starts one"
-    for pid in _pids("dockerd"):
-        os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not any(_alive(p) for p in targets), timeout, "dockerd to exit", 0.1)
-
-
-def start_dockerd(timeout: float = 60) -> None:
-    """Start the engine the way scripts/setup.sh does, and wait until it answers."""
-    if not any(_alive(p) for p in _pids("dockerd")):
-        subprocess.run(
-            ["bash", "-c", f"setsid nohup dockerd >>{DOCKERD_LOG} 2>&1 </dev/null &"], check=True
-        )
-    wait_until(_engine_up, timeout, "the Docker engine to answer", 0.2)
-
-
-@contextlib.contextmanager
-def engine_always_running() -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if not _engine_up():
-            start_dockerd()
-
-
 def test_engine_restart_daemon_reconnects_and_resyncs(daemon: Daemon, app_name: str) -> None:
     apps = {"iptables": (f"{app_name}-i", free_port()), "ebpf": (f"{app_name}-e", free_port())}
     for mode, (name, port) in apps.items():
@@ -409,16 +360,16 @@ def test_engine_restart_daemon_reconnects_and_resyncs(daemon: Daemon, app_name: 
     old_ids = {c["Id"] for name, _ in apps.values() for c in app_containers(name)}
     reconnects = metric(daemon, "lbctl_runtime_watch_reconnects_total")
 
-    with engine_always_running():
+    with dockerd.always_running():
         t_stop = time.monotonic()
-        stop_dockerd()
+        dockerd.stop()
         t_stopped = time.monotonic()
         # The engine is gone and so are the replicas (restart policy "no"); the daemon stays
         # up and keeps answering its API.
         time.sleep(1.0)
         assert daemon.proc is not None and daemon.proc.poll() is None, "daemon died with dockerd"
         assert daemon.api("GET", "/healthz")["ok"]
-        start_dockerd()
+        dockerd.start()
         t_up = time.monotonic()
         back: dict[str, float] = {}
         for mode, (_, port) in apps.items():

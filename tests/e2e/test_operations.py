@@ -92,12 +92,14 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert analyze, "systemd-analyze is part of the base system"
     unit = (ROOT / "systemd" / "lbctl.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit
-    # verify against this checkout's binary, as an install to /opt/lbctl would have it
-    local = unit.replace("/opt/lbctl/.venv/bin/lbctl", str(ROOT / ".venv" / "bin" / "lbctl"))
+    # verify against this checkout's binary where the package has /usr/bin/lbctl (the
+    # package itself runs under systemd in tests/e2e/test_systemd.py)
+    local = unit.replace("/usr/bin/lbctl", str(ROOT / ".venv" / "bin" / "lbctl"))
     path = tmp_path / "lbctl.service"
     path.write_text(local)
-    r = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
-                       check=False)
+    # --man=no: the man page comes with the package (checked by test_systemd.py)
+    r = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True,
+                       text=True, check=False)
     problems = [ln for ln in r.stderr.splitlines() if "lbctl.service" in ln]
     assert r.returncode == 0 and not problems, r.stderr
 
@@ -110,8 +112,12 @@ def test_doctor_reports_every_prerequisite() -> None:
     for name in ("privileges", "kernel", "tcp_migrate_req", "iptables", "conntrack",
                  "ebpf", "container engine", "sandbox image", "eBPF program"):
         assert any(name in ln for ln in lines), name
-    # this machine was set up by `make setup`: everything must be there
-    assert r.returncode == 0 and all(ln.startswith("ok") for ln in lines), r.stdout
+    # this machine was set up by `make setup`: everything must be there; advice (WARN: the
+    # engine's live-restore, which make setup leaves as Docker's default) comes with its fix
+    assert r.returncode == 0, r.stdout
+    for i, ln in enumerate(lines):
+        assert ln.startswith("ok") or (ln.startswith("WARN") and "fix:" in lines[i + 1]) \
+            or (ln.lstrip().startswith("fix:") and lines[i - 1].startswith("WARN")), ln
 
 
 def test_doctor_names_the_fix_for_a_missing_engine() -> None:
