@@ -38,9 +38,10 @@
 //                  LISTEN_PID is this process and LISTEN_FDS >= 1, serve the
 //                  inherited sockets 3, 4, ... instead of binding: the first
 //                  stream listener takes TCP, the first datagram socket UDP
-//                  (PORT, BIND and UDP_PORT then do not say where it serves;
-//                  any other inherited fd is closed, so no listener is left
-//                  that nobody accepts on).  lbctl's activation shim
+//                  (PORT then does not say where it serves; UDP_PORT still
+//                  binds a UDP socket of its own when none is inherited; any
+//                  other inherited fd is closed, so no listener is left that
+//                  nobody accepts on).  lbctl's activation shim
 //                  (images/activate) hands them over; they may belong to
 //                  another network namespace than the container's (the
 //                  host's), which `--check` (it asks the container's own
@@ -1076,6 +1077,8 @@ int main(int argc, char **argv)
         S.inherited = true;
         take_inherited(inherited);
         ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+        if (S.udp.fd < 0 && udp_port > 0)  // the container's own, beside the inherited TCP
+            S.udp.fd = bind_socket(SOCK_DGRAM, (int)udp_port, reuseport);
         if (S.udp.fd >= 0)
             ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
         char tcp[INET6_ADDRSTRLEN + 16], udp[INET6_ADDRSTRLEN + 16] = "";
