@@ -91,6 +91,7 @@ class Proc:
     ppid: int
     cpu: float  # seconds: utime + stime + cutime + cstime (children it reaped included)
     foreign: bool  # not the run's own (see cpu_snapshot)
+    start: int = 0  # start time (clock ticks after boot): a reused pid is another process
 
 
 def cpu_snapshot(containers: Iterable[str]) -> dict[int, Proc]:
@@ -102,7 +103,7 @@ def cpu_snapshot(containers: Iterable[str]) -> dict[int, Proc]:
     ids = [c[:12] for c in containers if c]
     me = os.getpid()
     my_pidns = os.stat("/proc/self/ns/pid").st_ino
-    raw: dict[int, tuple[int, str, int, float]] = {}
+    raw: dict[int, tuple[int, str, int, float, int]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -115,14 +116,14 @@ def cpu_snapshot(containers: Iterable[str]) -> dict[int, Proc]:
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
         cpu = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
-        raw[int(d)] = (int(fields[1]), comm, int(fields[6]), cpu)
+        raw[int(d)] = (int(fields[1]), comm, int(fields[6]), cpu, int(fields[19]))
     ours = {me}
     frontier = {me}
     while frontier:
         frontier = {p for p, (pp, *_) in raw.items() if pp in frontier and p not in ours}
         ours |= frontier
     out: dict[int, Proc] = {}
-    for pid, (ppid, comm, flags, cpu) in raw.items():
+    for pid, (ppid, comm, flags, cpu, start) in raw.items():
         mine = pid in ours or bool(flags & _PF_KTHREAD) or pid == 2
         try:
             if not mine and comm in ENGINE_COMMS:
@@ -133,7 +134,7 @@ def cpu_snapshot(containers: Iterable[str]) -> dict[int, Proc]:
                 mine = any(f"/docker/{i}" in cgroups for i in ids)
         except OSError:
             continue  # gone meanwhile
-        out[pid] = Proc(ppid, cpu, not mine)
+        out[pid] = Proc(ppid, cpu, not mine, start)
     return out
 
 
@@ -142,22 +143,22 @@ def foreign_cpu_seconds(before: dict[int, Proc], after: dict[int, Proc]) -> floa
     shared: other people's builds and tests take CPU during a run, and /proc/stat counts it
     with the run's.
 
-    Per foreign process alive at the end: its growth (all of it if it is new), less the CPU
-    from before the run of each of its children that ended meanwhile (a parent's reaped
-    children's time grows by their whole lives when it reaps them: their share within the
-    run is what remains). A child of the run's that a foreign process reaped still counts
-    its time within the run as foreign: rare, and it can only make the run look cheaper by
-    that much, never dearer."""
-    gone: dict[int, float] = {}
-    for pid, p in before.items():
-        if pid not in after:
-            gone[p.ppid] = gone.get(p.ppid, 0.0) + p.cpu
-    total = 0.0
-    for pid, p in after.items():
-        if p.foreign:
-            grew = p.cpu - (before[pid].cpu if pid in before else 0.0) - gone.get(pid, 0.0)
-            total += max(0.0, grew)
-    return total
+    The growth of every foreign process alive at the end (all of its time if it is new),
+    less the time from before the run of every process that ended meanwhile: a parent's
+    reaped children's time grows by a child's whole life when it reaps it, and the reaper is
+    not always the parent the child had at the start (an orphan is reaped by init), so that
+    share is taken off the total rather than off one parent. Processes that ended with a
+    parent of the run's (which counts their time as the run's) are left out of it. A child of
+    the run's that a foreign process reaped counts its time within the run as foreign: rare,
+    and it can only make the run look cheaper by that much."""
+    def same(pid: int) -> bool:
+        return pid in before and pid in after and before[pid].start == after[pid].start
+
+    grown = sum(p.cpu - (before[pid].cpu if same(pid) else 0.0)
+                for pid, p in after.items() if p.foreign)
+    ended = sum(p.cpu for pid, p in before.items() if not same(pid)
+                and not (same(p.ppid) and not after[p.ppid].foreign))
+    return max(0.0, grown - ended)
 
 
 def bench_containers() -> list[str]:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.env import Proc, cpu_busy_seconds, cpu_snapshot, foreign_cpu_seconds
 
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < {secs}: pass\n"
@@ -41,9 +43,10 @@ def test_per_core_busy_grows_with_a_busy_process() -> None:
 def test_an_orphan_is_foreign_and_our_children_and_kernel_threads_are_not() -> None:
     child = subprocess.Popen([sys.executable, "-c", SPIN.format(secs=3)])
     # `sh -c 'X &'` exits at once: X is reparented away from this process, like a process
-    # of another user's session; it prints its pid first.
-    out = subprocess.run(["sh", "-c", f"{sys.executable} -c '{SPIN.format(secs=3)}' & "
-                          "echo $!"], capture_output=True, text=True, check=True)
+    # of another user's session (its output elsewhere, or run() would wait for it).
+    spin = SPIN.format(secs=3)
+    out = subprocess.run(["sh", "-c", f"{sys.executable} -c '{spin}' >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)
     orphan = int(out.stdout.strip())
     try:
         before = cpu_snapshot([])
@@ -53,8 +56,9 @@ def test_an_orphan_is_foreign_and_our_children_and_kernel_threads_are_not() -> N
         assert orphan in procs and child.pid not in procs and os.getpid() not in procs
         # kernel threads do the network stack's softirq work (ksoftirqd): the run's
         assert not {2, *_pids_named("ksoftirqd/")} & procs
-        # the orphan spun through the second: its CPU is in the difference
-        assert foreign_cpu_seconds(before, after) >= 0.3
+        # the orphan spun through the second: foreign CPU of the run (the total's arithmetic
+        # is the next test's: other users' processes come and go meanwhile)
+        assert after[orphan].cpu - before[orphan].cpu >= 0.3 and after[orphan].foreign
     finally:
         child.kill()
         child.wait()
@@ -63,13 +67,20 @@ def test_an_orphan_is_foreign_and_our_children_and_kernel_threads_are_not() -> N
 
 
 def test_a_reaped_childs_life_before_the_run_is_not_counted() -> None:
-    """A foreign parent's reaped children's time jumps by a child's whole life when it reaps
-    it: only the part within the run counts, whether the child was foreign or the run's."""
-    before = {10: Proc(1, 100.0, True), 11: Proc(10, 40.0, True), 12: Proc(10, 30.0, False),
-              20: Proc(1, 5.0, False)}
-    # 11 and 12 ended meanwhile (1 s and 2 s more), 10 reaped them and used 0.5 s itself;
-    # 13 is new (0.25 s); 20 is the run's
-    after = {10: Proc(1, 100.0 + 0.5 + 41.0 + 32.0, True), 13: Proc(10, 0.25, True),
-             20: Proc(1, 9.0, False)}
-    assert foreign_cpu_seconds(before, after) == 0.5 + 1.0 + 2.0 + 0.25
+    """A reaper's reaped children's time jumps by a child's whole life when it reaps it: only
+    the part within the run counts, whoever reaps it (an orphan's reaper is init, not the
+    parent it had), and a pid taken again by a new process is a new process."""
+    before = {1: Proc(0, 500.0, True, 1), 10: Proc(1, 100.0, True, 5),
+              11: Proc(10, 40.0, True, 6), 12: Proc(10, 30.0, False, 7),
+              14: Proc(15, 7.0, True, 9), 15: Proc(1, 1.0, True, 8),
+              20: Proc(1, 5.0, False, 2), 21: Proc(20, 3.0, True, 10), 30: Proc(1, 9.0, True, 3)}
+    # 11 and 12 ended (1 s and 2 s more), 10 reaped them and used 0.5 s itself; 15 ended
+    # (0.1 s more) and its orphan 14 (0.4 s more) went to init, which reaped both; 21 ended
+    # and the run's 20 reaped it; 30 ended (init reaped it) and its pid is another process's
+    # now (0.2 s); 13 is new (0.25 s)
+    after = {1: Proc(0, 500.0 + 1.1 + 7.4 + 9.0, True, 1),
+             10: Proc(1, 100.0 + 0.5 + 41.0 + 32.0, True, 5), 13: Proc(10, 0.25, True, 11),
+             20: Proc(1, 9.0 + 3.5, False, 2), 30: Proc(1, 0.2, True, 12)}
+    assert foreign_cpu_seconds(before, after) == pytest.approx(
+        0.5 + 1.0 + 2.0 + 0.1 + 0.4 + 0.2 + 0.25)
     assert foreign_cpu_seconds(before, before) == 0.0
