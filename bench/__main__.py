@@ -47,6 +47,10 @@ EXTRA = ("scale", "convergence", "sync", "footprint", "rollout")
 # The remote client's /30 is 10.253.REMOTE_TAG.0 (the e2e tests use tags 20..219).
 REMOTE_TAG = 250
 ALL = (*throughput.PATHS, *EXTRA)
+# Run only when named in --only: `isolation` measures issue 22's candidates side by side
+# (throughput.ISOLATION_PATHS) into a section of its own, which a full run, whose throughput
+# table holds every path, does not need.
+OPTIONAL = ("isolation",)
 
 
 NOTES = [
@@ -214,6 +218,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "duration": args.duration,
         "rounds": args.rounds,
         "quick": args.quick,
+        "replicas": list(args.replicas),
         "wrk": f"taskset -c {wrk.WRK_CPU} wrk -t1 -c{wrk.CONNECTIONS} --latency",
         "clients": list(args.clients),
         "versions": versions,
@@ -229,7 +234,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: N=2 only, 1 round, fewer tries, shorter storms")
     ap.add_argument("--only", default=",".join(ALL),
-                    help=f"comma-separated scenarios (default all): {','.join(ALL)}")
+                    help=f"comma-separated scenarios (default all but {','.join(OPTIONAL)}): "
+                         f"{','.join((*ALL, *OPTIONAL))}")
+    ap.add_argument("--replicas", default=None, metavar="N,N",
+                    help="replica counts of the throughput and isolation runs (default 2,4; "
+                         "2 with --quick)")
     ap.add_argument("--clients", default=",".join(throughput.CLIENTS),
                     help="throughput clients, comma-separated (default all): "
                          f"{','.join(throughput.CLIENTS)} (remote: wrk in a netns of its own)")
@@ -242,9 +251,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          "into OUT/results.json (whose other sections are kept by default)")
     args = ap.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(args.only) - set(ALL))
+    unknown = sorted(set(args.only) - set(ALL) - set(OPTIONAL))
     if unknown:
-        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(ALL)}")
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from "
+                 f"{', '.join((*ALL, *OPTIONAL))}")
     wanted = {c.strip() for c in args.clients.split(",") if c.strip()}
     bad = sorted(wanted - set(throughput.CLIENTS))
     if bad or not wanted:
@@ -255,6 +265,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.duration = 2.0 if args.quick else 6.0
     if args.rounds is None:
         args.rounds = 1 if args.quick else 2
+    if args.replicas is None:
+        args.replicas = [2] if args.quick else [2, 4]
+    else:
+        try:
+            args.replicas = sorted({int(n) for n in args.replicas.split(",") if n.strip()})
+        except ValueError:
+            args.replicas = []
+        if not args.replicas or min(args.replicas) < 1:
+            ap.error("--replicas takes replica counts >= 1, comma-separated (e.g. 2,4)")
     return args
 
 
@@ -299,18 +318,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 res["sync"] = {"iptables": [asdict(s) for s in ipt or []],
                                "bpf": bpf.to_json() if bpf else None}
             paths = [p for p in throughput.PATHS if p in only]
-            if paths:
-                counts = [2] if args.quick else [2, 4]
+            if paths or "isolation" in only:
                 with contextlib.ExitStack() as stack:
                     remote: RemoteHost | None = None
                     if "remote" in args.clients:
                         remote = stack.enter_context(remote_host(REMOTE_TAG))
                         stack.enter_context(forward_accept(remote.host_link))
-                    samples = _phase(res, "throughput", lambda: throughput.run(
-                        env, paths, counts, args.duration, args.rounds,
-                        warmup=0 if args.quick else 2, log=log, remote=remote,
-                        clients=args.clients))
-                res["throughput"] = [s.to_json() for s in samples or []]
+
+                    def measure(ps: list[str]) -> list[throughput.Sample]:
+                        return throughput.run(env, ps, args.replicas, args.duration,
+                                              args.rounds, warmup=0 if args.quick else 2,
+                                              log=log, remote=remote, clients=args.clients)
+
+                    if paths:
+                        samples = _phase(res, "throughput", lambda: measure(paths))
+                        res["throughput"] = [s.to_json() for s in samples or []]
+                    if "isolation" in only:
+                        iso = _phase(res, "isolation", lambda: measure(
+                            list(throughput.ISOLATION_PATHS)))
+                        res["isolation"] = [s.to_json() for s in iso or []]
             if "scale" in only:
                 secs = 10 if args.quick else 25
                 sl = _phase(res, "scale under load", lambda: dynamics.scale_under_load(

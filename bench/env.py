@@ -15,6 +15,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +63,107 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 def cpu_busy_seconds() -> dict[str, float]:
-    """Busy seconds (everything but idle and iowait) of each CPU since boot, from
-    /proc/stat: per-core load tells a run bound by its client (wrk's core full, the rest
-    idle) from one bound by the server side."""
+    """Busy seconds of each CPU since boot, from /proc/stat: user, nice, system, irq and
+    softirq (the kernel's network receive path is softirq), not idle, iowait or steal (time
+    the hypervisor gave another guest). Per-core load tells a run bound by its client (wrk's
+    core full, the rest idle) from one bound by the server side."""
     tick = os.sysconf("SC_CLK_TCK")
     busy: dict[str, float] = {}
     with open("/proc/stat") as f:
         for line in f:
             name, *vals = line.split()
             if name.startswith("cpu") and name != "cpu":
-                v = [int(x) for x in vals[:8]]
-                busy[name[3:]] = (sum(v) - v[3] - v[4]) / tick
+                user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in vals[:7])
+                busy[name[3:]] = (user + nice + system + irq + softirq) / tick
     return busy
 
 
+# The container engine's own processes (they serve the bench's containers and docker-proxy
+# is the dockerproxy path itself); in the host's PID namespace only: an engine that another
+# user's test runs inside a container is theirs.
+ENGINE_COMMS = frozenset({"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2",
+                          "docker-proxy", "runc"})
+_PF_KTHREAD = 0x00200000
+
+
+@dataclass(frozen=True)
+class Proc:
+    ppid: int
+    cpu: float  # seconds: utime + stime + cutime + cstime (children it reaped included)
+    foreign: bool  # not the run's own (see cpu_snapshot)
+    start: int = 0  # start time (clock ticks after boot): a reused pid is another process
+
+
+def cpu_snapshot(containers: Iterable[str]) -> dict[int, Proc]:
+    """Every process alive now, its CPU so far and whether it is foreign: not the run's own.
+    The run's are kernel threads (softirq work of the network stack runs in ksoftirqd too),
+    this process and its descendants (wrk, the lbctl daemon, the proxies), the processes of
+    `containers` (ids, short or full) and the engine's (in the host's PID namespace: an
+    engine that another user's test runs inside a container is theirs)."""
+    ids = [c[:12] for c in containers if c]
+    me = os.getpid()
+    my_pidns = os.stat("/proc/self/ns/pid").st_ino
+    raw: dict[int, tuple[int, str, int, float, int]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        raw[int(d)] = (int(fields[1]), comm, int(fields[6]), cpu, int(fields[19]))
+    ours = {me}
+    frontier = {me}
+    while frontier:
+        frontier = {p for p, (pp, *_) in raw.items() if pp in frontier and p not in ours}
+        ours |= frontier
+    out: dict[int, Proc] = {}
+    for pid, (ppid, comm, flags, cpu, start) in raw.items():
+        mine = pid in ours or bool(flags & _PF_KTHREAD) or pid == 2
+        try:
+            if not mine and comm in ENGINE_COMMS:
+                mine = os.stat(f"/proc/{pid}/ns/pid").st_ino == my_pidns
+            if not mine and ids:
+                with open(f"/proc/{pid}/cgroup") as f:
+                    cgroups = f.read()
+                mine = any(f"/docker/{i}" in cgroups for i in ids)
+        except OSError:
+            continue  # gone meanwhile
+        out[pid] = Proc(ppid, cpu, not mine, start)
+    return out
+
+
+def foreign_cpu_seconds(before: dict[int, Proc], after: dict[int, Proc]) -> float:
+    """CPU seconds that foreign processes used between two cpu_snapshot()s. The host is
+    shared: other people's builds and tests take CPU during a run, and /proc/stat counts it
+    with the run's.
+
+    The growth of every foreign process alive at the end (all of its time if it is new),
+    less the time from before the run of every process that ended meanwhile: a parent's
+    reaped children's time grows by a child's whole life when it reaps it, and the reaper is
+    not always the parent the child had at the start (an orphan is reaped by init), so that
+    share is taken off the total rather than off one parent. Processes that ended with a
+    parent of the run's (which counts their time as the run's) are left out of it. A child of
+    the run's that a foreign process reaped counts its time within the run as foreign: rare,
+    and it can only make the run look cheaper by that much."""
+    def same(pid: int) -> bool:
+        return pid in before and pid in after and before[pid].start == after[pid].start
+
+    grown = sum(p.cpu - (before[pid].cpu if same(pid) else 0.0)
+                for pid, p in after.items() if p.foreign)
+    ended = sum(p.cpu for pid, p in before.items() if not same(pid)
+                and not (same(p.ppid) and not after[p.ppid].foreign))
+    return max(0.0, grown - ended)
+
+
 def bench_containers() -> list[str]:
+    """Ids of the containers of the bench's apps (label lbctl.app=bench-*: its own and those
+    its lbctl daemon made)."""
     out = docker("ps", "-a", "--filter", f"label={LABEL}",
                  "--format", "{{.ID}} {{.Label \"lbctl.app\"}}", check=False)
     return [cid for cid, _, app in (ln.partition(" ") for ln in out.splitlines())
@@ -228,6 +316,9 @@ class Env:
         self.tmp = tmp
         self.daemon: Daemon | None = None
         self.proxies: list[HostProxy] = []
+        # Helpers a path makes on first use and keeps for the run (bench.activation's
+        # creator and data plane), closed by close(): anything with a close().
+        self.parts: dict[str, Any] = {}
 
     # ---- lbctl daemon ----------------------------------------------------------------
     def lbctl(self) -> Daemon:
@@ -285,6 +376,10 @@ class Env:
             with contextlib.suppress(Exception):
                 p.stop()
         self.proxies = []
+        for part in self.parts.values():
+            with contextlib.suppress(Exception):
+                part.close()
+        self.parts = {}
         try:
             self.stop_daemon()
         finally:

@@ -7,7 +7,8 @@ two-line entry script, and a minimal /etc. The entry script writes the replica's
 answers its own name even in ebpf mode, where replicas share the sandbox's UTS namespace
 and therefore its hostname. It listens on 8080, or on $BENCH_PORT: replicas run with
 `--network host` (the `reuseport-host` path) share the host's ports with everything else, so
-the bench gives them a free one.
+the bench gives them a free one. Given listeners by socket activation (LISTEN_FDS, the
+`activation` path), it serves those instead of binding (nginx's NGINX variable).
 
 STOPSIGNAL is SIGQUIT: nginx's graceful shutdown (SIGTERM is its fast shutdown, which drops
 the connections it already accepted).
@@ -55,6 +56,16 @@ ENTRY = """\
 # listener's owner).
 name="${LBCTL_REPLICA:-$(/bin/busybox hostname)}"
 port="${BENCH_PORT:-8080}"
+# Socket activation (LISTEN_FDS from lbctl's shim, the `activation` path): nginx takes
+# inherited listeners only through its own variable, NGINX="3;4;...", and keeps those whose
+# address is a `listen` of its config (hence BENCH_PORT = the listeners' port).
+if [ -n "$LISTEN_FDS" ] && [ "$LISTEN_PID" = "$$" ]; then
+    fds=""
+    i=3
+    while [ "$i" -lt $((3 + LISTEN_FDS)) ]; do fds="$fds$i;"; i=$((i + 1)); done
+    export NGINX="$fds"
+    unset LISTEN_FDS LISTEN_PID LISTEN_FDNAMES
+fi
 /bin/busybox sed -e "s/@REPLICA@/$name/" -e "s/@PORT@/$port/" /etc/nginx/nginx.conf.in \
     > /tmp/nginx.conf
 exec /usr/sbin/nginx -c /tmp/nginx.conf -g 'daemon off;'

@@ -17,11 +17,12 @@ Results = dict[str, Any]
 
 # Results keys of the scenarios that are not throughput paths (scenario id -> key).
 SECTIONS = {"scale": "scale", "convergence": "convergence", "sync": "sync",
-            "footprint": "footprint", "rollout": "rollout"}
+            "footprint": "footprint", "rollout": "rollout", "isolation": "isolation"}
 # _phase() names -> the scenarios whose rerun replaces that phase's recorded error.
 PHASES = {"scale under load": {"scale"}, "convergence": {"convergence"},
           "footprint": {"footprint"}, "sync cost: iptables": {"sync"},
-          "sync cost: eBPF maps": {"sync"}, "rollout": {"rollout"}}
+          "sync cost: eBPF maps": {"sync"}, "rollout": {"rollout"},
+          "isolation": {"isolation"}}
 
 
 def _reran(phase: str, only: set[str], paths: set[str]) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import rollout_report
+from bench import isolation_report, rollout_report
+from bench import samples as sm
+from bench.samples import Results, cpu_us, find, fmt_k, fmt_ms, fmt_pct, fmt_x, ratio
 from bench.throughput import (
     CLIENTS,
     LABELS,
@@ -18,8 +19,6 @@ from bench.throughput import (
     SAME_PATH,
 )
 from harness import wrk
-
-Results = dict[str, Any]
 
 # Issue 14's targets
 TARGET_NEWCONN_VS_PROXY = 1.2  # lbctl's fastest path / the better proxy, new conn. per request
@@ -35,36 +34,6 @@ TARGET_SYNC_CHANGE_5000_MS = TARGET_SYNC_5000_CHANGE_S * 1e3
 TARGET_SYNC_FIRST_5000_S = TARGET_SYNC_5000_FIRST_S
 
 
-def _client(s: dict[str, Any]) -> str:
-    return str(s.get("client", "local"))  # results of runs before remote clients: local
-
-
-def _tp(res: Results, path: str, n: int, mode: str,
-        client: str = "local") -> dict[str, Any] | None:
-    for s in res.get("throughput", []):
-        if (s["path"] == path and s["replicas"] == n and s["mode"] == mode
-                and _client(s) == client):
-            return dict(s)
-    return None
-
-
-def _counts(res: Results) -> list[int]:
-    return sorted({int(s["replicas"]) for s in res.get("throughput", [])})
-
-
-def _clients(res: Results) -> list[str]:
-    seen = {_client(s) for s in res.get("throughput", [])}
-    return [c for c in CLIENTS if c in seen]
-
-
-def ratio(res: Results, a: str, b: str, n: int, mode: str = "keepalive",
-          key: str = "rps", client: str = "local") -> float | None:
-    sa, sb = _tp(res, a, n, mode, client), _tp(res, b, n, mode, client)
-    if not sa or not sb or not sb[key]:
-        return None
-    return float(sa[key]) / float(sb[key])
-
-
 def _spread(s: dict[str, Any]) -> float | None:
     """(max - min) / median req/s of a sample's rounds: how far one path moves between rounds
     of the same run (None: fewer than 2 rounds)."""
@@ -77,7 +46,7 @@ def _spread(s: dict[str, Any]) -> float | None:
 def _best(res: Results, paths: tuple[str, ...], n: int, mode: str,
           client: str) -> dict[str, Any] | None:
     """The sample of `paths` with the most req/s (None: none of them measured)."""
-    got = [s for p in paths if (s := _tp(res, p, n, mode, client))]
+    got = [s for p in paths if (s := find(res, p, n, mode, client))]
     return max(got, key=lambda s: float(s["rps"])) if got else None
 
 
@@ -91,7 +60,7 @@ class VsProxy:
     proxy: str
     rps: float  # lbctl / proxy req/s
     p99: float  # lbctl / proxy p99 (the same proxy)
-    cpu: float | None = None  # lbctl / proxy CPU per answer off wrk's core
+    cpu: float | None = None  # lbctl / proxy CPU per answer, the whole machine's
     wrk_core: tuple[float | None, float | None] = (None, None)  # busy % of wrk's core
 
 
@@ -101,34 +70,15 @@ def _div(a: Any, b: Any) -> float | None:
 
 def vs_proxy(res: Results, mode: str) -> list[VsProxy]:
     out = []
-    for client in _clients(res):
-        for n in _counts(res):
+    for client in sm.clients(res):
+        for n in sm.counts(res):
             a, b = _best(res, LBCTL_PATHS, n, mode, client), _best(res, PROXY_PATHS, n, mode,
                                                                     client)
             if a and b and b["rps"] and b["p99_ms"]:
                 out.append(VsProxy(client, n, a["path"], b["path"], a["rps"] / b["rps"],
-                                   a["p99_ms"] / b["p99_ms"],
-                                   _div(a.get("other_us_per_req"), b.get("other_us_per_req")),
+                                   a["p99_ms"] / b["p99_ms"], _div(cpu_us(a), cpu_us(b)),
                                    (a.get("wrk_core_pct"), b.get("wrk_core_pct"))))
     return out
-
-
-def _k(x: float) -> str:
-    return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
-
-
-def _x(r: float | None) -> str:
-    return "n/a" if r is None else f"{r:.2f}x"
-
-
-def _ms(x: float) -> str:
-    if math.isnan(x):
-        return "n/a"
-    return f"{x:.1f} ms" if x >= 1 else f"{x * 1000:.0f} us"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.0f}%"
 
 
 def _num(x: float | None) -> str:
@@ -153,10 +103,10 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
                                                                      str]:
     what = "new connection per request" if mode == "close" else "keep-alive"
     rows = vs_proxy(res, mode)
-    meas = "; ".join(f"{r.client} N={r.n}: {r.lbctl} / {r.proxy} {_x(r.rps)} req/s, "
-                     f"p99 {_x(r.p99)}"
-                     + (f", server CPU per answer {_x(r.cpu)}, wrk's core "
-                        f"{_pct(r.wrk_core[0])} / {_pct(r.wrk_core[1])} busy"
+    meas = "; ".join(f"{r.client} N={r.n}: {r.lbctl} / {r.proxy} {fmt_x(r.rps)} req/s, "
+                     f"p99 {fmt_x(r.p99)}"
+                     + (f", CPU per answer (all cores) {fmt_x(r.cpu)}, wrk's core "
+                        f"{fmt_pct(r.wrk_core[0])} / {fmt_pct(r.wrk_core[1])} busy"
                         if r.cpu is not None else "")
                      for r in rows) or "n/a"
     clients = {r.client for r in rows}
@@ -178,10 +128,10 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
                 "`reuseport-host` (N replicas in the host's namespace, no NAT, no program) "
                 "is what the kernel gives with none of lbctl's parts: the bound of an lbctl "
                 "path on this machine")
-        bound = [(c, n, r) for c in _clients(res) for n in _counts(res)
+        bound = [(c, n, r) for c in sm.clients(res) for n in sm.counts(res)
                  if (b := _best(res, PROXY_PATHS, n, mode, c))
                  and (r := ratio(res, "reuseport-host", b["path"], n, mode, client=c))]
-        why += (": " + ", ".join(f"{c} N={n} {_x(r)} of the better proxy" for c, n, r in bound)
+        why += (": " + ", ".join(f"{c} N={n} {fmt_x(r)} of the better proxy" for c, n, r in bound)
                 + "." if bound else " (not measured in this run).")
         why += _client_bound(res)
     else:
@@ -191,7 +141,7 @@ def _vs_proxy_row(res: Results, mode: str, target: float) -> tuple[str, str, boo
                 "CPU queueing; a proxy's lower req/s leaves it idle time (compare the p99 of "
                 "`reuseport-host`, which has no lbctl part at all).")
         why += _keepalive_bound(res)
-    return (f"{what}, local and remote clients, N={'/'.join(map(str, _counts(res))) or '?'}: "
+    return (f"{what}, local and remote clients, N={'/'.join(map(str, sm.counts(res))) or '?'}: "
             f"lbctl's fastest path >= {target}x the better of nginx/HAProxy req/s, p99 no worse",
             meas, ok, why)
 
@@ -212,8 +162,8 @@ def _client_bound(res: Results) -> str:
     kinds = {"lbctl": LBCTL_PATHS, "proxies": PROXY_PATHS}
     other = {k: [float(t["other_cores_pct"]) for t in close if t["path"] in ps]
              for k, ps in kinds.items()}
-    cost = {k: [float(t["other_us_per_req"]) for t in close if t["path"] in ps
-                and t.get("other_us_per_req")] for k, ps in kinds.items()}
+    cost = {k: [c for t in close if t["path"] in ps and (c := cpu_us(t))]
+            for k, ps in kinds.items()}
     text = (f" Per-core load says who bounds these runs: wrk's core is {_span(wrk_busy)}% "
             "busy in every new-connection run (the client's connect, "
             "send, receive and close, and on loopback and the veth the softirq that delivers "
@@ -223,9 +173,11 @@ def _client_bound(res: Results) -> str:
         text += (f"; the other core is {_span(other['lbctl'])}% busy under lbctl's paths "
                  f"and {_span(other['proxies'])}% under the proxies")
     if all(cost.values()):
-        text += (f". What each path costs shows as CPU per answer off wrk's core: lbctl "
+        text += (f". What each path costs shows as the whole machine's CPU per answer (every "
+                 f"core, wrk's included: on loopback and veth the kernel delivers wrk's "
+                 f"packets, conntrack and NAT included, on wrk's core): lbctl "
                  f"{_span(cost['lbctl'])} us, the proxies {_span(cost['proxies'])} us (the "
-                 "*server CPU per answer* ratio in the measured column)")
+                 "*CPU per answer* ratio in the measured column)")
     return text + "."
 
 
@@ -250,21 +202,22 @@ def _keepalive_bound(res: Results) -> str:
 
 def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
     """(target, measured, met, what bounds it) rows."""
-    ns = _counts(res)
+    ns = sm.counts(res)
     rows: list[tuple[str, str, bool | None, str]] = []
     rows.append(_vs_proxy_row(res, "close", TARGET_NEWCONN_VS_PROXY))
     rows.append(_vs_proxy_row(res, "keepalive", TARGET_KEEPALIVE_VS_PROXY))
+    rows.append(isolation_report.target(res))
 
     parts, worst = [], []
     for a, b in SAME_PATH:
-        for client in _clients(res):
+        for client in sm.clients(res):
             vals = [(mode, n, ratio(res, a, b, n, mode=mode, client=client))
                     for mode in ("keepalive", "close") for n in ns]
             got = [(m, n, v) for m, n, v in vals if v is not None]
             if got:
                 worst += [v for _, _, v in got]
                 parts.append(f"{a} / {b} {client}: " + ", ".join(
-                    f"{'ka' if m == 'keepalive' else 'new'} N={n} {_x(v)}" for m, n, v in got))
+                    f"{'ka' if m == 'keepalive' else 'new'} N={n} {fmt_x(v)}" for m, n, v in got))
     spread = _worst([_spread(s) for s in res.get("throughput", [])
                      if s["path"] in {b for _, b in SAME_PATH}], lowest=False)
     rows.append((f"ebpf >= {TARGET_EBPF_VS_REUSEPORT}x plain SO_REUSEPORT on the same path "
@@ -295,8 +248,8 @@ def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
     conv = res.get("convergence", [])
     if conv:
         p99 = max(c["kill"]["p99"] for c in conv)
-        detail = ", ".join(f"{c['mode']} p50 {_ms(c['kill']['p50'])} p99 {_ms(c['kill']['p99'])}"
-                           for c in conv)
+        detail = ", ".join(f"{c['mode']} p50 {fmt_ms(c['kill']['p50'])} "
+                           f"p99 {fmt_ms(c['kill']['p99'])}" for c in conv)
         rows.append((f"convergence p99 < {TARGET_CONVERGENCE_MS:.0f} ms (kill -> out of the "
                      "data plane)", detail, p99 < TARGET_CONVERGENCE_MS,
                      "Engine die event (ms) -> reconcile -> one sync (iptables-restore of "
@@ -373,8 +326,8 @@ def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
 
 def markdown(res: Results) -> str:
     m = res["meta"]
-    ns = _counts(res)
-    clients = _clients(res)
+    ns = sm.counts(res)
+    clients = sm.clients(res)
     out: list[str] = []
     w = out.append
     w("# lbctl benchmarks\n")
@@ -428,25 +381,28 @@ def markdown(res: Results) -> str:
           "does. lbctl apps are published on 0.0.0.0:PORT, the proxies listen on every "
           "address.\n")
         w("*cores*: how busy wrk's core (CPU " + wrk.WRK_CPU + ") and the other core(s) were "
-          "during the new-connection run (% of one core); *us/answer*: the other cores' busy "
-          "time per answer in that run, the server side's cost per request when wrk's core is "
-          "the one that is full.\n")
-        w("| path | client | N | keep-alive req/s | p50 | p99 | new conn. req/s | p50 | p99 | "
-          "daemon CPU | cores (new conn.) | us/answer |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "during the new-connection run (% of one core); *CPU/req*: the whole machine's busy "
+          "time (every core, wrk's included) per answer in that run, in us. The client's own "
+          "work is the same for every path, so the difference between two paths is the server "
+          "side's; one core's share is not (on loopback and veth the kernel runs the receive "
+          "path of wrk's packets, conntrack and NAT included, on wrk's core).\n")
+        w("| path | client | N | keep-alive req/s | p50 | p99 | CPU/req | new conn. req/s | "
+          "p50 | p99 | CPU/req | daemon CPU | cores (new conn.) |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in ns:
             for client in clients:
                 for p in PATHS:
-                    ka, cl = _tp(res, p, n, "keepalive", client), _tp(res, p, n, "close", client)
+                    ka, cl = find(res, p, n, "keepalive", client), find(res, p, n, "close", client)
                     if not ka or not cl:
                         continue
                     nn = str(n) if PATH_DEFS[p].replicas else "1"
-                    w(f"| {LABELS[p]} | {client} | {nn} | {_k(ka['rps'])} | "
-                      f"{_ms(ka['p50_ms'])} | {_ms(ka['p99_ms'])} | {_k(cl['rps'])} | "
-                      f"{_ms(cl['p50_ms'])} | {_ms(cl['p99_ms'])} | "
-                      f"{_pct(ka.get('daemon_cpu_pct'))} / {_pct(cl.get('daemon_cpu_pct'))} | "
-                      f"{_pct(cl.get('wrk_core_pct'))} / {_pct(cl.get('other_cores_pct'))} | "
-                      f"{_num(cl.get('other_us_per_req'))} |")
+                    w(f"| {LABELS[p]} | {client} | {nn} | {fmt_k(ka['rps'])} | "
+                      f"{fmt_ms(ka['p50_ms'])} | {fmt_ms(ka['p99_ms'])} | {_num(cpu_us(ka))} | "
+                      f"{fmt_k(cl['rps'])} | {fmt_ms(cl['p50_ms'])} | {fmt_ms(cl['p99_ms'])} | "
+                      f"{_num(cpu_us(cl))} | "
+                      f"{fmt_pct(ka.get('daemon_cpu_pct'))} / "
+                      f"{fmt_pct(cl.get('daemon_cpu_pct'))} | "
+                      f"{fmt_pct(cl.get('wrk_core_pct'))} / {fmt_pct(cl.get('other_cores_pct'))} |")
         w("\n`direct` and `dockerproxy` have one replica whatever N is; they are measured again "
           "in each N's block, next to the others. `dockerproxy` has no remote row: Docker "
           "publishes a 127.0.0.1 port to local clients only.\n")
@@ -463,10 +419,10 @@ def markdown(res: Results) -> str:
             for client in clients:
                 cells = []
                 for n in ns:
-                    cells += [_x(ratio(res, a, b, n, client=client)),
-                              _x(ratio(res, a, b, n, key="p99_ms", client=client)),
-                              _x(ratio(res, a, b, n, mode="close", client=client)),
-                              _x(ratio(res, a, b, n, mode="close", key="p99_ms",
+                    cells += [fmt_x(ratio(res, a, b, n, client=client)),
+                              fmt_x(ratio(res, a, b, n, key="p99_ms", client=client)),
+                              fmt_x(ratio(res, a, b, n, mode="close", client=client)),
+                              fmt_x(ratio(res, a, b, n, mode="close", key="p99_ms",
                                        client=client))]
                 if all(c == "n/a" for c in cells):
                     continue
@@ -500,8 +456,8 @@ def markdown(res: Results) -> str:
             for what, key in (("kill -> out of data plane", "kill"),
                               ("scale -> new replica serves", "scale")):
                 s = c[key]
-                w(f"| {c['mode']} | {what} | {s['n']} | {_ms(s['p50'])} | {_ms(s['p99'])} | "
-                  f"{_ms(s['max'])} |")
+                w(f"| {c['mode']} | {what} | {s['n']} | {fmt_ms(s['p50'])} | {fmt_ms(s['p99'])} | "
+                  f"{fmt_ms(s['max'])} |")
         w("")
 
     sync = res.get("sync", {})
@@ -565,6 +521,7 @@ def markdown(res: Results) -> str:
                 w(f"| {t / 60:.1f} min | {mb:.1f} MB |")
             w("")
 
+    out += isolation_report.markdown(res)
     out += rollout_report.markdown(res)
 
     w("## How to run\n")
@@ -573,9 +530,12 @@ def markdown(res: Results) -> str:
       ".venv/bin/python -m bench --quick         # all scenarios, short, ~4 min\n"
       ".venv/bin/python -m bench --only ebpf,reuseport --duration 10\n"
       ".venv/bin/python -m bench --only ebpf,nginx --clients remote  # remote client only\n"
-      ".venv/bin/python -m bench --only rollout  # ~6 min; keeps the other sections\n```\n")
+      ".venv/bin/python -m bench --only rollout  # ~6 min; keeps the other sections\n"
+      ".venv/bin/python -m bench --only isolation --duration 3  # issue 22's paths, ~12 min\n"
+      "```\n")
     w("Scenario ids for `--only`: " + ", ".join(f"`{p}`" for p in PATHS) +
-      ", `scale`, `convergence`, `sync`, `footprint`, `rollout`. Raw figures (every round) "
+      ", `scale`, `convergence`, `sync`, `footprint`, `rollout`, and `isolation` (only when "
+      "named: issue 22's paths side by side, in a section of their own). Raw figures (every round) "
       "are in `results.json`. A run of some scenarios only (`--only`) replaces their "
       "sections in `results.json` and keeps the others (listed above as newer figures); "
       "`--fresh` writes its own sections alone.")
@@ -598,24 +558,24 @@ def chart(res: Results, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    ns = _counts(res)
-    paths = [p for p in PATHS if any(_tp(res, p, n, "keepalive") for n in ns)]
+    ns = sm.counts(res)
+    paths = [p for p in PATHS if any(find(res, p, n, "keepalive") for n in ns)]
     if not paths:
         return False
     panels = [("keepalive", "rps", "local", "keep-alive req/s, local client"),
               ("close", "rps", "local", "new connection per request, req/s, local client"),
               ("close", "rps", "remote", "new connection per request, req/s, remote client"),
               ("keepalive", "p99_ms", "local", "keep-alive p99 latency, ms, local client")]
-    panels = [pn for pn in panels if pn[2] in _clients(res)]
+    panels = [pn for pn in panels if pn[2] in sm.clients(res)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.3 * len(panels), 5.5), squeeze=False)
     width = 0.8 / max(1, len(ns))
     for ax, (mode, key, client, title) in zip(axes[0], panels, strict=True):
         for j, n in enumerate(ns):
-            vals = [(_tp(res, p, n, mode, client) or {}).get(key, 0.0) for p in paths]
+            vals = [(find(res, p, n, mode, client) or {}).get(key, 0.0) for p in paths]
             xs = [i + (j - (len(ns) - 1) / 2) * width for i in range(len(paths))]
             bars = ax.bar(xs, vals, width, label=f"N={n} replicas")
             if key == "rps":
-                ax.bar_label(bars, labels=[_k(v) for v in vals], fontsize=7, rotation=90,
+                ax.bar_label(bars, labels=[fmt_k(v) for v in vals], fontsize=7, rotation=90,
                              padding=2)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(paths)))

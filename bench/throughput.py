@@ -19,6 +19,11 @@ Paths (ids are what `--only` takes; PATH_DEFS below is the one list to extend):
   nginx          Debian's nginx on the host as reverse proxy in front of N replicas
   haproxy        HAProxy on the host in front of the same N replicas
   dockerproxy    one replica published with Docker's own -p 127.0.0.1:PORT (docker-proxy)
+  activation     prototype (issue 22): N replicas in network namespaces of their own (the
+                 default bridge), each serving a listener made for it in the host's
+                 namespace (SO_REUSEPORT on the host port) and handed over by socket
+                 activation (LISTEN_FDS, through the static shim images/activate); lbctl's
+                 program steers that host group (bench.activation)
 
 Clients (CLIENTS): `local` is wrk on this host, on 127.0.0.1 for host ports; `remote` is wrk
 in a network namespace of the bench's own behind a veth pair (harness.remote), reaching host
@@ -28,6 +33,14 @@ as a client on another machine would. dockerproxy has no remote form (Docker pub
 
 Every (path, N, connection mode, client) is run `rounds` times, rounds interleaved and in
 alternating order so drift of the machine hits every path alike; the median round is reported.
+
+CPU per request is the whole machine's: every core's busy time (/proc/stat) over the run
+divided by the requests answered in it. On loopback and veth the kernel runs the receive
+path of what wrk sends (conntrack, NAT, the veth crossing) in softirq on wrk's own core, so
+one core's share would bill part of the server side's work to the client and flatter the
+kernel paths; the sum over all cores compares paths fairly (the client's own work is the
+same for every path). The host is shared, so what other people's processes used during the
+run (env.cpu_snapshot, env.foreign_cpu_seconds) is taken out of it and reported beside it.
 """
 
 from __future__ import annotations
@@ -43,8 +56,11 @@ from typing import Any
 
 from bench.env import (
     Env,
+    bench_containers,
     container_ip,
     cpu_busy_seconds,
+    cpu_snapshot,
+    foreign_cpu_seconds,
     proc_cpu_seconds,
     run_backend,
     run_sandbox,
@@ -79,6 +95,8 @@ class Setup:
     host_ip: str  # the host's address as the remote client reaches it
     made: list[str] = field(default_factory=list)  # containers
     apps: list[str] = field(default_factory=list)  # lbctl apps
+    # anything else a path made (run after the containers are gone, last made first)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
     _raw: list[str] | None = None
 
     def raw_replicas(self) -> list[str]:
@@ -165,6 +183,19 @@ def _lbctl(mode: str, app: str, *extra: str) -> Callable[[Setup], Urls]:
     return start
 
 
+def _activation(s: Setup) -> Urls:
+    from bench import activation
+
+    app = f"bench-act{s.n}"
+    port = free_port()
+    names = [f"{app}-{i}" for i in range(1, s.n + 1)]
+    group = activation.for_env(s.env).start(app, port, names)
+    s.made += names
+    s.cleanups.append(group.close)
+    wait_replicas("127.0.0.1", port, set(names))
+    return s.host_port(port)
+
+
 def _ebpf_sandbox(s: Setup) -> Urls:
     app = "bench-ebpfsb"
     s.env.run_app(app, s.n, "ebpf")
@@ -178,11 +209,15 @@ class PathDef:
     label: str
     start: Callable[[Setup], Urls]
     kind: str  # "lbctl": a way lbctl serves an app; "proxy": what lbctl competes with;
-    #            "reference": the kernel without lbctl, to see lbctl's own cost
+    #            "reference": the kernel without lbctl, to see lbctl's own cost;
+    #            "prototype": a candidate lbctl path, measured before the daemon has it
     replicas: bool = True  # False: one replica whatever N is
     # the plain SO_REUSEPORT path on the same network path, which an lbctl ebpf path must
     # match (its program is the only difference)
     baseline: str | None = None
+    # the replicas keep a network namespace of their own (their other ports private, the
+    # host's loopback out of reach): what issue 22 wants at the host namespace's cost
+    isolated: bool = True
 
 
 # To add a path: a start function (returning its URLs) and one entry here; the report, the
@@ -193,12 +228,12 @@ PATH_DEFS: dict[str, PathDef] = {
     "reuseport": PathDef("kernel SO_REUSEPORT, no program (sandbox IP)", _reuseport,
                          "reference"),
     "reuseport-host": PathDef("kernel SO_REUSEPORT, no program (--network host)",
-                              _reuseport_host, "reference"),
+                              _reuseport_host, "reference", isolated=False),
     "ebpf": PathDef("lbctl ebpf mode (DNAT + program)", _lbctl("ebpf", "bench-ebpf"), "lbctl"),
     # An app of its own, like ebpf-sandbox (see the notes on TIME_WAIT and PAWS).
     "ebpf-host": PathDef("lbctl ebpf mode, --network host (program, no DNAT)",
                          _lbctl("ebpf", "bench-ebpfh", "--network", "host"), "lbctl",
-                         baseline="reuseport-host"),
+                         baseline="reuseport-host", isolated=False),
     "ebpf-sandbox": PathDef("lbctl ebpf program, sandbox IP (no DNAT)", _ebpf_sandbox,
                             "reference", baseline="reuseport"),
     "iptables": PathDef("lbctl iptables mode (statistic DNAT)",
@@ -208,6 +243,8 @@ PATH_DEFS: dict[str, PathDef] = {
     "haproxy": PathDef("HAProxy (nbthread 1, http-reuse always)", _proxy("haproxy"), "proxy"),
     "dockerproxy": PathDef("docker-proxy (-p 127.0.0.1:PORT), 1 replica", _dockerproxy,
                            "reference", replicas=False),
+    "activation": PathDef("socket activation: host listeners, replicas in their own netns "
+                          "(prototype)", _activation, "prototype"),
 }
 PATHS = tuple(PATH_DEFS)
 LABELS = {p: d.label for p, d in PATH_DEFS.items()}
@@ -215,6 +252,16 @@ LBCTL_PATHS = tuple(p for p, d in PATH_DEFS.items() if d.kind == "lbctl")
 PROXY_PATHS = tuple(p for p, d in PATH_DEFS.items() if d.kind == "proxy")
 # (lbctl ebpf path, plain SO_REUSEPORT on the same network path)
 SAME_PATH = tuple((p, d.baseline) for p, d in PATH_DEFS.items() if d.baseline)
+# Issue 22: the isolated ways lbctl serves (or could serve) an app, against the host
+# namespace's plain SO_REUSEPORT; keep-alive against today's default path.
+HOST_BASELINE = "reuseport-host"
+DEFAULT_PATH = "ebpf"
+ISOLATED_CANDIDATES = tuple(p for p, d in PATH_DEFS.items()
+                            if d.isolated and d.kind in ("lbctl", "prototype"))
+# What `--only isolation` measures side by side: the candidates, the host paths, and
+# `reuseport` (the sandbox IP without DNAT or program: the floor of any way that still
+# delivers into the replicas' namespace, such as a cgroup connect4 rewrite).
+ISOLATION_PATHS = ("reuseport-host", "ebpf-host", *ISOLATED_CANDIDATES, "reuseport")
 
 
 @dataclass
@@ -229,6 +276,10 @@ class Sample:
     # busy % of wrk's own core, and of all the other cores (% of one core), per round
     wrk_core: list[float] = field(default_factory=list)
     other_cores: list[float] = field(default_factory=list)
+    # busy seconds of every core together over each round (the whole machine), and the part
+    # of it that other users' processes took (the host is shared)
+    busy_s: list[float] = field(default_factory=list)
+    foreign_s: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> wrk.WrkResult:
@@ -245,11 +296,36 @@ class Sample:
                 if self.daemon_cpu else None,
                 "wrk_core_pct": _median(self.wrk_core),
                 "other_cores_pct": _median(self.other_cores),
-                # CPU the server side spent per answer, off wrk's core (us): what a path costs
-                # when the client, not the server, bounds its req/s
+                # CPU the server side spent per answer, off wrk's core (us); kept for
+                # comparison with older runs: it flatters the kernel paths (module doc)
                 "other_us_per_req": _median([c / 100 * 1e6 / r.rps for c, r in zip(
                     self.other_cores, self.rounds, strict=True) if r.rps]),
-                "rounds": [r.to_json() for r in self.rounds]}
+                # CPU of the whole machine (every core, wrk's included) per answer (us),
+                # other users' processes left out; and with them, and their share (% of one
+                # core), to see how much the shared host moved the figure
+                "cpu_us_per_req": _median(self.cpu_per_req()),
+                "machine_us_per_req": _median([c for c in self._round_cpu(foreign=False)
+                                               if c is not None]),
+                "foreign_pct": _median(self._foreign_pct()),
+                "rounds": [{**r.to_json(), "cpu_us_per_req": round(c, 1)} if c is not None
+                           else r.to_json()
+                           for r, c in zip(self.rounds, self._round_cpu(), strict=True)]}
+
+    def _round_cpu(self, foreign: bool = True) -> list[float | None]:
+        if len(self.busy_s) != len(self.rounds) or len(self.foreign_s) != len(self.rounds):
+            return [None] * len(self.rounds)
+        return [(b - (f if foreign else 0.0)) / r.requests * 1e6 if r.requests else None
+                for b, f, r in zip(self.busy_s, self.foreign_s, self.rounds, strict=True)]
+
+    def _foreign_pct(self) -> list[float]:
+        if len(self.foreign_s) != len(self.rounds):
+            return []
+        return [100 * f / r.seconds for f, r in zip(self.foreign_s, self.rounds, strict=True)
+                if r.seconds]
+
+    def cpu_per_req(self) -> list[float]:
+        """Whole-machine CPU per answer of each round (us)."""
+        return [c for c in self._round_cpu() if c is not None]
 
 
 def _median(xs: list[float]) -> float | None:
@@ -288,6 +364,8 @@ def _targets(env: Env, paths: list[str], n: int, host_ip: str) -> Iterator[dict[
             env.rm_app(app)
         if s.made:
             docker("rm", "-f", *s.made, check=False)
+        for undo in reversed(s.cleanups):
+            undo()
 
 
 def _forget_flows(url: str, source: str | None) -> None:
@@ -320,20 +398,27 @@ def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, r
                 for _, _, url, ns in runs:
                     wrk.run(url, warmup, close=False, netns=ns)
             by_key: dict[tuple[str, str, str], Sample] = {}
+            ours = bench_containers()  # their CPU is the paths', not other users'
             for r in range(rounds):
                 for mode in MODES:
                     for client, path, url, ns in runs if r % 2 == 0 else reversed(runs):
                         pid = env.daemon_pid()
                         c0, t0 = (proc_cpu_seconds(pid), time.monotonic()) if pid else (0, 0)
+                        f0 = cpu_snapshot(ours)
                         b0, m0 = cpu_busy_seconds(), time.monotonic()
                         res = wrk.run(url, seconds, close=mode == "close", netns=ns)
                         b1, dt = cpu_busy_seconds(), time.monotonic() - m0
+                        f1 = cpu_snapshot(ours)
                         s = by_key.setdefault((path, mode, client),
                                               Sample(path, n, mode, client))
                         s.rounds.append(res)
                         s.wrk_core.append(100 * (b1[wrk.WRK_CPU] - b0[wrk.WRK_CPU]) / dt)
                         s.other_cores.append(100 * sum(
                             b1[c] - b0[c] for c in b1 if c != wrk.WRK_CPU) / dt)
+                        s.busy_s.append(sum(b1[c] - b0[c] for c in b1))
+                        # never more than the machine was busy (a reaped child's time can
+                        # make one process's growth look larger than the run)
+                        s.foreign_s.append(min(foreign_cpu_seconds(f0, f1), s.busy_s[-1]))
                         if pid:
                             s.daemon_cpu.append(
                                 100 * (proc_cpu_seconds(pid) - c0) / (time.monotonic() - t0))
@@ -342,6 +427,8 @@ def run(env: Env, paths: list[str], replica_counts: list[int], seconds: float, r
                             f"p99 {res.p99_ms:.2f} ms"
                             + (f" daemon CPU {s.daemon_cpu[-1]:.0f}%" if pid else "")
                             + f" cores: wrk {s.wrk_core[-1]:.0f}% other {s.other_cores[-1]:.0f}%"
+                            + (f" CPU/req {s.cpu_per_req()[-1]:.0f} us (others "
+                               f"{100 * s.foreign_s[-1] / dt:.0f}%)" if res.requests else "")
                             + (f" FAILED {res.failed}" if res.failed else ""))
                         if mode == "close":
                             _forget_flows(url, remote.ip if ns and remote else None)

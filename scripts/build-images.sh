@@ -2,7 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 #
 # Build lbctl's offline container images: lbctl/demo, lbctl/demo-health,
-# lbctl/pause and lbctl/client (the tests' client inside containers).  No registry is reachable, so each image is a static C binary
+# lbctl/pause, lbctl/client (the tests' client inside containers) and
+# lbctl/activate (the socket-activation entrypoint shim; its static binary
+# stays in images/activate/out/ for bind mounts).  No registry is reachable,
+# so each image is a static C binary
 # in a FROM-scratch image.  Idempotent: an image is rebuilt only when the
 # sha256 of its inputs (source, Dockerfile, compiler flags) differs from the
 # `lbctl.build-sha256` label of the image that exists; up to date means
@@ -45,12 +48,15 @@ build() {
     echo "build-images: built $image"
 }
 
-# compile_and_build DIR PROG IMAGE: images/DIR/PROG.c -> images/DIR/out/PROG,
-# then the image from images/DIR/Dockerfile.  Sets HASH to the inputs' hash.
+# compile_and_build DIR PROG IMAGE [BINARY]: images/DIR/PROG.c ->
+# images/DIR/out/PROG, then the image from images/DIR/Dockerfile.  Sets HASH to
+# the inputs' hash.  BINARY=binary: out/PROG is itself an output (used outside
+# the image), so it is compiled whenever it is missing.
 compile_and_build() {
-    local dir="images/$1" prog=$2 image=$3
+    local dir="images/$1" prog=$2 image=$3 binary=${4:-}
     HASH=$( { echo "$CFLAGS"; cat "$dir/$prog.c" "$dir/Dockerfile"; } | sha256sum | cut -d' ' -f1)
-    if [[ $force == 0 && "$(image_hash "$image")" == "$HASH" ]]; then
+    if [[ $force == 0 && "$(image_hash "$image")" == "$HASH" ]] \
+            && [[ -z $binary || -x "$dir/out/$prog" ]]; then
         return
     fi
     mkdir -p "$dir/out"
@@ -78,6 +84,7 @@ if [[ $force == 1 || "$(image_hash lbctl/demo-health:latest)" != "$health_hash" 
     build lbctl/demo-health:latest images/demo Dockerfile.health "$health_hash"
 fi
 compile_and_build client client lbctl/client:latest
+compile_and_build activate activate lbctl/activate:latest binary
 if [[ $rebuilt == 1 ]]; then
     # The images these replaced are left untagged; drop ours that no
     # container uses (the label keeps other projects' images out of it).

@@ -34,11 +34,26 @@
 //                  other path.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
+//   LISTEN_FDS, LISTEN_PID  systemd's socket activation (sd_listen_fds(3)): when
+//                  LISTEN_PID is this process and LISTEN_FDS >= 1, serve the
+//                  inherited sockets 3, 4, ... instead of binding: the first
+//                  stream listener takes TCP, the first datagram socket UDP
+//                  (PORT then does not say where it serves; UDP_PORT still
+//                  binds a UDP socket of its own when none is inherited; any
+//                  other inherited fd is closed, so no listener is left that
+//                  nobody accepts on).  lbctl's activation shim
+//                  (images/activate) hands them over; they may belong to
+//                  another network namespace than the container's (the
+//                  host's), which `--check` (it asks the container's own
+//                  loopback) then does not reach.
 //
 // Signals: SIGTERM/SIGINT drain and exit.  SIGUSR1 marks the server sick
 // (SIGUSR1 again: well): it keeps serving, but `--check` (a HEALTHCHECK) fails.
 // SIGUSR2 closes the TCP listener and keeps running (a replica that stopped
-// serving: lbctl's own probes fail); SIGUSR2 again opens it.
+// serving: lbctl's own probes fail); SIGUSR2 again opens it.  An inherited
+// listener is closed for good: this process cannot make it again (its
+// namespace may not be ours, and a listener stopped with shutdown() loses its
+// port), so a second SIGUSR2 only says so.
 //
 // `httpd --check` GETs / on the loopback address of BIND's family, port
 // $PORT, and exits 0 on a 200 (for HEALTHCHECK, as the image has no shell or
@@ -128,6 +143,7 @@ static struct {
     struct tag listen, udp, sig;
     int port;        // the TCP port, to open the listener again after SIGUSR2
     bool reuseport;
+    bool inherited;  // LISTEN_FDS: the sockets came from outside
     char name[256];
     size_t name_len;
     struct response resp[2][2];  // [head][close]
@@ -723,8 +739,13 @@ static void on_signal(bool *stop)
             S.listen.fd = -1;
             fprintf(stderr, "httpd: %s: listener closed (SIGUSR2)\n", S.name);
         } else if (si.ssi_signo == SIGUSR2 && S.listen.fd < 0 && !S.draining) {
-            open_listener();
-            fprintf(stderr, "httpd: %s: listener open again (SIGUSR2)\n", S.name);
+            if (S.inherited) {
+                fprintf(stderr, "httpd: %s: an inherited listener cannot be opened again\n",
+                        S.name);
+            } else {
+                open_listener();
+                fprintf(stderr, "httpd: %s: listener open again (SIGUSR2)\n", S.name);
+            }
         }
     }
 }
@@ -815,6 +836,82 @@ static void open_listener(void)
     if (listen(S.listen.fd, BACKLOG) < 0)
         die("listen");
     ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+}
+
+// How many sockets systemd's socket-activation protocol hands this process
+// (0: none, bind as usual).  As sd_listen_fds(1) does, the variables are
+// removed, so that nothing this process starts takes them for its own.
+static int listen_fds(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+    if (!pid || !fds)
+        return 0;
+    char *end;
+    errno = 0;
+    long p = strtol(pid, &end, 10);
+    if (errno || *end || p != (long)getpid())
+        return 0;  // meant for another process (a parent that did not unset it)
+    long n = strtol(fds, &end, 10);
+    if (errno || *end || n < 1 || n > 64)
+        return 0;
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return (int)n;
+}
+
+// Serve the inherited sockets 3 .. 3+n-1 (see LISTEN_FDS above).
+static void take_inherited(int n)
+{
+    for (int fd = 3; fd < 3 + n; fd++) {
+        int type = 0, acc = 0;
+        socklen_t len = sizeof type;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+            fprintf(stderr, "httpd: inherited fd %d is not a socket\n", fd);
+            exit(1);
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+            fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+            die("fcntl (inherited fd)");
+        if (type == SOCK_STREAM && S.listen.fd < 0) {
+            len = sizeof acc;
+            getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len);
+            if (!acc && listen(fd, BACKLOG) < 0)  // bound, not yet listening
+                die("listen (inherited socket)");
+            S.listen.fd = fd;
+        } else if (type == SOCK_DGRAM && S.udp.fd < 0) {
+            S.udp.fd = fd;
+        } else {
+            fprintf(stderr, "httpd: closing inherited fd %d (not served)\n", fd);
+            close(fd);
+        }
+    }
+    if (S.listen.fd < 0) {
+        fprintf(stderr, "httpd: LISTEN_FDS=%d holds no TCP socket\n", n);
+        exit(1);
+    }
+}
+
+// "0.0.0.0 port 8080" for a socket's own address.
+static void sock_text(int fd, char *out, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+            port = ntohs(a->sin6_port);
+        } else if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+            port = ntohs(a->sin_port);
+        }
+    }
+    snprintf(out, size, "%s port %d", host, port);
 }
 
 static void raise_nofile(void)
@@ -970,23 +1067,44 @@ int main(int argc, char **argv)
     ep_ctl(EPOLL_CTL_ADD, S.sig.fd, EPOLLIN, &S.sig);
 
     S.listen.kind = K_LISTEN;
+    S.listen.fd = -1;
     S.port = (int)port;
     S.reuseport = reuseport;
-    open_listener();
-
     S.udp.kind = K_UDP;
     S.udp.fd = -1;
-    if (udp_port > 0) {
-        S.udp.fd = bind_socket(SOCK_DGRAM, (int)udp_port, reuseport);
-        ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
+    int inherited = listen_fds();
+    if (inherited > 0) {
+        S.inherited = true;
+        take_inherited(inherited);
+        ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+        if (S.udp.fd < 0 && udp_port > 0)  // the container's own, beside the inherited TCP
+            S.udp.fd = bind_socket(SOCK_DGRAM, (int)udp_port, reuseport);
+        if (S.udp.fd >= 0)
+            ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
+        char tcp[INET6_ADDRSTRLEN + 16], udp[INET6_ADDRSTRLEN + 16] = "";
+        sock_text(S.listen.fd, tcp, sizeof tcp);
+        if (S.udp.fd >= 0)
+            sock_text(S.udp.fd, udp, sizeof udp);
+        fprintf(stderr, "httpd: %s listening on inherited sockets (LISTEN_FDS=%d): %s/tcp%s%s%s"
+                " (delay_ms=%lld%s)\n", S.name, inherited, tcp, S.udp.fd >= 0 ? ", " : "", udp,
+                S.udp.fd >= 0 ? "/udp" : "", (long long)S.delay_ms,
+                S.udp_echo ? " udp_echo=1" : "");
+    } else {
+        open_listener();
+        if (udp_port > 0) {
+            S.udp.fd = bind_socket(SOCK_DGRAM, (int)udp_port, reuseport);
+            ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
+        }
     }
 
     const char *stack = B.family == AF_INET ? "" : B.v6only ? " (v6only)" : " (dual-stack)";
-    fprintf(stderr,
-            "httpd: %s listening on %s%s port %ld/tcp%s%s (reuseport=%d%s delay_ms=%lld)\n",
-            S.name, B.text, stack, port, udp_port ? " and udp " : "",
-            udp_port ? getenv("UDP_PORT") : "", reuseport, S.udp_echo ? " udp_echo=1" : "",
-            (long long)S.delay_ms);
+    if (!inherited) {
+        fprintf(stderr,
+                "httpd: %s listening on %s%s port %ld/tcp%s%s (reuseport=%d%s delay_ms=%lld)\n",
+                S.name, B.text, stack, port, udp_port ? " and udp " : "",
+                udp_port ? getenv("UDP_PORT") : "", reuseport, S.udp_echo ? " udp_echo=1" : "",
+                (long long)S.delay_ms);
+    }
 
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {

@@ -1,7 +1,7 @@
 """The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
-real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox and host network) and
-nginx, each from a local and a remote client, and the rollout scenario's quick cases),
-checking the report it writes.
+real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox and host network), the
+socket-activation prototype and nginx, each from a local and a remote client, and the
+rollout scenario's quick cases), checking the report it writes.
 
 The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
 not hold it: it only waits for it like any other run would.
@@ -54,6 +54,16 @@ def test_only_rejects_unknown_scenarios() -> None:
     assert parse_args(["--quick"]).duration == 2.0
 
 
+def test_isolation_runs_only_when_named_and_replica_counts_are_checked() -> None:
+    assert "isolation" not in parse_args([]).only
+    assert parse_args(["--only", "isolation"]).only == ["isolation"]
+    assert parse_args([]).replicas == [2, 4] and parse_args(["--quick"]).replicas == [2]
+    assert parse_args(["--quick", "--replicas", "4,2,4"]).replicas == [2, 4]
+    for bad in ("0", "two", ","):
+        with pytest.raises(SystemExit):
+            parse_args(["--replicas", bad])
+
+
 def test_clients_are_checked_and_kept_in_order() -> None:
     assert parse_args([]).clients == ("local", "remote")
     assert parse_args(["--clients", "remote,local"]).clients == ("local", "remote")
@@ -80,14 +90,14 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only",
-         "direct,reuseport-host,ebpf,ebpf-host,nginx,rollout", "--duration", "1",
+         "direct,reuseport-host,ebpf,ebpf-host,activation,nginx,rollout", "--duration", "1",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=410, check=False,
     )
     assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     md = (out / "RESULTS.md").read_text()
     for row in ("one backend, direct", "lbctl ebpf mode", "nginx reverse proxy",
-                "kernel SO_REUSEPORT, no program (--network host)"):
+                "kernel SO_REUSEPORT, no program (--network host)", "socket activation"):
         for client in ("local", "remote"):
             line = next((ln for ln in md.splitlines()
                          if ln.startswith(f"| {row}") and f"| {client} |" in ln), None)
@@ -99,10 +109,14 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     samples = data["throughput"]
     assert {(s["path"], s["mode"], s["client"]) for s in samples} == {
-        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "ebpf-host", "nginx")
+        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "ebpf-host", "activation",
+                            "nginx")
         for m in ("keepalive", "close") for c in ("local", "remote")
     }
     assert all(s["rps"] > 0 and s["failed"] == 0 for s in samples), samples
+    # CPU per answer of the whole machine, every path, with other users' share beside it
+    assert all(s["cpu_us_per_req"] > 0 and s["foreign_pct"] is not None for s in samples)
+    assert "## Isolation at host-network cost (issue 22)" in md
     # the targets were judged on both clients (met or missed, not "not measured")
     t = next(ln for ln in md.splitlines() if ln.startswith("| new connection per request"))
     assert "local N=2" in t and "remote N=2" in t and "not measured" not in t, t
@@ -130,6 +144,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
                            check=False).stdout.split() if left else []
     assert not [n for n in names if n.startswith("bench-")], names
     assert not Path("/sys/fs/bpf/lbctl-bench").exists()
+    assert not Path("/sys/fs/bpf/lbctl-bench-act").exists()
     # ... and no remote host: its namespace, its link and its FORWARD rules are gone
     assert "lbctl-remote250" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                    text=True, check=False).stdout

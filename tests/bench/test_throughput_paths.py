@@ -42,5 +42,38 @@ def test_ebpf_sandbox_never_shares_the_ebpf_apps_sandbox(monkeypatch: pytest.Mon
 
 def test_every_path_has_a_label_and_a_known_kind() -> None:
     for p, d in PATH_DEFS.items():
-        assert d.label and d.kind in {"lbctl", "proxy", "reference"}, p
+        assert d.label and d.kind in {"lbctl", "proxy", "reference", "prototype"}, p
         assert d.baseline is None or d.baseline in PATH_DEFS, p
+
+
+def test_issue_22_compares_the_isolated_ways_with_the_host_namespace() -> None:
+    """The candidates are the ways lbctl serves (or could) with replicas in their own
+    namespace; the host paths are the bound, not candidates; the isolation run has them all
+    plus plain SO_REUSEPORT on the sandbox IP, each once."""
+    assert set(throughput.ISOLATED_CANDIDATES) == {"ebpf", "iptables", "activation"}
+    assert not PATH_DEFS["reuseport-host"].isolated and not PATH_DEFS["ebpf-host"].isolated
+    assert PATH_DEFS["activation"].kind == "prototype"
+    assert "activation" not in throughput.LBCTL_PATHS  # not in the proxy comparison yet
+    paths = throughput.ISOLATION_PATHS
+    assert len(set(paths)) == len(paths) and set(paths) <= set(PATH_DEFS)
+    assert {throughput.HOST_BASELINE, throughput.DEFAULT_PATH, "ebpf-host",
+            "reuseport"} <= set(paths)
+
+
+def test_a_path_can_leave_cleanups_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a path made besides containers and apps (the activation path's eBPF pins and
+    sockets) is undone after them, last made first, also when the run fails."""
+    done: list[str] = []
+    monkeypatch.setattr(throughput, "docker", lambda *a, **k: done.append("rm"))
+
+    def start(s: Setup) -> throughput.Urls:
+        s.made.append("c1")
+        s.cleanups += [lambda: done.append("first"), lambda: done.append("second")]
+        return throughput.Urls("http://x/", None)
+
+    monkeypatch.setitem(PATH_DEFS, "direct", throughput.PathDef("x", start, "reference"))
+    env = _Env()
+    with pytest.raises(RuntimeError), \
+            throughput._targets(env, ["direct"], 2, "h"):  # type: ignore[arg-type]
+        raise RuntimeError("run failed")
+    assert done == ["rm", "second", "first"]

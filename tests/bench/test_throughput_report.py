@@ -1,15 +1,19 @@
-"""Issue 14's throughput targets and the client split of the report (pure logic on made-up
-figures; the real run is in test_bench_smoke.py), and the whole-run RSS sampler on a real
-process."""
+"""Issue 14's and issue 22's throughput targets, the client split of the report and its CPU
+per answer (pure logic on made-up figures; the real run is in test_bench_smoke.py), and the
+whole-run RSS sampler on a real process."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import pytest
+
 from bench import report
 from bench.rss import RssSampler
-from bench.throughput import LBCTL_PATHS, PATHS, PROXY_PATHS, SAME_PATH
+from bench.samples import cpu_us
+from bench.throughput import LBCTL_PATHS, PATHS, PROXY_PATHS, SAME_PATH, Sample
+from harness.wrk import WrkResult
 
 
 def _s(path: str, mode: str, rps: float, p99: float, client: str | None = "local",
@@ -157,15 +161,15 @@ def test_per_core_load_names_the_client_as_the_bound() -> None:
             lbctl = s["path"] == "ebpf-host"
             s.update(wrk_core_pct=100.0 if lbctl else 97.0,
                      other_cores_pct=48.0 if lbctl else 80.0,
-                     other_us_per_req=30.0 if lbctl else 47.0)
+                     cpu_us_per_req=90.0 if lbctl else 105.0)
     _, meas, ok, why = _row(res, "new connection per request")
     assert ok is False
-    assert "server CPU per answer 0.64x, wrk's core 100% / 97% busy" in meas
+    assert "CPU per answer (all cores) 0.86x, wrk's core 100% / 97% busy" in meas
     assert "wrk's core is 97-100% busy in every new-connection run" in why
     assert "48% busy under lbctl's paths and 80% under the proxies" in why
-    assert "lbctl 30 us, the proxies 47 us" in why
+    assert "lbctl 90 us, the proxies 105 us" in why
     md = report.markdown(res)
-    assert "| 100% / 48% | 30 |" in md
+    assert "| 90 | 1% / 1% | 100% / 48% |" in md
     for s in res["throughput"]:
         if s["mode"] == "keepalive":
             lbctl = s["path"] == "ebpf-host"
@@ -176,8 +180,92 @@ def test_per_core_load_names_the_client_as_the_bound() -> None:
     assert "under the proxies wrk's core 70%, the other 95%" in why
     # results from before the per-core sampler say nothing about cores
     for s in res["throughput"]:
-        for k in ("wrk_core_pct", "other_cores_pct", "other_us_per_req"):
+        for k in ("wrk_core_pct", "other_cores_pct", "cpu_us_per_req"):
             s.pop(k, None)
     _, meas, _, why = _row(res, "new connection per request")
-    assert "server CPU" not in meas and "Per-core" not in why
+    assert "CPU per answer" not in meas and "Per-core" not in why
     assert "Per-core" not in _row(res, "keep-alive")[3]
+
+
+def test_cpu_per_answer_is_the_whole_machines() -> None:
+    """Measured: taken as it is. From a run before it was measured: wrk's core and the
+    others added up (the issue-22 table's arithmetic), never the other cores alone, which
+    leave out the kernel's work on wrk's core."""
+    s = _s("ebpf", "close", 16_000, 2.0)
+    assert cpu_us(s) is None
+    s.update(wrk_core_pct=100.0, other_cores_pct=48.0, other_us_per_req=30.0)
+    assert cpu_us(s) == pytest.approx(92.5)
+    s["cpu_us_per_req"] = 80.0
+    assert cpu_us(s) == 80.0
+
+
+def test_sample_cpu_leaves_other_users_out() -> None:
+    """CPU per answer of a round: every core's busy seconds minus other users' processes',
+    over the requests of that round; the raw machine figure and their share are kept."""
+    s = Sample("activation", 2, "close")
+    s.rounds = [WrkResult(requests=30_000, seconds=3.0, rps=10_000.0),
+                WrkResult(requests=20_000, seconds=2.0, rps=10_000.0)]
+    s.wrk_core, s.other_cores = [100.0, 100.0], [90.0, 90.0]
+    s.busy_s = [3.0, 2.4]
+    s.foreign_s = [0.3, 0.4]
+    j = s.to_json()
+    assert [r["cpu_us_per_req"] for r in j["rounds"]] == [90.0, 100.0]
+    assert j["cpu_us_per_req"] == 95.0  # the median of the rounds
+    assert j["machine_us_per_req"] == 110.0 and j["foreign_pct"] == 15.0
+    s.foreign_s = []  # a run without the foreign sampler: no CPU figure rather than a wrong one
+    assert s.to_json()["cpu_us_per_req"] is None
+
+
+def _iso(path: str, n: int, client: str, new_cpu: float, ka_cpu: float,
+         ka_rps: float = 100_000) -> list[dict[str, Any]]:
+    out = []
+    for mode, cpu, rps in (("close", new_cpu, 15_000), ("keepalive", ka_cpu, ka_rps)):
+        s = _s(path, mode, rps, 2.0, client, n)
+        s["cpu_us_per_req"] = cpu
+        out.append(s)
+    return out
+
+
+def _iso_res(act_new: float, act_ka: float = 15.0, act_ka_rps: float = 110_000,
+             ns: tuple[int, ...] = (2, 4), clients: tuple[str, ...] = ("local", "remote"),
+             key: str = "isolation") -> dict[str, Any]:
+    samples = []
+    for n in ns:
+        for c in clients:
+            samples += _iso("reuseport-host", n, c, 70.0, 14.0)
+            samples += _iso("ebpf", n, c, 85.0, 18.0)
+            samples += _iso("iptables", n, c, 84.0, 18.0)
+            samples += _iso("activation", n, c, act_new, act_ka, act_ka_rps)
+    res = _res([])
+    res[key] = samples
+    return res
+
+
+def test_an_isolated_path_within_105_of_host_reuseport_meets_issue_22() -> None:
+    t, meas, ok, why = _row(_iso_res(73.0), "isolated path")
+    assert ok is True and "1.05x" in t and "`reuseport-host`" in t
+    assert "`activation`: local N=2 new 1.04x, ka 0.83x CPU / 1.10x req/s of `ebpf`" in meas
+    assert "`ebpf`: local N=2 new 1.21x" in meas and "the `isolation` run" in why
+    # 1.06x somewhere, keep-alive dearer than today's default, or slower: missed
+    assert _row(_iso_res(74.2), "isolated path")[2] is False
+    assert _row(_iso_res(70.0, act_ka=19.0), "isolated path")[2] is False
+    assert _row(_iso_res(70.0, act_ka_rps=90_000), "isolated path")[2] is False
+    # one client or one N not measured is not a pass
+    assert _row(_iso_res(70.0, clients=("local",)), "isolated path")[2] is False
+    assert _row(_res([]), "isolated path")[2] is None
+
+
+def test_isolation_figures_come_from_their_own_run_or_the_throughput_table() -> None:
+    own = _iso_res(73.0)
+    own["throughput"] = _iso_res(95.0, key="throughput")["throughput"]
+    assert _row(own, "isolated path")[2] is True  # the isolation run wins
+    table = _iso_res(73.0, key="throughput")
+    _, _, ok, why = _row(table, "isolated path")
+    assert ok is True and "from the throughput table" in why
+    md = report.markdown(own)
+    assert "## Isolation at host-network cost (issue 22)" in md
+    section = md.split("## Isolation at host-network cost")[1]
+    row = next(ln for ln in section.splitlines() if ln.startswith("| socket activation")
+               and "| remote | 4 |" in ln)
+    assert "| 73 us | 1.04x |" in row and "| 0.83x |" in row
+    assert "## Isolation at host-network cost" not in report.markdown(_res([]))

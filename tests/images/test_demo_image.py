@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The offline images against the real engine: lbctl/demo replicas sharing the
-network namespace of an lbctl/pause sandbox, as lbctl's ebpf mode runs them.
+network namespace of an lbctl/pause sandbox, as lbctl's ebpf mode runs them, and
+lbctl/demo given its listeners by socket activation (LISTEN_FDS, through the shim
+images/activate).
 
 Uses the docker CLI (no lbctl code), so a failure here points at the images,
 not at the daemon. Every container is named ``lbctl-test-img-*`` and labelled
@@ -14,6 +16,7 @@ import http.client
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -341,3 +344,133 @@ def test_file_and_fetch_show_a_volume_and_a_peer_by_name(tmp_path: Path, demo_im
     finally:
         subprocess.run(["docker", "rm", "-f", peer, me], capture_output=True, check=False)
         subprocess.run(["docker", "network", "rm", net], capture_output=True, check=False)
+
+
+# --- socket activation: LISTEN_FDS and the shim (images/activate) -------------------------
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """images/activate/activate.c of this checkout, compiled as build-images.sh does."""
+    out = tmp_path_factory.mktemp("shim") / "activate"
+    src = Path(__file__).resolve().parents[2] / "images" / "activate" / "activate.c"
+    subprocess.run(["gcc", "-static", "-O2", "-s", "-o", str(out), str(src)], check=True,
+                   capture_output=True)
+    return out
+
+
+def _hand_over(directory: Path, socks: list[socket.socket], names: str) -> threading.Thread:
+    """Serve `socks` once on directory/activation.sock, as lbctl's creator does, and close our
+    copies: the container's process is then their only owner."""
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(directory / "activation.sock"))
+    srv.listen(1)
+    srv.settimeout(30)
+
+    def serve() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                socket.send_fds(conn, [names.encode()], [s.fileno() for s in socks])
+        for s in socks:
+            s.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def _activated(name: str, image: str, shim: Path, directory: Path, *env: str) -> str:
+    opts = ["-v", f"{directory}:/run/lbctl:ro", "-v", f"{shim}:/.lbctl/activate:ro",
+            "--entrypoint", "/.lbctl/activate"]
+    for e in env:
+        opts += ["-e", e]
+    docker("run", "-d", "--name", name, "--label", "lbctl.test=1", *opts, image, "/httpd")
+    return name
+
+
+def _refused(port: int, kind: int = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.settimeout(1)
+        try:
+            if kind == socket.SOCK_STREAM:
+                s.connect(("127.0.0.1", port))
+            else:
+                s.sendto(b"x", ("127.0.0.1", port))
+                s.recvfrom(64)
+        except (ConnectionRefusedError, TimeoutError):
+            return True
+    return False
+
+
+def test_listen_fds_serves_sockets_made_in_the_hosts_namespace(
+        tmp_path: Path, demo_image: str, shim: Path) -> None:
+    """Given by the shim a TCP listener, a UDP socket and one more TCP listener, all bound on
+    the host's loopback, the demo (in a network namespace of its own) serves the first two on
+    the host, binds nothing in its own namespace, and closes the third (a listener nobody
+    accepts on would strand connections). SIGUSR2 closes the inherited listener for good."""
+    tcp, udp, extra = (socket.socket(socket.AF_INET, k)
+                       for k in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_STREAM))
+    tcp.bind(("127.0.0.1", 0))
+    port = tcp.getsockname()[1]
+    udp.bind(("127.0.0.1", port))
+    extra.bind(("127.0.0.1", 0))
+    extra_port = extra.getsockname()[1]
+    for s in (tcp, extra):
+        s.listen(16)
+    handed = _hand_over(tmp_path, [tcp, udp, extra], "http:dns:spare")
+    name = _activated(f"lbctl-test-img-{uuid.uuid4().hex[:8]}-act", demo_image, shim, tmp_path,
+                      "LBCTL_REPLICA=act", "UDP_ECHO=1")
+    try:
+        handed.join(30)
+        wait_for(lambda: "listening on inherited" in logs(name), 10, f"{name} to listen")
+        assert (f"act listening on inherited sockets (LISTEN_FDS=3): 127.0.0.1 port {port}/tcp, "
+                f"127.0.0.1 port {port}/udp") in logs(name)
+        assert "closing inherited fd 5 (not served)" in logs(name)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"act\n"
+        conn.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(2)
+            u.sendto(b"hi", ("127.0.0.1", port))
+            assert u.recvfrom(64)[0] == b"act hi"
+        assert _refused(extra_port)  # closed by the demo, and ours were closed after sending
+        # nothing bound in its own namespace: PORT's default 8080 is free there
+        assert in_netns(name, "import socket\ntry:\n"
+                              "    socket.create_connection(('127.0.0.1', 8080), 1)\n"
+                              "except OSError as e:\n    print(type(e).__name__)\n"
+                        ) == "ConnectionRefusedError"
+        docker("kill", "-s", "USR2", name)
+        wait_for(lambda: _refused(port), 5, "the inherited listener to close")
+        docker("kill", "-s", "USR2", name)
+        wait_for(lambda: "an inherited listener cannot be opened again" in logs(name), 5,
+                 "the second SIGUSR2")
+        assert _refused(port)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_listen_fds_meant_for_another_process_is_ignored(pod: Pod, demo_image: str) -> None:
+    """LISTEN_PID names the process the sockets are for (the demo is PID 1 here): another
+    PID's variables, left in the environment, are not its own, and it binds as usual."""
+    name = pod.replica("lp", demo_image, LISTEN_FDS="1", LISTEN_PID="2")
+    pod.wait_listening(name)
+    assert "listening on 0.0.0.0 port 8080" in logs(name)
+    assert pod.get() == (200, "lp", "lp\n")
+
+
+def test_the_shim_gives_up_when_nobody_hands_it_listeners(
+        tmp_path: Path, demo_image: str, shim: Path) -> None:
+    name = f"lbctl-test-img-{uuid.uuid4().hex[:8]}-noact"
+    try:
+        r = subprocess.run(
+            ["docker", "run", "--name", name, "--label", "lbctl.test=1",
+             "-v", f"{tmp_path}:/run/lbctl:ro", "-v", f"{shim}:/.lbctl/activate:ro",
+             "--entrypoint", "/.lbctl/activate", "-e", "LBCTL_ACTIVATION_TIMEOUT=1",
+             demo_image, "/httpd"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 111, r
+        assert "nothing serves listeners on /run/lbctl/activation.sock" in r.stderr
+    finally:
+        docker("rm", "-f", name, check=False)
