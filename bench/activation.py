@@ -46,9 +46,8 @@ from bench.env import LABEL, Env, container_pid
 from bench.image import IMAGE
 from harness import ROOT
 from harness.engine import docker
-from lbctl.dataplane import bpfsys, sockets
+from lbctl.dataplane import sockets
 from lbctl.dataplane.ebpf import EbpfDataplane
-from lbctl.dataplane.ebpf import slots as ebpf_slots
 from lbctl.dataplane.netlink import DiagSocket
 from lbctl.model.dataplane import Member
 
@@ -197,9 +196,10 @@ def host_listeners(pid: int, port: int, proto: str = "tcp") -> list[sockets.List
         return []
     state = sockets.TCP_LISTEN if proto == "tcp" else sockets.UDP_UNCONNECTED
     rows: dict[int, tuple[int, int, str]] = {}
+    families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)
     with DiagSocket() as ds:
         ds.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for family in families:
             for m in ds.get_sock_stats(family=family, states=1 << state,
                                        protocol=sockets.PROTOCOLS[proto]):
                 if int(m["idiag_sport"]) == port and int(m["idiag_state"]) == state:
@@ -226,36 +226,13 @@ def host_listeners(pid: int, port: int, proto: str = "tcp") -> list[sockets.List
     return sorted(found.values(), key=lambda lst: (lst.family != socket.AF_INET, lst.inode))
 
 
-class HostListenerDataplane(EbpfDataplane):
-    """EbpfDataplane for replicas that hold listeners of the host's namespace (see the module
-    doc). The program, maps, slots, tables, counters and drains are lbctl's own; _scan, the
-    one step that looks for a replica's listeners, looks in this process's namespace and
-    does not ask the replica to share the app's namespace (each has its own)."""
-
-    def _scan(
-        self, st: Any, maps: Any, book: Any, m: Member, port: int, proto: str,
-        netns_pid: int, errors: list[str], taken: list[int], listening: set[str], now: float,
-    ) -> None:
-        try:
-            found = host_listeners(m.pid, port, proto)
-        except OSError:
-            return
-        if not found:
-            return
-        if st.first_seen.get(m.name, (0, 0.0))[0] != m.pid:
-            st.first_seen[m.name] = (m.pid, now)
-        steered = maps.fds["steered"]
-        for listener in found:
-            key = ebpf_slots.slot_key(m.name, listener.group)
-            if key in listening:
-                continue
-            slot = book.slots.get(key)
-            if slot is None:
-                slot = book.alloc(key, lambda s: bpfsys.percpu_set_u64(steered, s, 0))
-            fd = self._insert(maps, book, slot, m, listener, port, errors)
-            if fd is not None:
-                taken.append(fd)
-                listening.add(key)
+def host_namespace_listeners(m: Member, port: int, proto: str,
+                             netns_pid: int) -> list[sockets.Listener] | str:
+    """EbpfDataplane's listener finder for this path (see the module doc): a replica's
+    listeners are of the host's namespace (this process's), though the replica lives in a
+    namespace of its own; the program, maps, slots, tables, counters and drains are lbctl's
+    own."""
+    return host_listeners(m.pid, port, proto)
 
 
 class Activation:
@@ -266,7 +243,7 @@ class Activation:
         self.tmp = tmp
         self.shim = build_shim(tmp / "shim")
         self.creator = Creator(tmp / "sockets")
-        self.dp = HostListenerDataplane(tmp / "state", PIN_ROOT)
+        self.dp = EbpfDataplane(tmp / "state", PIN_ROOT, find_listeners=host_namespace_listeners)
         self.loop = asyncio.new_event_loop()
 
     def run(self, coro: Any) -> Any:

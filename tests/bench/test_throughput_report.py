@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench import report
+from bench import report, samples
 from bench.rss import RssSampler
 from bench.samples import cpu_us
 from bench.throughput import LBCTL_PATHS, PATHS, PROXY_PATHS, SAME_PATH, Sample
@@ -91,7 +91,7 @@ def test_ebpf_against_reuseport_on_the_same_path_takes_the_worst() -> None:
 def test_results_before_remote_clients_read_as_local() -> None:
     res = _res([_s("ebpf", "close", 30_000, 1.0, client=None),
                 _s("nginx", "close", 20_000, 2.0, client=None)])
-    assert report.ratio(res, "ebpf", "nginx", 2, mode="close") == 1.5
+    assert samples.ratio(res, "ebpf", "nginx", 2, mode="close") == 1.5
     md = report.markdown(res)
     assert "| lbctl ebpf mode (DNAT + program) | local | 2 |" not in md  # no keep-alive sample
     res["throughput"] += [_s("ebpf", "keepalive", 90_000, 1.0, client=None),

@@ -20,6 +20,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from lbctl.dataplane import bpfsys, sockets
 from lbctl.dataplane.ebpf import slots, table
@@ -29,7 +30,7 @@ from lbctl.dataplane.ebpf.plan import Borrowed, Have, TableState, Want, must_sca
 from lbctl.dataplane.ebpf.slots import Held, SlotBook
 from lbctl.model.dataplane import Member
 
-__all__ = ["Known", "observe", "still_held"]
+__all__ = ["FindListeners", "Known", "in_app_namespace", "observe", "still_held"]
 
 # The package's one logger name (see plane.py).
 log = logging.getLogger("lbctl.dataplane.ebpf")
@@ -58,10 +59,30 @@ def still_held(fds: dict[str, int], slot: int, held: Held | None, pid: int) -> b
     return raw is not None and struct.unpack("=Q", raw)[0] == held.cookie
 
 
+class FindListeners(Protocol):
+    """A member's sockets of the app's protocol on the port, or an error line when they cannot
+    serve the app (e.g. not in its network namespace)."""
+
+    def __call__(self, m: Member, port: int, proto: str,
+                 netns_pid: int) -> list[sockets.Listener] | str: ...
+
+
+def in_app_namespace(m: Member, port: int, proto: str,
+                     netns_pid: int) -> list[sockets.Listener] | str:
+    """The default: the replica's own listeners, which must sit in the app's namespace (the
+    sandbox's, or the host's for `--network host`): the reuseport group is that namespace's."""
+    listeners = sockets.find_listeners(m.pid, port, proto)
+    if listeners and not sockets.same_netns(m.pid, netns_pid):
+        return (f"{m.name} is not in the app's network namespace (its sandbox's): "
+                "ebpf mode needs every replica joined to the sandbox")
+    return listeners
+
+
 def observe(
     maps: Maps, book: SlotBook, known: Known, want: Want, netns_pid: int, *,
     first_seen: dict[str, tuple[int, float]], now: float, rescan: float,
     upgrade: bool = False, sweep: bool = False,
+    find: FindListeners = in_app_namespace,
 ) -> tuple[Have, list[str]]:  # fmt: skip
     """The app's `Have` and the members' error lines.  On an exception every fd borrowed so
     far is closed; otherwise the caller closes Have.borrowed's fds."""
@@ -80,7 +101,7 @@ def observe(
     try:
         for m in members.values():
             if must_scan(m, book.keys_of(m.name), frozen, first_seen, now, rescan):
-                _scan(m, want, netns_pid, frozen, borrowed, found, errors)
+                _scan(m, want, netns_pid, frozen, borrowed, found, errors, find)
         groups = {*book.groups, *(slots.group_of(k) or "" for k in frozen),
                   *(b.listener.group for b in borrowed)}  # fmt: skip
         have = Have(
@@ -116,22 +137,19 @@ def _registered(fds: dict[str, int], known: Known, group: str, port: int) -> int
 
 def _scan(
     m: Member, want: Want, netns_pid: int, in_map: frozenset[str],
-    borrowed: list[Borrowed], found: set[str], errors: list[str],
+    borrowed: list[Borrowed], found: set[str], errors: list[str], find: FindListeners,
 ) -> None:  # fmt: skip
     """Find m's listeners and borrow each one whose key is not in the map yet (one per
     reuseport group: a prefork server's further sockets in a group are left to the kernel's
     own choice)."""
     try:
-        listeners = sockets.find_listeners(m.pid, want.port, want.proto)
+        listeners = find(m, want.port, want.proto, netns_pid)
+        if isinstance(listeners, str):
+            errors.append(listeners)
+            return
         if not listeners:
             log.info("ebpf: %s (pid %d) has no %s listener on %d yet", m.name, m.pid,
                      want.proto, want.port)  # fmt: skip
-            return
-        if not sockets.same_netns(m.pid, netns_pid):
-            errors.append(
-                f"{m.name} is not in the app's network namespace (its sandbox's): "
-                "ebpf mode needs every replica joined to the sandbox"
-            )
             return
     except OSError as e:  # replica exited meanwhile: next sync sees it gone
         log.info("ebpf: cannot list %s's listeners: %s", m.name, e)

@@ -87,9 +87,14 @@ class EbpfDataplane:
     def __init__(
         self, state_dir: pathlib.Path, pin_root: pathlib.Path | None = None, *,
         settings: EbpfSettings = EbpfSettings(),  # noqa: B008  (frozen: one shared default)
+        find_listeners: observe.FindListeners = observe.in_app_namespace,
     ) -> None:  # fmt: skip
         self.state_dir = pathlib.Path(state_dir)
         self.settings = settings
+        # Where a member's listeners are looked for: in its own processes, in the app's
+        # namespace (the default); a path whose replicas hold listeners of the host's
+        # namespace looks there instead.
+        self.find_listeners = find_listeners
         self.pin_root = pathlib.Path(pin_root if pin_root is not None else settings.pin_root)
         self._apps: dict[str, _App] = {}
         # What counters() and reasons() returned last per app: never lower (monotonic.py).
@@ -323,7 +328,7 @@ class EbpfDataplane:
         have, errors = observe.observe(
             maps, st.book, st.known, want, netns_pid, first_seen=st.first_seen,
             now=time.monotonic(), rescan=self.settings.startup_rescan,
-            upgrade=st.old_maps is not None, sweep=st.sweep,
+            upgrade=st.old_maps is not None, sweep=st.sweep, find=self.find_listeners,
         )  # fmt: skip
         try:
             p = plan.plan(have, want)
