@@ -37,7 +37,7 @@ class Status:
         """Every app, or the one named (NotFound when there is none)."""
         if name is not None and self.apps.record(name) is None:
             raise NotFound(f"no app named {name}")
-        counts = await self.counters.read()
+        counts = await self.counters.read(max_age=0)  # counts what was sent before it
         names = [name] if name is not None else sorted(self.apps.state.apps)
         return [_app(self.apps, n, self.controller.view(n), counts.get(n, {}), self.wall())
                 for n in names]

@@ -91,9 +91,14 @@ async def test_scrapes_during_a_sync_share_one_read_and_never_fail_it(tmp_path: 
         results = await asyncio.gather(*waiting[1:])
         assert h.rules.counter_reads == before + 1
         assert all(r[0]["replicas"][0]["connections_total"] == 3 for r in results)
-        # fresh enough: the next scrape within max_age reads nothing
-        await h.status.report()
+        # a scrape within max_age reuses that read ...
+        await h.status.counters.read()  # what /metrics calls
         assert h.rules.counter_reads == before + 1
+        # ... a status does not: it counts what was sent before it was asked
+        h.rules.counts = {("web", "web-1"): 4}
+        (app,) = await h.status.report()
+        assert h.rules.counter_reads == before + 2
+        assert app["replicas"][0]["connections_total"] == 4
     finally:
         await h.stop()
 
