@@ -172,18 +172,18 @@ class AppsService:
         if by.policy is not None:
             by.policy.check_resources(resources.networks)
         created = False
+        first = {n: self.generation(n) for n in names}
         for _ in range(ADMISSION_ROUNDS):
             base = {n: self.generation(n) for n in names}
-            staged = self._stage_all(changes, by)
+            staged = self._stage_all(changes, by, self._moved(first))
             await self._admit(changes, staged, resources)
             if not created:  # everything is checked: what the apps need may be created now
                 await self.admission.create(resources)
                 created = True
             async with self._commit:
-                moved = {n for n in names if self.generation(n) != base[n]}
-                if moved:
+                if self._moved(base):
                     # Committed meanwhile: the changes apply to the apps as they are now.
-                    again = self._stage_all(changes, by, moved)
+                    again = self._stage_all(changes, by, self._moved(first))
                     if not _still_judged(changes, staged, again):
                         continue  # admission read something that changed: judge again
                     staged = again
@@ -268,11 +268,15 @@ class AppsService:
             raise InvalidInput(f"app {name} already runs revision {back.number}")
         return back
 
+    def _moved(self, since: dict[str, int]) -> set[str]:
+        """The apps changed since their generations were `since`."""
+        return {n for n, g in since.items() if self.generation(n) != g}
+
     def _stage_all(self, changes: Sequence[SpecChange], by: Rights,
-                   moved: set[str] | None = None) -> list[_Staged]:
+                   moved: set[str]) -> list[_Staged]:
         """Each change applied to its app as it is now, checked and judged (no I/O). For an
-        app in `moved` (changed since the change was judged), a result that is no longer
-        valid is the race's doing, not the input's: Conflict, not InvalidInput."""
+        app in `moved` (changed since the change was first judged, when it was valid), a
+        result that is no longer valid is the race's doing, not the input's: Conflict."""
         out = []
         for c in changes:
             rec = self.state.apps.get(c.name)
@@ -283,7 +287,7 @@ class AppsService:
             except Forbidden:
                 raise
             except InvalidInput as e:
-                if moved is None or c.name not in moved:
+                if c.name not in moved:
                     raise
                 raise Conflict(f"app {c.name} changed while this change was judged, and the "
                                f"change no longer applies to it: {e}") from None
