@@ -1,8 +1,12 @@
 """The control API: HTTP+JSON on a Unix socket (no TCP port exists, by design).
 
-Every handler validates its input completely before it asks the apps service for a change, so
-bad input gets a 4xx with {"error": "..."} and changes nothing. The API holds no lock of its
-own: the apps service serializes changes, and waiting (for a removal) happens outside it.
+A handler parses the body into a typed change (lbctl.model.changes), validated completely as
+it is parsed, and hands it to the apps service, which judges and commits it; the handler
+holds no domain logic. Bad input gets a 4xx with {"error": "..."} and changes nothing: 400
+invalid, 403 not this caller's to ask for, 404 no such app, 409 a conflict with a change
+committed meanwhile (nothing of this request was committed). The answer to a change carries
+the revision and generation it made. The API holds no lock of its own: the apps service
+serializes changes, and waiting (for a removal) happens outside it.
 
 Who asks matters: the socket's peer credentials name the caller of every request (see
 identity.py). Root may ask for anything; any other caller (a member of the lbctl group) may
@@ -17,7 +21,7 @@ import grp
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +29,12 @@ from aiohttp import web
 
 from lbctl.api.identity import Caller, peer
 from lbctl.controller.admission import Resources
-from lbctl.controller.apps import AppsService, NotFound
-from lbctl.controller.limits import Cap, Limits
+from lbctl.controller.apps import ROOT, AppsService, Rights
 from lbctl.controller.policy import Policy
 from lbctl.controller.status import Status
-from lbctl.model import (
-    AppSpec,
-    Forbidden,
-    InvalidInput,
-    Mode,
-    validate_name,
-    validate_replicas,
-)
-from lbctl.model.docker_syntax import resource_name
-from lbctl.model.options import FIELDS as OPTION_FIELDS
-from lbctl.model.spec import parse_env
+from lbctl.model import Forbidden, InvalidInput, Mode, validate_name
+from lbctl.model.changes import Apply, Create, Replace, Scale, Update, parse_rollout
+from lbctl.model.errors import Conflict, NotFound
 from lbctl.settings import ApiSettings
 
 log = logging.getLogger("lbctl.api")
@@ -86,6 +81,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(400, str(e))
     except NotFound as e:
         return _error(404, str(e.args[0]) if e.args else "not found")
+    except Conflict as e:
+        return _error(409, str(e))
     except web.HTTPException as e:
         return _error(e.status, e.reason or "error")
     except TimeoutError:
@@ -107,30 +104,6 @@ def _timeout(request: web.Request, default: str = "120") -> float:
     if not 0 < timeout <= 3600:
         raise InvalidInput("timeout must be between 0 and 3600 seconds")
     return timeout
-
-
-def _canary(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 99:
-        raise InvalidInput(f"canary must be a percentage from 1 to 99, not {value!r}")
-    return value
-
-
-def _resources(raw: object, what: str) -> dict[str, dict[str, str]]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or len(raw) > 64:
-        raise InvalidInput(f"{what} must be an object of name -> labels")
-    out: dict[str, dict[str, str]] = {}
-    for name, labels in raw.items():
-        resource_name(name, what[:-1])
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise InvalidInput(f"{what}: the labels of {name} must be an object of strings")
-        out[name] = dict(labels)
-    return out
 
 
 class Api:
@@ -195,9 +168,6 @@ class Api:
         if self.runner is not None:
             await self.runner.cleanup()
 
-    def _spec(self, body: object) -> AppSpec:
-        return AppSpec.from_json(body, self.default_mode)
-
     # ---- who asks, and what they may ask for ---------------------------------------------
 
     @web.middleware
@@ -211,27 +181,11 @@ class Api:
         resp: web.StreamResponse = await handler(request)
         return resp
 
-    def _rules(self, request: web.Request) -> Policy | None:
-        """The caller's policy; None for root, who may ask for anything."""
+    def _rights(self, request: web.Request) -> Rights:
+        """What the caller may ask for: root anything (within the daemon's caps), any other
+        caller what the policy allows."""
         caller = request.get(CALLER)
-        return None if caller is not None and caller.root else self.policy
-
-    def _judge(self, request: web.Request, *apps: Mapping[str, Any]) -> None:
-        """Refuse (Forbidden) what the caller may not ask for; each app is judged as it would
-        be after the change, and against what it runs now (a count above the cap stays)."""
-        rules = self._rules(request)
-        if rules is not None:
-            for app in apps:
-                rec = self.apps.record(app["name"]) if isinstance(app.get("name"), str) \
-                    else None
-                rules.check_app(app, rec.spec.replicas if rec is not None else 0)
-
-    def _limits(self, request: web.Request) -> Limits | None:
-        """The caller's caps on top of the daemon's (which bind root too)."""
-        rules = self._rules(request)
-        if rules is None:
-            return None
-        return Limits(apps=(Cap(rules.max_apps, rules.rule("max_apps"), "policy"),))
+        return ROOT if caller is not None and caller.root else Rights.member(self.policy)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "synced": self.status.synced()})
@@ -247,109 +201,39 @@ class Api:
         return web.json_response(self.apps.spec(_name(request)).to_json())
 
     async def create_app(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
-        spec = self._spec(body)
-        self._judge(request, body)
-        await self.apps.create(spec, limits=self._limits(request))
-        return web.json_response({"app": spec.to_json()}, status=201)
+        change = Create.parse(await read_json(request), self.default_mode)
+        done = await self.apps.change([change], self._rights(request))
+        return web.json_response(done[change.name].to_json(), status=201)
 
     async def put_app(self, request: web.Request) -> web.Response:
         """Create the app, or change it: a new template rolls out, a new count scales."""
-        name = _name(request)
-        body = await read_json(request)
-        if isinstance(body, dict):
-            if body.get("name", name) != name:
-                raise InvalidInput("the name in the body differs from the one in the path")
-            body = {**body, "name": name}
-        spec = self._spec(body)
-        self._judge(request, body)
-        outcome = await self.apps.apply([spec], limits=self._limits(request))
-        what = outcome[name]
-        return web.json_response({"app": spec.to_json(), "result": what},
-                                 status=201 if what == "created" else 200)
+        change = Replace.parse(await read_json(request), self.default_mode, _name(request))
+        out = (await self.apps.change([change], self._rights(request)))[change.name]
+        return web.json_response(out.to_json(), status=201 if out.result == "created" else 200)
 
     async def apply(self, request: web.Request) -> web.Response:
         """Several apps at once, all or nothing; `networks` and `volumes` (name -> labels)
         are created first when missing (what a compose file declares)."""
-        body = await read_json(request)
-        if not isinstance(body, dict) or not set(body) <= {"apps", "networks", "volumes"} or (
-            not isinstance(body.get("apps"), list) or not body["apps"]
-        ):
-            raise InvalidInput('body must be {"apps": [app, ...]} (and optionally "networks" '
-                               'and "volumes": {name: {label: value}})')
-        specs = [self._spec(item) for item in body["apps"]]
-        resources = Resources(_resources(body.get("networks"), "networks"),
-                              _resources(body.get("volumes"), "volumes"))
-        self._judge(request, *body["apps"])
-        rules = self._rules(request)
-        if rules is not None:
-            rules.check_resources(resources.networks)
-        outcome = await self.apps.apply(specs, resources=resources,
-                                        limits=self._limits(request))
-        return web.json_response({"result": outcome})
+        change = Apply.parse(await read_json(request), self.default_mode)
+        done = await self.apps.change(change.apps, self._rights(request),
+                                      Resources(change.networks, change.volumes))
+        return web.json_response({
+            "result": {name: out.result for name, out in done.items()},
+            "changes": {name: {k: v for k, v in out.to_json().items() if k != "app"}
+                        for name, out in done.items()},
+        })
 
     async def update_app(self, request: web.Request) -> web.Response:
-        """Change some fields of an app: any field of the spec (replaced), `env_add` (merged
-        into env), `env_rm` (keys removed from env), `unset` (options back to the image's or
-        engine's default), and `canary` (percent held for the new revision until
-        `rollout resume`)."""
-        name = _name(request)
-        body = await read_json(request)
-        if not isinstance(body, dict) or not body:
-            raise InvalidInput("body must be an object of the fields to change")
-        if "name" in body and body["name"] != name:
-            raise InvalidInput("an app cannot be renamed")
-        canary = _canary(body.get("canary"))
-        current = self.apps.spec(name).to_json()
-        merged = {**current, **{k: v for k, v in body.items()
-                                if k not in ("env_add", "env_rm", "canary", "unset")}}
-        unset = body.get("unset", [])
-        if not isinstance(unset, list) or not all(
-            isinstance(k, str) and k in OPTION_FIELDS for k in unset
-        ):
-            raise InvalidInput(f"unset must be a list of options ({', '.join(OPTION_FIELDS)})")
-        both = sorted(set(unset) & set(body))
-        if both:
-            raise InvalidInput(f"{both[0]} is both given and unset")
-        for k in unset:
-            merged.pop(k, None)
-        env = dict(merged.get("env") or {}) if isinstance(merged.get("env"), dict) else {}
-        add = body.get("env_add", {})
-        if isinstance(add, list):
-            for item in add:
-                env.update(parse_env(item))
-        elif isinstance(add, dict):
-            env.update(add)
-        else:
-            raise InvalidInput("env_add must be a list of KEY=VALUE or an object")
-        rm = body.get("env_rm", [])
-        if not isinstance(rm, list) or not all(isinstance(k, str) for k in rm):
-            raise InvalidInput("env_rm must be a list of keys")
-        for k in rm:
-            env.pop(k, None)
-        if "env" in body or "env_add" in body or "env_rm" in body:
-            merged["env"] = env
-        spec = self._spec(merged)
-        if canary is not None and spec.spec_hash() == self.apps.spec(name).spec_hash():
-            raise InvalidInput("--canary needs a change of the replica template (image, env, "
-                               "command, ...): there is nothing new to send traffic to")
-        # The whole app as it would be, not only the fields sent: an app beyond the policy
-        # (root's port 80) is root's to change, though members may still scale and remove it.
-        self._judge(request, merged)
-        outcome = await self.apps.apply([spec], canary=canary, limits=self._limits(request))
-        return web.json_response({"app": spec.to_json(), "result": outcome[name]})
+        """Change some fields of an app (see lbctl.model.changes.Update): the change lands on
+        the app as it is when it is committed."""
+        change = Update.parse(_name(request), await read_json(request))
+        done = await self.apps.change([change], self._rights(request))
+        return web.json_response(done[change.name].to_json())
 
     async def scale_app(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        body = await read_json(request)
-        if not isinstance(body, dict) or set(body) != {"replicas"}:
-            raise InvalidInput('body must be {"replicas": N}')
-        replicas = validate_replicas(body["replicas"])
-        rules = self._rules(request)
-        if rules is not None:
-            rules.check_replicas(replicas, self.apps.spec(name).replicas)
-        spec = await self.apps.scale(name, replicas, limits=self._limits(request))
-        return web.json_response({"app": spec.to_json()})
+        change = Scale.parse(_name(request), await read_json(request))
+        done = await self.apps.change([change], self._rights(request))
+        return web.json_response(done[change.name].to_json())
 
     async def delete_app(self, request: web.Request) -> web.Response:
         name = _name(request)
@@ -373,21 +257,7 @@ class Api:
         })
 
     async def rollout_action(self, request: web.Request) -> web.Response:
-        name = _name(request)
-        action = request.match_info["action"]
         body = await read_json(request) if request.can_read_body else None
-        if action == "pause":
-            ro = await self.apps.rollout_pause(name)
-        elif action == "resume":
-            ro = await self.apps.rollout_resume(name)
-        elif action == "undo":
-            to = body.get("revision") if isinstance(body, dict) else None
-            if to is not None and (isinstance(to, bool) or not isinstance(to, int)):
-                raise InvalidInput(f"revision must be a whole number, not {to!r}")
-            # The revision gone back to is judged like an update: it may be one root made.
-            number, target = self.apps.undo_target(name, to)
-            self._judge(request, target.to_json())
-            ro = await self.apps.rollout_undo(name, number)
-        else:
-            raise InvalidInput(f"unknown rollout action {action!r}: use pause, resume or undo")
-        return web.json_response({"rollout": ro.to_json()})
+        change = parse_rollout(_name(request), request.match_info["action"], body)
+        out = await self.apps.rollout(change, self._rights(request))
+        return web.json_response(out.to_json())

@@ -23,7 +23,7 @@ async def run(sock: Path, spec: dict[str, Any], no_wait: bool, timeout: float) -
         if no_wait:
             print(f"{name}: {result}")
             return 0
-        goal = await _goal(c, name, result)
+        goal = _goal(name, resp)
         try:
             await wait(c, [goal], timeout)
         except Failure:
@@ -49,7 +49,7 @@ async def apply(sock: Path, body: dict[str, Any], no_wait: bool, timeout: float)
             print(f"{name}: {what}")
         if no_wait:
             return 0
-        goals = [await _goal(c, name, what) for name, what in outcome.items()]
+        goals = [_goal(name, made) for name, made in resp["changes"].items()]
         await wait(c, goals, timeout)
     return 0
 
@@ -62,7 +62,7 @@ async def update(sock: Path, name: str, body: dict[str, Any], no_wait: bool,
         if no_wait:
             print(f"{name}: {result}")
             return 0
-        goal = await _goal(c, name, result)
+        goal = _goal(name, resp)
         goal.canary = body.get("canary")
         await wait(c, [goal], timeout)
         if goal.canary is not None:
@@ -76,11 +76,10 @@ async def update(sock: Path, name: str, body: dict[str, Any], no_wait: bool,
     return 0
 
 
-async def _goal(c: Client, name: str, result: str | None) -> Goal:
-    if result != "rolling":
-        return Goal(name)
-    a = await c.request("GET", f"/apps/{name}")
-    return Goal(name, revision=a.get("revision"))
+def _goal(name: str, made: dict[str, Any]) -> Goal:
+    """What to wait for after a change: the revision it made, when it made one (the answer
+    says which)."""
+    return Goal(name, revision=made["revision"] if made.get("result") == "rolling" else None)
 
 
 async def scale(sock: Path, targets: dict[str, int], no_wait: bool, timeout: float) -> int:

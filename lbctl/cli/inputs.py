@@ -14,6 +14,7 @@ from typing import Any, assert_never
 from lbctl.compose.interpolate import parse_docker_env_file
 from lbctl.compose.reader import is_compose, read_compose
 from lbctl.model import AppSpec, InvalidInput, parse_env, parse_replicas, validate_name
+from lbctl.model.changes import Update
 from lbctl.model.docker_syntax import absolute_bind
 from lbctl.model.option import Arg
 from lbctl.model.options import FIELDS as OPTION_FIELDS
@@ -168,8 +169,9 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
         raise InvalidInput("nothing to update: give --image, -e, --env-rm, --replicas, a "
                            "docker run option, --unset, a command after --, or update-policy "
                            "flags")
-    # The options alone are checked here; the daemon checks the merged spec.
-    AppSpec.from_json({"name": args.name, "image": "x", "publish": "1:1", **options})
+    # The change alone is checked here (each option by the model's own validation); the
+    # daemon checks the app it makes.
+    Update.parse(args.name, body)
     return body
 
 

@@ -30,6 +30,16 @@ class Goal:
     canary: int | None = None
 
 
+def _follow(a: dict[str, Any], goal: Goal) -> None:
+    """A later change made a newer revision before ours went live: changes apply to the app
+    as it is when they are committed, so that revision was made on top of ours, and it is
+    the one that goes live now. (An undo or a rollback goes to an older number: not this.)"""
+    ro = a.get("rollout")
+    if (goal.revision is not None and goal.canary is None and ro
+            and ro.get("target", 0) > goal.revision and ro["state"] != "rolled-back"):
+        goal.revision = ro["target"]
+
+
 def _rollout_failure(a: dict[str, Any], goal: Goal) -> str | None:
     ro = a.get("rollout")
     if not ro or goal.revision is None:
@@ -67,6 +77,7 @@ async def wait(c: Client, goals: list[Goal], timeout: float) -> list[dict[str, A
         for a, g in zip(apps, goals, strict=True):
             if a.get("error"):
                 raise Failure(f"{a['name']}: {a['error']}")
+            _follow(a, g)
             failed = _rollout_failure(a, g)
             if failed:
                 raise Failure(f"{a['name']}: {failed}")

@@ -187,3 +187,10 @@ def check_port_free(spec: AppSpec) -> None:
                     f"port {pub.host_addr}/{pub.proto} is already in use on this "
                     f"host ({e.strerror})"
                 ) from None
+
+
+def judged(spec: AppSpec) -> tuple[object, ...]:
+    """What of an app `Admission.check_new` reads (and the engine answers about). A change
+    carried over to an app that changed meanwhile needs admission again only when these
+    differ from what was judged."""
+    return (spec.image, spec.mode, spec.publishes, spec.options.network, spec.options.cpus)

@@ -1,12 +1,17 @@
-"""The apps service: the one owner of desired state. The API asks it for changes; the workers
-ask it what their app should be and tell it how a rollout went.
+"""The apps service: the one owner of desired state. The API hands it typed changes
+(lbctl.model.changes); the workers ask it what their app should be and tell it how a rollout
+went.
 
-Every change is checked completely first (input, then what needs I/O: the image, the host
-port) and then committed under one short lock that holds no I/O but the atomic state write:
-so racing requests end in the state of the last accepted one, a multi-app apply is all or
-nothing, and nothing waits on an engine call while holding the lock. The caps on apps and
-containers are checked under that lock (two racing creates cannot both take the last place),
-and so is the taking of a new app's host port: an app exists exactly while its port is held.
+Every change is judged completely first (input, the caller's policy, then what needs I/O: the
+image, the host port, the networks) and then committed under one short lock that holds no I/O
+but the atomic state write, against the app as it is then: an app that changed while the
+change was judged (its generation moved) gets the change applied again to what it is now, so
+racing deltas all land and nothing judged earlier undoes what was committed meanwhile; where
+the change no longer applies it is refused (Conflict), and where admission read something that
+changed it is judged again. A multi-app apply is all or nothing, and nothing waits on an
+engine call while holding the lock. The caps on apps and containers are checked under that
+lock (two racing creates cannot both take the last place), and so is the taking of a new
+app's host port: an app exists exactly while its port is held.
 """
 
 from __future__ import annotations
@@ -15,23 +20,62 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from lbctl.controller import limits as limits_mod
-from lbctl.controller.admission import Admission, Resources
+from lbctl.controller.admission import Admission, Resources, judged
 from lbctl.controller.interfaces import HostPortHolder, Placeholder
-from lbctl.controller.limits import Limits
+from lbctl.controller.limits import Cap, Limits
 from lbctl.controller.planner import Desired
+from lbctl.controller.policy import Policy
 from lbctl.controller.store import AppRecord, State, StateStore
-from lbctl.model import AppSpec, InvalidInput, Mode, Publish
+from lbctl.model import AppSpec, Forbidden, InvalidInput, Mode, Publish
+from lbctl.model.changes import (
+    Create,
+    Outcome,
+    Pause,
+    Replace,
+    RolloutChange,
+    Scale,
+    SpecChange,
+    Undo,
+)
+from lbctl.model.errors import Conflict, NotFound
 from lbctl.model.options import NAMESPACE_FIELDS
 from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
 
 log = logging.getLogger("lbctl.controller")
 
+__all__ = ["ROOT", "AppsService", "Conflict", "NotFound", "Rights"]
 
-class NotFound(LookupError):
-    pass
+# Rounds of admission a change gets while the apps it was judged on keep changing in what
+# admission reads; then it is refused (Conflict), never committed unjudged.
+ADMISSION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What the caller may ask for: the members' policy (None: root, whom only the daemon's
+    caps limit) and the caller's own caps, on top of the daemon's."""
+
+    policy: Policy | None = None
+    limits: Limits | None = None
+
+    @classmethod
+    def member(cls, policy: Policy) -> Rights:
+        return cls(policy, Limits(apps=(Cap(policy.max_apps, policy.rule("max_apps"),
+                                            "policy"),)))
+
+
+ROOT = Rights()
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """One change's result, and the app it was applied to (None: the change creates it)."""
+
+    current: AppSpec | None
+    target: AppSpec
 
 
 class AppsService:
@@ -117,70 +161,62 @@ class AppsService:
 
     # ---- changes from the API ------------------------------------------------------------
 
-    async def create(self, spec: AppSpec, limits: Limits | None = None) -> None:
-        if spec.name in self.state.apps:
-            raise InvalidInput(
-                f"app {spec.name} already exists: change it with `lbctl update`, `lbctl apply` "
-                "or `lbctl scale`"
-            )
-        await self.apply([spec], limits=limits)
-
-    async def apply(self, specs: Sequence[AppSpec], canary: int | None = None,
-                    resources: Resources | None = None,
-                    limits: Limits | None = None) -> dict[str, str]:
-        """Create or change every app in `specs`, all or nothing. Returns name -> what
-        happened: created, rolling (a new revision), scaled/updated, unchanged. `resources`:
-        volumes and networks to create first when missing (a compose file's). `limits`: the
-        caller's caps, on top of the daemon's."""
-        names = [s.name for s in specs]
+    async def change(self, changes: Sequence[SpecChange], by: Rights = ROOT,
+                     resources: Resources | None = None) -> dict[str, Outcome]:
+        """Apply every change to its app, all or nothing. `resources`: volumes and networks
+        to create first when missing (a compose file's); `by`: the caller's rules."""
+        names = [c.name for c in changes]
         if len(set(names)) != len(names):
             raise InvalidInput("an app appears twice")
-        for s in specs:
-            self._check_change(s)
         resources = resources or Resources()
-        await self.admission.check_new(
-            [s for s in specs if s.name not in self.state.apps],
-            [s for s in specs if s.name in self.state.apps],
-            others=self._published_except(names),
-            declared=resources,
-        )
-        # Everything is checked: what the apps need may be created now.
-        await self.admission.create(resources)
-        async with self._commit:
-            # Re-check against the state as it is now: another request may have committed
-            # while the checks above waited on the engine.
-            for s in specs:
-                self._check_change(s)
-            self.admission.check_clashes(specs, self._published_except(names))
-            outcome: dict[str, str] = {}
-            state = State(dict(self.state.apps), dict(self.state.deleted))
-            for s in specs:
-                outcome[s.name] = self._stage(state, s, canary)
-            self._check_limits(state, limits)
-            taken = self._take_ports([s for s in specs if outcome[s.name] == "created"])
-            try:
-                self._save(state, [n for n, what in outcome.items() if what != "unchanged"])
-            except BaseException:
-                _close(taken)
-                raise
-            self._hold_ports(state, taken)
-        for name, what in outcome.items():
-            if what != "unchanged":
-                log.info("app %s", what, extra={"app": name, "replicas": self.spec(name).replicas})
-        return outcome
+        if by.policy is not None:
+            by.policy.check_resources(resources.networks)
+        created = False
+        first = {n: self.generation(n) for n in names}
+        for _ in range(ADMISSION_ROUNDS):
+            base = {n: self.generation(n) for n in names}
+            staged = self._stage_all(changes, by, self._moved(first))
+            await self._admit(changes, staged, resources)
+            if not created:  # everything is checked: what the apps need may be created now
+                await self.admission.create(resources)
+                created = True
+            async with self._commit:
+                if self._moved(base):
+                    # Committed meanwhile: the changes apply to the apps as they are now.
+                    again = self._stage_all(changes, by, self._moved(first))
+                    if not _still_judged(changes, staged, again):
+                        continue  # admission read something that changed: judge again
+                    staged = again
+                return self._commit_changes(changes, staged, by)
+        raise Conflict(f"{', '.join(names)} kept changing while this change was judged: "
+                       "try again")
 
-    async def scale(self, name: str, replicas: int, limits: Limits | None = None) -> AppSpec:
+    async def rollout(self, change: RolloutChange, by: Rights = ROOT) -> Outcome:
+        """Pause, resume or undo a rollout; decided on the app as it is under the lock."""
+        name = change.name
         async with self._commit:
             rec = self._record(name)
-            new = replace(rec, spec=rec.spec.with_replicas(replicas))
+            now = self.clock()
+            if isinstance(change, Undo):
+                back = self._undo_revision(rec, name, change.to)
+                spec = _with_template(rec.spec, back.spec)
+                if by.policy is not None:
+                    # Judged like an update: the revision gone back to may be one root made.
+                    by.policy.check_app(spec.to_json(), rec.spec.replicas)
+                ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
+                             f"undo: back to revision {back.number}", now, now)
+                new = AppRecord(spec, back.number, rec.history, ro)
+            else:
+                if rec.rollout is None:
+                    raise InvalidInput(f"app {name} has no rollout")
+                ro = replace(_paused(name, rec.rollout) if isinstance(change, Pause)
+                             else _resumed(name, rec.rollout), updated=now)
+                new = replace(rec, rollout=ro)
             state = State(dict(self.state.apps), dict(self.state.deleted))
             state.apps[name] = new
-            self._check_limits(state, limits)
             self._save(state, [name])
-        # One line per accepted change, in the order they were applied: with racing clients
-        # it is the record of which request won.
-        log.info("scale accepted", extra={"app": name, "replicas": replicas})
-        return new.spec
+        log.info("rollout %s", ro.state, extra={"app": name, "revision": ro.target})
+        return self._outcome(name, str(ro.state), ro)
 
     async def delete(self, name: str) -> None:
         """Forget the app's spec; its worker drains and removes what remains. Returns at once:
@@ -201,30 +237,21 @@ class AppsService:
         async with asyncio.timeout(timeout):
             await ev.wait()
 
-    # ---- rollout control -----------------------------------------------------------------
+    # The same changes for in-process callers (tests, tools), judged by the daemon's caps and
+    # `limits` alone.
 
-    async def rollout_pause(self, name: str) -> Rollout:
-        def pause(ro: Rollout) -> Rollout:
-            if not ro.active:
-                raise InvalidInput(f"app {name} has no rollout in progress ({ro.state})")
-            return replace(ro, state=RolloutState.PAUSED, message="paused by the user")
+    async def create(self, spec: AppSpec, limits: Limits | None = None) -> None:
+        await self.change([Create(spec)], Rights(limits=limits))
 
-        return await self._set_rollout(name, pause)
+    async def apply(self, specs: Sequence[AppSpec], resources: Resources | None = None,
+                    limits: Limits | None = None) -> dict[str, str]:
+        """Create or change every app in `specs`, all or nothing: name -> what happened."""
+        done = await self.change([Replace(s) for s in specs], Rights(limits=limits), resources)
+        return {name: out.result for name, out in done.items()}
 
-    async def rollout_resume(self, name: str) -> Rollout:
-        def resume(ro: Rollout) -> Rollout:
-            if ro.state not in (RolloutState.PAUSED, RolloutState.FAILED, RolloutState.PROGRESSING):
-                raise InvalidInput(f"app {name} has no paused rollout to resume")
-            return replace(ro, state=RolloutState.PROGRESSING, canary=None, message="resumed")
-
-        return await self._set_rollout(name, resume)
-
-    def undo_target(self, name: str, to: int | None = None) -> tuple[int, AppSpec]:
-        """The revision `rollout_undo(name, to)` goes back to, and the spec it makes (what
-        the API judges before asking for it)."""
-        rec = self._record(name)
-        back = self._undo_revision(rec, name, to)
-        return back.number, _with_template(rec.spec, back.spec)
+    async def scale(self, name: str, replicas: int, limits: Limits | None = None) -> AppSpec:
+        done = await self.change([Scale(name, replicas)], Rights(limits=limits))
+        return done[name].spec
 
     def _undo_revision(self, rec: AppRecord, name: str, to: int | None) -> Revision:
         if to is None:
@@ -241,20 +268,88 @@ class AppsService:
             raise InvalidInput(f"app {name} already runs revision {back.number}")
         return back
 
-    async def rollout_undo(self, name: str, to: int | None = None) -> Rollout:
-        """Roll back to revision `to` (default: the one before the current)."""
-        async with self._commit:
-            rec = self._record(name)
-            back = self._undo_revision(rec, name, to)
-            now = self.clock()
-            spec = _with_template(rec.spec, back.spec)
-            ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
-                         f"undo: back to revision {back.number}", now, now)
-            state = State(dict(self.state.apps), dict(self.state.deleted))
-            state.apps[name] = AppRecord(spec, back.number, rec.history, ro)
-            self._save(state, [name])
-        log.info("rollout undo", extra={"app": name, "revision": back.number})
-        return ro
+    def _moved(self, since: dict[str, int]) -> set[str]:
+        """The apps changed since their generations were `since`."""
+        return {n for n, g in since.items() if self.generation(n) != g}
+
+    def _stage_all(self, changes: Sequence[SpecChange], by: Rights,
+                   moved: set[str]) -> list[_Staged]:
+        """Each change applied to its app as it is now, checked and judged (no I/O). For an
+        app in `moved` (changed since the change was first judged, when it was valid), a
+        result that is no longer valid is the race's doing, not the input's: Conflict."""
+        out = []
+        for c in changes:
+            rec = self.state.apps.get(c.name)
+            current = rec.spec if rec is not None else None
+            try:
+                target = c.target(current)
+                self._check_change(target)
+            except Forbidden:
+                raise
+            except InvalidInput as e:
+                if c.name not in moved:
+                    raise
+                raise Conflict(f"app {c.name} changed while this change was judged, and the "
+                               f"change no longer applies to it: {e}") from None
+            if by.policy is not None:
+                if isinstance(c, Scale) and current is not None:
+                    # A count alone: members may shrink an app beyond the policy (root's).
+                    by.policy.check_replicas(c.replicas, current.replicas)
+                else:
+                    # The whole app as it would be, not only the fields sent: an app beyond
+                    # the policy (root's port 80) is root's to change.
+                    by.policy.check_app(target.to_json(),
+                                        current.replicas if current is not None else 0)
+            out.append(_Staged(current, target))
+        return out
+
+    async def _admit(self, changes: Sequence[SpecChange], staged: Sequence[_Staged],
+                     resources: Resources) -> None:
+        judge = [s for c, s in zip(changes, staged, strict=True) if c.admitted]
+        if not judge:
+            return
+        await self.admission.check_new(
+            [s.target for s in judge if s.current is None],
+            [s.target for s in judge if s.current is not None],
+            others=self._published_except([c.name for c in changes]),
+            declared=resources,
+        )
+
+    def _commit_changes(self, changes: Sequence[SpecChange], staged: Sequence[_Staged],
+                        by: Rights) -> dict[str, Outcome]:
+        """Under the commit lock: the checks that read other apps again (another request may
+        have committed while admission waited on the engine), then the state write."""
+        specs = [s.target for s in staged]
+        names = [s.name for s in specs]
+        for s in specs:
+            self._check_change(s)
+        self.admission.check_clashes(specs, self._published_except(names))
+        results: dict[str, str] = {}
+        state = State(dict(self.state.apps), dict(self.state.deleted))
+        for c, s in zip(changes, specs, strict=True):
+            results[s.name] = self._stage(state, s, c.canary)
+        self._check_limits(state, by.limits)
+        taken = self._take_ports([s for s in specs if results[s.name] == "created"])
+        try:
+            self._save(state, [n for n, what in results.items() if what != "unchanged"])
+        except BaseException:
+            _close(taken)
+            raise
+        self._hold_ports(state, taken)
+        # One line per accepted change, in the order they were committed: with racing
+        # clients it is the record of which request won.
+        for c in changes:
+            rec = self.state.apps[c.name]
+            if isinstance(c, Scale):
+                log.info("scale accepted", extra={"app": c.name, "replicas": c.replicas})
+            elif results[c.name] != "unchanged":
+                log.info("app %s", results[c.name], extra={
+                    "app": c.name, "replicas": rec.spec.replicas, "revision": rec.revision})
+        return {n: self._outcome(n, what) for n, what in results.items()}
+
+    def _outcome(self, name: str, result: str, rollout: Rollout | None = None) -> Outcome:
+        rec = self._record(name)
+        return Outcome(name, result, rec.revision, self.generation(name), rec.spec, rollout)
 
     # ---- what workers report ---------------------------------------------------------------
 
@@ -390,19 +485,6 @@ class AppsService:
         state.apps[spec.name] = AppRecord(spec, number, old.with_history(rev), ro)
         return "rolling"
 
-    async def _set_rollout(self, name: str, change: Callable[[Rollout], Rollout]) -> Rollout:
-        async with self._commit:
-            rec = self._record(name)
-            if rec.rollout is None:
-                raise InvalidInput(f"app {name} has no rollout")
-            ro = change(rec.rollout)
-            ro = replace(ro, updated=self.clock())
-            state = State(dict(self.state.apps), dict(self.state.deleted))
-            state.apps[name] = replace(rec, rollout=ro)
-            self._save(state, [name])
-        log.info("rollout %s", ro.state, extra={"app": name, "revision": ro.target})
-        return ro
-
     def _save(self, state: State, changed: Sequence[str], bump: bool = True) -> None:
         self.store.save_state(state)  # durable before it is acted on
         self.state = state
@@ -410,6 +492,31 @@ class AppsService:
             if bump:
                 self.generations[name] = self.generations.get(name, 0) + 1
             self.on_change(name)
+
+
+def _still_judged(changes: Sequence[SpecChange], before: Sequence[_Staged],
+                  now: Sequence[_Staged]) -> bool:
+    """Whether admission's judgement of `before` holds for `now` (the same changes applied to
+    the apps as they became): the same answers to what it read, and no app judged as a
+    change that now has to be created (a creation is judged for more: its host port)."""
+    for c, a, b in zip(changes, before, now, strict=True):
+        if not c.admitted:
+            continue
+        if judged(a.target) != judged(b.target) or (a.current is not None and b.current is None):
+            return False
+    return True
+
+
+def _paused(name: str, ro: Rollout) -> Rollout:
+    if not ro.active:
+        raise InvalidInput(f"app {name} has no rollout in progress ({ro.state})")
+    return replace(ro, state=RolloutState.PAUSED, message="paused by the user")
+
+
+def _resumed(name: str, ro: Rollout) -> Rollout:
+    if ro.state not in (RolloutState.PAUSED, RolloutState.FAILED, RolloutState.PROGRESSING):
+        raise InvalidInput(f"app {name} has no paused rollout to resume")
+    return replace(ro, state=RolloutState.PROGRESSING, canary=None, message="resumed")
 
 
 def _host_ports(spec: AppSpec) -> tuple[Publish, ...]:

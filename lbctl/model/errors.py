@@ -38,3 +38,13 @@ class EbpfError(RuntimeError):
 
 class ListenerError(RuntimeError):
     """The replica's listener cannot be used in ebpf mode: one line, user-facing."""
+
+
+class NotFound(LookupError):
+    """No app of that name: HTTP 404, exit code 2."""
+
+
+class Conflict(RuntimeError):
+    """A change that cannot be applied to the app as it is now, through no fault of its input:
+    the app it was judged on changed meanwhile in a way the change cannot be carried over to
+    (or it was created meanwhile, by another request). HTTP 409, one line; nothing changed."""

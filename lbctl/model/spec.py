@@ -100,9 +100,7 @@ class AppSpec:
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
         name = validate_name(data.get("name"))
-        image = data.get("image")
-        if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.match(image):
-            raise InvalidInput(f"invalid image {image!r}")
+        image = validate_image(data.get("image"))
         publishes = parse_publishes(data.get("publish"))
         replicas = validate_replicas(data.get("replicas", 1))
         mode_raw = data.get("mode")
@@ -112,13 +110,11 @@ class AppSpec:
             mode = Mode(mode_raw)
         except ValueError:
             raise InvalidInput(f"invalid mode {mode_raw!r}: use iptables or ebpf") from None
-        env = _env(data.get("env", {}))
-        command = data.get("command", [])
-        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-            raise InvalidInput("command must be a list of strings")
+        env = validate_env(data.get("env", {}))
+        command = validate_command(data.get("command", []))
         update = UpdatePolicy.from_json(data.get("update"))
         options = RunOptions.from_json(data)
-        spec = cls(name, image, publishes[0], replicas, mode, env, tuple(command), update,
+        spec = cls(name, image, publishes[0], replicas, mode, env, command, update,
                    options, publishes[1:])
         check_host_network(spec)
         return spec
@@ -151,7 +147,19 @@ def check_host_network(spec: AppSpec) -> None:
                                "host's /etc/hosts and resolver)")
 
 
-def _env(raw: object) -> dict[str, str]:
+def validate_image(image: object) -> str:
+    if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.match(image):
+        raise InvalidInput(f"invalid image {image!r}")
+    return image
+
+
+def validate_command(command: object) -> tuple[str, ...]:
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise InvalidInput("command must be a list of strings")
+    return tuple(command)
+
+
+def validate_env(raw: object) -> dict[str, str]:
     if isinstance(raw, list):  # ["K=V", ...] as on the command line
         pairs: dict[str, str] = {}
         for item in raw:
