@@ -69,12 +69,17 @@ class SwarmEngine:
                  "--containerd-plugins-namespace", f"{PREFIX}-swarm-plugins"],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
-        while self.docker("version", check=False, timeout=10) == "":
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the test's dockerd did not start: "
                                    + self.log.read_text()[-2000:])
             time.sleep(0.3)
         self.docker("swarm", "init", "--advertise-addr", ADVERTISE)
+
+    def _answers(self) -> bool:
+        r = subprocess.run(["docker", "-H", self.host, "version", "--format",
+                            "{{.Server.Version}}"], capture_output=True, timeout=10, check=False)
+        return r.returncode == 0
 
     def load_image(self, image: str) -> None:
         """The host engine's `image`, copied in (`docker save | docker load`): no registry."""

@@ -45,8 +45,8 @@ def validate_kubernetes(text: str) -> list[dict[str, Any]]:
 def _compose_validator() -> Any:
     assert COMPOSE_SCHEMA.is_file(), f"{COMPOSE_SCHEMA} missing: `make setup` installs it"
     schema = json.loads(COMPOSE_SCHEMA.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    # It names draft 2019-09 by a URL jsonschema does not know.
+    return jsonschema.Draft201909Validator(schema)
 
 
 def validate_compose(text: str) -> dict[str, Any]:
