@@ -49,9 +49,10 @@ def _compose_validator() -> Any:
     return jsonschema.Draft201909Validator(schema)
 
 
-def validate_compose(text: str) -> dict[str, Any]:
-    """A compose / stack file against the Compose Specification's schema; the document."""
-    doc: dict[str, Any] = yaml.safe_load(text)
+def validate_compose(text: str | dict[str, Any]) -> dict[str, Any]:
+    """A compose / stack file (text or parsed) against the Compose Specification's schema;
+    the document."""
+    doc: dict[str, Any] = yaml.safe_load(text) if isinstance(text, str) else text
     errors = sorted(_compose_validator().iter_errors(doc), key=lambda e: list(e.path))
     assert not errors, "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
     return doc
