@@ -1,8 +1,12 @@
 """`lbctl export --format swarm`: a stack file for `docker stack deploy -c FILE NAME`.
 
 A stack file is a compose file that Swarm reads, so docker run's options are written as the
-compose export writes them, less what `docker stack deploy` ignores (it says "Ignoring
-unsupported options"), which the header names instead. On top, the Swarm service:
+compose export writes them (checked on Docker 20.10's CLI and a current one: user, workdir,
+read_only, init, capabilities, ulimits, extra_hosts, dns, logging, stop signal and grace all
+reach the service), except where Swarm takes them elsewhere: limits under
+`deploy.resources.limits` (pids from stack file 3.9), and `--tmpfs` as tmpfs volumes (`docker
+stack deploy` drops a service's `tmpfs:` without a word). What has no field is named in the
+header. On top, the Swarm service:
 
 - `deploy.replicas`, and `deploy.update_config` from the app's update policy, which is
   Swarm's own vocabulary (lbctl's flags are Swarm's): parallelism, delay, monitor,
