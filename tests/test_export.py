@@ -313,3 +313,17 @@ def test_swarm_publishes_host_network_and_pids() -> None:
                               "pids-limit": 100})
     assert yaml.safe_load(to_swarm(pids))["services"]["web"]["deploy"]["resources"] == {
         "limits": {"pids": 100}}
+
+
+
+def test_swarm_shm_size_and_groups() -> None:
+    """docker stack deploy drops shm_size: a tmpfs at /dev/shm says the same; a stack file
+    has no supplementary groups: named in the header."""
+    spec = AppSpec.from_json({"name": "web", "image": "img", "publish": "80:80",
+                              "shm-size": "96m", "group-add": ["1234"]})
+    text = to_swarm(spec)
+    svc = validate_compose(text)["services"]["web"]
+    assert "shm_size" not in svc and "group_add" not in svc
+    assert svc["volumes"] == [{"type": "tmpfs", "target": "/dev/shm",
+                               "tmpfs": {"size": 96 << 20}}]
+    assert "#   group-add (a stack file has no supplementary groups)\n" in text

@@ -4,9 +4,10 @@ A stack file is a compose file that Swarm reads, so docker run's options are wri
 compose export writes them (checked on Docker 20.10's CLI and a current one: user, workdir,
 read_only, init, capabilities, ulimits, extra_hosts, dns, logging, stop signal and grace all
 reach the service), except where Swarm takes them elsewhere: limits under
-`deploy.resources.limits` (pids from stack file 3.9), and `--tmpfs` as tmpfs volumes (`docker
-stack deploy` drops a service's `tmpfs:` without a word). What has no field is named in the
-header. On top, the Swarm service:
+`deploy.resources.limits` (the option table's `compose.limit`; pids from stack file 3.9),
+and `--tmpfs` and `--shm-size` as tmpfs volumes (`docker stack deploy` drops a service's
+`tmpfs:` and `shm_size:`, Docker 20.10's CLI without a word). What has no field
+(`--group-add`) is named in the header. On top, the Swarm service:
 
 - `deploy.replicas`, and `deploy.update_config` from the app's update policy, which is
   Swarm's own vocabulary (lbctl's flags are Swarm's): parallelism, delay, monitor,
@@ -45,7 +46,7 @@ VERSION = "3.9"
 # Compose keys (as compose_options writes them) that a stack file says elsewhere: the
 # limits (the option table's `compose.limit`), the network mode, tmpfs.
 _LIMITS = {o.compose.key: o.compose.limit for o in OPTIONS if o.compose.limit is not None}
-_MOVED = ("network_mode", "tmpfs")
+_MOVED = ("network_mode", "tmpfs", "shm_size", "group_add")
 
 
 def _limits(opts: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +104,13 @@ def to_swarm(spec: AppSpec) -> str:
     for key in _MOVED:
         opts.pop(key, None)
     tmpfs = _tmpfs(o, notes)
+    if o.shm_size is not None:
+        # docker stack deploy drops shm_size (Docker 20.10's CLI without a word): a tmpfs at
+        # /dev/shm is the same thing, as Kubernetes' memory emptyDir there.
+        tmpfs.append({"type": "tmpfs", "target": "/dev/shm",
+                      "tmpfs": {"size": parse_size(o.shm_size)}})
+    if o.group_add:
+        notes.append("group-add (a stack file has no supplementary groups)")
     if tmpfs:
         opts["volumes"] = [*opts.get("volumes", []), *tmpfs]
     for item in opts.get("volumes", []):

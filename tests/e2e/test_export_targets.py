@@ -61,7 +61,7 @@ def test_swarm_stack_deploy_runs_the_exported_service(
               "-m", "64m", "--cpus", "0.5", "--pids-limit", "200",
               "--health-cmd", '["/httpd", "--check"]', "--health-interval", "2s",
               "-v", f"{app_name}-data:/data", "--tmpfs", "/run:size=1m",
-              "--stop-timeout", "7", timeout=120)
+              "--shm-size", "8m", "--stop-timeout", "7", timeout=120)
     text = daemon.ok("export", app_name, "--format", "swarm")
     # pids (stack files 3.9) is newer than the schema Debian's docker-compose ships: the
     # deploy below is what checks it, with the CLI's own schema.
@@ -98,6 +98,8 @@ def test_swarm_stack_deploy_runs_the_exported_service(
         assert mounts["/data"]["Source"] == f"{app_name}-data"
         assert mounts["/run"] == {"Type": "tmpfs", "Target": "/run",
                                   "TmpfsOptions": {"SizeBytes": 1 << 20}}
+        assert mounts["/dev/shm"] == {"Type": "tmpfs", "Target": "/dev/shm",
+                                      "TmpfsOptions": {"SizeBytes": 8 << 20}}
         assert spec["EndpointSpec"]["Ports"] == [{
             "Protocol": "tcp", "TargetPort": 8080, "PublishedPort": port,
             "PublishMode": "ingress"}]
