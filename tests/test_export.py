@@ -125,6 +125,7 @@ def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
     })
     text = to_kubernetes(spec)
     deployment, claim, _ = validate_kubernetes(text)
+    assert "&id" not in text  # each copy of the labels written out, no YAML anchor
     pod = deployment["spec"]["template"]["spec"]
     [c] = pod["containers"]
     assert c["resources"] == {"limits": {"memory": "512Mi", "cpu": "0.5"},
@@ -266,6 +267,7 @@ def test_swarm_stack_file() -> None:
     text = to_swarm(spec)
     doc = validate_compose(text)
     assert doc["version"] == "3.9"
+    assert "&id" not in text
     svc = doc["services"]["web"]
     assert svc["ports"] == [{"target": 80, "published": 8080, "protocol": "tcp",
                              "mode": "ingress"}]

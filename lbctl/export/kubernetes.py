@@ -38,6 +38,7 @@ Every pod gets `LBCTL_APP`, and `LBCTL_REPLICA` as its own name.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -79,7 +80,7 @@ def _probes(spec: AppSpec, container: dict[str, Any]) -> None:
     """Readiness is what lbctl routes on: the health command (the table made it the liveness
     probe: lbctl also replaces an unhealthy replica), else a TCP connect as lbctl's probe."""
     if "livenessProbe" in container:
-        container["readinessProbe"] = dict(container["livenessProbe"])
+        container["readinessProbe"] = copy.deepcopy(container["livenessProbe"])
     elif spec.publish.proto == "tcp":
         container["readinessProbe"] = {"tcpSocket": {"port": spec.publish.container_port},
                                        "periodSeconds": 1, "failureThreshold": 2}
@@ -99,7 +100,7 @@ def _strategy(spec: AppSpec, deployment_spec: dict[str, Any]) -> list[str]:
         notes.append("a failed rollout is marked failed, not rolled back: `kubectl rollout "
                      "undo`")
     if u.delay:
-        notes.append(f"the {u.delay:g}s delay between batches")
+        notes.append(f"no {u.delay:g}s delay between batches (a Deployment has none)")
     if u.order is Order.START_FIRST and u.parallelism > 1:
         notes.append("parallelism is the surge: up to that many new pods start at once")
     return notes
@@ -144,7 +145,7 @@ def to_kubernetes(spec: AppSpec) -> str:
                                                            DrainSettings().stop_grace)
     container = _ordered(container, ("name", "image", "command", "args", "env", "ports"))
     pod["containers"] = [container]
-    template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod}
+    template: dict[str, Any] = {"metadata": {"labels": dict(labels)}, "spec": pod}
     if parts["annotations"]:
         # Docker labels are free-form; Kubernetes labels are not: annotations keep them.
         template["metadata"]["annotations"] = parts["annotations"]
@@ -155,10 +156,10 @@ def to_kubernetes(spec: AppSpec) -> str:
     rollout_notes = _strategy(spec, deployment_spec)
     deployment_spec["template"] = template
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
-                  "metadata": {"name": name, "labels": labels}, "spec": deployment_spec}
+                  "metadata": {"name": name, "labels": dict(labels)}, "spec": deployment_spec}
     claims = [
         {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": claim, "labels": labels,
+         "metadata": {"name": claim, "labels": dict(labels),
                       "annotations": {"lbctl.volume": source}},
          "spec": {"accessModes": ["ReadWriteMany"],
                   "resources": {"requests": {"storage": PVC_SIZE}}}}
@@ -182,7 +183,7 @@ def to_kubernetes(spec: AppSpec) -> str:
     elif families == {6}:
         service_spec["ipFamilies"] = ["IPv6"]
     service = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": name, "labels": labels}, "spec": service_spec}
+               "metadata": {"name": name, "labels": dict(labels)}, "spec": service_spec}
     header = (
         f"# {spec.name}: exported by `lbctl export {spec.name} --format kubernetes`.\n"
         f"# Service type LoadBalancer: port {pub.host_port} as lbctl publishes it (a NodePort\n"
@@ -197,7 +198,7 @@ def to_kubernetes(spec: AppSpec) -> str:
            if parts["claims"] else "")
         + ("# hostNetwork: one replica per node (pods of one host port do not share a "
            "node).\n" if pod.get("hostNetwork") else "")
-        + (f"# Rollout: {'; '.join(rollout_notes)}.\n" if rollout_notes else "")
+        + "".join(f"# Rollout: {note}.\n" for note in rollout_notes)
         + (f"# Not in these manifests (no one-to-one Kubernetes field; add them by hand):\n"
            f"#   {', '.join(left)}\n" if left else "")
     )
