@@ -6,6 +6,7 @@ extra_hosts' separators and forms, long-syntax ports with an IPv6 host_ip, the t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from lbctl.model import InvalidInput
 
 
 def app(tmp: Path, service: str, env: dict[str, str] | None = None, top: str = "",
-        files: dict[str, str] | None = None) -> dict[str, object]:
+        files: dict[str, str] | None = None) -> dict[str, Any]:
     d = tmp / "proj"
     d.mkdir(exist_ok=True)
     for name, text in (files or {}).items():
