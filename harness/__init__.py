@@ -11,6 +11,7 @@ but the benchmark never depends on the test suite. The modules:
 - harness.engine: the Docker / Podman CLIs and cleanup of what this process made
 - harness.machine: a machine with systemd as PID 1 and an engine of its own, in a container,
   to install the Debian package on
+- harness.swarm: a Docker engine of the test's own in its own network namespace, as a swarm
 """
 
 from __future__ import annotations

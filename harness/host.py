@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Iterator
 
 E2E_LOCK = "/run/lock/lbctl-e2e.lock"
+# flock belongs to an open file: a second open in the same process would wait for itself.
+_depth = 0
 
 
 @contextlib.contextmanager
@@ -21,10 +23,22 @@ def host_lock() -> Iterator[None]:
     """One lbctl daemon owns the host's LBCTL- chains: every test (and benchmark) that starts
     a daemon or syncs rules holds this lock, so two runs on one machine wait for each other
     instead of wiping each other's rules."""
+    global _depth
+    if _depth:  # held by this process already (a module fixture around a test's daemon)
+        _depth += 1
+        try:
+            yield
+        finally:
+            _depth -= 1
+        return
     os.makedirs(os.path.dirname(E2E_LOCK), exist_ok=True)
     with open(E2E_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        _depth = 1
+        try:
+            yield
+        finally:
+            _depth = 0
 
 
 def free_port() -> int:

@@ -1,4 +1,6 @@
-"""`lbctl export`: the YAML parses and carries image, ports, replicas, env and command."""
+"""`lbctl export`: every format parses and carries the app; the Kubernetes manifests pass the
+API's own schemas (strict) for the oldest and the newest Kubernetes kubernetes-validate ships,
+the stack files the Compose Specification's schema, for a few realistic apps."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from lbctl.export import export, k8s_name, to_compose, to_kubernetes
+from lbctl.export import export, k8s_name, to_compose, to_kubernetes, to_swarm
+from lbctl.export.common import go_duration
 from lbctl.model import AppSpec, InvalidInput, Mode, Publish
+from tests.formats import validate_compose, validate_kubernetes
 
 
 def _spec(**kw: Any) -> AppSpec:
@@ -50,7 +54,7 @@ def test_compose_without_command_or_env() -> None:
 
 def test_kubernetes_deployment_and_service() -> None:
     udp = _spec(publish=Publish.parse("0.0.0.0:80:8080/udp"))
-    docs = list(yaml.safe_load_all(to_kubernetes(udp)))
+    docs = validate_kubernetes(to_kubernetes(udp))
     assert [d["kind"] for d in docs] == ["Deployment", "Service"]
     dep, svc = docs
     assert dep["apiVersion"] == "apps/v1" and dep["spec"]["replicas"] == 3
@@ -66,6 +70,7 @@ def test_kubernetes_deployment_and_service() -> None:
     assert env["LBCTL_REPLICA"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "readinessProbe" not in c  # no TCP probe for a UDP port
     assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"  # the pod sees the client's address
     assert svc["spec"]["selector"] == sel
     assert svc["spec"]["ports"] == [
         {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": 8080}
@@ -75,7 +80,8 @@ def test_kubernetes_deployment_and_service() -> None:
 def test_kubernetes_tcp_has_readiness_probe() -> None:
     dep = next(yaml.safe_load_all(to_kubernetes(_spec())))
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert c["readinessProbe"] == {"tcpSocket": {"port": 80}}
+    assert c["readinessProbe"] == {"tcpSocket": {"port": 80}, "periodSeconds": 1,
+                                   "failureThreshold": 2}
 
 
 def test_kubernetes_names_are_dns_labels() -> None:
@@ -102,7 +108,7 @@ def test_several_publishes_export_every_address_and_family() -> None:
     assert doc["x-lbctl"]["publish"] == doc["services"]["web"]["x-lbctl"]["publish"] == [
         "0.0.0.0:80:8080/tcp", "[::]:80:8080/tcp"]
     assert "&id" not in compose  # each copy written out, no YAML anchor for the list
-    svc = list(yaml.safe_load_all(export(spec, "kubernetes")))[1]["spec"]
+    svc = validate_kubernetes(export(spec, "kubernetes"))[1]["spec"]
     assert svc["ports"] == [{"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": 8080}]
     assert svc["ipFamilyPolicy"] == "PreferDualStack" and svc["ipFamilies"] == ["IPv4", "IPv6"]
 
@@ -118,22 +124,35 @@ def test_kubernetes_renders_the_options_it_has_and_names_the_others() -> None:
         "init": True,
     })
     text = to_kubernetes(spec)
-    deployment, _ = list(yaml.safe_load_all(text))
+    deployment, claim, _ = validate_kubernetes(text)
+    assert "&id" not in text  # each copy of the labels written out, no YAML anchor
     pod = deployment["spec"]["template"]["spec"]
     [c] = pod["containers"]
-    assert c["resources"] == {"limits": {"memory": "512Mi", "cpu": "0.5"}}
+    assert c["resources"] == {"limits": {"memory": "512Mi", "cpu": "0.5"},
+                              "requests": {"memory": "512Mi", "cpu": "0.5"}}
     assert c["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000,
                                     "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
     assert c["command"] == ["/httpd"] and c["workingDir"] == "/data"
-    assert c["livenessProbe"] == {"exec": {"command": ["/bin/sh", "-c", "curl -f localhost"]},
-                                  "periodSeconds": 90, "failureThreshold": 2}
-    assert pod["terminationGracePeriodSeconds"] == 20
+    probe = {"exec": {"command": ["/bin/sh", "-c", "curl -f localhost"]}, "periodSeconds": 90,
+             "failureThreshold": 2}
+    # lbctl routes only to healthy replicas and replaces an unhealthy one: both probes
+    assert c["readinessProbe"] == c["livenessProbe"] == probe
+    # the drain: preStop keeps the pod serving for lbctl's drain time, then the stop grace
+    assert c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "10"]}}}
+    assert pod["terminationGracePeriodSeconds"] == 10 + 20
     assert pod["hostAliases"] == [{"ip": "10.0.0.5", "hostnames": ["db", "db2"]}]
     assert pod["dnsConfig"] == {"nameservers": ["10.0.0.53"]}
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {"team": "web"}
+    # the named volume is a claim every replica mounts
+    # (one claim per Docker volume, named like it: volumes are the host's, not the app's)
+    assert pod["volumes"] == [{"name": "v-data", "persistentVolumeClaim": {"claimName": "data"}}]
+    assert c["volumeMounts"] == [{"name": "v-data", "mountPath": "/data"}]
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     # what Kubernetes has no field for is named, never dropped silently
-    assert "#   volume, network, init\n" in text
+    assert "#   network (pods reach each other through Services, not named networks), init\n" \
+        in text
 
 
 def test_kubernetes_shm_size_and_numeric_groups() -> None:
@@ -155,3 +174,158 @@ def test_kubernetes_shm_size_and_numeric_groups() -> None:
     assert "securityContext" not in pod
     assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == "100000"
     assert "#   group-add (a name; Kubernetes takes numeric supplementalGroups)\n" in text
+
+
+def test_kubernetes_rolling_update_from_the_update_policy() -> None:
+    def strategy(**update: Any) -> dict[str, Any]:
+        spec = AppSpec.from_json({"name": "web", "image": "img", "publish": "80:80",
+                                  "update": update})
+        dep = validate_kubernetes(to_kubernetes(spec))[0]["spec"]
+        return {k: dep.get(k) for k in ("strategy", "minReadySeconds",
+                                        "progressDeadlineSeconds")}
+
+    assert strategy() == {"strategy": {"type": "RollingUpdate", "rollingUpdate": {
+        "maxSurge": 1, "maxUnavailable": 0}}, "minReadySeconds": 5,
+        "progressDeadlineSeconds": 60}
+    # start-first: the parallelism is the surge; max-unavailable as given
+    got = strategy(parallelism=2, max_unavailable=1, monitor=2.5, ready_timeout=1)
+    assert got["strategy"]["rollingUpdate"] == {"maxSurge": 2, "maxUnavailable": 1}
+    assert (got["minReadySeconds"], got["progressDeadlineSeconds"]) == (3, 4)
+    # stop-first: nothing above the count, the parallelism below it
+    got = strategy(order="stop-first", parallelism=2, monitor=0)
+    assert got["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 2}
+    assert got["minReadySeconds"] is None
+
+
+def test_kubernetes_volumes_and_binds() -> None:
+    spec = AppSpec.from_json({
+        "name": "web", "image": "img", "publish": "80:80", "replicas": 2,
+        "volume": ["data:/data:ro", "/cache"],
+        "mount": ["type=volume,source=logs,target=/logs",
+                  "type=tmpfs,target=/scratch,tmpfs-size=16m"],
+        "tmpfs": ["/run:size=64m"],
+    })
+    deployment, c1, c2, _ = validate_kubernetes(to_kubernetes(spec))
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "v-data", "persistentVolumeClaim": {"claimName": "data"}},
+        {"name": "v-cache", "emptyDir": {}},
+        {"name": "v-logs", "persistentVolumeClaim": {"claimName": "logs"}},
+        {"name": "v-scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        {"name": "v-run", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    assert pod["containers"][0]["volumeMounts"][0] == {"name": "v-data", "mountPath": "/data",
+                                                       "readOnly": True}
+    assert [c1["metadata"]["name"], c2["metadata"]["name"]] == ["data", "logs"]
+    assert c1["metadata"]["annotations"] == {"lbctl.volume": "data"}
+    # tmpfs options other than the size have no emptyDir field: named in the header
+    text = to_kubernetes(AppSpec.from_json({"name": "web", "image": "img", "publish": "80:80",
+                                            "tmpfs": ["/run:size=1m,mode=1777"]}))
+    assert "#   tmpfs mode of /run\n" in text
+    for bind in ({"volume": ["/srv/conf:/etc/conf:ro"]},
+                 {"mount": ["type=bind,source=/srv,target=/srv"]}):
+        spec = AppSpec.from_json({"name": "web", "image": "img", "publish": "80:80", **bind})
+        with pytest.raises(InvalidInput, match=r"^web: bind mount .* cannot be exported to "
+                           "Kubernetes: a pod has no host's files to bind"):
+            to_kubernetes(spec)
+
+
+def test_kubernetes_host_network_and_ipv6() -> None:
+    spec = AppSpec.from_json({"name": "api", "image": "img", "publish": "0.0.0.0:8080:8080",
+                              "mode": "ebpf", "network": ["host"], "replicas": 4})
+    dep, svc = validate_kubernetes(to_kubernetes(spec))
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["containers"][0]["ports"] == [{"containerPort": 8080, "protocol": "TCP",
+                                              "hostPort": 8080}]
+    v6 = AppSpec.from_json({"name": "web", "image": "img", "publish": "[::]:80:8080/udp"})
+    _, svc = validate_kubernetes(to_kubernetes(v6))
+    assert svc["spec"]["ipFamilies"] == ["IPv6"]
+    assert svc["spec"]["ports"][0]["protocol"] == "UDP"
+
+
+# ---- swarm ------------------------------------------------------------------------------------
+
+def test_go_durations() -> None:
+    assert [go_duration(s) for s in (0, 0.5, 1, 1.5, 90, 3600, 3725.25)] == [
+        "0s", "500ms", "1s", "1.5s", "1m30s", "1h", "1h2m5.25s"]
+
+
+def test_swarm_stack_file() -> None:
+    spec = AppSpec.from_json({
+        "name": "web", "image": "lbctl/demo:latest", "replicas": 3,
+        "publish": "127.0.0.1:8080:80",
+        "env": {"A": "1"}, "command": ["--x"],
+        "update": {"parallelism": 2, "delay": 1.5, "monitor": 3, "order": "stop-first",
+                   "failure_action": "pause"},
+        "memory": "64m", "cpus": 0.5, "health-cmd": ["/httpd", "--check"],
+        "health-interval": "2s", "health-retries": 2, "volume": ["data:/data", "/cache"],
+        "mount": ["type=tmpfs,target=/scratch,tmpfs-size=16m"], "tmpfs": ["/run:size=1m"],
+        "network": ["backend"], "user": "1000:1000", "label": {"team": "web"},
+        "stop-timeout": 12, "cap-drop": ["ALL"],
+    })
+    text = to_swarm(spec)
+    doc = validate_compose(text)
+    assert doc["version"] == "3.9"
+    assert "&id" not in text
+    svc = doc["services"]["web"]
+    assert svc["ports"] == [{"target": 80, "published": 8080, "protocol": "tcp",
+                             "mode": "ingress"}]
+    deploy = svc["deploy"]
+    assert deploy["replicas"] == 3
+    assert deploy["update_config"] == {"parallelism": 2, "delay": "1.5s",
+                                       "failure_action": "pause", "monitor": "3s",
+                                       "max_failure_ratio": 0, "order": "stop-first"}
+    assert deploy["rollback_config"] == {**deploy["update_config"], "failure_action": "pause"}
+    assert deploy["resources"] == {"limits": {"cpus": "0.5", "memory": "64m"}}
+    assert deploy["restart_policy"] == {"condition": "any"}
+    assert svc["healthcheck"] == {"test": ["CMD", "/httpd", "--check"], "interval": "2s",
+                                  "retries": 2}
+    assert svc["volumes"] == ["data:/data", "/cache",
+                              {"type": "tmpfs", "target": "/scratch", "tmpfs": {"size": 16 << 20}},
+                              {"type": "tmpfs", "target": "/run", "tmpfs": {"size": 1 << 20}}]
+    for key in ("tmpfs", "mem_limit", "cpus", "network_mode"):
+        assert key not in svc, key
+    assert svc["networks"] == ["backend"]
+    assert doc["networks"] == {"backend": {"name": "backend", "driver": "overlay",
+                                           "attachable": True}}
+    assert doc["volumes"] == {"data": {"name": "data"}}
+    assert svc["labels"] == {"team": "web"} and deploy["labels"] == {"lbctl.app": "web"}
+    assert svc["stop_grace_period"] == "12s" and svc["cap_drop"] == ["ALL"]
+    assert svc["environment"] == {"A": "1", "LBCTL_APP": "web"}
+    assert "lbctl publishes on 127.0.0.1 only; Swarm cannot" in text
+    assert "moby#25526" in text
+
+
+def test_swarm_publishes_host_network_and_pids() -> None:
+    # both families of one port are one ingress port; another port is another
+    spec = AppSpec.from_json({"name": "web", "image": "img", "publish": [
+        "0.0.0.0:80:8080/udp", "[::]:80:8080/udp", "0.0.0.0:81:8080/udp"]})
+    svc = validate_compose(to_swarm(spec))["services"]["web"]
+    assert [(p["published"], p["protocol"]) for p in svc["ports"]] == [(80, "udp"), (81, "udp")]
+    host = AppSpec.from_json({"name": "api", "image": "img", "publish": "0.0.0.0:8080:8080",
+                              "mode": "ebpf", "network": ["host"], "replicas": 2})
+    doc = validate_compose(to_swarm(host))
+    assert "ports" not in doc["services"]["api"]
+    assert doc["services"]["api"]["networks"] == ["hostnet"]
+    assert doc["networks"] == {"hostnet": {"external": True, "name": "host"}}
+    # limits.pids (stack files 3.9) is newer than the schema Debian's docker-compose ships;
+    # the real `docker stack deploy` in tests/e2e/test_export_targets.py takes it.
+    pids = AppSpec.from_json({"name": "web", "image": "img", "publish": "80:80",
+                              "pids-limit": 100})
+    assert yaml.safe_load(to_swarm(pids))["services"]["web"]["deploy"]["resources"] == {
+        "limits": {"pids": 100}}
+
+
+
+def test_swarm_shm_size_and_groups() -> None:
+    """docker stack deploy drops shm_size: a tmpfs at /dev/shm says the same; a stack file
+    has no supplementary groups: named in the header."""
+    spec = AppSpec.from_json({"name": "web", "image": "img", "publish": "80:80",
+                              "shm-size": "96m", "group-add": ["1234"]})
+    text = to_swarm(spec)
+    svc = validate_compose(text)["services"]["web"]
+    assert "shm_size" not in svc and "group_add" not in svc
+    assert svc["volumes"] == [{"type": "tmpfs", "target": "/dev/shm",
+                               "tmpfs": {"size": 96 << 20}}]
+    assert "#   group-add (a stack file has no supplementary groups)\n" in text

@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name")
     rm.add_argument("--timeout", type=float, default=120.0)
 
-    ex = sub.add_parser("export", help="print an app as a compose file or Kubernetes manifests")
+    ex = sub.add_parser("export", help="print an app as a compose file, a Swarm stack file or "
+                        "Kubernetes manifests")
     ex.add_argument("name")
-    ex.add_argument("--format", choices=["compose", "kubernetes"], default="compose")
+    ex.add_argument("--format", choices=["compose", "swarm", "kubernetes"], default="compose")
 
     sub.add_parser("doctor", help="check what this host needs")
     return p

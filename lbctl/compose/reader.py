@@ -36,7 +36,7 @@ from lbctl.model.options import OPTIONS
 from lbctl.model.publish import parse_publishes, validate_publishes
 
 LBCTL_KEY = "x-lbctl"
-_TOP_KEYS = {"version", "services", "networks", "volumes"}
+_TOP_KEYS = {"version", "name", "services", "networks", "volumes"}
 # A service's keys: the app's own, and the docker run options' (the option table's compose
 # keys; `network_mode` is read with `networks`).
 _SERVICE_KEYS = {
@@ -78,10 +78,11 @@ def is_compose(path: Path, text: str) -> bool:
     return re.search(r"^services\s*:", text, re.MULTILINE) is not None
 
 
-def project_name(project_dir: Path, env: Mapping[str, str]) -> str:
-    """docker-compose's project name: COMPOSE_PROJECT_NAME, else the directory's name,
-    lower-cased, with what is not a letter, digit, - or _ dropped."""
-    raw = env.get("COMPOSE_PROJECT_NAME") or project_dir.name
+def project_name(project_dir: Path, env: Mapping[str, str], declared: object = None) -> str:
+    """Compose's project name: COMPOSE_PROJECT_NAME, else the file's top-level `name:`, else
+    the directory's name, lower-cased, with what is not a letter, digit, - or _ dropped."""
+    raw = env.get("COMPOSE_PROJECT_NAME") or (
+        declared if isinstance(declared, str) and declared else project_dir.name)
     name = re.sub(r"[^-_a-z0-9]", "", raw.lower())
     if not name:
         raise InvalidInput(f"cannot make a project name of {raw!r}: set COMPOSE_PROJECT_NAME")
@@ -100,7 +101,9 @@ def read_compose(path: Path, environ: Mapping[str, str] | None = None) -> Compos
     dotenv: dict[str, str] = {}
     if dotenv_path.is_file():
         try:
-            dotenv = parse_dotenv(dotenv_path.read_text())
+            # Values in .env are interpolated from the shell's environment, then from the
+            # file's earlier keys (compose-go's GetEnvFromFile).
+            dotenv = parse_dotenv(dotenv_path.read_text(), environ)
         except InvalidInput as e:
             raise InvalidInput(f"{dotenv_path}: {e}") from None
     env = {**dotenv, **environ}  # the shell's environment wins, as in Compose
@@ -115,7 +118,8 @@ def read_compose(path: Path, environ: Mapping[str, str] | None = None) -> Compos
     if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
         raise InvalidInput(f"{path}: a compose file needs a services: mapping")
     doc = interpolate(raw, env)
-    return Reader(path, project_dir, project_name(project_dir, env), env).read(doc)
+    project = project_name(project_dir, env, doc.get("name"))
+    return Reader(path, project_dir, project, env).read(doc)
 
 
 def _first_line(e: Exception) -> str:
@@ -258,8 +262,16 @@ class Reader:
                 raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
             if p.get("mode", "host") not in ("host", "ingress"):
                 raise self.fail(f"{where}.mode", f"unknown mode {p.get('mode')!r}")
-            text = (f"{p.get('host_ip') or '0.0.0.0'}:{p.get('published')}:{p.get('target')}/"
-                    f"{p.get('protocol') or 'tcp'}")
+            if p.get("published") in (None, ""):
+                raise self.fail(f"{where}.published", "name the host port (lbctl publishes "
+                                "on a port you choose, not a random one)")
+            host_ip = str(p.get("host_ip") or "0.0.0.0")
+            if ":" in host_ip and not host_ip.startswith("["):
+                host_ip = f"[{host_ip}]"  # an IPv6 address, as the short syntax writes it
+            published = str(p["published"])
+            if "-" in published:
+                raise self.fail(where, f"{published!r}: port ranges are not supported by lbctl")
+            text = f"{host_ip}:{published}:{p.get('target')}/{p.get('protocol') or 'tcp'}"
             return Publish.parse(text)
         if not isinstance(p, str):
             raise self.fail(where, f"{p!r}: quote ports in YAML (\"8080:80\"); a bare 22:22 is "
@@ -319,16 +331,51 @@ class Reader:
     # ---- environment ---------------------------------------------------------------------
 
     def _env(self, svc: dict[str, Any], where: str) -> dict[str, str]:
+        """`env_file:` then `environment:` (which wins), as compose-go resolves them."""
+        environment = self._environment(svc, where)
+        # An env file's values are interpolated from the project's environment first, then
+        # from the service's `environment:` (compose-go's WithServicesEnvironmentResolved).
+        lookup = {**environment, **self.env}
         env: dict[str, str] = {}
-        files = svc.get("env_file") or []
-        for f in files if isinstance(files, list) else [files]:
-            p = self._host_path(self._str(f, f"{where}.env_file"))
+        for f, required, fmt in self._env_files(svc.get("env_file"), f"{where}.env_file"):
+            p = self._host_path(f)
+            if not required and not os.path.exists(p):
+                continue
+            if fmt not in (None, ".env"):
+                raise self.fail(f"{where}.env_file", f"unsupported env_file format {fmt!r}")
             try:
-                env.update(parse_dotenv(Path(p).read_text(), self.env))
+                env.update(parse_dotenv(Path(p).read_text(), {**lookup, **env}))
             except OSError as e:
                 raise self.fail(f"{where}.env_file", f"cannot read {p}: {e.strerror}") from None
             except InvalidInput as e:
-                raise self.fail(f"{where}.env_file", f"{p}: {e}") from None
+                raise self.fail(f"{where}.env_file", f"failed to read {p}: {e}") from None
+        env.update(environment)
+        for k in _DROPPED_ENV:
+            env.pop(k, None)
+        return env
+
+    def _env_files(self, v: Any, where: str) -> list[tuple[str, bool, str | None]]:
+        """A path, a list of paths, or a list of `{path, required, format}` items."""
+        if v is None:
+            return []
+        out = []
+        for item in v if isinstance(v, list) else [v]:
+            if isinstance(item, dict):
+                bad = sorted(set(item) - {"path", "required", "format"})
+                if bad:
+                    raise self.fail(f"{where}.{bad[0]}", "not supported by lbctl")
+                required = item.get("required", True)
+                if not isinstance(required, bool):
+                    raise self.fail(f"{where}.required", "must be true or false")
+                fmt = item.get("format")
+                out.append((self._str(item.get("path"), f"{where}.path"), required,
+                            None if fmt is None else str(fmt)))
+            else:
+                out.append((self._str(item, where), True, None))
+        return out
+
+    def _environment(self, svc: dict[str, Any], where: str) -> dict[str, str]:
+        env: dict[str, str] = {}
         raw = svc.get("environment") or {}
         if isinstance(raw, list):
             items: list[tuple[str, Any]] = []
@@ -344,13 +391,9 @@ class Reader:
                 if k in self.env:
                     env[str(k)] = self.env[k]
                 continue
-            if isinstance(v, bool):
-                raise self.fail(f"{where}.environment.{k}", "quote booleans (\"true\")")
             if not isinstance(v, str | int | float):
                 raise self.fail(f"{where}.environment.{k}", "must be a string")
-            env[str(k)] = str(v)
-        for k in _DROPPED_ENV:
-            env.pop(k, None)
+            env[str(k)] = go_str(v)
         return env
 
     def _command(self, v: Any, where: str) -> list[str]:
@@ -415,8 +458,7 @@ class Reader:
             case Shape.PAIRS:
                 return {str(k): str(x) for k, x in self._mapping(v, where).items()}
             case Shape.HOSTS:
-                hosts = [f"{h}:{ip}" for h, ip in v.items()] if isinstance(v, dict) else v
-                return self._strs(hosts, where)
+                return self._extra_hosts(v, where)
             case Shape.ULIMITS:
                 return self._ulimits(v, where)
             case Shape.COMMAND:
@@ -462,6 +504,31 @@ class Reader:
         if t[:1] == ["CMD-SHELL"] and len(t) == 2:
             return t[1]
         raise self.fail(where, "use [CMD, ...], [CMD-SHELL, ...] or a string")
+
+    def _extra_hosts(self, v: Any, where: str) -> list[str]:
+        """compose-go's HostsList: `host=ip` or `host:ip` items (`=` looked for first), or a
+        mapping of host to an address or a list; several addresses after a comma; brackets
+        around an IPv6 address dropped. As docker's `host:ip`."""
+        pairs: list[tuple[str, str]] = []
+        if isinstance(v, dict):
+            for host, ips in v.items():
+                ips = [""] if ips is None else ips if isinstance(ips, list) else [ips]
+                pairs += [(str(host), go_str(ip)) for ip in ips]
+        else:
+            for item in self._strs(v, where):
+                sep = "=" if "=" in item else ":"
+                host, found, ips_text = item.partition(sep)
+                if not found:
+                    raise self.fail(where, f"invalid additional host, missing IP: {item}")
+                pairs += [(host, ip) for ip in ips_text.split(",")]
+        out = []
+        for host, ip in pairs:
+            if not host or any(c in host for c in ":="):
+                raise self.fail(where, f"bad host name {host!r}")
+            if len(ip) > 2 and ip[0] == "[" and ip[-1] == "]":
+                ip = ip[1:-1]
+            out.append(f"{host}:{ip}")
+        return out
 
     def _limits(self, deploy: dict[str, Any], where: str) -> dict[str, Any]:
         res = self._mapping(deploy.get("resources") or {}, f"{where}.resources")
@@ -605,7 +672,7 @@ class Reader:
                 k, _, val = item.partition("=")
                 pairs[k] = val
             return pairs
-        return {str(k): "" if val is None else str(val)
+        return {str(k): "" if val is None else go_str(val)
                 for k, val in self._mapping(v, where).items()}
 
     # ---- small things --------------------------------------------------------------------------
@@ -632,6 +699,31 @@ class Reader:
 
     def _list_or_one(self, v: Any, where: str) -> list[str]:
         return self._strs(v if isinstance(v, list) else [v], where)
+
+
+def go_str(v: Any) -> str:
+    """A YAML scalar as compose-go turns it into a string (Go's fmt.Sprint): `true`, not
+    Python's `True`; `1` for 1.0, `1e+06` for 1000000.0."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and math.isfinite(v) and v != 0:
+        # Go's %v: the shortest digits (as Python's repr), in %e form when the exponent is
+        # below -4 or at least 6 (strconv's 'g' with the shortest precision).
+        mant, _, e = repr(abs(v)).partition("e")
+        ip, _, fp = mant.partition(".")
+        all_digits = (ip + fp).lstrip("0")
+        dp = (len(ip.lstrip("0")) if ip.strip("0") else len(fp.lstrip("0")) - len(fp))
+        dp += int(e or 0)
+        digits = all_digits.rstrip("0")
+        sign = "-" if v < 0 else ""
+        x = dp - 1
+        if x < -4 or x >= 6:
+            m = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+            return f"{sign}{m}e{'-' if x < 0 else '+'}{abs(x):02d}"
+        return f"{sign}{abs(v):.{max(len(digits) - dp, 0)}f}"
+    if isinstance(v, float):
+        return "0" if v == 0 else str(v)
+    return str(v)
 
 
 def _is_path(source: str) -> bool:

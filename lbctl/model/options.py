@@ -23,6 +23,7 @@ these options on a container that joins another's namespace.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -57,6 +58,7 @@ from lbctl.model.option import (
     Refines,
     Shape,
     Unmapped,
+    merge,
     nest,
     opt,
     table,
@@ -122,6 +124,88 @@ def _run_as(user: str) -> Patch | Unmapped:
     return nest("container.securityContext", ids)
 
 
+# ---- volumes in Kubernetes: what `lbctl export --format kubernetes` makes of them -----------
+# A pod's volume per mount, named after its target (unique in a container); a named Docker
+# volume becomes a PersistentVolumeClaim of the same name, which the exporter writes out
+# (the patch's `claims`); what a pod cannot say goes to the header (`notes`).
+
+
+def _dns_label(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:63].rstrip("-") or "root"
+
+
+_BIND = ("cannot be exported to Kubernetes: a pod has no host's files to bind (hostPath would "
+         "tie it to one node's); put them in a ConfigMap or a volume")
+
+
+def _pod_volume(volume: dict[str, Any], target: str, read_only: bool = False) -> Patch:
+    name = _dns_label(f"v-{target}")
+    mount: dict[str, Any] = {"name": name, "mountPath": target}
+    if read_only:
+        mount["readOnly"] = True
+    return {"pod": {"volumes": [{"name": name, **volume}]},
+            "container": {"volumeMounts": [mount]}}
+
+
+def _claim(source: str, target: str, read_only: bool) -> Patch:
+    claim = _dns_label(source)
+    patch = _pod_volume({"persistentVolumeClaim": {"claimName": claim}}, target, read_only)
+    patch["claims"] = {claim: source}
+    return patch
+
+
+def _memory_dir(target: str, size: int | None) -> Patch:
+    empty: dict[str, Any] = {"medium": "Memory"}
+    if size is not None:
+        empty["sizeLimit"] = f"{size // _MI}Mi" if size % _MI == 0 else str(size)
+    return _pod_volume({"emptyDir": empty}, target)
+
+
+def _kube_volumes(given: tuple[str, ...]) -> Patch:
+    patch: Patch = {}
+    for text in given:
+        v = Volume.parse(text)
+        if v.bind:
+            raise InvalidInput(f"bind mount {text} {_BIND}")
+        merge(patch, _pod_volume({"emptyDir": {}}, v.target) if v.source is None
+              else _claim(v.source, v.target, v.read_only))
+    return patch
+
+
+def _kube_mounts(given: tuple[str, ...]) -> Patch:
+    patch: Patch = {}
+    for text in given:
+        m = Mount.parse(text)
+        if m.type == "bind":
+            raise InvalidInput(f"bind mount {text} {_BIND}")
+        if m.type == "tmpfs":
+            merge(patch, _memory_dir(m.target, m.tmpfs_size_bytes))
+            if m.tmpfs_mode is not None:
+                merge(patch, {"notes": [f"mount tmpfs-mode of {m.target}"]})
+        else:
+            merge(patch, _pod_volume({"emptyDir": {}}, m.target) if m.source is None
+                  else _claim(m.source, m.target, m.read_only))
+    return patch
+
+
+def _kube_tmpfs(given: tuple[str, ...]) -> Patch:
+    patch: Patch = {}
+    for text in given:
+        path, opts = parse_tmpfs(text)
+        kv = dict(item.partition("=")[::2] for item in opts.split(",") if item)
+        size = kv.pop("size", None)
+        merge(patch, _memory_dir(path, None if size is None else parse_size(size)))
+        if kv:  # an emptyDir has no mount options
+            merge(patch, {"notes": [f"tmpfs {','.join(kv)} of {path}"]})
+    return patch
+
+
+def _kube_network(networks: tuple[str, ...]) -> Patch | Unmapped:
+    if networks == (HOST_NETWORK,):
+        return nest("pod", {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"})
+    return Unmapped("network (pods reach each other through Services, not named networks)")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """docker run's options of an app, as validated strings and numbers (None / empty:
@@ -135,8 +219,7 @@ class RunOptions:
         from_cli=absolute_bind,
         engine=_volumes,
         compose=Compose("volumes", Shape.SHORT_VOLUMES),
-        kube=NotExported("a cluster's storage (a PersistentVolumeClaim, a hostPath) is the "
-                         "cluster's to choose"),
+        kube=_kube_volumes,
         judge=Judge.VOLUME_SOURCE)
     mount: tuple[str, ...] = opt(
         (), flags=("--mount",), arg=Arg.MANY, value=values.canonical(Mount.parse),
@@ -144,14 +227,14 @@ class RunOptions:
         engine="HostConfig.Mounts",
         engine_value=lambda ms: [Mount.parse(m).engine_json() for m in ms],
         compose=Compose("volumes", Shape.LONG_VOLUMES),
-        kube=NotExported("as volume"),
+        kube=_kube_mounts,
         judge=Judge.MOUNT_SOURCE)
     tmpfs: tuple[str, ...] = opt(
         (), flags=("--tmpfs",), arg=Arg.MANY, value=values.strings(parse_tmpfs),
         metavar="PATH[:OPTS]",
         engine="HostConfig.Tmpfs", engine_value=lambda ts: dict(parse_tmpfs(t) for t in ts),
         compose=Compose("tmpfs", Shape.TEXT_OR_TEXTS),
-        kube=NotExported("an emptyDir of medium Memory has no mount options (mode, ...)"),
+        kube=_kube_tmpfs,
         judge=Judge.FREE)
     network: tuple[str, ...] = opt(
         (), flags=("--network",), arg=Arg.MANY, value=values.networks, metavar="NET",
@@ -159,7 +242,7 @@ class RunOptions:
              "mode: the sandbox joins them)",
         engine=None,  # joined as lbctl.controller.template decides with the app's mode
         compose=Compose("networks", Shape.NETWORKS),
-        kube=NotExported("a cluster has one pod network"),
+        kube=_kube_network,
         judge=Judge.NETWORK, namespace=True)
     add_host: tuple[str, ...] = opt(
         (), flags=("--add-host",), arg=Arg.MANY, value=values.strings(parse_add_host),

@@ -226,7 +226,7 @@ def test_files_without_apps_and_bad_files(tmp_path: Path) -> None:
         read_compose(write(tmp_path, "services:\n  db:\n    image: postgres\n"), {})
     with pytest.raises(InvalidInput, match="not valid YAML"):
         read_compose(write(tmp_path, "services: [\n"), {})
-    with pytest.raises(InvalidInput, match="PORT is unset"):
+    with pytest.raises(InvalidInput, match="required variable PORT is missing a value: set PORT"):
         read_compose(write(tmp_path, WEB), {})
     with pytest.raises(InvalidInput, match="cannot read"):
         read_compose(tmp_path / "missing.yaml", {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -31,6 +33,10 @@ def test_export_through_the_cli(daemon: Daemon, app_name: str) -> None:
     assert service["spec"]["ports"][0]["port"] == port
     assert service["spec"]["ports"][0]["targetPort"] == 8080
 
+    stack = yaml.safe_load(daemon.ok("export", app_name, "--format", "swarm"))
+    assert stack["services"][app_name]["deploy"]["replicas"] == 2
+    assert stack["services"][app_name]["ports"][0]["published"] == port
+
     for args, message in [
         (["export", "nosuchapp"], "no app named nosuchapp"),
         (["export", app_name, "--format", "helm"], "invalid choice"),
@@ -40,3 +46,20 @@ def test_export_through_the_cli(daemon: Daemon, app_name: str) -> None:
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, r.stderr)
+
+
+def test_kubernetes_export_refuses_a_bind_mount(daemon: Daemon, app_name: str,
+                                                 tmp_path: Path) -> None:
+    """A pod has no host's files to bind: one line saying so, exit 2; the other formats
+    carry the bind."""
+    conf = tmp_path / "web.conf"
+    conf.write_text("x\n")
+    daemon.ok("run", app_name, "--image", "lbctl/demo:latest", "-p",
+              f"127.0.0.1:{free_port()}:8080", "--replicas", "0", "-v", f"{conf}:/etc/web.conf:ro")
+    r = daemon.cli("export", app_name, "--format", "kubernetes")
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1
+    assert f"bind mount {conf}:/etc/web.conf:ro cannot be exported to Kubernetes" in r.stderr
+    for fmt in ("compose", "swarm"):
+        doc = yaml.safe_load(daemon.ok("export", app_name, "--format", fmt))
+        assert doc["services"][app_name]["volumes"] == [f"{conf}:/etc/web.conf:ro"]
