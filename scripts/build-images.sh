@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 #
 # Build lbctl's offline container images: lbctl/demo, lbctl/demo-health,
+# lbctl/demo-activation (demo labelled io.lbctl.listen-fds=true),
 # lbctl/pause, lbctl/client (the tests' client inside containers) and
 # lbctl/activate (the socket-activation entrypoint shim; its static binary
 # stays in images/activate/out/ for bind mounts).  No registry is reachable,
@@ -82,6 +83,11 @@ compile_and_build demo httpd lbctl/demo:latest
 health_hash=$( { echo "$HASH"; cat images/demo/Dockerfile.health; } | sha256sum | cut -d' ' -f1)
 if [[ $force == 1 || "$(image_hash lbctl/demo-health:latest)" != "$health_hash" ]]; then
     build lbctl/demo-health:latest images/demo Dockerfile.health "$health_hash"
+fi
+# demo-activation is demo plus the io.lbctl.listen-fds label (socket activation).
+act_hash=$( { echo "$HASH"; cat images/demo/Dockerfile.activation; } | sha256sum | cut -d' ' -f1)
+if [[ $force == 1 || "$(image_hash lbctl/demo-activation:latest)" != "$act_hash" ]]; then
+    build lbctl/demo-activation:latest images/demo Dockerfile.activation "$act_hash"
 fi
 compile_and_build client client lbctl/client:latest
 compile_and_build activate activate lbctl/activate:latest binary

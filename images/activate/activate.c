@@ -24,8 +24,10 @@
 //                             the creator may start after the container
 //
 // Protocol (one connection, one message from the creator): the payload is the
-// names ("http" or "http:http6"), the ancillary data 1..MAX_FDS descriptors
-// in the same order.  The creator keeps no copy after sending, so the app is
+// names ("tcp4" or "tcp4:tcp6"), the ancillary data 1..MAX_FDS descriptors
+// in the same order.  A message without descriptors is a refusal: its payload
+// says why, and the shim prints it before it exits 111 (the container's log
+// then says what the creator would not do).  The creator keeps no copy after sending, so the app is
 // each listener's only owner: when the app closes it or dies, the socket is
 // gone and leaves the creator's reuseport group and socket map at once.
 //
@@ -120,8 +122,11 @@ int main(int argc, char **argv)
             memcpy(&fds[count++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
     }
     close(us);
-    if (count == 0)
+    if (count == 0) {
+        if (names[0])  // the creator's reason
+            fail(111, names);
         fail(111, "the creator sent no listeners");
+    }
 
     // The received numbers may already lie in 3..3+count-1: park every one
     // above that range, then put them in place (dup2 clears close-on-exec,

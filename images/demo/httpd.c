@@ -36,16 +36,20 @@
 //                  behave): `docker stop` then waits its whole grace and kills.
 //   LISTEN_FDS, LISTEN_PID  systemd's socket activation (sd_listen_fds(3)): when
 //                  LISTEN_PID is this process and LISTEN_FDS >= 1, serve the
-//                  inherited sockets 3, 4, ... instead of binding: the first
-//                  stream listener takes TCP, the first datagram socket UDP
-//                  (PORT then does not say where it serves; UDP_PORT still
-//                  binds a UDP socket of its own when none is inherited; any
-//                  other inherited fd is closed, so no listener is left that
-//                  nobody accepts on).  lbctl's activation shim
-//                  (images/activate) hands them over; they may belong to
-//                  another network namespace than the container's (the
-//                  host's), which `--check` (it asks the container's own
-//                  loopback) then does not reach.
+//                  inherited sockets 3, 4, ... instead of binding: every
+//                  stream listener takes TCP, every datagram socket UDP (one
+//                  per published address: IPv4 and IPv6, say; up to 8 more
+//                  than the first of each; PORT then does not say where it
+//                  serves, and a TCP listener of its own is opened on PORT only
+//                  when none is inherited; UDP_PORT still binds a UDP socket of
+//                  its own when none is inherited; any other inherited fd is
+//                  closed, so no listener is left that nobody accepts on).
+//                  lbctl's activation shim (images/activate) hands them over;
+//                  they may belong to another network namespace than the
+//                  container's (the host's), which `--check` (it asks the
+//                  container's own loopback) then does not reach.
+//   IGNORE_LISTEN_FDS=1  a server that knows nothing of that protocol: bind
+//                  PORT as usual and leave the inherited fds open, unused.
 //
 // Signals: SIGTERM/SIGINT drain and exit.  SIGUSR1 marks the server sick
 // (SIGUSR1 again: well): it keeps serving, but `--check` (a HEALTHCHECK) fails.
@@ -97,6 +101,7 @@
 #define FILE_MAX 65536   // GET /file serves at most this much
 #define FETCH_MAX 4096   // GET /fetch relays at most this much
 #define SICK_NAME "httpd-sick"
+#define MAX_MORE 8       // inherited sockets served beside the first TCP and UDP one
 
 enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
 
@@ -141,6 +146,8 @@ struct response {
 static struct {
     int ep;
     struct tag listen, udp, sig;
+    struct tag more[MAX_MORE];  // further inherited listeners (K_LISTEN) and UDP sockets
+    int nmore;
     int port;        // the TCP port, to open the listener again after SIGUSR2
     bool reuseport;
     bool inherited;  // LISTEN_FDS: the sockets came from outside
@@ -634,10 +641,10 @@ static void run_delayed(void)
     }
 }
 
-static void on_accept(void)
+static void on_accept(int lfd)
 {
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        int fd = accept4(S.listen.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
                 return;
@@ -665,7 +672,7 @@ static void on_accept(void)
     }
 }
 
-static void on_udp(void)
+static void on_udp(int ufd)
 {
     // The reply is built in place: "<name> " then the payload received after it.
     char buf[sizeof S.name + 1 + 2048];
@@ -675,17 +682,16 @@ static void on_udp(void)
     for (int i = 0; i < UDP_BATCH; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
-        ssize_t n = recvfrom(S.udp.fd, payload, 2048, 0, (struct sockaddr *)&peer, &plen);
+        ssize_t n = recvfrom(ufd, payload, 2048, 0, (struct sockaddr *)&peer, &plen);
         if (n < 0)
             return;
         if (S.udp_echo) {
-            sendto(S.udp.fd, buf, S.name_len + 1 + (size_t)n, 0, (struct sockaddr *)&peer,
-                   plen);
+            sendto(ufd, buf, S.name_len + 1 + (size_t)n, 0, (struct sockaddr *)&peer, plen);
             continue;
         }
         // The GET body (name + "\n") is the tail of the precomputed response.
         const struct response *r = &S.resp[0][0];
-        sendto(S.udp.fd, r->data + r->len - (S.name_len + 1), S.name_len + 1, 0,
+        sendto(ufd, r->data + r->len - (S.name_len + 1), S.name_len + 1, 0,
                (struct sockaddr *)&peer, plen);
     }
 }
@@ -708,6 +714,11 @@ static void start_drain(void)
         close(S.udp.fd);
         S.udp.fd = -1;
     }
+    for (int i = 0; i < S.nmore; i++) {
+        close(S.more[i].fd);
+        S.more[i].fd = -1;
+    }
+    S.nmore = 0;
     size_t busy = 0;
     for (struct conn *c = S.all, *next; c; c = next) {
         next = c->next_all;
@@ -844,7 +855,8 @@ static void open_listener(void)
 static int listen_fds(void)
 {
     const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
-    if (!pid || !fds)
+    const char *ignore = getenv("IGNORE_LISTEN_FDS");
+    if (!pid || !fds || (ignore && strcmp(ignore, "1") == 0))
         return 0;
     char *end;
     errno = 0;
@@ -874,22 +886,23 @@ static void take_inherited(int n)
         if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
             fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
             die("fcntl (inherited fd)");
-        if (type == SOCK_STREAM && S.listen.fd < 0) {
+        if (type == SOCK_STREAM) {
             len = sizeof acc;
             getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len);
             if (!acc && listen(fd, BACKLOG) < 0)  // bound, not yet listening
                 die("listen (inherited socket)");
+        }
+        if (type == SOCK_STREAM && S.listen.fd < 0) {
             S.listen.fd = fd;
         } else if (type == SOCK_DGRAM && S.udp.fd < 0) {
             S.udp.fd = fd;
+        } else if ((type == SOCK_STREAM || type == SOCK_DGRAM) && S.nmore < MAX_MORE) {
+            S.more[S.nmore].kind = type == SOCK_STREAM ? K_LISTEN : K_UDP;
+            S.more[S.nmore++].fd = fd;
         } else {
             fprintf(stderr, "httpd: closing inherited fd %d (not served)\n", fd);
             close(fd);
         }
-    }
-    if (S.listen.fd < 0) {
-        fprintf(stderr, "httpd: LISTEN_FDS=%d holds no TCP socket\n", n);
-        exit(1);
     }
 }
 
@@ -1076,18 +1089,25 @@ int main(int argc, char **argv)
     if (inherited > 0) {
         S.inherited = true;
         take_inherited(inherited);
-        ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
+        bool own_tcp = S.listen.fd < 0;  // an inherited UDP socket alone: TCP is our own
+        if (own_tcp)
+            open_listener();
+        else
+            ep_ctl(EPOLL_CTL_ADD, S.listen.fd, EPOLLIN, &S.listen);
         if (S.udp.fd < 0 && udp_port > 0)  // the container's own, beside the inherited TCP
             S.udp.fd = bind_socket(SOCK_DGRAM, (int)udp_port, reuseport);
         if (S.udp.fd >= 0)
             ep_ctl(EPOLL_CTL_ADD, S.udp.fd, EPOLLIN, &S.udp);
+        for (int i = 0; i < S.nmore; i++)
+            ep_ctl(EPOLL_CTL_ADD, S.more[i].fd, EPOLLIN, &S.more[i]);
         char tcp[INET6_ADDRSTRLEN + 16], udp[INET6_ADDRSTRLEN + 16] = "";
         sock_text(S.listen.fd, tcp, sizeof tcp);
         if (S.udp.fd >= 0)
             sock_text(S.udp.fd, udp, sizeof udp);
-        fprintf(stderr, "httpd: %s listening on inherited sockets (LISTEN_FDS=%d): %s/tcp%s%s%s"
-                " (delay_ms=%lld%s)\n", S.name, inherited, tcp, S.udp.fd >= 0 ? ", " : "", udp,
-                S.udp.fd >= 0 ? "/udp" : "", (long long)S.delay_ms,
+        fprintf(stderr, "httpd: %s listening on inherited sockets (LISTEN_FDS=%d): %s/tcp%s%s%s%s"
+                " and %d more (delay_ms=%lld%s)\n", S.name, inherited, tcp,
+                own_tcp ? " (its own)" : "", S.udp.fd >= 0 ? ", " : "", udp,
+                S.udp.fd >= 0 ? "/udp" : "", S.nmore, (long long)S.delay_ms,
                 S.udp_echo ? " udp_echo=1" : "");
     } else {
         open_listener();
@@ -1135,10 +1155,10 @@ int main(int argc, char **argv)
             struct tag *t = evs[i].data.ptr;
             switch (t->kind) {
             case K_LISTEN:
-                on_accept();
+                on_accept(t->fd);
                 break;
             case K_UDP:
-                on_udp();
+                on_udp(t->fd);
                 break;
             case K_SIGNAL:
                 on_signal(&stop);
