@@ -105,6 +105,16 @@ class EbpfSettings:
 
 
 @dataclass(frozen=True)
+class ActivationSettings:
+    # The static shim replicas of activated apps run as their entrypoint (None: the
+    # package's /usr/lib/lbctl/activate, or this checkout's images/activate/out/activate).
+    shim: Path | None = None
+    # How long a replica's shim waits for the daemon to answer (a replica that starts while
+    # no daemon runs), before it exits 111 and the worker replaces it.
+    shim_timeout: int = 30
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     # 0: no cap. Why these numbers: lbctl.controller.limits.
     max_apps: int = 64
@@ -149,5 +159,6 @@ class Settings:
     hostrules: HostRulesSettings = field(default_factory=HostRulesSettings)
     iptables: IptablesSettings = field(default_factory=IptablesSettings)
     ebpf: EbpfSettings = field(default_factory=EbpfSettings)
+    activation: ActivationSettings = field(default_factory=ActivationSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     api: ApiSettings = field(default_factory=ApiSettings)

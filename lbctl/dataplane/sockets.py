@@ -92,6 +92,29 @@ def same_netns(pid_a: int, pid_b: int) -> bool:
     return _ns_id(pid_a, "net") == _ns_id(pid_b, "net")
 
 
+def namespace_init(pid: int) -> int:
+    """The first process of `pid`'s PID namespace, as the host sees it: a container's init,
+    the PID its engine reports (an `--init` container's is that init, not its command). A
+    process of the daemon's own PID namespace is its own answer: walking up would reach the
+    host's init."""
+    try:
+        ns = _ns_id(pid, "pid")
+    except OSError:
+        return pid
+    if ns == _ns_id(os.getpid(), "pid"):
+        return pid
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            if parent <= 1 or _ns_id(parent, "pid") != ns:
+                return pid
+        except (OSError, ValueError):
+            return pid
+        pid = parent
+
+
 def _all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
@@ -235,17 +258,20 @@ def _proc_addr(text: str) -> str:
     return ipaddress.ip_address(raw).compressed
 
 
-def find_listeners(pid: int, port: int, proto: str = "tcp") -> list[Listener]:
+def find_listeners(pid: int, port: int, proto: str = "tcp",
+                   netns_pid: int | None = None) -> list[Listener]:
     """The replica's listeners of `proto` on `port` (see the module doc), IPv4 first (clients
     of a published IPv4 address reach the IPv4 reuseport group), then by inode for a stable
-    choice."""
+    choice. They are looked for in the network namespace of `netns_pid` (default: the
+    replica's own); socket activation hands a replica listeners of the host's namespace,
+    which it holds while it lives in a namespace of its own."""
     pids = replica_pids(pid)
     if not pids:
         return []
     state = TCP_LISTEN if proto == "tcp" else UDP_UNCONNECTED
     rows = {
         r.inode: r
-        for r in _rows(pid, 1 << state, proto)
+        for r in _rows(pid if netns_pid is None else netns_pid, 1 << state, proto)
         if r.state == state and r.port == port and r.inode
     }
     if not rows:
@@ -259,15 +285,16 @@ def find_listeners(pid: int, port: int, proto: str = "tcp") -> list[Listener]:
     return sorted(found.values(), key=lambda lst: (lst.family != socket.AF_INET, lst.inode))
 
 
-def count_open(pid: int, port: int) -> int:
+def count_open(pid: int, port: int, netns_pid: int | None = None) -> int:
     """Connections the replica accepted on `port` and has not finished, plus those waiting in
-    its accept queue: 0 means stopping it now loses nobody."""
+    its accept queue: 0 means stopping it now loses nobody. `netns_pid`: the namespace its
+    listeners (and so the connections they accepted) live in, as for find_listeners."""
     pids = replica_pids(pid)
     owned: set[int] = set()
     for p in pids:
         owned.update(_socket_fds(p))
     n = 0
-    for r in _rows(pid, _LISTEN_MASK | _OPEN_MASK):
+    for r in _rows(pid if netns_pid is None else netns_pid, _LISTEN_MASK | _OPEN_MASK):
         if r.port != port or r.inode not in owned:
             continue
         if r.state == TCP_LISTEN:
@@ -277,9 +304,11 @@ def count_open(pid: int, port: int) -> int:
     return n
 
 
-async def established_connections(pid: int, port: int) -> int:
-    """count_open() off the event loop: what a drain waits to reach 0, in either mode."""
-    return await asyncio.to_thread(count_open, pid, port)
+async def established_connections(pid: int, port: int, host: bool = False) -> int:
+    """count_open() off the event loop: what a drain waits to reach 0, in either mode.
+    `host`: the replica's listeners are the host's (socket activation), so are the
+    connections they accepted."""
+    return await asyncio.to_thread(count_open, pid, port, os.getpid() if host else None)
 
 
 def take(listener: Listener) -> int:

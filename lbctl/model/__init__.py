@@ -26,7 +26,7 @@ from lbctl.model.names import (
 )
 from lbctl.model.options import RunOptions
 from lbctl.model.publish import Publish
-from lbctl.model.spec import AppSpec, Mode, parse_env
+from lbctl.model.spec import AppSpec, DataPath, Mode, parse_env
 
 __all__ = [
     "LABEL_APP",
@@ -42,6 +42,7 @@ __all__ = [
     "ROLE_SANDBOX",
     "AppSpec",
     "Container",
+    "DataPath",
     "Forbidden",
     "InvalidInput",
     "Mode",

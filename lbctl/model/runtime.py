@@ -33,6 +33,17 @@ class CreateRequest:
 
 
 @dataclass(frozen=True)
+class ImageFacts:
+    """What an image says of itself (its inspect's Config): its labels, and what a container
+    of it runs when the create names no entrypoint or command (socket activation puts its
+    shim in front of exactly that)."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     """A bridge network lbctl creates when it is missing: lbctl's own (controller.template) or
     one a compose file declares (controller.admission.Resources)."""

@@ -23,12 +23,27 @@ _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*\Z")
 
 
 _KNOWN = frozenset({"name", "image", "publish", "replicas", "mode", "env", "command", "update",
-                    *OPTION_FIELDS})
+                    "activation", *OPTION_FIELDS})
 
 
 class Mode(StrEnum):
     IPTABLES = "iptables"
     EBPF = "ebpf"
+
+
+class DataPath(StrEnum):
+    """How a new connection reaches an app's replicas (`status`'s `path`)."""
+
+    # ebpf mode's default: lbctl's DNAT to the sandbox's address, the program steering the
+    # replicas that share its network namespace.
+    SANDBOX = "sandbox"
+    # `--network host`: the replicas' own listeners in the host's namespace, no DNAT.
+    HOST = "host"
+    # `--activation`: listeners lbctl makes in the host's namespace and hands to replicas that
+    # keep network namespaces of their own (lbctl.dataplane.activation), no DNAT.
+    ACTIVATION = "activation"
+    # iptables mode: a statistic DNAT to each replica's own address.
+    DNAT = "dnat"
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,12 @@ class AppSpec:
     # Further host addresses after `publish` (another family, another address): same
     # container port and protocol, checked by model.publish.validate_publishes.
     extra_publishes: tuple[Publish, ...] = ()
+    # Socket activation (ebpf mode): True, False, or None where the request left it to the
+    # image (its model.activation.LABEL_LISTEN_FDS, read at admission, which stores the
+    # answer; a spec stored before this field existed has None, the sandbox path). Not part
+    # of the template (nor of its hash): it decides the data plane, like `mode`, so a change
+    # is refused rather than rolled (lbctl.controller.apps).
+    activation: bool | None = None
 
     @property
     def publishes(self) -> tuple[Publish, ...]:
@@ -59,8 +80,30 @@ class AppSpec:
 
     @property
     def wants_ipv6(self) -> bool:
-        """Some publish is IPv6: replicas need IPv6 addresses (see controller.template)."""
+        """Some publish is IPv6: replicas need IPv6 addresses (see controller.template),
+        unless lbctl hands them listeners made in the host's namespace."""
         return any(p.family == 6 for p in self.publishes)
+
+    @property
+    def activated(self) -> bool:
+        """Socket activation: ebpf mode with listeners lbctl makes in the host's namespace and
+        hands to each replica (no sandbox, no DNAT)."""
+        return self.activation is True
+
+    @property
+    def path(self) -> DataPath:
+        if self.mode is Mode.IPTABLES:
+            return DataPath.DNAT
+        if self.host_network:
+            return DataPath.HOST
+        return DataPath.ACTIVATION if self.activated else DataPath.SANDBOX
+
+    @property
+    def host_listeners(self) -> bool:
+        """The replicas' listeners live in the host's namespace (`--network host` or socket
+        activation): no DNAT, no sandbox, no placeholder on the port (the listeners hold it),
+        and the program steers the host's reuseport group on HOST_PORT."""
+        return self.path in (DataPath.HOST, DataPath.ACTIVATION)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +117,7 @@ class AppSpec:
             "env": dict(self.env),
             "command": list(self.command),
             "update": self.update.to_json(),
+            **({"activation": self.activation} if self.activation is not None else {}),
             **self.options.to_json(),
         }
 
@@ -114,9 +158,13 @@ class AppSpec:
         command = validate_command(data.get("command", []))
         update = UpdatePolicy.from_json(data.get("update"))
         options = RunOptions.from_json(data)
+        activation = data.get("activation")
+        if activation is not None and not isinstance(activation, bool):
+            raise InvalidInput(f"activation must be true or false, not {activation!r}")
         spec = cls(name, image, publishes[0], replicas, mode, env, command, update,
-                   options, publishes[1:])
+                   options, publishes[1:], activation)
         check_host_network(spec)
+        check_activation(spec)
         return spec
 
     @property
@@ -145,6 +193,24 @@ def check_host_network(spec: AppSpec) -> None:
         if getattr(spec.options, OPTION_FIELDS[key]):
             raise InvalidInput(f"--network host: {key} cannot be set (the replicas use the "
                                "host's /etc/hosts and resolver)")
+
+
+def check_activation(spec: AppSpec) -> None:
+    """Socket activation is ebpf mode's (the program steers the host's reuseport group of the
+    listeners lbctl makes), a path of its own beside `--network host`, and the listeners of
+    all publishes share one port: the eBPF data plane keeps one port per app."""
+    if not spec.activated:
+        return
+    if spec.mode is not Mode.EBPF:
+        raise InvalidInput("--activation needs mode ebpf: lbctl's program steers the listeners "
+                           "it hands to the replicas")
+    if spec.host_network:
+        raise InvalidInput("--activation and --network host are two paths: host-network "
+                           "replicas bind the port themselves; give one of them")
+    ports = sorted({p.host_port for p in spec.publishes})
+    if len(ports) > 1:
+        raise InvalidInput(f"--activation: every publish must use the same HOST_PORT (not "
+                           f"{', '.join(map(str, ports))}): the replicas' listeners share it")
 
 
 def validate_image(image: object) -> str:

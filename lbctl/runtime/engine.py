@@ -23,7 +23,7 @@ from aiodocker.events import DockerEvents
 from lbctl.model import LABEL_APP, LABEL_MANAGED, Container
 from lbctl.model.errors import EngineError, ImageNotFound
 from lbctl.model.options import DEFAULT_NETWORK
-from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import parse_event
 from lbctl.runtime.options import create_config, merge_ulimits
@@ -120,6 +120,16 @@ class Engine:
                 return False
             raise EngineError(f"inspecting image {image}: {e.message}") from e
         return True
+
+    async def image_facts(self, image: str) -> ImageFacts | None:
+        """The image's labels, entrypoint and command (None: not on this engine)."""
+        try:
+            data = await self._call(f"inspecting image {image}", self.docker.images.inspect(image))
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return None
+            raise EngineError(f"inspecting image {image}: {e.message}") from e
+        return image_facts(data)
 
     async def list_containers(self, app: str | None = None) -> list[Container]:
         """Every container labelled `lbctl.app` (or `lbctl.app=app`), running or not."""
@@ -435,6 +445,21 @@ class Engine:
                 await task
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise EngineError(f"event stream failed: {task.exception()}")
+
+
+def image_facts(inspect: Mapping[str, Any]) -> ImageFacts:
+    """An image inspect's Config as ImageFacts (Docker and Podman write the same fields; a
+    missing or null one is empty)."""
+    config = inspect.get("Config") or {}
+    labels = config.get("Labels") or {}
+
+    def words(v: object) -> tuple[str, ...]:
+        if isinstance(v, str):  # an old image's shell-form string
+            return ("/bin/sh", "-c", v)
+        return tuple(str(x) for x in v) if isinstance(v, list) else ()
+
+    return ImageFacts({str(k): str(v) for k, v in labels.items()},
+                      words(config.get("Entrypoint")), words(config.get("Cmd")))
 
 
 def _has_labels(network: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

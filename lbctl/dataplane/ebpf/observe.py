@@ -30,7 +30,7 @@ from lbctl.dataplane.ebpf.plan import Borrowed, Have, TableState, Want, must_sca
 from lbctl.dataplane.ebpf.slots import Held, SlotBook
 from lbctl.model.dataplane import Member
 
-__all__ = ["FindListeners", "Known", "in_app_namespace", "observe", "still_held"]
+__all__ = ["FindListeners", "Known", "in_app_namespace", "live_tables", "observe", "still_held"]
 
 # The package's one logger name (see plane.py).
 log = logging.getLogger("lbctl.dataplane.ebpf")
@@ -69,13 +69,17 @@ class FindListeners(Protocol):
 
 def in_app_namespace(m: Member, port: int, proto: str,
                      netns_pid: int) -> list[sockets.Listener] | str:
-    """The default: the replica's own listeners, which must sit in the app's namespace (the
-    sandbox's, or the host's for `--network host`): the reuseport group is that namespace's."""
-    listeners = sockets.find_listeners(m.pid, port, proto)
-    if listeners and not sockets.same_netns(m.pid, netns_pid):
+    """The sockets of the app's namespace (the sandbox's, or the host's for `--network host`
+    and socket activation) on the port that the replica holds: the reuseport group is that
+    namespace's. A replica usually lives there itself; one given its listeners by socket
+    activation lives in a namespace of its own and holds sockets of the host's."""
+    if sockets.same_netns(m.pid, netns_pid):
+        return sockets.find_listeners(m.pid, port, proto)
+    held = sockets.find_listeners(m.pid, port, proto, netns_pid)
+    if not held and sockets.find_listeners(m.pid, port, proto):
         return (f"{m.name} is not in the app's network namespace (its sandbox's): "
                 "ebpf mode needs every replica joined to the sandbox")
-    return listeners
+    return held
 
 
 def observe(
@@ -116,6 +120,11 @@ def observe(
             os.close(b.fd)
         raise
     return have, errors
+
+
+def live_tables(fds: dict[str, int], known: Known) -> dict[int, TableState]:
+    """Every group index's table as the program reads it (known ones from memory)."""
+    return _tables(fds, known)
 
 
 def _tables(fds: dict[str, int], known: Known) -> dict[int, TableState]:

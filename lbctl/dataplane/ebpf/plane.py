@@ -28,12 +28,13 @@ import logging
 import os
 import pathlib
 import shutil
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lbctl.dataplane import bpf_loader, sockets
-from lbctl.dataplane.ebpf import apply, counters, flows, observe, pins, plan, slots
+from lbctl.dataplane import bpf_loader, bpfsys, sockets
+from lbctl.dataplane.ebpf import apply, counters, flows, observe, pins, plan, slots, table
 from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
 from lbctl.dataplane.ebpf.observe import Known
 from lbctl.dataplane.ebpf.pins import Maps
@@ -209,6 +210,56 @@ class EbpfDataplane:
                 # other app's sync with it).
                 summary = " ".join(str(e).split())
                 raise EbpfError(f"system call failed: {summary}") from e
+
+    async def insert(self, app: str, port: int, member: Member,
+                     made: Sequence[tuple[int, sockets.Listener]]) -> int:
+        """Listeners the daemon made for `member` (socket activation: lbctl.dataplane.
+        activation) into the app's socket map, the program attached to their groups, before
+        the daemon hands them over: the member holds them in the map from its first moment,
+        in no table until a sync finds it ready, so no pidfd_getfd is needed. `made`: the
+        daemon's fd of each, and the socket as the member will hold it (pid and fd number
+        after the hand-over). Returns how many went in; one whose slot a live table still
+        names (the member's previous life, before a sync took it out), or whose slot holds
+        another socket, is left to the sync, which finds it among the member's sockets.
+        The caller closes its fds afterwards: the map keeps no socket alive."""
+        st = self._apps.setdefault(app, _App())
+        async with st.lock:
+            try:
+                await self._ensure_program(app, st)
+                return await asyncio.to_thread(self._insert_blocking, app, st, port, member,
+                                               made)
+            except OSError as e:
+                summary = " ".join(str(e).split())
+                raise EbpfError(f"system call failed: {summary}") from e
+
+    def _insert_blocking(self, app: str, st: _App, port: int, member: Member,
+                         made: Sequence[tuple[int, sockets.Listener]]) -> int:
+        maps = st.maps
+        if maps is None or "wildcard" not in maps.fds or st.old_maps is not None:
+            return 0  # an upgrade is under way: the sync that finishes it takes them
+        self._load_state(app, st)
+        book, fds = st.book, maps.fds
+        named = {s for t in observe.live_tables(fds, st.known).values() for s in t.entries or ()}
+        inserted = 0
+        for fd, listener in made:
+            key = slots.slot_key(member.name, listener.group)
+            slot = book.slots.get(key)
+            if slot is not None and (slot in named or bpfsys.map_lookup(
+                    fds["sockets"], table.u32(slot), 8) is not None):
+                continue
+            if slot is None:
+                slot = book.alloc(key, lambda s: bpfsys.percpu_set_u64(fds["steered"], s, 0))
+            bpfsys.map_update(fds["sockets"], table.u32(slot), struct.pack("=Q", fd))
+            sockets.attach_program(fd, maps.prog)
+            book.held[slot] = Held(member.pid, listener.inode, sockets.cookie(fd),
+                                   listener.pid, listener.fd)
+            inserted += 1
+        st.view = _view(book)
+        snap = book.snapshot()
+        if snap != st.saved:
+            slots.save(self._state_file(app), book)
+            st.saved = snap
+        return inserted
 
     async def counters(self, app: str) -> dict[str, int]:
         """Replica name -> new connections steered to it (sum over CPUs, monotonic).  Takes no
