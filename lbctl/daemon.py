@@ -21,6 +21,7 @@ from aiohttp import web
 from lbctl import __version__, instance_lock, malloc, sdnotify
 from lbctl.api.server import Api
 from lbctl.controller import template
+from lbctl.controller.activation import ActivationQuestions, ListenerStates
 from lbctl.controller.admission import Admission
 from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
@@ -37,6 +38,7 @@ from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import AppWorker
 from lbctl.dataplane import hairpin, hostnet
+from lbctl.dataplane.activation import ActivationServer
 from lbctl.dataplane.conntrack import forget_backend
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.hostports import HostPorts
@@ -77,6 +79,7 @@ class Daemon:
     apps: AppsService
     engine: Engine
     ebpf: EbpfDataplane | None
+    activation: ActivationServer | None
     host_ports: HostPorts
     default_mode: Mode
 
@@ -111,6 +114,11 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     else:
         log.warning("ebpf mode unavailable: %s; apps default to iptables mode", reason)
     default_mode = Mode.EBPF if ebpf else Mode.IPTABLES
+    # Socket activation hands out listeners that the eBPF program steers: none without it.
+    activation = (ActivationServer(state_dir, settings.activation, insert=ebpf.insert)
+                  if ebpf is not None else None)
+    if activation is not None and (why := activation.unavailable()):
+        log.warning("socket activation unavailable: %s; apps use the sandbox path", why)
 
     def on_sync(seconds: float, ok: bool) -> None:
         metrics.sync_seconds.labels(dataplane="iptables").observe(seconds)
@@ -123,9 +131,14 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     host_ports = HostPorts()
     apps = AppsService(StateStore(state_dir),
                        Admission(engine, unavailable, hostnet.ipv6_unavailable_reason,
-                                 port_check=host_ports.check_spec),
+                                 port_check=host_ports.check_spec,
+                                 activation_unavailable=(
+                                     activation.unavailable if activation is not None
+                                     else lambda: "ebpf mode is not available here")),
                        host_ports=host_ports, limits=daemon_limits(settings.limits))
-    questions = Questions(ebpf, hostnet.ipv6_settled, settings.probes)
+    listeners = ListenerStates()
+    questions = ActivationQuestions(Questions(ebpf, hostnet.ipv6_settled, settings.probes),
+                                    ebpf, activation, listeners)
     drains = Drains(ebpf, established_connections, forget_backend, settings.drain)
     own_network = template.network_spec(template.ula_subnet(_machine_id()))
 
@@ -136,6 +149,7 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
                                    metrics),
             drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
             metrics=metrics, settings=settings, own_network=own_network,
+            activation=activation,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine,
@@ -144,10 +158,10 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     apps.on_change = controller.on_change
     apps.load()  # a damaged state file stops us here, before anything is touched
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
-    api = Api(apps, Status(apps, counters, controller), default_mode, policy,
-              settings=settings.api)
-    return Daemon(controller, api, metrics, counters, apps, engine, ebpf, host_ports,
-                  default_mode)
+    api = Api(apps, Status(apps, counters, controller, listeners=listeners), default_mode,
+              policy, settings=settings.api)
+    return Daemon(controller, api, metrics, counters, apps, engine, ebpf, activation,
+                  host_ports, default_mode)
 
 
 async def serve(settings: Settings, sock: Path, policy: Policy | None = None) -> None:
@@ -200,6 +214,8 @@ async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
         await metrics_runner.cleanup()
         await d.engine.close()
         d.host_ports.close()
+        if d.activation is not None:
+            d.activation.close()  # the sockets' files stay: a waiting shim retries
         if d.ebpf is not None:
             d.ebpf.close()  # our fds only: the pins and the attached programs keep serving
         with contextlib.suppress(OSError):

@@ -14,6 +14,7 @@
 #   /etc/lbctl/policy.toml     etc/policy.toml, a conffile
 #   /usr/share/lbctl/bpf/      the eBPF program's source and header (bpf_loader.bpf_dir())
 #   /usr/share/lbctl/images/pause.tar   the sandbox image, loaded into the engine by postinst
+#   /usr/lib/lbctl/activate    the socket-activation shim (images/activate), static
 #   /usr/share/man/man1/lbctl.1.gz      from the CLI's argparse definitions
 # Maintainer scripts: packaging/deb/. Build needs: dpkg-deb, python3-venv, gcc and libc6-dev
 # (the static sandbox binary), and PyPI (or the pip index configured here) for the
@@ -133,6 +134,11 @@ mkdir -p "$root/usr/share/lbctl/images"
 "$PY" scripts/image-archive.py "$work/pause" lbctl/pause:latest \
     "$root/usr/share/lbctl/images/pause.tar" \
     --label lbctl.image=pause --label "lbctl.build-sha256=$pause_hash"
+# The socket-activation shim, bind-mounted into activated apps' replicas
+# (lbctl.dataplane.activation.shim): static, as it runs in any image.
+# shellcheck disable=SC2086
+gcc $cflags -o "$lib/activate" images/activate/activate.c
+chmod 0755 "$lib/activate"
 
 doc=$root/usr/share/doc/lbctl
 mkdir -p "$doc"

@@ -59,6 +59,10 @@ FLAGS = (
          metavar="SECONDS"),
     Flag("--bpf-pin-root", "ebpf", "pin_root", Path, "where eBPF objects are pinned",
          metavar="DIR"),
+    Flag("--activation-shim", "activation", "shim", Path,
+         "the socket-activation shim activated replicas run (default: the package's "
+         "/usr/lib/lbctl/activate, or this checkout's images/activate/out/activate)",
+         metavar="FILE"),
     Flag("--max-apps", "limits", "max_apps", int, "apps on this host, for every caller; 0: no cap",
          minimum=0, metavar="N"),
     Flag("--max-containers", "limits", "max_containers", int,

@@ -118,6 +118,8 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
     }
     if args.mode:
         data["mode"] = args.mode
+    if args.activation is not None:
+        data["activation"] = args.activation == "true"
     data.update(options_from_args(args, Path.cwd()))
     policy = policy_from_args(args)
     if policy is not None:

@@ -33,6 +33,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _activation_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--activation", nargs="?", const="true", choices=["true", "false"],
+                   metavar="true|false",
+                   help="ebpf mode: hand each replica listeners made in the host's namespace "
+                        "(systemd socket activation, LISTEN_FDS) instead of a sandbox behind a "
+                        "DNAT; default: what the image's io.lbctl.listen-fds label says")
+
+
 def _wait_flags(p: argparse.ArgumentParser, default: float = 60.0) -> None:
     p.add_argument("--no-wait", action="store_true", help="return once the change is accepted")
     p.add_argument("--timeout", type=float, default=default,
@@ -106,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "-p 0.0.0.0:80:8080 -p [::]:80:8080)")
     r.add_argument("--replicas", default="1")
     r.add_argument("--mode", choices=["iptables", "ebpf"])
+    _activation_flag(r)
     r.add_argument("-e", "--env", action="append", default=[])
     _docker_run_flags(r)
     _update_policy_flags(r)

@@ -6,6 +6,9 @@ import textwrap
 import time
 from typing import Any
 
+# What the head line adds to the mode for the paths that are not the mode's default.
+_PATHS = {"host": " (host network)", "activation": " (socket activation)"}
+
 
 def render_table(apps: list[dict[str, Any]]) -> str:
     """One block per app, 80 columns wide."""
@@ -16,7 +19,7 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         total = sum(r["connections_total"] for r in a["replicas"]) or 0
         rev = f"  rev {a['revision']}" if a.get("revision") else ""
         published = ",".join(a.get("publishes") or [a["publish"]])
-        mode = f"{a['mode']} (host network)" if a.get("network") == "host" else a["mode"]
+        mode = a["mode"] + _PATHS.get(a.get("path", ""), "")
         head = f"{a['name']}  {mode}  {published}  {a['ready']}/{a['desired']} ready{rev}"
         lines.append(head)
         if a.get("error"):

@@ -50,7 +50,7 @@ _SUB_KEYS = {parent: {k for p, _, k in _NESTED if p == parent} for parent, _, _ 
 _REFUSED = {"healthcheck.disable": "not supported by lbctl (lbctl keeps the image's health "
                                    "check)"}
 _LIMITS = {o.compose.limit for o in OPTIONS if o.compose.limit is not None}
-_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update"}
+_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update", "activation"}
 _DEPLOY_KEYS = {"replicas", "resources", "update_config"}
 _UPDATE_CONFIG = {"parallelism", "delay", "failure_action", "monitor", "order",
                   "max_failure_ratio"}
@@ -211,6 +211,10 @@ class Reader:
         spec["replicas"] = replicas
         if "mode" in x:
             spec["mode"] = x["mode"]
+        if "activation" in x:
+            if not isinstance(x["activation"], bool):
+                raise self.fail(f"{where}.{LBCTL_KEY}.activation", "must be true or false")
+            spec["activation"] = x["activation"]
         update = dict(self._mapping(x.get("update") or {}, f"{where}.x-lbctl.update"))
         update.update(self._update_config(deploy.get("update_config"), f"{where}.deploy"))
         if update:

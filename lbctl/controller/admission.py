@@ -9,7 +9,10 @@ changes anything; a refusal is one line for the user (InvalidInput: HTTP 400, ex
 - the networks an app names exist (or are declared, to be created) and the first is a bridge
   network: lbctl sends the app's traffic to the address there (to its IPv6 address for IPv6
   publishes, so then it must have IPv6; see controller.template.attachment);
-- `cpus` does not exceed the engine host's CPUs (the engine would refuse every create).
+- `cpus` does not exceed the engine host's CPUs (the engine would refuse every create);
+- socket activation works here when an app asks for it; an app that leaves it to its image
+  gets it when the image declares it takes an inherited listener (model.activation.
+  LABEL_LISTEN_FDS) and the app can have it (ebpf mode, not `--network host`): `resolve`.
 
 `Resources` are the volumes and networks a compose file declares: created, when missing, only
 after every check passed. lbctl never removes them (a volume holds data, and both may be
@@ -22,11 +25,12 @@ import errno
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lbctl.controller.interfaces import EnginePort
 from lbctl.controller.template import attachment
 from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.model.activation import LABEL_LISTEN_FDS, declares_listen_fds
 from lbctl.model.options import DEFAULT_NETWORK
 from lbctl.model.runtime import NetworkFacts, NetworkSpec
 
@@ -48,14 +52,40 @@ class Admission:
         ebpf_unavailable: Callable[[], str | None],
         ipv6_unavailable: Callable[[], str | None],
         port_check: Callable[[AppSpec], None] | None = None,
+        activation_unavailable: Callable[[], str | None] | None = None,
     ) -> None:
-        """`ebpf_unavailable`/`ipv6_unavailable`: why this host cannot serve that mode or
-        family now (None: it can; lbctl.dataplane knows); `port_check`: refuses a host port
-        something else serves (the daemon's HostPorts; default: try to bind it)."""
+        """`ebpf_unavailable`/`ipv6_unavailable`/`activation_unavailable`: why this host
+        cannot serve that mode, family or path now (None: it can; lbctl.dataplane knows;
+        activation's default: never, a host without the hand-over); `port_check`: refuses a
+        host port something else serves (the daemon's HostPorts; default: try to bind it)."""
         self.engine = engine
         self.ebpf_unavailable = ebpf_unavailable
         self.port_check = port_check or check_port_free
         self.ipv6_unavailable = ipv6_unavailable
+        self.activation_unavailable = activation_unavailable or (
+            lambda: "this daemon hands no listeners over")
+
+    async def resolve(self, spec: AppSpec) -> AppSpec:
+        """A new app's socket activation, decided: as asked, or (not asked) by its image's
+        LABEL_LISTEN_FDS where the app can have it. InvalidInput when it is asked for and this
+        host cannot hand listeners over."""
+        if spec.activated:
+            why = self.activation_unavailable()
+            if why:
+                raise InvalidInput(f"socket activation is not available here ({why}): run "
+                                   "the app without --activation")
+            return spec
+        if spec.activation is not None:
+            return spec
+        activated = False
+        if (spec.mode is Mode.EBPF and not spec.host_network and self.ebpf_unavailable() is None
+                and self.activation_unavailable() is None):
+            facts = await self.engine.image_facts(spec.image)  # None: check_new says so
+            activated = facts is not None and declares_listen_fds(dict(facts.labels))
+            if activated:
+                log.info("image %s declares %s: socket activation", spec.image,
+                         LABEL_LISTEN_FDS, extra={"app": spec.name})
+        return replace(spec, activation=activated)
 
     async def check_new(
         self, new: Sequence[AppSpec], changed: Sequence[AppSpec], others: Sequence[AppSpec],
@@ -69,7 +99,8 @@ class Admission:
                 if reason:
                     raise InvalidInput(f"cannot publish IPv6 on this host: {reason}")
             for pub in spec.publishes:
-                if pub.family == 6 and pub.loopback:
+                # A listener of the host's namespace serves ::1 itself: no NAT involved.
+                if pub.family == 6 and pub.loopback and not spec.activated:
                     raise InvalidInput(
                         f"cannot publish {pub}: the kernel does not NAT IPv6 loopback (::1) "
                         "traffic to a container; publish [::] and connect to one of the "
@@ -106,6 +137,9 @@ class Admission:
         for spec in specs:
             if spec.host_network:
                 continue  # the host's namespace: no network of the engine's is involved
+            # An activated app's IPv6 listeners are the host's: its replicas' networks need
+            # no IPv6 of their own.
+            ipv6 = spec.wants_ipv6 and not spec.activated
             for i, net in enumerate(spec.options.network):
                 if net in declared.networks:
                     continue  # created as a bridge network before the app is committed
@@ -121,7 +155,7 @@ class Admission:
                         "first network of an app must be a bridge network, where lbctl sends "
                         "its traffic")
             target = attachment(spec)
-            if spec.wants_ipv6 and target.own and target.target is not None:
+            if ipv6 and target.own and target.target is not None:
                 # lbctl never uses or removes a network of that name it did not create: say
                 # so now, not after the run's timeout.
                 if target.target not in found:
@@ -133,7 +167,7 @@ class Admission:
                         f"it on a network of its own, {target.target}; a network of that name "
                         f"exists and is not lbctl's: rename or remove it, or give the app an "
                         f"IPv6 network with --network")
-            if spec.wants_ipv6 and target.target is not None and not target.own:
+            if ipv6 and target.target is not None and not target.own:
                 # A declared network that does not exist yet is created without IPv6.
                 facts = found.get(target.target) or await self.engine.network(target.target)
                 if facts is None or not facts.ipv6:
@@ -193,4 +227,5 @@ def judged(spec: AppSpec) -> tuple[object, ...]:
     """What of an app `Admission.check_new` reads (and the engine answers about). A change
     carried over to an app that changed meanwhile needs admission again only when these
     differ from what was judged."""
-    return (spec.image, spec.mode, spec.publishes, spec.options.network, spec.options.cpus)
+    return (spec.image, spec.mode, spec.publishes, spec.options.network, spec.options.cpus,
+            spec.activation)

@@ -62,9 +62,10 @@ class AppDataplane:
         if spec is None:
             await self.hostrules.set(self.app, self._draining_service(desired, held))
             return frozenset()
-        if spec.mode is Mode.EBPF and is_host_namespace(p.sandbox):
-            # `--network host`: the replicas' own listeners are the published port; no rule
-            # of lbctl's stands between (nor ever did: a host app never had one).
+        if spec.mode is Mode.EBPF and (is_host_namespace(p.sandbox) or spec.activated):
+            # `--network host` and socket activation: listeners of the host's namespace are
+            # the published port (the replicas' own, or the ones lbctl handed them); no rule
+            # of lbctl's stands between (nor ever did: such an app never had one).
             await self._sync_ebpf(spec, p, containers, leaving, fail, netns_pid=os.getpid())
             await self.hostrules.set(self.app, None)
             return frozenset(c.id for c in p.backends)
@@ -106,13 +107,14 @@ class AppDataplane:
             assert p.sandbox is not None and p.sandbox.pid is not None
             netns_pid = p.sandbox.pid
         assert self.ebpf is not None
-        ready, drains = backends.ebpf_members(p, containers, leaving)
+        ready, drains = backends.ebpf_members(p, containers, leaving, spec.activated)
+        # An activated app's listeners are bound to HOST_PORT (the others' to the container
+        # port, which `--network host` makes the same).
+        port = spec.publish.host_port if spec.activated else spec.publish.container_port
         with self.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
-                await self.ebpf.sync(
-                    self.app, spec.publish.container_port, netns_pid, ready, drains,
-                    spec.publish.proto,
-                )
+                await self.ebpf.sync(self.app, port, netns_pid, ready, drains,
+                                     spec.publish.proto)
             except ListenerError as e:
                 fail(str(e))  # the app must change, not lbctl
             except EbpfError:

@@ -168,6 +168,10 @@ class AppsService:
         names = [c.name for c in changes]
         if len(set(names)) != len(names):
             raise InvalidInput("an app appears twice")
+        # A new app that leaves socket activation to its image gets the image's answer now
+        # (an engine question, so before staging): the spec keeps it, so a later image cannot
+        # change the app's data plane.
+        changes = [await self._resolved(c) for c in changes]
         resources = resources or Resources()
         if by.policy is not None:
             by.policy.check_resources(resources.networks)
@@ -427,7 +431,17 @@ class AppsService:
                 f"app {spec.name} exists with publish {shown} in {old.spec.mode} "
                 "mode: changing either changes the data plane, so `lbctl rm` it and run it again"
             )
-        if spec.mode is Mode.EBPF:
+        if old.spec.activated != spec.activated:
+            # Not rolled: the two paths cannot serve one port side by side (lbctl's DNAT takes
+            # every packet of the port before a host listener could, and the sandbox path's
+            # placeholder holds the port the handed listeners must bind).
+            now = "with" if old.spec.activated else "without"
+            raise InvalidInput(
+                f"app {spec.name} runs {now} socket activation: changing it changes the data "
+                "plane (listeners handed from the host's namespace, or a sandbox behind a "
+                "DNAT), so `lbctl rm` it and run it again"
+            )
+        if spec.mode is Mode.EBPF and not spec.activated:
             a, b = old.spec.options.to_json(), spec.options.to_json()
             changed = sorted(k for k in NAMESPACE_FIELDS if a.get(k) != b.get(k))
             if changed:
@@ -436,6 +450,14 @@ class AppsService:
                     "to the sandbox whose network namespace every replica shares: changing "
                     "them needs a new sandbox, so `lbctl rm` it and run it again"
                 )
+
+    async def _resolved(self, c: SpecChange) -> SpecChange:
+        """`c` with its new app's socket activation decided (Admission.resolve); a change of
+        an existing app that does not say keeps the app's (model.changes)."""
+        if isinstance(c, Create | Replace) and c.spec.activation is None and (
+                c.name not in self.state.apps):
+            return replace(c, spec=await self.admission.resolve(c.spec))
+        return c
 
     def _check_limits(self, state: State, extra: Limits | None) -> None:
         limits_mod.check([r.spec for r in self.state.apps.values()],
@@ -448,7 +470,7 @@ class AppsService:
             return taken
         try:
             for s in specs:
-                if s.host_network:
+                if s.host_listeners:
                     self.host_ports.check_spec(s)
                 taken[s.name] = self.host_ports.reserve(_host_ports(s))
         except BaseException:
@@ -520,10 +542,12 @@ def _resumed(name: str, ro: Rollout) -> Rollout:
 
 
 def _host_ports(spec: AppSpec) -> tuple[Publish, ...]:
-    """Every host address the app answers on: each is held while the app exists. Not for a
-    `--network host` app, whose replicas bind the port themselves (a placeholder would make
-    their bind fail, or join their SO_REUSEPORT group); it is checked free at admission."""
-    return () if spec.host_network else spec.publishes
+    """Every host address the app answers on: each is held while the app exists. Not for
+    an app whose listeners are the host's (`--network host`: the replicas bind the port;
+    socket activation: lbctl binds it for them), which a placeholder would make fail, or
+    join their SO_REUSEPORT group; it is checked free at admission, and its listeners hold
+    it while a replica runs."""
+    return () if spec.host_listeners else spec.publishes
 
 
 def _close(taken: dict[str, list[Placeholder]]) -> None:
@@ -536,7 +560,7 @@ def _with_template(current: AppSpec, template: AppSpec) -> AppSpec:
     """`template`'s replica template with `current`'s count, placement and policy."""
     return replace(template, replicas=current.replicas, publish=current.publish,
                    extra_publishes=current.extra_publishes, mode=current.mode,
-                   update=current.update)
+                   update=current.update, activation=current.activation)
 
 
 def _change_note(old: AppSpec, new: AppSpec) -> str:

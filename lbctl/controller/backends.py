@@ -34,17 +34,22 @@ def dnat_target(c: Container, port: int, weight: int = 1) -> Backend:
 
 
 def ebpf_members(
-    p: AppPlan, containers: Iterable[Container], leaving: frozenset[str]
+    p: AppPlan, containers: Iterable[Container], leaving: frozenset[str],
+    activated: bool = False,
 ) -> tuple[list[Member], list[Member]]:
     """(ready, draining) members: ready replicas by weight in the selection table; draining
-    ones stay in the socket map only, so their queued connections can still migrate."""
+    ones stay in the socket map only, so their queued connections can still migrate.
+    `activated`: an activated app's replicas that are not ready yet are in the map too (the
+    daemon put their listeners there when it handed them over, in no table), so a sync keeps
+    them there rather than taking them out until the replica is ready."""
     ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
     # Only replicas in the app's namespace: one left in a lost sandbox's namespace has no
     # listener in the app's groups, and asking for it would fail the sync.
     ns = p.sandbox.id if p.sandbox is not None else None
+    serving = {c.id for c in p.backends}
     draining = [
         Member(c.name, c.pid) for c in containers
-        if c.id in leaving and c.running and c.pid and c.role == ROLE_REPLICA
-        and c.joined_to == ns
+        if c.running and c.pid and c.role == ROLE_REPLICA and c.joined_to == ns
+        and (c.id in leaving or (activated and c.managed and c.id not in serving))
     ]  # fmt: skip
     return ready, draining

@@ -59,14 +59,15 @@ class Drains:
 
     def pending_for(self, spec: AppSpec) -> Pending:
         """What `spec`'s draining replicas still serve (see the module doc)."""
-        port = spec.publish.container_port
+        # An activated replica serves listeners of the host's namespace on HOST_PORT.
+        port = spec.publish.host_port if spec.activated else spec.publish.container_port
         ebpf, settle, idle = self.ebpf, self.settings.handshake_settle, self.settings.flow_idle
 
         async def pending(c: Container, since: float) -> int:
             if c.pid is None:
                 return 0
             if spec.publish.proto == "tcp":
-                n = await self.open_connections(c.pid, port)
+                n = await self.open_connections(c.pid, port, spec.activated)
                 if spec.mode is Mode.IPTABLES and self.now() - since < settle:
                     return max(n, 1)
                 return n

@@ -8,12 +8,13 @@ checked against these by mypy).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from lbctl.model import AppSpec, Container, Publish
 from lbctl.model.dataplane import Member, Service
-from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 
 
 class EnginePort(Protocol):
@@ -30,6 +31,8 @@ class EnginePort(Protocol):
     async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool: ...
 
     async def image_exists(self, image: str) -> bool: ...
+
+    async def image_facts(self, image: str) -> ImageFacts | None: ...
 
     async def cpu_count(self) -> int | None: ...
 
@@ -70,6 +73,24 @@ class EbpfPort(Protocol):
     async def remove(self, app: str) -> None: ...
 
     def pinned_apps(self) -> list[str]: ...
+
+
+class ActivationPort(Protocol):
+    """Socket activation's hand-over (lbctl.dataplane.activation.ActivationServer): a Unix
+    socket per replica of an activated app, through which the daemon hands it listeners of
+    the host's namespace; the shim the replicas run in front of their image's entrypoint."""
+
+    shim: Path
+
+    def unavailable(self) -> str | None: ...
+
+    def serve(self, app: str, replica: str, publishes: Sequence[Publish]) -> Path: ...
+
+    def keep(self, app: str, replicas: Collection[str]) -> None: ...
+
+    def remove(self, app: str) -> None: ...
+
+    async def own_listener(self, pid: int, port: int, proto: str) -> bool: ...
 
 
 class RulesPort(Protocol):
@@ -113,9 +134,10 @@ class Hairpin(Protocol):
 
 class ConnectionCounter(Protocol):
     """Open TCP connections a replica still has on its port (what a TCP drain waits to reach
-    0; UDP drains are in lbctl.controller.draining)."""
+    0; UDP drains are in lbctl.controller.draining). `host`: its listeners are the host's
+    (socket activation), and so are the connections they accepted."""
 
-    async def __call__(self, pid: int, port: int) -> int: ...
+    async def __call__(self, pid: int, port: int, host: bool = False) -> int: ...
 
 
 class FlowForgetter(Protocol):

@@ -144,6 +144,13 @@ def is_host_namespace(c: Container | None) -> bool:
     return c is not None and c.id == HOST_NETWORK and not c.managed
 
 
+def own_namespaces(spec: AppSpec) -> bool:
+    """Each replica lives in a network namespace of its own (iptables mode: the DNAT picks
+    it by address; socket activation: its listeners are the host's, handed to it), so the
+    app has no sandbox, and a replica is not orphaned by one's loss."""
+    return spec.mode is Mode.IPTABLES or spec.activated
+
+
 def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     spec = desired.spec
     containers = sorted(observed.containers, key=lambda c: c.name)
@@ -156,12 +163,14 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     retire: list[Container] = []
     sandbox: Container | None = None
     create_sandbox = False
+    # Replicas in namespaces of their own (iptables mode, socket activation) need no sandbox.
+    own = own_namespaces(spec)
     if spec.mode is Mode.EBPF and spec.host_network:
         # The host's namespace is always there: it stands in for the sandbox, and a real
         # sandbox (left by a crash mid-change) has nothing to hold.
         sandbox = host_namespace(spec.name)
         retire += [s for s in sandboxes if s.id not in retiring]
-    elif spec.mode is Mode.EBPF:
+    elif not own:
         running = [s for s in sandboxes if s.running and s.id not in retiring]
         sandbox = running[0] if running else None
         retire += [s for s in sandboxes if s is not sandbox and s.id not in retiring]
@@ -170,7 +179,8 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
             s.id in retiring or not s.running for s in sandboxes
         )
     else:
-        retire += [s for s in sandboxes if s.id not in retiring]  # from an earlier ebpf app
+        # From an earlier ebpf app of the same name.
+        retire += [s for s in sandboxes if s.id not in retiring]
 
     states: dict[str, ReplicaState] = {}
     active: list[Container] = []  # managed, running, not retiring: what counts as a replica
@@ -197,7 +207,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
                     crashed.append(c)
             continue
         joined = sandbox is not None and c.joined_to == sandbox.id
-        if spec.mode is Mode.EBPF and c.managed and not joined:
+        if not own and c.managed and not joined:
             # In a namespace whose sandbox is gone: the namespace lost its interface with the
             # sandbox, so nothing there is reachable or can finish. It goes at once, without a
             # drain, and its successor takes its name once it is removed (a moment), as a
@@ -211,7 +221,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         states[c.id] = state
         if c.managed and c.index is not None:
             active.append(c)
-        if state is ReplicaState.READY and (spec.mode is Mode.IPTABLES or joined):
+        if state is ReplicaState.READY and (own or joined):
             serving.append(c)
 
     # Replaced after the grace: a replica that stays unhealthy is not coming back by itself.
@@ -255,7 +265,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     roll.create = wanted
 
     creates: list[Create] = []
-    if not observed.blocked and (spec.mode is Mode.IPTABLES or sandbox is not None):
+    if not observed.blocked and (own or sandbox is not None):
         used = {c.index for c in replicas if c.managed and c.index is not None}
         free = _free_indexes(used, len(roll.create) + len(dead_indexes))
         waiting = sorted(dead_indexes)
@@ -278,7 +288,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         not creates and not roll.create and not dead_indexes and not reclaim
         and not any(c.running for c in retire) and not any(c.id in retiring for c in replicas)
         and not old_left and ready_target == spec.replicas
-        and (spec.mode is Mode.IPTABLES or sandbox is not None)
+        and (own or sandbox is not None)
     )  # fmt: skip
     return AppPlan(
         create_sandbox=create_sandbox,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lbctl.controller.activation import ListenerStates, not_taken
 from lbctl.controller.apps import AppsService, NotFound
 from lbctl.controller.counters import KernelCounters
 from lbctl.controller.supervisor import Controller
@@ -24,11 +25,15 @@ class Status:
     (through the controller) and the kernel's counters."""
 
     def __init__(self, apps: AppsService, counters: KernelCounters, controller: Controller,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 listeners: ListenerStates | None = None) -> None:
+        """`listeners`: what activated apps' replicas were last found to hold
+        (controller.activation)."""
         self.apps = apps
         self.counters = counters
         self.controller = controller
         self.wall = wall
+        self.listeners = listeners or ListenerStates()
 
     def synced(self) -> bool:
         return self.controller.synced()
@@ -39,12 +44,13 @@ class Status:
             raise NotFound(f"no app named {name}")
         counts = await self.counters.read(max_age=0)  # counts what was sent before it
         names = [name] if name is not None else sorted(self.apps.state.apps)
-        return [_app(self.apps, n, self.controller.view(n), counts.get(n, {}), self.wall())
+        return [_app(self.apps, n, self.controller.view(n), counts.get(n, {}), self.wall(),
+                     self.listeners)
                 for n in names]
 
 
 def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, int],
-         now: float) -> dict[str, Any]:
+         now: float, listeners: ListenerStates) -> dict[str, Any]:
     rec = apps.record(name)
     assert rec is not None
     spec = rec.spec
@@ -61,7 +67,12 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
                 state = ReplicaState.STARTING
             n = counts.get(c.name, 0)
             note = None
-            if spec.mode is Mode.EBPF and not c.managed and (
+            held = listeners.get(name, c.id) if spec.activated else None
+            if spec.activated and not c.managed:
+                note = "adopted: lbctl hands an activated app's listeners to its own replicas"
+            elif held == "not taken":
+                note = not_taken(c.name, spec.publish.container_port, spec.publish.proto)
+            elif spec.mode is Mode.EBPF and not spec.activated and not c.managed and (
                 p.sandbox is None or c.joined_to != p.sandbox.id
             ):
                 # Adopted, but listening in a namespace of its own: no connection reaches it.
@@ -78,6 +89,8 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
                 "revision": c.revision,
                 "weight": p.weights.get(c.id, 1) if state is ReplicaState.READY else 0,
                 "share": round(n / total, 4) if total else None,
+                # Activated apps: the listener lbctl handed it (controller.activation).
+                **({"listener": str(held or "none")} if spec.activated else {}),
                 **({"note": note} if note else {}),
             })  # fmt: skip
     ready = sum(1 for r in replicas if r["state"] == "ready")
@@ -91,6 +104,8 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
     return {
         "name": name,
         "mode": str(spec.mode),
+        # How connections reach the replicas: model.DataPath.
+        "path": str(spec.path),
         "publish": str(spec.publish),  # the first, as a string (the contract's field)
         "publishes": [str(p) for p in spec.publishes],
         # "host": `--network host` (no sandbox, no DNAT); else the networks it joins.

@@ -8,18 +8,33 @@ container of its own and gets all of them. ebpf mode: the replicas share the san
 namespace, so what belongs to a namespace (`--network`, `--add-host`, `--dns`: the interfaces,
 /etc/hosts, /etc/resolv.conf) is set on the sandbox (Docker refuses it on a container that
 joins another's namespace), and everything else on the replicas.
+
+Socket activation (ebpf mode, `activation`): every replica is a container of its own on the
+app's networks (no sandbox), run by the shim: the shim is bind-mounted and is the entrypoint,
+the image's entrypoint and command (or the app's own) its arguments, and the replica's
+socket directory is bind-mounted beside it, both read-only (lbctl.dataplane.activation).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from lbctl.model import LABEL_MANAGED, LABEL_NETWORK, ROLE_REPLICA, ROLE_SANDBOX, AppSpec
+from lbctl.model import (
+    LABEL_MANAGED,
+    LABEL_NETWORK,
+    ROLE_REPLICA,
+    ROLE_SANDBOX,
+    AppSpec,
+    InvalidInput,
+)
+from lbctl.model.activation import SHIM_IN, SOCKET_DIR_IN
 from lbctl.model.names import replica_labels, replica_name, sandbox_name
 from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
-from lbctl.model.runtime import CreateRequest, NetworkSpec
+from lbctl.model.runtime import CreateRequest, ImageFacts, NetworkSpec
 
 # lbctl's own bridge network, for apps that publish IPv6: the engine's default bridge has no
 # IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines.
@@ -66,7 +81,9 @@ def attachment(spec: AppSpec) -> Attachment:
       both). The app's name is an alias on user-defined networks, so other containers there
       reach it by name;
     - none named, some publish IPv6: lbctl's own network (the engine's default bridge has no
-      IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines);
+      IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines),
+      unless the app is activated: its IPv6 listeners are the host's, handed to replicas
+      that need no address of their own for them;
     - else the engine's default bridge, where lbctl's apps always lived.
 
     lbctl sets route_localnet and hairpin mode on the target's bridge. The single place that
@@ -75,9 +92,31 @@ def attachment(spec: AppSpec) -> Attachment:
         networks = spec.options.networks()
         aliases = (spec.name,) if any(n != DEFAULT_NETWORK for n in networks) else ()
         return Attachment(networks, networks[0], aliases)
-    if spec.wants_ipv6:
+    if spec.wants_ipv6 and not spec.activated:
         return Attachment((NETWORK,), NETWORK, (), own=True)
     return Attachment((DEFAULT_NETWORK,), None, ())
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What an activated replica is created with besides its spec: the shim and the replica's
+    socket directory on the host, the seconds its shim waits for the daemon, and what the
+    image runs by itself (the shim runs that)."""
+
+    shim: Path
+    socket_dir: Path
+    image: ImageFacts
+    shim_timeout: int = 30
+
+
+def run_argv(entrypoint: tuple[str, ...] | None, command: Sequence[str],
+             image: ImageFacts) -> tuple[str, ...]:
+    """What a container of the image runs given the app's --entrypoint and command, as the
+    engine decides it: an --entrypoint replaces the image's and drops its CMD; a command
+    replaces the CMD."""
+    if entrypoint is not None:
+        return (*entrypoint, *command)
+    return (*image.entrypoint, *(command or image.cmd))
 
 
 def replica_request(
@@ -87,17 +126,21 @@ def replica_request(
     revision: int | None,
     join: str | None,
     default_pids_limit: int | None,
+    activation: Activation | None = None,
 ) -> CreateRequest:
     """Replica `index` of `spec` (ebpf mode: `join` is the sandbox it shares a namespace
-    with; iptables mode: it joins the networks attachment(spec) names). Every replica
-    learns its app and name from LBCTL_APP and LBCTL_REPLICA. The default pids limit
+    with; iptables mode and socket activation: it joins the networks attachment(spec)
+    names; `activation`: the shim runs it, see the module doc). Every replica learns its app
+    and name from LBCTL_APP and LBCTL_REPLICA. The default pids limit
     (settings.LimitSettings; None: the engine's) is not part of the spec (nor of its
-    hash): changing it rolls nothing, and new replicas get the new one."""
+    hash): changing it rolls nothing, and new replicas get the new one. InvalidInput: an
+    activated replica whose image and app name nothing to run."""
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
     labels = replica_labels(spec.name, ROLE_REPLICA, index, spec_hash, revision)
     options = spec.options
+    command = tuple(spec.command)
     if options.pids_limit is None and default_pids_limit is not None:
         options = replace(options, pids_limit=default_pids_limit)
     networks: tuple[str, ...] = ()
@@ -107,14 +150,23 @@ def replica_request(
     else:
         where = attachment(spec)
         networks, aliases = where.networks, where.aliases
-        if where.target is not None:
+        if where.target is not None and activation is None:
             labels[LABEL_NETWORK] = where.target
+    if activation is not None:
+        command = run_argv(options.entrypoint, spec.command, activation.image)
+        if not command:
+            raise InvalidInput(f"image {spec.image} names no entrypoint or command, and the "
+                               "app gives none: socket activation runs it behind its shim")
+        options = replace(options, entrypoint=(SHIM_IN,), volume=(
+            *options.volume, f"{activation.shim}:{SHIM_IN}:ro",
+            f"{activation.socket_dir}:{SOCKET_DIR_IN}:ro"))
+        env["LBCTL_ACTIVATION_TIMEOUT"] = str(activation.shim_timeout)
     return CreateRequest(
         name=name,
         image=spec.image,
         labels=labels,
         env=env,
-        command=spec.command,
+        command=command,
         join=join,
         options=options,
         networks=networks,

@@ -26,16 +26,16 @@ from lbctl.controller import clock, template
 from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
 from lbctl.controller.draining import Drains
-from lbctl.controller.interfaces import EnginePort
+from lbctl.controller.interfaces import ActivationPort, EnginePort
 from lbctl.controller.metrics import Metrics
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
 from lbctl.controller.readiness.rounds import ReplicaProbes
 from lbctl.controller.retire import Retirements
 from lbctl.controller.view import AppView, CrashReport
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
-from lbctl.model.errors import EbpfError, EngineError
+from lbctl.model.errors import EbpfError, EngineError, InvalidInput
 from lbctl.model.names import replica_name
-from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkSpec
+from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkSpec
 from lbctl.settings import Settings
 
 log = logging.getLogger("lbctl.controller")
@@ -54,11 +54,14 @@ class AppWorker:
         metrics: Metrics,
         settings: Settings,
         own_network: NetworkSpec,
+        activation: ActivationPort | None = None,
         now: Callable[[], float] = clock.monotonic,
     ) -> None:
         """`settings`: the tree; a worker reads its `worker` section, the drains' `drain`
         (for its retirements) and the replicas' default pids limit. `own_network`: lbctl's
-        network (template.network_spec of this host's subnet), for apps placed there."""
+        network (template.network_spec of this host's subnet), for apps placed there.
+        `activation`: the hand-over of activated apps' listeners (None: this host has no
+        eBPF data plane, so no app is activated)."""
         self.name = name
         self.engine = engine
         self.apps = apps
@@ -69,6 +72,8 @@ class AppWorker:
         self.settings = settings.worker
         self.default_pids_limit = settings.limits.default_pids_limit or None
         self.own_network = own_network
+        self.activation = activation
+        self.shim_timeout = settings.activation.shim_timeout
         self.now = now
         self.view = AppView()
         self.retirements = Retirements(engine, settings.drain, self.wake, now)
@@ -181,6 +186,15 @@ class AppWorker:
         running = {c.id for c in containers if c.running and not c.paused}
         self.doomed = {cid: t for cid, t in self.doomed.items() if cid in running and now < t}
         blocked = self._blocked(desired)
+        served = spec or desired.gone
+        if served is not None and served.activated and self.activation is not None:
+            # A replica's socket goes with its last container; the others are served again
+            # (a restarted daemon binds theirs anew in the directories their mounts name).
+            names = {c.name for c in containers if c.managed and c.role == ROLE_REPLICA}
+            self.activation.keep(self.name, names)
+            for c in containers:
+                if c.name in names and c.running:
+                    self.activation.serve(self.name, c.name, served.publishes)
         if spec is not None:
             # Never sync a fresh container set before its replicas were probed once: a
             # restarted daemon would otherwise publish an empty backend set for a moment.
@@ -218,7 +232,6 @@ class AppWorker:
         # Before anything is removed: a crashed replica's last log line is its diagnosis.
         if spec is not None:
             await self._report(desired, p)
-        served = spec or desired.gone
         pending = self.drains.pending_for(served) if served else None
         forget = self.drains.before_stop(served) if served else None
         for c in p.retire:
@@ -234,6 +247,8 @@ class AppWorker:
                 # Its last containers are gone: so are its rules (the pass's sync may still
                 # have seen a retirement finishing, and kept its bridges).
                 await self.dataplane.remove()
+                if self.activation is not None:
+                    self.activation.remove(self.name)
                 # lbctl's network goes with the last app on it (the engine refuses while
                 # another app's container is attached; that app's removal tries again).
                 net = self.own_network
@@ -287,6 +302,13 @@ class AppWorker:
             self._fail(f"ebpf mode is not available on this host now ({reason}): "
                        "remove the app and run it again with --mode iptables")
             return True
+        if spec.activated:
+            why = ("no eBPF data plane" if self.activation is None
+                   else self.activation.unavailable())
+            if why:
+                self._fail(f"socket activation is not available on this host now ({why}): "
+                           "remove the app and run it again with --activation=false")
+                return True
         return self.view.error is not None
 
     # ---- apply ------------------------------------------------------------------------------
@@ -333,6 +355,7 @@ class AppWorker:
             return
         reqs: list[tuple[CreateRequest, int | None]] = []
         placed: dict[str, AppSpec] = {}  # the specs of replicas with networks of their own
+        images: dict[str, ImageFacts | None] = {}
         for create in p.create:
             template_spec = spec
             revision = desired.revision
@@ -345,10 +368,19 @@ class AppWorker:
             join = p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None
             if join is None:
                 placed[create.spec_hash] = template_spec
-            reqs.append((template.replica_request(template_spec, create.index,
-                                                  create.spec_hash, revision, join,
-                                                  self.default_pids_limit),
-                         revision))
+            activation = None
+            if template_spec.activated:
+                activation = await self._activation(template_spec, create.index, images)
+                if activation is None:
+                    continue
+            try:
+                req = template.replica_request(template_spec, create.index, create.spec_hash,
+                                               revision, join, self.default_pids_limit,
+                                               activation)
+            except InvalidInput as e:
+                self._fail(str(e))
+                continue
+            reqs.append((req, revision))
         # Each revision's networks (another revision's --network may differ).
         for placed_spec in placed.values():
             await self._ensure_network(placed_spec)
@@ -359,6 +391,22 @@ class AppWorker:
                          extra={"app": self.name, "revision": desired.revision})
         if reqs:
             await asyncio.gather(*(self._create_one(req, rev) for req, rev in reqs))
+
+    async def _activation(self, spec: AppSpec, index: int,
+                          images: dict[str, ImageFacts | None]) -> template.Activation | None:
+        """What an activated replica is created with: its socket, served before its container
+        exists (its shim asks at once), and what its image runs (the shim's arguments), one
+        inspect per image and pass. None: the image is gone (the next pass tries again)."""
+        assert self.activation is not None  # _blocked() holds activated apps without it
+        if spec.image not in images:
+            images[spec.image] = await self.engine.image_facts(spec.image)
+        facts = images[spec.image]
+        if facts is None:
+            self._note(f"image {spec.image} is not on the engine")
+            return None
+        name = replica_name(spec.name, index)
+        socket_dir = self.activation.serve(spec.name, name, spec.publishes)
+        return template.Activation(self.activation.shim, socket_dir, facts, self.shim_timeout)
 
     async def _create_one(self, req: CreateRequest, revision: int | None) -> None:
         fields = {"app": self.name, "replica": req.name}

@@ -38,6 +38,8 @@ def to_compose(spec: AppSpec) -> str:
     service: dict[str, Any] = {"image": spec.image}
     x_lbctl: dict[str, Any] = {"app": spec.name, "publish": publish_field(spec),
                                "mode": str(spec.mode)}
+    if spec.activation is not None:
+        x_lbctl["activation"] = spec.activation
     if spec.update != UpdatePolicy():
         x_lbctl["update"] = spec.update.to_json()
     service["x-lbctl"] = x_lbctl
@@ -67,8 +69,10 @@ def to_compose(spec: AppSpec) -> str:
         f"#   lbctl run {spec.name} --image {spec.image} {publish_flags(spec)} --replicas 0 "
         f"--mode iptables\n"
         f"#   docker-compose up -d\n"
-        f"# (beside an ebpf-mode app: network_mode: container:{spec.name}-sandbox, and no\n"
-        f"# networks:, puts these containers in the namespace its program serves)\n"
+        + ("# (an app with socket activation serves its own replicas alone: lbctl hands\n"
+           "# them their listeners)\n" if spec.activated else
+           f"# (beside an ebpf-mode app: network_mode: container:{spec.name}-sandbox, and no\n"
+           f"# networks:, puts these containers in the namespace its program serves)\n")
     )
     return header + dump(doc)
 

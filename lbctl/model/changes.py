@@ -18,7 +18,7 @@ options alone, without inventing an app around them).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from lbctl.model.docker_syntax import resource_name
@@ -87,6 +87,10 @@ class Replace:
         return cls(AppSpec.from_json(body, default_mode))
 
     def target(self, current: AppSpec | None) -> AppSpec:
+        if self.spec.activation is None and current is not None:
+            # A spec that does not say (a TOML file, a `run` without --activation) keeps the
+            # app's socket activation: the path is the app's for good (controller.apps).
+            return replace(self.spec, activation=current.activation)
         return self.spec
 
 

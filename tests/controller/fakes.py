@@ -55,7 +55,7 @@ from lbctl.model import (
 )
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.errors import EngineError
-from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 from lbctl.model.spec import Mode
 from lbctl.settings import DrainSettings, Settings, WorkerSettings
 
@@ -76,6 +76,7 @@ class FakeEngine:
         self.pids = itertools.count(1000)
         self.events_q: asyncio.Queue[EngineEvent | None] = asyncio.Queue()
         self.images = {"img:1", "img:2", "lbctl/pause:latest"}
+        self.image_labels: dict[str, dict[str, str]] = {}  # image -> its labels
         # knobs
         self.fail_create: Callable[[CreateRequest], str | None] = lambda req: None
         self.remove_error: Callable[[Container], str | None] = lambda c: None
@@ -137,6 +138,12 @@ class FakeEngine:
     async def image_exists(self, image: str) -> bool:
         await self._maybe_hang()
         return image in self.images
+
+    async def image_facts(self, image: str) -> ImageFacts | None:
+        await self._maybe_hang()
+        if image not in self.images:
+            return None
+        return ImageFacts(self.image_labels.get(image, {}), ("/httpd",), ("--serve",))
 
     async def cpu_count(self) -> int | None:
         return 2
@@ -268,7 +275,7 @@ def always_ready(spec: AppSpec, fail: Callable[[str], None],
     return answers
 
 
-async def no_connections(pid: int, port: int) -> int:
+async def no_connections(pid: int, port: int, host: bool = False) -> int:
     return 0
 
 

@@ -135,7 +135,7 @@ async def test_rm_survives_a_restart_and_drains_on_the_old_port(tmp_path: Path) 
     assert engine.running("web"), "the test must restart with replicas left"
     asked: list[int] = []
 
-    async def counting(pid: int, port: int) -> int:
+    async def counting(pid: int, port: int, host: bool = False) -> int:
         asked.append(port)
         return 0
 
@@ -342,7 +342,7 @@ async def test_a_deleted_app_keeps_its_bridges_in_the_rules_until_its_drains_end
     clients' connections: its rules keep the bridges (and no backend) until the last drain."""
     open_conns = {"n": 1}
 
-    async def draining(pid: int, port: int) -> int:
+    async def draining(pid: int, port: int, host: bool = False) -> int:
         return open_conns["n"]
 
     h = harness(tmp_path, open_connections=draining)

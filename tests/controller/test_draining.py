@@ -15,7 +15,7 @@ from lbctl.controller.draining import Drains, Pending
 from lbctl.controller.interfaces import ConnectionCounter, EbpfPort, EnginePort
 from lbctl.model import AppSpec, Container, Mode, Publish
 from lbctl.model.dataplane import Member
-from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 from lbctl.settings import DrainSettings
 
 SETTINGS = DrainSettings()
@@ -79,7 +79,7 @@ class Connections:
         self.left = left
         self.asked: list[tuple[int, int]] = []
 
-    async def __call__(self, pid: int, port: int) -> int:
+    async def __call__(self, pid: int, port: int, host: bool = False) -> int:
         self.asked.append((pid, port))
         return self.left
 
@@ -128,6 +128,9 @@ class FakeEngine:
 
     async def image_exists(self, image: str) -> bool:
         return True
+
+    async def image_facts(self, image: str) -> ImageFacts | None:
+        return ImageFacts()
 
     async def ensure_network(self, spec: NetworkSpec) -> bool:
         return False

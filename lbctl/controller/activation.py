@@ -1,0 +1,89 @@
+"""When an activated app's replica is ready, and what `status` says of its listener.
+
+A replica of an activated app serves listeners that lbctl made in the host's namespace and
+handed to it (lbctl.dataplane.activation); it is ready when
+
+- it holds them: they are in the app's socket map (the daemon put them there when it handed
+  them over, and a socket leaves the map the moment its last holder closes it), and
+- it took them: it has no listener of its own on the container port in its own namespace.
+  An image whose server ignores LISTEN_FDS binds its usual port there instead; such a
+  replica is `not taken`, never steered to, and the app's error says so in one line (the
+  image must change, or the app run without --activation).
+
+`ActivationQuestions` asks that of activated apps' replicas and hands every other app to the
+probe it wraps (readiness.answers.Questions), so readiness keeps one entry point per replica;
+`ListenerStates` keeps each replica's answer for `status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from enum import StrEnum
+
+from lbctl.controller.interfaces import ActivationPort, Answers, AnswersFor, EbpfPort
+from lbctl.model import AppSpec, Container
+
+
+class Listener(StrEnum):
+    HELD = "held"  # in the socket map, and the replica listens on nothing of its own
+    NOT_TAKEN = "not taken"  # the replica bound the container port itself instead
+    NONE = "none"  # nothing handed over yet (the shim has not asked), or it closed them
+
+
+class ListenerStates:
+    """app -> replica container id -> its listener's state, as last asked."""
+
+    def __init__(self) -> None:
+        self._apps: dict[str, dict[str, Listener]] = {}
+
+    def get(self, app: str, container_id: str) -> Listener | None:
+        return self._apps.get(app, {}).get(container_id)
+
+    def set(self, app: str, container_id: str, state: Listener) -> None:
+        self._apps.setdefault(app, {})[container_id] = state
+
+    def keep(self, app: str, container_ids: Collection[str]) -> None:
+        mine = self._apps.get(app)
+        if mine is not None:
+            for cid in [c for c in mine if c not in container_ids]:
+                del mine[cid]
+
+
+def not_taken(replica: str, port: int, proto: str) -> str:
+    where = str(port) if proto == "tcp" else f"{port}/{proto}"
+    return (f"{replica} did not take the listener lbctl handed it: it listens on its own port "
+            f"{where} instead (its image ignores LISTEN_FDS); serve the inherited socket, or "
+            "run the app without --activation")
+
+
+class ActivationQuestions:
+    """An interfaces.AnswersFor: activated apps' replicas as the module doc says, every other
+    app's by `inner`."""
+
+    def __init__(self, inner: AnswersFor, ebpf: EbpfPort | None,
+                 activation: ActivationPort | None, states: ListenerStates) -> None:
+        self.inner = inner
+        self.ebpf = ebpf
+        self.activation = activation
+        self.states = states
+
+    def __call__(self, spec: AppSpec, fail: Callable[[str], None],
+                 bridges: Mapping[str, str | None]) -> Answers:
+        if not spec.activated:
+            return self.inner(spec, fail, bridges)
+        self.states.keep(spec.name, bridges.keys())
+        ebpf, activation, states = self.ebpf, self.activation, self.states
+        port, proto = spec.publish.container_port, spec.publish.proto
+
+        async def answers(c: Container) -> bool:
+            if ebpf is None or activation is None or c.pid is None or not c.managed:
+                return False  # an adopted container was handed nothing
+            if await activation.own_listener(c.pid, port, proto):
+                states.set(spec.name, c.id, Listener.NOT_TAKEN)
+                fail(not_taken(c.name, port, proto))
+                return False
+            held = await ebpf.holds(spec.name, c.name, c.pid)
+            states.set(spec.name, c.id, Listener.HELD if held else Listener.NONE)
+            return bool(held)
+
+        return answers
