@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import PREFIX
+from harness.activation import build_shim
 from harness.host import free_port
 
 LBCTL = [sys.executable, "-m", "lbctl"]
@@ -74,7 +75,7 @@ class Daemon:
                 [*LBCTL, "daemon", "--state-dir", str(self.state_dir),
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                  "--bpf-pin-root", str(self.pin_root), "--drain-timeout", "5",
-                 "--stop-grace", "5",
+                 "--stop-grace", "5", "--activation-shim", str(build_shim()),
                  *(["--docker-host", self.docker_host] if self.docker_host else []), *extra],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -157,7 +157,8 @@ def test_update_changes_only_what_is_given() -> None:
 @pytest.mark.parametrize("args", [
     _run_args("--privileged"), _run_args("-d"), _run_args("--restart", "always"),
     ["update", "web", "--gpus", "all"], _run_args("--memory", "1k"),
-    _run_args("--network", "host"), _run_args("--label", "lbctl.app=x"),
+    _run_args("--network", "host", "--mode", "iptables"),
+    _run_args("--activation", "--mode", "iptables"), _run_args("--label", "lbctl.app=x"),
     _run_args("--env-file", "/nonexistent/web.env"), _run_args("--pids-limit", "x"),
 ])
 def test_unsupported_or_bad_options_are_one_line_exit_2(args: list[str], tmp_path: Path) -> None:

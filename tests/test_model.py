@@ -142,3 +142,33 @@ def test_several_publishes_round_trip_and_keep_the_first_as_publish() -> None:
 def test_several_publishes_rejected(publish: object, message: str) -> None:
     with pytest.raises(InvalidInput, match=re.escape(message)):
         AppSpec.from_json({"name": "web", "image": "x", "publish": publish})
+
+
+def _act(**kw: object) -> dict[str, object]:
+    return {"name": "web", "image": "x", "publish": "0.0.0.0:80:8080", "mode": "ebpf", **kw}
+
+
+def test_activation_round_trips_and_is_not_part_of_the_template() -> None:
+    on, off, left = (AppSpec.from_json(_act(activation=v)) for v in (True, False, None))
+    assert (on.activation, off.activation, left.activation) == (True, False, None)
+    assert [s.path for s in (on, off, left)] == ["activation", "sandbox", "sandbox"]
+    assert on.activated and on.host_listeners and not off.activated and not off.host_listeners
+    assert AppSpec.from_json(on.to_json()) == on and on.to_json()["activation"] is True
+    assert "activation" not in left.to_json()  # a spec from before activation: as it was
+    # It picks the data plane, not what a replica runs: never a new revision by itself.
+    assert on.spec_hash() == off.spec_hash() == left.spec_hash()
+    assert AppSpec.from_json({**_act(), "mode": "iptables"}).path == "dnat"
+    host = AppSpec.from_json({**_act(), "publish": "80:80", "network": ["host"]})
+    assert (host.path, host.host_listeners) == ("host", True)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (_act(activation="yes"), "activation must be true or false"),
+    (_act(activation=1), "activation must be true or false"),
+    (_act(activation=True, mode="iptables"), "--activation needs mode ebpf"),
+    (_act(activation=True, publish="80:80", network=["host"]), "two paths"),
+    (_act(activation=True, publish=["0.0.0.0:80:8080", "[::]:81:8080"]), "same HOST_PORT"),
+])
+def test_activation_rejected(body: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        AppSpec.from_json(body)

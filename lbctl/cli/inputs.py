@@ -13,7 +13,7 @@ from typing import Any, assert_never
 
 from lbctl.compose.interpolate import parse_docker_env_file
 from lbctl.compose.reader import is_compose, read_compose
-from lbctl.model import AppSpec, InvalidInput, parse_env, parse_replicas, validate_name
+from lbctl.model import AppSpec, InvalidInput, Mode, parse_env, parse_replicas, validate_name
 from lbctl.model.changes import Update
 from lbctl.model.docker_syntax import absolute_bind
 from lbctl.model.option import Arg
@@ -104,6 +104,14 @@ def policy_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return policy
 
 
+def validate(data: dict[str, Any]) -> None:
+    """An app's fields checked as the daemon will check them. The daemon's default mode is
+    not known here: an app that names none is checked as ebpf mode (the default wherever the
+    kernel allows it), so `--network host` or `--activation` without `--mode` reach the
+    daemon, which refuses them in one line where its default is iptables mode."""
+    AppSpec.from_json(data, Mode.EBPF)
+
+
 def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
     env = env_from_files(args.env_file or [], Path.cwd())
     for item in args.env:
@@ -124,7 +132,7 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
     policy = policy_from_args(args)
     if policy is not None:
         data["update"] = policy
-    AppSpec.from_json(data)  # validate everything before talking to the daemon
+    validate(data)  # everything before talking to the daemon
     return data
 
 
@@ -189,7 +197,7 @@ def read_apps_file(path: Path) -> FileInput:
         read = read_compose(path)
         seen: set[str] = set()
         for data in read.apps:
-            AppSpec.from_json(data)
+            validate(data)
             if data["name"] in seen:
                 raise InvalidInput(f"{path}: app {data['name']} appears twice")
             seen.add(data["name"])
@@ -227,7 +235,7 @@ def specs_from_toml(path: Path) -> list[dict[str, Any]]:
         if isinstance(data.get("volume"), list):
             data["volume"] = [absolute_bind(v, base) if isinstance(v, str) else v
                               for v in data["volume"]]
-        AppSpec.from_json(data)
+        validate(data)
         if data["name"] in seen:
             raise InvalidInput(f"{path}: app {data['name']} appears twice")
         seen.add(data["name"])

@@ -7,8 +7,10 @@ handed to it (lbctl.dataplane.activation); it is ready when
   them over, and a socket leaves the map the moment its last holder closes it), and
 - it took them: it has no listener of its own on the container port in its own namespace.
   An image whose server ignores LISTEN_FDS binds its usual port there instead; such a
-  replica is `not taken`, never steered to, and the app's error says so in one line (the
-  image must change, or the app run without --activation).
+  replica is `not taken`: the listeners it holds unused are shut down (no client waits in
+  a queue nobody accepts from, even while no replica is ready and the kernel picks), it is
+  never steered to, and the app's error says so in one line (the image must change, or the
+  app run without --activation).
 
 `ActivationQuestions` asks that of activated apps' replicas and hands every other app to the
 probe it wraps (readiness.answers.Questions), so readiness keeps one entry point per replica;
@@ -79,6 +81,8 @@ class ActivationQuestions:
             if ebpf is None or activation is None or c.pid is None or not c.managed:
                 return False  # an adopted container was handed nothing
             if await activation.own_listener(c.pid, port, proto):
+                if states.get(spec.name, c.id) is not Listener.NOT_TAKEN:
+                    await activation.shut_down(c.pid, spec.publish.host_port, proto)
                 states.set(spec.name, c.id, Listener.NOT_TAKEN)
                 fail(not_taken(c.name, port, proto))
                 return False

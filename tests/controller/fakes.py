@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lbctl.controller import template
+from lbctl.controller.activation import ActivationQuestions, ListenerStates
 from lbctl.controller.admission import Admission
 from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
@@ -26,6 +27,7 @@ from lbctl.controller.counters import KernelCounters
 from lbctl.controller.draining import Drains
 from lbctl.controller.hostrules import HostRules
 from lbctl.controller.interfaces import (
+    ActivationPort,
     Answers,
     AnswersFor,
     ConnectionCounter,
@@ -52,6 +54,7 @@ from lbctl.model import (
     ROLE_REPLICA,
     AppSpec,
     Container,
+    Publish,
 )
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.errors import EngineError
@@ -85,6 +88,7 @@ class FakeEngine:
         self.exit_on_start: Callable[[CreateRequest], int | None] = lambda req: None
         self.removed: list[str] = []
         self.created: list[str] = []
+        self.requests: dict[str, CreateRequest] = {}  # the last create of each name
 
     async def _maybe_hang(self) -> None:
         if self.hang:
@@ -118,6 +122,7 @@ class FakeEngine:
         )
         self.containers[cid] = FakeContainer(c, req.image, dict(req.env))
         self.created.append(req.name)
+        self.requests[req.name] = req
         return cid
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
@@ -197,6 +202,7 @@ class FakeEbpf:
         self.tables: dict[str, list[str]] = {}
         self.pinned: set[str] = set()
         self.fail: dict[str, str] = {}
+        self.lost: set[str] = set()  # replicas whose listeners are not in the map
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
                    draining: Sequence[Member] = (), proto: str = "tcp") -> None:
@@ -221,7 +227,8 @@ class FakeEbpf:
         return {}
 
     async def holds(self, app: str, replica: str, pid: int) -> bool | None:
-        return None
+        # What the hand-over put in the map: every replica but those a test says lost theirs.
+        return None if replica in self.lost else True
 
     async def remove(self, app: str) -> None:
         self.pinned.discard(app)
@@ -229,6 +236,43 @@ class FakeEbpf:
 
     def pinned_apps(self) -> list[str]:
         return sorted(self.pinned)
+
+
+class FakeActivation:
+    """The hand-over as the controller sees it (interfaces.ActivationPort): which replicas'
+    sockets are served, which replicas listen on their own port (`not_taken`: pids), what was
+    shut down."""
+
+    shim = Path("/usr/lib/lbctl/activate")
+
+    def __init__(self, root: Path = Path("/state/activation")) -> None:
+        self.root = root
+        self.served: dict[str, set[str]] = {}  # app -> replicas
+        self.removed: list[str] = []
+        self.not_taken: set[int] = set()
+        self.shut: list[tuple[int, int, str]] = []
+        self.why: str | None = None  # unavailable()
+
+    def unavailable(self) -> str | None:
+        return self.why
+
+    def serve(self, app: str, replica: str, publishes: Sequence[Publish]) -> Path:
+        self.served.setdefault(app, set()).add(replica)
+        return self.root / app / replica
+
+    def keep(self, app: str, replicas: Collection[str]) -> None:
+        self.served[app] = self.served.get(app, set()) & set(replicas)
+
+    def remove(self, app: str) -> None:
+        self.served.pop(app, None)
+        self.removed.append(app)
+
+    async def own_listener(self, pid: int, port: int, proto: str) -> bool:
+        return pid in self.not_taken
+
+    async def shut_down(self, pid: int, port: int, proto: str) -> int:
+        self.shut.append((pid, port, proto))
+        return 1
 
 
 class FakeRules:
@@ -318,6 +362,7 @@ class Harness:
     hostrules: HostRules
     status: Status
     settings: Settings
+    activation: FakeActivation
     task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -343,16 +388,21 @@ class Harness:
 def harness(tmp: Path, engine: FakeEngine | None = None,
             host_ports: HostPortHolder | None = None, limits: Limits | None = None,
             settings: Settings = FAST, answers: AnswersFor = always_ready,
-            open_connections: ConnectionCounter = no_connections) -> Harness:
+            open_connections: ConnectionCounter = no_connections,
+            activation: FakeActivation | None = None) -> Harness:
     """The controller on fakes, wired as lbctl.daemon.build wires it on the real adapters;
     `host_ports` (a HostPorts on a fake binder) and `limits` as the daemon wires them, for the
     tests of what holds host ports and what caps apps."""
     engine = engine or FakeEngine()
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     metrics = Metrics()
+    activation = activation or FakeActivation()
     apps = AppsService(StateStore(tmp),
-                       Admission(engine, lambda: None, lambda: None, port_check=lambda s: None),
+                       Admission(engine, lambda: None, lambda: None, port_check=lambda s: None,
+                                 activation_unavailable=activation.unavailable),
                        host_ports=host_ports, limits=limits)
+    listeners = ListenerStates()
+    questions = ActivationQuestions(answers, ebpf, activation, listeners)
     hostrules = HostRules(rules, tmp, settings.hostrules)
     drains = Drains(ebpf, open_connections, conntrack, settings.drain)
     own_network = template.network_spec(template.ula_subnet("test"))
@@ -361,8 +411,8 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
         return AppWorker(
             app, engine=engine, apps=apps,
             dataplane=AppDataplane(app, hostrules, ebpf, lambda: None, None, metrics),
-            drains=drains, probes=ReplicaProbes(app, answers, ebpf, settings.probes),
-            metrics=metrics, settings=settings, own_network=own_network,
+            drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
+            metrics=metrics, settings=settings, own_network=own_network, activation=activation,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine, new_worker=new_worker,
@@ -371,8 +421,9 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
     apps.on_change = controller.on_change
     apps.load()
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
-    status = Status(apps, counters, controller)
-    return Harness(engine, ebpf, rules, conntrack, controller, apps, hostrules, status, settings)
+    status = Status(apps, counters, controller, listeners=listeners)
+    return Harness(engine, ebpf, rules, conntrack, controller, apps, hostrules, status, settings,
+                   activation)
 
 
 # mypy checks each fake against the Protocol it stands in for (`make lint`).
@@ -382,3 +433,4 @@ _rules: RulesPort = FakeRules()
 _conntrack: FlowForgetter = FakeConntrack(FakeEngine())
 _connections: ConnectionCounter = no_connections
 _answers: AnswersFor = always_ready
+_activation: ActivationPort = FakeActivation()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from lbctl.controller.backends import ebpf_members
 from lbctl.controller.planner import AppPlan, Desired, Observed, Probe, is_host_namespace, plan_app
 from lbctl.model import (
     ROLE_REPLICA,
@@ -386,3 +387,46 @@ def test_host_network_serves_replicas_in_the_host_namespace_only() -> None:
     stray = replace(rep(3, joined="sb1"), spec_hash=d.hash)
     p = plan_app(d, seen([*host, stray], ready(*host, stray)))
     assert names(p.retire) == ["web-3"]
+
+
+# ---- socket activation -----------------------------------------------------------------------
+
+
+def act_want(n: int) -> Desired:
+    s = AppSpec.from_json({"name": "web", "image": OLD_IMAGE, "publish": "0.0.0.0:80:8080",
+                           "replicas": n, "mode": "ebpf", "activation": True})
+    return Desired(s, s.spec_hash(), 1)
+
+
+def test_an_activated_app_has_no_sandbox_and_retires_a_leftover_one() -> None:
+    d = act_want(2)
+    p = plan_app(d, seen([sandbox()]))
+    assert not p.create_sandbox and p.sandbox is None
+    assert [c.name for c in p.retire] == ["web-sandbox"]
+    assert indexes(p) == [1, 2]  # no namespace to wait for
+
+
+def test_activated_replicas_in_namespaces_of_their_own_serve_once_ready() -> None:
+    d = act_want(3)
+    cs = [replace(rep(i), spec_hash=d.hash) for i in (1, 2, 3)]
+    p = plan_app(d, seen(cs, ready(cs[0], cs[1])))
+    # Not orphans of a sandbox: each is a container of its own, as in iptables mode.
+    assert p.retire == () and p.create == ()
+    assert names(p.backends) == ["web-1", "web-2"] and not p.converged
+    assert p.states[cs[2].id] is ReplicaState.STARTING
+    p = plan_app(d, seen(cs, ready(*cs)))
+    assert names(p.backends) == ["web-1", "web-2", "web-3"] and p.converged
+
+
+def test_an_activated_apps_members_keep_starting_replicas_in_the_map() -> None:
+    """The hand-over put a starting replica's listeners in the socket map: the sync keeps
+    them there (no table names them) rather than taking them out until it is ready."""
+    d = act_want(3)
+    cs = [replace(rep(i), spec_hash=d.hash) for i in (1, 2, 3)]
+    cs.append(replace(rep(4, managed=False), spec_hash=d.hash))  # adopted: handed nothing
+    p = plan_app(d, seen(cs, ready(cs[0])))
+    serving, held = ebpf_members(p, cs, frozenset({cs[1].id}), activated=True)
+    assert [m.name for m in serving] == ["web-1"]
+    assert sorted(m.name for m in held) == ["web-2", "web-3"]  # draining, and starting
+    _, held = ebpf_members(p, cs, frozenset({cs[1].id}))
+    assert [m.name for m in held] == ["web-2"]  # the sandbox path: draining only

@@ -4,11 +4,22 @@ the engine's networks (one function decides)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from lbctl.controller.template import attachment, replica_request, sandbox_request
-from lbctl.model import AppSpec
+import pytest
+
+from lbctl.controller.template import (
+    Activation,
+    attachment,
+    replica_request,
+    run_argv,
+    sandbox_request,
+)
+from lbctl.model import AppSpec, InvalidInput
+from lbctl.model.activation import SHIM_IN, SOCKET_DIR_IN
 from lbctl.model.options import RunOptions
+from lbctl.model.runtime import ImageFacts
 from lbctl.settings import LimitSettings, WorkerSettings
 
 PIDS = LimitSettings().default_pids_limit
@@ -17,7 +28,7 @@ SANDBOX = WorkerSettings().sandbox_image
 
 def spec(mode: str, **opts: Any) -> AppSpec:
     return AppSpec.from_json({"name": "web", "image": "lbctl/demo", "publish": "8080:8080",
-                              "mode": mode, **opts})
+                              "mode": mode, **opts})  # opts may replace publish
 
 
 OPTS: dict[str, Any] = {"network": ["backend", "front"], "add-host": ["db2:10.0.0.5"],
@@ -72,3 +83,58 @@ def test_a_replica_gets_the_default_pids_limit_unless_its_spec_sets_one() -> Non
     assert replica_request(ebpf, 1, ebpf.spec_hash(), 1, "sb", PIDS).options.pids_limit == 2048
     assert sandbox_request(ebpf, SANDBOX).options.pids_limit is None
     assert "pids-limit" not in plain.to_json() and plain.spec_hash() == spec("iptables").spec_hash()
+
+
+# ---- socket activation --------------------------------------------------------------------
+
+SHIM, SOCKS = Path("/usr/lib/lbctl/activate"), Path("/var/lib/lbctl/activation/web/web-1")
+
+
+def activation(entrypoint: tuple[str, ...] = ("/httpd",), cmd: tuple[str, ...] = ("--serve",),
+               ) -> Activation:
+    return Activation(SHIM, SOCKS, ImageFacts({}, entrypoint, cmd), 30)
+
+
+def test_an_activated_replica_runs_the_images_command_behind_the_shim() -> None:
+    s = spec("ebpf", activation=True, **OPTS)
+    req = replica_request(s, 1, s.spec_hash(), 1, None, PIDS, activation())
+    assert req.options.entrypoint == (SHIM_IN,)
+    assert tuple(req.command) == ("/httpd", "--serve")  # the image's ENTRYPOINT + CMD
+    # The shim and the replica's socket dir, read-only, after the app's own volumes.
+    assert req.options.volume == ("data:/data", f"{SHIM}:{SHIM_IN}:ro",
+                                  f"{SOCKS}:{SOCKET_DIR_IN}:ro")
+    assert req.env["LBCTL_ACTIVATION_TIMEOUT"] == "30"
+    # A container of its own on the app's networks: no sandbox to join, every option its
+    # own (the namespace's too), and no DNAT target to record.
+    assert req.join is None and tuple(req.networks) == ("backend", "front")
+    assert req.options.dns == ("10.0.0.53",) and req.options.memory == "64m"
+    assert "lbctl.network" not in req.labels
+    assert "LBCTL_ACTIVATION_TIMEOUT" not in replica_request(
+        s, 1, s.spec_hash(), 1, None, PIDS).env  # without the hand-over: as before
+
+
+def test_the_shims_arguments_follow_the_engines_rules_for_entrypoint_and_command() -> None:
+    img = ImageFacts({}, ("/entry.sh",), ("serve", "--port", "80"))
+    assert run_argv(None, (), img) == ("/entry.sh", "serve", "--port", "80")
+    assert run_argv(None, ("migrate",), img) == ("/entry.sh", "migrate")  # command: a new CMD
+    assert run_argv(("/bin/app",), (), img) == ("/bin/app",)  # --entrypoint drops the CMD
+    assert run_argv(("/bin/app",), ("-v",), img) == ("/bin/app", "-v")
+    assert run_argv(None, (), ImageFacts({}, (), ("nginx", "-g", "daemon off;"))) == (
+        "nginx", "-g", "daemon off;")
+    s = spec("ebpf", activation=True, entrypoint=["/bin/app"], command=["-v"])
+    req = replica_request(s, 1, s.spec_hash(), 1, None, PIDS, activation())
+    assert (req.options.entrypoint, tuple(req.command)) == ((SHIM_IN,), ("/bin/app", "-v"))
+
+
+def test_an_image_that_runs_nothing_cannot_be_activated() -> None:
+    s = spec("ebpf", activation=True)
+    with pytest.raises(InvalidInput, match="no entrypoint or command"):
+        replica_request(s, 1, s.spec_hash(), 1, None, PIDS, activation((), ()))
+
+
+def test_an_activated_app_with_ipv6_needs_no_ipv6_network_of_its_own() -> None:
+    """Its IPv6 listeners are the host's: the replicas stay on the default bridge."""
+    pubs = ["0.0.0.0:80:8080", "[::]:80:8080"]
+    assert attachment(spec("ebpf", publish=pubs)).own
+    a = attachment(spec("ebpf", publish=pubs, activation=True))
+    assert (a.networks, a.target, a.own) == (("bridge",), None, False)

@@ -142,6 +142,14 @@ class ActivationServer:
         LISTEN_FDS)."""
         return bool(await asyncio.to_thread(sockets.find_listeners, pid, port, proto))
 
+    async def shut_down(self, pid: int, port: int, proto: str) -> int:
+        """Stop the host's listeners on `port` that the replica holds and does not serve (it
+        did not take them): shutdown() takes a TCP listener out of its reuseport group at
+        once, so not even the kernel's own choice (while no replica is ready) queues a client
+        there, where nobody would ever accept it. Returns how many were stopped. (A UDP
+        socket has no such state: the program never picks one in no table.)"""
+        return await asyncio.to_thread(_shut_down, pid, port, proto)
+
     # ---- hand-over ------------------------------------------------------------------------------
 
     def _accept(self, key: tuple[str, str]) -> None:
@@ -212,6 +220,21 @@ class ActivationServer:
             return ("it holds the listeners of an earlier hand-over: one set at a time (the "
                     "shim runs once per container start)")
         return None
+
+
+def _shut_down(pid: int, port: int, proto: str) -> int:
+    if proto != "tcp":
+        return 0
+    n = 0
+    for listener in sockets.find_listeners(pid, port, proto, os.getpid()):
+        try:
+            fd = sockets.take(listener)
+        except OSError:
+            continue  # gone meanwhile
+        with socket.socket(fileno=fd) as s, contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+            n += 1
+    return n
 
 
 def _as_held(s: socket.socket, publish: Publish, pid: int, fd: int) -> sockets.Listener:
