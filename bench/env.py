@@ -316,9 +316,6 @@ class Env:
         self.tmp = tmp
         self.daemon: Daemon | None = None
         self.proxies: list[HostProxy] = []
-        # Helpers a path makes on first use and keeps for the run (bench.activation's
-        # creator and data plane), closed by close(): anything with a close().
-        self.parts: dict[str, Any] = {}
 
     # ---- lbctl daemon ----------------------------------------------------------------
     def lbctl(self) -> Daemon:
@@ -340,10 +337,11 @@ class Env:
         and on 127.0.0.1: "0.0.0.0" publishes on every address of the host, for remote
         clients too)."""
         port = free_port()
-        # --network host: the replicas listen on the host port itself (BENCH_PORT).
+        # --network host: the replicas listen on the host port itself (BENCH_PORT);
+        # --activation: nginx keeps an inherited listener whose port its `listen` names.
         host = "host" in extra
         cport = port if host else PORT
-        env = ("-e", f"BENCH_PORT={port}") if host else ()
+        env = ("-e", f"BENCH_PORT={port}") if host or "--activation" in extra else ()
         self.lbctl().ok("run", app, "--image", image, "-p", f"{address}:{port}:{cport}",
                         "--replicas", str(replicas), "--mode", mode, *env, *extra, timeout=180)
         wait_http("127.0.0.1", port)
@@ -376,10 +374,6 @@ class Env:
             with contextlib.suppress(Exception):
                 p.stop()
         self.proxies = []
-        for part in self.parts.values():
-            with contextlib.suppress(Exception):
-                part.close()
-        self.parts = {}
         try:
             self.stop_daemon()
         finally:

@@ -8,7 +8,7 @@ answers its own name even in ebpf mode, where replicas share the sandbox's UTS n
 and therefore its hostname. It listens on 8080, or on $BENCH_PORT: replicas run with
 `--network host` (the `reuseport-host` path) share the host's ports with everything else, so
 the bench gives them a free one. Given listeners by socket activation (LISTEN_FDS, the
-`activation` path), it serves those instead of binding (nginx's NGINX variable).
+`ebpf-activation` path), it serves those instead of binding (nginx's NGINX variable).
 
 STOPSIGNAL is SIGQUIT: nginx's graceful shutdown (SIGTERM is its fast shutdown, which drops
 the connections it already accepted).
@@ -56,7 +56,7 @@ ENTRY = """\
 # listener's owner).
 name="${LBCTL_REPLICA:-$(/bin/busybox hostname)}"
 port="${BENCH_PORT:-8080}"
-# Socket activation (LISTEN_FDS from lbctl's shim, the `activation` path): nginx takes
+# Socket activation (LISTEN_FDS from lbctl's shim, the `ebpf-activation` path): nginx takes
 # inherited listeners only through its own variable, NGINX="3;4;...", and keeps those whose
 # address is a `listen` of its config (hence BENCH_PORT = the listeners' port).
 if [ -n "$LISTEN_FDS" ] && [ "$LISTEN_PID" = "$$" ]; then

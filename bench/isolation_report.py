@@ -171,7 +171,7 @@ def _cpu(x: float | None) -> str:
 def markdown(res: Results) -> list[str]:
     v = view(res)
     samples = v.get("throughput") or []
-    if not any(s["path"] == "activation" for s in samples):
+    if not any(s["path"] == "ebpf-activation" for s in samples):
         return []
     ns = sorted({int(s["replicas"]) for s in samples})
     clients = [c for c in CLIENTS if any(sm.client_of(s) == c for s in samples)]

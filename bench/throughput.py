@@ -19,11 +19,11 @@ Paths (ids are what `--only` takes; PATH_DEFS below is the one list to extend):
   nginx          Debian's nginx on the host as reverse proxy in front of N replicas
   haproxy        HAProxy on the host in front of the same N replicas
   dockerproxy    one replica published with Docker's own -p 127.0.0.1:PORT (docker-proxy)
-  activation     prototype (issue 22): N replicas in network namespaces of their own (the
-                 default bridge), each serving a listener made for it in the host's
-                 namespace (SO_REUSEPORT on the host port) and handed over by socket
-                 activation (LISTEN_FDS, through the static shim images/activate); lbctl's
-                 program steers that host group (bench.activation)
+  ebpf-activation  an lbctl ebpf app run with `--activation` (issue 22): N replicas in
+                 network namespaces of their own (the default bridge), each serving
+                 listeners the daemon made for it in the host's namespace (SO_REUSEPORT on
+                 the host port) and handed over by socket activation (LISTEN_FDS, through the
+                 static shim images/activate); the program steers that host group
 
 Clients (CLIENTS): `local` is wrk on this host, on 127.0.0.1 for host ports; `remote` is wrk
 in a network namespace of the bench's own behind a veth pair (harness.remote), reaching host
@@ -183,19 +183,6 @@ def _lbctl(mode: str, app: str, *extra: str) -> Callable[[Setup], Urls]:
     return start
 
 
-def _activation(s: Setup) -> Urls:
-    from bench import activation
-
-    app = f"bench-act{s.n}"
-    port = free_port()
-    names = [f"{app}-{i}" for i in range(1, s.n + 1)]
-    group = activation.for_env(s.env).start(app, port, names)
-    s.made += names
-    s.cleanups.append(group.close)
-    wait_replicas("127.0.0.1", port, set(names))
-    return s.host_port(port)
-
-
 def _ebpf_sandbox(s: Setup) -> Urls:
     app = "bench-ebpfsb"
     s.env.run_app(app, s.n, "ebpf")
@@ -243,8 +230,10 @@ PATH_DEFS: dict[str, PathDef] = {
     "haproxy": PathDef("HAProxy (nbthread 1, http-reuse always)", _proxy("haproxy"), "proxy"),
     "dockerproxy": PathDef("docker-proxy (-p 127.0.0.1:PORT), 1 replica", _dockerproxy,
                            "reference", replicas=False),
-    "activation": PathDef("socket activation: host listeners, replicas in their own netns "
-                          "(prototype)", _activation, "prototype"),
+    # An app of its own, like ebpf-host.
+    "ebpf-activation": PathDef("lbctl ebpf mode, --activation (host listeners, replicas in "
+                               "their own netns)",
+                               _lbctl("ebpf", "bench-ebpfa", "--activation"), "lbctl"),
 }
 PATHS = tuple(PATH_DEFS)
 LABELS = {p: d.label for p, d in PATH_DEFS.items()}

@@ -1,6 +1,6 @@
 """The benchmark harness must not rot: a seconds-long run of `python -m bench` against the
-real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox and host network), the
-socket-activation prototype and nginx, each from a local and a remote client, and the
+real engine and kernel (direct, reuseport-host, lbctl ebpf (sandbox, host network and socket
+activation) and nginx, each from a local and a remote client, and the
 rollout scenario's quick cases), checking the report it writes.
 
 The bench process takes the host lock itself (it starts an lbctl daemon), so this test must
@@ -90,14 +90,16 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only",
-         "direct,reuseport-host,ebpf,ebpf-host,activation,nginx,rollout", "--duration", "1",
+         "direct,reuseport-host,ebpf,ebpf-host,ebpf-activation,nginx,rollout", "--duration",
+         "1",
          "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=410, check=False,
     )
     assert r.returncode == 0, f"bench failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     md = (out / "RESULTS.md").read_text()
     for row in ("one backend, direct", "lbctl ebpf mode", "nginx reverse proxy",
-                "kernel SO_REUSEPORT, no program (--network host)", "socket activation"):
+                "kernel SO_REUSEPORT, no program (--network host)",
+                "lbctl ebpf mode, --activation"):
         for client in ("local", "remote"):
             line = next((ln for ln in md.splitlines()
                          if ln.startswith(f"| {row}") and f"| {client} |" in ln), None)
@@ -109,7 +111,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     samples = data["throughput"]
     assert {(s["path"], s["mode"], s["client"]) for s in samples} == {
-        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "ebpf-host", "activation",
+        (p, m, c) for p in ("direct", "reuseport-host", "ebpf", "ebpf-host", "ebpf-activation",
                             "nginx")
         for m in ("keepalive", "close") for c in ("local", "remote")
     }

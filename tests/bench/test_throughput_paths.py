@@ -50,10 +50,10 @@ def test_issue_22_compares_the_isolated_ways_with_the_host_namespace() -> None:
     """The candidates are the ways lbctl serves (or could) with replicas in their own
     namespace; the host paths are the bound, not candidates; the isolation run has them all
     plus plain SO_REUSEPORT on the sandbox IP, each once."""
-    assert set(throughput.ISOLATED_CANDIDATES) == {"ebpf", "iptables", "activation"}
+    assert set(throughput.ISOLATED_CANDIDATES) == {"ebpf", "iptables", "ebpf-activation"}
     assert not PATH_DEFS["reuseport-host"].isolated and not PATH_DEFS["ebpf-host"].isolated
-    assert PATH_DEFS["activation"].kind == "prototype"
-    assert "activation" not in throughput.LBCTL_PATHS  # not in the proxy comparison yet
+    # lbctl's own path now (`lbctl run --activation`): it competes with the proxies too.
+    assert "ebpf-activation" in throughput.LBCTL_PATHS
     paths = throughput.ISOLATION_PATHS
     assert len(set(paths)) == len(paths) and set(paths) <= set(PATH_DEFS)
     assert {throughput.HOST_BASELINE, throughput.DEFAULT_PATH, "ebpf-host",

@@ -202,7 +202,7 @@ def test_cpu_per_answer_is_the_whole_machines() -> None:
 def test_sample_cpu_leaves_other_users_out() -> None:
     """CPU per answer of a round: every core's busy seconds minus other users' processes',
     over the requests of that round; the raw machine figure and their share are kept."""
-    s = Sample("activation", 2, "close")
+    s = Sample("ebpf-activation", 2, "close")
     s.rounds = [WrkResult(requests=30_000, seconds=3.0, rps=10_000.0),
                 WrkResult(requests=20_000, seconds=2.0, rps=10_000.0)]
     s.wrk_core, s.other_cores = [100.0, 100.0], [90.0, 90.0]
@@ -235,7 +235,7 @@ def _iso_res(act_new: float, act_ka: float = 15.0, act_ka_rps: float = 110_000,
             samples += _iso("reuseport-host", n, c, 70.0, 14.0)
             samples += _iso("ebpf", n, c, 85.0, 18.0)
             samples += _iso("iptables", n, c, 84.0, 18.0)
-            samples += _iso("activation", n, c, act_new, act_ka, act_ka_rps)
+            samples += _iso("ebpf-activation", n, c, act_new, act_ka, act_ka_rps)
     res = _res([])
     res[key] = samples
     return res
@@ -244,7 +244,8 @@ def _iso_res(act_new: float, act_ka: float = 15.0, act_ka_rps: float = 110_000,
 def test_an_isolated_path_within_105_of_host_reuseport_meets_issue_22() -> None:
     t, meas, ok, why = _row(_iso_res(73.0), "isolated path")
     assert ok is True and "1.05x" in t and "`reuseport-host`" in t
-    assert "`activation`: local N=2 new 1.04x, ka 0.83x CPU / 1.10x req/s of `ebpf`" in meas
+    assert ("`ebpf-activation`: local N=2 new 1.04x, ka 0.83x CPU / 1.10x req/s of `ebpf`"
+            in meas)
     assert "`ebpf`: local N=2 new 1.21x" in meas and "the `isolation` run" in why
     # 1.06x somewhere, keep-alive dearer than today's default, or slower: missed
     assert _row(_iso_res(74.2), "isolated path")[2] is False
@@ -265,7 +266,7 @@ def test_isolation_figures_come_from_their_own_run_or_the_throughput_table() -> 
     md = report.markdown(own)
     assert "## Isolation at host-network cost (issue 22)" in md
     section = md.split("## Isolation at host-network cost")[1]
-    row = next(ln for ln in section.splitlines() if ln.startswith("| socket activation")
+    row = next(ln for ln in section.splitlines() if ln.startswith("| lbctl ebpf mode, --activ")
                and "| remote | 4 |" in ln)
     assert "| 73 us | 1.04x |" in row and "| 0.83x |" in row
     assert "## Isolation at host-network cost" not in report.markdown(_res([]))

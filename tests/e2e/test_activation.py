@@ -269,18 +269,24 @@ def test_an_image_that_ignores_listen_fds_is_refused_in_one_line(
         daemon: Daemon, app_name: str, demo_image: str) -> None:
     port = free_port()
     before = (iptables_save(), ip6tables_save())
-    r = daemon.cli("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",
-                   "-e", "IGNORE_LISTEN_FDS=1", "--activation", "--replicas", "2", timeout=90)
+    args = ["--image", demo_image, "-p", f"127.0.0.1:{port}:8080", "-e", "IGNORE_LISTEN_FDS=1",
+            "--activation", "--replicas", "2"]
+    r = daemon.cli("run", app_name, *args, timeout=90)
     print(f"lbctl run of an image that ignores LISTEN_FDS: {r.returncode} {r.stderr.strip()}")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "did not take the listener" in r.stderr and "LISTEN_FDS" in r.stderr, r.stderr
+    _nothing_left(daemon, app_name, port, before)  # a first run that fails leaves nothing
+
+    # Left running (--no-wait), it is reported in status and never served.
+    daemon.ok("run", app_name, *args, "--no-wait")
     daemon.wait(lambda: {x["listener"] for x in daemon.status(app_name)["replicas"]}
-                == {"not taken"}, 10, "both replicas found not taken")
+                == {"not taken"} and len(daemon.status(app_name)["replicas"]) == 2, 15,
+                "both replicas found not taken")
     st = daemon.status(app_name)
     assert st["ready"] == 0 and "did not take the listener" in st["error"], st
     assert "did not take the listener" in daemon.ok("status", app_name)
-    # Never steered to, nor queued to by the kernel while no replica is ready: the unused
-    # listeners were shut down, so a client is refused at once rather than left waiting.
+    # Not even queued to by the kernel while no replica is ready: the unused listeners were
+    # shut down, so a client is refused at once rather than left waiting.
     assert _host_listeners(port) == []
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
