@@ -95,8 +95,8 @@ class AppDataplane:
         drain ends: 127.0.0.1 clients' open connections need it to the end."""
         gone = desired.gone
         bridges = tuple(sorted({c.bridge for c in held if c.running and c.bridge}))
-        if gone is None or not bridges:
-            return None
+        if gone is None or not bridges or gone.host_listeners:
+            return None  # (an app whose listeners are the host's never had a rule)
         return Service(gone.name, gone.publish, (), bridges, gone.extra_publishes)
 
     async def _sync_ebpf(self, spec: AppSpec, p: AppPlan, containers: list[Container],

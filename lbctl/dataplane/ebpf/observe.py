@@ -76,7 +76,10 @@ def in_app_namespace(m: Member, port: int, proto: str,
     if sockets.same_netns(m.pid, netns_pid):
         return sockets.find_listeners(m.pid, port, proto)
     held = sockets.find_listeners(m.pid, port, proto, netns_pid)
-    if not held and sockets.find_listeners(m.pid, port, proto):
+    # A sandbox's member listening in a namespace of its own cannot serve the app; an
+    # activated replica's own sockets are its readiness check's business (`not taken`).
+    if (not held and not sockets.same_netns(netns_pid, os.getpid())
+            and sockets.find_listeners(m.pid, port, proto)):
         return (f"{m.name} is not in the app's network namespace (its sandbox's): "
                 "ebpf mode needs every replica joined to the sandbox")
     return held
