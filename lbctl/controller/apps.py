@@ -452,10 +452,10 @@ class AppsService:
                 )
 
     async def _resolved(self, c: SpecChange) -> SpecChange:
-        """`c` with its new app's socket activation decided (Admission.resolve); a change of
-        an existing app that does not say keeps the app's (model.changes)."""
-        if isinstance(c, Create | Replace) and c.spec.activation is None and (
-                c.name not in self.state.apps):
+        """`c` with its new app's socket activation decided, or refused where this host cannot
+        do what it asks (Admission.resolve); a change of an existing app that does not say
+        keeps the app's (model.changes)."""
+        if isinstance(c, Create | Replace) and c.name not in self.state.apps:
             return replace(c, spec=await self.admission.resolve(c.spec))
         return c
 

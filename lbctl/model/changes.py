@@ -134,6 +134,9 @@ class Update:
         if "publish" in body or "mode" in body:
             raise InvalidInput("publish and mode cannot be updated (they change the data "
                                "plane): `lbctl rm` the app and run it again")
+        if "activation" in body:
+            raise InvalidInput("activation cannot be updated (it changes the data plane): "
+                               "`lbctl rm` the app and run it again")
         unknown = set(body) - _UPDATE_KEYS - set(OPTION_FIELDS)
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")

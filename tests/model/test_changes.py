@@ -152,3 +152,16 @@ def test_an_outcome_says_what_was_made() -> None:
     out = Outcome("web", "rolling", 3, 7, app())
     assert out.to_json() == {"app": app().to_json(), "result": "rolling", "revision": 3,
                              "generation": 7}
+
+
+def test_socket_activation_is_the_apps_unless_a_change_says() -> None:
+    """A spec that does not say (a TOML file, a `run` without --activation) keeps the app's
+    path; one that says is what the apps service judges (a different path is refused)."""
+    on = app(mode="ebpf", activation=True)
+    silent = Replace(app(mode="ebpf", image="img:2"))
+    assert silent.target(on).activation is True and silent.target(on).image == "img:2"
+    assert silent.target(None).activation is None  # a new app: the image's label decides
+    assert Replace(app(mode="ebpf", activation=False)).target(on).activation is False
+    assert upd({"image": "img:2"}).target(on).activation is True
+    with pytest.raises(InvalidInput, match="activation cannot be updated"):
+        upd({"activation": False})
