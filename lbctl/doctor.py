@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lbctl.api.client import ApiError, Client, DaemonUnavailable
 from lbctl.dataplane import hostnet
+from lbctl.dataplane.activation.shim import shim_path, shim_unavailable
 from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.model.errors import EngineError
 from lbctl.runtime.engine import Engine
@@ -115,6 +116,19 @@ def _ebpf() -> Check:
                  "setup`. iptables mode works meanwhile")
 
 
+def _activation() -> Check:
+    """The shim activated apps' replicas run (the default place; `lbctl daemon
+    --activation-shim` may name another). Without it apps take the sandbox path: advice."""
+    shim = shim_path()
+    why = shim_unavailable(shim)
+    if why is None:
+        return Check("socket activation", True, f"shim {shim}")
+    return Check("socket activation", False, why,
+                 "installed from the package it is /usr/lib/lbctl/activate; from source: "
+                 "`make setup` (scripts/build-images.sh builds it). Apps use the sandbox path "
+                 "meanwhile", problem="WARN", advice=True)
+
+
 def _keeps_containers(flavor: str, info: dict[str, object]) -> Check:
     """Whether the engine's containers outlive a restart of the engine (an upgrade of its
     package restarts it): without that, every replica stops with it and requests fail until
@@ -151,6 +165,7 @@ async def run_doctor(docker_host: str | None = None, socket: Path | None = None)
     checks: list[Check] = []
     sync_checks: list[Callable[[], Check]] = [
         _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ipv6, _bridge_nf, _ebpf,
+        _activation,
     ]
     checks.extend(f() for f in sync_checks)
     engine = Engine(EngineSettings(docker_host=docker_host))

@@ -3,6 +3,10 @@ report it; tests/e2e/test_engine_upgrade.py checks it against the real engine)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from lbctl.doctor import _keeps_containers
 
 
@@ -21,3 +25,18 @@ def test_podman_has_no_daemon_to_restart() -> None:
     # Podman's /info says LiveRestoreEnabled false: it has no such option to turn on.
     c = _keeps_containers("podman", {"LiveRestoreEnabled": False})
     assert c.ok and "Podman" in c.detail
+
+
+def test_a_missing_shim_is_advice_with_its_fix(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the shim apps take the sandbox path: lbctl works, so WARN, not MISSING."""
+    from lbctl import doctor
+
+    shim = tmp_path / "activate"
+    monkeypatch.setattr(doctor, "shim_path", lambda: shim)
+    c = doctor._activation()
+    assert (c.ok, c.problem, c.advice) == (False, "WARN", True)
+    assert "is missing" in c.detail and "make setup" in c.fix
+    shim.write_bytes(b"\x7fELF")
+    shim.chmod(0o755)
+    assert doctor._activation().ok

@@ -110,7 +110,8 @@ def test_doctor_reports_every_prerequisite() -> None:
     print(r.stdout)
     lines = r.stdout.splitlines()
     for name in ("privileges", "kernel", "tcp_migrate_req", "iptables", "conntrack",
-                 "ebpf", "container engine", "sandbox image", "eBPF program"):
+                 "ebpf", "container engine", "sandbox image", "eBPF program",
+                 "socket activation"):
         assert any(name in ln for ln in lines), name
     # this machine was set up by `make setup`: everything must be there; advice (WARN: the
     # engine's live-restore, which make setup leaves as Docker's default) comes with its fix
