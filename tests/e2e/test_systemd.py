@@ -133,7 +133,8 @@ def test_package_is_lintian_clean_and_holds_only_what_runs(deb: Path) -> None:
     for want in ("/usr/bin/lbctl", "/lib/systemd/system/lbctl.service",
                  "/etc/lbctl/policy.toml",
                  *(f"/usr/share/lbctl/bpf/{f.name}" for f in (ROOT / "bpf").iterdir()),
-                 "/usr/share/lbctl/images/pause.tar", "/usr/share/man/man1/lbctl.1.gz"):
+                 "/usr/share/lbctl/images/pause.tar", "/usr/share/man/man1/lbctl.1.gz",
+                 "/usr/lib/lbctl/activate"):
         assert want in paths, f"{want} missing from the package"
     assert not [p for p in paths if re.search(r"/(tests|bench|harness|pytest|_pytest)/", p)]
     control = subprocess.run(["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True,
