@@ -65,9 +65,13 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
             state = p.states.get(c.id, ReplicaState.STARTING)
             if state is ReplicaState.READY and c.id not in view.in_dataplane:
                 state = ReplicaState.STARTING
+            held = listeners.get(name, c.id) if spec.activated else None
+            if state is ReplicaState.READY and held == "not taken":
+                # Found so after it was ready (it bound its own port later than the hand-over):
+                # never served again, whether or not the worker's next pass has run yet.
+                state = ReplicaState.UNHEALTHY
             n = counts.get(c.name, 0)
             note = None
-            held = listeners.get(name, c.id) if spec.activated else None
             if spec.activated and not c.managed:
                 note = "adopted: lbctl hands an activated app's listeners to its own replicas"
             elif held == "not taken":

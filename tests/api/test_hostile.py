@@ -287,6 +287,9 @@ def test_hostile_requests_get_4xx_json_and_change_nothing(daemon: Daemon) -> Non
           f"{dict(sorted(statuses.items()))}; by kind {dict(sorted(kinds.items()))}")
     assert daemon.api("GET", "/healthz")["ok"]
     assert sorted(c["Id"] for c in app_containers(existing)) == ids
-    assert set(docker("ps", "-aq").split()) == before_all, "a hostile request made a container"
+    # Only what appeared counts: a container that went meanwhile is an earlier test's, still
+    # being drained and removed by its daemon when this one began.
+    made = set(docker("ps", "-aq").split()) - before_all
+    assert not made, f"a hostile request made a container: {made}"
     assert iptables_save() == rules
     assert state_file.read_bytes() == state

@@ -136,7 +136,12 @@ async def test_spread_is_even(dp: EbpfDataplane, netns: Netns, n: int) -> None:
     tally = await connect(netns, 1000)
     assert_even(tally, list(pids), 1000, 0.15)
     counters = await dp.counters(APP)
-    assert counters == {name: tally[name] for name in pids}  # map counts = replica counts
+    # The map counts selections, the tally connections: equal but for a SYN the kernel
+    # dropped after the program chose (a full accept queue on a busy host), whose retransmit
+    # is chosen again, for the same replica (same 4-tuple, same hash). Seen once in a CI run.
+    assert set(counters) == set(pids)
+    assert all(counters[name] >= tally[name] for name in pids), (counters, tally)
+    assert sum(counters.values()) - 1000 <= 5, (counters, tally)
     assert (await dp.reasons(APP))["fallback"] == 0
 
 
