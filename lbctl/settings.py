@@ -93,6 +93,9 @@ class IptablesSettings:
     # Rewriting more DNAT chains than this in one fast pass: one `iptables-save -t nat` reads
     # their counters more cheaply than one `iptables -S` per chain.
     per_chain_counter_reads: int = 4
+    # Apps one sync may leave out because the kernel refused their rules (quarantine.py);
+    # more than that in one sync is the host's trouble, not the apps': the sync fails whole.
+    max_quarantined: int = 4
 
 
 @dataclass(frozen=True)
