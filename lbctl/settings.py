@@ -105,6 +105,16 @@ class EbpfSettings:
     # (a replica binds IPv4, then IPv6, or TCP then UDP, one after another).
     startup_rescan: float = 3.0
     loader_timeout: float = 120.0  # compiling and loading the program (LLVM, the verifier)
+    # UDP flows (bpf/lbctl_shared.h: `flows` never evicts, so that no flood of new flows can
+    # push out one that talks): the controller forgets a flow quiet for `flow_max_idle`
+    # (longer than QUIC's usual idle timeouts, 30-60 s), and once the map is more than
+    # `flow_crowded` full, one quiet for `flow_crowded_idle` (what a flood of spoofed sources
+    # fills it with never talks again), every `flow_sweep_interval`. A forgotten flow is hashed
+    # again at its next datagram: the same replica while the table does not change.
+    flow_max_idle: float = 120.0
+    flow_crowded: float = 0.5
+    flow_crowded_idle: float = 10.0
+    flow_sweep_interval: float = 5.0
 
 
 @dataclass(frozen=True)
