@@ -96,7 +96,8 @@ class HostRules:
     async def set(self, app: str, service: Service | None) -> None:
         """Make `service` the app's rules (None: the app has none) and wait until a sync
         that includes it succeeded. Raises SyncFailed (or TimeoutError, after the settings'
-        `wait_timeout`)."""
+        `wait_timeout`); RulesRefused when that sync went through without the app's rules
+        (they are not in: the app keeps its previous ones, or none)."""
         current = self.services.get(app)
         if service == current and self._synced == self._version:
             self._raise_refused(app)
