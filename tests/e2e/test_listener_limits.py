@@ -166,6 +166,20 @@ def targets(d: Daemon) -> list[dict[str, Any]]:
             {"name": "metrics", "kind": "tcp", "addr": ["127.0.0.1", d.metrics_port]}]
 
 
+def replacement_ip(app: str, victim: str) -> str | None:
+    """The address of the running replica that took the victim's name, if there is one yet.
+    The daemon removes the victim meanwhile: a container listed and gone before its inspect
+    is a try again, not a failure."""
+    try:
+        cs = app_containers(app)
+    except RuntimeError:
+        return None
+    for c in cs:
+        if c["Name"] == f"/{app}-2" and c["Id"] != victim and c["State"]["Running"]:
+            return str(c["NetworkSettings"]["IPAddress"])
+    return None
+
+
 def replica_id(app: str, index: int) -> str:
     return str(next(c["Id"] for c in app_containers(app) if c["Name"] == f"/{app}-{index}"))
 
@@ -255,9 +269,7 @@ def test_the_fd_reserve_keeps_syncs_going_at_a_lowered_limit(
         left = time.monotonic() - t_kill
         deadline = time.monotonic() + 45
         while True:
-            replaced = [c for c in app_containers(app_name) if c["Name"] == f"/{app_name}-2"
-                        and c["Id"] != victim and c["State"]["Running"]]
-            ip = replaced[0]["NetworkSettings"]["IPAddress"] if replaced else None
+            ip = replacement_ip(app_name, victim)
             if ip and f"{ip}:8080" in iptables_save():
                 break
             assert time.monotonic() < deadline, "no replacement in the rules"
