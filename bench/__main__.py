@@ -179,6 +179,22 @@ NOTES = [
     "deletes by the reply tuple, which names the replica (lbctl.dataplane.conntrack): 0 "
     "failed in 6 rounds, 1.63 million requests. The eBPF mode was never exposed: its "
     "replicas share the sandbox's address, which stays.",
+    "A spoofed UDP flood against an ebpf app's flow table (`pytest -s "
+    "tests/dataplane/test_ebpf_flood.py`, not part of `make bench`: UDP replicas in a "
+    "namespace of the test's own, 300 real flows from a second namespace through a veth, then "
+    "3 x MAX_FLOWS = 196,608 flows from spoofed sources in 10.200.0.0/16 sent by a raw socket "
+    "in about 2 s, one or two datagrams each). With the LRU flow map lbctl had: one datagram "
+    "per spoofed flow left 300 of 300 real flows (the kernel's LRU evicts first what was "
+    "never looked up again); two each left 0 of 300. No flow moved while the replica set "
+    "stayed (a forgotten flow is hashed back to its replica), but a scale 3 -> 4 right after "
+    "moved 228 of 300, and a replica draining under the flood lost all 72 of its flows to "
+    "the others while its drain counted 0 active flows (it would have stopped the replica at "
+    "once). With the flow map that never evicts (new flows go to a 16,384-flow LRU while it "
+    "is full; the daemon forgets flows quiet for 120 s, or 10 s once it is half full): both "
+    "floods leave 300 of 300, 0 moved by the scale, 0 off the draining replica. Flows that "
+    "start while the map is full live in that LRU, where a further flood of 16,384 "
+    "two-datagram flows left 7 and 75 of 100 in two runs (the others are hashed back to "
+    "their replica unless the replica set changes).",
 ]
 
 

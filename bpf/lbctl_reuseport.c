@@ -25,8 +25,12 @@
  * TCP: exact round-robin over the table; queued connections of a closing listener migrate.
  * UDP: a datagram of a known flow goes to the replica that flow went to, as long as that
  * replica's socket is in `sockets` (ready or draining); a new flow is hashed (md->hash, the
- * 4-tuple hash) over the ready set.  Flows live in an LRU map with a last-seen time, which is
- * also what the controller reads to know when a draining UDP replica has gone quiet.
+ * 4-tuple hash) over the ready set.  Flows live in a hash map with a last-seen time, which is
+ * also what the controller reads to know when a draining UDP replica has gone quiet.  That map
+ * never evicts: a spoofed flood of new flows cannot push out a flow that talks (measured with
+ * an LRU there: two datagrams per spoofed flow emptied it of every real flow, and a scale or a
+ * drain then moved them).  The controller forgets quiet flows; while the map is full, new flows
+ * are kept in `overflow`, an LRU (whose eviction takes first what was seen only once).
  *
  * Every verdict is SK_PASS: when the program selected a socket the kernel uses it, otherwise
  * the kernel's own hash over the group's sockets keeps the client served.  Dropping would turn
@@ -65,7 +69,7 @@ BPF_ARRAY(wildcard, u32, N_WILDCARD);
 BPF_F_TABLE("hash", struct group_key, u32, groups, MAX_GROUPS, BPF_F_NO_PREALLOC);
 BPF_ARRAY(selection, u32, MAX_GROUPS * 2 * TABLE_LEN);
 BPF_ARRAY(config, u32, MAX_GROUPS * N_CFG);
-BPF_TABLE("lru_hash", struct flow_key, struct flow, flows, MAX_FLOWS);
+BPF_TABLE("hash", struct flow_key, struct flow, flows, MAX_FLOWS);
 /* Per-CPU so that counting never contends; user space sums over CPUs.  `steered` counts new
  * TCP connections and new UDP flows per slot. */
 BPF_PERCPU_ARRAY(steered, u64, MAX_SLOTS);
@@ -73,6 +77,8 @@ BPF_PERCPU_ARRAY(reasons, u64, N_REASONS);
 /* Round-robin position per group, one per CPU: bcc 0.26 builds for BPF ISA v1/v2, which has
  * no atomic fetch-and-add, and a per-CPU cursor needs none. */
 BPF_PERCPU_ARRAY(cursor, u32, MAX_GROUPS);
+/* New UDP flows while `flows` is full (see the top of this file). */
+BPF_TABLE("lru_hash", struct flow_key, struct flow, overflow, OVERFLOW_FLOWS);
 
 #define SOCKETS_MAP ((void *)bpf_pseudo_fd(1, -1))
 
@@ -200,6 +206,8 @@ static __always_inline int udp_select(struct sk_reuseport_md *md, u32 g, u32 hal
     struct flow_key fk = {.hash = md->hash, .group = g};
     u64 now = bpf_ktime_get_ns();
     struct flow *f = flows.lookup(&fk);
+    if (!f)
+        f = overflow.lookup(&fk);
     if (f) {
         u32 s = f->slot;
         if (bpf_sk_select_reuseport(md, SOCKETS_MAP, &s, 0) == 0) {
@@ -220,16 +228,24 @@ static __always_inline int udp_select(struct sk_reuseport_md *md, u32 g, u32 hal
         count_reason(R_NO_READY_REPLICA);
         return SK_PASS;
     }
-    /* Hashed, not round-robined: a flow the LRU forgot comes back to the same replica as long
-     * as the table is unchanged. */
+    /* Hashed, not round-robined: a flow the maps forgot comes back to the same replica as
+     * long as the table is unchanged. */
     int s = select_from(md, g, half, len, md->hash % len);
     if (s < 0) {
         /* Nothing usable in the table: the kernel's hash keeps the client served. */
         count_reason(R_FALLBACK);
         return SK_PASS;
     }
-    struct flow nf = {.slot = (u32)s, .seen_ns = now};
-    flows.update(&fk, &nf);
+    if (f) {
+        /* In place: the entry it has, wherever it is, and no allocation. */
+        f->slot = (u32)s;
+        f->seen_ns = now;
+    } else {
+        struct flow nf = {.slot = (u32)s, .seen_ns = now};
+        /* BPF_NOEXIST: a full `flows` refuses (E2BIG) rather than evict; then `overflow`. */
+        if (flows.insert(&fk, &nf) != 0)
+            overflow.update(&fk, &nf);
+    }
     /* Steered the new flow to the ready replica in slot s. */
     count_steered((u32)s);
     return SK_PASS;

@@ -29,9 +29,14 @@
 /* A slot whose socket just closed (the controller has not caught up yet) fails selection;
  * the next entries of the table are tried before giving up. */
 #define MAX_TRIES 4
-/* UDP flows remembered; the least recently used is forgotten first, and a forgotten flow is
- * hashed again, which sends it to the same replica as long as the table did not change. */
+/* UDP flows remembered.  `flows` never forgets a flow by itself: a flood of new flows (spoofed
+ * sources) can fill it, never push out a flow already there; the controller forgets the ones
+ * that went quiet (lbctl/dataplane/ebpf/flows.py: expire).  While it is full, new flows go to
+ * `overflow`, an LRU of OVERFLOW_FLOWS, where what a flood pushes out first is a flow that sent
+ * one datagram only.  A forgotten flow is hashed again, which sends it to the same replica as
+ * long as the table did not change. */
 #define MAX_FLOWS 65536
+#define OVERFLOW_FLOWS 16384
 /* A flow's last-seen time is rewritten at most this often (ns): a busy flow does not dirty its
  * entry's cache line on every datagram, and the controller's idle window is seconds. */
 #define SEEN_GRANULARITY 10000000ULL

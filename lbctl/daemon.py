@@ -11,14 +11,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from lbctl import __version__, instance_lock, malloc, sdnotify
+from lbctl.api.listener import BACKLOG, EVENTS, FdBudget, GuardedListener, ListenerLimits
 from lbctl.api.server import Api
 from lbctl.controller import template
 from lbctl.controller.activation import ActivationQuestions, ListenerStates
@@ -158,13 +161,39 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     apps.on_change = controller.on_change
     apps.load()  # a damaged state file stops us here, before anything is touched
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
+    for listener in ("control", "metrics"):
+        for event in EVENTS:
+            metrics.listener_events.labels(listener=listener, event=event)
     api = Api(apps, Status(apps, counters, controller, listeners=listeners), default_mode,
-              policy, settings=settings.api)
+              policy, settings=settings.api, report=_reporter(metrics))
+    metrics.listener_connections.labels(listener="control").set_function(api.listener.count)
     return Daemon(controller, api, metrics, counters, apps, engine, ebpf, activation,
                   host_ports, default_mode)
 
 
+def _reporter(metrics: Metrics) -> Callable[[str, str], None]:
+    def report(listener: str, event: str) -> None:
+        metrics.listener_events.labels(listener=listener, event=event).inc()
+    return report
+
+
+def raise_open_files(target: int) -> tuple[int, int]:
+    """RLIMIT_NOFILE's soft limit up to its hard one, at most `target` (never lowered):
+    the kernel's default soft limit, 1024, is what idle connections took from syncs.
+    Returns (soft, hard) as they are now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft, hard
+
+
 async def serve(settings: Settings, sock: Path, policy: Policy | None = None) -> None:
+    soft, hard = raise_open_files(settings.daemon.max_open_files)
+    if soft < 4 * settings.api.fd_reserve:
+        log.warning("open files limited to %d (hard limit %d): the listeners keep %d of them "
+                    "for syncs; raise LimitNOFILE=", soft, hard, settings.api.fd_reserve)
     locks = lock(settings)
     try:
         await _serve(settings, sock, policy or Policy())
@@ -177,7 +206,7 @@ async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
     d = build(settings, policy)
     controller = d.controller
     await d.api.start(sock)
-    metrics_runner = await _serve_metrics(settings.daemon.metrics_addr, d.metrics, d.counters)
+    metrics_runner, metrics_listener = await _serve_metrics(settings, d.metrics, d.counters)
     log.info(
         "lbctl daemon started",
         extra={
@@ -211,6 +240,7 @@ async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
             t.cancel()
         await asyncio.gather(run, ready, watchdog, trimmer, stopper, return_exceptions=True)
         await d.api.stop()
+        metrics_listener.close()
         await metrics_runner.cleanup()
         await d.engine.close()
         d.host_ports.close()
@@ -263,8 +293,17 @@ async def _watchdog(controller: Controller) -> None:
             stalled = True
 
 
-async def _serve_metrics(addr: str, metrics: Metrics, counters: KernelCounters) -> web.AppRunner:
-    host, port = parse_addr(addr)
+async def _serve_metrics(settings: Settings, metrics: Metrics, counters: KernelCounters,
+                         ) -> tuple[web.AppRunner, GuardedListener]:
+    """The metrics port: no authentication (any local user may connect), so guarded like
+    the control socket (lbctl.api.listener), with no caller to count by."""
+    host, port = parse_addr(settings.daemon.metrics_addr)
+    api = settings.api
+    guard = GuardedListener(
+        ListenerLimits("metrics", "metrics port", api.metrics_max_connections,
+                       api.idle_timeout, api.header_timeout),
+        FdBudget(api.fd_reserve), _reporter(metrics))
+    metrics.listener_connections.labels(listener="metrics").set_function(guard.count)
 
     async def handle(request: web.Request) -> web.Response:
         # The kernel's counters, shared with status and other scrapes (controller.counters)
@@ -274,9 +313,29 @@ async def _serve_metrics(addr: str, metrics: Metrics, counters: KernelCounters) 
             headers={"X-Content-Type-Options": "nosniff"},
         )
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard.middleware])
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    await guard.start(runner, _tcp_listeners(host, port))
+    return runner, guard
+
+
+def _tcp_listeners(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` names (as aiohttp's TCPSite binds)."""
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            s = socket.socket(family, kind, proto)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(BACKLOG)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks

@@ -93,6 +93,9 @@ class IptablesSettings:
     # Rewriting more DNAT chains than this in one fast pass: one `iptables-save -t nat` reads
     # their counters more cheaply than one `iptables -S` per chain.
     per_chain_counter_reads: int = 4
+    # Apps one sync may leave out because the kernel refused their rules (quarantine.py);
+    # more than that in one sync is the host's trouble, not the apps': the sync fails whole.
+    max_quarantined: int = 4
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,16 @@ class EbpfSettings:
     # (a replica binds IPv4, then IPv6, or TCP then UDP, one after another).
     startup_rescan: float = 3.0
     loader_timeout: float = 120.0  # compiling and loading the program (LLVM, the verifier)
+    # UDP flows (bpf/lbctl_shared.h: `flows` never evicts, so that no flood of new flows can
+    # push out one that talks): the controller forgets a flow quiet for `flow_max_idle`
+    # (longer than QUIC's usual idle timeouts, 30-60 s), and once the map is more than
+    # `flow_crowded` full, one quiet for `flow_crowded_idle` (what a flood of spoofed sources
+    # fills it with never talks again), every `flow_sweep_interval`. A forgotten flow is hashed
+    # again at its next datagram: the same replica while the table does not change.
+    flow_max_idle: float = 120.0
+    flow_crowded: float = 0.5
+    flow_crowded_idle: float = 10.0
+    flow_sweep_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -130,10 +143,33 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class ApiSettings:
+    """The control socket and the metrics port (lbctl.api.listener says why each bound)."""
+
     max_body: int = 64 * 1024  # bytes of one request body
     # How long a status or a scrape may reuse the kernel's counters read by an earlier one:
     # 100 scrapes at once read them once, never under the sync lock.
     counters_max_age: float = 0.5
+    # Connections to the control socket of callers other than root, in all and per caller
+    # (uid); root's are not counted, so members cannot lock root out. The CLI holds one per
+    # command; a watch (`status -w`) one for its life.
+    max_connections: int = 128
+    max_connections_per_uid: int = 32
+    # Connections to the metrics port (any local user may connect): Prometheus holds one;
+    # 100 scrapers at once (tests/e2e/test_faults.py) need no more than half of these.
+    metrics_max_connections: int = 128
+    # A connection's time from its accept (or its last answer) to its next request's first
+    # byte; longer than the CLI's own keep-alive (aiohttp's 15 s), so it is the CLI that
+    # closes its idle connections, not us under its feet.
+    idle_timeout: float = 30.0
+    # From a request's first byte to its whole head, and again from its head to its whole
+    # body: a local client sends both in microseconds; a client sending a byte a second
+    # (slowloris) is cut after this.
+    header_timeout: float = 10.0
+    # File descriptors the listeners never take: they stop accepting while the daemon's open
+    # files are within this many of its limit. What a sync may need at once: engine calls
+    # (aiohttp's pool: at most 100 connections), iptables-restore's pipes, eBPF map and
+    # program fds, listeners borrowed with pidfd_getfd, readiness probes' sockets.
+    fd_reserve: int = 256
 
 
 @dataclass(frozen=True)
@@ -142,6 +178,10 @@ class DaemonSettings:
     metrics_addr: str = "127.0.0.1:9477"
     trim_interval: float = 30.0  # seconds between malloc trims (lbctl.malloc)
     log_level: str = "info"
+    # RLIMIT_NOFILE: the daemon raises its soft limit to the hard one, at most this (the unit
+    # sets both to this; the kernel's default soft limit, 1024, is what idle connections
+    # exhausted). Bounded: a child (iptables-restore) inherits it.
+    max_open_files: int = 65536
     # Where the lock on the bpf pin root lives (bpffs holds no plain files; lbctl.
     # instance_lock); the state dir's lock is in the state dir.
     lock_dir: Path = Path("/run/lock")

@@ -25,3 +25,35 @@ def test_the_data_planes_get_their_sections(tmp_path: Path) -> None:
     assert rules.v4.settings is settings.iptables and rules.v6.settings is settings.iptables
     assert d.ebpf is not None, "the suite runs as root with bcc (make setup)"
     assert d.ebpf.settings is settings.ebpf and d.ebpf.pin_root == tmp_path / "pins"
+
+
+def test_the_listeners_get_the_api_section(tmp_path: Path) -> None:
+    from lbctl.settings import ApiSettings
+
+    settings = replace(Settings(), daemon=DaemonSettings(state_dir=tmp_path / "state"),
+                       api=ApiSettings(max_connections=5, max_connections_per_uid=2,
+                                       idle_timeout=7.0, header_timeout=3.0, fd_reserve=99))
+    d = build(settings)
+    limits = d.api.listener.limits
+    assert (limits.max_connections, limits.max_per_uid) == (5, 2)
+    assert (limits.idle_timeout, limits.header_timeout) == (7.0, 3.0)
+    assert d.api.listener.budget.reserve == 99
+
+
+def test_the_open_files_limit_goes_up_to_the_hard_one_at_most_the_target() -> None:
+    import resource
+
+    from lbctl.daemon import raise_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert raise_open_files(512) == (512, hard)  # up to the target
+        assert raise_open_files(128) == (512, hard)  # never lowered
+        top = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        assert raise_open_files(top + 1)[0] == top  # at most the hard limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # The unit sets both limits to what the daemon raises its soft one to.
+    unit = (Path(__file__).parents[1] / "systemd" / "lbctl.service").read_text()
+    assert f"LimitNOFILE={DaemonSettings().max_open_files}\n" in unit

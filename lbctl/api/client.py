@@ -62,3 +62,10 @@ class Client:
                 f"lbctl daemon is not running (no answer on {self.path}): start it with "
                 "`lbctl daemon` or `systemctl start lbctl`"
             ) from None
+        except aiohttp.ClientError as e:
+            # A daemon over one of its connection caps answers 503 and closes at once, often
+            # before our request is written (EPIPE, reset): one line, not a traceback.
+            raise DaemonUnavailable(
+                f"the daemon closed the connection on {self.path} ({e}): it takes a limited "
+                "number of connections per caller; close some (or wait) and retry"
+            ) from None

@@ -21,6 +21,7 @@ import grp
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from lbctl.api.identity import Caller, peer
+from lbctl.api.listener import BACKLOG, FdBudget, GuardedListener, ListenerLimits, Report
 from lbctl.controller.admission import Resources
 from lbctl.controller.apps import ROOT, AppsService, Rights
 from lbctl.controller.policy import Policy
@@ -115,13 +117,22 @@ class Api:
         policy: Policy | None = None,
         identify: Callable[[web.Request], Caller] = peer,
         settings: ApiSettings = ApiSettings(),  # noqa: B008 (frozen: one shared default)
+        report: Report = lambda label, event: None,
     ) -> None:
+        """`report`: what the socket's guard refused or cut (lbctl.api.listener.EVENTS)."""
         self.apps = apps
         self.status = status
         self.default_mode = default_mode
         self.policy = policy or Policy()
         self.identify = identify  # tests inject a caller; the daemon asks the kernel
-        app = web.Application(middlewares=[_errors, self._caller],
+        # Caps, timeouts and the fd reserve (lbctl.api.listener); its middleware is the
+        # innermost, so a request whose body it cut ends there, not as a handler's error.
+        self.listener = GuardedListener(
+            ListenerLimits("control", "control socket", settings.max_connections,
+                   settings.idle_timeout, settings.header_timeout,
+                   settings.max_connections_per_uid),
+            FdBudget(settings.fd_reserve), report)
+        app = web.Application(middlewares=[_errors, self._caller, self.listener.middleware],
                               client_max_size=settings.max_body)
         app[MAX_BODY] = settings.max_body
         r = app.router
@@ -150,12 +161,17 @@ class Api:
         await self.runner.setup()
         # Create the socket with no access for others from the first moment, then open it
         # to the lbctl group: a chmod after bind would leave a window.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
-            site = web.UnixSite(self.runner, str(path))
-            await site.start()
+            sock.bind(str(path))
+            sock.listen(BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old)
+        await self.listener.start(self.runner, [sock])
         try:
             os.chown(path, 0, grp.getgrnam(SOCKET_GROUP).gr_gid)
         except KeyError:
@@ -165,6 +181,7 @@ class Api:
         os.chmod(path, 0o660)
 
     async def stop(self) -> None:
+        self.listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
 

@@ -201,7 +201,13 @@ class Admission:
 
 def check_port_free(spec: AppSpec) -> None:
     """Refuse a host port that something else on the host already serves (Docker's -p, a
-    local server), or an address that is not this host's."""
+    local server), or an address that is not this host's.
+
+    TCP binds with SO_REUSEADDR, as servers do: a port that served short connections a moment
+    ago (a redeploy: `rm`, then `run` again) keeps TIME_WAIT sockets for about a minute, which
+    refuse a bind without it although nothing serves there. A listener still refuses it
+    (Linux never shares a port in LISTEN through SO_REUSEADDR). Not for UDP, where the option
+    would let the bind share a port another socket serves."""
     for pub in spec.publishes:
         kind = socket.SOCK_STREAM if pub.proto == "tcp" else socket.SOCK_DGRAM
         family = socket.AF_INET6 if pub.family == 6 else socket.AF_INET
@@ -210,6 +216,8 @@ def check_port_free(spec: AppSpec) -> None:
                 # [::] must not look taken because of an IPv4 listener: our rules for one
                 # family never catch the other's packets.
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((pub.host_ip, pub.host_port))
             except OSError as e:

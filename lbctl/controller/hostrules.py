@@ -6,6 +6,12 @@ and waits for a sync that includes it; syncs are coalesced (one `iptables-restor
 whatever changed meanwhile, at most one per `min_interval`) and a failed sync is retried with
 backoff by this loop, the next attempt being a full one.
 
+One app's rules the kernel refuses do not fail the others': the rules port leaves that app
+out (its previous rules kept, or none) and answers with its error, which this step hands to
+that app's worker alone (`set` raises RulesRefused, `error()` is what `status` shows) while
+every other worker's `set` returns. A change of the app's rules is tried at once; the same
+rules again at the next full sync (the periodic one: at most `resync_interval` later).
+
 What was last applied is kept in the state dir: a restarted daemon starts from it, so the
 rules of an app whose worker has not finished its first pass are re-applied as they were,
 never dropped because another app's worker synced first.
@@ -36,6 +42,10 @@ class SyncFailed(RuntimeError):
     """The host sync that should have included a worker's change failed."""
 
 
+class RulesRefused(SyncFailed):
+    """The sync went through, without this app's rules (the message says why)."""
+
+
 class HostRules:
     def __init__(
         self,
@@ -52,6 +62,11 @@ class HostRules:
         self._version = 0  # bumped on every change of `services`
         self._synced = -1  # version of the last successful sync
         self._failed: tuple[int, str] | None = None  # (version, error) of the last failure
+        # app -> why its rules are not (all) in, from the last successful sync
+        self._errors: dict[str, str] = {}
+        # The services of the last successful sync as the rules port applied them: a refused
+        # app's previous one, not the one it asked for (what the state file keeps).
+        self._applied: dict[str, Service] = {}
         self._wake = asyncio.Event()
         self._full = True  # the next sync compares with the kernel: startup, resync()
         self._done = asyncio.Condition()
@@ -61,6 +76,7 @@ class HostRules:
         try:
             raw: Any = json.loads(self.path.read_text())
             self.services = {s.app: s for s in (_service(d) for d in raw["services"])}
+            self._applied = dict(self.services)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, InvalidInput) as e:
@@ -73,12 +89,18 @@ class HostRules:
     def apps(self) -> set[str]:
         return set(self.services)
 
+    def error(self, app: str) -> str | None:
+        """Why the app's rules are not (all) in the kernel since the last sync; None: they are."""
+        return self._errors.get(app)
+
     async def set(self, app: str, service: Service | None) -> None:
         """Make `service` the app's rules (None: the app has none) and wait until a sync
         that includes it succeeded. Raises SyncFailed (or TimeoutError, after the settings'
-        `wait_timeout`)."""
+        `wait_timeout`); RulesRefused when that sync went through without the app's rules
+        (they are not in: the app keeps its previous ones, or none)."""
         current = self.services.get(app)
         if service == current and self._synced == self._version:
+            self._raise_refused(app)
             return
         if service != current:
             if service is None:
@@ -93,6 +115,12 @@ class HostRules:
                 if self._failed is not None and self._failed[0] >= mine:
                     raise SyncFailed(self._failed[1])
                 await self._done.wait()
+        self._raise_refused(app)
+
+    def _raise_refused(self, app: str) -> None:
+        error = self._errors.get(app)
+        if error is not None:
+            raise RulesRefused(error)
 
     def resync(self) -> None:
         """A full sync now, without a change: someone moved or removed rules of ours (Docker
@@ -119,7 +147,7 @@ class HostRules:
             services = sorted(self.services.values(), key=lambda s: s.app)
             t0 = time.perf_counter()  # how long the kernel took, for the sync histogram
             try:
-                await self._rules.sync(services, full=full)
+                errors = dict(await self._rules.sync(services, full=full))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -135,8 +163,16 @@ class HostRules:
                 continue
             self.on_sync(time.perf_counter() - t0, True)
             backoff = 0.2
-            self._save(services)
+            applied = {s.app: s for s in services if s.app not in errors}
+            for app in errors:
+                # Refused: what was applied before stays what the state file says (or
+                # nothing), so a restarted daemon does not try the refused rules first.
+                if app in self._applied:
+                    applied[app] = self._applied[app]
+            self._applied = applied
+            self._save(sorted(applied.values(), key=lambda s: s.app))
             async with self._done:
+                self._errors = errors
                 self._synced = max(self._synced, version)
                 self._done.notify_all()
             await asyncio.sleep(self.settings.min_interval)

@@ -96,7 +96,11 @@ class ActivationPort(Protocol):
 
 
 class RulesPort(Protocol):
-    async def sync(self, services: Sequence[Service], full: bool = False) -> None: ...
+    async def sync(self, services: Sequence[Service], full: bool = False) -> Mapping[str, str]:
+        """The host's rules to `services`; returns app -> error for the apps whose rules
+        are not (all) in, which the others' sync did not wait for (lbctl.dataplane.iptables.
+        quarantine); raises when the sync failed whole."""
+        ...
 
     async def counters(self) -> dict[tuple[str, str], int]: ...
 

@@ -86,6 +86,16 @@ class Metrics:
             "lbctl_rollout_failures", "Rollouts that failed (rolled back or paused)", ["app"],
             registry=r,
         )
+        self.listener_events = Counter(
+            "lbctl_listener_events",
+            "Connections a daemon listener refused (over a cap) or cut (idle, slow head or "
+            "body), and the times it stopped accepting to keep its fd reserve",
+            ["listener", "event"], registry=r,
+        )
+        self.listener_connections = Gauge(
+            "lbctl_listener_connections", "Connections open on a daemon listener",
+            ["listener"], registry=r,
+        )
         self.build_info = Gauge("lbctl_build_info", "lbctl version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.connections = _KernelCounters(

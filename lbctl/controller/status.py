@@ -44,13 +44,15 @@ class Status:
             raise NotFound(f"no app named {name}")
         counts = await self.counters.read(max_age=0)  # counts what was sent before it
         names = [name] if name is not None else sorted(self.apps.state.apps)
+        rules = self.controller.hostrules
         return [_app(self.apps, n, self.controller.view(n), counts.get(n, {}), self.wall(),
-                     self.listeners)
+                     self.listeners, rules.error(n))
                 for n in names]
 
 
 def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, int],
-         now: float, listeners: ListenerStates) -> dict[str, Any]:
+         now: float, listeners: ListenerStates, rules_error: str | None) -> dict[str, Any]:
+    """`rules_error`: why the host rules left the app's rules out (controller.hostrules)."""
     rec = apps.record(name)
     assert rec is not None
     spec = rec.spec
@@ -99,7 +101,8 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
             })  # fmt: skip
     ready = sum(1 for r in replicas if r["state"] == "ready")
     # A pass error is transient (the worker retries): it is the last event, not the error.
-    error = view.error if view else None
+    # Rules the kernel refused are the app's to fix (the next full sync tries them again).
+    error = (view.error if view else None) or rules_error
     converged = bool(
         view is not None and view.plan.converged and view.synced
         and view.planned_generation == apps.generation(name)

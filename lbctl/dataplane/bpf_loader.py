@@ -29,7 +29,7 @@ PROG_NAME = "lbctl_select"
 PROG_TYPE_SK_REUSEPORT = 21  # bcc 0.26 has no constant for it
 ATTACH_SELECT_OR_MIGRATE = 40  # BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: migration of queued conns
 MAP_NAMES = ("sockets", "wildcard", "groups", "selection", "config", "flows", "steered",
-             "reasons", "cursor")
+             "reasons", "cursor", "overflow")
 BPFFS = pathlib.Path("/sys/fs/bpf")
 SOURCE_NAME = "lbctl_reuseport.c"
 HEADER_NAME = "lbctl_shared.h"
@@ -51,6 +51,12 @@ def source_path() -> pathlib.Path:
     if env:
         return pathlib.Path(env)
     return bpf_dir() / SOURCE_NAME
+
+
+def shipped(src: pathlib.Path | None = None) -> bool:
+    """Is `src` (default: source_path()) the program shipped with this lbctl? Another one
+    ($LBCTL_BPF_SRC: an older release's) may lack maps that came later."""
+    return (src or source_path()).resolve() == (bpf_dir() / SOURCE_NAME).resolve()
 
 
 def header_path() -> pathlib.Path:
@@ -110,6 +116,11 @@ def load(src: pathlib.Path, pin_dir: pathlib.Path | None) -> dict[str, object]:
         for name in MAP_NAMES:
             fd = bcc.libbcc.lib.bpf_table_fd(b.module, name.encode())
             if fd < 0:
+                # Another program than the one shipped ($LBCTL_BPF_SRC: an older release's)
+                # may lack maps that came later (the flows' overflow); it is pinned with the
+                # ones it has, as that release pinned it.
+                if not shipped(src):
+                    continue
                 raise RuntimeError(f"map {name} missing from the compiled program")
             bpfsys.obj_pin(fd, str(tmp / name))
         # rename(2) onto an existing empty dir replaces it; a non-empty one fails (ENOTEMPTY),

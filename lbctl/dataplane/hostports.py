@@ -9,9 +9,19 @@ every later bind there (EADDRINUSE), including a wildcard or dual-stack one.
 The placeholder is bound and never listens (TCP) or reads (UDP): the DNAT rewrites packets
 in nat PREROUTING/OUTPUT, before the local socket lookup, so it never gets a packet while the
 rules are in place; if they are not (a host whose rules were flushed), a TCP client gets a
-reset rather than a connection that hangs in an accept queue nobody serves. Neither
-SO_REUSEADDR nor SO_REUSEPORT is set: with either, Linux lets a second socket with the same
-option share a port that is not in LISTEN state, which is the whole point of the hold.
+reset rather than a connection that hangs in an accept queue nobody serves.
+
+SO_REUSEADDR, for TCP, is set for the bind and cleared right after it. Set, the bind succeeds
+beside the TIME_WAIT sockets a server leaves on its port for a minute after serving short
+connections (servers set SO_REUSEADDR, and their TIME_WAIT sockets inherit it): without it,
+an app redeployed at once (`rm`, then `run` on the same port; `--network host` above all,
+whose replicas served on the host's own sockets) was refused "already in use" for about 60 s.
+A listener still conflicts (Linux never shares a port in LISTEN through SO_REUSEADDR), and so
+does any socket bound without the option. Cleared, it makes the hold whole again: the kernel
+reads the option of the sockets already on a port at each new bind, so a later bind is
+refused whatever it sets (tests/dataplane/test_hostports.py checks both on the real kernel).
+SO_REUSEPORT is never set: it would let a process of the same user join the port. UDP gets
+neither: it has no TIME_WAIT, and SO_REUSEADDR on two UDP sockets lets them share the port.
 """
 
 from __future__ import annotations
@@ -50,7 +60,11 @@ def bind_placeholder(publish: Publish) -> socket.socket:
             # Nothing reads it: if a datagram ever reaches it (no DNAT in place), it is
             # dropped at once instead of queuing up to the default buffer.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        else:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT (doc)
         s.bind((host, publish.host_port))
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)  # and no one else now
     except OSError:
         s.close()
         raise

@@ -40,7 +40,28 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
     d = Settings()
     assert (s.worker.resync_interval, s.probes, s.hostrules, s.iptables, s.api) == (
         d.worker.resync_interval, d.probes, d.hostrules, d.iptables, d.api)
-    assert len(FLAGS) == 13  # every flag above
+    assert len(FLAGS) == 13 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
+
+
+LISTENER_FLAGS = ("--api-max-connections", "--api-max-connections-per-uid",
+                  "--metrics-max-connections", "--api-idle-timeout", "--api-header-timeout",
+                  "--fd-reserve", "--max-open-files")
+
+
+def test_the_listeners_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    s = daemon("--api-max-connections", "7", "--api-max-connections-per-uid", "2",
+               "--metrics-max-connections", "0", "--api-idle-timeout", "3",
+               "--api-header-timeout", "1.5", "--fd-reserve", "64", "--max-open-files", "4096")
+    a = s.api
+    assert (a.max_connections, a.max_connections_per_uid, a.metrics_max_connections) == (7, 2, 0)
+    assert (a.idle_timeout, a.header_timeout, a.fd_reserve) == (3.0, 1.5, 64)
+    assert s.daemon.max_open_files == 4096
+    assert (a.max_body, a.counters_max_age) == (Settings().api.max_body,
+                                                Settings().api.counters_max_age)
+    with pytest.raises(InvalidInput, match="--api-header-timeout must be positive"):
+        daemon("--api-header-timeout", "0")
+    assert {f.name for f in FLAGS} >= set(LISTENER_FLAGS)
 
 
 def test_the_state_directory_of_systemd_when_no_flag(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -287,15 +287,22 @@ class FakeRules:
         self.counter_delay = 0.0
         self.counter_reads = 0
         self.counts: dict[tuple[str, str], int] = {}
+        self.refuse: dict[str, str] = {}  # app -> the error a sync answers for it
 
-    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
+    async def sync(self, services: Sequence[Service], full: bool = False) -> dict[str, str]:
         async with self.lock:
             self.fulls.append(full)
             if self.fail_next:
                 self.fail_next -= 1
                 raise RuntimeError("iptables-restore: simulated failure")
             self.syncs += 1
-            self.applied = list(services)
+            # As the real port does with a refused app: the others' rules go in, its own
+            # stay what they were.
+            kept = {s.app: s for s in self.applied if s.app in self.refuse}
+            self.applied = [kept.get(s.app, s) if s.app in self.refuse else s
+                            for s in services if s.app not in self.refuse or s.app in kept]
+            return {app: why for app, why in self.refuse.items()
+                    if any(s.app == app for s in services)}
 
     async def counters(self) -> dict[tuple[str, str], int]:
         async with self.lock:

@@ -96,6 +96,27 @@ def test_port_taken_per_family() -> None:
         check_port_free(spec("[2001:db8::7]:8080:80"))
 
 
+def test_time_wait_is_free_and_a_listener_is_not() -> None:
+    """A port that served short connections a moment ago (a redeploy) is free; a listener on
+    it, started with SO_REUSEADDR as servers are, is not."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            conn.close()  # the server closes first: TIME_WAIT on its port
+            assert client.recv(1) == b""
+        with pytest.raises(InvalidInput, match=rf"127.0.0.1:{port}/tcp is already in use"):
+            check_port_free(spec(f"127.0.0.1:{port}:80"))
+        with pytest.raises(InvalidInput, match="already in use"):
+            check_port_free(spec(f"0.0.0.0:{port}:80"))
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # TIME_WAIT is there: a bind without the option fails
+    check_port_free(spec(f"127.0.0.1:{port}:80"))
+
+
 # ---- docker run's options ----------------------------------------------------------------------
 
 async def test_networks_must_exist_and_the_first_be_a_bridge() -> None:

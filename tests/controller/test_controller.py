@@ -189,6 +189,36 @@ async def test_a_failed_rules_sync_is_retried_and_nothing_stops_meanwhile(
         await h.stop()
 
 
+async def test_an_app_whose_rules_are_refused_fails_alone_with_its_error_in_status(
+    tmp_path: Path,
+) -> None:
+    """The host rules left one app out of the shared transaction (quarantine): that app's
+    status says why, and nothing of it stops while its new rules are not in; the other app
+    syncs and fails over as ever; once its rules are accepted, the error goes."""
+    h = harness(tmp_path)
+    await h.start()
+    try:
+        await h.apps.apply([spec("bad", 2), spec("good", 2, port=18001)])
+        await h.until(lambda: len(h.rules.backends("bad")) == 2)
+        h.rules.refuse = {"bad": "iptables-restore refused its rules: Bad IP address"}
+        await h.apps.scale("bad", 1)
+        await h.until(lambda: h.hostrules.error("bad") is not None, what="bad refused")
+        report = {a["name"]: a for a in await h.status.report()}
+        assert report["bad"]["error"] == "iptables-restore refused its rules: Bad IP address"
+        assert report["good"]["error"] is None
+        assert h.rules.backends("bad") == ["bad-1", "bad-2"]  # its previous rules
+        assert len(h.engine.running("bad")) == 2, "no replica stops before its rules are in"
+        h.engine.kill("good-1")
+        await h.until(lambda: h.rules.backends("good") == ["good-2"], 1.0, "good fails over")
+        h.rules.refuse = {}
+        h.hostrules.resync()  # what the periodic full sync does
+        await h.until(lambda: h.rules.backends("bad") == ["bad-1"], 5.0)
+        await h.until(lambda: len(h.engine.running("bad")) == 1, 3.0)
+        assert (await h.status.report("bad"))[0]["error"] is None
+    finally:
+        await h.stop()
+
+
 async def test_a_wedged_engine_fails_passes_and_stops_liveness(tmp_path: Path) -> None:
     engine = FakeEngine()
     h = harness(tmp_path, engine, settings=worker_settings(pass_timeout=0.3))

@@ -5,6 +5,7 @@ other sync is the port's fast path."""
 from __future__ import annotations
 
 import asyncio
+import json
 import pathlib
 from collections.abc import Callable
 
@@ -78,3 +79,39 @@ async def test_full_only_at_start_after_failure_on_resync_and_periodically(
             await task
     assert rules.fulls[0] is True  # a new daemon starts full
     assert all(rules.fulls[1:])  # then only periodic passes, each full
+
+
+def app_svc(app: str, n: int) -> Service:
+    backends = tuple(Backend(f"{app}-{i}", f"172.17.1.{i + 2}", 80) for i in range(n))
+    return Service(app, Publish("127.0.0.1", 9000 + n, 80), backends, ("docker0",))
+
+
+async def test_an_app_the_rules_port_refuses_fails_alone(tmp_path: pathlib.Path) -> None:
+    """The rules port leaves a refused app out (quarantine): its worker's set() raises with
+    its error, every other worker's returns, status reads the error, the state file keeps
+    the app's previous rules, and the app is in again once its rules are accepted."""
+    rules = FakeRules()
+    hr = HostRules(rules, tmp_path, SETTINGS)
+    task = asyncio.create_task(hr.run())
+    try:
+        await hr.set("bad", app_svc("bad", 1))
+        rules.refuse = {"bad": "iptables-restore refused its rules: Bad IP address"}
+        with pytest.raises(hostrules.RulesRefused, match="Bad IP address"):
+            await hr.set("bad", app_svc("bad", 2))
+        await hr.set("good", app_svc("good", 1))  # returns: good is not held back
+        assert hr.error("bad") == "iptables-restore refused its rules: Bad IP address"
+        assert hr.error("good") is None
+        assert {s.app: len(s.backends) for s in rules.applied} == {"bad": 1, "good": 1}
+        saved = json.loads((tmp_path / hostrules.STATE_FILE).read_text())["services"]
+        assert {d["app"]: len(d["backends"]) for d in saved} == {"bad": 1, "good": 1}
+        # Asking again for the same rules: refused again, without waiting for anything new.
+        with pytest.raises(hostrules.RulesRefused):
+            await hr.set("bad", app_svc("bad", 2))
+        rules.refuse = {}
+        await hr.set("bad", app_svc("bad", 3))
+        assert hr.error("bad") is None
+        assert {s.app: len(s.backends) for s in rules.applied} == {"bad": 3, "good": 1}
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

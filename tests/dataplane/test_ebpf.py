@@ -69,6 +69,9 @@ bpf_loader.load(bpf_loader.source_path(), __import__("pathlib").Path(sys.argv[1]
 """
 
 
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9  # flows never evicts; overflow does
+
+
 def test_the_kernels_maps_have_the_sizes_python_uses(pin_root: pathlib.Path) -> None:
     """Key size, value size and entries of every map as the kernel built them from the C
     program (through bpf/lbctl_shared.h), against what the Python side packs and bounds
@@ -83,7 +86,9 @@ def test_the_kernels_maps_have_the_sizes_python_uses(pin_root: pathlib.Path) -> 
         "groups": (None, table.GROUP_KEY_SIZE, 4, d["MAX_GROUPS"]),
         "selection": (None, 4, 4, d["MAX_GROUPS"] * 2 * d["TABLE_LEN"]),
         "config": (None, 4, 4, d["MAX_GROUPS"] * d["N_CFG"]),
-        "flows": (None, flows.KEY_SIZE, flows.VALUE_SIZE, d["MAX_FLOWS"]),
+        "flows": (BPF_MAP_TYPE_HASH, flows.KEY_SIZE, flows.VALUE_SIZE, d["MAX_FLOWS"]),
+        "overflow": (BPF_MAP_TYPE_LRU_HASH, flows.KEY_SIZE, flows.VALUE_SIZE,
+                     d["OVERFLOW_FLOWS"]),
         "steered": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, d["MAX_SLOTS"]),
         "reasons": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, d["N_REASONS"]),
         "cursor": (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 4, d["MAX_GROUPS"]),

@@ -272,7 +272,7 @@ class Recorder:
 @pytest.fixture
 def maps() -> Iterator[Maps]:
     names = ("sockets", "wildcard", "groups", "selection", "config", "flows", "steered",
-             "reasons", "cursor")  # fmt: skip
+             "reasons", "cursor", "overflow")  # fmt: skip
     yield Maps(pathlib.Path("/nonexistent"), "tag", 99, {n: 10 + i for i, n in enumerate(names)})
 
 

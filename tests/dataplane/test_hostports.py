@@ -150,3 +150,61 @@ def test_an_ipv6_hold_is_ipv6_only() -> None:
         assert can_bind(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", port))
     finally:
         sock.close()
+
+
+def time_wait_port() -> int:
+    """A port a server just served short connections on, closing each first (as an HTTP/1.0
+    server does), then stopped: its TIME_WAIT sockets stay for about a minute."""
+    port = free_port()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                conn, _ = server.accept()
+                conn.close()  # the server closes first: the TIME_WAIT is on its port
+                assert client.recv(1) == b""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    waiting = [r for r in rows
+               if int(r.split()[1].rsplit(":", 1)[1], 16) == port and r.split()[3] == "06"]
+    assert waiting, "no TIME_WAIT socket on the port: the test would prove nothing"
+    # What refused a redeploy before: a plain bind (no SO_REUSEADDR) fails there.
+    assert not can_bind(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", port))
+    return port
+
+
+def test_time_wait_sockets_do_not_make_a_port_look_taken() -> None:
+    """A redeploy on the port a moment after the old app served on it (TIME_WAIT) is free to
+    check and to hold; once held, nobody else binds it, whatever options they set."""
+    port = time_wait_port()
+    where = Publish("127.0.0.1", port, 80)
+    ports = HostPorts()
+    ports.check(where)
+    ports.hold("web", [where], ports.reserve([where]))
+    try:
+        v4, tcp = socket.AF_INET, socket.SOCK_STREAM
+        attempts = {
+            "plain": can_bind(v4, tcp, ("127.0.0.1", port)),
+            "every address": can_bind(v4, tcp, ("0.0.0.0", port)),
+            "SO_REUSEADDR": can_bind(v4, tcp, ("127.0.0.1", port), socket.SO_REUSEADDR),
+            "SO_REUSEPORT": can_bind(v4, tcp, ("127.0.0.1", port), socket.SO_REUSEPORT),
+        }
+        assert not any(attempts.values()), attempts
+    finally:
+        ports.release("web")
+
+
+@pytest.mark.parametrize("opt", [None, socket.SO_REUSEADDR, socket.SO_REUSEPORT])
+def test_a_real_listener_is_still_found_whatever_its_options(opt: int | None) -> None:
+    # A listener with SO_REUSEADDR may start beside TIME_WAIT sockets (the others may not:
+    # the kernel refuses them there, as it did lbctl's check).
+    port = time_wait_port() if opt == socket.SO_REUSEADDR else free_port()
+    with socket.socket() as server:
+        if opt is not None:
+            server.setsockopt(socket.SOL_SOCKET, opt, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        for where in ("127.0.0.1", "0.0.0.0"):
+            with pytest.raises(InvalidInput, match="already in use"):
+                HostPorts().check(Publish(where, port, 80))

@@ -27,7 +27,7 @@ import pytest
 
 from harness.host import host_lock
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError
-from lbctl.dataplane.iptables.chains import SEP_PREFIX, bucket_chain, jump_spec
+from lbctl.dataplane.iptables.chains import SEP_PREFIX, bucket_chain, jump_spec, svc_chain
 from lbctl.model import Publish
 from lbctl.model.dataplane import Backend, Service
 from lbctl.settings import IptablesSettings
@@ -344,24 +344,95 @@ async def test_zero_backends_refused_at_once(
     assert_restored(host[0])
 
 
-async def test_failed_sync_is_one_line_and_changes_nothing(
+async def test_refused_rules_are_one_line_and_the_app_keeps_its_previous_ones(
     host: tuple[list[str], str], tmp_path: pathlib.Path
 ) -> None:
     port = free_port(socket.SOCK_STREAM)
     dp = IptablesDataplane(tmp_path)
-    await dp.sync([service(2, port)])
+    assert await dp.sync([service(2, port)]) == {}
     rules = nat_rules()
     bad = Service("lbtest", Publish("127.0.0.1", port, TCP_PORT), (Backend("web-9", "10.251.0.300", 1),), (BRIDGE,))  # fmt: skip  # noqa: E501
-    with pytest.raises(IptablesError) as e:
-        await dp.sync([bad])
-    msg = str(e.value)
+    errors = await dp.sync([bad])
+    msg = errors["lbtest"]
     assert "\n" not in msg and "line" in msg and "10.251.0.300" in msg, msg
+    assert msg.endswith("its previous rules are kept"), msg
     assert (tmp_path / "iptables-failed.rules").exists()
-    # The transaction was all or nothing: the previous rules still serve.
+    # The refused transaction was all or nothing, and the one tried without the app's new
+    # rules left its previous ones: they still serve.
     assert nat_rules() == rules
     assert await get(port) in NAMES[:2]
     await dp.sync([])
     assert_restored(host[0])
+
+
+async def test_one_apps_refused_rule_leaves_the_others_rules_in(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    """A restore the kernel refuses because of one app's rule: that app is left out (no
+    previous rules: none, its port refused), the other app's rules land and serve."""
+    good_port, bad_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    good = service(2, good_port, app="lbgood")
+    bad = Service("lbbad", Publish("127.0.0.1", bad_port, TCP_PORT),
+                  (Backend("web-2", IPS[2], TCP_PORT), Backend("web-9", "10.251.0.300", TCP_PORT)),
+                  (BRIDGE,))  # fmt: skip
+    errors = await dp.sync([bad, good])
+    assert set(errors) == {"lbbad"}, errors
+    assert "10.251.0.300" in errors["lbbad"] and errors["lbbad"].endswith("it has no rules")
+    assert set(await spread(good_port, 30)) == set(NAMES[:2])
+    assert localnet().strip() == "1"  # the good app's guard is in, so is the sysctl
+    with pytest.raises(ConnectionRefusedError):
+        await get(bad_port)
+    assert "lbbad" not in sh("iptables-save")
+    # Fixed: in at the next sync, beside the other.
+    fixed = Service("lbbad", bad.publish, (Backend("web-2", IPS[2], TCP_PORT),), (BRIDGE,))
+    assert await dp.sync([fixed, good]) == {}
+    assert await spread(bad_port, 5) == {"web-2": 5}
+    await dp.sync([])
+    assert_restored(host[0])
+    assert localnet() == host[1]
+
+
+async def test_a_failing_restore_leaves_route_localnet_as_it_was(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    """route_localnet goes on only once the restore that installs the bridge's guard went
+    through: a restore that fails (CVE-2020-8558: the sysctl without its guard opens the
+    host's loopback to every container on the bridge) leaves it as it was."""
+    assert host[1].strip() == "0"
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    # One app's refused rules: that app alone on the bridge gets neither rules nor sysctl.
+    bad = Service("lbbad", Publish("127.0.0.1", port, TCP_PORT),
+                  (Backend("web-9", "10.251.0.300", TCP_PORT),), (BRIDGE,))
+    assert set(await dp.sync([bad])) == {"lbbad"}
+    assert localnet() == host[1]
+    assert "route_localnet guard" not in sh("iptables-save")
+    # A restore that fails whole: an app published on a host address (no route_localnet)
+    # is removed while a foreign rule still jumps to its chain, so deleting that chain
+    # fails the transaction, and with it the new 127.0.0.1 app's rules.
+    remote = Service("lbremote", Publish(CLIENT_HOST_IP, port, TCP_PORT),
+                     (Backend(NAMES[0], IPS[0], TCP_PORT),), (BRIDGE,))
+    await dp.sync([remote])
+    assert localnet() == host[1]
+    sh("iptables", "-w", "-t", "nat", "-N", "FOREIGN-NAT")
+    try:
+        sh("iptables", "-w", "-t", "nat", "-A", "FOREIGN-NAT", "-j", svc_chain("lbremote"))
+        with pytest.raises(IptablesError, match=r"CHAIN_DEL|busy|in use"):
+            await dp.sync([service(2, port)])
+        assert localnet() == host[1]
+        assert "route_localnet guard" not in sh("iptables-save")
+    finally:
+        sh("iptables", "-w", "-t", "nat", "-F", "FOREIGN-NAT", check=False)
+        sh("iptables", "-w", "-t", "nat", "-X", "FOREIGN-NAT", check=False)
+    # The same sync once nothing holds the chain: guard first, then the sysctl.
+    assert await dp.sync([service(2, port)]) == {}
+    assert localnet().strip() == "1"
+    assert "route_localnet guard for lbt0" in sh("iptables", "-w", "-S", "LBCTL-INPUT")
+    assert set(await spread(port, 20)) == set(NAMES[:2])
+    await dp.sync([])
+    assert_restored(host[0])
+    assert localnet() == host[1]
 
 
 async def test_udp_flow_leaves_a_removed_backend(
@@ -504,12 +575,13 @@ async def test_failed_fast_sync_falls_back_to_a_full_pass_that_repairs(
     sep = bucket_chain(SEP_PREFIX, "lbtest", 1)
     sh("iptables", "-w", "-t", "nat", "-D", sep, "1")
     bad = [everywhere(3, port, moved={1: "10.251.0.300"})]
-    with pytest.raises(IptablesError):
-        await dp.sync(bad)
-    assert dp.full_passes == 1
-    await dp.sync(good)  # not asked to be full: the failure made it so
+    # The fast pass's restore is refused: a full pass follows at once, which finds whose
+    # rules they were and applies that app's previous ones, repairing the deleted rule.
+    assert set(await dp.sync(bad)) == {"lbtest"}
     assert dp.full_passes == 2
     assert lbctl_rules() == from_scratch(good, small_buckets.bucket)
+    assert await dp.sync(good) == {}
+    assert dp.full_passes == 2
     assert set(await spread(port, 60)) == set(NAMES)
     await dp.sync([])
     assert_restored(host[0])

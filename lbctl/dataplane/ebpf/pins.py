@@ -112,7 +112,7 @@ def open_pins(pin: pathlib.Path) -> Maps:
     try:
         prog = bpfsys.obj_get(str(pin / f"prog_{tag}"))
         fds["prog"] = prog
-        current = tag == bpf_loader.source_tag()
+        current = tag == bpf_loader.source_tag() and bpf_loader.shipped()
         for name in bpf_loader.MAP_NAMES:
             if current or (pin / name).exists():
                 fds[name] = bpfsys.obj_get(str(pin / name))

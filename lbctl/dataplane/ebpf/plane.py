@@ -73,6 +73,7 @@ class _App:
     upgrade_failed: str | None = None  # tag whose load failed; not retried by this daemon
     # Published for counters() after each load and applied plan; replaced, never mutated.
     view: View | None = None
+    flows_swept: float = 0.0  # monotonic time of the last expiry of quiet UDP flows
 
 
 def _view(book: SlotBook) -> View:
@@ -203,6 +204,8 @@ class EbpfDataplane:
             try:
                 await self._ensure_program(app, st)
                 await asyncio.to_thread(self._sync_blocking, app, st, want, netns_pid)
+                if proto == "udp":
+                    await self._expire_flows(app, st)
             except OSError as e:
                 # A bpf(2) call, a setsockopt, a pin rename or the state file's write failed:
                 # one line for the user, as an EbpfError so that the caller treats it as this
@@ -260,6 +263,21 @@ class EbpfDataplane:
             slots.save(self._state_file(app), book)
             st.saved = snap
         return inserted
+
+    async def _expire_flows(self, app: str, st: _App) -> None:
+        """At most every flow_sweep_interval: forget the UDP flows gone quiet (flows.expire),
+        as the flow map never evicts by itself. Under a flood, what it forgets is what the
+        flood left (spoofed flows never send twice); flows that talk stay."""
+        s = self.settings
+        now = time.monotonic()
+        maps = st.maps
+        if maps is None or now - st.flows_swept < s.flow_sweep_interval:
+            return
+        st.flows_swept = now
+        gone, left = await asyncio.to_thread(flows.expire, maps.fds, s.flow_max_idle,
+                                             s.flow_crowded, s.flow_crowded_idle)
+        if gone:
+            log.debug("ebpf %s: forgot %d quiet UDP flows, %d left", app, gone, left)
 
     async def counters(self, app: str) -> dict[str, int]:
         """Replica name -> new connections steered to it (sum over CPUs, monotonic).  Takes no
@@ -442,7 +460,7 @@ class EbpfDataplane:
 
     def _active_flows_blocking(self, app: str, st: _App, replica: str, within: float) -> int:
         maps = self._open_existing(app, st)
-        if maps is None or "flows" not in maps.fds:
+        if maps is None or not set(flows.MAPS) & set(maps.fds):
             return 0
         mine = {st.book.slots[k] for k in st.book.keys_of(replica)
                 if (slots.group_of(k) or "").startswith("udp")}  # fmt: skip

@@ -29,6 +29,8 @@ MAX_CHAIN_LEN = 28
 # of the built-in chain (ahead of Docker's rules), carrying JUMP_COMMENT so it is recognisably
 # ours in `iptables-save` output.
 JUMP_COMMENT = "lbctl"
+# The comment of a bridge's route_localnet guard rule in LBCTL-INPUT, followed by its name.
+GUARD_COMMENT = "route_localnet guard for "
 JUMPS: tuple[tuple[str, str, str], ...] = (
     ("nat", "PREROUTING", CHAIN_PREROUTING),
     ("nat", "OUTPUT", CHAIN_OUTPUT),

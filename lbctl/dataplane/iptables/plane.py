@@ -24,7 +24,10 @@ Two kinds of sync, as kube-proxy's proxier does:
     a small chain costs ~10 ms per table when the table holds ~10,000 other rules (creating
     a chain or appending to one costs ~3 ms), plus the Python render of every backend.
 A failed sync raises IptablesError and changes nothing in our chains (each transaction is
-all or nothing); the in-memory state is dropped, so the retry is a full pass. A chain of ours
+all or nothing); the in-memory state is dropped, so the retry is a full pass. One app's rules
+the kernel refuses fail neither the sync nor the other apps: the app is left out of the
+transaction (its previous rules kept, or none), and its error is the sync's answer for it,
+which `lbctl status` shows (quarantine.py says how the app is found). A chain of ours
 that someone flushed is noticed by the next full pass (HostRules: within RESYNC_INTERVAL,
 30 s) or at once if a fast pass's restore or counter read fails on it.
 
@@ -34,8 +37,9 @@ Things kept outside the restore transaction, and why:
     with `iptables -I` after the restore when missing, de-duplicated, and removed (before the
     restore that deletes our chains) by `sync([])`; checked by full passes only;
   * `net.ipv4.conf.<bridge>.route_localnet` (needed to DNAT 127.0.0.1 clients): set to 1 on
-    backend bridges only, before the restore, and put back when no service needs the bridge
-    any more (localnet.py);
+    backend bridges only, after the restore that installs the bridge's guard rule and the
+    jump to it succeeded (a failed sync leaves it as it was), and put back before the
+    restore that removes the guard, when no service needs the bridge any more (localnet.py);
   * conntrack clean-up of UDP flows to removed backends (see lbctl.dataplane.conntrack).
 
 Counters: re-declaring a chain zeroes its rules' counters, so before a chain holding DNAT
@@ -63,7 +67,7 @@ from collections.abc import Mapping, Sequence
 
 from lbctl.dataplane import conntrack, hostnet
 from lbctl.dataplane.iptables.chains import JUMPS, PREFIX, jump_spec
-from lbctl.dataplane.iptables.errors import IptablesError
+from lbctl.dataplane.iptables.errors import IptablesError, RestoreError
 from lbctl.dataplane.iptables.family import (
     IPV4,
     IPV6,
@@ -73,6 +77,7 @@ from lbctl.dataplane.iptables.family import (
     localnet_bridges,
 )
 from lbctl.dataplane.iptables.localnet import RouteLocalnet
+from lbctl.dataplane.iptables.quarantine import blame, error_line, problem
 from lbctl.dataplane.iptables.restore import changed_dnat_chains, render, render_diff
 from lbctl.dataplane.iptables.rules import RenderCache, render_chains
 from lbctl.dataplane.iptables.save import (
@@ -92,7 +97,10 @@ __all__ = ["DualStackRules", "IptablesDataplane"]
 log = logging.getLogger("lbctl.dataplane.iptables")
 
 FAILED_RULES_FILE = "{tool}-failed.rules"
-_LINE_RE = re.compile(r"line (\d+)")
+_LINE_NUMBERS = re.compile(r"\bline:? \d+")
+_TOOL_PREFIX = re.compile(r"^ip6?tables-restore( v[\d.]+)?( \([^)]*\))?: ")
+# What the screen or the kernel refused, per app: (the service asked for, why).
+_Refusals = dict[str, tuple[Service, str]]
 
 
 class IptablesDataplane:
@@ -132,59 +140,125 @@ class IptablesDataplane:
         self._last_full = -settings.full_resync_interval  # monotonic time of the last full pass
         self.full_passes = 0  # how many syncs were full passes (tests, bench)
         self._cache = RenderCache()  # unchanged buckets are not rendered again
+        # What the last successful sync applied per app: what a refused app keeps
+        # (quarantine.py), and the apps refused there with the service asked for and why.
+        self._applied: dict[str, Service] = {}
+        self._refused: _Refusals = {}
+        self._errors: dict[str, str] = {}  # app -> its error at the last sync (logged once)
 
     # --- public ------------------------------------------------------------------------
 
-    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
+    async def sync(self, services: Sequence[Service], full: bool = False) -> dict[str, str]:
         """Make the kernel match `services` exactly; `sync([])` removes everything lbctl added.
 
         `full`: compare with the kernel (and repair) rather than trust the memory of the last
         sync; see the module doc for when a pass is full anyway. Idempotent, and safe to call
         over a ruleset left by an earlier daemon: the restore replaces each chain's contents
         atomically, so re-applying the same services does not interrupt traffic.
+
+        Returns app -> error for the apps whose rules are not (all) in: left out of the
+        transaction (quarantine.py: their previous rules kept, or none) or served without
+        route_localnet. Raises IptablesError when the sync failed whole (nothing changed).
         """
         services = for_family(services, self.family)
         async with self._lock:
             if not services and self._clean:
-                return
+                return {}
             stale_memory = time.monotonic() - self._last_full >= self.settings.full_resync_interval
             try:
                 # Nothing remembered (first sync, failure) or nothing applied (after a
                 # removal, which also took the jumps away): only a full pass knows the kernel.
                 if full or stale_memory or not services or not self._last_chains:
-                    await self._sync(services)
-                else:
-                    await self._sync_fast(services, self._last_chains)
+                    return await self._sync(services)
+                try:
+                    return await self._sync_fast(services, self._last_chains)
+                except RestoreError:
+                    # Someone's rules were refused, or the kernel is not what the memory
+                    # says: a full pass finds out which, and leaves that app out.
+                    self._last_chains = None
+                    return await self._sync(services)
             except BaseException:
                 self._last_chains = None
                 self._clean = False
                 raise
-            self._clean = not services
+
+    def _screen(self, services: list[Service], retry: bool) -> tuple[list[Service], _Refusals]:
+        """The services to try: one that fails quarantine.problem(), or that the kernel
+        refused as it is at the last sync (unless `retry`: a full pass tries it again), goes
+        in as the app's previous one, or not at all."""
+        out: list[Service] = []
+        refused: _Refusals = {}
+        for s in services:
+            why = problem(s)
+            if why is None and not retry and s.app in self._refused:
+                old, old_why = self._refused[s.app]
+                why = old_why if old == s else None
+            if why is None:
+                out.append(s)
+                continue
+            refused[s.app] = (s, why)
+            prev = self._applied.get(s.app)
+            if prev is not None and prev != s and problem(prev) is None:
+                out.append(prev)
+        return out, refused
+
+    def _done(self, applied: list[Service], chains: dict[tuple[str, str], list[str]],
+              refused: _Refusals) -> dict[str, str]:
+        """After a successful restore: route_localnet on the bridges whose guards are in now,
+        the memory of what was applied, and each app's error."""
+        self._remember(applied, chains)
+        self._applied = {s.app: s for s in applied}
+        self._refused = refused
+        self._clean = not applied
+        kept = "its previous rules are kept"
+        errors = {app: f"{why}; {kept if app in self._applied else 'it has no rules'}"
+                  for app, (_, why) in refused.items()}
+        if self.family is IPV4:
+            failed = self._localnet.enable(localnet_bridges(applied))
+            for s in applied:
+                for bridge in s.bridges:
+                    if bridge in failed and s.app not in errors:
+                        errors[s.app] = f"{failed[bridge]}: 127.0.0.1 clients are not served"
+        for app, error in sorted(errors.items()):
+            if self._errors.get(app) != error:
+                log.warning("%s: %s", self.family.tool, error, extra={"app": app})
+        for app in sorted(set(self._errors) - set(errors)):
+            log.info("%s: the app's rules are in", self.family.tool, extra={"app": app})
+        self._errors = errors
+        return errors
+
+    def _localnet_off(self, services: Sequence[Service]) -> None:
+        """route_localnet back on the bridges no service needs, before the restore that
+        removes their guards (localnet.py)."""
+        if self.family is IPV4:
+            self._localnet.restore(keep=localnet_bridges(services))
 
     async def _sync_fast(
         self, services: list[Service], old: dict[tuple[str, str], list[str]]
-    ) -> None:
+    ) -> dict[str, str]:
         """Only what changed since the last successful sync, read from memory; the caller
-        holds the lock. Never run with no services (removal takes a full pass: jumps)."""
+        holds the lock. Never run with no services (removal takes a full pass: jumps). A
+        refused restore raises RestoreError: the caller's full pass finds whose it was."""
         started = time.monotonic()
-        bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
+        services, refused = self._screen(services, retry=False)
+        if not services:
+            raise RestoreError("nothing left to apply", "nothing left to apply", "")
         nets = self._bridge_nets(services)
-        self._localnet.enable(bridges)
         chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket)
         text = ""
         if chains != old:
             rewritten = changed_dnat_chains(old, chains)
             counters = await self._read_counters(rewritten) if rewritten else {}
             text = render_diff(old, chains, counters)
+        self._localnet_off(services)
         if text:
             await self._restore(text)
-        if self.family is IPV4:
-            self._localnet.restore(keep=bridges)
         await self._clean_conntrack(services, self._last_udp)
-        self._remember(services, chains)
+        errors = self._done(services, chains, refused)
         log.debug("%s fast sync of %d service(s) took %.3fs (%d line(s) written)",
                   self.family.tool, len(services), time.monotonic() - started,
                   text.count("\n"))
+        return errors
 
     async def _read_counters(self, chains: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
         """(app, replica) -> (packets, bytes) of the DNAT rules in these nat chains of ours."""
@@ -203,8 +277,9 @@ class IptablesDataplane:
         self._last_chains = chains
         self._last_udp = service_endpoints(services, "udp")
 
-    async def _sync(self, services: list[Service]) -> None:
-        """One full pass; the caller holds the lock."""
+    async def _sync(self, services: list[Service]) -> dict[str, str]:
+        """One full pass; the caller holds the lock. Tries every app's rules again, and
+        leaves out the app a refused restore belongs to (quarantine.py)."""
         started = time.monotonic()
         self.full_passes += 1
         try:
@@ -215,60 +290,74 @@ class IptablesDataplane:
             # No IPv6 publish and no way to read ip6tables (no IPv6 stack, no ip6tables):
             # there is nothing of ours to remove either.
             log.debug("%s unavailable and nothing to sync: skipped", self._save_cmd)
-            return
+            return {}
         ours = {
             (table, chain)
             for table, tab in saved.items()
             for chain in tab.chains
             if chain.startswith(PREFIX)
         }
-        bridges = localnet_bridges(services) if self.family is IPV4 else frozenset()
         old_udp = dnat_endpoints(saved, "udp")
+        services, refused = self._screen(services, retry=True)
         nets = self._bridge_nets(services)
-        chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket)
-        stale = sorted(ours - set(chains))
-
-        if services:
-            # Before the rules, so the first DNATed 127.0.0.1 packet is already routable.
-            self._localnet.enable(bridges)
-        else:
-            # Our chains cannot be deleted while a built-in chain still jumps to them.
-            await self._remove_jumps(saved)
         last = self._last_chains or {}
         in_kernel = collections.Counter(
             (table, rule.chain) for table, tab in saved.items() for rule in tab.rules
             if rule.chain.startswith(PREFIX)
         )  # fmt: skip
-        unchanged = {
-            key
-            for key, lines in chains.items()
-            if last.get(key) == lines
-            and key[0] in saved
-            and key[1] in saved[key[0]].chains
-            and in_kernel[key] == len(lines)
-        }
-        text = render(
-            services,
-            [f"{t}:{c}" for t, c in stale],
-            dnat_counters(saved),
-            unchanged=unchanged,
-            family=self.family,
-            bridge_nets=nets,
-            bucket=self.settings.bucket,
-        )
-        if text:
-            await self._restore(text)
+        jumps_removed = False
+        failures: list[str] = []  # what each refused attempt said, apps' words aside
+        while True:
+            chains = render_chains(services, self.family, nets, self._cache,
+                                   self.settings.bucket)
+            stale = sorted(ours - set(chains))
+            unchanged = {
+                key
+                for key, lines in chains.items()
+                if last.get(key) == lines
+                and key[0] in saved
+                and key[1] in saved[key[0]].chains
+                and in_kernel[key] == len(lines)
+            }
+            text = render(services, [f"{t}:{c}" for t, c in stale], dnat_counters(saved),
+                          unchanged=unchanged, family=self.family, bridge_nets=nets,
+                          bucket=self.settings.bucket)
+            self._localnet_off(services)
+            if not services and not jumps_removed:
+                # Our chains cannot be deleted while a built-in chain still jumps to them.
+                await self._remove_jumps(saved)
+                jumps_removed = True
+            if not text:
+                break
+            try:
+                await self._restore(text)
+                break
+            except RestoreError as e:
+                app = blame(text, e.stderr, services, self.settings.bucket)
+                said = _LINE_NUMBERS.sub("", e.stderr)
+                if (app is None or said in failures
+                        or len(refused) >= self.settings.max_quarantined):
+                    raise  # nobody's alone, or everybody's: the whole sync fails
+                failures.append(said)
+                log.debug("%s refused app %s's rules: %s; trying again without them",
+                          self._restore_cmd, app, e.detail, extra={"app": app})
+                failing = next(s for s in services if s.app == app)
+                requested = refused[app][0] if app in refused else failing
+                refused[app] = (requested, f"{self._restore_cmd} refused its rules: {e.detail}")
+                services = [s for s in services if s.app != app]
+                prev = self._applied.get(app)
+                if prev is not None and prev != failing:
+                    services = sorted([*services, prev], key=lambda s: s.app)
         if services:
             await self._ensure_jumps(saved)
-        if self.family is IPV4:
-            self._localnet.restore(keep=bridges)
         await self._clean_conntrack(services, old_udp)
-        self._remember(services, chains)
+        errors = self._done(services, chains, refused)
         self._last_full = started
         log.debug(
             "%s full sync of %d service(s) took %.3fs (%d stale chain(s) removed)",
             self.family.tool, len(services), time.monotonic() - started, len(stale),
         )  # fmt: skip
+        return errors
 
     def _bridge_nets(self, services: Sequence[Service]) -> dict[str, list[str]]:
         """The networks of the bridges whose backends containers can call through a
@@ -373,14 +462,18 @@ class IptablesDataplane:
         if rc == 0:
             return
         lines = text.splitlines()
-        detail = " ".join(err.split()) or f"exit code {rc}"
-        m = _LINE_RE.search(err)
-        if m and 1 <= int(m.group(1)) <= len(lines):
-            detail += f" (line {m.group(1)}: {lines[int(m.group(1)) - 1]})"
+        # iptables' words without its name, version, usage hint and "Error occurred at line:
+        # N", then the line they name
+        said = [_TOOL_PREFIX.sub("", ln) for ln in err.splitlines()
+                if ln.strip() and "--help" not in ln and not ln.startswith("Error occurred")]
+        detail = " ".join(" ".join(said).split()) or f"exit code {rc}"
+        number = error_line(err)
+        if number is not None and 1 <= number <= len(lines):
+            detail += f" (line {number}: {lines[number - 1]})"
         with contextlib.suppress(OSError):  # keep the rejected input for a post-mortem
             self._state_dir.mkdir(parents=True, exist_ok=True)
             (self._state_dir / FAILED_RULES_FILE.format(tool=self.family.tool)).write_text(text)
-        raise IptablesError(f"{self._restore_cmd} failed: {detail}")
+        raise RestoreError(f"{self._restore_cmd} failed: {detail}", detail, err)
 
     async def _run_checked(self, cmd: list[str]) -> str:
         rc, out, err = await self._run(cmd)
@@ -429,9 +522,12 @@ class DualStackRules:
         self.v4 = IptablesDataplane(state_dir, IPV4, settings=settings)
         self.v6 = IptablesDataplane(state_dir, IPV6, settings=settings)
 
-    async def sync(self, services: Sequence[Service], full: bool = False) -> None:
-        await self.v4.sync(services, full)
-        await self.v6.sync(services, full)
+    async def sync(self, services: Sequence[Service], full: bool = False) -> dict[str, str]:
+        """app -> error, over both families (IptablesDataplane.sync)."""
+        errors = dict(await self.v4.sync(services, full))
+        for app, error in (await self.v6.sync(services, full)).items():
+            errors[app] = f"{errors[app]}; ip6tables: {error}" if app in errors else error
+        return errors
 
     async def counters(self) -> dict[tuple[str, str], int]:
         """A replica's new connections over both families."""

@@ -85,6 +85,7 @@ from lbctl.dataplane.iptables.chains import (
     CHAIN_POSTROUTING,
     CHAIN_PREROUTING,
     FWD_PREFIX,
+    GUARD_COMMENT,
     SEP_PREFIX,
     SNAT_PREFIX,
     bucket_chain,
@@ -219,7 +220,7 @@ def _chain_rules(
                 [
                     "-A", CHAIN_INPUT, "-i", bridge, "-d", "127.0.0.0/8", "!", "-s",
                     "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
-                    *_comment(f"route_localnet guard for {bridge}"), "-j", "DROP",
+                    *_comment(GUARD_COMMENT + bridge), "-j", "DROP",
                 ]
             ))  # fmt: skip
     for s in services:
