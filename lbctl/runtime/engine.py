@@ -22,10 +22,12 @@ from aiodocker.events import DockerEvents
 
 from lbctl.model import LABEL_APP, LABEL_MANAGED, Container
 from lbctl.model.errors import EngineError, ImageNotFound
+from lbctl.model.log_lines import LogLine, since_param
 from lbctl.model.options import DEFAULT_NETWORK
 from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import parse_event
+from lbctl.runtime.logstream import LogDecoder
 from lbctl.runtime.options import create_config, merge_ulimits
 from lbctl.runtime.podman import podman_ulimits
 from lbctl.settings import EngineSettings
@@ -50,6 +52,8 @@ class Engine:
         self.call_timeout = settings.call_timeout
         self.remove_margin = settings.remove_margin
         self._docker: aiodocker.Docker | None = None
+        self._log_docker: aiodocker.Docker | None = None
+        self.log_line_max = settings.log_line_max
         self._bridges: dict[str, str | None] = {}
         # Inspect results keyed by (id, list-level State); a container's PID, IP and network
         # mode do not change while its State stays the same, so a full list costs one call.
@@ -69,10 +73,23 @@ class Engine:
             )
         return self._docker
 
+    @property
+    def log_docker(self) -> aiodocker.Docker:
+        """A client of its own for log streams: a follow holds a connection per container for
+        as long as someone reads, and those must never take the connections the controller's
+        calls need (aiohttp's pool holds 100; past that a call waits for a free one)."""
+        if self._log_docker is None:
+            self._log_docker = aiodocker.Docker(
+                url=self.url,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.call_timeout),
+            )
+        return self._log_docker
+
     async def close(self) -> None:
-        if self._docker is not None:
-            await self._docker.close()
-            self._docker = None
+        for client in (self._docker, self._log_docker):
+            if client is not None:
+                await client.close()
+        self._docker = self._log_docker = None
 
     async def _call(self, what: str, aw: Awaitable[T], timeout: float | None = None) -> T:
         """One engine operation, bounded in time, with engine errors as EngineError."""
@@ -393,6 +410,63 @@ class Engine:
         except (aiodocker.DockerError, EngineError):
             return ""
         return " | ".join(s.strip() for s in out if s.strip())[-300:]
+
+    async def logs(self, container_id: str, *, follow: bool, since: int | None = None,
+                   tail: int | None = None) -> AsyncIterator[LogLine]:
+        """A container's stdout and stderr, stamped by the engine, from the start of its log
+        (or the last `tail` lines, or those since `since`, ns), and with `follow` on until it
+        stops. A container gone meanwhile has no lines.
+
+        Opening the stream (an inspect for its TTY, the response's headers) is an engine call
+        like any other, under the call timeout; so is every read of a stream that does not
+        follow. A followed stream waits for lines as long as the container runs: only its
+        caller ends it. Nothing is read ahead of the caller (aiohttp stops reading the socket
+        when its buffer is full), so a slow reader holds the engine's stream, not memory.
+        """
+        params = {"stdout": "1", "stderr": "1", "timestamps": "1",
+                  "follow": "1" if follow else "0"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = since_param(since)
+        what = f"reading the log of {container_id[:12]}"
+        docker = self.log_docker
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                info = await docker.containers.container(container_id).show()
+                resp = await docker._do_query(
+                    f"containers/{container_id}/logs", "GET", params=params,
+                    timeout=aiohttp.ClientTimeout(total=None, connect=self.call_timeout))
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return
+            raise EngineError(f"{what}: {e.message}") from e
+        except TimeoutError:
+            raise EngineError(f"{what}: the container engine at {self.url} did not answer "
+                              f"in {self.call_timeout:.0f}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
+        decoder = LogDecoder(bool((info.get("Config") or {}).get("Tty")), self.log_line_max)
+        try:
+            while True:
+                if follow:
+                    chunk = await resp.content.readany()
+                else:
+                    async with asyncio.timeout(self.call_timeout):
+                        chunk = await resp.content.readany()
+                if not chunk:
+                    break
+                for line in decoder.feed(chunk):
+                    yield line
+            for line in decoder.end():
+                yield line
+        except TimeoutError:
+            raise EngineError(f"{what}: the engine sent nothing for "
+                              f"{self.call_timeout:.0f}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineError(f"{what}: {e}") from e
+        finally:
+            resp.close()  # a stream cut short cannot go back to the pool
 
     async def events(self) -> AsyncIterator[EngineEvent | None]:
         """Container events for lbctl's containers, and (Docker) network creations, for as
