@@ -22,6 +22,7 @@ from lbctl import __version__, instance_lock, malloc, sdnotify
 from lbctl.api.server import Api
 from lbctl.controller import template
 from lbctl.controller.admission import Admission
+from lbctl.controller.app_logs import AppLogs
 from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
 from lbctl.controller.counters import KernelCounters
@@ -42,7 +43,7 @@ from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
-from lbctl.model import InvalidInput, Mode
+from lbctl.model import Container, InvalidInput, Mode
 from lbctl.runtime.engine import Engine
 from lbctl.settings import Settings
 
@@ -144,8 +145,13 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     apps.on_change = controller.on_change
     apps.load()  # a damaged state file stops us here, before anything is touched
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
+    def containers(app: str) -> list[Container] | None:
+        view = controller.view(app)
+        return view.containers if view is not None else None
+
+    logs = AppLogs(engine, lambda app: apps.record(app) is not None, containers, settings.logs)
     api = Api(apps, Status(apps, counters, controller), default_mode, policy,
-              settings=settings.api)
+              settings=settings.api, logs=logs)
     return Daemon(controller, api, metrics, counters, apps, engine, ebpf, host_ports,
                   default_mode)
 

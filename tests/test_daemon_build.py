@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lbctl.daemon import build
 from lbctl.dataplane.iptables import DualStackRules
-from lbctl.settings import DaemonSettings, EbpfSettings, IptablesSettings, Settings
+from lbctl.settings import DaemonSettings, EbpfSettings, IptablesSettings, LogSettings, Settings
 
 
 def test_the_data_planes_get_their_sections(tmp_path: Path) -> None:
@@ -25,3 +25,14 @@ def test_the_data_planes_get_their_sections(tmp_path: Path) -> None:
     assert rules.v4.settings is settings.iptables and rules.v6.settings is settings.iptables
     assert d.ebpf is not None, "the suite runs as root with bcc (make setup)"
     assert d.ebpf.settings is settings.ebpf and d.ebpf.pin_root == tmp_path / "pins"
+
+
+def test_the_log_endpoint_gets_the_logs_section_and_the_engine(tmp_path: Path) -> None:
+    settings = replace(Settings(), daemon=DaemonSettings(state_dir=tmp_path / "state"),
+                       logs=LogSettings(max_streams_per_caller=3, reorder_window=0.5))
+    d = build(settings)
+    assert d.api.logs is not None
+    assert d.api.logs.logs.settings is settings.logs
+    assert d.api.logs.logs.engine is d.engine
+    assert any(r.resource is not None and r.resource.canonical == "/apps/{name}/logs"
+               for r in d.api.app.router.routes())

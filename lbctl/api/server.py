@@ -24,7 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from lbctl.api.identity import Caller, peer
+from lbctl.api.logs import LogStreams
 from lbctl.controller.admission import Resources
+from lbctl.controller.app_logs import AppLogs
 from lbctl.controller.apps import AppsService, NotFound
 from lbctl.controller.limits import Cap, Limits
 from lbctl.controller.policy import Policy
@@ -142,6 +144,7 @@ class Api:
         policy: Policy | None = None,
         identify: Callable[[web.Request], Caller] = peer,
         settings: ApiSettings = ApiSettings(),  # noqa: B008 (frozen: one shared default)
+        logs: AppLogs | None = None,
     ) -> None:
         self.apps = apps
         self.status = status
@@ -163,6 +166,10 @@ class Api:
         r.add_get("/apps/{name}/spec", self.get_spec)
         r.add_get("/apps/{name}/rollout", self.get_rollout)
         r.add_post("/apps/{name}/rollout/{action}", self.rollout_action)
+        # Any caller may read the logs of the apps they may manage.
+        self.logs = LogStreams(logs, lambda rq: rq[CALLER].uid) if logs is not None else None
+        if self.logs is not None:
+            r.add_get("/apps/{name}/logs", self.logs.handle)
         r.add_get("/healthz", self.healthz)
         self.app = app
         self.runner: web.AppRunner | None = None

@@ -67,6 +67,9 @@ FLAGS = (
     Flag("--default-pids-limit", "limits", "default_pids_limit", int,
          "pids-limit of a replica whose app sets none; 0: the engine's default", minimum=0,
          metavar="N"),
+    Flag("--max-log-streams", "logs", "max_streams_per_caller", int,
+         "`lbctl logs` streams one caller (uid) may have open at once; 0: no cap", minimum=0,
+         metavar="N"),
 )
 
 
