@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -157,10 +158,19 @@ class Engine:
             labels = (data.get("Config") or {}).get("Labels") or {}
             if key not in live and (app is None or labels.get(LABEL_APP) == app):
                 del self._inspect_cache[key]
+        if not self._version_known:
+            await self.version()
         out = []
         for d in details:
             if d is not None:
-                out.append(to_container(d, await self._bridge(d)))
+                c = to_container(d, await self._bridge(d))
+                if self.flavor == "podman" and c.stop_timeout == 0:
+                    # Podman 4.3 reports 0 for a container created without a stop timeout
+                    # (Docker: none), and stops it with SIGKILL at once: no replica would
+                    # get its graceful exit. Taken as unset, so the daemon's grace applies
+                    # (an explicit --stop-timeout 0 then gets the grace too).
+                    c = dataclasses.replace(c, stop_timeout=None)
+                out.append(c)
         return out
 
     async def _inspect(self, summary: dict[str, Any]) -> dict[str, Any] | None:
