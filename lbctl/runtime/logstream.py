@@ -30,6 +30,7 @@ class LogDecoder:
         self._skip = 0  # bytes of a too long frame or line to drop
         self._in_frame = False
         self._last = 0  # the last stamp: a line without one (never seen) gets it
+        self.garbage: bytes | None = None  # what came instead of a frame; the rest is dropped
 
     def feed(self, data: bytes) -> list[LogLine]:
         return self._raw(data) if self.tty else self._frames(data)
@@ -37,6 +38,8 @@ class LogDecoder:
     def end(self) -> list[LogLine]:
         """What is left when the stream ends: a last line without its newline."""
         rest, self._buf = bytes(self._buf), bytearray()
+        if self.garbage is not None:
+            return []
         if self.tty and rest:
             return [self._line(rest, "stdout")]
         if self._in_frame and rest:  # a frame cut short by the engine
@@ -45,6 +48,9 @@ class LogDecoder:
 
     def _frames(self, data: bytes) -> list[LogLine]:
         out: list[LogLine] = []
+        if self.garbage is not None:  # kept (bounded) to say what the engine sent instead
+            self.garbage += data[:max(0, self.max_line - len(self.garbage))]
+            return out
         view = memoryview(data)
         while view:
             if self._skip:
@@ -61,6 +67,12 @@ class LogDecoder:
                 if len(self._buf) < _HEADER.size:
                     break
                 kind, length = _HEADER.unpack(self._buf)
+                if kind not in _STREAMS or self._buf[1:4] != b"\0\0\0":
+                    # Not a frame: the engine wrote something else into the stream (Podman
+                    # answers 200, then an error as JSON, for a container removed meanwhile).
+                    self.garbage = bytes(self._buf) + bytes(view[:self.max_line])
+                    self._buf.clear()
+                    return out
                 self._buf.clear()
                 self._stream = _STREAMS.get(kind, "stdout")
                 self._want = length

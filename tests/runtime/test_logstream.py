@@ -89,3 +89,15 @@ def test_a_stream_cut_mid_frame_or_mid_line_keeps_what_came() -> None:
 def test_invalid_utf8_is_replaced_not_fatal() -> None:
     out = LogDecoder(tty=False).feed(frame(1, f"{T0} ".encode() + b"\xff\xfeok\n"))
     assert out == [LogLine(T0_NS, "stdout", "\ufffd\ufffdok")]
+
+
+def test_what_is_not_a_frame_is_kept_aside_and_ends_the_lines() -> None:
+    """Podman answers 200 and then an error as JSON for a container removed meanwhile."""
+    d = LogDecoder(tty=False)
+    err = b'{"cause":"no such container","message":"no container with ID","response":500}\n'
+    good = frame(2, f"{T0} before\n".encode())
+    assert d.feed(good + err[:10]) == [LogLine(T0_NS, "stderr", "before")]
+    assert d.feed(err[10:] + good) == []
+    assert d.end() == []
+    assert d.garbage is not None and d.garbage.startswith(b'{"cause":"no such')
+    assert LogDecoder(tty=False).feed(frame(2, b"x")).__len__() == 1  # a real frame is fine
