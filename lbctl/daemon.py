@@ -26,6 +26,7 @@ from lbctl.api.server import Api
 from lbctl.controller import template
 from lbctl.controller.activation import ActivationQuestions, ListenerStates
 from lbctl.controller.admission import Admission
+from lbctl.controller.app_logs import AppLogs
 from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
 from lbctl.controller.counters import KernelCounters
@@ -47,7 +48,7 @@ from lbctl.dataplane.ebpf import EbpfDataplane
 from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
-from lbctl.model import InvalidInput, Mode
+from lbctl.model import Container, InvalidInput, Mode
 from lbctl.runtime.engine import Engine
 from lbctl.settings import Settings
 
@@ -161,11 +162,16 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     apps.on_change = controller.on_change
     apps.load()  # a damaged state file stops us here, before anything is touched
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
+    def containers(app: str) -> list[Container] | None:
+        view = controller.view(app)
+        return view.containers if view is not None else None
+
+    logs = AppLogs(engine, lambda app: apps.record(app) is not None, containers, settings.logs)
     for listener in ("control", "metrics"):
         for event in EVENTS:
             metrics.listener_events.labels(listener=listener, event=event)
     api = Api(apps, Status(apps, counters, controller, listeners=listeners), default_mode,
-              policy, settings=settings.api, report=_reporter(metrics))
+              policy, settings=settings.api, report=_reporter(metrics), logs=logs)
     metrics.listener_connections.labels(listener="control").set_function(api.listener.count)
     return Daemon(controller, api, metrics, counters, apps, engine, ebpf, activation,
                   host_ports, default_mode)

@@ -29,6 +29,9 @@ class EngineSettings:
     call_timeout: float = 15.0
     # A removal waits for the container's own stop grace first, then this much more.
     remove_margin: float = 15.0
+    # `lbctl logs`: a longer line is cut here (Docker's own log splits lines at 16 KiB), so
+    # that what a stream holds in memory is bounded whatever a container writes.
+    log_line_max: int = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,28 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """`lbctl logs` (lbctl.controller.app_logs, the API's /apps/NAME/logs)."""
+
+    # Log streams one caller (uid) may have open at once, with -f or not; each holds an
+    # engine connection per container of its app while it lasts. 0: no cap.
+    max_streams_per_caller: int = 8
+    # How long a followed line waits for lines of other containers stamped before it: the
+    # engine stamps a line when it reads it, and its streams reach the daemon apart by
+    # milliseconds, so 100 ms puts them in order at a delay nobody watching notices.
+    reorder_window: float = 0.1
+    # Lines read ahead per container: past that, reading pauses (the engine holds the rest)
+    # until the caller has taken some, so a slow reader costs the daemon no memory.
+    read_ahead: int = 64
+    # How often a follow looks for new containers (in the app worker's view: no engine
+    # call) and checks that its caller is still there.
+    poll_interval: float = 0.25
+    # A followed container whose stream ended while it runs on (the engine restarted, or
+    # the container did) is read again after this, from its last line on.
+    reopen_after: float = 1.0
+
+
+@dataclass(frozen=True)
 class DaemonSettings:
     state_dir: Path = Path("/var/lib/lbctl")
     metrics_addr: str = "127.0.0.1:9477"
@@ -202,3 +227,4 @@ class Settings:
     activation: ActivationSettings = field(default_factory=ActivationSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    logs: LogSettings = field(default_factory=LogSettings)

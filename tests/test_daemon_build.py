@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lbctl.daemon import build
 from lbctl.dataplane.iptables import DualStackRules
-from lbctl.settings import DaemonSettings, EbpfSettings, IptablesSettings, Settings
+from lbctl.settings import DaemonSettings, EbpfSettings, IptablesSettings, LogSettings, Settings
 
 
 def test_the_data_planes_get_their_sections(tmp_path: Path) -> None:
@@ -57,3 +57,14 @@ def test_the_open_files_limit_goes_up_to_the_hard_one_at_most_the_target() -> No
     # The unit sets both limits to what the daemon raises its soft one to.
     unit = (Path(__file__).parents[1] / "systemd" / "lbctl.service").read_text()
     assert f"LimitNOFILE={DaemonSettings().max_open_files}\n" in unit
+
+
+def test_the_log_endpoint_gets_the_logs_section_and_the_engine(tmp_path: Path) -> None:
+    settings = replace(Settings(), daemon=DaemonSettings(state_dir=tmp_path / "state"),
+                       logs=LogSettings(max_streams_per_caller=3, reorder_window=0.5))
+    d = build(settings)
+    assert d.api.logs is not None
+    assert d.api.logs.logs.settings is settings.logs
+    assert d.api.logs.logs.engine is d.engine
+    assert any(r.resource is not None and r.resource.canonical == "/apps/{name}/logs"
+               for r in d.api.app.router.routes())

@@ -32,6 +32,11 @@
 //                  waits for it): shows whom a replica reaches by name.
 //                  Without FILE or FETCH, /file and /fetch answer like any
 //                  other path.
+//   LOG_REQUESTS=1 write one line per request to stdout ("<name> GET /path
+//                  HTTP/1.1", control bytes as '?'): an access log, so that
+//                  `lbctl logs` has lines whose order the client knows (the
+//                  start and stop lines go to stderr).  Off by default: a
+//                  write per request would cost the benchmarks.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
 //   LISTEN_FDS, LISTEN_PID  systemd's socket activation (sd_listen_fds(3)): when
@@ -156,6 +161,7 @@ static struct {
     struct response resp[2][2];  // [head][close]
     int64_t delay_ms, grace_ms;
     bool udp_echo;
+    bool log_requests;                      // LOG_REQUESTS=1
     bool draining;
     bool sick;                              // SIGUSR1: --check fails
     const char *file, *fetch;               // FILE, FETCH
@@ -560,6 +566,34 @@ static void conn_send_error(struct conn *c, const char *resp)
     conn_flush(c);
 }
 
+// The request line as one line of stdout, written before the answer is sent
+// (so a client that got its answer knows the line was written).  write(2),
+// not stdio: stdout is a pipe in a container, and stdio would hold the line
+// in its buffer.
+static void log_request(const char *b, size_t end)
+{
+    const char *eol = memchr(b, '\n', end);
+    size_t n = eol ? (size_t)(eol - b) : end;
+    if (n && b[n - 1] == '\r')
+        n--;
+    char line[sizeof S.name + 1 + REQ_BUF + 1];
+    memcpy(line, S.name, S.name_len);
+    line[S.name_len] = ' ';
+    char *p = line + S.name_len + 1;
+    for (size_t i = 0; i < n; i++)
+        p[i] = ((unsigned char)b[i] < 0x20 || b[i] == 0x7f) ? '?' : b[i];
+    p[n] = '\n';
+    size_t len = S.name_len + 1 + n + 1;
+    for (size_t off = 0; off < len;) {
+        ssize_t k = write(STDOUT_FILENO, line + off, len - off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return;  // nobody reads stdout: the server goes on regardless
+        off += (size_t)k;
+    }
+}
+
 // Consume buffered bytes: discard a request body, find a complete head,
 // then answer (now or after DELAY_MS).
 static void conn_process(struct conn *c)
@@ -586,6 +620,8 @@ static void conn_process(struct conn *c)
                            "Content-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
+    if (S.log_requests)
+        log_request(c->buf, end);
     memmove(c->buf, c->buf + end, c->len - end);
     c->len -= end;
     // Drop the body bytes already buffered; the rest is skipped as it comes.
@@ -1045,6 +1081,8 @@ int main(int argc, char **argv)
     long udp_port = env_long("UDP_PORT", 0);
     const char *echo = getenv("UDP_ECHO");
     S.udp_echo = echo && strcmp(echo, "1") == 0;
+    const char *lr = getenv("LOG_REQUESTS");
+    S.log_requests = lr && strcmp(lr, "1") == 0;
     if (udp_port > 65535) {
         fprintf(stderr, "httpd: UDP_PORT must be 1..65535\n");
         return 1;

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,27 +47,59 @@ class Client:
         assert self._session is not None
         try:
             async with self._session.request(method, "http://lbctl" + url, json=body) as resp:
-                try:
-                    data = await resp.json(content_type=None)
-                except ValueError:
-                    data = {"error": (await resp.text())[:200]}
-                if resp.status >= 400:
-                    msg = data.get("error") if isinstance(data, dict) else None
-                    raise ApiError(resp.status, str(msg or f"HTTP {resp.status}"))
-                return data
+                return await _answer(resp)
         except aiohttp.ClientConnectorError as e:
-            if isinstance(e.os_error, PermissionError):
-                raise DaemonUnavailable(
-                    f"permission denied on {self.path}: run as root or join the lbctl group"
-                ) from None
+            raise self._unavailable(e) from None
+        except aiohttp.ClientError as e:
+            raise self._closed(e) from None
+
+    async def stream(self, url: str) -> AsyncIterator[Any]:
+        """A GET answered with lines of JSON as they come (the logs endpoint), each decoded.
+        Ends when the daemon ends the answer; DaemonUnavailable when it drops it."""
+        assert self._session is not None
+        try:
+            async with self._session.get("http://lbctl" + url) as resp:
+                if resp.status >= 400:
+                    await _answer(resp)
+                pending = b""
+                async for chunk in resp.content.iter_any():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+        except aiohttp.ClientConnectorError as e:
+            raise self._unavailable(e) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                ConnectionResetError):
             raise DaemonUnavailable(
-                f"lbctl daemon is not running (no answer on {self.path}): start it with "
-                "`lbctl daemon` or `systemctl start lbctl`"
+                "the daemon ended the stream (it stopped or restarted): run the command again"
             ) from None
         except aiohttp.ClientError as e:
-            # A daemon over one of its connection caps answers 503 and closes at once, often
-            # before our request is written (EPIPE, reset): one line, not a traceback.
-            raise DaemonUnavailable(
-                f"the daemon closed the connection on {self.path} ({e}): it takes a limited "
-                "number of connections per caller; close some (or wait) and retry"
-            ) from None
+            raise self._closed(e) from None
+
+    def _closed(self, e: aiohttp.ClientError) -> DaemonUnavailable:
+        # A daemon over one of its connection caps answers 503 and closes at once, often
+        # before our request is written (EPIPE, reset): one line, not a traceback.
+        return DaemonUnavailable(
+            f"the daemon closed the connection on {self.path} ({e}): it takes a limited "
+            "number of connections per caller; close some (or wait) and retry")
+
+    def _unavailable(self, e: aiohttp.ClientConnectorError) -> DaemonUnavailable:
+        if isinstance(e.os_error, PermissionError):
+            return DaemonUnavailable(
+                f"permission denied on {self.path}: run as root or join the lbctl group")
+        return DaemonUnavailable(
+            f"lbctl daemon is not running (no answer on {self.path}): start it with "
+            "`lbctl daemon` or `systemctl start lbctl`")
+
+
+async def _answer(resp: aiohttp.ClientResponse) -> Any:
+    """The body as JSON; ApiError with the daemon's one line for a 4xx or 5xx."""
+    try:
+        data = await resp.json(content_type=None)
+    except ValueError:
+        data = {"error": (await resp.text())[:200]}
+    if resp.status >= 400:
+        msg = data.get("error") if isinstance(data, dict) else None
+        raise ApiError(resp.status, str(msg or f"HTTP {resp.status}"))
+    return data

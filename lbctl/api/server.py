@@ -30,7 +30,9 @@ from aiohttp import web
 
 from lbctl.api.identity import Caller, peer
 from lbctl.api.listener import BACKLOG, FdBudget, GuardedListener, ListenerLimits, Report
+from lbctl.api.logs import LogStreams
 from lbctl.controller.admission import Resources
+from lbctl.controller.app_logs import AppLogs
 from lbctl.controller.apps import ROOT, AppsService, Rights
 from lbctl.controller.policy import Policy
 from lbctl.controller.status import Status
@@ -118,6 +120,7 @@ class Api:
         identify: Callable[[web.Request], Caller] = peer,
         settings: ApiSettings = ApiSettings(),  # noqa: B008 (frozen: one shared default)
         report: Report = lambda label, event: None,
+        logs: AppLogs | None = None,
     ) -> None:
         """`report`: what the socket's guard refused or cut (lbctl.api.listener.EVENTS)."""
         self.apps = apps
@@ -147,6 +150,10 @@ class Api:
         r.add_get("/apps/{name}/spec", self.get_spec)
         r.add_get("/apps/{name}/rollout", self.get_rollout)
         r.add_post("/apps/{name}/rollout/{action}", self.rollout_action)
+        # Any caller may read the logs of the apps they may manage.
+        self.logs = LogStreams(logs, lambda rq: rq[CALLER].uid) if logs is not None else None
+        if self.logs is not None:
+            r.add_get("/apps/{name}/logs", self.logs.handle)
         r.add_get("/healthz", self.healthz)
         self.app = app
         self.runner: web.AppRunner | None = None

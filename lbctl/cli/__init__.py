@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except InvalidInput as e:
         _die(str(e), EXIT_USAGE)
     except ApiError as e:
-        _die(str(e), EXIT_USAGE if 400 <= e.status < 500 else EXIT_FAIL)
+        # 429 (a cap on what one caller holds open) is not bad input: try again later.
+        _die(str(e), EXIT_USAGE if 400 <= e.status < 500 and e.status != 429 else EXIT_FAIL)
     except (DaemonUnavailable, Failure) as e:
         _die(str(e), EXIT_FAIL)
     except KeyboardInterrupt:
@@ -97,7 +99,25 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.cmd == "export":
         validate_name(args.name)
         return asyncio.run(commands.export(sock, args.name, args.format))
+    if args.cmd == "logs":
+        return _logs(args, sock)
     raise InvalidInput(f"unknown command {args.cmd}")
+
+
+def _logs(args: argparse.Namespace, sock: Path) -> int:
+    from lbctl.cli import logs
+
+    validate_name(args.name)
+    params = logs.query(args.follow, args.since, args.tail, args.replica)
+    color = not args.no_color and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    try:
+        return asyncio.run(logs.logs(sock, args.name, params, args.timestamps, color))
+    except KeyboardInterrupt:  # how a follow ends: nothing went wrong
+        return 0
+    except BrokenPipeError:  # `lbctl logs web | head`: the reader has what it wanted
+        # Python flushes stdout once more at exit, into the closed pipe: point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _daemon(args: argparse.Namespace) -> int:

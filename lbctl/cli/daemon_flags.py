@@ -90,6 +90,9 @@ FLAGS = (
     Flag("--max-open-files", "daemon", "max_open_files", int,
          "RLIMIT_NOFILE the daemon raises its soft limit to (at most the hard limit)",
          positive=True, metavar="N"),
+    Flag("--max-log-streams", "logs", "max_streams_per_caller", int,
+         "`lbctl logs` streams one caller (uid) may have open at once; 0: no cap", minimum=0,
+         metavar="N"),
 )
 
 

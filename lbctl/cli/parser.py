@@ -166,5 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("name")
     ex.add_argument("--format", choices=["compose", "swarm", "kubernetes"], default="compose")
 
+    lg = sub.add_parser("logs", help="the output of every replica of an app, each line "
+                                     "prefixed with its replica (-f: follow)")
+    lg.add_argument("name")
+    lg.add_argument("-f", "--follow", action="store_true",
+                    help="keep printing: new replicas (a scale, a rollout) join, stopped ones "
+                         "end after their last line; until Ctrl-C or the app's removal")
+    lg.add_argument("--since", metavar="T",
+                    help="lines since T: a duration back from now (10m, 1h30m) or a time "
+                         "(2026-05-01T12:00:00Z; 2026-05-01; no zone: local time; Unix "
+                         "seconds)")
+    lg.add_argument("--tail", metavar="N", default="all",
+                    help="the last N lines of each replica (default all)")
+    lg.add_argument("--replica", metavar="R",
+                    help="one replica, by name (web-2) or index (2)")
+    lg.add_argument("-t", "--timestamps", action="store_true",
+                    help="each line's time, as the engine stamped it")
+    lg.add_argument("--no-color", action="store_true",
+                    help="no colors (never on a pipe, nor with $NO_COLOR set)")
+
     sub.add_parser("doctor", help="check what this host needs")
     return p

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from lbctl.model import AppSpec, Container, Publish
 from lbctl.model.dataplane import Member, Service
+from lbctl.model.log_lines import LogLine
 from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 
 
@@ -41,6 +42,9 @@ class EnginePort(Protocol):
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool: ...
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str: ...
+
+    def logs(self, container_id: str, *, follow: bool, since: int | None = None,
+             tail: int | None = None) -> AsyncIterator[LogLine]: ...
 
     def events(self) -> AsyncIterator[EngineEvent | None]: ...
 

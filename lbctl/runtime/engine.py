@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -22,10 +23,12 @@ from aiodocker.events import DockerEvents
 
 from lbctl.model import LABEL_APP, LABEL_MANAGED, Container
 from lbctl.model.errors import EngineError, ImageNotFound
+from lbctl.model.log_lines import LogLine, since_param
 from lbctl.model.options import DEFAULT_NETWORK
 from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import parse_event
+from lbctl.runtime.logstream import LogDecoder
 from lbctl.runtime.options import create_config, merge_ulimits
 from lbctl.runtime.podman import podman_ulimits
 from lbctl.settings import EngineSettings
@@ -50,6 +53,8 @@ class Engine:
         self.call_timeout = settings.call_timeout
         self.remove_margin = settings.remove_margin
         self._docker: aiodocker.Docker | None = None
+        self._log_docker: aiodocker.Docker | None = None
+        self.log_line_max = settings.log_line_max
         self._bridges: dict[str, str | None] = {}
         # Inspect results keyed by (id, list-level State); a container's PID, IP and network
         # mode do not change while its State stays the same, so a full list costs one call.
@@ -69,10 +74,23 @@ class Engine:
             )
         return self._docker
 
+    @property
+    def log_docker(self) -> aiodocker.Docker:
+        """A client of its own for log streams: a follow holds a connection per container for
+        as long as someone reads, and those must never take the connections the controller's
+        calls need (aiohttp's pool holds 100; past that a call waits for a free one)."""
+        if self._log_docker is None:
+            self._log_docker = aiodocker.Docker(
+                url=self.url,
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.call_timeout),
+            )
+        return self._log_docker
+
     async def close(self) -> None:
-        if self._docker is not None:
-            await self._docker.close()
-            self._docker = None
+        for client in (self._docker, self._log_docker):
+            if client is not None:
+                await client.close()
+        self._docker = self._log_docker = None
 
     async def _call(self, what: str, aw: Awaitable[T], timeout: float | None = None) -> T:
         """One engine operation, bounded in time, with engine errors as EngineError."""
@@ -150,10 +168,19 @@ class Engine:
             labels = (data.get("Config") or {}).get("Labels") or {}
             if key not in live and (app is None or labels.get(LABEL_APP) == app):
                 del self._inspect_cache[key]
+        if not self._version_known:
+            await self.version()
         out = []
         for d in details:
             if d is not None:
-                out.append(to_container(d, await self._bridge(d)))
+                c = to_container(d, await self._bridge(d))
+                if self.flavor == "podman" and c.stop_timeout == 0:
+                    # Podman 4.3 reports 0 for a container created without a stop timeout
+                    # (Docker: none), and stops it with SIGKILL at once: no replica would
+                    # get its graceful exit. Taken as unset, so the daemon's grace applies
+                    # (an explicit --stop-timeout 0 then gets the grace too).
+                    c = dataclasses.replace(c, stop_timeout=None)
+                out.append(c)
         return out
 
     async def _inspect(self, summary: dict[str, Any]) -> dict[str, Any] | None:
@@ -403,6 +430,83 @@ class Engine:
         except (aiodocker.DockerError, EngineError):
             return ""
         return " | ".join(s.strip() for s in out if s.strip())[-300:]
+
+    async def logs(self, container_id: str, *, follow: bool, since: int | None = None,
+                   tail: int | None = None) -> AsyncIterator[LogLine]:
+        """A container's stdout and stderr, stamped by the engine, from the start of its log
+        (or the last `tail` lines, or those since `since`, ns), and with `follow` on until it
+        stops. A container gone meanwhile has no lines.
+
+        Opening the stream (an inspect for its TTY, the response's headers) is an engine call
+        like any other, under the call timeout; so is every read of a stream that does not
+        follow. A followed stream waits for lines as long as the container runs: only its
+        caller ends it. Nothing is read ahead of the caller (aiohttp stops reading the socket
+        when its buffer is full), so a slow reader holds the engine's stream, not memory.
+        """
+        params = {"stdout": "1", "stderr": "1", "timestamps": "1",
+                  "follow": "1" if follow else "0"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = since_param(since)
+        what = f"reading the log of {container_id[:12]}"
+        docker = self.log_docker
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                if not self._version_known:
+                    await self.version()
+                info = await docker.containers.container(container_id).show()
+                resp = await docker._do_query(
+                    f"containers/{container_id}/logs", "GET", params=params,
+                    timeout=aiohttp.ClientTimeout(total=None, connect=self.call_timeout))
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return
+            raise EngineError(f"{what}: {e.message}") from e
+        except TimeoutError:
+            raise EngineError(f"{what}: the container engine at {self.url} did not answer "
+                              f"in {self.call_timeout:.0f}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
+        decoder = LogDecoder(bool((info.get("Config") or {}).get("Tty")), self.log_line_max)
+        last, same = None, 0  # the last stamp given, and how many lines had it
+        try:
+            while True:
+                if follow:
+                    chunk = await resp.content.readany()
+                else:
+                    async with asyncio.timeout(self.call_timeout):
+                        chunk = await resp.content.readany()
+                if not chunk:
+                    break
+                for line in decoder.feed(chunk):
+                    last, same = line.time, same + 1 if line.time == last else 1
+                    yield line
+            for line in decoder.end():
+                last, same = line.time, same + 1 if line.time == last else 1
+                yield line
+            if decoder.garbage is not None and b"no such container" not in decoder.garbage:
+                text = decoder.garbage.decode("utf-8", "replace").strip()[:300]
+                raise EngineError(f"{what}: the engine sent {text!r} instead of log lines")
+        except TimeoutError:
+            raise EngineError(f"{what}: the engine sent nothing for "
+                              f"{self.call_timeout:.0f}s") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineError(f"{what}: {e}") from e
+        finally:
+            resp.close()  # a stream cut short cannot go back to the pool
+        if follow and self.flavor == "podman":
+            # Podman 4.3 ends a follow once the container died, now and then before it read
+            # the container's last lines (1 to 5 stops in 8 here, removed or not), or any
+            # line at all: read what is there once more, past what was given (all of what was
+            # asked when nothing was), while the container still exists.
+            again = (self.logs(container_id, follow=False, since=since, tail=tail)
+                     if last is None else self.logs(container_id, follow=False, since=last))
+            async for line in again:
+                if line.time == last and same > 0:
+                    same -= 1  # given already
+                else:
+                    yield line
 
     async def events(self) -> AsyncIterator[EngineEvent | None]:
         """Container events for lbctl's containers, and (Docker) network creations, for as

@@ -28,7 +28,8 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
                "debug", "--docker-host", "unix:///x.sock", "--engine-timeout", "2",
                "--drain-timeout", "3", "--stop-grace", "4", "--unhealthy-grace", "5",
                "--bpf-pin-root", "/sys/fs/bpf/x", "--max-apps", "6", "--max-containers", "0",
-               "--default-pids-limit", "0", "--activation-shim", "/opt/activate")
+               "--default-pids-limit", "0", "--activation-shim", "/opt/activate",
+               "--max-log-streams", "2")
     assert (s.daemon.state_dir, s.daemon.metrics_addr, s.daemon.log_level) == (
         Path("/srv/lbctl"), "127.0.0.1:1", "debug")
     assert (s.engine.docker_host, s.engine.call_timeout) == ("unix:///x.sock", 2.0)
@@ -37,10 +38,13 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
     assert s.activation.shim == Path("/opt/activate")
     assert s.activation.shim_timeout == Settings().activation.shim_timeout
     assert (s.limits.max_apps, s.limits.max_containers, s.limits.default_pids_limit) == (6, 0, 0)
+    assert s.logs.max_streams_per_caller == 2
     d = Settings()
     assert (s.worker.resync_interval, s.probes, s.hostrules, s.iptables, s.api) == (
         d.worker.resync_interval, d.probes, d.hostrules, d.iptables, d.api)
-    assert len(FLAGS) == 13 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
+    assert (s.logs.reorder_window, s.logs.read_ahead) == (d.logs.reorder_window,
+                                                          d.logs.read_ahead)
+    assert len(FLAGS) == 14 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
 
 
 LISTENER_FLAGS = ("--api-max-connections", "--api-max-connections-per-uid",

@@ -58,6 +58,7 @@ from lbctl.model import (
 )
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.errors import EngineError
+from lbctl.model.log_lines import LogLine
 from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 from lbctl.model.spec import Mode
 from lbctl.settings import DrainSettings, Settings, WorkerSettings
@@ -89,6 +90,9 @@ class FakeEngine:
         self.removed: list[str] = []
         self.created: list[str] = []
         self.requests: dict[str, CreateRequest] = {}  # the last create of each name
+        self.output: dict[str, list[LogLine]] = {}  # container id -> what it wrote
+        self.log_reads: list[tuple[str, bool, int | None, int | None]] = []
+        self.log_error: Callable[[str], str | None] = lambda cid: None
 
     async def _maybe_hang(self) -> None:
         if self.hang:
@@ -172,6 +176,33 @@ class FakeEngine:
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         return "exec: no such file"
 
+    async def logs(self, container_id: str, *, follow: bool, since: int | None = None,
+                   tail: int | None = None) -> AsyncIterator[LogLine]:
+        """What `write` gave the container, as the engine's log API gives it: since/tail
+        applied to what is there, then (follow) what comes, until the container stops."""
+        await self._maybe_hang()
+        self.log_reads.append((container_id, follow, since, tail))
+        err = self.log_error(container_id)
+        if err:
+            raise EngineError(err)
+        if container_id not in self.containers and container_id not in self.output:
+            return
+        lines = self.output.setdefault(container_id, [])
+        backlog = [ln for ln in lines if since is None or ln.time >= since]
+        if tail is not None:
+            backlog = backlog[len(backlog) - tail:] if tail else []
+        seen = len(lines)
+        for ln in backlog:
+            yield ln
+        while follow:
+            while seen < len(lines):
+                seen += 1
+                yield lines[seen - 1]
+            f = self.containers.get(container_id)
+            if f is None or not f.c.running:
+                return
+            await asyncio.sleep(0.01)
+
     async def events(self) -> AsyncIterator[EngineEvent | None]:
         yield None
         while True:
@@ -190,6 +221,11 @@ class FakeEngine:
         f.c = replace(f.c, running=False, pid=None, exit_code=code)
         self.events_q.put_nowait(EngineEvent("die", f.c.id, f.c.app))
         return f.c
+
+    def write(self, name: str, text: str, at: int, stream: str = "stdout") -> None:
+        """The running container `name` writes a line, stamped `at` (ns)."""
+        f = next(f for f in self.containers.values() if f.c.name == name and f.c.running)
+        self.output.setdefault(f.c.id, []).append(LogLine(at, stream, text))
 
     def running(self, app: str) -> list[Container]:
         return sorted((f.c for f in self.containers.values()

@@ -15,6 +15,7 @@ from lbctl.controller.draining import Drains, Pending
 from lbctl.controller.interfaces import ConnectionCounter, EbpfPort, EnginePort
 from lbctl.model import AppSpec, Container, Mode, Publish
 from lbctl.model.dataplane import Member
+from lbctl.model.log_lines import LogLine
 from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
 from lbctl.settings import DrainSettings
 
@@ -149,6 +150,11 @@ class FakeEngine:
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         return ""
+
+    async def logs(self, container_id: str, *, follow: bool, since: int | None = None,
+                   tail: int | None = None) -> AsyncIterator[LogLine]:
+        return
+        yield
 
     async def events(self) -> AsyncIterator[EngineEvent | None]:
         yield None

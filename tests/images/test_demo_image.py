@@ -477,3 +477,37 @@ def test_the_shim_gives_up_when_nobody_hands_it_listeners(
         assert "nothing serves listeners on /run/lbctl/activation.sock" in r.stderr
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def test_log_requests_writes_one_stdout_line_per_request(pod: Pod, demo_image: str) -> None:
+    """LOG_REQUESTS=1: each request's line goes to stdout before its answer, control bytes
+    replaced (what `lbctl logs` tests read); the start and stop lines stay on stderr, and
+    without it nothing per request is written."""
+    quiet = pod.replica("q", demo_image)
+    loud = pod.replica("l", demo_image, LOG_REQUESTS="1")
+    for name in (quiet, loud):
+        pod.wait_listening(name)
+    docker("stop", "-t", "5", quiet)  # the shared port is the loud one's alone now
+
+    def streams(name: str) -> tuple[list[str], str]:
+        out = subprocess.run(["docker", "logs", name], capture_output=True, text=True,
+                             timeout=10, check=True)
+        return out.stdout.splitlines(), out.stderr
+
+    def stdout(name: str) -> list[str]:
+        return streams(name)[0]
+
+    for n in (1, 2, 3):
+        assert pod.get() == (200, "l", "l\n")
+        wait_for(lambda: len(stdout(loud)) >= n, 5, f"request line {n}")  # noqa: B023
+        assert stdout(loud) == ["l GET / HTTP/1.1"] * n
+    raw = socket.create_connection((pod.ip, PORT), timeout=2)
+    try:
+        raw.sendall(b"GET /a\x1b[2Jb HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        raw.close()
+    wait_for(lambda: len(stdout(loud)) == 4, 5, "the fourth request line")
+    assert stdout(loud)[-1] == "l GET /a?[2Jb HTTP/1.1"
+    assert "listening on" in streams(loud)[1] and "GET" not in streams(loud)[1]
+    assert stdout(quiet) == [] and "listening on" in streams(quiet)[1]
