@@ -17,13 +17,13 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from lbctl.model import LABEL_MANAGED, LABEL_NETWORK, ROLE_REPLICA, ROLE_SANDBOX, AppSpec
-from lbctl.model.names import replica_labels, replica_name, sandbox_name
+from lbctl.model.names import OWN_NETWORK, replica_labels, replica_name, sandbox_name
 from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
 from lbctl.model.runtime import CreateRequest, NetworkSpec
 
 # lbctl's own bridge network, for apps that publish IPv6: the engine's default bridge has no
 # IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines.
-NETWORK = "lbctl"
+NETWORK = OWN_NETWORK
 NETWORK_BRIDGE = "lbctl0"
 
 
