@@ -82,7 +82,7 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
             })  # fmt: skip
     ready = sum(1 for r in replicas if r["state"] == "ready")
     # A pass error is transient (the worker retries): it is the last event, not the error.
-    error = view.error if view else None
+    error = (view.error or view.refused) if view else None
     converged = bool(
         view is not None and view.plan.converged and view.synced
         and view.planned_generation == apps.generation(name)

@@ -87,12 +87,14 @@ def replica_request(
     revision: int | None,
     join: str | None,
     default_pids_limit: int | None,
+    default_memory: int | None = None,
 ) -> CreateRequest:
     """Replica `index` of `spec` (ebpf mode: `join` is the sandbox it shares a namespace
     with; iptables mode: it joins the networks attachment(spec) names). Every replica
     learns its app and name from LBCTL_APP and LBCTL_REPLICA. The default pids limit
     (settings.LimitSettings; None: the engine's) is not part of the spec (nor of its
-    hash): changing it rolls nothing, and new replicas get the new one."""
+    hash): changing it rolls nothing, and new replicas get the new one. So is
+    `default_memory` (bytes), what a member's replica gets without --memory."""
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
@@ -100,6 +102,8 @@ def replica_request(
     options = spec.options
     if options.pids_limit is None and default_pids_limit is not None:
         options = replace(options, pids_limit=default_pids_limit)
+    if options.memory is None and default_memory is not None:
+        options = replace(options, memory=str(default_memory))
     networks: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     if join is not None:
