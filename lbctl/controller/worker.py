@@ -332,7 +332,9 @@ class AppWorker:
 
     async def _create_replicas(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
         now = self.now()
-        if now < self.create_not_before:
+        # Within a millisecond is due: a wake-up scheduled for the remaining 1e-16 s can
+        # come at the same clock reading, and would be scheduled again, forever.
+        if self.create_not_before - now > 1e-3:
             asyncio.get_running_loop().call_later(self.create_not_before - now, self.wake)
             return
         rec = self.apps.record(self.name)

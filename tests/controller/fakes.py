@@ -36,9 +36,10 @@ from lbctl.controller.interfaces import (
     HostPortHolder,
     RulesPort,
 )
-from lbctl.controller.limits import Limits
+from lbctl.controller.limits import Defaults, Limits
 from lbctl.controller.metrics import Metrics
 from lbctl.controller.readiness.rounds import ReplicaProbes
+from lbctl.controller.sources import SourceGuard
 from lbctl.controller.status import Status
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
@@ -406,16 +407,20 @@ class Harness:
 def harness(tmp: Path, engine: FakeEngine | None = None,
             host_ports: HostPortHolder | None = None, limits: Limits | None = None,
             settings: Settings = FAST, answers: AnswersFor = always_ready,
-            open_connections: ConnectionCounter = no_connections) -> Harness:
+            open_connections: ConnectionCounter = no_connections,
+            files: HostFiles | None = None,
+            defaults: Defaults = Defaults()) -> Harness:  # noqa: B008 (frozen)
     """The controller on fakes, wired as lbctl.daemon.build wires it on the real adapters;
     `host_ports` (a HostPorts on a fake binder) and `limits` as the daemon wires them, for the
-    tests of what holds host ports and what caps apps."""
+    tests of what holds host ports and what caps apps; `files` (a FakeHostFiles): members'
+    bind sources and volumes are judged on them, and `defaults` what replicas get."""
     engine = engine or FakeEngine()
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     metrics = Metrics()
+    guard = SourceGuard(engine, files) if files is not None else None
     apps = AppsService(StateStore(tmp),
                        Admission(engine, lambda: None, lambda: None, port_check=lambda s: None),
-                       host_ports=host_ports, limits=limits)
+                       host_ports=host_ports, limits=limits, guard=guard, defaults=defaults)
     hostrules = HostRules(rules, tmp, settings.hostrules)
     drains = Drains(ebpf, open_connections, conntrack, settings.drain)
     own_network = template.network_spec(template.ula_subnet("test"))
@@ -425,7 +430,7 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
             app, engine=engine, apps=apps,
             dataplane=AppDataplane(app, hostrules, ebpf, lambda: None, None, metrics),
             drains=drains, probes=ReplicaProbes(app, answers, ebpf, settings.probes),
-            metrics=metrics, settings=settings, own_network=own_network,
+            metrics=metrics, settings=settings, own_network=own_network, guard=guard,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine, new_worker=new_worker,
