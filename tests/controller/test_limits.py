@@ -5,8 +5,8 @@ own add to them, and the check is atomic with the commit."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
