@@ -209,7 +209,9 @@ class AppsService:
                 base = {n: self.generation(n) for n in names}
                 staged = self._stage_all(changes, by, self._moved(first))
                 await self._admit(changes, staged, resources)
-                wanted = resources.plus(await self._judge_sources(changes, staged, by))
+                # What the request declares wins over the same name made for a member: a
+                # compose file's labels stay (docker-compose takes the volume as its own).
+                wanted = (await self._judge_sources(changes, staged, by)).plus(resources)
                 # Everything is checked, the caps on a trial of the commit too: what the
                 # apps need may be created now (and is removed if the commit fails).
                 self._prepare(changes, staged, by)

@@ -274,3 +274,13 @@ async def test_each_app_is_whose_change_set_its_template_last(tmp_path: Path) ->
     assert state.apps["web"].owner == 1001
     raw = (tmp_path / "state.json").read_text()
     assert '"owner": 1001' in raw
+
+
+async def test_a_members_compose_volume_keeps_composes_labels(tmp_path: Path) -> None:
+    """A volume the file declares and its app mounts: made once, with docker-compose's
+    labels (so that docker-compose takes it as its own) and the member's."""
+    h, _ = member_harness(tmp_path)
+    compose = {"com.docker.compose.project": "shop", "com.docker.compose.volume": "data"}
+    await h.apps.change([Replace(spec("web", 1, volume=["shop_data:/d"]))], alice(),
+                        Resources({}, {"shop_data": compose}))
+    assert h.engine.volumes["shop_data"].labels == {**compose, LABEL_OWNER: "1000"}
