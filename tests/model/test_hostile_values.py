@@ -125,7 +125,7 @@ mutated_apps = st.dictionaries(field_names, json_values, max_size=4).map(
     lambda d: {**BASE, **d})
 
 
-@settings(max_examples=2000, deadline=None,
+@settings(max_examples=2000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(body=mutated_apps | json_values)
 def test_any_json_is_an_app_or_one_line_of_bad_input(body: object) -> None:
