@@ -26,6 +26,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from lbctl.model.host import HostFacts
@@ -58,9 +59,13 @@ def engine_pid(url: str) -> int | None:
 class HostFiles:
     """`walk(path)`: the components of `path` as the engine's mount namespace has them."""
 
-    def __init__(self, engine_url: str, timeout: float = 5.0) -> None:
+    def __init__(self, engine_url: str, timeout: float = 5.0,
+                 pid: Callable[[], int | None] | None = None) -> None:
+        """`pid`: the process whose mount namespace is the engine's (default: the peer of
+        the engine's socket, engine_pid)."""
         self.engine_url = engine_url
         self.timeout = timeout
+        self.pid = pid or (lambda: engine_pid(engine_url))
 
     async def walk(self, path: str) -> list[PathEntry]:
         try:
@@ -99,7 +104,7 @@ class HostFiles:
 
     def _open_root(self) -> int:
         tried = []
-        for pid in (engine_pid(self.engine_url), 1):
+        for pid in (self.pid(), 1):
             if pid is None:
                 continue
             try:
