@@ -15,8 +15,9 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 from aiohttp import web
 
@@ -32,11 +33,12 @@ from lbctl.controller.apps import AppsService
 from lbctl.controller.counters import KernelCounters
 from lbctl.controller.draining import Drains
 from lbctl.controller.hostrules import HostRules
-from lbctl.controller.limits import daemon_limits
+from lbctl.controller.limits import Defaults, daemon_limits
 from lbctl.controller.metrics import Metrics
 from lbctl.controller.policy import Policy
 from lbctl.controller.readiness.answers import Questions
 from lbctl.controller.readiness.rounds import ReplicaProbes
+from lbctl.controller.sources import SourceGuard
 from lbctl.controller.status import Status
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
@@ -49,7 +51,9 @@ from lbctl.dataplane.hostports import HostPorts
 from lbctl.dataplane.iptables import DualStackRules
 from lbctl.dataplane.sockets import established_connections
 from lbctl.model import Container, InvalidInput, Mode
+from lbctl.model.host import HostFacts
 from lbctl.runtime.engine import Engine
+from lbctl.runtime.hostfiles import HostFiles, read_host_facts
 from lbctl.settings import Settings
 
 log = logging.getLogger("lbctl.daemon")
@@ -104,13 +108,16 @@ def lock(settings: Settings) -> list[int]:
     return fds
 
 
-def build(settings: Settings, policy: Policy | None = None) -> Daemon:
+def build(settings: Settings, policy: Policy | None = None,
+          socket_path: Path | None = None) -> Daemon:
     """Every part, wired: the one place that knows the concrete classes and gives each part
     the collaborators it works with."""
     state_dir = settings.daemon.state_dir
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     metrics = Metrics()
     engine = Engine(settings.engine)
+    host = read_host_facts()
+    policy = member_policy(policy or Policy(), host, state_dir, socket_path, engine.url)
     ebpf: EbpfDataplane | None = None
     reason = EbpfDataplane.unavailable_reason()
     if reason is None:
@@ -133,13 +140,18 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
     hostrules = HostRules(rules, state_dir, settings.hostrules, on_sync)
     unavailable = EbpfDataplane.unavailable_reason
     host_ports = HostPorts()
+    guard = SourceGuard(engine, HostFiles(engine.url, settings.engine.call_timeout))
+    defaults = Defaults(settings.limits.default_pids_limit or None, policy.max_pids_limit,
+                        policy.default_memory_bytes)
     apps = AppsService(StateStore(state_dir),
                        Admission(engine, unavailable, hostnet.ipv6_unavailable_reason,
-                                 port_check=host_ports.check_spec,
-                                 activation_unavailable=(
-                                     activation.unavailable if activation is not None
-                                     else lambda: "ebpf mode is not available here")),
-                       host_ports=host_ports, limits=daemon_limits(settings.limits))
+                                  port_check=host_ports.check_spec, host=host,
+                                  min_health_interval=settings.limits.min_health_interval,
+                                  activation_unavailable=(
+                                      activation.unavailable if activation is not None
+                                      else lambda: "ebpf mode is not available here")),
+                       host_ports=host_ports, limits=daemon_limits(settings.limits),
+                       guard=guard, defaults=defaults)
     listeners = ListenerStates()
     questions = ActivationQuestions(Questions(ebpf, hostnet.ipv6_settled, settings.probes),
                                     ebpf, activation, listeners)
@@ -153,7 +165,7 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
                                    metrics),
             drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
             metrics=metrics, settings=settings, own_network=own_network,
-            activation=activation,
+            activation=activation, guard=guard,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine,
@@ -208,8 +220,24 @@ async def serve(settings: Settings, sock: Path, policy: Policy | None = None) ->
             os.close(fd)
 
 
+def member_policy(policy: Policy, host: HostFacts, state_dir: Path, socket_path: Path | None,
+                  engine_url: str) -> Policy:
+    """The policy with this host's numbers (its ceilings' shares) and this daemon's paths
+    that no member may bind-mount: the control socket's directory, the state dir, the
+    engine's socket (as given and as resolved)."""
+    paths = [str(state_dir)]
+    if socket_path is not None:
+        paths.append(str(socket_path.parent))
+    url = urlparse(engine_url)
+    if url.scheme == "unix" and url.path:
+        paths += [url.path, os.path.realpath(url.path)]
+    own = tuple(os.path.normpath(os.path.abspath(p)) for p in paths)
+    return replace(policy, host=host,
+                   protected=tuple(dict.fromkeys((*policy.protected, *own))))
+
+
 async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
-    d = build(settings, policy)
+    d = build(settings, policy, sock)
     controller = d.controller
     await d.api.start(sock)
     metrics_runner, metrics_listener = await _serve_metrics(settings, d.metrics, d.counters)

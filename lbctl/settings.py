@@ -142,6 +142,16 @@ class LimitSettings:
     # (the demo: 1; nginx: one per worker; a JVM: a few hundred threads). Not part of a spec
     # (nor of its hash): changing it rolls nothing, new replicas get the new one.
     default_pids_limit: int = 2048
+    # Ceilings on what all apps hold together, at their peak (a rollout's surge and a
+    # canary's extra replicas counted): the sum of the replicas' pids limits (the default
+    # above included) and of their memory limits (a replica of root's without --memory is
+    # not counted: root asked for none). They bind root too; 0: none (the default: the
+    # members' policy has its own, max_pids_total and max_memory_total).
+    max_pids_total: int = 0
+    max_memory_total: int = 0
+    # The shortest --health-interval anyone may ask for (members: the policy's, 1s): each
+    # check is a process the engine starts; 1ms, which the engine takes, is a fork storm.
+    min_health_interval: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,14 @@ def test_update_changes_only_what_is_given() -> None:
     _run_args("--network", "host", "--mode", "iptables"),
     _run_args("--activation", "--mode", "iptables"), _run_args("--label", "lbctl.app=x"),
     _run_args("--env-file", "/nonexistent/web.env"), _run_args("--pids-limit", "x"),
+    # Found by the audit (a traceback or a 500 before): values past int64, a signal that
+    # does not exist, a mount on /, a scoped address, thousands of digits (NUL, which no
+    # argv holds: tests/model/test_hostile_values.py).
+    ["scale", "web=" + "9" * 5000], _run_args("--pids-limit", "9" * 5000),
+    _run_args("--memory", "9" * 400), _run_args("--tmpfs", "/x:size=" + "9" * 400),
+    _run_args("--ulimit", "nofile=" + "9" * 30), _run_args("--stop-signal", "SIGFOO"),
+    _run_args("-v", "data:/"), _run_args("--dns", "fe80::1%eth0"),
+    _run_args("--replicas", "9" * 5000),
 ])
 def test_unsupported_or_bad_options_are_one_line_exit_2(args: list[str], tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "lbctl", *args], capture_output=True, text=True,
@@ -167,6 +175,7 @@ def test_unsupported_or_bad_options_are_one_line_exit_2(args: list[str], tmp_pat
                                          "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert len(r.stderr) < 600, r.stderr
     if args[-1] in ("--privileged", "-d"):
         assert f"{args[-1]}: not an option" in r.stderr, r.stderr
 

@@ -35,6 +35,7 @@ from lbctl.controller.admission import Resources
 from lbctl.controller.app_logs import AppLogs
 from lbctl.controller.apps import ROOT, AppsService, Rights
 from lbctl.controller.policy import Policy
+from lbctl.controller.sources import Who
 from lbctl.controller.status import Status
 from lbctl.model import Forbidden, InvalidInput, Mode, validate_name
 from lbctl.model.changes import Apply, Create, Replace, Scale, Update, parse_rollout
@@ -209,7 +210,10 @@ class Api:
         """What the caller may ask for: root anything (within the daemon's caps), any other
         caller what the policy allows."""
         caller = request.get(CALLER)
-        return ROOT if caller is not None and caller.root else Rights.member(self.policy)
+        if caller is not None and caller.root:
+            return ROOT
+        return Rights.member(self.policy, Who.of(caller.uid if caller else None,
+                                                 caller.gid if caller else None))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "synced": self.status.synced()})

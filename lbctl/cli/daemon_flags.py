@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lbctl.model import InvalidInput
+from lbctl.model.docker_syntax import parse_size
 from lbctl.settings import Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -36,6 +37,11 @@ class Flag:
 
     def default(self, settings: Settings) -> Any:
         return getattr(getattr(settings, self.section), self.field)
+
+
+def size(text: str) -> int:
+    """A byte size as docker writes it (512m, 16g) or a number of bytes."""
+    return parse_size(text, "size")
 
 
 FLAGS = (
@@ -93,6 +99,16 @@ FLAGS = (
     Flag("--max-log-streams", "logs", "max_streams_per_caller", int,
          "`lbctl logs` streams one caller (uid) may have open at once; 0: no cap", minimum=0,
          metavar="N"),
+    Flag("--max-pids-total", "limits", "max_pids_total", int,
+         "the sum of all replicas' pids limits, at each app's peak (a rollout's and a "
+         "canary's extra replicas counted), for every caller; 0: no cap", minimum=0,
+         metavar="N"),
+    Flag("--max-memory-total", "limits", "max_memory_total", size,
+         "the sum of all replicas' memory limits, at each app's peak, for every caller "
+         "(512g, or bytes); 0: no cap", minimum=0, metavar="SIZE"),
+    Flag("--min-health-interval", "limits", "min_health_interval", float,
+         "the shortest --health-interval any caller may ask for", minimum=0,
+         metavar="SECONDS"),
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 from lbctl import __version__
 from lbctl.cli.daemon_flags import add_flags as add_daemon_flags
+from lbctl.model import InvalidInput
 from lbctl.model.option import Arg
 from lbctl.model.options import OPTIONS
 
@@ -16,7 +17,10 @@ EXIT_USAGE = 2
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"lbctl: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        # argparse quotes the value it refused whole: a 5000-digit --pids-limit stays one
+        # readable line (InvalidInput escapes and cuts the same way).
+        line = str(InvalidInput(message))
+        print(f"lbctl: {line} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 

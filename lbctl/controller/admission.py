@@ -14,9 +14,11 @@ changes anything; a refusal is one line for the user (InvalidInput: HTTP 400, ex
   gets it when the image declares it takes an inherited listener (model.activation.
   LABEL_LISTEN_FDS) and the app can have it (ebpf mode, not `--network host`): `resolve`.
 
-`Resources` are the volumes and networks a compose file declares: created, when missing, only
-after every check passed. lbctl never removes them (a volume holds data, and both may be
-shared with docker-compose's services).
+`Resources` are the volumes and networks a compose file declares (and, for a member, the
+named volumes their apps name that do not exist yet): created, when missing, only after
+every check of the request passed, caps included, and removed again when its commit then
+fails, so a refused request leaves nothing behind. Otherwise lbctl never removes them (a
+volume holds data, and both may be shared with docker-compose's services).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from dataclasses import dataclass, field, replace
 
 from lbctl.controller.interfaces import EnginePort
 from lbctl.controller.template import attachment
-from lbctl.model import AppSpec, InvalidInput, Mode
+from lbctl.model import LABEL_OWNER, AppSpec, Forbidden, InvalidInput, Mode
 from lbctl.model.activation import LABEL_LISTEN_FDS, declares_listen_fds
+from lbctl.model.docker_syntax import parse_duration
+from lbctl.model.host import HostFacts
 from lbctl.model.options import DEFAULT_NETWORK
 from lbctl.model.runtime import NetworkFacts, NetworkSpec
 
@@ -44,6 +48,19 @@ class Resources:
     networks: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     volumes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
+    def __bool__(self) -> bool:
+        return bool(self.networks or self.volumes)
+
+    def owned_by(self, uid: int) -> Resources:
+        """The same, labelled as made for member `uid` (what their bounds count)."""
+        def mark(items: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
+            return {n: {**labels, LABEL_OWNER: str(uid)} for n, labels in items.items()}
+
+        return Resources(mark(self.networks), mark(self.volumes))
+
+    def plus(self, other: Resources) -> Resources:
+        return Resources({**self.networks, **other.networks}, {**self.volumes, **other.volumes})
+
 
 class Admission:
     def __init__(
@@ -53,12 +70,18 @@ class Admission:
         ipv6_unavailable: Callable[[], str | None],
         port_check: Callable[[AppSpec], None] | None = None,
         activation_unavailable: Callable[[], str | None] | None = None,
+        host: HostFacts | None = None,
+        min_health_interval: float = 0.0,
     ) -> None:
         """`ebpf_unavailable`/`ipv6_unavailable`/`activation_unavailable`: why this host
         cannot serve that mode, family or path now (None: it can; lbctl.dataplane knows;
         activation's default: never, a host without the hand-over); `port_check`: refuses a
-        host port something else serves (the daemon's HostPorts; default: try to bind it)."""
+        host port something else serves (the daemon's HostPorts; default: try to bind it);
+        `host`: what the host allows a replica (its rlimits); `min_health_interval`: the
+        daemon's floor, for every caller (settings.LimitSettings)."""
         self.engine = engine
+        self.host = host or HostFacts()
+        self.min_health_interval = min_health_interval
         self.ebpf_unavailable = ebpf_unavailable
         self.port_check = port_check or check_port_free
         self.ipv6_unavailable = ipv6_unavailable
@@ -93,6 +116,8 @@ class Admission:
     ) -> None:
         """Everything for apps to create (`new`) and apps to change (`changed`)."""
         self.check_clashes([*new, *changed], others)
+        for spec in [*new, *changed]:
+            self.check_host_bounds(spec)
         for spec in new:
             if spec.wants_ipv6:
                 reason = self.ipv6_unavailable()
@@ -119,6 +144,23 @@ class Admission:
                 raise InvalidInput(f"image {image} is not on this engine: build or pull it first")
         await self.check_networks([*new, *changed], declared or Resources())
         await self.check_cpus([*new, *changed])
+
+    def check_host_bounds(self, spec: AppSpec) -> None:
+        """What no caller gets, root neither: a health check more often than the daemon's
+        floor (Forbidden: root lowers it with the flag), a nofile limit above fs.nr_open
+        (the kernel refuses it: every create would fail)."""
+        o = spec.options
+        if o.health_interval is not None and self.min_health_interval > 0:
+            seconds = parse_duration(o.health_interval)
+            if 0 < seconds < self.min_health_interval:
+                raise Forbidden(f"limit: health-interval {o.health_interval} is shorter than "
+                                f"{self.min_health_interval:g}s (--min-health-interval of "
+                                "the daemon; root can lower it)")
+        for u in o.ulimits():
+            if u.name == "nofile" and max(u.soft, u.hard) > self.host.nr_open:
+                raise InvalidInput(f"app {spec.name}: ulimit nofile={u.soft}:{u.hard} is "
+                                   f"above this host's fs.nr_open ({self.host.nr_open}): the "
+                                   "engine would fail every create")
 
     async def check_cpus(self, specs: Sequence[AppSpec]) -> None:
         """The engine refuses --cpus above its host's count at every create: say it once,
@@ -177,13 +219,60 @@ class Admission:
                         f"--subnet IPV6_PREFIX/64 NAME`, or name no network (lbctl then "
                         f"places the app on an IPv6 network of its own)")
 
-    async def create(self, resources: Resources) -> None:
-        for name, labels in sorted(resources.volumes.items()):
-            if await self.engine.ensure_volume(name, labels):
-                log.info("created volume %s", name)
-        for name, labels in sorted(resources.networks.items()):
-            if await self.engine.ensure_network(NetworkSpec(name, labels)):
-                log.info("created network %s", name)
+    async def check_bounds(self, resources: Resources, uid: int, max_networks: int,
+                           max_volumes: int, rule: Callable[[str], str]) -> None:
+        """A member's networks and volumes (labelled with their uid) stay within their
+        bounds: those lbctl made for them before, and those this request would make."""
+        for kind, items, bound in (("network", resources.networks, max_networks),
+                                   ("volume", resources.volumes, max_volumes)):
+            new = [n for n in items if await self._missing(kind, n)]
+            if not new:
+                continue
+            have = await self.engine.count_labelled(kind, LABEL_OWNER, str(uid))
+            if have + len(new) > bound:
+                raise Forbidden(f"policy: this would make {have + len(new)} {kind}s lbctl "
+                                f"created for uid {uid}, more than {bound} "
+                                f"({rule(f'max_{kind}s')}; root removes unused ones)")
+
+    async def _missing(self, kind: str, name: str) -> bool:
+        if kind == "network":
+            return await self.engine.network(name) is None
+        return await self.engine.volume(name) is None
+
+    async def create(self, resources: Resources) -> Resources:
+        """Create what is missing; returns what this call created (what `undo` takes back).
+        A failure takes back what it had created already."""
+        made = Resources({}, {})
+        try:
+            for name, labels in sorted(resources.volumes.items()):
+                if await self.engine.ensure_volume(name, labels):
+                    log.info("created volume %s", name)
+                    made = made.plus(Resources({}, {name: labels}))
+            for name, labels in sorted(resources.networks.items()):
+                if await self.engine.ensure_network(NetworkSpec(name, labels)):
+                    log.info("created network %s", name)
+                    made = made.plus(Resources({name: labels}, {}))
+        except BaseException:
+            await self.undo(made)
+            raise
+        return made
+
+    async def undo(self, made: Resources) -> None:
+        """Remove what `create` made for a request that was then not committed (refused
+        at its commit, or its client gone): nothing of it stays behind. Best effort: the
+        engine keeps what is in use (never, here: no app of the request was committed)."""
+        for name, labels in sorted(made.networks.items()):
+            try:
+                if await self.engine.remove_network(name, labels):
+                    log.info("removed network %s: its request was not committed", name)
+            except Exception as e:
+                log.warning("cannot remove network %s of a refused request: %s", name, e)
+        for name in sorted(made.volumes):
+            try:
+                if await self.engine.remove_volume(name):
+                    log.info("removed volume %s: its request was not committed", name)
+            except Exception as e:
+                log.warning("cannot remove volume %s of a refused request: %s", name, e)
 
     @staticmethod
     def check_clashes(specs: Sequence[AppSpec], others: Sequence[AppSpec]) -> None:

@@ -12,6 +12,13 @@ changed it is judged again. A multi-app apply is all or nothing, and nothing wai
 engine call while holding the lock. The caps on apps and containers are checked under that
 lock (two racing creates cannot both take the last place), and so is the taking of a new
 app's host port: an app exists exactly while its port is held.
+
+What a request needs created on the engine (a compose file's networks and volumes, a
+member's new named volumes) is created only once every check has passed, the caps included
+(checked on a trial of the commit first), and removed again if the commit then fails: a
+refused request leaves nothing behind. Each record says whose the app is (`owner`: the
+member whose change last set its template, None for root), which is how a member's app is
+judged again at every replica create and counted against the members' ceilings.
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from lbctl.controller import limits as limits_mod
 from lbctl.controller.admission import Admission, Resources, judged
 from lbctl.controller.interfaces import HostPortHolder, Placeholder
-from lbctl.controller.limits import Cap, Limits
+from lbctl.controller.limits import Cap, Defaults, Limits
 from lbctl.controller.planner import Desired
 from lbctl.controller.policy import Policy
+from lbctl.controller.sources import NOBODY, SourceGuard, Who
 from lbctl.controller.store import AppRecord, State, StateStore
 from lbctl.model import AppSpec, Forbidden, InvalidInput, Mode, Publish
 from lbctl.model.changes import (
@@ -56,15 +64,28 @@ ADMISSION_ROUNDS = 3
 @dataclass(frozen=True)
 class Rights:
     """What the caller may ask for: the members' policy (None: root, whom only the daemon's
-    caps limit) and the caller's own caps, on top of the daemon's."""
+    caps limit), the caller's own caps, on top of the daemon's, and who they are (the
+    member an app they change becomes the owner of)."""
 
     policy: Policy | None = None
     limits: Limits | None = None
+    who: Who = field(default_factory=lambda: Who(NOBODY, frozenset()))
 
     @classmethod
-    def member(cls, policy: Policy) -> Rights:
-        return cls(policy, Limits(apps=(Cap(policy.max_apps, policy.rule("max_apps"),
-                                            "policy"),)))
+    def member(cls, policy: Policy, who: Who | None = None) -> Rights:
+        pids, memory = policy.ceilings()
+        return cls(policy, Limits(
+            apps=(Cap(policy.max_apps, policy.rule("max_apps"), "policy"),),
+            pids=(Cap(pids, policy.rule("max_pids_total"), "policy", members=True),)
+            if pids else (),
+            memory=(Cap(memory, policy.rule("max_memory_total"), "policy", members=True),)
+            if memory else (),
+        ), who or Who(NOBODY, frozenset()))
+
+    @property
+    def owner(self) -> int | None:
+        """Whose an app this caller sets the template of becomes (None: root's)."""
+        return None if self.policy is None else self.who.uid
 
 
 ROOT = Rights()
@@ -87,9 +108,16 @@ class AppsService:
         clock: Callable[[], float] = time.time,
         host_ports: HostPortHolder | None = None,
         limits: Limits | None = None,
+        guard: SourceGuard | None = None,
+        defaults: Defaults = Defaults(),  # noqa: B008 (frozen)
     ) -> None:
+        """`guard`: judges what members' replicas mount (None: nothing is, as in logic tests
+        of other things); `defaults`: the limits replicas get where their app sets none
+        (what the caps count)."""
         self.store = store
         self.admission = admission
+        self.guard = guard
+        self.defaults = defaults
         self.on_change = on_change
         self.clock = clock
         # None: nothing is held (logic tests, which must not take the host's real ports).
@@ -164,7 +192,8 @@ class AppsService:
     async def change(self, changes: Sequence[SpecChange], by: Rights = ROOT,
                      resources: Resources | None = None) -> dict[str, Outcome]:
         """Apply every change to its app, all or nothing. `resources`: volumes and networks
-        to create first when missing (a compose file's); `by`: the caller's rules."""
+        to create when missing (a compose file's), once the request passed every check;
+        `by`: the caller's rules."""
         names = [c.name for c in changes]
         if len(set(names)) != len(names):
             raise InvalidInput("an app appears twice")
@@ -175,41 +204,99 @@ class AppsService:
         resources = resources or Resources()
         if by.policy is not None:
             by.policy.check_resources(resources.networks)
-        created = False
+            resources = resources.owned_by(by.who.uid)
+        made = Resources()
+        committed = False
         first = {n: self.generation(n) for n in names}
-        for _ in range(ADMISSION_ROUNDS):
-            base = {n: self.generation(n) for n in names}
-            staged = self._stage_all(changes, by, self._moved(first))
-            await self._admit(changes, staged, resources)
-            if not created:  # everything is checked: what the apps need may be created now
-                await self.admission.create(resources)
-                created = True
-            async with self._commit:
-                if self._moved(base):
-                    # Committed meanwhile: the changes apply to the apps as they are now.
-                    again = self._stage_all(changes, by, self._moved(first))
-                    if not _still_judged(changes, staged, again):
-                        continue  # admission read something that changed: judge again
-                    staged = again
-                return self._commit_changes(changes, staged, by)
-        raise Conflict(f"{', '.join(names)} kept changing while this change was judged: "
-                       "try again")
+        try:
+            for _ in range(ADMISSION_ROUNDS):
+                base = {n: self.generation(n) for n in names}
+                staged = self._stage_all(changes, by, self._moved(first))
+                await self._admit(changes, staged, resources)
+                # What the request declares wins over the same name made for a member: a
+                # compose file's labels stay (docker-compose takes the volume as its own).
+                wanted = (await self._judge_sources(changes, staged, by)).plus(resources)
+                # Everything is checked, the caps on a trial of the commit too: what the
+                # apps need may be created now (and is removed if the commit fails).
+                self._prepare(changes, staged, by)
+                if by.policy is not None and wanted:
+                    await self.admission.check_bounds(
+                        wanted, by.who.uid, by.policy.max_networks, by.policy.max_volumes,
+                        by.policy.rule)
+                made = made.plus(await self.admission.create(wanted))
+                async with self._commit:
+                    if self._moved(base):
+                        # Committed meanwhile: the changes apply to the apps as they are now.
+                        again = self._stage_all(changes, by, self._moved(first))
+                        if not _still_judged(changes, staged, again):
+                            continue  # admission read something that changed: judge again
+                        staged = again
+                    out = self._commit_changes(changes, staged, by)
+                    committed = True
+                    return out
+            raise Conflict(f"{', '.join(names)} kept changing while this change was judged: "
+                           "try again")
+        finally:
+            if made and not committed:
+                await asyncio.shield(self.admission.undo(made))
+
+    async def _judge_sources(self, changes: Sequence[SpecChange], staged: Sequence[_Staged],
+                             by: Rights) -> Resources:
+        """A member's bind sources and named volumes, on the host and the engine
+        (controller.sources); the named volumes to create for them."""
+        if by.policy is None or self.guard is None:
+            return Resources()
+        missing: dict[str, dict[str, str]] = {}
+        for c, st in zip(changes, staged, strict=True):
+            if isinstance(c, Scale):
+                continue  # the template is as it was; each create judges it again
+            for name in await self.guard.check(st.target, by.who, by.policy):
+                missing[name] = {}
+        return Resources({}, missing).owned_by(by.who.uid)
 
     async def rollout(self, change: RolloutChange, by: Rights = ROOT) -> Outcome:
         """Pause, resume or undo a rollout; decided on the app as it is under the lock."""
+        name = change.name
+        judged: int | None = None
+        made = Resources()
+        if isinstance(change, Undo) and by.policy is not None:
+            # What the revision gone back to mounts needs the engine's answers: judged
+            # before the lock, and the undo refused if the app moved to another meanwhile.
+            rec = self._record(name)
+            back = self._undo_revision(rec, name, change.to)
+            spec = _with_template(rec.spec, back.spec)
+            by.policy.check_app(spec.to_json(), rec.spec.replicas)
+            if self.guard is not None:
+                missing = await self.guard.check(spec, by.who, by.policy)
+                made = await self.admission.create(
+                    Resources({}, {v: {} for v in missing}).owned_by(by.who.uid))
+            judged = back.number
+        committed = False
+        try:
+            out = await self._rollout_locked(change, by, judged)
+            committed = True
+            return out
+        finally:
+            if made and not committed:
+                await asyncio.shield(self.admission.undo(made))
+
+    async def _rollout_locked(self, change: RolloutChange, by: Rights,
+                              judged: int | None) -> Outcome:
         name = change.name
         async with self._commit:
             rec = self._record(name)
             now = self.clock()
             if isinstance(change, Undo):
                 back = self._undo_revision(rec, name, change.to)
+                if by.policy is not None and back.number != judged:
+                    raise Conflict(f"app {name} changed while the undo was judged: try again")
                 spec = _with_template(rec.spec, back.spec)
                 if by.policy is not None:
                     # Judged like an update: the revision gone back to may be one root made.
                     by.policy.check_app(spec.to_json(), rec.spec.replicas)
                 ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
                              f"undo: back to revision {back.number}", now, now)
-                new = AppRecord(spec, back.number, rec.history, ro)
+                new = AppRecord(spec, back.number, rec.history, ro, by.owner)
             else:
                 if rec.rollout is None:
                     raise InvalidInput(f"app {name} has no rollout")
@@ -319,10 +406,12 @@ class AppsService:
             declared=resources,
         )
 
-    def _commit_changes(self, changes: Sequence[SpecChange], staged: Sequence[_Staged],
-                        by: Rights) -> dict[str, Outcome]:
-        """Under the commit lock: the checks that read other apps again (another request may
-        have committed while admission waited on the engine), then the state write."""
+    def _prepare(self, changes: Sequence[SpecChange], staged: Sequence[_Staged],
+                 by: Rights) -> tuple[State, dict[str, str]]:
+        """The state the changes make and what each does, after the checks that read other
+        apps (another request may have committed while admission waited on the engine) and
+        the caps. No I/O and no write: run as a trial before anything is created, and again
+        under the commit lock."""
         specs = [s.target for s in staged]
         names = [s.name for s in specs]
         for s in specs:
@@ -331,8 +420,18 @@ class AppsService:
         results: dict[str, str] = {}
         state = State(dict(self.state.apps), dict(self.state.deleted))
         for c, s in zip(changes, specs, strict=True):
-            results[s.name] = self._stage(state, s, c.canary)
+            old = state.apps.get(s.name)
+            # A count changes nobody's template: the app stays whose it was.
+            owner = old.owner if isinstance(c, Scale) and old is not None else by.owner
+            results[s.name] = self._stage(state, s, c.canary, owner)
         self._check_limits(state, by.limits)
+        return state, results
+
+    def _commit_changes(self, changes: Sequence[SpecChange], staged: Sequence[_Staged],
+                        by: Rights) -> dict[str, Outcome]:
+        """Under the commit lock: the checks again (_prepare), then the state write."""
+        specs = [s.target for s in staged]
+        state, results = self._prepare(changes, staged, by)
         taken = self._take_ports([s for s in specs if results[s.name] == "created"])
         try:
             self._save(state, [n for n, what in results.items() if what != "unchanged"])
@@ -388,6 +487,7 @@ class AppsService:
                     _with_template(rec.spec, back.spec), back.number, rec.history,
                     Rollout(RolloutState.ROLLED_BACK, back.number, revision, None, msg,
                             ro.started, now),
+                    rec.owner,
                 )
             else:
                 msg = f"revision {revision} failed ({reason}); rollout paused"
@@ -460,8 +560,8 @@ class AppsService:
         return c
 
     def _check_limits(self, state: State, extra: Limits | None) -> None:
-        limits_mod.check([r.spec for r in self.state.apps.values()],
-                         [r.spec for r in state.apps.values()], self.limits.plus(extra))
+        limits_mod.check(self.state.apps.values(), state.apps.values(),
+                         self.limits.plus(extra), self.defaults)
 
     def _take_ports(self, specs: Sequence[AppSpec]) -> dict[str, list[Placeholder]]:
         """Placeholders for new apps, all or none (InvalidInput names the port in use)."""
@@ -488,23 +588,24 @@ class AppsService:
         live = [r.spec for n, r in self.state.apps.items() if n not in skip]
         return live + [s for n, s in self.state.deleted.items() if n not in skip]
 
-    def _stage(self, state: State, spec: AppSpec, canary: int | None) -> str:
+    def _stage(self, state: State, spec: AppSpec, canary: int | None,
+               owner: int | None) -> str:
         now = self.clock()
         old = state.apps.get(spec.name)
         if old is None:
             rev = Revision(1, spec, now, "created")
-            state.apps[spec.name] = AppRecord(spec, 1, (rev,), None)
+            state.apps[spec.name] = AppRecord(spec, 1, (rev,), None, owner)
             return "created"
         if old.spec == spec and canary is None:
-            return "unchanged"
+            return "unchanged"  # and whose it was: nothing of it was set by this change
         if old.spec.spec_hash() == spec.spec_hash():
-            state.apps[spec.name] = replace(old, spec=spec)
+            state.apps[spec.name] = replace(old, spec=spec, owner=owner)
             return "updated"
         number = max((r.number for r in old.history), default=old.revision) + 1
         rev = Revision(number, spec, now, _change_note(old.spec, spec))
         ro = Rollout(RolloutState.PROGRESSING, number, old.revision, canary,
                      f"rolling to revision {number}", now, now)
-        state.apps[spec.name] = AppRecord(spec, number, old.with_history(rev), ro)
+        state.apps[spec.name] = AppRecord(spec, number, old.with_history(rev), ro, owner)
         return "rolling"
 
     def _save(self, state: State, changed: Sequence[str], bump: bool = True) -> None:

@@ -15,7 +15,15 @@ from typing import Protocol
 from lbctl.model import AppSpec, Container, Publish
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.log_lines import LogLine
-from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import (
+    CreateRequest,
+    EngineEvent,
+    ImageFacts,
+    NetworkFacts,
+    NetworkSpec,
+    PathEntry,
+    VolumeFacts,
+)
 
 
 class EnginePort(Protocol):
@@ -40,6 +48,12 @@ class EnginePort(Protocol):
     async def network(self, name: str) -> NetworkFacts | None: ...
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool: ...
+
+    async def volume(self, name: str) -> VolumeFacts | None: ...
+
+    async def remove_volume(self, name: str) -> bool: ...
+
+    async def count_labelled(self, kind: str, label: str, value: str) -> int: ...
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str: ...
 
@@ -133,6 +147,14 @@ class HostPortHolder(Protocol):
     def release(self, app: str) -> None: ...
 
     def conflict(self, app: str) -> str | None: ...
+
+
+class HostFiles(Protocol):
+    """The components of a host path as the engine's mount namespace has them, from `/`
+    down, symlinks not followed (lbctl.runtime.hostfiles); OSError when they cannot be
+    read."""
+
+    async def walk(self, path: str) -> list[PathEntry]: ...
 
 
 class Hairpin(Protocol):

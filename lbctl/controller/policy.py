@@ -14,8 +14,11 @@ one rule per class here: an option cannot be added without its class, nor a clas
 its rule. A value the checks cannot read is refused: a syntax the policy does not understand
 is not a syntax it allows.
 
-Pure: no I/O but reading the file at start, resolving symlinks of a bind source and looking
-up the host's privileged groups.
+A bind source is judged here by its text (an allowed prefix, never a path that holds the
+host's keys); what it is on disk, and what named volumes are, needs the engine's view and is
+judged by controller.sources, at the change and again before every create.
+
+Pure: no I/O but reading the file at start and looking up the host's privileged groups.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lbctl.model import Forbidden, InvalidInput, Publish
+from lbctl.model.docker_syntax import Mount, Ulimit, parse_duration, parse_size, parse_tmpfs
+from lbctl.model.host import HostFacts
 from lbctl.model.option import Judge
 from lbctl.model.options import OPTIONS
 
@@ -61,6 +66,15 @@ PRIVILEGED_GROUPS = ("root", "docker", "disk", "shadow", "sudo", "adm")
 # that members alone cannot fill the daemon's caps that bind root too.
 DEFAULT_MAX_REPLICAS = 16
 DEFAULT_MAX_APPS = 32
+# Paths no member may bind-mount whatever allowed_bind_sources says, nor a directory that
+# holds one, nor anything under one: the host's root, its kernel interfaces and devices, and
+# what gives root: lbctl's control socket (a uid-0 process in a container is root to
+# SO_PEERCRED) and state, the engines' sockets and data (every volume, every container's
+# files), the policy itself. The daemon adds its actual socket, state dir and engine socket.
+PROTECTED = ("/", "/proc", "/sys", "/dev", "/boot", "/run/lbctl", "/var/lib/lbctl",
+             "/etc/lbctl", "/run/docker.sock", "/var/run/docker.sock", "/run/containerd",
+             "/var/lib/docker", "/var/lib/containerd", "/run/podman", "/var/lib/containers",
+             "/run/containers")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -94,8 +108,31 @@ class Policy:
     # the spec's maximum (64 replicas) and the daemon's --max-apps / --max-containers.
     max_replicas: int = DEFAULT_MAX_REPLICAS
     max_apps: int = DEFAULT_MAX_APPS
+    # Networks and volumes lbctl creates for one member (a compose file's, a missing volume
+    # an app names), counted by their `lbctl.owner` label; lbctl never removes them, root
+    # does. Docker's default address pools hold about 30 bridge networks for everyone.
+    max_networks: int = 4
+    max_volumes: int = 16
+    # What members' apps may hold together, counted at their peak (a rollout's surge and a
+    # canary's extra replicas included): the sum of their replicas' pids limits and memory
+    # limits. "N%" of the host's kernel.pid_max / memory, or a number (a size for memory);
+    # 0: no ceiling. Half the host: members alone cannot exhaust either.
+    max_pids_total: int | str = "50%"
+    max_memory_total: int | str = "50%"
+    # A member's replica whose app sets no --memory gets this limit (never unlimited, so
+    # that the memory ceiling counts every replica of theirs).
+    default_memory: str = "512m"
+    # The shortest --health-interval: every check is a process the engine starts on the
+    # host (an exec), and 1ms is a fork storm.
+    min_health_interval: str = "1s"
+    # The largest memlock rlimit (locked pages cannot be reclaimed); never unlimited.
+    max_memlock: str = "64m"
     path: Path = DEFAULT_PATH
     from_file: bool = False
+    # Not from the file: paths never bind-mounted (PROTECTED and the daemon's own), and the
+    # host's numbers the ceilings are shares of (the daemon reads them at start).
+    protected: tuple[str, ...] = PROTECTED
+    host: HostFacts = field(default_factory=HostFacts)
 
     # ---- messages ------------------------------------------------------------------------
 
@@ -121,45 +158,101 @@ class Policy:
         for o in OPTIONS:
             value = app.get(o.key)
             if value is not None:
-                _RULES[o.judge](self, o.key, value)
+                _RULES[o.judge](self, o.key, value, app)
         self.check_replicas(app.get("replicas", 1), current_replicas)
 
-    # ---- one rule per Judge class: (policy, option key, its value, not None) -------------
+    # ---- what a member's replica gets where the app says nothing ---------------------------
 
-    def _free(self, key: str, value: object) -> None:
+    @property
+    def default_memory_bytes(self) -> int:
+        return parse_size(self.default_memory, "default_memory")
+
+    def ceilings(self) -> tuple[int, int]:
+        """(pids, memory bytes) members' apps may hold together (0: no ceiling)."""
+        return (_share(self.max_pids_total, self.host.pid_max, int),
+                _share(self.max_memory_total, self.host.mem_total, parse_size))
+
+    # ---- one rule per Judge class: (policy, option key, its value (not None), the app) ----
+
+    def _free(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         """Nothing to judge: the option reaches nothing beyond the app's containers."""
 
-    def _volume_sources(self, key: str, value: object) -> None:
+    def _volume_sources(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         for text in _items(value, key):
             parts = text.split(":")
             if len(parts) >= 2 and parts[0].startswith(("/", ".", "~")):
                 self._check_bind(parts[0], f"{key} {text}")
 
-    def _mount_sources(self, key: str, value: object) -> None:
+    def _mount_sources(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         for text in _items(value, key):
-            self._check_mount(text)
+            self._check_mount(text, app)
 
-    def _networks(self, key: str, value: object) -> None:
+    def _networks(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         for net in _items(value, key):
             self.check_network(net)
 
-    def _capabilities(self, key: str, value: object) -> None:
+    def _ulimits(self, key: str, value: object, app: Mapping[str, Any]) -> None:
+        """No unlimited or large memlock (pages nothing can reclaim), no realtime priority
+        (`rtprio`: SCHED_FIFO starves the host's CPUs) or raised nice, nofile within what the
+        kernel allows a process (fs.nr_open: beyond it every create fails)."""
+        memlock = parse_size(self.max_memlock, "max_memlock")
+        for text in _items(value, key):
+            u = Ulimit.parse(text)
+            if u.name == "memlock" and (-1 in (u.soft, u.hard) or u.hard > memlock):
+                raise self._refuse(f"ulimit {text} is more than {self.max_memlock} of locked "
+                                   "memory", "max_memlock")
+            if u.name in ("rtprio", "nice") and (u.soft != 0 or u.hard != 0):
+                raise Forbidden(f"policy: ulimit {text} is root's alone (a realtime or raised "
+                                "priority can starve the host's CPUs)")
+            if u.name == "nofile" and (-1 in (u.soft, u.hard) or u.hard > self.host.nr_open):
+                raise Forbidden(f"policy: ulimit {text} is more than this host's fs.nr_open "
+                                f"({self.host.nr_open})")
+
+    def _memory_sizes(self, key: str, value: object, app: Mapping[str, Any]) -> None:
+        """A tmpfs or /dev/shm lives in the replica's memory: at most its memory limit (the
+        app's, else default_memory), so that its size says what it can really hold."""
+        for text in _items(value, key):
+            if key == "shm-size":
+                self._memory_size(key, parse_size(text, key), text, app)
+                continue
+            _, opts = parse_tmpfs(text)
+            for item in opts.split(",") if opts else ():
+                k, _, v = item.partition("=")
+                if k == "size":
+                    self._memory_size(key, parse_size(v, "tmpfs size"), text, app)
+
+    def _memory_size(self, key: str, size: int, text: str, app: Mapping[str, Any]) -> None:
+        memory = app.get("memory")
+        limit = parse_size(memory, "memory") if memory is not None else self.default_memory_bytes
+        if size > limit:
+            shown = memory if memory is not None else f"default_memory {self.default_memory}"
+            raise Forbidden(f"policy: {key} {text} is larger than the replica's memory "
+                            f"({shown}), which its pages are part of")
+
+    def _interval(self, key: str, value: object, app: Mapping[str, Any]) -> None:
+        seconds = parse_duration(value, key)
+        floor = parse_duration(self.min_health_interval, "min_health_interval")
+        if 0 < seconds < floor:
+            raise self._refuse(f"{key} {value} is shorter than {self.min_health_interval}",
+                               "min_health_interval")
+
+    def _capabilities(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         for cap in _items(value, key):
             norm = cap.upper().removeprefix("CAP_")
             if norm not in self.allowed_cap_add:
                 raise self._refuse(f"{key} {cap} is not allowed", "allowed_cap_add")
 
-    def _log_driver(self, key: str, value: object) -> None:
+    def _log_driver(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         if value not in self.allowed_log_drivers:
             raise self._refuse(f"{key} {value!r} is not allowed", "allowed_log_drivers")
 
-    def _pids_bound(self, key: str, value: object) -> None:
+    def _pids_bound(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not (
                 1 <= value <= self.max_pids_limit):
             raise self._refuse(f"{key} {value!r} is not from 1 to {self.max_pids_limit}",
                                "max_pids_limit")
 
-    def _groups(self, key: str, value: object) -> None:
+    def _groups(self, key: str, value: object, app: Mapping[str, Any]) -> None:
         """No group 0 and none of PRIVILEGED_GROUPS, by name (the image's /etc/group names
         them) or by the number they have on this host (which owns its files)."""
         host_gids = _host_gids(PRIVILEGED_GROUPS)
@@ -170,7 +263,7 @@ class Policy:
                                 f"GID 0, {', '.join(PRIVILEGED_GROUPS[1:])} or their "
                                 "numbers on this host)")
 
-    def _namespace(self, key: str, value: object) -> None:
+    def _namespace(self, key: str, value: object, app: Mapping[str, Any] | None = None) -> None:
         if isinstance(value, str) and (value == "host" or value.startswith("container:")):
             raise Forbidden(f"policy: {key} {value} shares a namespace beyond the app's own: "
                             "root's alone")
@@ -179,8 +272,9 @@ class Policy:
 
     def _root_only(self, key: str, value: object, app: object = None) -> None:
         if _given(value) and not (key == "security-opt" and _harmless_secopt(value)):
+            name = app.get("name") if isinstance(app, Mapping) else app
             raise Forbidden(f"policy: {key} is root's alone (it gives a container the "
-                            f"host{'' if app is None else f'; app {app}'})")
+                            f"host{'' if name is None else f'; app {name}'})")
 
     def check_publish(self, value: object) -> None:
         for text in _items(value, "publish"):
@@ -207,7 +301,7 @@ class Policy:
         if not any(fnmatch.fnmatchcase(net, pat) for pat in self.allowed_networks):
             raise self._refuse(f"network {net} is not allowed", "allowed_networks")
 
-    def _check_mount(self, text: str) -> None:
+    def _check_mount(self, text: str, app: Mapping[str, Any]) -> None:
         kv: dict[str, str] = {}
         for item in text.split(","):
             k, _, v = item.partition("=")
@@ -218,22 +312,31 @@ class Policy:
         kind = kv.get("type", "volume")
         if kind == "bind":
             self._check_bind(kv.get("source", ""), f"mount {text}")
-        elif kind not in ("volume", "tmpfs"):
+        elif kind == "tmpfs":
+            size = Mount.parse(text).tmpfs_size_bytes
+            if size is not None:
+                self._memory_size("mount", size, text, app)
+        elif kind != "volume":
             raise Forbidden(f"policy: cannot check mount {text}")
 
     def _check_bind(self, source: str, what: str) -> None:
+        """The text of a bind source: under an allowed prefix, and none of the host's keys.
+        Symlinks and who can write the path are controller.sources' (the engine's view)."""
         if not source.startswith("/"):
             raise self._refuse(f"{what}: a bind mount needs an absolute source",
                                "allowed_bind_sources")
-        # Judge the path the engine will mount: `..` collapsed, symlinks followed (a member
-        # who can write under an allowed prefix could else plant a link to /).
-        paths = {os.path.normpath(source), os.path.realpath(source)}
-        if not all(any(_under(p, prefix) for prefix in self.allowed_bind_sources)
-                   for p in paths):
-            real = os.path.realpath(source)
-            shown = source if real == os.path.normpath(source) else f"{source} (-> {real})"
-            raise self._refuse(f"bind mount of {shown} is not allowed ({what})",
+        norm = os.path.normpath(source)
+        if not any(_under(norm, prefix) for prefix in self.allowed_bind_sources):
+            raise self._refuse(f"bind mount of {source} is not allowed ({what})",
                                "allowed_bind_sources")
+        if norm != (source.rstrip("/") or "/") or source.startswith("//"):
+            raise self._refuse(f"bind mount of {source}: a member names the path as it is, "
+                               f"without . or .. or // ({what})", "allowed_bind_sources")
+        for key in self.protected:
+            if norm == key or _under(key, norm) or (key != "/" and _under(norm, key)):
+                holds = "is" if norm == key else "holds" if _under(key, norm) else "is under"
+                raise Forbidden(f"policy: bind mount of {source} is never a member's: it "
+                                f"{holds} {key}, which gives the host away ({what})")
 
     def check_resources(self, networks: Iterable[str]) -> None:
         """A compose file's networks to create: only names the member may join."""
@@ -241,7 +344,7 @@ class Policy:
             self.check_network(net)
 
 
-_RULES: dict[Judge, Callable[[Policy, str, object], None]] = {
+_RULES: dict[Judge, Callable[[Policy, str, object, Mapping[str, Any]], None]] = {
     Judge.FREE: Policy._free,
     Judge.VOLUME_SOURCE: Policy._volume_sources,
     Judge.MOUNT_SOURCE: Policy._mount_sources,
@@ -252,7 +355,17 @@ _RULES: dict[Judge, Callable[[Policy, str, object], None]] = {
     Judge.GROUP: Policy._groups,
     Judge.NAMESPACE: Policy._namespace,
     Judge.ROOT_ONLY: Policy._root_only,
+    Judge.ULIMIT: Policy._ulimits,
+    Judge.MEMORY_SIZE: Policy._memory_sizes,
+    Judge.INTERVAL: Policy._interval,
 }
+
+
+def _share(value: int | str, of: int, parse: Callable[[str], int]) -> int:
+    """A ceiling: "N%" of the host's `of`, or an absolute number (0: none)."""
+    if isinstance(value, str) and value.endswith("%"):
+        return of * int(value[:-1]) // 100
+    return value if isinstance(value, int) else parse(value)
 
 
 def _host_gids(names: Iterable[str]) -> set[int]:
@@ -320,7 +433,8 @@ def load(path: Path | None) -> Policy:
 
 
 def parse(data: Mapping[str, Any], path: Path = DEFAULT_PATH) -> Policy:
-    known = {f for f in Policy.__dataclass_fields__ if f not in ("path", "from_file")}
+    known = {f for f in Policy.__dataclass_fields__
+             if f not in ("path", "from_file", "protected", "host")}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InvalidInput(f"unknown key(s) {', '.join(unknown)} (known: "
@@ -343,13 +457,47 @@ def parse(data: Mapping[str, Any], path: Path = DEFAULT_PATH) -> Policy:
     for key in ("allowed_networks", "allowed_log_drivers"):
         if key in data:
             values[key] = tuple(_strs(data, key))
-    for key, lo in (("max_pids_limit", 1), ("max_replicas", 0), ("max_apps", 0)):
+    for key, lo in (("max_pids_limit", 1), ("max_replicas", 0), ("max_apps", 0),
+                    ("max_networks", 0), ("max_volumes", 0)):
         if key in data:
             v = data[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InvalidInput(f"{key} must be a whole number of at least {lo}, not {v!r}")
             values[key] = v
+    for key in ("max_pids_total", "max_memory_total"):
+        if key in data:
+            values[key] = _ceiling(key, data[key], memory=key == "max_memory_total")
+    for key, check in (("default_memory", _size), ("max_memlock", _size),
+                       ("min_health_interval", _duration)):
+        if key in data:
+            values[key] = check(key, data[key])
     return replace(p, **values)
+
+
+def _ceiling(key: str, v: object, memory: bool) -> int | str:
+    """"N%" (1-100), a whole number (a size too, for memory), or 0 for none."""
+    if isinstance(v, str) and re.fullmatch(r"[0-9]{1,3}%", v) and 1 <= int(v[:-1]) <= 100:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if memory and isinstance(v, str):
+        return _size(key, v)
+    raise InvalidInput(f"{key} must be a share of the host (\"50%\"), "
+                       f"{'a size (16g)' if memory else 'a whole number'} or 0, not {v!r}")
+
+
+def _size(key: str, v: object) -> str:
+    if not isinstance(v, str):
+        raise InvalidInput(f"{key} must be a size like \"512m\", not {v!r}")
+    parse_size(v, key)
+    return v
+
+
+def _duration(key: str, v: object) -> str:
+    if not isinstance(v, str):
+        raise InvalidInput(f"{key} must be a duration like \"1s\", not {v!r}")
+    parse_duration(v, key)
+    return v
 
 
 def _list(data: Mapping[str, Any], key: str) -> list[Any]:

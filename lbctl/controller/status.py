@@ -101,8 +101,9 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
             })  # fmt: skip
     ready = sum(1 for r in replicas if r["state"] == "ready")
     # A pass error is transient (the worker retries): it is the last event, not the error.
-    # Rules the kernel refused are the app's to fix (the next full sync tries them again).
-    error = (view.error if view else None) or rules_error
+    # Rules the kernel refused are the app's to fix (the next full sync tries them again);
+    # so is a replica create the policy refused (controller.sources).
+    error = ((view.error or view.refused) if view else None) or rules_error
     converged = bool(
         view is not None and view.plan.converged and view.synced
         and view.planned_generation == apps.generation(name)

@@ -35,6 +35,10 @@ class AppRecord:
     revision: int = 1
     history: tuple[Revision, ...] = ()  # oldest first, the current one included
     rollout: Rollout | None = None
+    # Who set the app's template last: None for root (and apps from before owners were
+    # kept), else the member's uid. A member's app is judged as theirs at every replica
+    # create (controller.sources) and counts against the members' ceilings (limits).
+    owner: int | None = None
 
     def revision_of(self, number: int) -> Revision | None:
         return next((r for r in self.history if r.number == number), None)
@@ -79,7 +83,7 @@ class StateStore:
                 if not rec.history:
                     rec = AppRecord(rec.spec, rec.revision,
                                     (Revision(rec.revision, rec.spec, 0.0, "adopted"),),
-                                    rec.rollout)
+                                    rec.rollout, rec.owner)
                 state.apps[rec.spec.name] = rec
             for item in raw.get("deleted", []):
                 spec = AppSpec.from_json(item)
@@ -106,12 +110,15 @@ class StateStore:
 
 
 def _record_json(rec: AppRecord) -> dict[str, Any]:
-    return {
+    out = {
         "spec": rec.spec.to_json(),
         "revision": rec.revision,
         "history": [r.to_json() for r in rec.history],
         "rollout": rec.rollout.to_json() if rec.rollout else None,
     }
+    if rec.owner is not None:  # root's records stay as they were (older daemons read both)
+        out["owner"] = rec.owner
+    return out
 
 
 def _record(item: Any) -> AppRecord:
@@ -124,4 +131,7 @@ def _record(item: Any) -> AppRecord:
         for h in item.get("history", [])
     )
     rollout = Rollout.from_json(item["rollout"]) if item.get("rollout") else None
-    return AppRecord(spec, int(item.get("revision", 1)), history, rollout)
+    owner = item.get("owner")
+    if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int)):
+        raise TypeError(f"owner {owner!r} is not a uid")
+    return AppRecord(spec, int(item.get("revision", 1)), history, rollout, owner)

@@ -32,13 +32,13 @@ from lbctl.model import (
     InvalidInput,
 )
 from lbctl.model.activation import SHIM_IN, SOCKET_DIR_IN
-from lbctl.model.names import replica_labels, replica_name, sandbox_name
+from lbctl.model.names import OWN_NETWORK, replica_labels, replica_name, sandbox_name
 from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
 from lbctl.model.runtime import CreateRequest, ImageFacts, NetworkSpec
 
 # lbctl's own bridge network, for apps that publish IPv6: the engine's default bridge has no
 # IPv6 unless its daemon was configured for it, and lbctl does not reconfigure engines.
-NETWORK = "lbctl"
+NETWORK = OWN_NETWORK
 NETWORK_BRIDGE = "lbctl0"
 
 
@@ -127,14 +127,16 @@ def replica_request(
     join: str | None,
     default_pids_limit: int | None,
     activation: Activation | None = None,
+    default_memory: int | None = None,
 ) -> CreateRequest:
     """Replica `index` of `spec` (ebpf mode: `join` is the sandbox it shares a namespace
     with; iptables mode and socket activation: it joins the networks attachment(spec)
     names; `activation`: the shim runs it, see the module doc). Every replica learns its app
     and name from LBCTL_APP and LBCTL_REPLICA. The default pids limit
     (settings.LimitSettings; None: the engine's) is not part of the spec (nor of its
-    hash): changing it rolls nothing, and new replicas get the new one. InvalidInput: an
-    activated replica whose image and app name nothing to run."""
+    hash): changing it rolls nothing, and new replicas get the new one. So is
+    `default_memory` (bytes), what a member's replica gets without --memory. InvalidInput:
+    an activated replica whose image and app name nothing to run."""
     name = replica_name(spec.name, index)
     env = dict(spec.env)
     env.update({"LBCTL_APP": spec.name, "LBCTL_REPLICA": name})
@@ -143,6 +145,8 @@ def replica_request(
     command = tuple(spec.command)
     if options.pids_limit is None and default_pids_limit is not None:
         options = replace(options, pids_limit=default_pids_limit)
+    if options.memory is None and default_memory is not None:
+        options = replace(options, memory=str(default_memory))
     networks: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     if join is not None:

@@ -39,6 +39,9 @@ class AppView:
     in_dataplane: frozenset[str] = frozenset()
     planned_generation: int = -1
     error: str | None = None  # the app cannot run as specified (until its spec changes)
+    # A replica create the members' policy refused (its bind source changed since the app
+    # was accepted); cleared by the next create it allows.
+    refused: str | None = None
     error_generation: int = -1
     pass_error: str | None = None  # the last pass failed (cleared by the next good one)
     last_event: str | None = None

@@ -31,6 +31,7 @@ from lbctl.controller.metrics import Metrics
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
 from lbctl.controller.readiness.rounds import ReplicaProbes
 from lbctl.controller.retire import Retirements
+from lbctl.controller.sources import SourceGuard
 from lbctl.controller.view import AppView, CrashReport
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
 from lbctl.model.errors import EbpfError, EngineError, InvalidInput
@@ -55,13 +56,15 @@ class AppWorker:
         settings: Settings,
         own_network: NetworkSpec,
         activation: ActivationPort | None = None,
+        guard: SourceGuard | None = None,
         now: Callable[[], float] = clock.monotonic,
     ) -> None:
         """`settings`: the tree; a worker reads its `worker` section, the drains' `drain`
         (for its retirements) and the replicas' default pids limit. `own_network`: lbctl's
         network (template.network_spec of this host's subnet), for apps placed there.
         `activation`: the hand-over of activated apps' listeners (None: this host has no
-        eBPF data plane, so no app is activated)."""
+        eBPF data plane, so no app is activated). `guard`: judges what a member's replica
+        mounts again before it is created."""
         self.name = name
         self.engine = engine
         self.apps = apps
@@ -74,6 +77,7 @@ class AppWorker:
         self.own_network = own_network
         self.activation = activation
         self.shim_timeout = settings.activation.shim_timeout
+        self.guard = guard
         self.now = now
         self.view = AppView()
         self.retirements = Retirements(engine, settings.drain, self.wake, now)
@@ -350,12 +354,18 @@ class AppWorker:
 
     async def _create_replicas(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
         now = self.now()
-        if now < self.create_not_before:
+        # Within a millisecond is due: a wake-up scheduled for the remaining 1e-16 s can
+        # come at the same clock reading, and would be scheduled again, forever.
+        if self.create_not_before - now > 1e-3:
             asyncio.get_running_loop().call_later(self.create_not_before - now, self.wake)
             return
+        rec = self.apps.record(self.name)
+        owner = rec.owner if rec is not None else None
+        pids, memory = self._defaults(owner)
         reqs: list[tuple[CreateRequest, int | None]] = []
         placed: dict[str, AppSpec] = {}  # the specs of replicas with networks of their own
         images: dict[str, ImageFacts | None] = {}
+        refused: dict[str, str | None] = {}  # spec hash -> why its replicas may not be made
         for create in p.create:
             template_spec = spec
             revision = desired.revision
@@ -365,6 +375,11 @@ class AppWorker:
                     continue
                 template_spec = found
                 revision = None
+            if owner is not None:
+                if create.spec_hash not in refused:
+                    refused[create.spec_hash] = await self._refusal(template_spec, owner)
+                if refused[create.spec_hash] is not None:
+                    continue
             join = p.sandbox.id if spec.mode is Mode.EBPF and p.sandbox else None
             if join is None:
                 placed[create.spec_hash] = template_spec
@@ -375,16 +390,18 @@ class AppWorker:
                     continue
             try:
                 req = template.replica_request(template_spec, create.index, create.spec_hash,
-                                               revision, join, self.default_pids_limit,
-                                               activation)
+                                               revision, join, pids, activation,
+                                               default_memory=memory)
             except InvalidInput as e:
                 self._fail(str(e))
                 continue
             reqs.append((req, revision))
+        reasons = sorted({r for r in refused.values() if r is not None})
+        self._refused(reasons[0] if reasons else None)
         # Each revision's networks (another revision's --network may differ).
         for placed_spec in placed.values():
             await self._ensure_network(placed_spec)
-        if p.rollout_step:
+        if p.rollout_step and reqs:
             self.last_step = now
             for c in p.create:
                 log.info("rollout step: starting %s", replica_name(self.name, c.index),
@@ -407,6 +424,40 @@ class AppWorker:
         name = replica_name(spec.name, index)
         socket_dir = self.activation.serve(spec.name, name, spec.publishes)
         return template.Activation(self.activation.shim, socket_dir, facts, self.shim_timeout)
+
+    def _defaults(self, owner: int | None) -> tuple[int | None, int | None]:
+        """(pids limit, memory bytes) of a replica whose app sets none: the daemon's pids
+        default; a member's replica is never unlimited (limits.Defaults)."""
+        d = self.apps.defaults
+        if owner is None:
+            return self.default_pids_limit, None
+        return self.default_pids_limit or d.member_pids, d.member_memory
+
+    async def _refusal(self, spec: AppSpec, owner: int) -> str | None:
+        """Why a replica of a member's app may not be created now (its bind sources, its
+        volumes, judged as its owner); None: it may. The check failing is a refusal."""
+        if self.guard is None:
+            return None
+        try:
+            return await self.guard.recheck(spec, owner)
+        except EngineError as e:
+            return f"cannot judge its volumes: {e}"
+
+    def _refused(self, reason: str | None) -> None:
+        """A create the policy refused: reported in `status` (the app's error) and the log
+        once, retried with the crash loop's backoff (the path may be put right); the app
+        keeps the replicas it has."""
+        if reason is None:
+            if self.view.refused is not None:
+                log.info("replica creates allowed again", extra={"app": self.name})
+            self.view.refused = None
+            return
+        line = f"replica create refused: policy: {reason}"
+        if line != self.view.refused:
+            log.error("%s", line, extra={"app": self.name})
+        self.view.refused = line
+        self._note(line)
+        self._bump_backoff()
 
     async def _create_one(self, req: CreateRequest, revision: int | None) -> None:
         fields = {"app": self.name, "replica": req.name}

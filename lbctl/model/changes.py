@@ -22,14 +22,28 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from lbctl.model.docker_syntax import resource_name
-from lbctl.model.errors import Conflict, InvalidInput, NotFound
-from lbctl.model.names import validate_replicas
+from lbctl.model.errors import Conflict, Forbidden, InvalidInput, NotFound
+from lbctl.model.names import OWN_NETWORK, validate_replicas
+from lbctl.model.option_values import check_own_labels
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.options import RunOptions
 from lbctl.model.rollout import Rollout, UpdatePolicy
-from lbctl.model.spec import AppSpec, Mode, validate_command, validate_env, validate_image
+from lbctl.model.spec import (
+    AppSpec,
+    Mode,
+    check_no_nul,
+    validate_command,
+    validate_env,
+    validate_image,
+)
 
 MAX_RESOURCES = 64  # networks or volumes one apply may declare
+# Network names no request may create: lbctl's own (a `lbctl` network made by a caller would
+# be taken for it, and root's IPv6 apps placed on it), and the engine's predefined ones.
+RESERVED_NETWORKS = {OWN_NETWORK: "lbctl's own network's",
+                     "bridge": "the engine's default network's", "host": "the host network's",
+                     "none": "the engine's no-network mode's",
+                     "podman": "Podman's default network's"}
 
 
 def _no_app(name: str) -> NotFound:
@@ -126,6 +140,7 @@ class Update:
     def parse(cls, name: str, body: object) -> Update:
         if not isinstance(body, dict) or not body:
             raise InvalidInput("body must be an object of the fields to change")
+        check_no_nul(body)
         if "name" in body and body["name"] != name:
             raise InvalidInput("an app cannot be renamed")
         if "env-file" in body:
@@ -247,6 +262,7 @@ class Apply:
         ):
             raise InvalidInput('body must be {"apps": [app, ...]} (and optionally "networks" '
                                'and "volumes": {name: {label: value}})')
+        check_no_nul(body)
         apps = tuple(Replace.parse(item, default_mode) for item in body["apps"])
         return cls(apps, _resources(body.get("networks"), "networks"),
                    _resources(body.get("volumes"), "volumes"))
@@ -272,6 +288,10 @@ def _resources(raw: object, what: str) -> dict[str, dict[str, str]]:
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             raise InvalidInput(f"{what}: the labels of {name} must be an object of strings")
+        check_own_labels(labels, f"{what[:-1]} {name}: label")
+        if what == "networks" and name in RESERVED_NETWORKS:
+            raise Forbidden(f"network {name}: the name is {RESERVED_NETWORKS[name]}, never "
+                            "created through lbctl's API")
         out[name] = dict(labels)
     return out
 

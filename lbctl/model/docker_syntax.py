@@ -12,6 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,25 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
                    "h": 3600.0}
 _GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\$?\Z")  # useradd's names (and Samba's $)
 MAX_GID = (1 << 32) - 2  # (gid_t)-1 means "no change" to the kernel
+# The engine's numbers are Go int64s: anything larger fails its JSON decoding at create time
+# (a crash loop, not an answer), so it is refused here, as bad input.
+MAX_INT64 = (1 << 63) - 1
+# Signal names as the engine reads --stop-signal (moby's signal.SignalMap for Linux, "SIG"
+# optional, any case), and RTMIN+N / RTMAX-N up to the 32 real-time signals.
+SIGNALS = frozenset({
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+    "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+    "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    "RTMIN", "RTMAX", *(f"RTMIN+{i}" for i in range(1, 16)), *(f"RTMAX-{i}" for i in range(1, 15)),
+})
+# --tmpfs options the engine passes to mount(2): flags, and KEY=VALUE data (size and
+# nr_inodes/nr_blocks are sizes, mode octal, uid/gid numbers).
+_TMPFS_FLAGS = frozenset({
+    "defaults", "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync",
+    "async", "dirsync", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime",
+    "relatime", "norelatime", "strictatime", "nostrictatime", "tmpcopyup", "notmpcopyup",
+})
+_TMPFS_SIZES = frozenset({"size", "nr_inodes", "nr_blocks"})
 
 # `--network host`: replicas in the host's own network namespace (lbctl's fastest path, ebpf
 # mode only; see lbctl.model.spec.check_host_network).
@@ -41,13 +61,28 @@ DEFAULT_NETWORK = "bridge"
 
 
 def parse_size(text: object, what: str = "size") -> int:
-    """Docker's byte sizes: `512m`, `1g`, `1.5g`, `64MB`, or a number of bytes."""
+    """Docker's byte sizes: `512m`, `1g`, `1.5g`, `64MB`, or a number of bytes; at most
+    the engine's largest number (2^63 - 1 bytes)."""
     if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
-        return text
-    m = _SIZE_RE.match(text.strip()) if isinstance(text, str) else None
-    if m is None:
-        raise InvalidInput(f"invalid {what} {text!r}: use a number with b, k, m or g (512m)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+        n = text
+    else:
+        m = _SIZE_RE.match(text.strip()) if isinstance(text, str) else None
+        if m is None:
+            raise InvalidInput(f"invalid {what} {_short(text)}: use a number with b, k, m or g "
+                               "(512m)")
+        # Decimal, not float: exact to the byte, and 400 digits are a large number, not inf.
+        n = int(Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n > MAX_INT64:
+        raise InvalidInput(f"{what} {_short(text)} is larger than the engine's largest size "
+                           "(8 EiB)")
+    return n
+
+
+def _short(v: object) -> str:
+    """A value as an error line shows it: repr, cut to 60 characters (a 400-digit number
+    stays one readable line)."""
+    text = repr(v)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
 
 
 def parse_duration(text: object, what: str = "duration") -> float:
@@ -73,8 +108,18 @@ def abs_path(text: object, what: str) -> str:
     if not isinstance(text, str) or not text.startswith("/") or len(text) > 4096 or any(
         ch in text for ch in "\0\n,"
     ):
-        raise InvalidInput(f"invalid {what} {text!r}: use an absolute path")
+        raise InvalidInput(f"invalid {what} {_short(text)}: use an absolute path")
     return text
+
+
+def target_path(text: object, what: str) -> str:
+    """Where a volume, mount or tmpfs goes in the container: an absolute path that is not
+    the root (the engine refuses `/` as a destination, at every create)."""
+    path = abs_path(text, what)
+    if os.path.normpath(path) in ("/", "//"):
+        raise InvalidInput(f"invalid {what} {path!r}: the container's root cannot be a mount "
+                           "target")
+    return path
 
 
 def resource_name(name: object, kind: str) -> str:
@@ -127,8 +172,8 @@ class Volume:
             if "ro" in opts and "rw" in opts:
                 raise InvalidInput(f"invalid volume {text!r}: ro and rw together")
         if len(parts) == 1:
-            return cls(None, abs_path(parts[0], f"volume target in {text!r}"))
-        source, target = parts[0], abs_path(parts[1], f"volume target in {text!r}")
+            return cls(None, target_path(parts[0], f"volume target in {text!r}"))
+        source, target = parts[0], target_path(parts[1], f"volume target in {text!r}")
         if not source.startswith("/"):
             _volume_name(source, text)
             if any(o in _PROPAGATION for o in opts):
@@ -221,7 +266,7 @@ class Mount:
         if kind not in ("bind", "volume", "tmpfs"):
             raise InvalidInput(f"invalid mount type {kind!r} in {text!r}: use bind, volume "
                                "or tmpfs")
-        target = abs_path(kv.get("target"), f"mount target in {text!r}")
+        target = target_path(kv.get("target"), f"mount target in {text!r}")
         source = kv.get("source")
         if kind == "bind":
             source = abs_path(source, f"bind source in {text!r}")
@@ -242,7 +287,7 @@ class Mount:
             raise InvalidInput(f"invalid tmpfs-mode {mode!r} in {text!r}: use octal (1777)")
         size = kv.get("tmpfs-size")
         if size is not None:
-            parse_size(size, f"tmpfs-size in {text!r}")
+            parse_size(size, f"tmpfs-size in {_short(text)}")
         return cls(
             kind, target, source,
             read_only=_flag(kv.get("readonly", "false"), text),
@@ -280,11 +325,18 @@ class Ulimit:
             raise InvalidInput(f"invalid ulimit name {name!r}: use one of "
                                f"{', '.join(sorted(_ULIMITS))}")
         soft_s, _, hard_s = limits.partition(":")
+        if not re.fullmatch(r"-?[0-9]+", soft_s) or (
+                hard_s and not re.fullmatch(r"-?[0-9]+", hard_s)):
+            raise InvalidInput(f"invalid ulimit {_short(text)}: limits are whole numbers")
+        if len(soft_s) > 20 or len(hard_s) > 20:
+            raise InvalidInput(f"invalid ulimit {_short(text)}: a limit is at most 2^63 - 1")
         try:
             soft = int(soft_s)
             hard = int(hard_s) if hard_s else soft
         except ValueError:
             raise InvalidInput(f"invalid ulimit {text!r}: limits are whole numbers") from None
+        if soft > MAX_INT64 or hard > MAX_INT64:
+            raise InvalidInput(f"invalid ulimit {_short(text)}: a limit is at most 2^63 - 1")
         if soft < -1 or hard < -1 or (hard != -1 and (soft == -1 or soft > hard)):
             raise InvalidInput(f"invalid ulimit {text!r}: the soft limit exceeds the hard one")
         return cls(name, soft, hard)
@@ -295,9 +347,23 @@ def parse_tmpfs(text: object) -> tuple[str, str]:
     if not isinstance(text, str):
         raise InvalidInput(f"invalid tmpfs {text!r}: use /PATH[:OPTIONS]")
     path, _, opts = text.partition(":")
-    abs_path(path, f"tmpfs path in {text!r}")
+    target_path(path, f"tmpfs path in {_short(text)}")
     if opts and not re.fullmatch(r"[a-z_]+(=[A-Za-z0-9]+)?(,[a-z_]+(=[A-Za-z0-9]+)?)*", opts):
-        raise InvalidInput(f"invalid tmpfs options in {text!r}: use size=64m,mode=1777,...")
+        raise InvalidInput(f"invalid tmpfs options in {_short(text)}: use size=64m,mode=1777,...")
+    for item in opts.split(",") if opts else ():
+        key, eq, value = item.partition("=")
+        if eq and key in _TMPFS_SIZES:
+            parse_size(value, f"tmpfs {key} in {_short(text)}")
+            continue
+        if not (
+            (not eq and key in _TMPFS_FLAGS)
+            or (key == "mode" and re.fullmatch(r"[0-7]{1,4}", value))
+            or (key in ("uid", "gid") and re.fullmatch(r"[0-9]{1,10}", value)
+                and int(value) <= MAX_GID)
+        ):
+            raise InvalidInput(f"invalid tmpfs option {_short(item)} in {_short(text)}: use "
+                               "size=64m, mode=1777, uid=N, gid=N, nr_inodes=N or a mount flag "
+                               "(noexec, nosuid, ...)")
     return path, opts
 
 
@@ -313,6 +379,8 @@ def parse_add_host(text: object) -> tuple[str, str]:
             ipaddress.ip_address(ip.strip("[]"))
         except ValueError:
             raise InvalidInput(f"invalid IP {ip!r} in add-host {text!r}") from None
+        if "%" in ip:  # a zone: /etc/hosts of another namespace has no such interface
+            raise InvalidInput(f"invalid IP {ip!r} in add-host {text!r}: no %zone")
     return host, ip
 
 

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 
 class InvalidInput(ValueError):
-    """Bad input from a user: reported as one line, exit code 2 / HTTP 400, nothing changed."""
+    """Bad input from a user: reported as one line, exit code 2 / HTTP 400, nothing changed.
+
+    One line by construction: a message quotes what the user sent, which may hold a newline
+    or a terminal's escape codes (a field named "\n", a 64 KiB value), so control characters
+    are shown escaped and a message is cut at MAX_LINE characters."""
+
+    MAX_LINE = 400
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        if not text.isprintable():
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        if len(text) > self.MAX_LINE:
+            text = text[: self.MAX_LINE - 3] + "..."
+        super().__init__(text)
 
 
 class Forbidden(InvalidInput):

@@ -22,6 +22,11 @@ LABEL_REVISION = "lbctl.revision"
 # The network whose address lbctl's DNAT targets (a container may join several, and the
 # engine lists them in no order of the user's).
 LABEL_NETWORK = "lbctl.network"
+# Who an engine object lbctl made for a member belongs to (its uid): networks and volumes a
+# member's apply created, which only that member's apps may mount or count against.
+LABEL_OWNER = "lbctl.owner"
+# lbctl's own bridge network, for apps that publish IPv6 (lbctl.controller.template).
+OWN_NETWORK = "lbctl"
 ROLE_REPLICA = "replica"
 ROLE_SANDBOX = "sandbox"
 
@@ -52,8 +57,11 @@ def validate_replicas(value: object) -> int:
 
 
 def parse_replicas(text: str) -> int:
-    if not re.fullmatch(r"[0-9]+", text.strip()):
-        raise InvalidInput(f"replicas must be a whole number, not {text!r}")
+    # At most 10 digits: int() of thousands of them is refused by Python (or slow).
+    if not re.fullmatch(r"[0-9]{1,10}", text.strip()):
+        shown = repr(text) if len(text) <= 30 else f"{text[:20]!r}... ({len(text)} characters)"
+        raise InvalidInput(f"replicas must be a whole number from 0 to {MAX_REPLICAS}, "
+                           f"not {shown}")
     return validate_replicas(int(text))
 
 

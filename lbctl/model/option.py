@@ -63,6 +63,9 @@ class Judge(StrEnum):
     GROUP = "group"  # supplementary groups: never root's or those owning the host's
     NAMESPACE = "namespace"  # "host" or "container:X" shares a namespace: root's alone
     ROOT_ONLY = "root only"  # gives a container the host, whatever its value
+    ULIMIT = "ulimit"  # rlimits: no unlimited memlock, no realtime or raised priority
+    MEMORY_SIZE = "memory size"  # a tmpfs's pages are the replica's memory: at most its limit
+    INTERVAL = "interval"  # how often the engine runs something on the host: a floor
 
 
 class Shape(Enum):

@@ -17,11 +17,12 @@ from typing import Any
 from lbctl.model.docker_syntax import (
     HOST_NETWORK,
     NAME_RE,
+    SIGNALS,
     abs_path,
     parse_duration,
     parse_size,
 )
-from lbctl.model.errors import InvalidInput
+from lbctl.model.errors import Forbidden, InvalidInput
 
 Check = Callable[[Any, str], Any]
 
@@ -34,7 +35,6 @@ LOG_DRIVER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*\Z")
 LOG_OPT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*\Z")
 _CAP_RE = re.compile(r"^[A-Za-z][A-Za-z_]*\Z")
-_SIGNAL_RE = re.compile(r"^(SIG)?[A-Z][A-Z0-9]*(\+[0-9]+)?\Z")
 
 
 def strings(check: Callable[[Any], object] | None = None,
@@ -92,10 +92,17 @@ def pairs(key_re: re.Pattern[str]) -> Callable[[Any, str], dict[str, str]]:
 
 def labels(v: Any, key: str) -> dict[str, str]:
     out = pairs(_LABEL_RE)(v, key)
-    ours = sorted(k for k in out if k.startswith("lbctl."))
-    if ours:
-        raise InvalidInput(f"label {ours[0]!r}: keys starting with lbctl. are lbctl's own")
+    check_own_labels(out, "label")
     return out
+
+
+def check_own_labels(given: dict[str, str], what: str) -> None:
+    """lbctl's labels (`lbctl.app`, `lbctl.managed`, `lbctl.owner`, ...) say what lbctl made
+    and for whom; one a caller could set would make lbctl take a container, network or volume
+    as its own or as someone else's. Nobody's to ask for, root's neither: Forbidden."""
+    ours = sorted(k for k in given if k.startswith("lbctl."))
+    if ours:
+        raise Forbidden(f"{what} {ours[0]!r}: keys starting with lbctl. are lbctl's own")
 
 
 def text(pattern: re.Pattern[str], hint: str) -> Callable[[Any, str], str]:
@@ -182,6 +189,8 @@ def ip_address(text: str) -> None:
         ipaddress.ip_address(text)
     except ValueError:
         raise InvalidInput(f"invalid dns {text!r}: use an IP address") from None
+    if "%" in text:  # resolv.conf of the replica's namespace: no such interface there
+        raise InvalidInput(f"invalid dns {text!r}: use an IP address without a %zone")
 
 
 def capability(text: str) -> None:
@@ -210,10 +219,14 @@ def health_cmd(v: Any, key: str) -> str | tuple[str, ...]:
 
 
 def signal(v: Any, key: str) -> str:
+    """A signal the engine knows: a number from 1 to 64, or a name (SIGTERM, TERM,
+    SIGRTMIN+3), as the engine reads them; a name it does not know fails every create."""
     if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64:
         return str(v)
     if isinstance(v, str) and ((re.fullmatch(r"[0-9]{1,2}", v) and 1 <= int(v) <= 64)
-                               or _SIGNAL_RE.match(v)):
+                               or v.upper().removeprefix("SIG") in SIGNALS):
         return v
-    raise InvalidInput(f"invalid stop-signal {v!r}: use a name like SIGTERM or a number")
+    shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:40] + "..."
+    raise InvalidInput(f"invalid stop-signal {shown}: use a signal's name (SIGTERM, SIGQUIT, "
+                       "SIGRTMIN+3) or its number")
 

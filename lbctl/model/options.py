@@ -235,7 +235,7 @@ class RunOptions:
         engine="HostConfig.Tmpfs", engine_value=lambda ts: dict(parse_tmpfs(t) for t in ts),
         compose=Compose("tmpfs", Shape.TEXT_OR_TEXTS),
         kube=_kube_tmpfs,
-        judge=Judge.FREE)
+        judge=Judge.MEMORY_SIZE)
     network: tuple[str, ...] = opt(
         (), flags=("--network",), arg=Arg.MANY, value=values.networks, metavar="NET",
         help="user-defined bridge network(s); the first carries the app's traffic (ebpf "
@@ -287,7 +287,7 @@ class RunOptions:
         engine_value=lambda us: [Ulimit.parse(u).engine_json() for u in us],
         compose=Compose("ulimits", Shape.ULIMITS),
         kube=NotExported("a pod has no rlimits"),
-        judge=Judge.FREE)
+        judge=Judge.ULIMIT)
     user: str | None = opt(
         None, flags=("-u", "--user"), arg=Arg.ONE,
         value=values.text(values.USER_RE, "use USER[:GROUP] or UID[:GID]"),
@@ -333,7 +333,7 @@ class RunOptions:
         engine="Config.Healthcheck.Interval", engine_value=duration_ns,
         compose=Compose("healthcheck.interval", Shape.TEXT),
         kube=_probe_seconds("periodSeconds"),
-        judge=Judge.FREE)
+        judge=Judge.INTERVAL)
     health_timeout: str | None = opt(
         None, flags=("--health-timeout",), arg=Arg.ONE, value=values.duration,
         metavar="DURATION",
@@ -414,8 +414,8 @@ class RunOptions:
         compose=Compose("init"),
         kube=NotExported("a pod has no init process of the runtime's"),
         judge=Judge.FREE)
-    # Free for members: /dev/shm is a tmpfs whose pages are charged to the replica's memory
-    # cgroup like any it writes, as with --tmpfs, which members have too; the size is a cap.
+    # /dev/shm is a tmpfs whose pages are charged to the replica's memory cgroup like any it
+    # writes, as with --tmpfs: a member's may be as large as the replica's memory limit.
     shm_size: str | None = opt(
         None, flags=("--shm-size",), arg=Arg.ONE,
         value=values.size(1, "one byte (leave it out for the engine's 64m)"), metavar="SIZE",
@@ -426,7 +426,7 @@ class RunOptions:
             "pod": {"volumes": [{"name": "dshm", "emptyDir": {
                 "medium": "Memory", "sizeLimit": _quantity(s)}}]},
             "container": {"volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}},
-        judge=Judge.FREE)
+        judge=Judge.MEMORY_SIZE)
     group_add: tuple[str, ...] = opt(
         (), flags=("--group-add",), arg=Arg.MANY, value=values.strings(parse_group),
         metavar="GROUP", help="another group of the container's process (name or GID)",

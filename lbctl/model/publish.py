@@ -136,6 +136,9 @@ def _ipv4(text: str, whole: str) -> str:
 
 
 def _ipv6(text: str, whole: str) -> str:
+    if "%" in text:
+        raise InvalidInput(f"invalid host IPv6 address {text!r} in publish {whole!r}: no "
+                           "%zone (a published address is the host's, on every link)")
     try:
         ip = ipaddress.IPv6Address(text)
     except ValueError:

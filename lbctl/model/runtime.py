@@ -67,6 +67,30 @@ class NetworkFacts:
 
 
 @dataclass(frozen=True)
+class VolumeFacts:
+    """What the members' policy needs to know of an existing named volume: whose it is
+    (labels) and whether it is a plain volume (a local-driver volume with options can bind
+    any host path: `-o type=none -o o=bind -o device=/etc`)."""
+
+    driver: str
+    options: Mapping[str, str]
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    """One component of a host path as the engine's mount namespace has it (lstat: a link
+    is not followed), from `/` down: what the members' policy judges a bind source by."""
+
+    path: str
+    kind: str  # "dir", "file", "symlink", "missing" or "other" (device, socket, fifo)
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0  # permission bits, sticky included
+    acl: bool = False  # an access ACL may grant more than the group bits show
+
+
+@dataclass(frozen=True)
 class EngineEvent:
     action: str  # normalized: "health_status" for every health_status: ... variant
     container_id: str

@@ -137,6 +137,7 @@ class AppSpec:
         """Validate untrusted input (API body, TOML table, state file) into an AppSpec."""
         if not isinstance(data, dict):
             raise InvalidInput("an app must be a JSON object")
+        check_no_nul(data)
         unknown = set(data) - _KNOWN
         if "env-file" in unknown:
             raise InvalidInput("env-file is read by the command line (`lbctl run --env-file`, "
@@ -211,6 +212,22 @@ def check_activation(spec: AppSpec) -> None:
     if len(ports) > 1:
         raise InvalidInput(f"--activation: every publish must use the same HOST_PORT (not "
                            f"{', '.join(map(str, ports))}): the replicas' listeners share it")
+
+
+def check_no_nul(value: object, where: str = "") -> None:
+    """No NUL anywhere in a request: every string of an app reaches C (argv, environ, the
+    engine's Go, a label), where a NUL ends it; what runs would not be what was asked for."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise InvalidInput(f"{where or 'a value'}: NUL characters are not allowed")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            name = f"{where}.{k}" if where else str(k)
+            check_no_nul(k, f"a key of {where or 'the body'}")
+            check_no_nul(v, name[:80])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_no_nul(v, f"{where}[{i}]")
 
 
 def validate_image(image: object) -> str:

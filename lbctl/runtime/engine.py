@@ -25,7 +25,14 @@ from lbctl.model import LABEL_APP, LABEL_MANAGED, Container
 from lbctl.model.errors import EngineError, ImageNotFound
 from lbctl.model.log_lines import LogLine, since_param
 from lbctl.model.options import DEFAULT_NETWORK
-from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import (
+    CreateRequest,
+    EngineEvent,
+    ImageFacts,
+    NetworkFacts,
+    NetworkSpec,
+    VolumeFacts,
+)
 from lbctl.runtime.convert import health_marker, join_mode, target_network, to_container
 from lbctl.runtime.events import parse_event
 from lbctl.runtime.logstream import LogDecoder
@@ -390,6 +397,48 @@ class Engine:
         except aiodocker.DockerError as e:
             raise EngineError(f"creating volume {name}: {e.message}") from e
         return True
+
+    async def volume(self, name: str) -> VolumeFacts | None:
+        """Driver, options and labels of volume `name`; None when it does not exist."""
+        try:
+            data = await self._call(f"inspecting volume {name}",
+                                    self.docker._query_json(f"volumes/{name}"))
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return None
+            raise EngineError(f"inspecting volume {name}: {e.message}") from e
+        return VolumeFacts(str(data.get("Driver") or "local"),
+                           {str(k): str(v) for k, v in (data.get("Options") or {}).items()},
+                           {str(k): str(v) for k, v in (data.get("Labels") or {}).items()})
+
+    async def remove_volume(self, name: str) -> bool:
+        """Remove volume `name` (one this request created, when the request then failed);
+        True if it went, False when it is absent or in use."""
+        async def delete() -> None:
+            async with self.docker._query(f"volumes/{name}", method="DELETE"):
+                pass
+
+        try:
+            await self._call(f"removing volume {name}", delete())
+        except aiodocker.DockerError as e:
+            if e.status in (404, 409):
+                return False
+            raise EngineError(f"removing volume {name}: {e.message}") from e
+        log.info("volume removed", extra={"volume": name})
+        return True
+
+    async def count_labelled(self, kind: str, label: str, value: str) -> int:
+        """How many networks or volumes (`kind`) carry label=value: what a member made."""
+        flt = json.dumps({"label": [f"{label}={value}"]})
+        path = "networks" if kind == "network" else "volumes"
+        try:
+            data = await self._call(f"listing {path}", self.docker._query_json(
+                path, params={"filters": flt}))
+        except aiodocker.DockerError as e:
+            raise EngineError(f"listing {path}: {e.message}") from e
+        items = data.get("Volumes") or [] if isinstance(data, dict) else data
+        # Podman's compatible API has answered filters loosely: count what really matches.
+        return sum(1 for i in items if str((i.get("Labels") or {}).get(label)) == value)
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
         await self._call(

@@ -1,9 +1,12 @@
 """Hostile input on the control API, against a real daemon's unix socket: every bad request
 gets a 4xx with a JSON {"error": ...}, the daemon stays up and nothing changes (state.json
-bytes, the app list, the containers, the rules)."""
+bytes, the app list, the containers, the rules); and the property of any JSON to any route
+(tests/api/test_api_properties.py) with the real engine: 2xx or a one-line 4xx that leaves
+the state file, containers, networks, volumes and rules as they were."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -11,6 +14,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,3 +297,98 @@ def test_hostile_requests_get_4xx_json_and_change_nothing(daemon: Daemon) -> Non
     assert not made, f"a hostile request made a container: {made}"
     assert iptables_save() == rules
     assert state_file.read_bytes() == state
+
+
+# ---- any JSON, any route: the property on the real daemon ---------------------------------
+
+
+def _engine_view(daemon: Daemon) -> tuple[object, ...]:
+    """What a refused request must leave as it was: the state file's bytes, every
+    container, network and volume on the engine, and the host's rules."""
+    state = daemon.state_dir / "state.json"
+    return (state.read_bytes() if state.exists() else b"",
+            sorted(docker("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}}").split()),
+            sorted(docker("network", "ls", "-q", "--no-trunc").split()),
+            sorted(docker("volume", "ls", "-q").split()),
+            iptables_save())
+
+
+def _settle(daemon: Daemon, base: str, spec: dict[str, Any]) -> None:
+    """Back to the base app alone, converged: after a request that changed something, the
+    workers converge it, which moves containers and the state file; the next request is
+    judged from a still world."""
+    for a in daemon.api("GET", "/apps")["apps"]:
+        if a["name"] != base:
+            daemon.api("DELETE", f"/apps/{a['name']}?timeout=60")
+    daemon.api("PUT", f"/apps/{base}", spec)
+
+    def still() -> bool:
+        apps = daemon.api("GET", "/apps")["apps"]
+        return len(apps) == 1 and apps[0]["converged"] and apps[0]["ready"] == 1
+
+    daemon.wait(still, 90, "the base app alone and converged")
+    time.sleep(0.5)  # the last pass's state write
+
+
+def test_any_json_to_any_route_is_2xx_or_one_line_4xx_that_changes_nothing(
+    daemon: Daemon,
+) -> None:
+    """tests/api/test_api_properties.py's property, with the real engine and kernel: the
+    requests (tests/api/bodies.py) name only this test's apps, volumes and networks, and
+    after a 2xx the world is put back before the next request."""
+    from tests.api.bodies import Target, requests
+
+    base = f"{PREFIX}-prop"
+    port = free_port()
+    daemon.ok("run", base, "--image", IMAGE, "-p", f"127.0.0.1:{port}:8080", "--replicas",
+              "1", "--mode", "iptables", timeout=90)
+    spec = daemon.api("GET", f"/apps/{base}/spec")
+    bind = Path(f"/srv/lbctl-{PREFIX}")
+    bind.mkdir(parents=True, exist_ok=True)
+    t = Target(app=base, new=f"{PREFIX}-pn", image=IMAGE, other_image=IMAGE,
+               ports=(free_port(), free_port(), free_port()), volume=f"{PREFIX}-pvol",
+               network=f"{PREFIX}-pnet", bind=str(bind), protected=str(daemon.state_dir),
+               engine_safe=True, max_replicas=2)
+    statuses: Counter[int] = Counter()
+    changed = [0]
+    view = [_engine_view(daemon)]
+    t0 = time.monotonic()
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much])
+    @given(request=requests(t))
+    def check(request: tuple[str, str, Any]) -> None:
+        method, path, body = request
+        r = Req("any JSON", method, path, json.dumps(body).encode())
+        status, ctype, raw = send(daemon, r)
+        statuses[status] += 1
+        what = f"{method} {path} {raw[:200]!r} for {json.dumps(body)[:300]}"
+        assert status < 500, what
+        assert daemon.proc is not None and daemon.proc.poll() is None, f"daemon died: {what}"
+        if status < 300:
+            if method != "GET":
+                changed[0] += 1
+                _settle(daemon, base, spec)
+                view[0] = _engine_view(daemon)
+            return
+        assert 400 <= status < 500 and ctype.startswith("application/json"), what
+        data = json.loads(raw)
+        assert set(data) == {"error"} and isinstance(data["error"], str), what
+        assert data["error"] and "\n" not in data["error"], what
+        assert _engine_view(daemon) == view[0], f"a {status} changed something: {what}"
+
+    try:
+        check()
+    finally:
+        with contextlib.suppress(Exception):
+            _settle(daemon, base, spec)
+        for name in (t.volume,):
+            docker("volume", "rm", name, check=False)
+        for name in (t.network,):
+            docker("network", "rm", name, check=False)
+        with contextlib.suppress(OSError):
+            bind.rmdir()
+    print(f"\nany JSON: {sum(statuses.values())} requests in {time.monotonic() - t0:.0f}s, "
+          f"statuses {dict(sorted(statuses.items()))}, {changed[0]} changes put back")
+    daemon.ok("rm", base)

@@ -29,7 +29,8 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
                "--drain-timeout", "3", "--stop-grace", "4", "--unhealthy-grace", "5",
                "--bpf-pin-root", "/sys/fs/bpf/x", "--max-apps", "6", "--max-containers", "0",
                "--default-pids-limit", "0", "--activation-shim", "/opt/activate",
-               "--max-log-streams", "2")
+               "--max-log-streams", "2", "--max-pids-total", "20000",
+               "--max-memory-total", "16g", "--min-health-interval", "1")
     assert (s.daemon.state_dir, s.daemon.metrics_addr, s.daemon.log_level) == (
         Path("/srv/lbctl"), "127.0.0.1:1", "debug")
     assert (s.engine.docker_host, s.engine.call_timeout) == ("unix:///x.sock", 2.0)
@@ -38,13 +39,15 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
     assert s.activation.shim == Path("/opt/activate")
     assert s.activation.shim_timeout == Settings().activation.shim_timeout
     assert (s.limits.max_apps, s.limits.max_containers, s.limits.default_pids_limit) == (6, 0, 0)
+    assert (s.limits.max_pids_total, s.limits.max_memory_total,
+            s.limits.min_health_interval) == (20000, 16 << 30, 1.0)
     assert s.logs.max_streams_per_caller == 2
     d = Settings()
     assert (s.worker.resync_interval, s.probes, s.hostrules, s.iptables, s.api) == (
         d.worker.resync_interval, d.probes, d.hostrules, d.iptables, d.api)
     assert (s.logs.reorder_window, s.logs.read_ahead) == (d.logs.reorder_window,
                                                           d.logs.read_ahead)
-    assert len(FLAGS) == 14 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
+    assert len(FLAGS) == 17 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
 
 
 LISTENER_FLAGS = ("--api-max-connections", "--api-max-connections-per-uid",
@@ -90,6 +93,8 @@ def test_help_shows_the_settings_defaults(capsys: pytest.CaptureFixture[str]) ->
     (["--engine-timeout", "0"], "--engine-timeout must be positive"),
     (["--drain-timeout", "-1"], "--drain-timeout must not be negative"),
     (["--max-containers", "-3"], "--max-containers must not be negative"),
+    (["--max-pids-total", "-1"], "--max-pids-total must not be negative"),
+    (["--min-health-interval", "-0.5"], "--min-health-interval must not be negative"),
 ])
 def test_out_of_range_is_one_line(flags: list[str], message: str) -> None:
     with pytest.raises(InvalidInput, match=f"^{message}$"):

@@ -34,12 +34,14 @@ from lbctl.controller.interfaces import (
     EbpfPort,
     EnginePort,
     FlowForgetter,
+    HostFiles,
     HostPortHolder,
     RulesPort,
 )
-from lbctl.controller.limits import Limits
+from lbctl.controller.limits import Defaults, Limits
 from lbctl.controller.metrics import Metrics
 from lbctl.controller.readiness.rounds import ReplicaProbes
+from lbctl.controller.sources import SourceGuard
 from lbctl.controller.status import Status
 from lbctl.controller.store import StateStore
 from lbctl.controller.supervisor import Controller
@@ -59,7 +61,15 @@ from lbctl.model import (
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.errors import EngineError
 from lbctl.model.log_lines import LogLine
-from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import (
+    CreateRequest,
+    EngineEvent,
+    ImageFacts,
+    NetworkFacts,
+    NetworkSpec,
+    PathEntry,
+    VolumeFacts,
+)
 from lbctl.model.spec import Mode
 from lbctl.settings import DrainSettings, Settings, WorkerSettings
 
@@ -93,6 +103,10 @@ class FakeEngine:
         self.output: dict[str, list[LogLine]] = {}  # container id -> what it wrote
         self.log_reads: list[tuple[str, bool, int | None, int | None]] = []
         self.log_error: Callable[[str], str | None] = lambda cid: None
+        # What exists besides containers: volumes, and the networks ensure_network made
+        # (tests add others by hand).
+        self.volumes: dict[str, VolumeFacts] = {}
+        self.networks: dict[str, NetworkSpec] = {}
 
     async def _maybe_hang(self) -> None:
         if self.hang:
@@ -159,19 +173,47 @@ class FakeEngine:
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
         await self._maybe_hang()
-        return False
+        if name in self.volumes:
+            return False
+        self.volumes[name] = VolumeFacts("local", {}, dict(labels))
+        return True
+
+    async def volume(self, name: str) -> VolumeFacts | None:
+        await self._maybe_hang()
+        return self.volumes.get(name)
+
+    async def remove_volume(self, name: str) -> bool:
+        await self._maybe_hang()
+        return self.volumes.pop(name, None) is not None
+
+    async def count_labelled(self, kind: str, label: str, value: str) -> int:
+        items: list[Mapping[str, str]] = (
+            [n.labels for n in self.networks.values()] if kind == "network"
+            else [v.labels for v in self.volumes.values()])
+        return sum(1 for labels in items if labels.get(label) == value)
 
     async def ensure_network(self, spec: NetworkSpec) -> bool:
         await self._maybe_hang()
-        return False  # the fake's containers need no network to be made
+        if spec.name in self.networks:
+            return False
+        self.networks[spec.name] = spec
+        return True
 
     async def network(self, name: str) -> NetworkFacts | None:
         await self._maybe_hang()
-        return None  # the fake's containers need no network: none exists
+        spec = self.networks.get(name)
+        if spec is None:
+            return None
+        return NetworkFacts("bridge", spec.ipv6_subnet is not None,
+                            spec.labels.get(LABEL_MANAGED) == "true")
 
     async def remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
         await self._maybe_hang()
-        return False
+        spec = self.networks.get(name)
+        if spec is None or any(spec.labels.get(k) != v for k, v in labels.items()):
+            return False
+        del self.networks[name]
+        return True
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         return "exec: no such file"
@@ -354,6 +396,36 @@ class FakeRules:
         return []
 
 
+class FakeHostFiles:
+    """The host's files as a test lays them out: path -> (kind, uid, gid, mode); every
+    parent of a listed path is a root-owned 0755 directory unless listed itself."""
+
+    def __init__(self, entries: Mapping[str, tuple[str, int, int, int]] | None = None) -> None:
+        self.entries: dict[str, tuple[str, int, int, int]] = dict(entries or {})
+        self.walked: list[str] = []
+        self.fail: str | None = None
+
+    def _known(self, path: str) -> bool:
+        return path == "/" or any(p == path or p.startswith(path + "/") for p in self.entries)
+
+    async def walk(self, path: str) -> list[PathEntry]:
+        if self.fail:
+            raise OSError(self.fail)
+        self.walked.append(path)
+        out = [PathEntry("/", "dir", 0, 0, 0o755)]
+        here = ""
+        for part in [p for p in path.split("/") if p]:
+            here += "/" + part
+            if not self._known(here):
+                out.append(PathEntry(here, "missing"))
+                break
+            kind, uid, gid, mode = self.entries.get(here, ("dir", 0, 0, 0o755))
+            out.append(PathEntry(here, kind, uid, gid, mode))
+            if kind != "dir":
+                break
+        return out
+
+
 def always_ready(spec: AppSpec, fail: Callable[[str], None],
                  bridges: Mapping[str, str | None]) -> Answers:
     async def answers(c: Container) -> bool:
@@ -432,18 +504,22 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
             host_ports: HostPortHolder | None = None, limits: Limits | None = None,
             settings: Settings = FAST, answers: AnswersFor = always_ready,
             open_connections: ConnectionCounter = no_connections,
-            activation: FakeActivation | None = None) -> Harness:
+            activation: FakeActivation | None = None,
+            files: HostFiles | None = None,
+            defaults: Defaults = Defaults()) -> Harness:  # noqa: B008 (frozen)
     """The controller on fakes, wired as lbctl.daemon.build wires it on the real adapters;
     `host_ports` (a HostPorts on a fake binder) and `limits` as the daemon wires them, for the
-    tests of what holds host ports and what caps apps."""
+    tests of what holds host ports and what caps apps; `files` (a FakeHostFiles): members'
+    bind sources and volumes are judged on them, and `defaults` what replicas get."""
     engine = engine or FakeEngine()
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     metrics = Metrics()
     activation = activation or FakeActivation()
+    guard = SourceGuard(engine, files) if files is not None else None
     apps = AppsService(StateStore(tmp),
                        Admission(engine, lambda: None, lambda: None, port_check=lambda s: None,
                                  activation_unavailable=activation.unavailable),
-                       host_ports=host_ports, limits=limits)
+                       host_ports=host_ports, limits=limits, guard=guard, defaults=defaults)
     listeners = ListenerStates()
     questions = ActivationQuestions(answers, ebpf, activation, listeners)
     hostrules = HostRules(rules, tmp, settings.hostrules)
@@ -456,6 +532,7 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
             dataplane=AppDataplane(app, hostrules, ebpf, lambda: None, None, metrics),
             drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
             metrics=metrics, settings=settings, own_network=own_network, activation=activation,
+            guard=guard,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine, new_worker=new_worker,
@@ -471,6 +548,7 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
 
 # mypy checks each fake against the Protocol it stands in for (`make lint`).
 _engine: EnginePort = FakeEngine()
+_files: HostFiles = FakeHostFiles()
 _ebpf: EbpfPort = FakeEbpf()
 _rules: RulesPort = FakeRules()
 _conntrack: FlowForgetter = FakeConntrack(FakeEngine())

@@ -16,7 +16,14 @@ from lbctl.controller.interfaces import ConnectionCounter, EbpfPort, EnginePort
 from lbctl.model import AppSpec, Container, Mode, Publish
 from lbctl.model.dataplane import Member
 from lbctl.model.log_lines import LogLine
-from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkFacts, NetworkSpec
+from lbctl.model.runtime import (
+    CreateRequest,
+    EngineEvent,
+    ImageFacts,
+    NetworkFacts,
+    NetworkSpec,
+    VolumeFacts,
+)
 from lbctl.settings import DrainSettings
 
 SETTINGS = DrainSettings()
@@ -147,6 +154,15 @@ class FakeEngine:
 
     async def ensure_volume(self, name: str, labels: Mapping[str, str]) -> bool:
         return False
+
+    async def volume(self, name: str) -> VolumeFacts | None:
+        return None
+
+    async def remove_volume(self, name: str) -> bool:
+        return False
+
+    async def count_labelled(self, kind: str, label: str, value: str) -> int:
+        return 0
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         return ""

@@ -180,17 +180,32 @@ def test_harmless_values_of_dangerous_fields_pass() -> None:
 
 
 def test_bind_sources_under_an_allowed_prefix_only(tmp_path: Path) -> None:
-    """Prefixes match whole path components; `..` and symlinks are resolved first."""
+    """Prefixes match whole path components; a member names the path as it is (no `..`:
+    the engine resolves it on disk, past a symlink). What the path is on disk (symlinks,
+    who may write it) is judged with the engine's view: tests/controller/test_sources.py."""
     srv = tmp_path / "srv"
-    (srv / "app").mkdir(parents=True)
-    (tmp_path / "srvother").mkdir()
-    (srv / "app" / "escape").symlink_to("/")
     p = replace(P, allowed_bind_sources=(str(srv),))
     p.check_app(app(volume=[f"{srv}:/a", f"{srv}/app:/b:ro"],
                     mount=[f"type=bind,source={srv}/app,target=/c"]))
     refused(p, app(volume=[f"{tmp_path}/srvother:/x"]), "srvother")
     refused(p, app(volume=[f"{srv}/../../etc:/x"]), "not allowed")
-    refused(p, app(mount=[f"type=bind,source={srv}/app/escape,target=/x"]), "(-> /)")
+    refused(p, app(volume=[f"{srv}/app/../app:/x"]), "without . or ..")
+    refused(p, app(mount=[f"type=bind,source={srv}/./app,target=/x"]), "without . or ..")
+
+
+@pytest.mark.parametrize(("source", "holds"), [
+    ("/", "is /"), ("/run/lbctl", "is /run/lbctl"), ("/run", "holds /run/lbctl"),
+    ("/run/lbctl/lbctl.sock", "is under /run/lbctl"), ("/var/lib", "holds /var/lib/lbctl"),
+    ("/proc/1", "is under /proc"), ("/sys/fs/bpf", "is under /sys"), ("/dev/sda", "under /dev"),
+    ("/var/lib/docker/volumes/db/_data", "is under /var/lib/docker"),
+    ("/etc/lbctl", "is /etc/lbctl"), ("/etc", "holds /etc/lbctl"),
+    ("/srv/state", "is /srv/state"),  # the daemon's own, added to the list
+])
+def test_some_paths_are_never_a_members_whatever_the_file_says(source: str, holds: str) -> None:
+    p = replace(P, allowed_bind_sources=("/",), protected=(*policy.PROTECTED, "/srv/state"))
+    msg = refused(p, app(volume=[f"{source}:/x"]), "is never a member's", holds)
+    assert "allowed_bind_sources" not in msg  # no line of the file can allow it
+    p.check_app(app(volume=["/srv/www:/x", "/home/alice/conf:/y", "/opt/app:/z"]))
 
 
 def test_caps_on_replicas_refuse_growth_only() -> None:
@@ -239,12 +254,14 @@ def test_every_option_has_its_class_and_every_class_its_rule() -> None:
     assert {o.key: o.judge for o in OPTIONS if o.judge is not Judge.FREE} == {
         "volume": Judge.VOLUME_SOURCE, "mount": Judge.MOUNT_SOURCE, "network": Judge.NETWORK,
         "pids-limit": Judge.PIDS_BOUND, "cap-add": Judge.CAPABILITY,
-        "log-driver": Judge.LOG_DRIVER, "group-add": Judge.GROUP}
+        "log-driver": Judge.LOG_DRIVER, "group-add": Judge.GROUP, "ulimit": Judge.ULIMIT,
+        "tmpfs": Judge.MEMORY_SIZE, "shm-size": Judge.MEMORY_SIZE,
+        "health-interval": Judge.INTERVAL}
     assert {o.key for o in OPTIONS if o.judge is Judge.FREE} == {
-        "tmpfs", "add-host", "dns", "memory", "cpus", "ulimit", "user", "workdir",
-        "entrypoint", "label", "health-cmd", "health-interval", "health-timeout",
+        "add-host", "dns", "memory", "cpus", "user", "workdir",
+        "entrypoint", "label", "health-cmd", "health-timeout",
         "health-retries", "health-start-period", "read-only", "cap-drop", "stop-signal",
-        "stop-timeout", "log-opt", "init", "shm-size"}
+        "stop-timeout", "log-opt", "init"}
 
 
 def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,8 +270,8 @@ def test_the_policy_judges_every_option_by_its_class(monkeypatch: pytest.MonkeyP
     from tests.model.test_spec_options import FULL
 
     judged: list[tuple[str, str]] = []
-    def spy(j: object) -> Callable[[object, str, object], None]:
-        return lambda p, key, value: judged.append((key, str(j)))
+    def spy(j: object) -> Callable[[object, str, object, object], None]:
+        return lambda p, key, value, app: judged.append((key, str(j)))
 
     for judge in list(policy._RULES):
         monkeypatch.setitem(policy._RULES, judge, spy(judge))
@@ -281,10 +298,60 @@ def test_privileged_groups_by_their_numbers_on_this_host() -> None:
         refused(P, app(**{"group-add": [str(gid)]}), f"group-add {gid}")
 
 
-def test_harmless_groups_and_any_shm_size_pass() -> None:
-    """/dev/shm's pages are the replica's memory, as --tmpfs's are: members get any size."""
-    P.check_app(app(**{"group-add": ["1234", "audio"], "shm-size": "8g"}))
+def test_harmless_groups_and_shm_up_to_the_replicas_memory_pass() -> None:
+    """/dev/shm's pages are the replica's memory, as --tmpfs's are: members get any size up
+    to the replica's memory limit (its own, else default_memory)."""
+    P.check_app(app(**{"group-add": ["1234", "audio"], "shm-size": "512m"}))
+    P.check_app(app(memory="8g", **{"shm-size": "8g"}, tmpfs=["/t:size=8g"],
+                    mount=["type=tmpfs,target=/m,tmpfs-size=8g"]))
+    refused(P, app(**{"shm-size": "8g"}), "shm-size 8g is larger than the replica's memory "
+            "(default_memory 512m)")
+    refused(P, app(memory="1g", tmpfs=["/t:size=2g"]), "tmpfs /t:size=2g is larger", "(1g)")
+    refused(P, app(memory="1g", mount=["type=tmpfs,target=/m,tmpfs-size=2g"]), "mount")
     refused(P, app(**{"group-add": [0]}), "cannot check group-add")
+
+
+@pytest.mark.parametrize(("ulimit", "words"), [
+    ("memlock=-1", "more than 64m of locked memory"),
+    ("memlock=1024:-1", "max_memlock"),
+    ("memlock=1073741824", "max_memlock"),
+    ("rtprio=99", "root's alone (a realtime"),
+    ("nice=40", "raised priority"),
+    ("nofile=-1", "fs.nr_open"),
+    ("nofile=1024:99999999", "fs.nr_open (1048576)"),
+])
+def test_ulimits_that_reach_the_host_are_refused(ulimit: str, words: str) -> None:
+    refused(P, app(ulimit=[ulimit]), words)
+
+
+def test_harmless_ulimits_pass() -> None:
+    P.check_app(app(ulimit=["nofile=1024:65536", "memlock=65536", "nproc=512", "rtprio=0",
+                            "core=0", "stack=8388608"]))
+
+
+def test_health_intervals_have_a_floor() -> None:
+    P.check_app(app(**{"health-interval": "1s"}))
+    P.check_app(app(**{"health-interval": "0"}))  # the engine's default (30s)
+    refused(P, app(**{"health-interval": "1ms"}), "health-interval 1ms is shorter than 1s",
+            "min_health_interval")
+    p = policy.parse({"min_health_interval": "10s"})
+    refused(p, app(**{"health-interval": "5s"}), "shorter than 10s")
+
+
+def test_ceilings_are_shares_of_the_host_or_numbers() -> None:
+    from lbctl.model.host import HostFacts
+
+    host = HostFacts(pid_max=32768, mem_total=24 << 30)
+    assert replace(P, host=host).ceilings() == (16384, 12 << 30)
+    p = replace(policy.parse({"max_pids_total": 5000, "max_memory_total": "10g"}), host=host)
+    assert p.ceilings() == (5000, 10 << 30)
+    p = replace(policy.parse({"max_pids_total": "10%", "max_memory_total": 0}), host=host)
+    assert p.ceilings() == (3276, 0)
+    for bad in ({"max_pids_total": "150%"}, {"max_pids_total": "lots"},
+                {"max_memory_total": -1}, {"default_memory": 512}, {"max_memlock": "x"},
+                {"min_health_interval": "fast"}, {"max_networks": -1}):
+        with pytest.raises(InvalidInput):
+            policy.parse(bad)
 
 
 def test_an_invalid_publish_is_bad_input_not_a_policy_matter() -> None:

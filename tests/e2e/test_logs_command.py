@@ -27,7 +27,7 @@ import pytest
 from harness.daemon import LBCTL, Daemon
 from harness.engine import ENGINES, app_containers
 from harness.host import free_port
-from tests.e2e.test_policy import Member, member, policy_daemon  # noqa: F401 (fixtures)
+from tests.e2e.members import Member
 
 pytestmark = pytest.mark.engine
 
@@ -190,7 +190,7 @@ def test_follow_across_a_scale_and_a_rollout_until_the_app_is_removed(
 
 
 def test_a_member_of_the_lbctl_group_reads_logs_through_the_daemon(
-        daemon: Daemon, policy_daemon: Path, member: Member, app_name: str,  # noqa: F811
+        daemon: Daemon, policy_daemon: Path, member: Member, app_name: str,
         demo_image: str) -> None:
     port = free_port()
     daemon.ok("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",

@@ -15,11 +15,7 @@ traffic.
 
 from __future__ import annotations
 
-import contextlib
-import grp
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,89 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import PREFIX, ROOT
+from harness import PREFIX
 from harness.daemon import Daemon
 from harness.engine import app_containers, docker
 from harness.host import free_port, iptables_save
 from harness.traffic import get, spread
+from tests.e2e.members import Member
 
 pytestmark = pytest.mark.engine
-
-GROUP = "lbctl"
-
-
-# ---- a member of the lbctl group -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    uid: int
-    gid: int
-
-    def run(self, *argv: str, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-        """`argv` as this user, with the lbctl group (setpriv reads the user's groups)."""
-        return subprocess.run(
-            ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups", *argv],
-            capture_output=True, text=True, timeout=120, check=False, cwd="/",
-            # This checkout's lbctl, not the one installed in the venv.
-            env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT),
-                 **(env or {})})
-
-    def lbctl(self, sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "lbctl", "--socket", str(sock), *args)
-
-
-@pytest.fixture
-def member() -> Iterator[Member]:
-    """A user of its own for this run, in the lbctl group; removed afterwards."""
-    if subprocess.run(["getent", "group", GROUP], capture_output=True).returncode != 0:
-        subprocess.run(["groupadd", "--system", GROUP], check=True)  # as `make setup` does
-    name = f"lbctl-m{PREFIX}"
-    subprocess.run(["userdel", name], capture_output=True, check=False)  # a crashed run's
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    "-G", GROUP, name], check=True)
-    try:
-        ids = subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True)
-        gid = subprocess.run(["id", "-g", name], capture_output=True, text=True, check=True)
-        groups = subprocess.run(["id", "-nG", name], capture_output=True, text=True,
-                                check=True).stdout.split()
-        assert GROUP in groups, groups
-        yield Member(name, int(ids.stdout), int(gid.stdout))
-    finally:
-        subprocess.run(["userdel", name], check=True)
-    assert subprocess.run(["id", name], capture_output=True).returncode != 0
-
-
-@pytest.fixture
-def policy_daemon(daemon: Daemon, tmp_path: Path) -> Iterator[Path]:
-    """The test's daemon again, with the shipped policy file given by --policy (as
-    /etc/lbctl/policy.toml would be) and its socket in a directory others can traverse
-    (pytest's are 0700). Yields the policy file's path."""
-    policy = tmp_path / "policy.toml"
-    shutil.copy(ROOT / "etc" / "policy.toml", policy)
-    policy.chmod(0o644)
-    sock_dir = Path(f"/run/lbctl-test-{PREFIX}")
-    sock_dir.mkdir(mode=0o755, exist_ok=True)
-    sock_dir.chmod(0o755)
-    original = daemon.socket
-    daemon.kill(signal.SIGTERM)
-    daemon.socket = sock_dir / "lbctl.sock"
-    try:
-        daemon.start("--policy", str(policy))
-        st = daemon.socket.stat()
-        assert (st.st_mode & 0o777, grp.getgrgid(st.st_gid).gr_name) == (0o660, GROUP)
-        yield policy
-    finally:
-        daemon.kill(signal.SIGTERM)
-        daemon.socket = original
-        daemon.start()
-        with contextlib.suppress(OSError):
-            (sock_dir / "lbctl.sock").unlink()
-        with contextlib.suppress(OSError):
-            sock_dir.rmdir()
-
 
 def lbctl_containers() -> str:
     """Every lbctl container on the engine (any daemon's), as docker lists them."""
@@ -124,22 +45,6 @@ def lbctl_containers() -> str:
 def snapshot(d: Daemon) -> tuple[str, str, bytes]:
     state = d.state_dir / "state.json"
     return iptables_save(), lbctl_containers(), state.read_bytes() if state.exists() else b""
-
-
-# A raw request as the member, for the status code the CLI does not print.
-_POST = """
-import json, socket, sys
-body = sys.argv[2].encode()
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall(b"POST /apps HTTP/1.0\\r\\nContent-Type: application/json\\r\\nContent-Length: "
-          + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
-reply = b""
-while chunk := s.recv(65536):
-    reply += chunk
-head, _, payload = reply.partition(b"\\r\\n\\r\\n")
-print(json.dumps([int(head.split()[1]), json.loads(payload)]))
-"""
 
 
 def test_a_member_is_refused_root_mounts_and_port_22_and_root_is_not(
@@ -166,9 +71,7 @@ def test_a_member_is_refused_root_mounts_and_port_22_and_root_is_not(
         assert r.stderr == f"lbctl: {line}\n" and r.stdout == "", r
         body = {"name": theirs, "image": demo_image, "publish": argv[argv.index("-p") + 1],
                 **({"volume": ["/:/host"]} if "-v" in argv else {})}
-        raw = member.run(sys.executable, "-c", _POST, str(daemon.socket), json.dumps(body))
-        assert raw.returncode == 0, raw.stderr
-        assert json.loads(raw.stdout) == [403, {"error": line}]
+        assert member.request(daemon.socket, "POST", "/apps", body) == (403, {"error": line})
     assert snapshot(daemon) == before, "a refused request changed something"
     log = daemon.log.read_text()
     assert "refused: policy: host port 22 is below 1024" in log

@@ -70,32 +70,61 @@ def u32(v: int) -> bytes:
 
 
 def build_table(members: Sequence[tuple[int, int]], size: int = TABLE_LEN) -> list[int]:
-    """Selection table for (slot, weight) pairs: each slot repeated by weight (scaled down to
-    fit `size` with every member keeping at least one entry), interleaved so that the
-    program's round-robin and its retry-next-entry both alternate between replicas."""
+    """Selection table for (slot, weight) pairs: each slot repeated in proportion to its
+    weight, interleaved so that the program's round-robin and its retry-next-entry both
+    alternate between replicas.
+
+    Weights that add up to `size` or less are exact (a slot of weight 3 gets 3 entries).
+    Larger ones are apportioned: members of one weight (a canary's new replicas, its old
+    ones) form a class, the classes share the entries in proportion to their total weight
+    (largest remainder), and each class's entries go round its members, who differ by at
+    most one. The table's length is the one from `size` down to half of it whose shares are
+    closest to exact, so a 99% canary beside 63 old replicas gets 99% (a table of 200), not
+    the 75% that one entry per member gave. A member may get no entry when its class's
+    share is smaller than its head count (1% over 63 replicas: 2 entries of 200). The
+    bound: every class's share of new connections is within 1/size of its weight's share
+    (0.4 points at 256), and exact whenever a length from size/2 to size divides it.
+    """
     members = [(s, w) for s, w in members if w > 0]
     if not members:
         return []
-    total = sum(w for _, w in members)
-    if total <= size:
-        reps = [w for _, w in members]
-    else:  # largest remainder, at least one each
-        exact = [w * size / total for _, w in members]
-        reps = [max(1, int(x)) for x in exact]
-        order = sorted(range(len(members)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
-        for i in order:
-            if sum(reps) >= size:
-                break
-            reps[i] += 1
-        while sum(reps) > size:
-            i = max(range(len(reps)), key=lambda j: reps[j])
-            reps[i] -= 1
+    weights = [w for _, w in members]
+    reps = weights if sum(weights) <= size else _apportion(weights, size)
     entries = [
         ((k + 0.5) / r, idx, slot)
         for idx, ((slot, _), r) in enumerate(zip(members, reps, strict=True))
         for k in range(r)
     ]
     return [slot for _, _, slot in sorted(entries)]
+
+
+def _apportion(weights: Sequence[int], size: int) -> list[int]:
+    """Entries per member (see build_table): classes of equal weight get their share of a
+    table of the length, from size down to size // 2, whose shares are closest to exact."""
+    classes: dict[int, list[int]] = {}
+    for i, w in enumerate(weights):
+        classes.setdefault(w, []).append(i)
+    quota = {w: w * len(idx) for w, idx in classes.items()}
+    total = sum(quota.values())
+    best: tuple[float, int, dict[int, int]] | None = None
+    for length in range(size, max(1, size // 2) - 1, -1):
+        exact = {w: q * length / total for w, q in quota.items()}
+        seats = {w: int(x) for w, x in exact.items()}
+        by_remainder = sorted(exact, key=lambda w: (exact[w] - seats[w], w), reverse=True)
+        for w in by_remainder[: length - sum(seats.values())]:
+            seats[w] += 1
+        error = max(abs(seats[w] / length - quota[w] / total) for w in quota)
+        if best is None or error < best[0] - 1e-12:
+            best = (error, length, seats)
+        if error < 1e-12:
+            break
+    assert best is not None
+    reps = [0] * len(weights)
+    for w, idx in classes.items():
+        base, extra = divmod(best[2][w], len(idx))
+        for j, i in enumerate(idx):
+            reps[i] = base + (1 if j < extra else 0)
+    return reps
 
 
 def group_key(gid: str, port: int) -> bytes:
