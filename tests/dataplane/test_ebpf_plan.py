@@ -108,6 +108,25 @@ def test_a_draining_member_keeps_its_socket_but_leaves_the_table() -> None:
     assert p.tables == [plan.TableWrite(0, 0, ())] and not p.unregister and not p.retire
 
 
+def test_a_probing_member_is_in_the_socket_map_and_in_no_table() -> None:
+    """A starting replica: its listener gets a slot (readiness probes are steered to it by
+    the slot's source port) and the program is attached to its group, but no table names it;
+    ready, it joins the table in the same slot; unready again, it leaves the table and keeps
+    the slot, so that probes still reach it."""
+    a, b = member("web-1"), member("web-2")
+    p = plan.plan(have(borrowed=[borrowed(a), borrowed(b)]), Want(PORT, "tcp", (a,), probing=(b,)))
+    assert [(i.key, i.slot) for i in p.insert] == [(f"web-1 {T4}", 0), (f"web-2 {T4}", 1)]
+    assert p.tables == [plan.TableWrite(0, 1, (0,))] and p.attach == [601, 602]
+    book, tables = p.book, p.live
+    h = have(book, in_map=list(book.slots), tables=tables, registered={T4: 0})
+    p = plan.plan(h, Want(PORT, "tcp", (a, b)))
+    assert p.tables == [plan.TableWrite(0, 0, (0, 1))] and not p.insert and not p.retire
+    h = have(p.book, in_map=list(p.book.slots), tables=p.live, registered={T4: 0})
+    p = plan.plan(h, Want(PORT, "tcp", (a,), probing=(b,)))
+    assert p.tables == [plan.TableWrite(0, 1, (0,))] and not p.retire and not p.insert
+    assert p.book.slots[f"web-2 {T4}"] == 1
+
+
 def test_ready_wins_over_draining_and_weights_shape_the_table() -> None:
     a, b = member("web-1", weight=3), member("web-2")
     p = plan.plan(have(borrowed=[borrowed(a), borrowed(b)]),
