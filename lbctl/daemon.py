@@ -137,8 +137,8 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
                                      else lambda: "ebpf mode is not available here")),
                        host_ports=host_ports, limits=daemon_limits(settings.limits))
     listeners = ListenerStates()
-    questions = ActivationQuestions(Questions(ebpf, hostnet.ipv6_settled, settings.probes),
-                                    ebpf, activation, listeners)
+    questions = ActivationQuestions(Questions(ebpf, hostnet.ipv6_settled), ebpf, activation,
+                                    listeners)
     drains = Drains(ebpf, established_connections, forget_backend, settings.drain)
     own_network = template.network_spec(template.ula_subnet(_machine_id()))
 
@@ -147,7 +147,8 @@ def build(settings: Settings, policy: Policy | None = None) -> Daemon:
             app, engine=engine, apps=apps,
             dataplane=AppDataplane(app, hostrules, ebpf, unavailable, hairpin.enable_async,
                                    metrics),
-            drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
+            drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes,
+                                                metrics=metrics),
             metrics=metrics, settings=settings, own_network=own_network,
             activation=activation,
         )

@@ -48,6 +48,10 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         if any(r.get("adopted") for r in a["replicas"]):
             lines.append("  * adopted: not created by lbctl, never removed by it")
         for r in a["replicas"]:
+            failure = (r.get("probe") or {}).get("last_failure")
+            if failure and r["state"] != "ready":  # why it is not (yet, or any more) ready
+                lines += _wrapped(f"{r['name']}: last probe: {failure['message']}")
+        for r in a["replicas"]:
             if r.get("note"):  # wrapped: the table stays 80 columns wide
                 lines.append(f"  {r['name']}:")
                 parts = textwrap.wrap(str(r["note"]), 76, break_on_hyphens=False,
@@ -55,6 +59,11 @@ def render_table(apps: list[dict[str, Any]]) -> str:
                 lines += ["    " + part for part in parts]
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def _wrapped(text: str) -> list[str]:
+    parts = textwrap.wrap(text, 78, break_on_hyphens=False, break_long_words=False)
+    return ["  " + parts[0], *("    " + part for part in parts[1:])] if parts else []
 
 
 def progress(a: dict[str, Any]) -> str:
