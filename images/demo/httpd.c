@@ -34,6 +34,13 @@
 //                  other path.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
+//   WARMUP         seconds of warm-up after start (default 0): the server listens at
+//                  once but answers 503 ("warming up") on every path but /live, as a
+//                  service loading its code or filling a cache does.
+//
+// Paths: GET /ready answers 200 once warmed up (503 while warming, or while
+// marked unready by SIGHUP): a readiness check. GET /live always answers 200:
+// a liveness check, free of readiness. Any other path answers the name.
 //   LISTEN_FDS, LISTEN_PID  systemd's socket activation (sd_listen_fds(3)): when
 //                  LISTEN_PID is this process and LISTEN_FDS >= 1, serve the
 //                  inherited sockets 3, 4, ... instead of binding: every
@@ -54,7 +61,9 @@
 // Signals: SIGTERM/SIGINT drain and exit.  SIGUSR1 marks the server sick
 // (SIGUSR1 again: well): it keeps serving, but `--check` (a HEALTHCHECK) fails.
 // SIGUSR2 closes the TCP listener and keeps running (a replica that stopped
-// serving: lbctl's own probes fail); SIGUSR2 again opens it.  An inherited
+// serving: lbctl's own probes fail); SIGUSR2 again opens it. SIGHUP marks it
+// unready (SIGHUP again: ready): /ready answers 503, every other path as before
+// (a replica that lost its database, say, but still runs).  An inherited
 // listener is closed for good: this process cannot make it again (its
 // namespace may not be ours, and a listener stopped with shutdown() loses its
 // port), so a second SIGUSR2 only says so.
@@ -112,7 +121,7 @@ struct tag {
     int fd;
 };
 
-enum route { R_NAME, R_FILE, R_FETCH };
+enum route { R_NAME, R_FILE, R_FETCH, R_READY, R_LIVE };
 
 enum cstate {
     C_READ,     // waiting for (the rest of) a request head
@@ -158,6 +167,8 @@ static struct {
     bool udp_echo;
     bool draining;
     bool sick;                              // SIGUSR1: --check fails
+    bool unready;                           // SIGHUP: /ready answers 503
+    int64_t warm_at;                        // now_ms() when WARMUP ends
     const char *file, *fetch;               // FILE, FETCH
     int64_t drain_deadline;
     size_t nconns;
@@ -300,6 +311,10 @@ static enum parse_result parse_head(struct conn *c, size_t end)
         c->route = R_FILE;
     else if (S.fetch && tlen == 6 && memcmp(tgt, "/fetch", 6) == 0)
         c->route = R_FETCH;
+    else if (tlen == 6 && memcmp(tgt, "/ready", 6) == 0)
+        c->route = R_READY;
+    else if (tlen == 5 && memcmp(tgt, "/live", 5) == 0)
+        c->route = R_LIVE;
     // HTTP/1.1 keeps the connection unless told otherwise, 1.0 closes it
     // unless the client asked for keep-alive.
     c->close_after = !http11;
@@ -536,7 +551,16 @@ static void conn_respond(struct conn *c)
     c->out = r->data;
     c->out_len = r->len;
     c->out_off = 0;
-    if (c->route != R_NAME) {
+    if (c->route != R_LIVE && now_ms() < S.warm_at) {
+        respond_built(c, "503 Service Unavailable", "warming up\n", 11);
+    } else if (c->route == R_LIVE) {
+        respond_built(c, "200 OK", "alive\n", 6);
+    } else if (c->route == R_READY) {
+        if (S.unready)
+            respond_built(c, "503 Service Unavailable", "not ready (SIGHUP)\n", 19);
+        else
+            respond_built(c, "200 OK", "ready\n", 6);
+    } else if (c->route != R_NAME) {
         size_t len = 0;
         char *body = c->route == R_FILE ? read_file(S.file, &len) : fetch_upstream(&len);
         if (body)
@@ -745,6 +769,10 @@ static void on_signal(bool *stop)
             S.sick = !S.sick;
             prctl(PR_SET_NAME, S.sick ? SICK_NAME : "httpd", 0, 0, 0);
             fprintf(stderr, "httpd: %s: %s\n", S.name, S.sick ? "sick (SIGUSR1)" : "well again");
+        } else if (si.ssi_signo == SIGHUP) {
+            S.unready = !S.unready;
+            fprintf(stderr, "httpd: %s: %s\n", S.name,
+                    S.unready ? "unready (SIGHUP): /ready answers 503" : "ready again");
         } else if (si.ssi_signo == SIGUSR2 && S.listen.fd >= 0 && !S.draining) {
             close(S.listen.fd);  // epoll forgets a closed fd by itself
             S.listen.fd = -1;
@@ -1040,6 +1068,7 @@ int main(int argc, char **argv)
     if (S.fetch && !*S.fetch)
         S.fetch = NULL;
     S.grace_ms = env_long("GRACE_MS", 5000);
+    S.warm_at = now_ms() + env_long("WARMUP", 0) * 1000;
     const char *rp = getenv("REUSEPORT");
     bool reuseport = !(rp && strcmp(rp, "0") == 0);
     long udp_port = env_long("UDP_PORT", 0);
@@ -1066,6 +1095,7 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGUSR1);
     sigaddset(&mask, SIGUSR2);
+    sigaddset(&mask, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
         die("sigprocmask");
 
