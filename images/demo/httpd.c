@@ -111,6 +111,7 @@
 #define FETCH_MAX 4096   // GET /fetch relays at most this much
 #define SICK_NAME "httpd-sick"
 #define MAX_MORE 8       // inherited sockets served beside the first TCP and UDP one
+#define DRAIN_IDLE_MS 200  // draining: a keep-alive connection idle this long is closed
 
 enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
 
@@ -141,6 +142,7 @@ struct conn {
     const char *out;      // response being written
     size_t out_len, out_off;
     int64_t due_ms;       // C_DELAYED: when to answer
+    int64_t idle_since;   // when it last became idle (accepted, or an answer sent)
     struct conn *next;    // FIFO of delayed connections
     struct conn *prev_all, *next_all;  // list of all connections
     char buf[REQ_BUF];
@@ -437,6 +439,7 @@ static bool conn_flush(struct conn *c)
     if (c->state == C_WRITE)
         ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLIN, c);
     c->state = C_READ;
+    c->idle_since = now_ms();
     c->out = NULL;
     free(c->dyn);
     c->dyn = NULL;
@@ -687,6 +690,7 @@ static void on_accept(int lfd)
         c->tag.kind = K_CONN;
         c->tag.fd = fd;
         c->state = C_READ;
+        c->idle_since = now_ms();
         c->next_all = S.all;
         if (S.all)
             S.all->prev_all = c;
@@ -724,6 +728,14 @@ static void on_udp(int ufd)
 // queued ones to the other listeners of the SO_REUSEPORT group (or migrates
 // them with tcp_migrate_req), finish what is in flight, and close idle
 // keep-alive connections.
+// Idle: no partial request buffered, nothing delayed or being sent.
+static bool conn_idle(const struct conn *c)
+{
+    return c->state == C_READ && c->len == 0 && c->body_skip == 0;
+}
+
+static int64_t close_idle(void);
+
 static void start_drain(void)
 {
     if (S.draining)
@@ -744,15 +756,31 @@ static void start_drain(void)
     }
     S.nmore = 0;
     size_t busy = 0;
-    for (struct conn *c = S.all, *next; c; c = next) {
-        next = c->next_all;
-        // Idle: no partial request buffered, nothing delayed or being sent.
-        if (c->state == C_READ && c->len == 0 && c->body_skip == 0)
-            conn_close(c);
-        else
-            busy++;
-    }
+    for (struct conn *c = S.all; c; c = c->next_all)
+        busy += !conn_idle(c);
     fprintf(stderr, "httpd: %s: draining, %zu request(s) in flight\n", S.name, busy);
+    close_idle();
+}
+
+// Draining: close the keep-alive connections that have been idle for DRAIN_IDLE_MS.  Not
+// at once: a client that just got an answer may have its next request on the way, and a
+// connection closed under it is an error to a client that does not retry (wrk); every
+// answer while draining says `Connection: close` instead, so a busy client moves on by
+// itself, and only one that went quiet is closed.
+static int64_t close_idle(void)
+{
+    int64_t now = now_ms(), next = -1;
+    for (struct conn *c = S.all, *nxt; c; c = nxt) {
+        nxt = c->next_all;
+        if (!conn_idle(c))
+            continue;
+        int64_t due = c->idle_since + DRAIN_IDLE_MS;
+        if (due <= now)
+            conn_close(c);
+        else if (next < 0 || due < next)
+            next = due;
+    }
+    return next;
 }
 
 static void open_listener(void);
@@ -1172,6 +1200,11 @@ int main(int argc, char **argv)
             wake = S.dq_head->due_ms;
         if (S.draining && (wake < 0 || S.drain_deadline < wake))
             wake = S.drain_deadline;
+        int64_t idle_due = S.draining ? close_idle() : -1;
+        if (S.draining && S.nconns == 0)
+            break;
+        if (idle_due >= 0 && (wake < 0 || idle_due < wake))
+            wake = idle_due;
         int timeout = wake < 0 ? -1 : (int)(wake > now ? wake - now : 0);
 
         int n = epoll_wait(S.ep, evs, MAX_EVENTS, timeout);
