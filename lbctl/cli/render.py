@@ -24,6 +24,8 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         lines.append(head)
         if a.get("error"):
             lines.append(f"  error: {a['error']}")
+        for warning in a.get("warnings") or ():
+            lines += _wrapped(f"warning: {warning}")
         if a.get("port_conflict"):  # the port is served by lbctl's rule, held by another
             parts = textwrap.wrap(f"warning: {a['port_conflict']}", 76, break_on_hyphens=False,
                                   break_long_words=False)
@@ -62,7 +64,7 @@ def render_table(apps: list[dict[str, Any]]) -> str:
 
 
 def _wrapped(text: str) -> list[str]:
-    parts = textwrap.wrap(text, 78, break_on_hyphens=False, break_long_words=False)
+    parts = textwrap.wrap(text, 76, break_on_hyphens=False, break_long_words=False)
     return ["  " + parts[0], *("    " + part for part in parts[1:])] if parts else []
 
 

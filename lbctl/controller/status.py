@@ -18,6 +18,7 @@ from lbctl.controller.counters import KernelCounters
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.view import AppView
 from lbctl.model import ROLE_REPLICA, Mode, ReplicaState, sandbox_name
+from lbctl.model.readiness import shared_port_check
 
 
 class Status:
@@ -126,5 +127,7 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
         # the traffic to the app, but that process may believe it serves the port.
         "port_conflict": apps.port_conflict(name),
         "readiness": spec.readiness.to_json(),
+        # What the app asks for that may not do what it means (one line each, with the fix).
+        "warnings": [w for w in (shared_port_check(spec),) if w],
         "replicas": replicas,
     }

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from lbctl.dataplane import bpfsys, sockets
-from lbctl.dataplane.ebpf import apply, plan, table
+from lbctl.dataplane.ebpf import apply, plan, probe, table
 from lbctl.dataplane.ebpf.pins import Maps
 from lbctl.dataplane.ebpf.plan import Borrowed, Have, TableState, Want
 from lbctl.dataplane.ebpf.slots import Held, SlotBook, slot_key
@@ -338,3 +338,21 @@ def test_apply_unregisters_a_group_before_emptying_its_last_slots(
     wildcard = [(i, op) for i, op in enumerate(rec.ops) if op[1] == "wildcard"]
     assert [op for _, op in wildcard] == [("update", "wildcard", 2), ("update", "wildcard", 0)]
     assert wildcard[-1][0] < rec.first("delete", "sockets")
+
+
+@pytest.mark.parametrize(("listeners", "family", "expect"), [
+    ([(3, T4), (5, T6)], 4, (2, "127.0.0.1", 3)),  # each family its own socket's slot
+    ([(3, T4), (5, T6)], 6, (10, "::1", 5)),
+    ([(5, T6)], 4, (2, "127.0.0.1", 5)),  # a dual-stack [::] socket takes the IPv4 probe
+    ([(7, "tcp4 172.17.0.5")], 4, (2, "172.17.0.5", 7)),  # bound to an address: that one
+    ([(3, T4)], 6, None),  # no IPv6 socket: nothing to ask (not ready for IPv6 clients)
+    ([(4, U4)], 4, None),  # UDP: no HTTP
+    ([], 4, None),  # not in the socket map yet
+])
+def test_a_probe_names_the_slot_of_the_listener_of_its_family(
+    listeners: list[tuple[int, str]], family: int, expect: tuple[int, str, int] | None
+) -> None:
+    t = probe.target(listeners, family)
+    assert (None if t is None else (t.family, t.address, t.slot)) == expect
+    if t is not None:
+        assert t.source_port == probe.PROBE_PORT_BASE + t.slot

@@ -130,18 +130,27 @@ def test_a_rollout_to_a_warming_image_fails_no_request(
         assert res[kind]["requests"] > 1000, (kind, res[kind])
 
 
-@pytest.mark.parametrize("mode", MODES)
+def placement(mode: str, port: int) -> list[str]:
+    """`run` flags for a mode; "host": ebpf mode with --network host, where the replicas
+    listen on the host's port themselves and a probe goes to the published address there."""
+    if mode == "host":
+        return ["-p", f"127.0.0.1:{port}:{port}", "--mode", "ebpf", "--network", "host",
+                "-e", f"PORT={port}"]
+    return ["-p", f"127.0.0.1:{port}:8080", "--mode", mode]
+
+
+@pytest.mark.parametrize("mode", [*MODES, "host"])
 def test_a_failing_check_path_takes_the_replica_out_and_back_without_a_restart(
     daemon: Daemon, app_name: str, mode: str, demo_image: str
 ) -> None:
     """SIGHUP makes web-2's /ready answer 503 while it keeps serving every other path: it
     leaves the data plane at the third failed probe (0.25 s apart) and comes back at the first
     pass, the same container all along. The other two stay ready throughout: in ebpf mode
-    that is the probe reaching the replica it names (an answer from any replica would keep
-    web-2 in, or take the others out)."""
+    (and on the host's network) that is the probe reaching the replica it names (an answer
+    from any replica would keep web-2 in, or take the others out)."""
     port = free_port()
-    daemon.ok("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",
-              "--replicas", "3", "--mode", mode, *READY, timeout=90)
+    daemon.ok("run", app_name, "--image", demo_image, *placement(mode, port),
+              "--replicas", "3", *READY, timeout=90)
     victim = f"{app_name}-2"
     others = {f"{app_name}-1", f"{app_name}-3"}
     before = json.loads(docker("inspect", victim))[0]
@@ -182,3 +191,25 @@ def test_a_failing_check_path_takes_the_replica_out_and_back_without_a_restart(
         before["State"]["StartedAt"] and after["RestartCount"] == 0
     for kind in ("close", "keepalive"):
         assert res[kind]["failed"] == 0, (kind, res[kind])
+
+
+def test_a_health_check_of_the_shared_port_is_flagged_in_ebpf_mode(
+    daemon: Daemon, app_name: str, demo_image: str
+) -> None:
+    """In ebpf mode the replicas share the port: a health check of localhost:PORT is
+    answered by whichever replica the program picks. `run` says so in one line with the fix,
+    and status keeps saying it."""
+    port = free_port()
+    r = daemon.cli("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",
+                   "--replicas", "0", "--mode", "ebpf", "--health-cmd",
+                   '["/httpd", "--check", "localhost:8080"]', timeout=60)
+    print(f"\nrun: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+    assert r.returncode == 0
+    assert r.stderr.strip() == (
+        f"lbctl: {app_name}: warning: --health-cmd asks localhost:8080, which in ebpf mode any "
+        "replica may answer (they share the port): use --ready-path, lbctl's probe of each "
+        "replica itself")
+    assert daemon.status(app_name)["warnings"] == [r.stderr.strip().split("warning: ", 1)[1]]
+    table = daemon.ok("status", app_name)
+    assert "  warning: --health-cmd asks localhost:8080" in table
+    assert all(len(line) <= 80 for line in table.splitlines()), table

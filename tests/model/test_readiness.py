@@ -9,7 +9,7 @@ from lbctl.cli.inputs import spec_from_run, update_from_args
 from lbctl.cli.parser import parse_args
 from lbctl.model import AppSpec, InvalidInput
 from lbctl.model.changes import Update
-from lbctl.model.readiness import ReadinessProbe
+from lbctl.model.readiness import ReadinessProbe, shared_port_check
 
 BASE = {"name": "web", "image": "lbctl/demo", "publish": "8080:8080"}
 
@@ -60,3 +60,24 @@ def test_an_update_changes_the_fields_it_names_and_rolls_nothing() -> None:
     assert back.readiness.kind == "tcp" and back.readiness.failure_threshold == 5
     with pytest.raises(InvalidInput, match="readiness interval"):
         Update.parse("web", {"readiness": {"interval": -1}})
+
+
+@pytest.mark.parametrize(("mode", "cmd", "flagged"), [
+    ("ebpf", "curl -fs localhost:8080/health", True),
+    ("ebpf", "wget -q -O- http://127.0.0.1:8080/", True),
+    ("ebpf", '["curl", "-f", "http://[::1]:8080/"]', True),
+    ("ebpf", "curl -fs localhost:80801/health", False),  # another port
+    ("ebpf", "curl -fs db:8080/health", False),  # another host
+    ("ebpf", '["/httpd", "--check"]', False),  # the process's own check
+    ("iptables", "curl -fs localhost:8080/health", False),  # a replica's own address
+])
+def test_a_health_check_of_the_shared_port_is_flagged_in_ebpf_mode(
+    mode: str, cmd: str, flagged: bool
+) -> None:
+    """In ebpf mode every replica listens on one address and port, so a health check of
+    localhost:PORT is answered by whichever replica the program picks: one line, with the fix."""
+    spec = AppSpec.from_json({**BASE, "mode": mode, "health-cmd": cmd})
+    warning = shared_port_check(spec)
+    assert (warning is not None) == flagged
+    if warning:
+        assert "use --ready-path" in warning and "\n" not in warning
