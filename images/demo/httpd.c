@@ -34,6 +34,11 @@
 //                  other path.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
+//   IDLE_CLOSE_MS  draining: close a keep-alive connection only once it has been idle
+//                  this long (default 0: at once, as nginx and Go's net/http do), and
+//                  answer every request meanwhile with `Connection: close`: a client that
+//                  does not retry (wrk) then never meets a connection closed under its
+//                  next request.
 //   WARMUP         seconds of warm-up after start (default 0): the server listens at
 //                  once but answers 503 ("warming up") on every path but /live, as a
 //                  service loading its code or filling a cache does.
@@ -111,7 +116,6 @@
 #define FETCH_MAX 4096   // GET /fetch relays at most this much
 #define SICK_NAME "httpd-sick"
 #define MAX_MORE 8       // inherited sockets served beside the first TCP and UDP one
-#define DRAIN_IDLE_MS 200  // draining: a keep-alive connection idle this long is closed
 
 enum kind { K_LISTEN, K_UDP, K_SIGNAL, K_CONN };
 
@@ -171,6 +175,7 @@ static struct {
     bool sick;                              // SIGUSR1: --check fails
     bool unready;                           // SIGHUP: /ready answers 503
     int64_t warm_at;                        // now_ms() when WARMUP ends
+    int64_t idle_close_ms;                  // IDLE_CLOSE_MS
     const char *file, *fetch;               // FILE, FETCH
     int64_t drain_deadline;
     size_t nconns;
@@ -762,11 +767,11 @@ static void start_drain(void)
     close_idle();
 }
 
-// Draining: close the keep-alive connections that have been idle for DRAIN_IDLE_MS.  Not
-// at once: a client that just got an answer may have its next request on the way, and a
-// connection closed under it is an error to a client that does not retry (wrk); every
-// answer while draining says `Connection: close` instead, so a busy client moves on by
-// itself, and only one that went quiet is closed.
+// Draining: close the keep-alive connections that have been idle for IDLE_CLOSE_MS.  With
+// a grace, not at once: a client that just got an answer may have its next request on the
+// way, and a connection closed under it is an error to a client that does not retry (wrk);
+// every answer while draining says `Connection: close` instead, so a busy client moves on
+// by itself, and only one that went quiet is closed.
 static int64_t close_idle(void)
 {
     int64_t now = now_ms(), next = -1;
@@ -774,7 +779,7 @@ static int64_t close_idle(void)
         nxt = c->next_all;
         if (!conn_idle(c))
             continue;
-        int64_t due = c->idle_since + DRAIN_IDLE_MS;
+        int64_t due = c->idle_since + S.idle_close_ms;
         if (due <= now)
             conn_close(c);
         else if (next < 0 || due < next)
@@ -1097,6 +1102,7 @@ int main(int argc, char **argv)
         S.fetch = NULL;
     S.grace_ms = env_long("GRACE_MS", 5000);
     S.warm_at = now_ms() + env_long("WARMUP", 0) * 1000;
+    S.idle_close_ms = env_long("IDLE_CLOSE_MS", 0);
     const char *rp = getenv("REUSEPORT");
     bool reuseport = !(rp && strcmp(rp, "0") == 0);
     long udp_port = env_long("UDP_PORT", 0);

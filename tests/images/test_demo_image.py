@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import re
 import shutil
 import socket
 import subprocess
@@ -344,6 +345,25 @@ def test_sighup_fails_the_ready_path_and_again_passes_it(pod: Pod, demo_image: s
     assert "unready (SIGHUP)" in logs(name)
     docker("kill", "-s", "HUP", name)
     wait_for(lambda: _status(pod.ip, "/ready") == 200, 5, "/ready to pass again")
+
+
+def test_idle_close_lets_a_keepalive_client_move_on_without_an_error(pod: Pod,
+                                                                     demo_image: str) -> None:
+    """IDLE_CLOSE_MS: a draining server answers the requests of its keep-alive connections
+    with `Connection: close` and closes one only once it has been idle that long, so wrk
+    (which does not retry a request on a closed connection) moves to the other replica with
+    no error when one stops under it."""
+    names = [pod.replica(r, demo_image, IDLE_CLOSE_MS="200") for r in ("a", "b")]
+    for name in names:
+        pod.wait_listening(name)
+    load = subprocess.Popen(["wrk", "-t1", "-c16", "-d4s", f"http://{pod.ip}:{PORT}/"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    docker("stop", "-t", "5", names[0])
+    out, _ = load.communicate(timeout=30)
+    print(f"\nkeep-alive wrk while one of 2 replicas stops: {out.strip().splitlines()[-3:]}")
+    assert "Socket errors" not in out and "Non-2xx" not in out, out
+    assert re.search(r"[0-9]+ requests in", out), out
 
 
 def test_file_and_fetch_show_a_volume_and_a_peer_by_name(tmp_path: Path, demo_image: str
