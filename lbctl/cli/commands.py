@@ -12,7 +12,7 @@ from lbctl.api.client import ApiError, Client
 from lbctl.cli.render import render_history, render_rollout, render_table
 from lbctl.cli.wait import Failure, Goal, wait
 from lbctl.model import AppSpec, InvalidInput
-from lbctl.model.readiness import shared_port_check
+from lbctl.model.spec import shared_port_check
 
 
 async def run(sock: Path, spec: dict[str, Any], no_wait: bool, timeout: float) -> int:

@@ -18,7 +18,7 @@ from lbctl.controller.counters import KernelCounters
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.view import AppView
 from lbctl.model import ROLE_REPLICA, Mode, ReplicaState, sandbox_name
-from lbctl.model.readiness import shared_port_check
+from lbctl.model.spec import shared_port_check
 
 
 class Status:

@@ -258,3 +258,23 @@ def parse_env(item: object) -> dict[str, str]:
     if not _ENV_KEY_RE.match(k):
         raise InvalidInput(f"invalid env key {k!r}")
     return {k: v}
+
+
+_LOCAL = r"(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1?\]|::1)"
+
+
+def shared_port_check(spec: AppSpec) -> str | None:
+    """ebpf mode: a health check that asks the app's own port on a local address is answered
+    by whichever replica the program picks (every replica listens on that one address and
+    port in the sandbox's namespace), so a new replica may be judged healthy by its
+    neighbours, or a healthy one unhealthy. One line saying so and what to do instead (lbctl's
+    own probe reaches each replica through its slot), or None."""
+    cmd = spec.options.health_cmd
+    if spec.mode is not Mode.EBPF or cmd is None:
+        return None
+    text = cmd if isinstance(cmd, str) else " ".join(cmd)
+    port = spec.publish.container_port
+    if not re.search(rf"{_LOCAL}:{port}(?![0-9])", text):
+        return None
+    return (f"--health-cmd asks localhost:{port}, which in ebpf mode any replica may answer "
+            "(they share the port): use --ready-path, lbctl's probe of each replica itself")

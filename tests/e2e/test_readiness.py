@@ -111,8 +111,12 @@ def test_a_rollout_to_a_warming_image_fails_no_request(
     daemon: Daemon, app_name: str, mode: str, demo_image: str
 ) -> None:
     port = free_port()
+    # A keep-alive client that does not retry (wrk) needs the stopping server to close its
+    # connection gracefully (its answer saying `Connection: close`), not under a request on
+    # the way: the server's part of a keep-alive rollout, whatever readiness does.
     daemon.ok("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",
-              "--replicas", "3", "--mode", mode, *READY, "--monitor", "1", timeout=90)
+              "--replicas", "3", "--mode", mode, *READY, "--monitor", "1",
+              "-e", "IDLE_CLOSE_MS=200", timeout=90)
     with load(port, 30) as res:
         time.sleep(1)
         t0 = time.monotonic()

@@ -9,7 +9,8 @@ from lbctl.cli.inputs import spec_from_run, update_from_args
 from lbctl.cli.parser import parse_args
 from lbctl.model import AppSpec, InvalidInput
 from lbctl.model.changes import Update
-from lbctl.model.readiness import ReadinessProbe, shared_port_check
+from lbctl.model.readiness import ReadinessProbe
+from lbctl.model.spec import shared_port_check
 
 BASE = {"name": "web", "image": "lbctl/demo", "publish": "8080:8080"}
 
