@@ -73,6 +73,12 @@ def progress(a: dict[str, Any]) -> str:
     for r in a["replicas"]:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     extra = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "ready")
+    # What the replicas that are not ready last failed at: why a `run` is still waiting.
+    failures = [f for r in a["replicas"] if r["state"] != "ready"
+                and (f := (r.get("probe") or {}).get("last_failure"))]
+    if failures:
+        latest = max(failures, key=lambda f: f.get("at") or 0)
+        extra += f"; last probe: {latest['message']}"
     line = f"{a['name']}: {a['ready']}/{a['desired']} ready" + (f" ({extra})" if extra else "")
     ro = a.get("rollout")
     if ro and ro.get("state") in ("progressing", "paused"):

@@ -7,6 +7,7 @@ import pytest
 
 from lbctl.cli.inputs import spec_from_run, update_from_args
 from lbctl.cli.parser import parse_args
+from lbctl.cli.render import progress
 from lbctl.model import AppSpec, InvalidInput
 from lbctl.model.changes import Update
 from lbctl.model.readiness import ReadinessProbe
@@ -82,3 +83,14 @@ def test_a_health_check_of_the_shared_port_is_flagged_in_ebpf_mode(
     assert (warning is not None) == flagged
     if warning:
         assert "use --ready-path" in warning and "\n" not in warning
+
+
+def test_the_progress_line_says_what_a_waiting_run_waits_for() -> None:
+    """`run` waits for replicas that warm up: its progress line (and its timeout's) names the
+    latest failed probe of the replicas not ready."""
+    app = {"name": "web", "ready": 1, "desired": 3, "replicas": [
+        {"state": "ready", "probe": {"last_failure": {"message": "timeout", "at": 9}}},
+        {"state": "starting", "probe": {"last_failure": {"message": "status: 503 on /ready",
+                                                         "at": 5}}},
+        {"state": "starting", "probe": {"last_failure": {"message": "joining", "at": 3}}}]}
+    assert progress(app) == "web: 1/3 ready (2 starting; last probe: status: 503 on /ready)"
