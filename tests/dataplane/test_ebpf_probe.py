@@ -97,6 +97,12 @@ async def test_a_probe_reaches_the_slot_it_names_whatever_the_table_says(
     assert counted.get("web-1") == 40 and counted.get("web-2", 0) == 0, counted
     assert (await dp.reasons(APP))["probe"] == 20
 
+    # A restarted daemon probes before its first sync: the slots from the state file (the
+    # pinned socket map kept the sockets in them), so no replica looks unready for a pass.
+    restarted = EbpfDataplane(dp.state_dir, dp.pin_root)
+    assert await probe(restarted, "web-2", pids["web-2"], 3) == ["web-2"] * 3
+    restarted.close()
+
     # Ready now: web-2 joins the table and keeps answering its probes.
     await dp.sync(APP, PORT, netns.pid, members({n: pids[n] for n in ("web-1", "web-2")}))
     assert set(await connect(netns, 30)) == {"web-1", "web-2"}

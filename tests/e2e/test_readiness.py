@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -217,3 +218,31 @@ def test_a_health_check_of_the_shared_port_is_flagged_in_ebpf_mode(
     table = daemon.ok("status", app_name)
     assert "  warning: --health-cmd asks localhost:8080" in table
     assert all(len(line) <= 80 for line in table.splitlines()), table
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_restarted_daemon_keeps_the_probed_replicas_serving(
+    daemon: Daemon, app_name: str, mode: str, demo_image: str
+) -> None:
+    """A daemon SIGKILLed and started again probes every replica before its first sync (in
+    ebpf mode through the slots its state file names: the pinned socket map kept them), so
+    it never publishes an empty set for a moment: no failed request across the restart."""
+    port = free_port()
+    daemon.ok("run", app_name, "--image", demo_image, "-p", f"127.0.0.1:{port}:8080",
+              "--replicas", "3", "--mode", mode, *READY, timeout=90)
+    ids = {r["name"]: r["container_id"] for r in daemon.status(app_name)["replicas"]}
+    with load(port, 10) as res:
+        time.sleep(1)
+        daemon.kill(signal.SIGKILL)
+        time.sleep(1)
+        daemon.start()
+        st = daemon.status(app_name)
+        time.sleep(2)
+    print(f"\n[{mode}] daemon SIGKILLed and restarted under load: ready "
+          f"{st['ready']}/3 at its first status\n"
+          f"  new connection per request: {brief(res['close'])}\n"
+          f"  keep-alive: {brief(res['keepalive'])}")
+    assert st["ready"] == 3
+    assert {r["name"]: r["container_id"] for r in st["replicas"]} == ids
+    for kind in ("close", "keepalive"):
+        assert res[kind]["failed"] == 0, (kind, res[kind])

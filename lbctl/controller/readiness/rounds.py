@@ -50,6 +50,7 @@ class ReplicaProbes:
         self.on_change: Callable[[], None] = lambda: None  # the worker's wake
         self.inflight: dict[str, asyncio.Task[bool]] = {}
         self.names: dict[str, str] = {}  # container id -> replica name (for metrics)
+        self.joining: set[str] = set()  # listening, not yet in the socket map (woken once)
 
     @property
     def records(self) -> dict[str, ProbeRecord]:
@@ -58,6 +59,7 @@ class ReplicaProbes:
     def forget_missing(self, live: set[str]) -> None:
         self.prober.forget_missing(live)
         self.ever_ready &= live
+        self.joining &= live
         for cid in [cid for cid in self.names if cid not in live]:
             name = self.names.pop(cid)
             if self.metrics is not None and name not in self.names.values():
@@ -140,8 +142,9 @@ class ReplicaProbes:
             self.on_change()
 
     async def _one(self, c: Container, answers: Answers, probe: ReadinessProbe) -> bool:
-        """One probe of `c`; True when its verdict changed (or its listener waits to join
-        the socket map: the worker's next pass inserts it, then it can be asked)."""
+        """One probe of `c`; True when its verdict changed (or, the first time, when its
+        listener waits to join the socket map: the worker's next pass inserts it, then it
+        can be asked)."""
         state, changed, result = await self.prober.check(c, answers, probe)
         if state is ReplicaState.READY:
             self.ever_ready.add(c.id)
@@ -153,7 +156,15 @@ class ReplicaProbes:
                 ReplicaState.READY else None
             log.info("replica %s", state, extra={"app": c.app, "replica": c.name,
                                                   **({"probe": why} if why else {})})
-        return changed or (result is not None and result.failure is Failure.JOINING)
+        joining = result is not None and result.failure is Failure.JOINING
+        if not joining:
+            self.joining.discard(c.id)
+            return changed
+        # Once per replica: one outside the app's namespace (adopted without its network
+        # mode) would otherwise wake the worker at every probe for good.
+        first = c.id not in self.joining
+        self.joining.add(c.id)
+        return changed or first
 
     def _count(self, c: Container, result: ProbeResult) -> None:
         if self.metrics is not None:

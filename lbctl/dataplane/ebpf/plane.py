@@ -195,10 +195,14 @@ class EbpfDataplane:
         """A socket to probe `replica`'s listener of `family` (4 or 6) through its slot, bound
         in the replica's namespace, and the address to connect it to (on the app port); None
         while no listener of that family is in the socket map (a starting replica before the
-        sync that inserts it).  Takes no lock: the slots are those the last sync published
-        (probe.py says how the program steers it)."""
+        sync that inserts it).  Takes no lock: the slots are those the last sync published,
+        or the state file's before the first (probe.py says how the program steers it)."""
         st = self._apps.get(app)
-        t = probe.target(st.listeners.get(replica, ()) if st is not None else (), family)
+        # Before this daemon's first sync of the app (a restart), the state file's slots: the
+        # pinned socket map kept the replicas' sockets in them.
+        known = st.listeners if st is not None and st.loaded else \
+            _listeners(slots.peek(self._state_file(app)))
+        t = probe.target(known.get(replica, ()), family)
         if t is None:
             return None
         s = await asyncio.to_thread(probe.open_socket, pid, t)
