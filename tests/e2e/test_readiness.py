@@ -159,7 +159,7 @@ def test_a_failing_check_path_takes_the_replica_out_and_back_without_a_restart(
     victim = f"{app_name}-2"
     others = {f"{app_name}-1", f"{app_name}-3"}
     before = json.loads(docker("inspect", victim))[0]
-    with load(port, 16) as res:
+    with load(port, 12) as res:
         time.sleep(1)
         t0 = time.monotonic()
         docker("kill", "-s", "HUP", victim)
