@@ -453,8 +453,11 @@ def test_an_activated_apps_members_keep_starting_replicas_in_the_map() -> None:
     cs = [replace(rep(i), spec_hash=d.hash) for i in (1, 2, 3)]
     cs.append(replace(rep(4, managed=False), spec_hash=d.hash))  # adopted: handed nothing
     p = plan_app(d, seen(cs, ready(cs[0])))
-    serving, held = ebpf_members(p, cs, frozenset({cs[1].id}), activated=True)
+    serving, draining, probing = ebpf_members(p, cs, frozenset({cs[1].id}), activated=True)
     assert [m.name for m in serving] == ["web-1"]
-    assert sorted(m.name for m in held) == ["web-2", "web-3"]  # draining, and starting
-    _, held = ebpf_members(p, cs, frozenset({cs[1].id}))
-    assert [m.name for m in held] == ["web-2"]  # the sandbox path: draining only
+    assert [m.name for m in draining] == ["web-2"]
+    assert [m.name for m in probing] == ["web-3"]  # starting: in the map, in no table
+    # The sandbox path keeps an adopted replica there too (its listener is in the group).
+    _, draining, probing = ebpf_members(p, cs, frozenset({cs[1].id}))
+    assert [m.name for m in draining] == ["web-2"]
+    assert sorted(m.name for m in probing) == ["web-3", "web-4"]
