@@ -43,7 +43,7 @@ from harness.host import E2E_LOCK, host_lock
 from harness.remote import RemoteHost, forward_accept, remote_host
 
 HERE = Path(__file__).resolve().parent
-EXTRA = ("scale", "convergence", "sync", "footprint", "rollout")
+EXTRA = ("scale", "convergence", "sync", "footprint", "rollout", "warmup")
 # The remote client's /30 is 10.253.REMOTE_TAG.0 (the e2e tests use tags 20..219).
 REMOTE_TAG = 250
 ALL = (*throughput.PATHS, *EXTRA)
@@ -373,6 +373,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 ro = _phase(res, "rollout", lambda: rollout.run(
                     env, n, args.rounds, cases, log))
                 res["rollout"] = [s.to_json() for s in ro or []]
+            if "warmup" in only:
+                wu = _phase(res, "warm-up rollout", lambda: rollout.run(
+                    env, rollout.WARMUP_REPLICAS, args.rounds,
+                    [c.id for c in rollout.WARMUP_CASES], log))
+                res["warmup"] = [s.to_json() for s in wu or []]
         finally:
             res["rss"] = rss.stop().to_json()  # before close(): that stops the daemon
             if res["rss"]["samples"]:

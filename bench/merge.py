@@ -17,11 +17,13 @@ Results = dict[str, Any]
 
 # Results keys of the scenarios that are not throughput paths (scenario id -> key).
 SECTIONS = {"scale": "scale", "convergence": "convergence", "sync": "sync",
-            "footprint": "footprint", "rollout": "rollout", "isolation": "isolation"}
+            "footprint": "footprint", "rollout": "rollout", "isolation": "isolation",
+            "warmup": "warmup"}
 # _phase() names -> the scenarios whose rerun replaces that phase's recorded error.
 PHASES = {"scale under load": {"scale"}, "convergence": {"convergence"},
           "footprint": {"footprint"}, "sync cost: iptables": {"sync"},
           "sync cost: eBPF maps": {"sync"}, "rollout": {"rollout"},
+          "warm-up rollout": {"warmup"},
           "isolation": {"isolation"}}
 
 

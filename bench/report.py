@@ -295,6 +295,9 @@ def targets(res: Results) -> list[tuple[str, str, bool | None, str]]:
                  "30 s; its cost is in the sync table below)."))
 
     rows.append(rollout_report.target(res))
+    warm = rollout_report.warmup_target(res)
+    if warm is not None:
+        rows.append(warm)
 
     fp = res.get("footprint")
     run = res.get("rss")
@@ -523,6 +526,7 @@ def markdown(res: Results) -> str:
 
     out += isolation_report.markdown(res)
     out += rollout_report.markdown(res)
+    out += rollout_report.warmup_markdown(res)
 
     w("## How to run\n")
     w("```\nmake bench                                # full run (~28 min), rewrites this file, "
@@ -531,10 +535,12 @@ def markdown(res: Results) -> str:
       ".venv/bin/python -m bench --only ebpf,reuseport --duration 10\n"
       ".venv/bin/python -m bench --only ebpf,nginx --clients remote  # remote client only\n"
       ".venv/bin/python -m bench --only rollout  # ~6 min; keeps the other sections\n"
+      ".venv/bin/python -m bench --only warmup --rounds 1  # the warm-up rollouts, ~4 min\n"
       ".venv/bin/python -m bench --only isolation --duration 3  # issue 22's paths, ~12 min\n"
       "```\n")
     w("Scenario ids for `--only`: " + ", ".join(f"`{p}`" for p in PATHS) +
-      ", `scale`, `convergence`, `sync`, `footprint`, `rollout`, and `isolation` (only when "
+      ", `scale`, `convergence`, `sync`, `footprint`, `rollout`, `warmup`, and `isolation` "
+      "(only when "
       "named: issue 22's paths side by side, in a section of their own). Raw figures (every round) "
       "are in `results.json`. A run of some scenarios only (`--only`) replaces their "
       "sections in `results.json` and keeps the others (listed above as newer figures); "

@@ -13,6 +13,13 @@ before, during and after the rollout. wrk starts PRE_S before the rollout and is
 (SIGINT: it prints its report) POST_S after it, longer than wrk's request timeout, so a
 request the rollout left hanging is counted as failed too.
 
+The warm-up cases (results.json's "warmup", `python -m bench --only warmup`) roll 3 replicas
+to a revision that warms up (the demo server's WARMUP=8: it listens at once and answers 503
+for 8 s, as a service loading its code does), once with today's readiness (a listening
+socket, a TCP connect) and once with `--ready-path /ready`, lbctl's HTTP probe of each
+replica: what the probe saves is the difference in failed requests (non-2xx), what it costs
+is the difference in rollout time.
+
 Cases (ids are what results.json keeps):
   lbctl rows     `lbctl update APP --image NEW [flags]` on an app of N replicas, timed until
                  the command returns (it waits until the last old replica has stopped)
@@ -50,11 +57,11 @@ from bench.env import (
 from bench.image import PORT
 from harness import wrk
 from harness.engine import docker
+from harness.images import demo_image
 from lbctl.dataplane.sockets import find_listeners
 
 Log = Callable[[str], None]
 
-SOURCE = "lbctl/demo:latest"  # built by scripts/build-images.sh (`make setup`)
 OLD = "lbctl/demo:bench-v1"
 NEW = "lbctl/demo:bench-v2"
 APP = "bench-ro"  # the lbctl.app label of every container made here (removed by Env.close)
@@ -106,6 +113,8 @@ class Case:
     order: str  # start-first | stop-first
     flags: tuple[str, ...] = ()  # `lbctl update` policy flags (default policy: none)
     migrate: bool = False  # Swarm-like: tcp_migrate_req=1 in the sandbox
+    run_flags: tuple[str, ...] = ()  # `lbctl run` flags (the readiness probe)
+    warmup: int = 0  # seconds the new revision answers 503 after it listens (WARMUP)
 
     @property
     def lbctl(self) -> bool:
@@ -114,7 +123,7 @@ class Case:
     @property
     def app(self) -> str:
         """The app (or container name prefix) of this case: app names are short."""
-        return f"{APP}{[c.id for c in CASES].index(self.id) + 1}"
+        return f"{APP}{[c.id for c in (*CASES, *WARMUP_CASES)].index(self.id) + 1}"
 
 
 CASES = (
@@ -133,6 +142,20 @@ CASES = (
          "reuseport", "start-first"),
 )
 QUICK = ("ebpf-monitor1", "swarm-stop-first")
+WARMUP_S = 8  # the issue's: a service that answers 503 for its first 8 seconds
+READY_PATH = ("--ready-path", "/ready")
+WARMUP_CASES = (
+    Case("warmup-ebpf-tcp", "lbctl ebpf, to a revision that warms up 8 s, TCP readiness",
+         "ebpf", "start-first", warmup=WARMUP_S),
+    Case("warmup-ebpf-http", "lbctl ebpf, to a revision that warms up 8 s, --ready-path /ready",
+         "ebpf", "start-first", run_flags=READY_PATH, warmup=WARMUP_S),
+    Case("warmup-iptables-tcp", "lbctl iptables, to a revision that warms up 8 s, TCP readiness",
+         "iptables", "start-first", warmup=WARMUP_S),
+    Case("warmup-iptables-http",
+         "lbctl iptables, to a revision that warms up 8 s, --ready-path /ready", "iptables",
+         "start-first", run_flags=READY_PATH, warmup=WARMUP_S),
+)
+WARMUP_REPLICAS = 3
 
 
 @dataclass
@@ -253,14 +276,15 @@ def _images_of(ids: list[str]) -> list[str]:
 
 def _lbctl_case(env: Env, case: Case, n: int, script: Path) -> Round:
     app = case.app
-    port = env.run_app(app, n, case.mode, image=OLD)
+    port = env.run_app(app, n, case.mode, image=OLD, extra=case.run_flags)
     try:
         d = env.lbctl()
         assert d.proc is not None
         pid = d.proc.pid
+        warm = ("-e", f"WARMUP={case.warmup}") if case.warmup else ()
 
         def roll() -> None:
-            d.ok("update", app, "--image", NEW, *case.flags, timeout=ROLLOUT_TIMEOUT_S)
+            d.ok("update", app, "--image", NEW, *warm, *case.flags, timeout=ROLLOUT_TIMEOUT_S)
 
         rd = measure(f"http://127.0.0.1:{port}/", roll, script,
                      cpu=lambda: proc_cpu_seconds(pid))
@@ -334,15 +358,12 @@ def _swarm_case(case: Case, n: int, script: Path) -> Round:
 
 
 def tag_images() -> None:
-    """OLD and NEW: this run's names for one build of the demo server, fixed for the whole
-    run whatever happens to lbctl/demo:latest meanwhile (other runs rebuild it)."""
-    try:
-        docker("image", "inspect", SOURCE)
-    except RuntimeError:
-        raise RuntimeError(f"{SOURCE} is missing: build it with scripts/build-images.sh "
-                           "(`make setup`)") from None
+    """OLD and NEW: this run's names for one build of the demo server, this checkout's
+    (harness.images: lbctl/demo:latest is whichever checkout built it last, and the warm-up
+    cases need this one's WARMUP and /ready), fixed for the whole run."""
+    source = demo_image()
     for t in (OLD, NEW):
-        docker("tag", SOURCE, t)
+        docker("tag", source, t)
 
 
 def untag_images() -> None:
@@ -352,7 +373,7 @@ def untag_images() -> None:
 def run(env: Env, replicas: int, rounds: int, cases: list[str], log: Log) -> list[Sample]:
     """Every case `rounds` times, rounds in alternating order so that drift of a shared
     machine hits every case alike."""
-    chosen = [c for c in CASES if c.id in cases]
+    chosen = [c for c in (*CASES, *WARMUP_CASES) if c.id in cases]
     samples = {c.id: Sample(c, replicas) for c in chosen}
     script = env.tmp / "rollout-buckets.lua"
     script.write_text(LUA.replace("@WIDTH@", repr(BUCKET_S)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.rollout import BUCKET_S, CONNECTIONS, POST_S, PRE_S, STOP_GRACE_S
+from bench.rollout import BUCKET_S, CONNECTIONS, POST_S, PRE_S, STOP_GRACE_S, WARMUP_S
 
 Results = dict[str, Any]
 KINDS = ("connect", "read", "write", "timeout", "non2xx")
@@ -118,6 +118,65 @@ def _fails(s: dict[str, Any]) -> str:
     what = ", ".join(f"{k} {v}" for k, v in kinds.items() if v)
     return (f"{s['failed']} failed of {s['requests']:,}" + (f" ({what})" if what else "")
             + f" over {len(s['rounds'])} rollout(s)")
+
+
+def warmup_target(res: Results) -> tuple[str, str, bool | None, str] | None:
+    """The Targets table's row of the warm-up cases: with --ready-path, none fails."""
+    rows = {s["id"]: s for s in res.get("warmup") or []}
+    probed = [s for s in rows.values() if s["id"].endswith("-http")]
+    if not probed:
+        return None
+    meas = "; ".join(f"{s['id']}: {s['failed']} of {s['requests']:,}" for s in rows.values())
+    why = ("A new replica gets connections only once its readiness path answers 2xx-3xx "
+           "(lbctl's probe of each replica; in ebpf mode through the replica's slot, since "
+           "all share the port), so clients never meet it warming up; with today's TCP "
+           "readiness (the tcp rows) it joins as soon as it listens and answers 503.")
+    return ("zero failed requests rolling to a revision that warms up (`--ready-path`)", meas,
+            not any(s["failed"] for s in probed), why)
+
+
+def warmup_markdown(res: Results) -> list[str]:
+    """The warm-up cases, side by side: TCP readiness against the readiness path."""
+    rows = res.get("warmup") or []
+    if not rows:
+        return []
+    out: list[str] = []
+    w = out.append
+    s0 = rows[0]
+    w("### A revision that warms up: readiness path against TCP readiness\n")
+    w(f"{s0['replicas']} replicas of `lbctl/demo` rolled to a revision with `WARMUP="
+      f"{WARMUP_S}`: it listens at once and answers 503 on every path but /live for "
+      f"{WARMUP_S} s, as a service loading its code or filling a cache does (issue 19's "
+      "nginx image measured the same shape). Same wrk load and columns as above; default "
+      "policy (`--monitor 5`). *tcp*: today's readiness (a connect in iptables mode, a "
+      "listening socket in ebpf mode): a new replica joins as soon as it listens. *http*: "
+      "`lbctl run ... --ready-path /ready`: it joins once its `/ready` answers 200 (probes "
+      "0.25 s apart), so the rollout also waits out the warm-up. Cases in alternating order, "
+      f"{len(s0['rounds'])} round(s).\n")
+    w("| case | rollout time | requests | failed | req/s before | req/s during | lowest | "
+      "daemon CPU |")
+    w("|---|---|---|---|---|---|---|---|")
+    for s in rows:
+        rs = s["rounds"]
+        cpu = _per_round(rs, lambda r: "-" if r.get("daemon_cpu_pct") is None
+                         else f"{r['daemon_cpu_pct']:.0f}%")
+        took = _per_round(rs, lambda r: f"{r['rollout_s']:.1f} s")
+        reqs = _per_round(rs, lambda r: f"{r['requests']:,}")
+        w(f"| {s['label']} | {took} | {reqs} | "
+          f"{_per_round(rs, _failed)} | {_per_round(rs, lambda r: _k(r['before_rps']))} | "
+          f"{_per_round(rs, lambda r: _k(r['during_rps']))} | "
+          f"{_per_round(rs, lambda r: _k(r['lowest_rps']))} | {cpu} |")
+    w("")
+    by = {s["id"]: s for s in rows}
+    for mode in ("ebpf", "iptables"):
+        tcp, http = by.get(f"warmup-{mode}-tcp"), by.get(f"warmup-{mode}-http")
+        if tcp and http:
+            w(f"- {mode}: TCP readiness {_fails(tcp)} in {tcp['rollout_s']:.1f} s; the "
+              f"readiness path {_fails(http)} in {http['rollout_s']:.1f} s "
+              f"({http['rollout_s'] / max(tcp['rollout_s'], 1e-3):.1f}x as long: each new "
+              f"replica's {WARMUP_S} s warm-up now comes before its monitor).")
+    w("")
+    return out
 
 
 def summary(res: Results) -> list[str]:

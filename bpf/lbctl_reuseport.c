@@ -32,9 +32,16 @@
  * drain then moved them).  The controller forgets quiet flows; while the map is full, new flows
  * are kept in `overflow`, an LRU (whose eviction takes first what was seen only once).
  *
- * Every verdict is SK_PASS: when the program selected a socket the kernel uses it, otherwise
- * the kernel's own hash over the group's sockets keeps the client served.  Dropping would turn
- * any gap in the controller's bookkeeping into refused clients.
+ * Readiness probes: a SYN from the app's own namespace to its own address, from source port
+ * PROBE_PORT_BASE + slot (lbctl_shared.h), goes to that slot's socket, ready or not: the daemon
+ * asks each replica, starting ones included (their listeners sit in the socket map before any
+ * table names them), and never gets another replica's answer.
+ *
+ * Every verdict is SK_PASS but a probe's whose slot is empty: when the program selected a
+ * socket the kernel uses it, otherwise the kernel's own hash over the group's sockets keeps
+ * the client served.  Dropping would turn any gap in the controller's bookkeeping into refused
+ * clients.  A probe is refused instead (SK_DROP: no listener, so a reset): an answer from
+ * another replica would be a wrong verdict.
  *
  * The controller (lbctl/dataplane/ebpf/) owns the maps; it never reloads this program to change
  * the replica set or the weights, it only rewrites `selection`, `config` and `groups`.  Sizes,
@@ -165,6 +172,36 @@ static __always_inline int select_from(struct sk_reuseport_md *md, u32 g, u32 ha
     return -1;
 }
 
+/* The slot a readiness probe names, or -1 when the SYN is no probe: a source port in the probe
+ * range (the TCP header is at md->data) and a source address equal to the destination, which
+ * only a connection from the namespace to itself has (the IP header, read relative to the
+ * network header: md->data starts at the transport header). */
+static __always_inline int probe_slot(struct sk_reuseport_md *md)
+{
+    u8 *d = (u8 *)(long)md->data;
+    if ((void *)(d + 2) > (void *)(long)md->data_end)
+        return -1;
+    u32 sport = ((u32)d[0] << 8) | d[1];
+    if (sport < PROBE_PORT_BASE || sport >= PROBE_PORT_BASE + MAX_SLOTS)
+        return -1;
+    u8 ver = 0;
+    if (bpf_skb_load_bytes_relative(md, 0, &ver, 1, BPF_HDR_START_NET))
+        return -1;
+    if (ver >> 4 == 4) {
+        u32 a[2] = {};  /* saddr, daddr: offset 12 of the IPv4 header */
+        if (bpf_skb_load_bytes_relative(md, 12, a, sizeof(a), BPF_HDR_START_NET) || a[0] != a[1])
+            return -1;
+    } else if (ver >> 4 == 6) {
+        u64 a[4] = {};  /* saddr, daddr: offset 8 of the IPv6 header */
+        if (bpf_skb_load_bytes_relative(md, 8, a, sizeof(a), BPF_HDR_START_NET) ||
+            a[0] != a[2] || a[1] != a[3])
+            return -1;
+    } else {
+        return -1;
+    }
+    return (int)(sport - PROBE_PORT_BASE);
+}
+
 /* A new TCP connection, or a queued one of a closing listener: round-robin over the table. */
 static __always_inline int tcp_select(struct sk_reuseport_md *md, u32 g, u32 half, u32 len)
 {
@@ -258,6 +295,18 @@ int lbctl_select(struct sk_reuseport_md *md)
     struct bpf_sock *sk = md->sk;
     if (!sk)
         return SK_PASS; /* the kernel always sets it; the check costs nothing */
+    if (sk->protocol != IPPROTO_UDP && !md->migrating_sk) {
+        int ps = probe_slot(md);
+        if (ps >= 0) {
+            /* Whatever the tables say, and even before the group is registered: a starting
+             * replica is probed before it gets traffic.  Not counted in `steered`. */
+            u32 s = (u32)ps;
+            if (bpf_sk_select_reuseport(md, SOCKETS_MAP, &s, 0) != 0)
+                return SK_DROP;
+            count_reason(R_PROBE);
+            return SK_PASS;
+        }
+    }
     int g = find_group(sk, md->bind_inany);
     if (g < 0) {
         /* A group the controller has not registered yet (its first listener is being

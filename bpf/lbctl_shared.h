@@ -15,10 +15,11 @@
 /* Sockets of one app in the socket map.  The worst rollout (tests/dataplane/test_ebpf_layout.py
  * derives it from the model's limits): 64 replicas (model.MAX_REPLICAS) plus a surge of 64
  * (the update policy's largest parallelism), plus one more batch of 64 still draining when the
- * next update starts, each with two sockets of the app's protocol (IPv4 and IPv6): 384.  Plus
- * one slot per such replica kept for per-replica probe steering (192): 576.  1024 leaves room
- * beyond that; the maps stay small (8 KiB of socket pointers, 8 bytes per slot and CPU of
- * counters). */
+ * next update starts, each with two sockets of the app's protocol (IPv4 and IPv6): 384.
+ * (Readiness probes need no slot of their own: one names the slot of the listener it asks,
+ * PROBE_PORT_BASE below.)  1024 leaves room beyond that; the maps stay small (8 KiB of socket
+ * pointers, 8 bytes per slot and CPU of counters), and the probes' source ports, one per slot,
+ * end at 62023. */
 #define MAX_SLOTS 1024
 /* Reuseport groups of one app: tcp/udp x v4/v6 on the wildcard address, plus a few bound to a
  * specific address. */
@@ -60,7 +61,20 @@
 #define R_MIGRATED 3         /* a queued connection of a closing listener was handed over */
 #define R_NO_GROUP 4         /* a group the controller has not registered: kernel's choice */
 #define R_FLOW_MOVED 5       /* a UDP flow's replica left the socket map: hashed again */
+#define R_PROBE 6            /* a readiness probe went to the replica it named (not steered) */
 #define N_REASONS 8
+
+/* Readiness probes (lbctl.controller.readiness): the daemon asks one replica at a time whether
+ * it answers, though every replica listens on the same address and port.  A probe connects
+ * from inside the app's namespace to its own address (source address == destination address),
+ * from source port PROBE_PORT_BASE + the slot of the listener it asks about, and the program
+ * sends that SYN to that slot's socket whatever the selection table says, or refuses it when
+ * the slot holds no socket of the group (a probe is never answered by another replica).  The
+ * range lies above Linux's ephemeral ports (ip_local_port_range defaults to 32768-60999, which
+ * lbctl's sandbox sets explicitly), and no client outside the namespace has a source address
+ * equal to its destination, so nothing else is steered this way: a remote macOS or Windows
+ * client (ephemeral ports 49152-65535) from port 61005 is balanced like any other. */
+#define PROBE_PORT_BASE 61000
 
 /* Keys of `wildcard`: a group bound to the wildcard address, by protocol and family. */
 #define N_WILDCARD 4

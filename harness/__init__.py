@@ -10,6 +10,7 @@ but the benchmark never depends on the test suite. The modules:
 - harness.wrk: wrk runs and the one parser of wrk's report
 - harness.engine: the Docker / Podman CLIs and cleanup of what this process made
 - harness.activation: socket activation's shim and labelled demo image, from this checkout
+- harness.images: this checkout's demo server as an image (tagged by its source's hash)
 - harness.machine: a machine with systemd as PID 1 and an engine of its own, in a container,
   to install the Debian package on
 - harness.swarm: a Docker engine of the test's own in its own network namespace, as a swarm

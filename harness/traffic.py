@@ -33,12 +33,17 @@ def spread(port: int, n: int) -> Counter[str]:
 
 
 class Load:
-    """New connection per request from `clients` threads, bounded in count and time; every
-    outcome is kept with its time so a test can say when failures happened."""
+    """New connection per request from `clients` threads (or, `keepalive`, one connection per
+    thread for as long as it lasts), bounded in count and time; every outcome is kept with its
+    time so a test can say when failures happened, and answers other than a 200 are counted
+    apart from refused or broken connections (`non2xx`). Unlike wrk, which gives up when its
+    first connect is refused, it keeps trying: it can run before the app serves."""
 
     def __init__(self, port: int, clients: int = 4, seconds: float = 60,
-                 max_requests: int = 200_000) -> None:
+                 max_requests: int = 200_000, keepalive: bool = False) -> None:
         self.port = port
+        self.keepalive = keepalive
+        self.non2xx = 0
         self.seen: Counter[str] = Counter()
         self.ok_at: list[float] = []
         self.latency: list[tuple[float, float]] = []  # (start, seconds) of each answered one
@@ -59,23 +64,43 @@ class Load:
         return self.ok + len(self.failed)
 
     def _run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             with self._lock:
                 if self._budget <= 0:
-                    return
+                    break
                 self._budget -= 1
             start = time.monotonic()
             try:
-                who = get(self.port, timeout=3)
+                if not self.keepalive:
+                    who = get(self.port, timeout=3)
+                else:
+                    if conn is None:
+                        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3)
+                    conn.request("GET", "/")
+                    resp = conn.getresponse()
+                    who = resp.read().decode().strip()
+                    if resp.will_close:
+                        conn.close()
+                        conn = None
+                    if resp.status != 200:
+                        raise OSError(f"HTTP {resp.status}")
                 with self._lock:
                     self.ok_at.append(time.monotonic())
                     self.latency.append((start, self.ok_at[-1] - start))
                     self.seen[who] += 1
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
+                if conn is not None and not str(e).startswith("HTTP "):
+                    conn.close()
+                    conn = None
                 with self._lock:
                     self.failed.append((time.monotonic(), repr(e)))
                     self.failed_started.append(start)
+                    self.non2xx += str(e).startswith("HTTP ")
+                time.sleep(0.02)  # a client retries a refused connection after a pause
             time.sleep(0.001)
+        if conn is not None:
+            conn.close()
 
     def between(self, t0: float, t1: float) -> tuple[int, int]:
         """(ok, failed) whose outcome was known in [t0, t1)."""

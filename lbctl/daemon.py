@@ -153,8 +153,8 @@ def build(settings: Settings, policy: Policy | None = None,
                        host_ports=host_ports, limits=daemon_limits(settings.limits),
                        guard=guard, defaults=defaults)
     listeners = ListenerStates()
-    questions = ActivationQuestions(Questions(ebpf, hostnet.ipv6_settled, settings.probes),
-                                    ebpf, activation, listeners)
+    questions = ActivationQuestions(Questions(ebpf, hostnet.ipv6_settled), ebpf, activation,
+                                    listeners)
     drains = Drains(ebpf, established_connections, forget_backend, settings.drain)
     own_network = template.network_spec(template.ula_subnet(_machine_id()))
 
@@ -163,7 +163,8 @@ def build(settings: Settings, policy: Policy | None = None,
             app, engine=engine, apps=apps,
             dataplane=AppDataplane(app, hostrules, ebpf, unavailable, hairpin.enable_async,
                                    metrics),
-            drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
+            drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes,
+                                                metrics=metrics),
             metrics=metrics, settings=settings, own_network=own_network,
             activation=activation, guard=guard,
         )

@@ -14,7 +14,8 @@ from pathlib import Path
 from lbctl.api.client import ApiError, Client, DaemonUnavailable
 from lbctl.dataplane import hostnet
 from lbctl.dataplane.activation.shim import shim_path, shim_unavailable
-from lbctl.dataplane.ebpf import EbpfDataplane
+from lbctl.dataplane.ebpf import MAX_SLOTS, EbpfDataplane
+from lbctl.dataplane.ebpf.probe import PROBE_PORT_BASE
 from lbctl.model.errors import EngineError
 from lbctl.runtime.engine import Engine
 from lbctl.settings import EngineSettings
@@ -62,6 +63,28 @@ def _migrate_req() -> Check:
         return Check("tcp_migrate_req", False, "sysctl missing",
                      "a kernel >= 5.14 is needed for zero-loss drains in ebpf mode")
     return Check("tcp_migrate_req", True, "available (set per app in its sandbox)")
+
+
+def _probe_ports(text: str | None = None) -> Check:
+    """Readiness probes of ebpf apps come from source ports PROBE_PORT_BASE + slot (bpf/
+    lbctl_shared.h): a sandbox's own ephemeral range is set below them, but a `--network
+    host` app shares the host's, where a local client's connection to the app's own address
+    from such a port would be taken for a probe."""
+    lo_probe, hi_probe = PROBE_PORT_BASE, PROBE_PORT_BASE + MAX_SLOTS - 1
+    name = "ephemeral ports"
+    try:
+        raw = text if text is not None else \
+            Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        lo, hi = (int(x) for x in raw.split())
+    except (OSError, ValueError):
+        return Check(name, True, "ip_local_port_range unreadable: not checked")
+    if hi < lo_probe or lo > hi_probe:
+        return Check(name, True, f"{lo}-{hi}, below the readiness probes' {lo_probe}-{hi_probe}")
+    return Check(name, False, f"{lo}-{hi} reaches the readiness probes' source ports "
+                 f"{lo_probe}-{hi_probe}: a local client of a --network host app in ebpf mode "
+                 "may be taken for a probe",
+                 'sysctl -w net.ipv4.ip_local_port_range="32768 60999" (and the same in '
+                 "/etc/sysctl.d/ to keep it)", problem="WARN", advice=True)
 
 
 def _iptables() -> Check:
@@ -165,7 +188,7 @@ async def run_doctor(docker_host: str | None = None, socket: Path | None = None)
     checks: list[Check] = []
     sync_checks: list[Callable[[], Check]] = [
         _capabilities, _kernel, _migrate_req, _iptables, _conntrack, _ipv6, _bridge_nf, _ebpf,
-        _activation,
+        _activation, _probe_ports,
     ]
     checks.extend(f() for f in sync_checks)
     engine = Engine(EngineSettings(docker_host=docker_host))

@@ -36,13 +36,12 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    interval: float = 0.25  # seconds between two probe rounds of an app
-    # ebpf mode: a ready replica's listener is re-read only this often (its socket leaving
-    # the map is checked every round; reading the namespace's socket table 4 times a second
-    # cost the daemon a core under a new-connection load).
+    # How often, how long and how many: each app's readiness probe says (lbctl.model.
+    # readiness, `--ready-interval` and the like), like its update policy.
+    # ebpf mode, TCP kind: a ready replica's listener is re-read only this often (its socket
+    # leaving the map is checked every round; reading the namespace's socket table 4 times a
+    # second cost the daemon a core under a new-connection load).
     ebpf_ready_recheck: float = 5.0
-    connect_timeout: float = 0.25  # a TCP probe's connect
-    failures_to_unhealthy: int = 2  # failed probes in a row that make a ready replica unhealthy
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import PREFIX, ROOT
+from harness import PREFIX, images
 from harness.daemon import Daemon
 from harness.engine import ENGINES, cleanup_leftovers
 from harness.host import host_lock
@@ -87,27 +87,11 @@ def _sweep(d: Daemon) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def demo_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """lbctl/demo built from THIS checkout's images/demo, under a tag named by the source's
-    hash. `lbctl/demo:latest` is one tag on a shared engine, rebuilt by whichever checkout ran
-    scripts/build-images.sh last; a test that needs a feature of the demo server it ships
-    with uses this one instead."""
-    import hashlib
-
-    src = ROOT / "images" / "demo"
-    digest = hashlib.sha256((src / "httpd.c").read_bytes() + (src / "Dockerfile").read_bytes())
-    tag = f"lbctl/demo:src-{digest.hexdigest()[:12]}"
-    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True,
-                      check=False).returncode == 0:
-        return tag
-    ctx = tmp_path_factory.mktemp("demo-image")
-    (ctx / "out").mkdir()
-    subprocess.run(["gcc", "-static", "-O2", "-s", "-o", str(ctx / "out" / "httpd"),
-                    str(src / "httpd.c")], check=True, capture_output=True)
-    shutil.copy(src / "Dockerfile", ctx / "Dockerfile")
-    subprocess.run(["docker", "build", "-q", "--label", "lbctl.test=1", "-t", tag, str(ctx)],
-                   check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
-    return tag
+def demo_image() -> str:
+    """lbctl/demo built from THIS checkout's images/demo (harness.images): `lbctl/demo:latest`
+    is shared with other builds; a test that needs a feature of the demo server it ships with
+    uses this one instead."""
+    return images.demo_image()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lbctl.doctor import _keeps_containers
+from lbctl.doctor import _keeps_containers, _probe_ports
 
 
 def test_docker_without_live_restore_is_a_warning_with_the_fix() -> None:
@@ -40,3 +40,10 @@ def test_a_missing_shim_is_advice_with_its_fix(tmp_path: Path,
     shim.write_bytes(b"\x7fELF")
     shim.chmod(0o755)
     assert doctor._activation().ok
+
+
+def test_an_ephemeral_range_over_the_probe_ports_is_a_warning_with_the_fix() -> None:
+    assert _probe_ports("32768\t60999\n").ok  # Linux's default
+    c = _probe_ports("1024\t65535\n")  # a tuned host's
+    assert not c.ok and c.advice and c.problem == "WARN"
+    assert "61000-62023" in c.detail and "ip_local_port_range" in c.fix

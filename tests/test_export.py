@@ -12,6 +12,7 @@ import yaml
 from lbctl.export import export, k8s_name, to_compose, to_kubernetes, to_swarm
 from lbctl.export.common import go_duration
 from lbctl.model import AppSpec, InvalidInput, Mode, Publish
+from lbctl.model.readiness import ReadinessProbe
 from tests.formats import validate_compose, validate_kubernetes
 
 
@@ -81,7 +82,33 @@ def test_kubernetes_tcp_has_readiness_probe() -> None:
     dep = next(yaml.safe_load_all(to_kubernetes(_spec())))
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["readinessProbe"] == {"tcpSocket": {"port": 80}, "periodSeconds": 1,
-                                   "failureThreshold": 2}
+                                   "failureThreshold": 3}
+
+
+def test_the_readiness_path_is_an_http_probe_everywhere_it_maps() -> None:
+    """Kubernetes: an httpGet readinessProbe with the app's thresholds (and what it cannot say
+    in the header), never the liveness probe; Swarm: a health check (Swarm routes only to
+    healthy tasks); compose: x-lbctl.readiness, read back as the same probe."""
+    spec = _spec(publish=Publish.parse("127.0.0.1:80:8080"), readiness=ReadinessProbe.from_json({
+        "path": "/ready", "host": "web.example", "status": "200-299", "interval": 2,
+        "timeout": 0.5, "failure_threshold": 4, "success_threshold": 2}))
+    text = to_kubernetes(spec)
+    [c] = validate_kubernetes(text)[0]["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"] == {
+        "httpGet": {"path": "/ready", "port": 8080,
+                    "httpHeaders": [{"name": "Host", "value": "web.example"}]},
+        "periodSeconds": 2, "timeoutSeconds": 1, "successThreshold": 2, "failureThreshold": 4}
+    assert "livenessProbe" not in c  # readiness is not liveness: kept, not restarted
+    assert "# Probe: readiness status 200-299 (Kubernetes: 200-399).\n" in text
+    assert "# Probe: readiness every 2s, timeout 0.5s (Kubernetes: 1s at the least).\n" in text
+    swarm = yaml.safe_load(export(spec, "swarm"))["services"]["web"]
+    assert swarm["healthcheck"] == {
+        "test": ["CMD-SHELL", "curl -fsS -o /dev/null -H 'Host: web.example' "
+                 "http://localhost:8080/ready || wget -q -O /dev/null --header 'Host: "
+                 "web.example' http://localhost:8080/ready"],
+        "interval": "2s", "timeout": "500ms", "retries": 4}
+    compose = yaml.safe_load(export(spec, "compose"))
+    assert compose["services"]["web"]["x-lbctl"]["readiness"] == spec.readiness.changed()
 
 
 def test_kubernetes_names_are_dns_labels() -> None:

@@ -39,6 +39,18 @@
 //                  write per request would cost the benchmarks.
 //   IGNORE_TERM=1  ignore SIGTERM (as PID 1 with no handler, the way many images
 //                  behave): `docker stop` then waits its whole grace and kills.
+//   IDLE_CLOSE_MS  draining: close a keep-alive connection only once it has been idle
+//                  this long (default 0: at once, as nginx and Go's net/http do), and
+//                  answer every request meanwhile with `Connection: close`: a client that
+//                  does not retry (wrk) then never meets a connection closed under its
+//                  next request.
+//   WARMUP         seconds of warm-up after start (default 0): the server listens at
+//                  once but answers 503 ("warming up") on every path but /live, as a
+//                  service loading its code or filling a cache does.
+//
+// Paths: GET /ready answers 200 once warmed up (503 while warming, or while
+// marked unready by SIGHUP): a readiness check. GET /live always answers 200:
+// a liveness check, free of readiness. Any other path answers the name.
 //   LISTEN_FDS, LISTEN_PID  systemd's socket activation (sd_listen_fds(3)): when
 //                  LISTEN_PID is this process and LISTEN_FDS >= 1, serve the
 //                  inherited sockets 3, 4, ... instead of binding: every
@@ -59,7 +71,9 @@
 // Signals: SIGTERM/SIGINT drain and exit.  SIGUSR1 marks the server sick
 // (SIGUSR1 again: well): it keeps serving, but `--check` (a HEALTHCHECK) fails.
 // SIGUSR2 closes the TCP listener and keeps running (a replica that stopped
-// serving: lbctl's own probes fail); SIGUSR2 again opens it.  An inherited
+// serving: lbctl's own probes fail); SIGUSR2 again opens it. SIGHUP marks it
+// unready (SIGHUP again: ready): /ready answers 503, every other path as before
+// (a replica that lost its database, say, but still runs).  An inherited
 // listener is closed for good: this process cannot make it again (its
 // namespace may not be ours, and a listener stopped with shutdown() loses its
 // port), so a second SIGUSR2 only says so.
@@ -117,7 +131,7 @@ struct tag {
     int fd;
 };
 
-enum route { R_NAME, R_FILE, R_FETCH };
+enum route { R_NAME, R_FILE, R_FETCH, R_READY, R_LIVE };
 
 enum cstate {
     C_READ,     // waiting for (the rest of) a request head
@@ -137,6 +151,7 @@ struct conn {
     const char *out;      // response being written
     size_t out_len, out_off;
     int64_t due_ms;       // C_DELAYED: when to answer
+    int64_t idle_since;   // when it last became idle (accepted, or an answer sent)
     struct conn *next;    // FIFO of delayed connections
     struct conn *prev_all, *next_all;  // list of all connections
     char buf[REQ_BUF];
@@ -164,6 +179,9 @@ static struct {
     bool log_requests;                      // LOG_REQUESTS=1
     bool draining;
     bool sick;                              // SIGUSR1: --check fails
+    bool unready;                           // SIGHUP: /ready answers 503
+    int64_t warm_at;                        // now_ms() when WARMUP ends
+    int64_t idle_close_ms;                  // IDLE_CLOSE_MS
     const char *file, *fetch;               // FILE, FETCH
     int64_t drain_deadline;
     size_t nconns;
@@ -306,6 +324,10 @@ static enum parse_result parse_head(struct conn *c, size_t end)
         c->route = R_FILE;
     else if (S.fetch && tlen == 6 && memcmp(tgt, "/fetch", 6) == 0)
         c->route = R_FETCH;
+    else if (tlen == 6 && memcmp(tgt, "/ready", 6) == 0)
+        c->route = R_READY;
+    else if (tlen == 5 && memcmp(tgt, "/live", 5) == 0)
+        c->route = R_LIVE;
     // HTTP/1.1 keeps the connection unless told otherwise, 1.0 closes it
     // unless the client asked for keep-alive.
     c->close_after = !http11;
@@ -428,6 +450,7 @@ static bool conn_flush(struct conn *c)
     if (c->state == C_WRITE)
         ep_ctl(EPOLL_CTL_MOD, c->tag.fd, EPOLLIN, c);
     c->state = C_READ;
+    c->idle_since = now_ms();
     c->out = NULL;
     free(c->dyn);
     c->dyn = NULL;
@@ -542,7 +565,16 @@ static void conn_respond(struct conn *c)
     c->out = r->data;
     c->out_len = r->len;
     c->out_off = 0;
-    if (c->route != R_NAME) {
+    if (c->route != R_LIVE && now_ms() < S.warm_at) {
+        respond_built(c, "503 Service Unavailable", "warming up\n", 11);
+    } else if (c->route == R_LIVE) {
+        respond_built(c, "200 OK", "alive\n", 6);
+    } else if (c->route == R_READY) {
+        if (S.unready)
+            respond_built(c, "503 Service Unavailable", "not ready (SIGHUP)\n", 19);
+        else
+            respond_built(c, "200 OK", "ready\n", 6);
+    } else if (c->route != R_NAME) {
         size_t len = 0;
         char *body = c->route == R_FILE ? read_file(S.file, &len) : fetch_upstream(&len);
         if (body)
@@ -699,6 +731,7 @@ static void on_accept(int lfd)
         c->tag.kind = K_CONN;
         c->tag.fd = fd;
         c->state = C_READ;
+        c->idle_since = now_ms();
         c->next_all = S.all;
         if (S.all)
             S.all->prev_all = c;
@@ -736,6 +769,14 @@ static void on_udp(int ufd)
 // queued ones to the other listeners of the SO_REUSEPORT group (or migrates
 // them with tcp_migrate_req), finish what is in flight, and close idle
 // keep-alive connections.
+// Idle: no partial request buffered, nothing delayed or being sent.
+static bool conn_idle(const struct conn *c)
+{
+    return c->state == C_READ && c->len == 0 && c->body_skip == 0;
+}
+
+static int64_t close_idle(void);
+
 static void start_drain(void)
 {
     if (S.draining)
@@ -756,15 +797,31 @@ static void start_drain(void)
     }
     S.nmore = 0;
     size_t busy = 0;
-    for (struct conn *c = S.all, *next; c; c = next) {
-        next = c->next_all;
-        // Idle: no partial request buffered, nothing delayed or being sent.
-        if (c->state == C_READ && c->len == 0 && c->body_skip == 0)
-            conn_close(c);
-        else
-            busy++;
-    }
+    for (struct conn *c = S.all; c; c = c->next_all)
+        busy += !conn_idle(c);
     fprintf(stderr, "httpd: %s: draining, %zu request(s) in flight\n", S.name, busy);
+    close_idle();
+}
+
+// Draining: close the keep-alive connections that have been idle for IDLE_CLOSE_MS.  With
+// a grace, not at once: a client that just got an answer may have its next request on the
+// way, and a connection closed under it is an error to a client that does not retry (wrk);
+// every answer while draining says `Connection: close` instead, so a busy client moves on
+// by itself, and only one that went quiet is closed.
+static int64_t close_idle(void)
+{
+    int64_t now = now_ms(), next = -1;
+    for (struct conn *c = S.all, *nxt; c; c = nxt) {
+        nxt = c->next_all;
+        if (!conn_idle(c))
+            continue;
+        int64_t due = c->idle_since + S.idle_close_ms;
+        if (due <= now)
+            conn_close(c);
+        else if (next < 0 || due < next)
+            next = due;
+    }
+    return next;
 }
 
 static void open_listener(void);
@@ -781,6 +838,10 @@ static void on_signal(bool *stop)
             S.sick = !S.sick;
             prctl(PR_SET_NAME, S.sick ? SICK_NAME : "httpd", 0, 0, 0);
             fprintf(stderr, "httpd: %s: %s\n", S.name, S.sick ? "sick (SIGUSR1)" : "well again");
+        } else if (si.ssi_signo == SIGHUP) {
+            S.unready = !S.unready;
+            fprintf(stderr, "httpd: %s: %s\n", S.name,
+                    S.unready ? "unready (SIGHUP): /ready answers 503" : "ready again");
         } else if (si.ssi_signo == SIGUSR2 && S.listen.fd >= 0 && !S.draining) {
             close(S.listen.fd);  // epoll forgets a closed fd by itself
             S.listen.fd = -1;
@@ -1076,6 +1137,8 @@ int main(int argc, char **argv)
     if (S.fetch && !*S.fetch)
         S.fetch = NULL;
     S.grace_ms = env_long("GRACE_MS", 5000);
+    S.warm_at = now_ms() + env_long("WARMUP", 0) * 1000;
+    S.idle_close_ms = env_long("IDLE_CLOSE_MS", 0);
     const char *rp = getenv("REUSEPORT");
     bool reuseport = !(rp && strcmp(rp, "0") == 0);
     long udp_port = env_long("UDP_PORT", 0);
@@ -1104,6 +1167,7 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGUSR1);
     sigaddset(&mask, SIGUSR2);
+    sigaddset(&mask, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
         die("sigprocmask");
 
@@ -1180,6 +1244,11 @@ int main(int argc, char **argv)
             wake = S.dq_head->due_ms;
         if (S.draining && (wake < 0 || S.drain_deadline < wake))
             wake = S.drain_deadline;
+        int64_t idle_due = S.draining ? close_idle() : -1;
+        if (S.draining && S.nconns == 0)
+            break;
+        if (idle_due >= 0 && (wake < 0 || idle_due < wake))
+            wake = idle_due;
         int timeout = wake < 0 ? -1 : (int)(wake > now ? wake - now : 0);
 
         int n = epoll_wait(S.ep, evs, MAX_EVENTS, timeout);

@@ -12,6 +12,7 @@ from lbctl.api.client import ApiError, Client
 from lbctl.cli.render import render_history, render_rollout, render_table
 from lbctl.cli.wait import Failure, Goal, wait
 from lbctl.model import AppSpec, InvalidInput
+from lbctl.model.spec import shared_port_check
 
 
 async def run(sock: Path, spec: dict[str, Any], no_wait: bool, timeout: float) -> int:
@@ -19,6 +20,7 @@ async def run(sock: Path, spec: dict[str, Any], no_wait: bool, timeout: float) -
     name = spec["name"]
     async with Client(sock) as c:
         resp = await c.request("PUT", f"/apps/{name}", spec)
+        _warn(resp)
         result = resp.get("result")
         if no_wait:
             print(f"{name}: {result}")
@@ -47,6 +49,9 @@ async def apply(sock: Path, body: dict[str, Any], no_wait: bool, timeout: float)
         outcome: dict[str, str] = resp["result"]
         for name, what in outcome.items():
             print(f"{name}: {what}")
+        for name in outcome:
+            for warning in (await c.request("GET", f"/apps/{name}")).get("warnings") or ():
+                print(f"lbctl: {name}: warning: {warning}", file=sys.stderr)
         if no_wait:
             return 0
         goals = [_goal(name, made) for name, made in resp["changes"].items()]
@@ -58,6 +63,7 @@ async def update(sock: Path, name: str, body: dict[str, Any], no_wait: bool,
                  timeout: float) -> int:
     async with Client(sock) as c:
         resp = await c.request("POST", f"/apps/{name}/update", body)
+        _warn(resp)
         result = resp["result"]
         if no_wait:
             print(f"{name}: {result}")
@@ -74,6 +80,15 @@ async def update(sock: Path, name: str, body: dict[str, Any], no_wait: bool,
         else:
             print(f"{name}: {result}")
     return 0
+
+
+def _warn(made: dict[str, Any]) -> None:
+    """What the app as the daemon took it may not do as meant: one line each, on stderr."""
+    app = made.get("app")
+    if isinstance(app, dict):
+        warning = shared_port_check(AppSpec.from_json(app))
+        if warning:
+            print(f"lbctl: {app.get('name')}: warning: {warning}", file=sys.stderr)
 
 
 def _goal(name: str, made: dict[str, Any]) -> Goal:

@@ -20,6 +20,7 @@ from lbctl.model.option import Arg
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.options import OPTIONS
 from lbctl.model.publish import parse_publishes
+from lbctl.model.readiness import ReadinessProbe
 from lbctl.model.update_policy import UpdatePolicy
 
 
@@ -112,6 +113,27 @@ def validate(data: dict[str, Any]) -> None:
     AppSpec.from_json(data, Mode.EBPF)
 
 
+_READINESS_FLAGS = {
+    "ready_path": "path",
+    "ready_status": "status",
+    "ready_host": "host",
+    "ready_interval": "interval",
+    "ready_probe_timeout": "timeout",
+    "ready_threshold": "failure_threshold",
+    "ready_success_threshold": "success_threshold",
+}
+
+
+def readiness_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The readiness probe fields the flags give (checked); None when no flag was given."""
+    given = {field: getattr(args, flag) for flag, field in _READINESS_FLAGS.items()
+             if getattr(args, flag, None) is not None}
+    if not given:
+        return None
+    ReadinessProbe.from_json(given)
+    return given
+
+
 def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
     env = env_from_files(args.env_file or [], Path.cwd())
     for item in args.env:
@@ -132,6 +154,9 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
     policy = policy_from_args(args)
     if policy is not None:
         data["update"] = policy
+    readiness = readiness_from_args(args)
+    if readiness is not None:
+        data["readiness"] = readiness
     validate(data)  # everything before talking to the daemon
     return data
 
@@ -164,6 +189,9 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
     policy = policy_from_args(args)
     if policy is not None:
         body["update"] = policy
+    readiness = readiness_from_args(args)
+    if readiness is not None:
+        body["readiness"] = readiness
     options = options_from_args(args, Path.cwd())
     body.update(options)
     if args.unset:
@@ -177,8 +205,8 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
         body["unset"] = sorted(set(args.unset))
     if not body:
         raise InvalidInput("nothing to update: give --image, -e, --env-rm, --replicas, a "
-                           "docker run option, --unset, a command after --, or update-policy "
-                           "flags")
+                           "docker run option, --unset, a command after --, update-policy "
+                           "or readiness flags")
     # The change alone is checked here (each option by the model's own validation); the
     # daemon checks the app it makes.
     Update.parse(args.name, body)

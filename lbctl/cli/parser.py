@@ -69,6 +69,25 @@ def _update_policy_flags(p: argparse.ArgumentParser) -> None:
                         "(default start-first)")
 
 
+def _readiness_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "readiness probe (whether a replica may get connections; changing it restarts nothing)")
+    g.add_argument("--ready-path", metavar="PATH",
+                   help="GET this path on each replica's container port; ready on a status in "
+                        "--ready-status ('': back to a TCP check, the default)")
+    g.add_argument("--ready-status", metavar="CODES",
+                   help="status codes that count as ready (default 200-399)")
+    g.add_argument("--ready-host", metavar="HOST", help="Host header (default localhost)")
+    g.add_argument("--ready-interval", type=float, metavar="SECONDS",
+                   help="seconds between two probes of a replica (default 0.25)")
+    g.add_argument("--ready-probe-timeout", type=float, metavar="SECONDS",
+                   help="seconds one probe may take (default 1)")
+    g.add_argument("--ready-threshold", type=int, metavar="N",
+                   help="failed probes in a row that take a ready replica out (default 3)")
+    g.add_argument("--ready-success-threshold", type=int, metavar="N",
+                   help="passing probes in a row that put a replica in (default 1)")
+
+
 def _docker_run_flags(p: argparse.ArgumentParser, update: bool = False) -> None:
     """docker run's options, under docker's names: one flag per entry of the option table
     (lbctl.model.options), in its order."""
@@ -121,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _activation_flag(r)
     r.add_argument("-e", "--env", action="append", default=[])
     _docker_run_flags(r)
+    _readiness_flags(r)
     _update_policy_flags(r)
     _wait_flags(r)
 
@@ -135,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold the new revision beside the old one with PCT%% of new "
                         "connections, until `lbctl rollout resume` or `undo`")
     _docker_run_flags(u, update=True)
+    _readiness_flags(u)
     _update_policy_flags(u)
     _wait_flags(u, 300.0)
 

@@ -24,6 +24,8 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         lines.append(head)
         if a.get("error"):
             lines.append(f"  error: {a['error']}")
+        for warning in a.get("warnings") or ():
+            lines += _wrapped(f"warning: {warning}")
         if a.get("port_conflict"):  # the port is served by lbctl's rule, held by another
             parts = textwrap.wrap(f"warning: {a['port_conflict']}", 76, break_on_hyphens=False,
                                   break_long_words=False)
@@ -48,6 +50,10 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         if any(r.get("adopted") for r in a["replicas"]):
             lines.append("  * adopted: not created by lbctl, never removed by it")
         for r in a["replicas"]:
+            failure = (r.get("probe") or {}).get("last_failure")
+            if failure and r["state"] != "ready":  # why it is not (yet, or any more) ready
+                lines += _wrapped(f"{r['name']}: last probe: {failure['message']}")
+        for r in a["replicas"]:
             if r.get("note"):  # wrapped: the table stays 80 columns wide
                 lines.append(f"  {r['name']}:")
                 parts = textwrap.wrap(str(r["note"]), 76, break_on_hyphens=False,
@@ -57,11 +63,22 @@ def render_table(apps: list[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _wrapped(text: str) -> list[str]:
+    parts = textwrap.wrap(text, 76, break_on_hyphens=False, break_long_words=False)
+    return ["  " + parts[0], *("    " + part for part in parts[1:])] if parts else []
+
+
 def progress(a: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for r in a["replicas"]:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     extra = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "ready")
+    # What the replicas that are not ready last failed at: why a `run` is still waiting.
+    failures = [f for r in a["replicas"] if r["state"] != "ready"
+                and (f := (r.get("probe") or {}).get("last_failure"))]
+    if failures:
+        latest = max(failures, key=lambda f: f.get("at") or 0)
+        extra += f"; last probe: {latest['message']}"
     line = f"{a['name']}: {a['ready']}/{a['desired']} ready" + (f" ({extra})" if extra else "")
     ro = a.get("rollout")
     if ro and ro.get("state") in ("progressing", "paused"):

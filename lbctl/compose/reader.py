@@ -50,7 +50,7 @@ _SUB_KEYS = {parent: {k for p, _, k in _NESTED if p == parent} for parent, _, _ 
 _REFUSED = {"healthcheck.disable": "not supported by lbctl (lbctl keeps the image's health "
                                    "check)"}
 _LIMITS = {o.compose.limit for o in OPTIONS if o.compose.limit is not None}
-_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update", "activation"}
+_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update", "activation", "readiness"}
 _DEPLOY_KEYS = {"replicas", "resources", "update_config"}
 _UPDATE_CONFIG = {"parallelism", "delay", "failure_action", "monitor", "order",
                   "max_failure_ratio"}
@@ -219,6 +219,12 @@ class Reader:
         update.update(self._update_config(deploy.get("update_config"), f"{where}.deploy"))
         if update:
             spec["update"] = update
+        if x.get("readiness") is not None:
+            ready = dict(self._mapping(x["readiness"], f"{where}.x-lbctl.readiness"))
+            for key in ("interval", "timeout"):  # durations as compose writes them, or seconds
+                if key in ready:
+                    ready[key] = self._seconds(ready[key], f"{where}.x-lbctl.readiness.{key}")
+            spec["readiness"] = ready
         if "restart" in svc and str(svc["restart"]) == "no":
             raise self.fail(f"{where}.restart", "lbctl always replaces a replica that exits; "
                             "remove restart: no")

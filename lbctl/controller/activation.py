@@ -4,13 +4,15 @@ A replica of an activated app serves listeners that lbctl made in the host's nam
 handed to it (lbctl.dataplane.activation); it is ready when
 
 - it holds them: they are in the app's socket map (the daemon put them there when it handed
-  them over, and a socket leaves the map the moment its last holder closes it), and
+  them over, and a socket leaves the map the moment its last holder closes it),
 - it took them: it has no listener of its own on the container port in its own namespace.
   An image whose server ignores LISTEN_FDS binds its usual port there instead; such a
   replica is `not taken`: the listeners it holds unused are shut down (no client waits in
   a queue nobody accepts from, even while no replica is ready and the kernel picks), it is
   never steered to, and the app's error says so in one line (the image must change, or the
-  app run without --activation).
+  app run without --activation), and
+- with a readiness path, it answers it: the probe goes from the host's namespace (where
+  those listeners are) to the published address, through the replica's slot.
 
 `ActivationQuestions` asks that of activated apps' replicas and hands every other app to the
 probe it wraps (readiness.answers.Questions), so readiness keeps one entry point per replica;
@@ -19,10 +21,13 @@ probe it wraps (readiness.answers.Questions), so readiness keeps one entry point
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping
 from enum import StrEnum
 
 from lbctl.controller.interfaces import ActivationPort, Answers, AnswersFor, EbpfPort
+from lbctl.controller.readiness import http
+from lbctl.controller.readiness.outcome import OK, Failure, ProbeResult, failed
 from lbctl.model import AppSpec, Container
 
 
@@ -76,18 +81,36 @@ class ActivationQuestions:
         self.states.keep(spec.name, bridges.keys())
         ebpf, activation, states = self.ebpf, self.activation, self.states
         port, proto = spec.publish.container_port, spec.publish.proto
+        probe = spec.readiness
+        families = sorted({p.family for p in spec.publishes})
 
-        async def answers(c: Container) -> bool:
+        async def answers(c: Container) -> ProbeResult:
             if ebpf is None or activation is None or c.pid is None or not c.managed:
-                return False  # an adopted container was handed nothing
+                # an adopted container was handed nothing
+                return failed(Failure.NO_LISTENER, "lbctl handed it no listener")
             if await activation.own_listener(c.pid, port, proto):
                 if states.get(spec.name, c.id) is not Listener.NOT_TAKEN:
                     await activation.shut_down(c.pid, spec.publish.host_port, proto)
                 states.set(spec.name, c.id, Listener.NOT_TAKEN)
                 fail(not_taken(c.name, port, proto))
-                return False
+                return failed(Failure.NO_LISTENER, "listens on its own port, not lbctl's")
             held = await ebpf.holds(spec.name, c.name, c.pid)
             states.set(spec.name, c.id, Listener.HELD if held else Listener.NONE)
-            return bool(held)
+            if not held:
+                return failed(Failure.NO_LISTENER, "holds no listener lbctl handed it")
+            if probe.path is None or proto != "tcp":
+                return OK
+            # Its listeners are the host's: the probe is made in the daemon's own namespace,
+            # to the published address, through the slot (as for `--network host`).
+            result = OK
+            for family in families:
+                got = await ebpf.probe_socket(spec.name, c.name, os.getpid(), family)
+                if got is None:
+                    return failed(Failure.JOINING, "listening, not in the socket map yet")
+                sock, address = got
+                result = await http.ask(sock, (address, spec.publish.host_port), probe)
+                if not result.ok:
+                    return result
+            return result
 
         return answers

@@ -107,14 +107,14 @@ class AppDataplane:
             assert p.sandbox is not None and p.sandbox.pid is not None
             netns_pid = p.sandbox.pid
         assert self.ebpf is not None
-        ready, drains = backends.ebpf_members(p, containers, leaving, spec.activated)
+        ready, drains, probing = backends.ebpf_members(p, containers, leaving, spec.activated)
         # An activated app's listeners are bound to HOST_PORT (the others' to the container
         # port, which `--network host` makes the same).
         port = spec.publish.host_port if spec.activated else spec.publish.container_port
         with self.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
                 await self.ebpf.sync(self.app, port, netns_pid, ready, drains,
-                                     spec.publish.proto)
+                                     spec.publish.proto, probing=probing)
             except ListenerError as e:
                 fail(str(e))  # the app must change, not lbctl
             except EbpfError:

@@ -12,13 +12,17 @@ from lbctl.model.dataplane import Backend, Member, Service
 
 def service(spec: AppSpec, p: AppPlan) -> Service:
     """iptables mode: a DNAT to every ready replica, weighted. ebpf mode: a DNAT to the
-    sandbox (the program picks the replica inside). The caller checks the sandbox runs."""
+    sandbox (the program picks the replica inside) once a replica is ready, no backend (a
+    refusal, as in iptables mode) before: with an empty table the kernel's own choice among
+    the group's listeners would hand clients to a replica that listens but is not ready (one
+    that answers 503 while it warms up). The caller checks the sandbox runs."""
     port = spec.publish.container_port
     if spec.mode is Mode.EBPF:
         sb = p.sandbox
         assert sb is not None and sb.ip is not None
-        return Service(spec.name, spec.publish, (dnat_target(sb, port),),
-                       (sb.bridge,) if sb.bridge else (), spec.extra_publishes)
+        target = (dnat_target(sb, port),) if p.backends else ()
+        return Service(spec.name, spec.publish, target, (sb.bridge,) if sb.bridge else (),
+                       spec.extra_publishes)
     members = [c for c in p.backends if c.ip]
     backends = tuple(dnat_target(c, port, p.weights.get(c.id, 1)) for c in members)
     # Adopted containers (docker-compose) sit on their project's own bridge.
@@ -36,20 +40,25 @@ def dnat_target(c: Container, port: int, weight: int = 1) -> Backend:
 def ebpf_members(
     p: AppPlan, containers: Iterable[Container], leaving: frozenset[str],
     activated: bool = False,
-) -> tuple[list[Member], list[Member]]:
-    """(ready, draining) members: ready replicas by weight in the selection table; draining
-    ones stay in the socket map only, so their queued connections can still migrate.
-    `activated`: an activated app's replicas that are not ready yet are in the map too (the
-    daemon put their listeners there when it handed them over, in no table), so a sync keeps
-    them there rather than taking them out until the replica is ready."""
+) -> tuple[list[Member], list[Member], list[Member]]:
+    """(ready, draining, probing) members: ready replicas by weight in the selection table;
+    draining ones stay in the socket map only, so their queued connections can still migrate;
+    the app's other running replicas (starting, unready, unhealthy) are in the socket map
+    only too, so that readiness probes reach each of them through its slot (and an unready
+    one is seen to pass again), while no table sends them a client. `activated`: of an
+    activated app's, the ones lbctl created (it put their listeners in the map when it handed
+    them over; an adopted one was handed nothing)."""
     ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
     # Only replicas in the app's namespace: one left in a lost sandbox's namespace has no
     # listener in the app's groups, and asking for it would fail the sync.
     ns = p.sandbox.id if p.sandbox is not None else None
-    serving = {c.id for c in p.backends}
-    draining = [
-        Member(c.name, c.pid) for c in containers
-        if c.running and c.pid and c.role == ROLE_REPLICA and c.joined_to == ns
-        and (c.id in leaving or (activated and c.managed and c.id not in serving))
-    ]  # fmt: skip
-    return ready, draining
+    served = {c.id for c in p.backends}
+    draining, probing = [], []
+    for c in containers:
+        if not (c.running and c.pid and c.role == ROLE_REPLICA and c.joined_to == ns):
+            continue
+        if c.id in leaving:
+            draining.append(Member(c.name, c.pid))
+        elif c.id not in served and (c.managed or not activated):
+            probing.append(Member(c.name, c.pid))
+    return ready, draining, probing

@@ -8,10 +8,12 @@ checked against these by mypy).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from lbctl.controller.readiness.outcome import ProbeResult
 from lbctl.model import AppSpec, Container, Publish
 from lbctl.model.dataplane import Member, Service
 from lbctl.model.log_lines import LogLine
@@ -74,7 +76,12 @@ class EbpfPort(Protocol):
         ready: Sequence[Member],
         draining: Sequence[Member] = (),
         proto: str = "tcp",
+        probing: Sequence[Member] = (),
     ) -> None: ...
+
+    async def probe_socket(
+        self, app: str, replica: str, pid: int, family: int
+    ) -> tuple[socket.socket, str] | None: ...
 
     async def has_listener(
         self, pid: int, port: int, name: str | None = None, proto: str = "tcp"
@@ -187,8 +194,9 @@ class Ipv6Settled(Protocol):
     def __call__(self, iface: str | None, /) -> bool: ...
 
 
-# Whether one replica answers now (readiness.answers builds one per app's spec).
-Answers = Callable[[Container], Awaitable[bool]]
+# Whether one replica answers now, and how it failed (readiness.answers builds one per app's
+# spec).
+Answers = Callable[[Container], Awaitable[ProbeResult]]
 
 
 class AnswersFor(Protocol):

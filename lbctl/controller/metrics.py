@@ -96,6 +96,19 @@ class Metrics:
             "lbctl_listener_connections", "Connections open on a daemon listener",
             ["listener"], registry=r,
         )
+        self.probes = Counter(
+            "lbctl_replica_probe",
+            "Readiness probes of a replica, by result (ok, or how it failed)",
+            ["app", "replica", "result"], registry=r,
+        )
+        self.probe_seconds = Histogram(
+            "lbctl_replica_probe_seconds",
+            "Time one readiness probe took (connect and answer)",
+            ["app"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self._probe_labels: set[tuple[str, str, str]] = set()
         self.build_info = Gauge("lbctl_build_info", "lbctl version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.connections = _KernelCounters(
@@ -115,7 +128,26 @@ class Metrics:
         for state in ReplicaState:
             self.replicas.labels(app=app, state=str(state)).set(counts.get(state, 0))
 
+    def observe_probe(self, app: str, replica: str, failure: str | None,
+                      seconds: float) -> None:
+        result = "ok" if failure is None else str(failure).replace("-", "_")
+        self.probes.labels(app=app, replica=replica, result=result).inc()
+        self._probe_labels.add((app, replica, result))
+        self.probe_seconds.labels(app=app).observe(seconds)
+
+    def forget_replica_probes(self, app: str, replica: str | None = None) -> None:
+        """A replica is gone (None: the whole app): so are its probe series. A successor
+        under the same name starts at 0, as a new process's counters would."""
+        for labels in [k for k in self._probe_labels
+                       if k[0] == app and replica in (None, k[1])]:
+            self._probe_labels.discard(labels)
+            with contextlib.suppress(KeyError):
+                self.probes.remove(*labels)
+
     def forget_app(self, app: str) -> None:
+        self.forget_replica_probes(app)
+        with contextlib.suppress(KeyError):
+            self.probe_seconds.remove(app)
         for state in ReplicaState:
             with contextlib.suppress(KeyError):
                 self.replicas.remove(app, str(state))

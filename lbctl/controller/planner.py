@@ -415,6 +415,10 @@ def _rollout_failure(
             and observed.wall - c.started_at > policy.ready_timeout
         ):  # fmt: skip
             return c, f"{c.name} was not ready after {policy.ready_timeout:g}s"
+        if st is ReplicaState.UNREADY and observed.now - _since(c, observed) > \
+                policy.ready_timeout:
+            # It was ready, then failed its readiness probe and never passed again.
+            return c, f"{c.name} was not ready again after {policy.ready_timeout:g}s"
     return None
 
 

@@ -18,6 +18,7 @@ from lbctl.controller.counters import KernelCounters
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.view import AppView
 from lbctl.model import ROLE_REPLICA, Mode, ReplicaState, sandbox_name
+from lbctl.model.spec import shared_port_check
 
 
 class Status:
@@ -85,6 +86,7 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
                 where = ("host" if spec.host_network
                          else f"container:{sandbox_name(name)}")
                 note = f"not in the app's namespace: give it network_mode: {where}"
+            probed = view.probes.get(c.id)
             replicas.append({
                 "name": c.name,
                 "container_id": c.id,
@@ -97,6 +99,8 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
                 "share": round(n / total, 4) if total else None,
                 # Activated apps: the listener lbctl handed it (controller.activation).
                 **({"listener": str(held or "none")} if spec.activated else {}),
+                # The readiness probe's last verdict and last failure (None: not probed yet).
+                "probe": probed.to_json() if probed is not None else None,
                 **({"note": note} if note else {}),
             })  # fmt: skip
     ready = sum(1 for r in replicas if r["state"] == "ready")
@@ -130,5 +134,8 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
         # Something else bound the host port while the daemon was down: our rule still sends
         # the traffic to the app, but that process may believe it serves the port.
         "port_conflict": apps.port_conflict(name),
+        "readiness": spec.readiness.to_json(),
+        # What the app asks for that may not do what it means (one line each, with the fix).
+        "warnings": [w for w in (shared_port_check(spec),) if w],
         "replicas": replicas,
     }

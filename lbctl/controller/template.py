@@ -57,6 +57,10 @@ def ula_subnet(seed: str) -> str:
     return str(ipaddress.IPv6Network((b"\xfd" + gid + b"\0" * 10, 64)))
 
 
+SANDBOX_SYSCTLS = {"net.ipv4.tcp_migrate_req": "1",
+                   "net.ipv4.ip_local_port_range": "32768 60999"}
+
+
 @dataclass(frozen=True)
 class Attachment:
     """Where the container that holds an app's address sits on the engine's networks."""
@@ -180,8 +184,11 @@ def replica_request(
 
 def sandbox_request(spec: AppSpec, image: str) -> CreateRequest:
     """The app's sandbox: it holds the network namespace every replica joins, and sets
-    tcp_migrate_req there so a closing listener's queue migrates even without our program.
-    It carries the namespace's options (networks, /etc/hosts entries, DNS servers)."""
+    tcp_migrate_req there so a closing listener's queue migrates even without our program,
+    and the ephemeral port range to Linux's default, below the readiness probes' source
+    ports (PROBE_PORT_BASE in bpf/lbctl_shared.h), whatever the engine's default: a replica's
+    own connection to its app's address must never look like a probe. It carries the
+    namespace's options (networks, /etc/hosts entries, DNS servers)."""
     where = attachment(spec)
     labels = replica_labels(spec.name, ROLE_SANDBOX)
     if where.target is not None:
@@ -192,7 +199,7 @@ def sandbox_request(spec: AppSpec, image: str) -> CreateRequest:
         image=image,
         labels=labels,
         env={"LBCTL_APP": spec.name},
-        sysctls={"net.ipv4.tcp_migrate_req": "1"},
+        sysctls=SANDBOX_SYSCTLS,
         options=RunOptions(add_host=o.add_host, dns=o.dns),
         networks=where.networks,
         aliases=where.aliases,

@@ -3,10 +3,12 @@ waits on the engine or on a pass."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from lbctl.controller.planner import AppPlan
+from lbctl.controller.readiness.verdicts import ProbeRecord
 from lbctl.model import Container
 
 
@@ -47,3 +49,5 @@ class AppView:
     last_event: str | None = None
     crash: CrashReport | None = None
     synced: bool = False  # one pass went through
+    # container id -> its readiness record (the probes' own, live: a probe updates it).
+    probes: Mapping[str, ProbeRecord] = field(default_factory=dict)

@@ -36,6 +36,7 @@ from lbctl.controller.view import AppView, CrashReport
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
 from lbctl.model.errors import EbpfError, EngineError, InvalidInput
 from lbctl.model.names import replica_name
+from lbctl.model.readiness import ReadinessProbe
 from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkSpec
 from lbctl.settings import Settings
 
@@ -79,7 +80,8 @@ class AppWorker:
         self.shim_timeout = settings.activation.shim_timeout
         self.guard = guard
         self.now = now
-        self.view = AppView()
+        self.view = AppView(probes=probes.records)
+        probes.on_change = self.wake  # a verdict changed: put the replica in, or take it out
         self.retirements = Retirements(engine, settings.drain, self.wake, now)
         self.doomed: dict[str, float] = {}
         self.reported: set[str] = set()  # containers whose crash was reported
@@ -150,6 +152,7 @@ class AppWorker:
             for t in list(self._tasks):
                 t.cancel()
             await self.retirements.cancel_all()
+            await self.probes.cancel_all()
             await asyncio.gather(probe, *self._tasks, return_exceptions=True)
 
     def _pass_failed(self, e: Exception) -> None:
@@ -496,7 +499,11 @@ class AppWorker:
             reason = p.rollout_failure
             culprit = p.rollout_culprit
             if culprit is not None:
-                # What the replica said last is usually why: the operator sees it at once.
+                # What the replica said last is usually why: the operator sees it at once;
+                # for one that runs but never got ready, so is its last probe.
+                probed = self.probes.records.get(culprit.id)
+                if culprit.running and probed is not None and probed.last_failure is not None:
+                    reason = f"{reason} (last probe: {probed.last_failure.line})"
                 tail = await self.engine.logs_tail(culprit.id, 1)
                 if tail:
                     reason = f"{reason}: {tail}"
@@ -533,21 +540,25 @@ class AppWorker:
     # ---- probes -------------------------------------------------------------------------------
 
     async def _probe_loop(self) -> None:
+        """Starts the replicas' probes as they fall due (the app's readiness interval); each
+        wakes the worker when its verdict changes (rounds.ReplicaProbes)."""
+        interval = ReadinessProbe().interval
         while True:
-            await asyncio.sleep(self.probes.settings.interval)
+            await asyncio.sleep(interval)
             spec = self.apps.desired(self.name).spec
             if spec is None:
                 continue
+            interval = spec.readiness.interval
             try:
-                if await self._probe(spec, self.view.containers, only_new=False):
-                    self.wake()
+                await self._probe(spec, self.view.containers, only_new=False)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("probe round failed", extra={"app": self.name})
 
     async def _probe(self, spec: AppSpec, containers: list[Container], only_new: bool) -> bool:
-        """Probe running replicas; True when a verdict changed."""
+        """Probe running replicas that are due; with `only_new` (a pass), the never-probed
+        ones, waiting for their answers: True when a verdict changed."""
         return await self.probes.round(spec, containers, self._fail, self.retirements.ids(),
                                        only_new)
 

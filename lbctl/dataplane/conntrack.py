@@ -25,6 +25,7 @@ import asyncio
 import errno
 import re
 import socket
+from typing import Any
 
 from lbctl import malloc
 from lbctl.dataplane.netlink import NetlinkError, NFCTAttrTuple, NFCTSocket
@@ -86,6 +87,15 @@ async def delete_flows(
     raise ConntrackError(f"{' '.join(args)} failed: {one_line}")
 
 
+_ESTABLISHED = 3  # TCP_CONNTRACK_ESTABLISHED
+
+
+def _tcp_state(msg: Any) -> int | None:
+    info = msg.get_attr("CTA_PROTOINFO")
+    tcp = info.get_attr("CTA_PROTOINFO_TCP") if info is not None else None
+    return tcp.get_attr("CTA_PROTOINFO_TCP_STATE") if tcp is not None else None
+
+
 def _forget_backend(ip: str, port: int, proto: str) -> int:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     key = "CTA_IP_V6" if family == socket.AF_INET6 else "CTA_IP_V4"
@@ -110,6 +120,11 @@ def _forget_backend(ip: str, port: int, proto: str) -> int:
             if (r_ip.get_attr(f"{key}_SRC") != ip or r_proto.get_attr("CTA_PROTO_SRC_PORT") != port
                     or r_proto.get_attr("CTA_PROTO_NUM") != num):
                 continue
+            if _tcp_state(msg) == _ESTABLISHED:
+                # Still open after the drain's timeout (a keep-alive client): the replica's
+                # graceful stop closes it; deleting its entry now would send its next packet
+                # through the DNAT afresh, to a replica that answers with a reset.
+                continue
             found.append((r_ip.get_attr(f"{key}_DST"), r_proto.get_attr("CTA_PROTO_DST_PORT"),
                           msg.get_attr("CTA_ID")))
         for daddr, dport, ct_id in found:
@@ -131,10 +146,63 @@ def _forget_backend(ip: str, port: int, proto: str) -> int:
     return gone
 
 
+def _forget_unnated(port: int, proto: str, family: int) -> int:
+    fam = socket.AF_INET6 if family == 6 else socket.AF_INET
+    key = "CTA_IP_V6" if fam == socket.AF_INET6 else "CTA_IP_V4"
+    num = _PROTO_NUMS[proto]
+    found: list[tuple[str, str, int]] = []  # (host address, client address, client port)
+    gone = 0
+    with NFCTSocket(nfgen_family=fam) as ct:
+        for msg in ct.dump(tuple_orig=NFCTAttrTuple(family=fam, proto=num, dport=port)):
+            orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
+            if orig is None or reply is None:
+                continue
+            o_ip, o_proto = orig.get_attr("CTA_TUPLE_IP"), orig.get_attr("CTA_TUPLE_PROTO")
+            r_ip, r_proto = reply.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_PROTO")
+            if (o_proto.get_attr("CTA_PROTO_NUM") != num
+                    or o_proto.get_attr("CTA_PROTO_DST_PORT") != port
+                    or r_proto.get_attr("CTA_PROTO_SRC_PORT") != port
+                    or r_ip.get_attr(f"{key}_SRC") != o_ip.get_attr(f"{key}_DST")):
+                continue  # NATed (its reply comes from a backend), or not this port's
+            found.append((r_ip.get_attr(f"{key}_SRC"), r_ip.get_attr(f"{key}_DST"),
+                          r_proto.get_attr("CTA_PROTO_DST_PORT")))
+        for host, client, cport in found:
+            try:
+                # By the reply tuple, which names the host itself: a NATed connection that
+                # took the same client port since the dump has a backend's, and stays.
+                ct.entry("del", tuple_reply=NFCTAttrTuple(family=fam, saddr=host, daddr=client,
+                                                          proto=num, sport=port, dport=cport))
+                gone += 1
+            except NetlinkError as e:
+                if e.code != errno.ENOENT:
+                    raise ConntrackError(f"deleting a conntrack entry of port {port}: {e}"
+                                         ) from None
+    del found
+    malloc.trim()
+    return gone
+
+
+async def forget_unnated(port: int, proto: str = "tcp", family: int = 4) -> int:
+    """Delete the entries of connections to the host's `port` that were not NATed: made while
+    the app had no backend (refused by lbctl's REJECT, or by nothing listening). Until they
+    time out (a refused TCP connection's: 10 s) a new connection from a client port one of
+    them used bypasses the DNAT and is refused again, though the app now serves: under a load
+    of a few thousand new connections a second a client's ports come round that fast. NATed
+    entries (established connections to a backend) are left alone. Returns how many went."""
+    if proto not in _PROTO_NUMS:
+        raise ValueError(f"unsupported protocol {proto!r}")
+    try:
+        return await asyncio.to_thread(_forget_unnated, port, proto, family)
+    except (OSError, NetlinkError) as e:
+        raise ConntrackError(f"conntrack entries of port {port}: {e}") from None
+
+
 async def forget_backend(ip: str, port: int, proto: str = "tcp") -> int:
     """Delete the conntrack entries of connections NATed to `ip`:`port`, each checked by its
     id; return how many went.  Called for a drained iptables-mode replica just before it
-    stops (see the module doc): what is left then is TIME_WAIT and closing entries."""
+    stops (see the module doc): what is left then is TIME_WAIT and closing entries, and the
+    established connections of clients that kept theirs past the drain's timeout, which
+    stay (the replica's graceful stop closes them, with `Connection: close` in HTTP)."""
     if proto not in _PROTO_NUMS:
         raise ValueError(f"unsupported protocol {proto!r}")
     try:

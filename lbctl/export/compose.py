@@ -42,6 +42,8 @@ def to_compose(spec: AppSpec) -> str:
         x_lbctl["activation"] = spec.activation
     if spec.update != UpdatePolicy():
         x_lbctl["update"] = spec.update.to_json()
+    if spec.readiness.changed():
+        x_lbctl["readiness"] = spec.readiness.changed()
     service["x-lbctl"] = x_lbctl
     if spec.command:
         service["command"] = list(spec.command)

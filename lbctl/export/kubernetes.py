@@ -6,9 +6,12 @@ and a Service, valid (strict) for every Kubernetes from 1.25 on.
   go below the count by (max-unavailable; the parallelism for stop-first), `minReadySeconds`
   the monitor time, `progressDeadlineSeconds` the ready timeout (Kubernetes then marks the
   rollout failed; it does not roll back by itself: `kubectl rollout undo`).
-- **Readiness** is what lbctl routes on: the health command when the app has one (lbctl
-  takes an unhealthy replica out at once), else a TCP connect to the port, as lbctl's own
-  probe. The health command is also the liveness probe (lbctl replaces an unhealthy replica).
+- **Readiness** is what lbctl routes on: the app's readiness path as an `httpGet` probe (its
+  interval, timeout and thresholds; Kubernetes probes at most once a second and counts
+  200-399 as ready, the header says where lbctl's differ), else the health command when the
+  app has one (lbctl takes an unhealthy replica out at once), else a TCP connect to the port,
+  as lbctl's own probe. The health command is also the liveness probe (lbctl replaces an
+  unhealthy replica); the readiness path never is (lbctl does not replace an unready one).
 - **Drain**: lbctl takes a replica out of the data plane, waits for its connections (the
   daemon's drain timeout, 10 s by default), then stops it with its stop grace. Kubernetes
   sends SIGTERM while endpoints are still being removed, so a preStop `sleep` keeps the pod
@@ -46,6 +49,7 @@ from lbctl.export.common import dump, k8s_name
 from lbctl.model import LABEL_APP, AppSpec, InvalidInput
 from lbctl.model.option import NotExported, Refines, Unmapped, merge
 from lbctl.model.options import RunOptions
+from lbctl.model.readiness import ReadinessProbe
 from lbctl.model.update_policy import Order
 from lbctl.settings import DrainSettings
 
@@ -76,14 +80,37 @@ def _options(o: RunOptions, parts: dict[str, Any]) -> list[str]:
     return left
 
 
-def _probes(spec: AppSpec, container: dict[str, Any]) -> None:
-    """Readiness is what lbctl routes on: the health command (the table made it the liveness
-    probe: lbctl also replaces an unhealthy replica), else a TCP connect as lbctl's probe."""
-    if "livenessProbe" in container:
+def _probes(spec: AppSpec, container: dict[str, Any]) -> list[str]:
+    """Readiness is what lbctl routes on: its HTTP probe, else the health command (the table
+    made it the liveness probe: lbctl also replaces an unhealthy replica), else a TCP connect
+    as lbctl's probe. Returns what Kubernetes cannot say as lbctl does."""
+    r = spec.readiness
+    timing: dict[str, Any] = {"periodSeconds": max(1, math.ceil(r.interval))}
+    if r.timeout != 1:
+        timing["timeoutSeconds"] = max(1, math.ceil(r.timeout))
+    if r.success_threshold != 1:
+        timing["successThreshold"] = r.success_threshold
+    timing["failureThreshold"] = r.failure_threshold
+    notes = []
+    if r.path is not None:
+        get: dict[str, Any] = {"path": r.path, "port": spec.publish.container_port}
+        if r.host is not None:
+            get["httpHeaders"] = [{"name": "Host", "value": r.host}]
+        container["readinessProbe"] = {"httpGet": get, **timing}
+        if r.status != ReadinessProbe().status:
+            notes.append(f"readiness status {r.status_text()} (Kubernetes: 200-399)")
+    elif "livenessProbe" in container:
         container["readinessProbe"] = copy.deepcopy(container["livenessProbe"])
+        return notes
     elif spec.publish.proto == "tcp":
         container["readinessProbe"] = {"tcpSocket": {"port": spec.publish.container_port},
-                                       "periodSeconds": 1, "failureThreshold": 2}
+                                       **timing}
+    else:
+        return notes
+    if r.changed() and (r.interval < 1 or r.timeout < 1):
+        notes.append(f"readiness every {r.interval:g}s, timeout {r.timeout:g}s (Kubernetes: "
+                     "1s at the least)")
+    return notes
 
 
 def _strategy(spec: AppSpec, deployment_spec: dict[str, Any]) -> list[str]:
@@ -132,7 +159,7 @@ def to_kubernetes(spec: AppSpec) -> str:
     except InvalidInput as e:
         raise InvalidInput(f"{spec.name}: {e}") from None
     left += [n for n in parts["notes"] if n not in left]
-    _probes(spec, container)
+    probe_notes = _probes(spec, container)
     if "limits" in container.get("resources", {}):
         # Requests equal to limits: what a replica gets is what lbctl's limit gave it.
         container["resources"]["requests"] = dict(container["resources"]["limits"])
@@ -199,6 +226,7 @@ def to_kubernetes(spec: AppSpec) -> str:
         + ("# hostNetwork: one replica per node (pods of one host port do not share a "
            "node).\n" if pod.get("hostNetwork") else "")
         + "".join(f"# Rollout: {note}.\n" for note in rollout_notes)
+        + "".join(f"# Probe: {note}.\n" for note in probe_notes)
         + (f"# Not in these manifests (no one-to-one Kubernetes field; add them by hand):\n"
            f"#   {', '.join(left)}\n" if left else "")
     )

@@ -15,7 +15,10 @@ and `--tmpfs` and `--shm-size` as tmpfs volumes (`docker stack deploy` drops a s
   `max_failure_ratio: 0` (lbctl fails a rollout at its first failed replica);
   `deploy.rollback_config` rolls back the same way, pausing if the rollback itself fails.
 - limits as `deploy.resources.limits`; the health check as `healthcheck` (Swarm routes only
-  to healthy tasks, as lbctl routes only to ready replicas); `deploy.restart_policy`
+  to healthy tasks, as lbctl routes only to ready replicas), or without one, the readiness
+  path as a health check that GETs it with curl or wget, whichever the image has (the header
+  says it needs one; Swarm also restarts an unhealthy task, where lbctl keeps an unready
+  replica out of the data plane until it passes again); `deploy.restart_policy`
   `condition: any` (lbctl replaces any replica that exits).
 - each host port published once through Swarm's routing mesh (`mode: ingress`), which takes
   a connection on every node and balances it over the tasks. It hides the client's address
@@ -31,6 +34,7 @@ obsolete version 1 and refuses it; newer CLIs and the Compose Specification acce
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from lbctl.export.common import dump, go_duration
@@ -91,6 +95,20 @@ def _ports(spec: AppSpec) -> list[dict[str, Any]]:
             for port in sorted({p.host_port for p in spec.publishes})]
 
 
+def _readiness_check(spec: AppSpec) -> dict[str, Any] | None:
+    """The readiness path as a Swarm health check: a GET of the task's own port (a task has
+    a network namespace of its own), with curl or else wget."""
+    r = spec.readiness
+    if r.path is None:
+        return None
+    url = shlex.quote(f"http://localhost:{spec.publish.container_port}{r.path}")
+    host = shlex.quote(f"Host: {r.host}") if r.host else None
+    curl = "curl -fsS -o /dev/null" + (f" -H {host}" if host else "") + f" {url}"
+    wget = "wget -q -O /dev/null" + (f" --header {host}" if host else "") + f" {url}"
+    return {"test": ["CMD-SHELL", f"{curl} || {wget}"], "interval": go_duration(r.interval),
+            "timeout": go_duration(r.timeout), "retries": r.failure_threshold}
+
+
 def to_swarm(spec: AppSpec) -> str:
     o = spec.options
     service: dict[str, Any] = {"image": spec.image}
@@ -127,6 +145,10 @@ def to_swarm(spec: AppSpec) -> str:
         for n in networks:
             doc_networks[n] = {"name": n, "driver": "overlay", "attachable": True}
     service.update(opts)
+    http_check = _readiness_check(spec) if "healthcheck" not in service else None
+    if http_check is not None:
+        service["healthcheck"] = http_check
+        notes.append("the readiness path's health check needs curl or wget in the image")
     deploy: dict[str, Any] = {
         "mode": "replicated",
         "replicas": spec.replicas,

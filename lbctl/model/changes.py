@@ -27,6 +27,7 @@ from lbctl.model.names import OWN_NETWORK, validate_replicas
 from lbctl.model.option_values import check_own_labels
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.options import RunOptions
+from lbctl.model.readiness import ReadinessProbe
 from lbctl.model.rollout import Rollout, UpdatePolicy
 from lbctl.model.spec import (
     AppSpec,
@@ -110,7 +111,7 @@ class Replace:
 
 # What an update body may hold besides docker run's options (named like the long flag).
 _UPDATE_KEYS = frozenset({"name", "image", "env", "env_add", "env_rm", "command", "replicas",
-                          "update", "unset", "canary"})
+                          "update", "readiness", "unset", "canary"})
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,9 @@ class Update:
     `env` replaces the environment, `env_add` then adds to it and `env_rm` removes keys;
     `options` replace the app's values of those options (a list option given replaces the
     whole list), `unset` resets options to the image's or engine's default; `policy` sets the
-    named fields of the update policy; `canary` holds that percentage of new connections for
-    the new revision until `rollout resume`."""
+    named fields of the update policy and `readiness` those of the readiness probe (neither
+    rolls the app); `canary` holds that percentage of new connections for the new revision
+    until `rollout resume`."""
 
     name: str
     image: str | None = None
@@ -131,6 +133,7 @@ class Update:
     command: tuple[str, ...] | None = None
     replicas: int | None = None
     policy: Mapping[str, Any] = field(default_factory=dict)
+    readiness: Mapping[str, Any] = field(default_factory=dict)  # fields of the probe, as JSON
     options: Mapping[str, Any] = field(default_factory=dict)  # option -> validated JSON value
     unset: frozenset[str] = frozenset()
     canary: int | None = None
@@ -188,6 +191,7 @@ class Update:
             command=validate_command(body["command"]) if "command" in body else None,
             replicas=validate_replicas(body["replicas"]) if "replicas" in body else None,
             policy={k: full[k] for k in policy or {}},
+            readiness=_readiness_delta(body.get("readiness")),
             options=options,
             unset=frozenset(unset) | reset,
             canary=canary(body.get("canary")),
@@ -212,6 +216,8 @@ class Update:
         if self.replicas is not None:
             data["replicas"] = self.replicas
         data["update"] = {**data["update"], **self.policy}
+        if self.readiness:
+            data["readiness"] = {**current.readiness.to_json(), **self.readiness}
         # The whole app, checked as one: a delta valid alone may not be beside what the app
         # has (a volume on the target of its tmpfs, --dns beside --network host).
         spec = AppSpec.from_json(data, current.mode)
@@ -266,6 +272,16 @@ class Apply:
         apps = tuple(Replace.parse(item, default_mode) for item in body["apps"])
         return cls(apps, _resources(body.get("networks"), "networks"),
                    _resources(body.get("volumes"), "volumes"))
+
+
+def _readiness_delta(raw: object) -> dict[str, Any]:
+    """The probe fields an update names, each checked (`path: null`: back to TCP)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("readiness must be an object (path, interval, ...)")
+    full = ReadinessProbe.from_json(raw).to_json()
+    return {k: full[k] for k in raw}
 
 
 def canary(value: object) -> int | None:

@@ -12,10 +12,17 @@ from enum import StrEnum
 
 
 class ReplicaState(StrEnum):
-    STARTING = "starting"
+    """What lbctl reports for a replica. Readiness is not liveness (as in Kubernetes): an
+    `unready` replica fails its readiness probe and is out of the data plane until it passes
+    again, but it is alive and kept; an `unhealthy` one is not alive (its engine health check
+    says so, it no longer listens on its port, or it is frozen) and is replaced after a grace
+    period unless it recovers."""
+
+    STARTING = "starting"  # running, not ready yet (never was since it started)
     READY = "ready"
     DRAINING = "draining"
     UNHEALTHY = "unhealthy"
+    UNREADY = "unready"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from lbctl.model.names import validate_name, validate_replicas
 from lbctl.model.options import FIELDS as OPTION_FIELDS
 from lbctl.model.options import RunOptions
 from lbctl.model.publish import Publish, parse_publishes
+from lbctl.model.readiness import ReadinessProbe
 from lbctl.model.update_policy import UpdatePolicy
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -23,7 +24,7 @@ _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*\Z")
 
 
 _KNOWN = frozenset({"name", "image", "publish", "replicas", "mode", "env", "command", "update",
-                    "activation", *OPTION_FIELDS})
+                    "activation", "readiness", *OPTION_FIELDS})
 
 
 class Mode(StrEnum):
@@ -72,6 +73,9 @@ class AppSpec:
     # of the template (nor of its hash): it decides the data plane, like `mode`, so a change
     # is refused rather than rolled (lbctl.controller.apps).
     activation: bool | None = None
+    # How lbctl asks each replica whether it answers (lbctl.model.readiness); not part of the
+    # template either: replicas are not created from it, so changing it restarts nothing.
+    readiness: ReadinessProbe = field(default_factory=ReadinessProbe)
 
     @property
     def publishes(self) -> tuple[Publish, ...]:
@@ -118,6 +122,10 @@ class AppSpec:
             "command": list(self.command),
             "update": self.update.to_json(),
             **({"activation": self.activation} if self.activation is not None else {}),
+            # Only when set: an app without a probe of its own keeps the JSON (and the state
+            # file) an lbctl without probes reads.
+            **({"readiness": self.readiness.to_json()}
+               if self.readiness != ReadinessProbe() else {}),
             **self.options.to_json(),
         }
 
@@ -158,14 +166,18 @@ class AppSpec:
         env = validate_env(data.get("env", {}))
         command = validate_command(data.get("command", []))
         update = UpdatePolicy.from_json(data.get("update"))
+        readiness = ReadinessProbe.from_json(data.get("readiness"))
         options = RunOptions.from_json(data)
         activation = data.get("activation")
         if activation is not None and not isinstance(activation, bool):
             raise InvalidInput(f"activation must be true or false, not {activation!r}")
         spec = cls(name, image, publishes[0], replicas, mode, env, command, update,
-                   options, publishes[1:], activation)
+                   options, publishes[1:], activation, readiness)
         check_host_network(spec)
         check_activation(spec)
+        if readiness.path is not None and spec.publish.proto != "tcp":
+            raise InvalidInput("a readiness path needs a TCP publish (an HTTP probe): a UDP app "
+                               "is ready when its replica runs and listens")
         return spec
 
     @property
@@ -263,3 +275,23 @@ def parse_env(item: object) -> dict[str, str]:
     if not _ENV_KEY_RE.match(k):
         raise InvalidInput(f"invalid env key {k!r}")
     return {k: v}
+
+
+_LOCAL = r"(?:localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1?\]|::1)"
+
+
+def shared_port_check(spec: AppSpec) -> str | None:
+    """ebpf mode: a health check that asks the app's own port on a local address is answered
+    by whichever replica the program picks (every replica listens on that one address and
+    port in the sandbox's namespace), so a new replica may be judged healthy by its
+    neighbours, or a healthy one unhealthy. One line saying so and what to do instead (lbctl's
+    own probe reaches each replica through its slot), or None."""
+    cmd = spec.options.health_cmd
+    if spec.mode is not Mode.EBPF or cmd is None:
+        return None
+    text = cmd if isinstance(cmd, str) else " ".join(cmd)
+    port = spec.publish.container_port
+    if not re.search(rf"{_LOCAL}:{port}(?![0-9])", text):
+        return None
+    return (f"--health-cmd asks localhost:{port}, which in ebpf mode any replica may answer "
+            "(they share the port): use --ready-path, lbctl's probe of each replica itself")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,7 @@ from lbctl.controller.interfaces import (
 )
 from lbctl.controller.limits import Defaults, Limits
 from lbctl.controller.metrics import Metrics
+from lbctl.controller.readiness.outcome import OK, Failure, ProbeResult, failed
 from lbctl.controller.readiness.rounds import ReplicaProbes
 from lbctl.controller.sources import SourceGuard
 from lbctl.controller.status import Status
@@ -278,18 +280,25 @@ class FakeEngine:
 class FakeEbpf:
     def __init__(self) -> None:
         self.tables: dict[str, list[str]] = {}
+        self.probing: dict[str, list[str]] = {}  # the socket map's members in no table
         self.pinned: set[str] = set()
         self.fail: dict[str, str] = {}
         self.lost: set[str] = set()  # replicas whose listeners are not in the map
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
-                   draining: Sequence[Member] = (), proto: str = "tcp") -> None:
+                   draining: Sequence[Member] = (), proto: str = "tcp",
+                   probing: Sequence[Member] = ()) -> None:
         from lbctl.model.errors import EbpfError
 
         if app in self.fail:
             raise EbpfError(self.fail[app])
         self.pinned.add(app)
         self.tables[app] = sorted(m.name for m in ready)
+        self.probing[app] = sorted(m.name for m in probing)
+
+    async def probe_socket(self, app: str, replica: str, pid: int,
+                           family: int) -> tuple[socket.socket, str] | None:
+        return None
 
     async def has_listener(self, pid: int, port: int, name: str | None = None,
                            proto: str = "tcp") -> bool:
@@ -428,8 +437,8 @@ class FakeHostFiles:
 
 def always_ready(spec: AppSpec, fail: Callable[[str], None],
                  bridges: Mapping[str, str | None]) -> Answers:
-    async def answers(c: Container) -> bool:
-        return c.running
+    async def answers(c: Container) -> ProbeResult:
+        return OK if c.running else failed(Failure.REFUSED)
 
     return answers
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lbctl.controller.interfaces import Answers
+from lbctl.controller.readiness.outcome import OK, Failure, ProbeResult, failed
 from lbctl.model import AppSpec, Container
 from lbctl.model.runtime import EngineEvent
 from lbctl.model.spec import Mode
@@ -100,8 +101,8 @@ async def test_an_unhealthy_replica_is_replaced_after_the_grace(tmp_path: Path) 
 
     def answers(spec: AppSpec, fail: Callable[[str], None],
                 bridges: Mapping[str, str | None]) -> Answers:
-        async def probe(c: Container) -> bool:
-            return c.running and c.name not in sick
+        async def probe(c: Container) -> ProbeResult:
+            return OK if c.running and c.name not in sick else failed(Failure.REFUSED)
         return probe
 
     h = harness(tmp_path, engine, settings=worker_settings(unhealthy_grace=0.3),

@@ -6,6 +6,7 @@ tests/e2e/test_ebpf_udp.py)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
@@ -61,7 +62,12 @@ class FakeEbpf:
         return self.flows.pop(0) if len(self.flows) > 1 else self.flows[0]
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
-                   draining: Sequence[Member] = (), proto: str = "tcp") -> None: ...
+                   draining: Sequence[Member] = (), proto: str = "tcp",
+                   probing: Sequence[Member] = ()) -> None: ...
+
+    async def probe_socket(self, app: str, replica: str, pid: int,
+                           family: int) -> tuple[socket.socket, str] | None:
+        return None
 
     async def has_listener(self, pid: int, port: int, name: str | None = None,
                            proto: str = "tcp") -> bool:

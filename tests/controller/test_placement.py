@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from lbctl.controller import backends, hostrules, template
 from lbctl.controller.planner import AppPlan
 from lbctl.controller.readiness.answers import Questions
+from lbctl.controller.readiness.outcome import Failure
 from lbctl.model import AppSpec, Container
 from lbctl.model.dataplane import Backend
 from lbctl.runtime.convert import to_container
-from lbctl.settings import ProbeSettings, WorkerSettings
+from lbctl.settings import WorkerSettings
 
 SANDBOX = WorkerSettings().sandbox_image
 
@@ -70,7 +72,11 @@ def test_service_carries_both_addresses_and_every_publish() -> None:
                             Backend("web-2", "172.30.0.3", 8080, 1, None))
     assert svc.publishes == dual.publishes and svc.bridges == ("lbctl0",)
     sb = container("web-sandbox", "172.30.0.9", "fd00::9", "sandbox")
-    svc = backends.service(spec("ebpf", "0.0.0.0:80:8080", "[::]:80:8080"), AppPlan(sandbox=sb))
+    ebpf = spec("ebpf", "0.0.0.0:80:8080", "[::]:80:8080")
+    # No replica ready: no DNAT to the sandbox (refused, as in iptables mode), since the
+    # kernel's own choice among the listeners would pick one that is not ready.
+    assert backends.service(ebpf, AppPlan(sandbox=sb)).backends == ()
+    svc = backends.service(ebpf, AppPlan(sandbox=sb, backends=(a,)))
     assert svc.backends == (Backend("web-sandbox", "172.30.0.9", 8080, 1, "fd00::9"),)
     # What the daemon keeps in services.json comes back the same, and an older file (no
     # IPv6, no extra publishes) still reads.
@@ -113,11 +119,31 @@ async def test_no_replica_of_an_ipv6_app_is_ready_while_its_bridge_is_tentative(
         asked.append(bridge)
         return False
 
-    questions = Questions(None, tentative, ProbeSettings())
+    questions = Questions(None, tentative)
     answers = questions(dual, lambda m: None, {c.id: "lbctl0"})
-    assert await answers(c) is False and asked == ["lbctl0"]
+    result = await answers(c)
+    assert result.failure is Failure.UNSETTLED and asked == ["lbctl0"]
     # An IPv4-only app does not ask.
     v4 = spec("iptables", "127.0.0.1:80:8080")
     asked.clear()
     await questions(v4, lambda m: None, {})(c)
     assert asked == []
+
+
+def test_ebpf_members_put_every_running_replica_in_the_socket_map() -> None:
+    """Ready ones in the table; leaving ones draining; every other running replica of the
+    app's namespace probing (in the map, no table), so probes reach it; none from a lost
+    sandbox's namespace."""
+    sb = container("web-sandbox", "172.30.0.9", None, "sandbox")
+
+    def joined(name: str, ns: str = sb.id, running: bool = True) -> Container:
+        return replace(container(name, "", None), joined_to=ns, pid=100 + int(name[-1]),
+                       running=running)
+
+    ready, leaving, starting, lost, dead = (joined("web-1"), joined("web-2"), joined("web-3"),
+                                            joined("web-4", "gone"), joined("web-5",
+                                                                            running=False))
+    p = AppPlan(sandbox=sb, backends=(ready,))
+    members = backends.ebpf_members(p, [ready, leaving, starting, lost, dead],
+                                    frozenset({leaving.id}))
+    assert [[m.name for m in ms] for ms in members] == [["web-1"], ["web-2"], ["web-3"]]

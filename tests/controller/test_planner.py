@@ -157,6 +157,34 @@ def test_unhealthy_replica_is_replaced_after_the_grace() -> None:
     assert names(p.retire) == ["web-2"] and indexes(p) == [3]
 
 
+def test_an_unready_replica_serves_nothing_and_is_never_replaced_for_it() -> None:
+    """Readiness is not liveness: a replica failing its readiness probe is out of the data
+    plane for as long as it fails, and kept (it counts as a replica: no successor starts);
+    an unhealthy one (no listener, failed health check) is replaced after the grace."""
+    cs = [rep(1), rep(2), rep(3)]
+    probes = {**ready(cs[0]), cs[1].id: Probe(ReplicaState.UNREADY, NOW - 3600),
+              cs[2].id: Probe(ReplicaState.UNHEALTHY, NOW - 3600)}
+    p = plan_app(want(3), seen(cs, probes, unhealthy_grace=30))
+    assert names(p.backends) == ["web-1"]
+    assert p.states[cs[1].id] is ReplicaState.UNREADY
+    assert names(p.retire) == ["web-3"] and indexes(p) == [4]  # web-2 stays, an hour on
+    assert not p.converged  # 1 of 3 ready: `scale` and `run` go on waiting
+
+
+def test_an_unready_new_replica_fails_the_rollout_after_the_ready_timeout() -> None:
+    policy = UpdatePolicy(ready_timeout=60)
+    old = [rep(1), rep(2)]
+    new = rep(3, image=NEW_IMAGE)
+    probes = {**ready(*old), new.id: Probe(ReplicaState.UNREADY, NOW - 10)}
+    d = want(2, image=NEW_IMAGE, policy=policy)
+    p = plan_app(d, seen([*old, new], probes))
+    assert p.rollout_failure is None  # it was ready; it may pass again
+    probes[new.id] = Probe(ReplicaState.UNREADY, NOW - 61)
+    p = plan_app(d, seen([*old, new], probes))
+    assert p.rollout_failure == "web-3 was not ready again after 60s"
+    assert p.rollout_culprit == new
+
+
 def test_paused_replica_is_kept_but_serves_nothing() -> None:
     cs = [rep(1), rep(2, paused=True)]
     probes = {**ready(cs[0]), cs[1].id: Probe(ReplicaState.READY, NOW - 100)}
@@ -425,8 +453,11 @@ def test_an_activated_apps_members_keep_starting_replicas_in_the_map() -> None:
     cs = [replace(rep(i), spec_hash=d.hash) for i in (1, 2, 3)]
     cs.append(replace(rep(4, managed=False), spec_hash=d.hash))  # adopted: handed nothing
     p = plan_app(d, seen(cs, ready(cs[0])))
-    serving, held = ebpf_members(p, cs, frozenset({cs[1].id}), activated=True)
+    serving, draining, probing = ebpf_members(p, cs, frozenset({cs[1].id}), activated=True)
     assert [m.name for m in serving] == ["web-1"]
-    assert sorted(m.name for m in held) == ["web-2", "web-3"]  # draining, and starting
-    _, held = ebpf_members(p, cs, frozenset({cs[1].id}))
-    assert [m.name for m in held] == ["web-2"]  # the sandbox path: draining only
+    assert [m.name for m in draining] == ["web-2"]
+    assert [m.name for m in probing] == ["web-3"]  # starting: in the map, in no table
+    # The sandbox path keeps an adopted replica there too (its listener is in the group).
+    _, draining, probing = ebpf_members(p, cs, frozenset({cs[1].id}))
+    assert [m.name for m in draining] == ["web-2"]
+    assert sorted(m.name for m in probing) == ["web-3", "web-4"]

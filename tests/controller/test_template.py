@@ -56,7 +56,8 @@ def test_ebpf_namespace_options_go_on_the_sandbox_the_rest_on_replicas() -> None
     sb = sandbox_request(s, SANDBOX)
     assert tuple(sb.networks) == ("backend", "front") and sb.labels["lbctl.network"] == "backend"
     assert sb.options == RunOptions(add_host=("db2:10.0.0.5",), dns=("10.0.0.53",))
-    assert sb.sysctls == {"net.ipv4.tcp_migrate_req": "1"}
+    assert sb.sysctls == {"net.ipv4.tcp_migrate_req": "1",
+                          "net.ipv4.ip_local_port_range": "32768 60999"}
 
 
 def test_default_network_has_no_alias_and_no_recorded_name() -> None:

@@ -14,7 +14,7 @@ from pyroute2 import NFCTSocket
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-from lbctl.dataplane.conntrack import forget_backend
+from lbctl.dataplane.conntrack import forget_backend, forget_unnated
 
 pytestmark = [pytest.mark.kernel]
 
@@ -42,7 +42,7 @@ def entries(reply_src: str) -> list[tuple[int, str]]:
 @pytest.fixture(autouse=True)
 def clean() -> Iterator[None]:
     yield
-    for ip in (BACKEND, OTHER):
+    for ip in (BACKEND, OTHER, FRONT):
         subprocess.run(["conntrack", "-D", "-p", "tcp", "--reply-src", ip], capture_output=True)
 
 
@@ -51,8 +51,10 @@ def test_forget_backend_deletes_only_the_backends_entries() -> None:
     insert(CLIENT, FRONT, 40002, 80, BACKEND, 8080, "FIN_WAIT")
     insert(CLIENT, FRONT, 40003, 80, BACKEND, 9090)  # another port of that address
     insert(CLIENT, FRONT, 40004, 80, OTHER, 8080)  # another replica
+    # still open past the drain's timeout (keep-alive): left for the replica's graceful stop
+    insert(CLIENT, FRONT, 40005, 80, BACKEND, 8080, "ESTABLISHED")
     assert asyncio.run(forget_backend(BACKEND, 8080)) == 2
-    assert [p for p, _ in entries(BACKEND)] == [40003]
+    assert [p for p, _ in entries(BACKEND)] == [40003, 40005]
     assert [p for p, _ in entries(OTHER)] == [40004]
     assert asyncio.run(forget_backend(BACKEND, 8080)) == 0  # nothing left: not an error
 
@@ -88,3 +90,17 @@ def test_a_delete_by_reply_tuple_spares_a_new_entry_with_the_same_original_tuple
         with pytest.raises(NetlinkError):
             ct.entry("del", tuple_reply=reply)
     assert [p for p, _ in entries(OTHER)] == [40010]
+
+
+def test_forget_unnated_deletes_the_refused_connections_of_a_port_not_the_natted_ones() -> None:
+    """Connections refused while an app had no backend (no NAT: the reply comes from the
+    address the client asked) would refuse a new connection from the same client port again
+    for 10 s; established ones NATed to a backend must go on."""
+    port = 18999  # a port of these test addresses only
+    insert(CLIENT, FRONT, 40031, port, FRONT, port, "CLOSE")  # refused, un-NATed
+    insert(CLIENT, FRONT, 40032, port, FRONT, port, "CLOSE")
+    insert(CLIENT, FRONT, 40033, port, BACKEND, port)  # NATed to a backend on the same port
+    insert(CLIENT, FRONT, 40034, port + 1, FRONT, port + 1, "CLOSE")  # another port
+    assert asyncio.run(forget_unnated(port)) == 2
+    assert [p for p, _ in entries(FRONT)] == [40034]
+    assert [p for p, _ in entries(BACKEND)] == [40033]

@@ -48,7 +48,7 @@ def test_python_reads_the_header_the_program_is_built_with() -> None:
                      "MAX_GROUPS": table.MAX_GROUPS}  # fmt: skip
     # The metrics' reason labels (README, lbctl_bpf_reasons_total), one per R_ key, in order.
     assert table.REASONS == ("no_ready_replica", "select_error", "fallback", "migrated",
-                             "no_group", "flow_moved")  # fmt: skip
+                             "no_group", "flow_moved", "probe")  # fmt: skip
     assert len(table.REASONS) <= table.N_REASONS
     assert (table.GROUP_KEY_SIZE, flows.KEY_SIZE, flows.VALUE_SIZE) == (28, 8, 16)
     assert len(table.group_key("udp6 2001:db8::1", 53)) == table.GROUP_KEY_SIZE
@@ -86,13 +86,16 @@ def test_slots_cover_the_worst_rollout_with_room_to_spare() -> None:
     """The sockets one app can have in the socket map at once, from the model's limits: its
     replicas, a rollout's surge (start-first: parallelism new replicas beside the old ones),
     and one more batch still draining when the next update starts; each replica with one
-    socket per address family of the app's one protocol.  Plus a slot per such replica kept
-    for per-replica probe steering."""
+    socket per address family of the app's one protocol.  Probes need no slot of their own
+    (one names its listener's), but a source port per slot, all above the ephemeral ports."""
     parallelism = _largest_parallelism()
     assert UpdatePolicy(parallelism=parallelism).surge == parallelism
     families = 2  # IPv4 and IPv6 (model.Publish.family); an app has one protocol
     replicas = MAX_REPLICAS + parallelism + parallelism  # running + surge + still draining
-    worst = replicas * families + replicas  # sockets + probe steering reserve
+    worst = replicas * families
+    base = layout.DEFINES["PROBE_PORT_BASE"]
+    # above Linux's default ephemeral ports (32768-60999), one per slot
+    assert base > 60999 and base + table.MAX_SLOTS - 1 <= 65535
     slots, table_len = table.MAX_SLOTS, table.TABLE_LEN
     print(f"worst case {worst} slots ({replicas} replicas), MAX_SLOTS {slots}")
     assert worst * 5 // 4 <= slots  # a quarter beyond the worst case, at least

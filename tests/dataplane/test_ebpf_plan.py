@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from lbctl.dataplane import bpfsys, sockets
-from lbctl.dataplane.ebpf import apply, plan, table
+from lbctl.dataplane.ebpf import apply, plan, probe, table
 from lbctl.dataplane.ebpf.pins import Maps
 from lbctl.dataplane.ebpf.plan import Borrowed, Have, TableState, Want
 from lbctl.dataplane.ebpf.slots import Held, SlotBook, slot_key
@@ -106,6 +106,25 @@ def test_a_draining_member_keeps_its_socket_but_leaves_the_table() -> None:
     # every member draining: an empty table (the kernel's own choice), the group stays
     p = plan.plan(h, Want(PORT, "tcp", (), draining=tuple(ms)))
     assert p.tables == [plan.TableWrite(0, 0, ())] and not p.unregister and not p.retire
+
+
+def test_a_probing_member_is_in_the_socket_map_and_in_no_table() -> None:
+    """A starting replica: its listener gets a slot (readiness probes are steered to it by
+    the slot's source port) and the program is attached to its group, but no table names it;
+    ready, it joins the table in the same slot; unready again, it leaves the table and keeps
+    the slot, so that probes still reach it."""
+    a, b = member("web-1"), member("web-2")
+    p = plan.plan(have(borrowed=[borrowed(a), borrowed(b)]), Want(PORT, "tcp", (a,), probing=(b,)))
+    assert [(i.key, i.slot) for i in p.insert] == [(f"web-1 {T4}", 0), (f"web-2 {T4}", 1)]
+    assert p.tables == [plan.TableWrite(0, 1, (0,))] and p.attach == [601, 602]
+    book, tables = p.book, p.live
+    h = have(book, in_map=list(book.slots), tables=tables, registered={T4: 0})
+    p = plan.plan(h, Want(PORT, "tcp", (a, b)))
+    assert p.tables == [plan.TableWrite(0, 0, (0, 1))] and not p.insert and not p.retire
+    h = have(p.book, in_map=list(p.book.slots), tables=p.live, registered={T4: 0})
+    p = plan.plan(h, Want(PORT, "tcp", (a,), probing=(b,)))
+    assert p.tables == [plan.TableWrite(0, 1, (0,))] and not p.retire and not p.insert
+    assert p.book.slots[f"web-2 {T4}"] == 1
 
 
 def test_ready_wins_over_draining_and_weights_shape_the_table() -> None:
@@ -319,3 +338,21 @@ def test_apply_unregisters_a_group_before_emptying_its_last_slots(
     wildcard = [(i, op) for i, op in enumerate(rec.ops) if op[1] == "wildcard"]
     assert [op for _, op in wildcard] == [("update", "wildcard", 2), ("update", "wildcard", 0)]
     assert wildcard[-1][0] < rec.first("delete", "sockets")
+
+
+@pytest.mark.parametrize(("listeners", "family", "expect"), [
+    ([(3, T4), (5, T6)], 4, (2, "127.0.0.1", 3)),  # each family its own socket's slot
+    ([(3, T4), (5, T6)], 6, (10, "::1", 5)),
+    ([(5, T6)], 4, (2, "127.0.0.1", 5)),  # a dual-stack [::] socket takes the IPv4 probe
+    ([(7, "tcp4 172.17.0.5")], 4, (2, "172.17.0.5", 7)),  # bound to an address: that one
+    ([(3, T4)], 6, None),  # no IPv6 socket: nothing to ask (not ready for IPv6 clients)
+    ([(4, U4)], 4, None),  # UDP: no HTTP
+    ([], 4, None),  # not in the socket map yet
+])
+def test_a_probe_names_the_slot_of_the_listener_of_its_family(
+    listeners: list[tuple[int, str]], family: int, expect: tuple[int, str, int] | None
+) -> None:
+    t = probe.target(listeners, family)
+    assert (None if t is None else (t.family, t.address, t.slot)) == expect
+    if t is not None:
+        assert t.source_port == probe.PROBE_PORT_BASE + t.slot

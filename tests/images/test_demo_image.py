@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import http.client
+import re
 import shutil
 import socket
 import subprocess
@@ -303,6 +304,66 @@ def test_sigusr1_makes_the_check_fail_and_again_pass(pod: Pod, demo_image: str) 
     assert "sick (SIGUSR1)" in logs(sick)
     docker("kill", "-s", "USR1", sick)
     wait_for(lambda: check(sick) == 0, 5, f"{sick}'s check to pass again")
+
+
+def _status(ip: str, path: str) -> int:
+    conn = http.client.HTTPConnection(ip, PORT, timeout=2)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_warmup_answers_503_until_it_is_warm_but_live_at_once(pod: Pod, demo_image: str
+                                                              ) -> None:
+    """WARMUP=N: the server listens at once and answers 503 on every path but /live for N
+    seconds, then 200: the warm-up image of the readiness tests (a service loading its code
+    or filling a cache). (This checkout's server: lbctl/demo:latest is shared.)"""
+    name = pod.replica("warm", demo_image, WARMUP="3")
+    pod.wait_listening(name)
+    started = time.monotonic()
+    seen = {path: _status(pod.ip, path) for path in ("/", "/ready", "/live", "/x")}
+    assert time.monotonic() - started < 3, "the checks must run within the warm-up"
+    assert seen == {"/": 503, "/ready": 503, "/live": 200, "/x": 503}, seen
+    wait_for(lambda: _status(pod.ip, "/ready") == 200, 10, "the end of the warm-up")
+    assert time.monotonic() - started >= 2.5  # not before its WARMUP (3 s, whole seconds)
+    assert {path: _status(pod.ip, path) for path in ("/", "/live")} == {"/": 200, "/live": 200}
+
+
+def test_sighup_fails_the_ready_path_and_again_passes_it(pod: Pod, demo_image: str) -> None:
+    """SIGHUP marks a replica unready: its /ready answers 503 while every other path keeps
+    answering (a replica that lost its database still runs); SIGHUP again: ready."""
+    name = pod.replica("hup", demo_image)
+    pod.wait_listening(name)
+    assert _status(pod.ip, "/ready") == 200
+    docker("kill", "-s", "HUP", name)
+    wait_for(lambda: _status(pod.ip, "/ready") == 503, 5, "/ready to fail")
+    assert _status(pod.ip, "/") == 200 and _status(pod.ip, "/live") == 200
+    assert "unready (SIGHUP)" in logs(name)
+    docker("kill", "-s", "HUP", name)
+    wait_for(lambda: _status(pod.ip, "/ready") == 200, 5, "/ready to pass again")
+
+
+def test_idle_close_lets_a_keepalive_client_move_on_without_an_error(pod: Pod,
+                                                                     demo_image: str) -> None:
+    """IDLE_CLOSE_MS: a draining server answers the requests of its keep-alive connections
+    with `Connection: close` and closes one only once it has been idle that long, so wrk
+    (which does not retry a request on a closed connection) moves to the other replica with
+    no error when one stops under it."""
+    names = [pod.replica(r, demo_image, IDLE_CLOSE_MS="200") for r in ("a", "b")]
+    for name in names:
+        pod.wait_listening(name)
+    load = subprocess.Popen(["wrk", "-t1", "-c16", "-d4s", f"http://{pod.ip}:{PORT}/"],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    docker("stop", "-t", "5", names[0])
+    out, _ = load.communicate(timeout=30)
+    print(f"\nkeep-alive wrk while one of 2 replicas stops: {out.strip().splitlines()[-3:]}")
+    assert "Socket errors" not in out and "Non-2xx" not in out, out
+    assert re.search(r"[0-9]+ requests in", out), out
 
 
 def test_file_and_fetch_show_a_volume_and_a_peer_by_name(tmp_path: Path, demo_image: str

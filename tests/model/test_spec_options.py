@@ -164,6 +164,11 @@ def test_no_options_keep_the_json_and_hash_of_before() -> None:
     assert set(s.to_json()) == {"name", "image", "publish", "replicas", "mode", "env",
                                 "command", "update"}
     assert s.template_json() == {"image": "lbctl/demo", "env": {}, "command": []}
+    # A readiness probe is part of the spec, not of the template: it rolls nothing.
+    probed = spec(readiness={"path": "/ready", "interval": 0.5})
+    assert probed.to_json()["readiness"]["path"] == "/ready"
+    assert AppSpec.from_json(probed.to_json()) == probed
+    assert probed.spec_hash() == s.spec_hash()
 
 
 @pytest.mark.parametrize("key", sorted(FULL))

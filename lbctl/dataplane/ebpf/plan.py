@@ -36,17 +36,22 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Want:
-    """What the caller asks for: ready members get traffic, draining ones keep their sockets
-    in the map (queued connections, UDP flows) but are in no table; anyone else leaves."""
+    """What the caller asks for: ready members get traffic; draining ones keep their sockets
+    in the map (queued connections, UDP flows) but are in no table; probing ones (starting,
+    or out for failing readiness) are in the map, in no table, so that the daemon's probes
+    reach them through their slot (PROBE_PORT_BASE in bpf/lbctl_shared.h); anyone else
+    leaves."""
 
     port: int
     proto: str
     ready: tuple[Member, ...] = ()
     draining: tuple[Member, ...] = ()
+    probing: tuple[Member, ...] = ()
 
     def members(self) -> dict[str, Member]:
-        """Every member by name; ready wins over draining when listed in both."""
+        """Every member by name; ready wins over the others when listed twice."""
         out = {m.name: m for m in self.draining}
+        out.update({m.name: m for m in self.probing})
         out.update({m.name: m for m in self.ready})
         return out
 

@@ -28,13 +28,24 @@ import logging
 import os
 import pathlib
 import shutil
+import socket
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lbctl.dataplane import bpf_loader, bpfsys, sockets
-from lbctl.dataplane.ebpf import apply, counters, flows, observe, pins, plan, slots, table
+from lbctl.dataplane.ebpf import (
+    apply,
+    counters,
+    flows,
+    observe,
+    pins,
+    plan,
+    probe,
+    slots,
+    table,
+)
 from lbctl.dataplane.ebpf.errors import EbpfError, ListenerError
 from lbctl.dataplane.ebpf.observe import Known
 from lbctl.dataplane.ebpf.pins import Maps
@@ -74,6 +85,17 @@ class _App:
     # Published for counters() after each load and applied plan; replaced, never mutated.
     view: View | None = None
     flows_swept: float = 0.0  # monotonic time of the last expiry of quiet UDP flows
+    # replica -> its (slot, group) listeners, for probes (probe.py); published like `view`.
+    listeners: dict[str, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+
+
+def _listeners(book: SlotBook) -> dict[str, tuple[tuple[int, str], ...]]:
+    out: dict[str, list[tuple[int, str]]] = {}
+    for key, slot in sorted(book.slots.items()):
+        group = slots.group_of(key)
+        if group is not None:
+            out.setdefault(slots.replica_of(key), []).append((slot, group))
+    return {name: tuple(v) for name, v in out.items()}
 
 
 def _view(book: SlotBook) -> View:
@@ -168,6 +190,25 @@ class EbpfDataplane:
                 os.close(fd)
         return True
 
+    async def probe_socket(
+        self, app: str, replica: str, pid: int, family: int
+    ) -> tuple[socket.socket, str] | None:
+        """A socket to probe `replica`'s listener of `family` (4 or 6) through its slot, bound
+        in the replica's namespace, and the address to connect it to (on the app port); None
+        while no listener of that family is in the socket map (a starting replica before the
+        sync that inserts it).  Takes no lock: the slots are those the last sync published,
+        or the state file's before the first (probe.py says how the program steers it)."""
+        st = self._apps.get(app)
+        # Before this daemon's first sync of the app (a restart), the state file's slots: the
+        # pinned socket map kept the replicas' sockets in them.
+        known = st.listeners if st is not None and st.loaded else \
+            _listeners(slots.peek(self._state_file(app)))
+        t = probe.target(known.get(replica, ()), family)
+        if t is None:
+            return None
+        s = await asyncio.to_thread(probe.open_socket, pid, t)
+        return s, t.address
+
     async def established(self, pid: int, port: int) -> int:
         """Connections the replica accepted on `port` and still holds, plus its accept queue."""
         return await sockets.established_connections(pid, port)
@@ -190,16 +231,17 @@ class EbpfDataplane:
         ready: Sequence[Member],
         draining: Sequence[Member] = (),
         proto: str = "tcp",
+        probing: Sequence[Member] = (),
     ) -> None:
-        """Make the app's data plane match: ready and draining members' sockets of `proto` on
-        `port` in the sockmap, each reuseport group's selection table = its ready members'
-        sockets by weight, the program attached to every group; other members out.
+        """Make the app's data plane match: ready, draining and probing members' sockets of
+        `proto` on `port` in the sockmap, each reuseport group's selection table = its ready
+        members' sockets by weight, the program attached to every group; other members out.
         Idempotent and cheap when nothing changed (one map lookup per listener).  Raises
         ListenerError after applying everything else when a member's listener is unusable (no
         SO_REUSEPORT, other namespace), EbpfError when lbctl or the kernel failed (for this
         app only: the caller goes on with the others and retries)."""
         st = self._apps.setdefault(app, _App())
-        want = Want(port, proto, tuple(ready), tuple(draining))
+        want = Want(port, proto, tuple(ready), tuple(draining), tuple(probing))
         async with st.lock:
             try:
                 await self._ensure_program(app, st)
@@ -378,6 +420,7 @@ class EbpfDataplane:
         st.book, st.sweep = slots.load(self._state_file(app))
         st.saved = st.book.snapshot()
         st.view = _view(st.book)
+        st.listeners = _listeners(st.book)
 
     # ---------------------------------------------------------------- sync
 
@@ -412,6 +455,7 @@ class EbpfDataplane:
         st.book, st.first_seen, st.sweep = p.book, p.first_seen, False
         st.known.tables, st.known.registered = p.live, p.registered
         st.view = _view(p.book)
+        st.listeners = _listeners(p.book)
         if st.old_maps is not None:
             self._finish_upgrade(app, st)
         snap = st.book.snapshot()

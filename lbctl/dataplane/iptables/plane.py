@@ -438,7 +438,13 @@ class IptablesDataplane:
             if last is None:
                 return
             for s in services:
-                if s.publish.proto != "udp" or not s.backends or last.get(s.app, 0):
+                if not s.backends or last.get(s.app, 0):
+                    continue
+                if s.publish.proto == "tcp":
+                    # Connections refused while there was no backend left un-NATed entries
+                    # that would refuse a new connection from the same client port again.
+                    for port in sorted({pub.host_port for pub in s.publishes}):
+                        await conntrack.forget_unnated(port, "tcp", self.family.version)
                     continue
                 for pub in s.publishes:
                     # Packets sent while there was no backend left un-NATed entries that would
