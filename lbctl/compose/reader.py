@@ -50,7 +50,7 @@ _SUB_KEYS = {parent: {k for p, _, k in _NESTED if p == parent} for parent, _, _ 
 _REFUSED = {"healthcheck.disable": "not supported by lbctl (lbctl keeps the image's health "
                                    "check)"}
 _LIMITS = {o.compose.limit for o in OPTIONS if o.compose.limit is not None}
-_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update"}
+_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update", "release"}
 _DEPLOY_KEYS = {"replicas", "resources", "update_config"}
 _UPDATE_CONFIG = {"parallelism", "delay", "failure_action", "monitor", "order",
                   "max_failure_ratio"}
@@ -211,6 +211,12 @@ class Reader:
         spec["replicas"] = replicas
         if "mode" in x:
             spec["mode"] = x["mode"]
+        if x.get("release") is not None:
+            # As compose's `command:`: a string (split like a shell would) or a list, whose
+            # numbers are their text.
+            rel = x["release"]
+            spec["release"] = ([str(w) if isinstance(w, int | float) else w for w in rel]
+                               if isinstance(rel, list) else rel)
         update = dict(self._mapping(x.get("update") or {}, f"{where}.x-lbctl.update"))
         update.update(self._update_config(deploy.get("update_config"), f"{where}.deploy"))
         if update:

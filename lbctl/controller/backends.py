@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lbctl.controller.planner import AppPlan
-from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode
+from lbctl.model import ROLE_HOLD, ROLE_REPLICA, AppSpec, Container, Mode
 from lbctl.model.dataplane import Backend, Member, Service
 
 
 def service(spec: AppSpec, p: AppPlan) -> Service:
-    """iptables mode: a DNAT to every ready replica, weighted. ebpf mode: a DNAT to the
-    sandbox (the program picks the replica inside). The caller checks the sandbox runs."""
+    """iptables mode: a DNAT to every ready replica, weighted, and the traffic hold's
+    deadline while it holds. ebpf mode: a DNAT to the sandbox (the program picks the replica
+    inside, or the hold). The caller checks the sandbox runs."""
     port = spec.publish.container_port
     if spec.mode is Mode.EBPF:
         sb = p.sandbox
@@ -23,7 +24,8 @@ def service(spec: AppSpec, p: AppPlan) -> Service:
     backends = tuple(dnat_target(c, port, p.weights.get(c.id, 1)) for c in members)
     # Adopted containers (docker-compose) sit on their project's own bridge.
     bridges = tuple(sorted({c.bridge for c in members if c.bridge}))
-    return Service(spec.name, spec.publish, backends, bridges, spec.extra_publishes)
+    return Service(spec.name, spec.publish, backends, bridges, spec.extra_publishes,
+                   p.hold_until)
 
 
 def dnat_target(c: Container, port: int, weight: int = 1) -> Backend:
@@ -44,7 +46,13 @@ def ebpf_members(
     ns = p.sandbox.id if p.sandbox is not None else None
     draining = [
         Member(c.name, c.pid) for c in containers
-        if c.id in leaving and c.running and c.pid and c.role == ROLE_REPLICA
+        if c.id in leaving and c.running and c.pid and c.role in (ROLE_REPLICA, ROLE_HOLD)
         and c.joined_to == ns
     ]  # fmt: skip
     return ready, draining
+
+
+def hold_members(p: AppPlan) -> list[Member]:
+    """The hold containers new connections go to while the app is paused, preferred first
+    (the program steers each group to the first whose listener it holds)."""
+    return [Member(c.name, c.pid) for c in p.holds if c.pid]

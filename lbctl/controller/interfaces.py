@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Protocol
 
 from lbctl.model import AppSpec, Container, Publish
-from lbctl.model.dataplane import Member, Service
+from lbctl.model.dataplane import Bound, Member, Service
 from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 
 
@@ -53,7 +53,12 @@ class EbpfPort(Protocol):
         ready: Sequence[Member],
         draining: Sequence[Member] = (),
         proto: str = "tcp",
+        holds: Sequence[Member] = (),
     ) -> None: ...
+
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]: ...
+
+    async def queued(self, pid: int, port: int) -> int: ...
 
     async def has_listener(
         self, pid: int, port: int, name: str | None = None, proto: str = "tcp"

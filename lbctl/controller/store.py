@@ -19,6 +19,7 @@ from typing import Any
 
 from lbctl.fsutil import atomic_write
 from lbctl.model import AppSpec, InvalidInput
+from lbctl.model.hold import Hold
 from lbctl.model.rollout import MAX_HISTORY, Revision, Rollout
 
 STATE_VERSION = 2
@@ -35,6 +36,10 @@ class AppRecord:
     revision: int = 1
     history: tuple[Revision, ...] = ()  # oldest first, the current one included
     rollout: Rollout | None = None
+    hold: Hold | None = None  # `lbctl pause`: new connections wait until resume or its end
+    # Revisions whose release command ran and exited 0 (of those in `history`): a rollout to
+    # one of them (an undo, a scale-up) does not run it again.
+    released: tuple[int, ...] = ()
 
     def revision_of(self, number: int) -> Revision | None:
         return next((r for r in self.history if r.number == number), None)
@@ -42,6 +47,11 @@ class AppRecord:
     def with_history(self, rev: Revision) -> tuple[Revision, ...]:
         kept = [r for r in self.history if r.number != rev.number] + [rev]
         return tuple(kept[-MAX_HISTORY:])
+
+    def with_released(self, revision: int) -> tuple[int, ...]:
+        """`released` plus `revision`, for the revisions still in the history."""
+        kept = {r.number for r in self.history}
+        return tuple(sorted({n for n in (*self.released, revision) if n in kept}))
 
 
 @dataclass
@@ -79,7 +89,7 @@ class StateStore:
                 if not rec.history:
                     rec = AppRecord(rec.spec, rec.revision,
                                     (Revision(rec.revision, rec.spec, 0.0, "adopted"),),
-                                    rec.rollout)
+                                    rec.rollout, rec.hold, rec.released)
                 state.apps[rec.spec.name] = rec
             for item in raw.get("deleted", []):
                 spec = AppSpec.from_json(item)
@@ -106,12 +116,18 @@ class StateStore:
 
 
 def _record_json(rec: AppRecord) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "spec": rec.spec.to_json(),
         "revision": rec.revision,
         "history": [r.to_json() for r in rec.history],
         "rollout": rec.rollout.to_json() if rec.rollout else None,
     }
+    # Only when there is something to say: a file an older lbctl reads stays the same.
+    if rec.hold is not None:
+        out["hold"] = rec.hold.to_json()
+    if rec.released:
+        out["released"] = list(rec.released)
+    return out
 
 
 def _record(item: Any) -> AppRecord:
@@ -124,4 +140,6 @@ def _record(item: Any) -> AppRecord:
         for h in item.get("history", [])
     )
     rollout = Rollout.from_json(item["rollout"]) if item.get("rollout") else None
-    return AppRecord(spec, int(item.get("revision", 1)), history, rollout)
+    hold = Hold.from_json(item["hold"]) if item.get("hold") else None
+    released = tuple(int(n) for n in item.get("released", []))
+    return AppRecord(spec, int(item.get("revision", 1)), history, rollout, hold, released)

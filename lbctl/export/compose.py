@@ -40,6 +40,8 @@ def to_compose(spec: AppSpec) -> str:
                                "mode": str(spec.mode)}
     if spec.update != UpdatePolicy():
         x_lbctl["update"] = spec.update.to_json()
+    if spec.release is not None:
+        x_lbctl["release"] = spec.to_json()["release"]
     service["x-lbctl"] = x_lbctl
     if spec.command:
         service["command"] = list(spec.command)

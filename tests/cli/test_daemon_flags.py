@@ -28,17 +28,18 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
                "debug", "--docker-host", "unix:///x.sock", "--engine-timeout", "2",
                "--drain-timeout", "3", "--stop-grace", "4", "--unhealthy-grace", "5",
                "--bpf-pin-root", "/sys/fs/bpf/x", "--max-apps", "6", "--max-containers", "0",
-               "--default-pids-limit", "0")
+               "--default-pids-limit", "0", "--release-timeout", "7", "--sandbox-image", "p:1")
     assert (s.daemon.state_dir, s.daemon.metrics_addr, s.daemon.log_level) == (
         Path("/srv/lbctl"), "127.0.0.1:1", "debug")
     assert (s.engine.docker_host, s.engine.call_timeout) == ("unix:///x.sock", 2.0)
     assert (s.drain.timeout, s.drain.stop_grace, s.worker.unhealthy_grace) == (3.0, 4, 5.0)
     assert s.ebpf.pin_root == Path("/sys/fs/bpf/x")
     assert (s.limits.max_apps, s.limits.max_containers, s.limits.default_pids_limit) == (6, 0, 0)
+    assert (s.worker.release_timeout, s.worker.sandbox_image) == (7.0, "p:1")
     d = Settings()
     assert (s.worker.resync_interval, s.probes, s.hostrules, s.iptables, s.api) == (
         d.worker.resync_interval, d.probes, d.hostrules, d.iptables, d.api)
-    assert len(FLAGS) == 12  # every flag above
+    assert len(FLAGS) == 14  # every flag above
 
 
 def test_the_state_directory_of_systemd_when_no_flag(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,6 +44,7 @@ from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import AppWorker
 from lbctl.model import (
     LABEL_APP,
+    LABEL_HOLD,
     LABEL_INDEX,
     LABEL_MANAGED,
     LABEL_REVISION,
@@ -53,7 +54,7 @@ from lbctl.model import (
     AppSpec,
     Container,
 )
-from lbctl.model.dataplane import Member, Service
+from lbctl.model.dataplane import Bound, Member, Service
 from lbctl.model.errors import EngineError
 from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 from lbctl.model.spec import Mode
@@ -70,7 +71,8 @@ class FakeContainer:
 class FakeEngine:
     url = "fake://engine"
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall  # containers' start times
         self.containers: dict[str, FakeContainer] = {}
         self.ids = itertools.count(1)
         self.pids = itertools.count(1000)
@@ -84,6 +86,8 @@ class FakeEngine:
         self.exit_on_start: Callable[[CreateRequest], int | None] = lambda req: None
         self.removed: list[str] = []
         self.created: list[str] = []
+        self.requests: dict[str, CreateRequest] = {}  # by container name, the last one
+        self.log: list[CreateRequest] = []  # every create, in order
 
     async def _maybe_hang(self) -> None:
         if self.hang:
@@ -111,12 +115,14 @@ class FakeEngine:
             managed=labels.get(LABEL_MANAGED) == "true", index=int(index) if index else None,
             running=code is None, health=None, ip=f"10.1.{len(self.containers) % 250}.{cid[-2:]}",
             pid=next(self.pids) if code is None else None,
-            started_at=time.time(), joined_to=req.join, bridge="docker0",
+            started_at=self.wall(), joined_to=req.join, bridge="docker0",
             spec_hash=labels.get(LABEL_SPEC_HASH), revision=int(rev) if rev else None,
-            exit_code=code,
+            exit_code=code, hold=labels.get(LABEL_HOLD),
         )
         self.containers[cid] = FakeContainer(c, req.image, dict(req.env))
         self.created.append(req.name)
+        self.requests[req.name] = req
+        self.log.append(req)
         return cid
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
@@ -190,15 +196,27 @@ class FakeEbpf:
         self.tables: dict[str, list[str]] = {}
         self.pinned: set[str] = set()
         self.fail: dict[str, str] = {}
+        # app -> the members in its socket map (ready, draining, holds), by name -> pid
+        self.members: dict[str, dict[str, int]] = {}
+        self.queue = 0  # what a hold's accept queue holds (queued())
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
-                   draining: Sequence[Member] = (), proto: str = "tcp") -> None:
+                   draining: Sequence[Member] = (), proto: str = "tcp",
+                   holds: Sequence[Member] = ()) -> None:
         from lbctl.model.errors import EbpfError
 
         if app in self.fail:
             raise EbpfError(self.fail[app])
         self.pinned.add(app)
-        self.tables[app] = sorted(m.name for m in ready)
+        # As the real one: while there is a hold, every group's table is its first hold.
+        self.tables[app] = [holds[0].name] if holds else sorted(m.name for m in ready)
+        self.members[app] = {m.name: m.pid for m in (*ready, *draining, *holds)}
+
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]:
+        return [Bound(4, "0.0.0.0", port, False, 1000)]
+
+    async def queued(self, pid: int, port: int) -> int:
+        return self.queue
 
     async def has_listener(self, pid: int, port: int, name: str | None = None,
                            proto: str = "tcp") -> bool:
@@ -214,7 +232,7 @@ class FakeEbpf:
         return {}
 
     async def holds(self, app: str, replica: str, pid: int) -> bool | None:
-        return None
+        return self.members.get(app, {}).get(replica) == pid or None
 
     async def remove(self, app: str) -> None:
         self.pinned.discard(app)
@@ -311,6 +329,7 @@ class Harness:
     hostrules: HostRules
     status: Status
     settings: Settings
+    metrics: Metrics
     task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -333,19 +352,27 @@ class Harness:
         return loop.time() - t0
 
 
+def loop_wall() -> float:
+    """Epoch seconds on the loop's clock: what tests of deadlines give the apps service, the
+    workers and the fake engine, so that a virtual 30 s passes for them all at once."""
+    return 1.8e9 + asyncio.get_running_loop().time()
+
+
 def harness(tmp: Path, engine: FakeEngine | None = None,
             host_ports: HostPortHolder | None = None, limits: Limits | None = None,
             settings: Settings = FAST, answers: AnswersFor = always_ready,
-            open_connections: ConnectionCounter = no_connections) -> Harness:
+            open_connections: ConnectionCounter = no_connections,
+            wall: Callable[[], float] = time.time) -> Harness:
     """The controller on fakes, wired as lbctl.daemon.build wires it on the real adapters;
     `host_ports` (a HostPorts on a fake binder) and `limits` as the daemon wires them, for the
-    tests of what holds host ports and what caps apps."""
-    engine = engine or FakeEngine()
+    tests of what holds host ports and what caps apps; `wall`: epoch seconds (loop_wall for
+    tests of deadlines: then `engine` must use it too)."""
+    engine = engine or FakeEngine(wall)
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     metrics = Metrics()
     apps = AppsService(StateStore(tmp),
                        Admission(engine, lambda: None, lambda: None, port_check=lambda s: None),
-                       host_ports=host_ports, limits=limits)
+                       host_ports=host_ports, limits=limits, clock=wall)
     hostrules = HostRules(rules, tmp, settings.hostrules)
     drains = Drains(ebpf, open_connections, conntrack, settings.drain)
     own_network = template.network_spec(template.ula_subnet("test"))
@@ -355,7 +382,7 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
             app, engine=engine, apps=apps,
             dataplane=AppDataplane(app, hostrules, ebpf, lambda: None, None, metrics),
             drains=drains, probes=ReplicaProbes(app, answers, ebpf, settings.probes),
-            metrics=metrics, settings=settings, own_network=own_network,
+            metrics=metrics, settings=settings, own_network=own_network, wall=wall,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine, new_worker=new_worker,
@@ -364,8 +391,9 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
     apps.on_change = controller.on_change
     apps.load()
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
-    status = Status(apps, counters, controller)
-    return Harness(engine, ebpf, rules, conntrack, controller, apps, hostrules, status, settings)
+    status = Status(apps, counters, controller, wall=wall)
+    return Harness(engine, ebpf, rules, conntrack, controller, apps, hostrules, status, settings,
+                   metrics)
 
 
 # mypy checks each fake against the Protocol it stands in for (`make lint`).

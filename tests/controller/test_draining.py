@@ -14,7 +14,7 @@ from lbctl.controller import retire
 from lbctl.controller.draining import Drains, Pending
 from lbctl.controller.interfaces import ConnectionCounter, EbpfPort, EnginePort
 from lbctl.model import AppSpec, Container, Mode, Publish
-from lbctl.model.dataplane import Member
+from lbctl.model.dataplane import Bound, Member
 from lbctl.model.runtime import CreateRequest, EngineEvent, NetworkFacts, NetworkSpec
 from lbctl.settings import DrainSettings
 
@@ -53,7 +53,14 @@ class FakeEbpf:
         return self.flows.pop(0) if len(self.flows) > 1 else self.flows[0]
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
-                   draining: Sequence[Member] = (), proto: str = "tcp") -> None: ...
+                   draining: Sequence[Member] = (), proto: str = "tcp",
+                   holds: Sequence[Member] = ()) -> None: ...
+
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]:
+        return []
+
+    async def queued(self, pid: int, port: int) -> int:
+        return 0
 
     async def has_listener(self, pid: int, port: int, name: str | None = None,
                            proto: str = "tcp") -> bool:
