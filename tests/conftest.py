@@ -16,7 +16,7 @@ import pytest
 
 from harness import PREFIX, ROOT
 from harness.daemon import Daemon
-from harness.engine import ENGINES, cleanup_leftovers
+from harness.engine import ENGINES, checkout_image, cleanup_leftovers
 from harness.host import host_lock
 
 
@@ -108,6 +108,13 @@ def demo_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run(["docker", "build", "-q", "--label", "lbctl.test=1", "-t", tag, str(ctx)],
                    check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     return tag
+
+
+@pytest.fixture(scope="session")
+def pause_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """lbctl/pause built from THIS checkout's images/pause (its `hold` mode is the traffic
+    hold's), as demo_image is: a daemon that holds runs with `--sandbox-image` set to it."""
+    return checkout_image("pause", "pause", tmp_path_factory.mktemp("pause-image"))
 
 
 @pytest.fixture

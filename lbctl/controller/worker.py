@@ -344,13 +344,16 @@ class AppWorker:
         left = until - self.wall()
         if left <= 0:
             await self.apps.hold_ended(self.name, until)
-        elif self._hold_timer is None or self._hold_timer[0] != until:
+            return
+        loop = asyncio.get_running_loop()
+        timer = self._hold_timer
+        if timer is None or timer[0] != until or timer[1].when() <= loop.time():
             # The pass at the deadline ends the hold (the sync returns the tables before the
-            # hold container stops), whatever else wakes this worker.
-            if self._hold_timer is not None:
-                self._hold_timer[1].cancel()
-            handle = asyncio.get_running_loop().call_later(left, self.wake)
-            self._hold_timer = (until, handle)
+            # hold container stops), whatever else wakes this worker; again when it came a
+            # hair early by the wall clock.
+            if timer is not None:
+                timer[1].cancel()
+            self._hold_timer = (until, loop.call_later(left + 0.01, self.wake))
 
     async def _create_hold(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
         """ebpf mode: a hold container that listens where the replicas do, as their user."""
