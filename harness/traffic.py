@@ -37,8 +37,11 @@ class Load:
     outcome is kept with its time so a test can say when failures happened."""
 
     def __init__(self, port: int, clients: int = 4, seconds: float = 60,
-                 max_requests: int = 200_000) -> None:
+                 max_requests: int = 200_000, timeout: float = 3.0) -> None:
+        """`timeout`: seconds one request (its connect included) may take before it counts
+        as failed."""
         self.port = port
+        self.timeout = timeout
         self.seen: Counter[str] = Counter()
         self.ok_at: list[float] = []
         self.latency: list[tuple[float, float]] = []  # (start, seconds) of each answered one
@@ -66,7 +69,7 @@ class Load:
                 self._budget -= 1
             start = time.monotonic()
             try:
-                who = get(self.port, timeout=3)
+                who = get(self.port, timeout=self.timeout)
                 with self._lock:
                     self.ok_at.append(time.monotonic())
                     self.latency.append((start, self.ok_at[-1] - start))
@@ -76,6 +79,12 @@ class Load:
                     self.failed.append((time.monotonic(), repr(e)))
                     self.failed_started.append(start)
             time.sleep(0.001)
+
+    def slowest(self) -> float:
+        """Seconds the slowest answered request took, its connect included (what a client
+        held by a traffic hold waits; wrk's latency starts after the connect)."""
+        with self._lock:
+            return max((s for _, s in self.latency), default=0.0)
 
     def between(self, t0: float, t1: float) -> tuple[int, int]:
         """(ok, failed) whose outcome was known in [t0, t1)."""

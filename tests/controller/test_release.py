@@ -158,3 +158,25 @@ async def test_a_paused_rollout_runs_its_release_again_on_resume(tmp_path: Path)
         assert releases(engine) == ["web-release-2", "web-release-2"]
     finally:
         await h.stop()
+
+
+async def test_a_controller_restarted_mid_release_picks_it_up(tmp_path: Path) -> None:
+    engine = FakeEngine(loop_wall)  # the release runs until the test ends it
+    h = harness(tmp_path, engine, wall=loop_wall)
+    await h.start()
+    await h.apps.apply([spec("web", 2, release="migrate")])
+    await h.until(lambda: "web-release-1" in engine.created, what="the release")
+    [app] = await h.status.report("web")
+    assert app["release"]["state"] == "running" and app["replicas"] == []
+    await h.stop()
+    engine.kill("web-release-1", code=0)  # it ends while no controller runs
+    again = harness(tmp_path, engine, wall=loop_wall)
+    await again.start()
+    try:
+        await again.until(lambda: len(engine.running("web")) == 2, what="the replicas")
+        rec = again.apps.record("web")
+        assert rec is not None and rec.released == (1,)
+        assert releases(engine) == ["web-release-1"]  # read, not run again
+        await again.until(lambda: "web-release-1" in engine.removed)
+    finally:
+        await again.stop()

@@ -26,7 +26,8 @@ IMAGE = "lbctl/demo-release:test"
 ENTRYPOINT = '#!/bin/sh\nif [ "$#" -gt 0 ]; then exec "$@"; fi\nexec /httpd\n'
 # Appends its revision to the volume's log, and says so.
 MIGRATE = "sh -c 'echo $LBCTL_REVISION >> /data/releases; echo migrated to $LBCTL_REVISION'"
-FAILING = "sh -c 'echo applying 0042; echo migrate: relation \"users\" already exists; exit 1'"
+FAILING = ("sh -c \"echo applying 0042; echo 'migrate: relation \\\"users\\\" already exists'; "
+           'exit 1"')
 
 
 @pytest.fixture(scope="module")
