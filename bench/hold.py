@@ -1,12 +1,13 @@
 """`python -m bench.hold`: how much a traffic hold (`lbctl pause`) holds with 0 failed
 requests, per mode: how many connections (ebpf: the hold listener's accept queue, bounded by
 net.core.somaxconn; past it, and in iptables mode always, the clients' SYN retries) and how
-many seconds (ebpf: the clients' own patience; iptables: Linux's SYN retries, 1+2+...+32 s =
-63 s for the last retry with tcp_syn_retries=6, a client giving up at 127 s).
+many seconds (ebpf: the clients' own patience; iptables: the clients' last SYN retry, 67 s
+on Linux 6.5+ with tcp_syn_linear_timeouts=4 and 63 s before, a client giving up at about
+135 s or 127 s).
 
 Each case opens N clients at once as a hold begins, each a new connection that sends a GET
 and waits up to 300 s for the answer, then resumes after T seconds and counts what was
-served. Prints a Markdown table (README, "Pause and resume"). Takes about 8 minutes; holds
+served. Prints a Markdown table (README, "Pause and resume"). Takes about 9 minutes; holds
 the host lock; not part of `make bench` (it measures bounds, not speed).
 """
 

@@ -19,9 +19,10 @@ from lbctl.model.errors import InvalidInput
 
 # kamal-proxy's pause holds requests for 30 s by default, and 30 s is within what HTTP
 # clients wait by default (browsers, most libraries: 30 s or more; Linux's own connect gives
-# up after 127 s). In iptables mode a client that arrives as the hold starts sends its SYN
-# again after 1, 3, 7, 15 and 31 s: a 30 s hold ends before that fifth retry, so it is served
-# at 31 s at the latest. Longer holds are asked for with --max.
+# up after 127-135 s). In iptables mode a client that arrives as the hold starts sends its SYN
+# again after 1, 3, 7, 15, 31 s (Linux before 6.5; 1, 2, 3, 4, 5, 7, 11, 19, 35 s since): it is
+# served at its retry after the hold, 31 or 35 s in, well before it gives up (README, "Pause
+# and resume", has the measured bounds). Longer holds are asked for with --max.
 DEFAULT_MAX = 30.0
 # A hold must end: an hour is far beyond any client's patience (README: measured bounds).
 MAX_MAX = 3600.0
