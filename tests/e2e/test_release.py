@@ -81,7 +81,7 @@ def test_the_release_runs_once_per_revision_before_its_first_replica(
               "--replicas", "2", "--mode", "iptables", "-v", f"{volume}:/data",
               "-e", "FILE=/data/releases", "--release", MIGRATE, "--monitor", "1", timeout=120)
     daemon.ok("scale", f"{app_name}=3")  # a scale-up runs no release
-    load = Wrk(f"http://127.0.0.1:{port}/", seconds=20)
+    load = Wrk(f"http://127.0.0.1:{port}/", seconds=15)
     time.sleep(1)
     daemon.ok("update", app_name, "-e", "V=2", timeout=120)
     res = load.result()
