@@ -40,9 +40,13 @@ class Load:
     first connect is refused, it keeps trying: it can run before the app serves."""
 
     def __init__(self, port: int, clients: int = 4, seconds: float = 60,
-                 max_requests: int = 200_000, keepalive: bool = False) -> None:
+                 max_requests: int = 200_000, keepalive: bool = False,
+                 timeout: float = 3.0) -> None:
+        """`timeout`: seconds one request (its connect included) may take before it counts
+        as failed."""
         self.port = port
         self.keepalive = keepalive
+        self.timeout = timeout
         self.non2xx = 0
         self.seen: Counter[str] = Counter()
         self.ok_at: list[float] = []
@@ -73,10 +77,11 @@ class Load:
             start = time.monotonic()
             try:
                 if not self.keepalive:
-                    who = get(self.port, timeout=3)
+                    who = get(self.port, timeout=self.timeout)
                 else:
                     if conn is None:
-                        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3)
+                        conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                          timeout=self.timeout)
                     conn.request("GET", "/")
                     resp = conn.getresponse()
                     who = resp.read().decode().strip()
@@ -101,6 +106,12 @@ class Load:
             time.sleep(0.001)
         if conn is not None:
             conn.close()
+
+    def slowest(self) -> float:
+        """Seconds the slowest answered request took, its connect included (what a client
+        held by a traffic hold waits; wrk's latency starts after the connect)."""
+        with self._lock:
+            return max((s for _, s in self.latency), default=0.0)
 
     def between(self, t0: float, t1: float) -> tuple[int, int]:
         """(ok, failed) whose outcome was known in [t0, t1)."""

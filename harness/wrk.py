@@ -26,6 +26,7 @@ class WrkResult:
     rps: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    max_ms: float = 0.0  # the slowest request (a traffic hold shows here)
     connect: int = 0
     read: int = 0
     write: int = 0
@@ -59,6 +60,9 @@ def parse(out: str) -> WrkResult:
     for pct, attr in (("50", "p50_ms"), ("99", "p99_ms")):
         if m := re.search(rf"^\s*{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
             setattr(r, attr, _ms(m[1], m[2]))
+    # Thread Stats' Latency line: avg, stdev, max, +/- stdev.
+    if m := re.search(r"^[ \t]*Latency[ \t]+\S+[ \t]+\S+[ \t]+([\d.]+)(us|ms|s|m)[ \t]", out, re.M):
+        r.max_ms = _ms(m[1], m[2])
     if m := re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         r.connect, r.read, r.write, r.timeout = (int(m[i]) for i in range(1, 5))
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
@@ -112,8 +116,12 @@ class Wrk:
     """A bounded wrk run in the background for the tests (new connection per request by
     default; no CPU pinning, a shorter request timeout than the benchmarks')."""
 
-    def __init__(self, url: str, seconds: int, connections: int = 16, close: bool = True) -> None:
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "3s"]
+    def __init__(self, url: str, seconds: int, connections: int = 16, close: bool = True,
+                 timeout: int = 3) -> None:
+        """`timeout`: seconds a request may take before wrk counts it a `timeout` error
+        (longer than a traffic hold, for the tests that hold)."""
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{timeout}s",
+               "--latency"]
         if close:
             cmd += ["-H", "Connection: close"]
         self.proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)

@@ -69,7 +69,17 @@ class WorkerSettings:
     # at most this long apart (a crash loop must not keep the engine busy).
     create_backoff_max: float = 30.0
     discovery_interval: float = 5.0  # the engine's full list, for apps nobody told us about
+    # The sandbox's image; also the traffic hold's (its `pause hold` mode: images/pause).
     sandbox_image: str = "lbctl/pause:latest"
+    # A release command (`--release`) running longer than this fails its rollout. Database
+    # migrations are the usual release step and can take minutes; Heroku gives its release
+    # phase an hour, but a hung one then holds a deploy that long: 10 minutes, and a flag.
+    release_timeout: float = 600.0
+    # A hold container (ebpf mode) ends by itself this long after its deadline, so that a
+    # hold ends even while no daemon runs; with one, the daemon ends it at the deadline, the
+    # tables first (its queue then migrates to the replicas in order, not by the kernel's
+    # hash).
+    hold_exit_margin: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 
 from harness import PREFIX, images
 from harness.daemon import Daemon
-from harness.engine import ENGINES, cleanup_leftovers
+from harness.engine import ENGINES, checkout_image, cleanup_leftovers
 from harness.host import host_lock
 
 
@@ -92,6 +92,13 @@ def demo_image() -> str:
     is shared with other builds; a test that needs a feature of the demo server it ships with
     uses this one instead."""
     return images.demo_image()
+
+
+@pytest.fixture(scope="session")
+def pause_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """lbctl/pause built from THIS checkout's images/pause (its `hold` mode is the traffic
+    hold's), as demo_image is: a daemon that holds runs with `--sandbox-image` set to it."""
+    return checkout_image("pause", "pause", tmp_path_factory.mktemp("pause-image"))
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ Who asks matters: the socket's peer credentials name the caller of every request
 identity.py). Root may ask for anything; any other caller (a member of the lbctl group) may
 manage every app, but what a change makes desired must pass the policy (policy.toml): a
 refusal is a 403 with the rule's name, and nothing changes. Deleting, scaling down, pausing
-and resuming a rollout need no judging: they never give a container more than it had.
+and resuming a rollout or the app's traffic need no judging: they never give a container more
+than it had.
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ from lbctl.controller.policy import Policy
 from lbctl.controller.sources import Who
 from lbctl.controller.status import Status
 from lbctl.model import Forbidden, InvalidInput, Mode, validate_name
-from lbctl.model.changes import Apply, Create, Replace, Scale, Update, parse_rollout
+from lbctl.model.changes import (
+    Apply,
+    Create,
+    HoldTraffic,
+    Replace,
+    ResumeTraffic,
+    Scale,
+    Update,
+    parse_rollout,
+)
 from lbctl.model.errors import Conflict, NotFound
 from lbctl.settings import ApiSettings
 
@@ -155,6 +165,8 @@ class Api:
         self.logs = LogStreams(logs, lambda rq: rq[CALLER].uid) if logs is not None else None
         if self.logs is not None:
             r.add_get("/apps/{name}/logs", self.logs.handle)
+        r.add_post("/apps/{name}/pause", self.pause_app)
+        r.add_post("/apps/{name}/resume", self.resume_app)
         r.add_get("/healthz", self.healthz)
         self.app = app
         self.runner: web.AppRunner | None = None
@@ -283,6 +295,17 @@ class Api:
                 {**r.to_json(), "current": r.number == rec.revision} for r in rec.history
             ],
         })
+
+    async def pause_app(self, request: web.Request) -> web.Response:
+        """Hold the app's new connections (`{"max": S}`, optional) until resume or S."""
+        body = await read_json(request) if request.can_read_body else None
+        out = await self.apps.hold(HoldTraffic.parse(_name(request), body))
+        return web.json_response(out.to_json())
+
+    async def resume_app(self, request: web.Request) -> web.Response:
+        body = await read_json(request) if request.can_read_body else None
+        out = await self.apps.hold(ResumeTraffic.parse(_name(request), body))
+        return web.json_response(out.to_json())
 
     async def rollout_action(self, request: web.Request) -> web.Response:
         body = await read_json(request) if request.can_read_body else None

@@ -27,6 +27,7 @@ from lbctl.cli.parser import EXIT_USAGE, parse_args
 from lbctl.cli.render import render_table
 from lbctl.cli.wait import Failure
 from lbctl.model import InvalidInput, validate_name
+from lbctl.model.hold import parse_max
 
 EXIT_FAIL = 1
 
@@ -93,6 +94,12 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
         validate_name(args.name)
         return asyncio.run(commands.rollout(sock, args.action, args.name, args.to_revision,
                                             args.output, args.no_wait, args.timeout))
+    if args.cmd in ("pause", "resume"):
+        validate_name(args.name)
+        wanted = ({"max": parse_max(args.max)} if args.cmd == "pause" and args.max is not None
+                  else None)
+        return asyncio.run(commands.hold(sock, args.cmd, args.name, wanted, args.no_wait,
+                                         args.timeout))
     if args.cmd == "rm":
         validate_name(args.name)
         return asyncio.run(commands.rm(sock, args.name, args.timeout))

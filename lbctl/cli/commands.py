@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from lbctl.api.client import ApiError, Client
 from lbctl.cli.render import render_history, render_rollout, render_table
-from lbctl.cli.wait import Failure, Goal, wait
+from lbctl.cli.wait import Failure, Goal, wait, wait_hold
 from lbctl.model import AppSpec, InvalidInput
 from lbctl.model.spec import shared_port_check
 
@@ -156,6 +157,26 @@ async def rollout(sock: Path, action: str, name: str, to: int | None, output: st
             return 0 if not ro or ro["state"] in ("complete", "progressing", "paused") else 1
         await wait(c, [Goal(name, revision=ro["target"])], timeout)
         print(f"{name}: revision {ro['target']} is live")
+    return 0
+
+
+async def hold(sock: Path, action: str, name: str, body: dict[str, Any] | None, no_wait: bool,
+               timeout: float) -> int:
+    """`pause`: returns once the data plane holds the app's new connections; `resume`: once
+    it no longer does (what it held is then on its way to the replicas)."""
+    async with Client(sock) as c:
+        resp = await c.request("POST", f"/apps/{name}/{action}", body)
+        if resp["result"] == "unchanged":
+            print(f"{name}: not paused")
+            return 0
+        if not no_wait:
+            await wait_hold(c, name, action == "pause", timeout)
+    if action == "pause":
+        until = resp["hold"]["until"]
+        print(f"{name}: paused until {time.strftime('%H:%M:%S', time.localtime(until))}: new "
+              f"connections wait (`lbctl resume {name}` serves them)")
+    else:
+        print(f"{name}: resumed")
     return 0
 
 

@@ -150,6 +150,8 @@ def spec_from_run(args: argparse.Namespace, command: list[str]) -> dict[str, Any
         data["mode"] = args.mode
     if args.activation is not None:
         data["activation"] = args.activation == "true"
+    if args.release:
+        data["release"] = args.release
     data.update(options_from_args(args, Path.cwd()))
     policy = policy_from_args(args)
     if policy is not None:
@@ -182,6 +184,8 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
         body["replicas"] = parse_replicas(args.replicas)
     if command:
         body["command"] = command
+    if args.release is not None:
+        body["release"] = args.release
     if args.canary is not None:
         if not 1 <= args.canary <= 99:
             raise InvalidInput(f"--canary must be a percentage from 1 to 99, not {args.canary}")
@@ -205,8 +209,8 @@ def update_from_args(args: argparse.Namespace, command: list[str]) -> dict[str, 
         body["unset"] = sorted(set(args.unset))
     if not body:
         raise InvalidInput("nothing to update: give --image, -e, --env-rm, --replicas, a "
-                           "docker run option, --unset, a command after --, update-policy "
-                           "or readiness flags")
+                           "docker run option, --unset, --release, a command after --, "
+                           "update-policy or readiness flags")
     # The change alone is checked here (each option by the model's own validation); the
     # daemon checks the app it makes.
     Update.parse(args.name, body)

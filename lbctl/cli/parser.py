@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", choices=["iptables", "ebpf"])
     _activation_flag(r)
     r.add_argument("-e", "--env", action="append", default=[])
+    r.add_argument("--release", metavar="CMD",
+                   help="run CMD in a one-off container of each new revision before its first "
+                        "replica starts (split like a shell would; a non-zero exit fails the "
+                        "rollout)")
     _docker_run_flags(r)
     _readiness_flags(r)
     _update_policy_flags(r)
@@ -151,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE to add or change")
     u.add_argument("--env-rm", action="append", default=[], help="KEY to remove")
     u.add_argument("--replicas")
+    u.add_argument("--release", metavar="CMD",
+                   help="the release command of the revisions to come ('' removes it); alone "
+                        "it rolls nothing")
     u.add_argument("--canary", type=int, metavar="PCT",
                    help="hold the new revision beside the old one with PCT%% of new "
                         "connections, until `lbctl rollout resume` or `undo`")
@@ -181,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--timeout", type=float, default=300.0,
                     help="status, undo, resume: seconds to wait for the rollout to end")
     ro.add_argument("--no-wait", action="store_true")
+
+    pa = sub.add_parser("pause", help="hold the app's new connections in the kernel (neither "
+                                      "refused nor reset) until `lbctl resume` or --max")
+    pa.add_argument("name")
+    pa.add_argument("--max", type=float, metavar="SECONDS",
+                    help="the hold ends by itself after this long (default 30, at most 3600)")
+    _wait_flags(pa, 30.0)
+
+    re_ = sub.add_parser("resume", help="end the hold: what it held is served, in order")
+    re_.add_argument("name")
+    _wait_flags(re_, 30.0)
 
     rm = sub.add_parser("rm", help="remove an app, its containers, rules and maps")
     rm.add_argument("name")

@@ -37,6 +37,14 @@ def render_table(apps: list[dict[str, Any]]) -> str:
         crash = a.get("crash")
         if crash and not a.get("converged"):
             lines.append(f"  crash: {crash['message']}"[:80])
+        hold = a.get("hold")
+        if hold:
+            lines.append(_hold_line(hold))
+        rel = a.get("release")
+        if rel and (rel["state"] == "running" or not a.get("converged")):
+            what = (f"revision {rel['revision']} running" if rel["state"] == "running"
+                    else rel["message"])
+            lines.append(f"  release: {what}"[:80])
         lines.append(f"  {'REPLICA':<18}{'REV':>4} {'STATE':<11}{'UPTIME':>8}"
                      f"{'CONNECTIONS':>13}{'SHARE':>7}")
         for r in a["replicas"]:
@@ -66,6 +74,19 @@ def render_table(apps: list[dict[str, Any]]) -> str:
 def _wrapped(text: str) -> list[str]:
     parts = textwrap.wrap(text, 76, break_on_hyphens=False, break_long_words=False)
     return ["  " + parts[0], *("    " + part for part in parts[1:])] if parts else []
+
+
+def _hold_line(hold: dict[str, Any]) -> str:
+    if not hold["paused"]:
+        return "  resuming: the hold releases what it held"
+    until = hold.get("until") or 0
+    left = max(0, round(until - time.time()))
+    head = f"  paused until {time.strftime('%H:%M:%S', time.localtime(until))} ({left}s left)"
+    if not hold["holding"]:
+        return f"{head}, not holding yet"
+    held = hold.get("held")
+    return head + (f", {held} connection(s) waiting" if held is not None
+                   else ", new connections wait")
 
 
 def progress(a: dict[str, Any]) -> str:

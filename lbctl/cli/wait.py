@@ -103,3 +103,21 @@ async def wait(c: Client, goals: list[Goal], timeout: float) -> list[dict[str, A
                 + "; see `lbctl status`"
             )
         await asyncio.sleep(0.2)
+
+
+async def wait_hold(c: Client, name: str, held: bool, timeout: float) -> None:
+    """Until the app's data plane holds its new connections (`held`), or no longer does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        a = await c.request("GET", f"/apps/{name}")
+        hold = a.get("hold")
+        if bool(hold and hold["holding"]) == held:
+            return
+        if held and not (hold and hold["paused"]):
+            raise Failure(f"{name}: the hold ended before it held anything")
+        if time.monotonic() > deadline:
+            what = "hold new connections" if held else "release the hold"
+            last = f" (last: {a['last_event']})" if a.get("last_event") else ""
+            raise Failure(f"{name}: the data plane did not {what} within {timeout:g}s{last}; "
+                          "see `lbctl status`")
+        await asyncio.sleep(0.1)

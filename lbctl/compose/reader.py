@@ -50,7 +50,8 @@ _SUB_KEYS = {parent: {k for p, _, k in _NESTED if p == parent} for parent, _, _ 
 _REFUSED = {"healthcheck.disable": "not supported by lbctl (lbctl keeps the image's health "
                                    "check)"}
 _LIMITS = {o.compose.limit for o in OPTIONS if o.compose.limit is not None}
-_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update", "activation", "readiness"}
+_LBCTL_KEYS = {"app", "publish", "mode", "replicas", "update", "activation", "readiness",
+               "release"}
 _DEPLOY_KEYS = {"replicas", "resources", "update_config"}
 _UPDATE_CONFIG = {"parallelism", "delay", "failure_action", "monitor", "order",
                   "max_failure_ratio"}
@@ -215,6 +216,12 @@ class Reader:
             if not isinstance(x["activation"], bool):
                 raise self.fail(f"{where}.{LBCTL_KEY}.activation", "must be true or false")
             spec["activation"] = x["activation"]
+        if x.get("release") is not None:
+            # As compose's `command:`: a string (split like a shell would) or a list, whose
+            # numbers are their text.
+            rel = x["release"]
+            spec["release"] = ([str(w) if isinstance(w, int | float) else w for w in rel]
+                               if isinstance(rel, list) else rel)
         update = dict(self._mapping(x.get("update") or {}, f"{where}.x-lbctl.update"))
         update.update(self._update_config(deploy.get("update_config"), f"{where}.deploy"))
         if update:

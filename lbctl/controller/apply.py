@@ -17,8 +17,8 @@ from lbctl.controller.hostrules import HostRules
 from lbctl.controller.interfaces import EbpfPort, Hairpin
 from lbctl.controller.metrics import Metrics
 from lbctl.controller.planner import AppPlan, Desired, is_host_namespace
-from lbctl.model import AppSpec, Container, Mode
-from lbctl.model.dataplane import Service
+from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode
+from lbctl.model.dataplane import Bound, Service
 from lbctl.model.errors import EbpfError, ListenerError
 
 log = logging.getLogger("lbctl.controller")
@@ -83,6 +83,41 @@ class AppDataplane:
         await self.hostrules.set(self.app, backends.service(spec, p))
         return frozenset(c.id for c in p.backends)
 
+    # ---- the traffic hold (ebpf mode; iptables mode holds with its rules) -------------------
+
+    async def hold_sockets(self, spec: AppSpec, p: AppPlan) -> list[Bound]:
+        """Where the app's replicas listen, as a hold container must copy it: read from the
+        first running replica in the app's namespace that listens (empty: none does yet)."""
+        if self.ebpf is None or p.sandbox is None:
+            return []
+        for c in p.backends:
+            if c.pid and c.role == ROLE_REPLICA:
+                found = await self.ebpf.bound(c.pid, spec.publish.container_port,
+                                              spec.publish.proto)
+                if found:
+                    return found
+        return []
+
+    async def holding(self, p: AppPlan) -> frozenset[str]:
+        """The hold containers whose listeners the socket map holds (after a sync)."""
+        if self.ebpf is None:
+            return frozenset()
+        out = set()
+        for c in p.holds:
+            if c.pid and await self.ebpf.holds(self.app, c.name, c.pid):
+                out.add(c.id)
+        return frozenset(out)
+
+    async def held(self, spec: AppSpec, p: AppPlan) -> int:
+        """Connections the hold containers hold now (their accept queues)."""
+        if self.ebpf is None:
+            return 0
+        n = 0
+        for c in p.holds:
+            if c.pid:
+                n += await self.ebpf.queued(c.pid, spec.publish.container_port)
+        return n
+
     async def remove(self) -> None:
         """The app's last containers are gone: so are its rules and its eBPF objects."""
         await self.hostrules.set(self.app, None)
@@ -114,7 +149,8 @@ class AppDataplane:
         with self.metrics.sync_seconds.labels(dataplane="ebpf").time():
             try:
                 await self.ebpf.sync(self.app, port, netns_pid, ready, drains,
-                                     spec.publish.proto, probing=probing)
+                                     spec.publish.proto, probing=probing,
+                                     holds=backends.hold_members(p))
             except ListenerError as e:
                 fail(str(e))  # the app must change, not lbctl
             except EbpfError:

@@ -40,6 +40,8 @@ from lbctl.controller.store import AppRecord, State, StateStore
 from lbctl.model import AppSpec, Forbidden, InvalidInput, Mode, Publish
 from lbctl.model.changes import (
     Create,
+    HoldChange,
+    HoldTraffic,
     Outcome,
     Pause,
     Replace,
@@ -49,6 +51,7 @@ from lbctl.model.changes import (
     Undo,
 )
 from lbctl.model.errors import Conflict, NotFound
+from lbctl.model.hold import Hold
 from lbctl.model.options import NAMESPACE_FIELDS
 from lbctl.model.rollout import FailureAction, Revision, Rollout, RolloutState
 
@@ -175,7 +178,13 @@ class AppsService:
             prev = rec.revision_of(ro.previous)
             stable = prev.spec.spec_hash() if prev else None
         paused = ro is not None and ro.state in (RolloutState.PAUSED, RolloutState.FAILED)
-        return Desired(rec.spec, rec.spec.spec_hash(), rec.revision, stable, canary, paused)
+        # The release command of a revision whose release has not passed yet (the planner
+        # runs it only before the revision's first replica).
+        release = (rec.spec.release_argv() or None) if rec.revision not in rec.released \
+            else None
+        return Desired(rec.spec, rec.spec.spec_hash(), rec.revision, stable, canary, paused,
+                       hold_until=rec.hold.until if rec.hold is not None else None,
+                       release=release)
 
     def revision_spec(self, name: str, spec_hash: str) -> AppSpec | None:
         """The spec of the app's revision with this hash (a canary's stable replicas)."""
@@ -296,7 +305,8 @@ class AppsService:
                     by.policy.check_app(spec.to_json(), rec.spec.replicas)
                 ro = Rollout(RolloutState.PROGRESSING, back.number, rec.revision, None,
                              f"undo: back to revision {back.number}", now, now)
-                new = AppRecord(spec, back.number, rec.history, ro, by.owner)
+                new = replace(rec, spec=spec, revision=back.number, rollout=ro,
+                              owner=by.owner)
             else:
                 if rec.rollout is None:
                     raise InvalidInput(f"app {name} has no rollout")
@@ -308,6 +318,60 @@ class AppsService:
             self._save(state, [name])
         log.info("rollout %s", ro.state, extra={"app": name, "revision": ro.target})
         return self._outcome(name, str(ro.state), ro)
+
+    async def hold(self, change: HoldChange) -> Outcome:
+        """Pause (hold new connections until the deadline, a paused app's being moved) or
+        resume. Anyone who may manage the app may: a hold gives no container anything."""
+        name = change.name
+        async with self._commit:
+            rec = self._record(name)
+            now = self.clock()
+            if isinstance(change, HoldTraffic):
+                if rec.spec.publish.proto != "tcp":
+                    raise InvalidInput(f"app {name} publishes UDP: a hold holds new TCP "
+                                       "connections, and held datagrams would be lost")
+                if rec.spec.activated:
+                    # Its listeners are lbctl's, in the host's namespace: a hold container
+                    # would need one of its own there, which the hand-over does not make yet.
+                    raise InvalidInput(f"app {name} uses socket activation, which pause does "
+                                       "not hold yet: run it without --activation to pause it")
+                since = rec.hold.since if rec.hold is not None and rec.hold.active(now) else now
+                new = replace(rec, hold=Hold(since, now + change.seconds))
+                result = "paused"
+            elif rec.hold is None:
+                return self._outcome(name, "unchanged")
+            else:
+                new = replace(rec, hold=None)
+                result = "resumed"
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = new
+            self._save(state, [name])
+        log.info("app %s", result, extra={"app": name, **(
+            {"until": new.hold.until} if new.hold is not None else {})})
+        return self._outcome(name, result)
+
+    async def hold_ended(self, name: str, until: float) -> None:
+        """The worker saw the hold reach its deadline: it is over (unless a newer pause
+        moved the deadline meanwhile)."""
+        async with self._commit:
+            rec = self.state.apps.get(name)
+            if rec is None or rec.hold is None or rec.hold.until != until:
+                return
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = replace(rec, hold=None)
+            self._save(state, [name], bump=False)
+        log.info("hold ended at its --max", extra={"app": name})
+
+    async def release_passed(self, name: str, revision: int) -> None:
+        """The release command of `revision` exited 0: its replicas may start, and it does
+        not run again for that revision."""
+        async with self._commit:
+            rec = self.state.apps.get(name)
+            if rec is None or revision in rec.released:
+                return
+            state = State(dict(self.state.apps), dict(self.state.deleted))
+            state.apps[name] = replace(rec, released=rec.with_released(revision))
+            self._save(state, [name], bump=False)
 
     async def delete(self, name: str) -> None:
         """Forget the app's spec; its worker drains and removes what remains. Returns at once:
@@ -452,7 +516,8 @@ class AppsService:
 
     def _outcome(self, name: str, result: str, rollout: Rollout | None = None) -> Outcome:
         rec = self._record(name)
-        return Outcome(name, result, rec.revision, self.generation(name), rec.spec, rollout)
+        return Outcome(name, result, rec.revision, self.generation(name), rec.spec, rollout,
+                       rec.hold)
 
     # ---- what workers report ---------------------------------------------------------------
 
@@ -471,8 +536,11 @@ class AppsService:
             self._save(state, [name], bump=False)
         log.info("rollout complete", extra={"app": name, "revision": revision})
 
-    async def rollout_failed(self, name: str, revision: int, reason: str) -> None:
-        """A new replica failed the rollout: go back (rollback) or hold (pause)."""
+    async def rollout_failed(self, name: str, revision: int, reason: str,
+                             release: bool = False) -> None:
+        """A new replica failed the rollout, or the revision's release command did
+        (`release`: `reason` names the revision already): go back (rollback) or hold
+        (pause)."""
         async with self._commit:
             rec = self.state.apps.get(name)
             ro = rec.rollout if rec else None
@@ -481,16 +549,16 @@ class AppsService:
             now = self.clock()
             state = State(dict(self.state.apps), dict(self.state.deleted))
             back = rec.revision_of(ro.previous) if ro.previous is not None else None
+            what = reason if release else f"revision {revision} failed ({reason})"
             if rec.spec.update.failure_action is FailureAction.ROLLBACK and back is not None:
-                msg = f"revision {revision} failed ({reason}); rolled back to {back.number}"
-                new = AppRecord(
-                    _with_template(rec.spec, back.spec), back.number, rec.history,
-                    Rollout(RolloutState.ROLLED_BACK, back.number, revision, None, msg,
-                            ro.started, now),
-                    rec.owner,
+                msg = f"{what}; rolled back to {back.number}"
+                new = replace(
+                    rec, spec=_with_template(rec.spec, back.spec), revision=back.number,
+                    rollout=Rollout(RolloutState.ROLLED_BACK, back.number, revision, None, msg,
+                                    ro.started, now),
                 )
             else:
-                msg = f"revision {revision} failed ({reason}); rollout paused"
+                msg = f"{what}; rollout paused"
                 new = replace(rec, rollout=replace(ro, state=RolloutState.FAILED, message=msg,
                                                    updated=now))
             state.apps[name] = new
@@ -605,7 +673,8 @@ class AppsService:
         rev = Revision(number, spec, now, _change_note(old.spec, spec))
         ro = Rollout(RolloutState.PROGRESSING, number, old.revision, canary,
                      f"rolling to revision {number}", now, now)
-        state.apps[spec.name] = AppRecord(spec, number, old.with_history(rev), ro, owner)
+        state.apps[spec.name] = replace(old, spec=spec, revision=number,
+                                        history=old.with_history(rev), rollout=ro, owner=owner)
         return "rolling"
 
     def _save(self, state: State, changed: Sequence[str], bump: bool = True) -> None:

@@ -23,6 +23,7 @@ from lbctl.controller.apps import AppsService
 from lbctl.controller.interfaces import EbpfPort, RulesPort
 from lbctl.controller.metrics import Metrics
 from lbctl.model import Mode
+from lbctl.model.names import hold_name
 
 log = logging.getLogger("lbctl.controller")
 
@@ -98,7 +99,9 @@ class KernelCounters:
                 if rec is None or rec.spec.mode is not Mode.EBPF:
                     continue
                 try:
-                    out[app] = await self.ebpf.counters(app)
+                    # A traffic hold's listener is steered to like a replica; it is none.
+                    out[app] = {name: n for name, n in (await self.ebpf.counters(app)).items()
+                                if not name.startswith(hold_name(app, ""))}
                     for reason, n in (await self.ebpf.reasons(app)).items():
                         self.metrics.bpf_reasons.values[(app, reason)] = n
                 except Exception as e:

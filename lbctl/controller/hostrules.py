@@ -198,6 +198,8 @@ def _service_json(s: Service) -> dict[str, Any]:
     }
     if s.extra_publishes:
         doc["extra_publishes"] = [str(p) for p in s.extra_publishes]
+    if s.hold_until is not None:
+        doc["hold_until"] = s.hold_until
     return doc
 
 
@@ -213,4 +215,5 @@ def _service(d: dict[str, Any]) -> Service:
         ),
         bridges=tuple(str(b) for b in d["bridges"]),
         extra_publishes=tuple(Publish.parse(p) for p in d.get("extra_publishes", [])),
+        hold_until=float(d["hold_until"]) if d.get("hold_until") is not None else None,
     )

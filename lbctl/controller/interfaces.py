@@ -15,7 +15,7 @@ from typing import Protocol
 
 from lbctl.controller.readiness.outcome import ProbeResult
 from lbctl.model import AppSpec, Container, Publish
-from lbctl.model.dataplane import Member, Service
+from lbctl.model.dataplane import Bound, Member, Service
 from lbctl.model.log_lines import LogLine
 from lbctl.model.runtime import (
     CreateRequest,
@@ -77,11 +77,16 @@ class EbpfPort(Protocol):
         draining: Sequence[Member] = (),
         proto: str = "tcp",
         probing: Sequence[Member] = (),
+        holds: Sequence[Member] = (),
     ) -> None: ...
 
     async def probe_socket(
         self, app: str, replica: str, pid: int, family: int
     ) -> tuple[socket.socket, str] | None: ...
+
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]: ...
+
+    async def queued(self, pid: int, port: int) -> int: ...
 
     async def has_listener(
         self, pid: int, port: int, name: str | None = None, proto: str = "tcp"

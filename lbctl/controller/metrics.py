@@ -22,6 +22,7 @@ from lbctl import __version__
 from lbctl.model import ReplicaState
 
 DATAPLANES = ("iptables", "ebpf")
+RELEASE_RESULTS = ("succeeded", "failed", "timed_out")
 
 
 class _KernelCounters(Collector):
@@ -109,6 +110,19 @@ class Metrics:
             registry=r,
         )
         self._probe_labels: set[tuple[str, str, str]] = set()
+        self.paused = Gauge(
+            "lbctl_app_paused", "1 while the app's traffic hold is on (lbctl pause)", ["app"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "lbctl_app_held_connections",
+            "New connections waiting in the app's traffic hold (ebpf mode: its accept queue)",
+            ["app"], registry=r,
+        )
+        self.release_runs = Counter(
+            "lbctl_release_runs", "Release commands run, by how they ended", ["app", "result"],
+            registry=r,
+        )
         self.build_info = Gauge("lbctl_build_info", "lbctl version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.connections = _KernelCounters(
@@ -152,9 +166,12 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 self.replicas.remove(app, str(state))
         for metric in (self.rollout_in_progress, self.rollout_revision, self.pass_errors,
-                       self.sandbox_repairs, self.rollout_failures):
+                       self.sandbox_repairs, self.rollout_failures, self.paused, self.held):
             with contextlib.suppress(KeyError):
                 metric.remove(app)
+        for result in RELEASE_RESULTS:
+            with contextlib.suppress(KeyError):
+                self.release_runs.remove(app, result)
         for values in (self.connections.values, self.bpf_reasons.values):
             for key in [k for k in values if k[0] == app]:
                 del values[key]

@@ -16,6 +16,22 @@ of another hash than the target's are "old"; while any exist a rollout is in pro
 than desired + surge replicas, never fewer available than desired - unavailable, a new
 replica available only once it stayed ready for `monitor` seconds. Everything here is level-
 triggered, so a restarted daemon goes on from whatever runs.
+
+Release: when the target revision has a release command that has not passed
+(`Desired.release`) and no replica of that revision exists yet, a one-off container of it runs
+the command first (`start_release`), labelled with the revision's hash; until it exits 0 no
+replica of that revision is created and no old one retires for the rollout. The worker reads
+how it ended from the exited container (`release_exited`) or stops one that outlived the
+release timeout (`release_overdue`), and records the result: a failure fails the rollout, so
+the planner never starts it again for the same rollout.
+
+Traffic hold (ebpf mode): while the app's hold is before its deadline, a hold container (a
+listener in the replicas' reuseport group that never accepts) takes every new connection
+(`holds`, preferred first); a hold of another deadline (an earlier pause) keeps holding until
+the current one holds (`Observed.holding`), then retires, and its queued connections migrate
+to the current one. Once the hold is over every hold container retires after the sync that
+returns the tables to the replicas, and its queue migrates to them. iptables mode holds with
+rules (`hold_until`), no container.
 """
 
 from __future__ import annotations
@@ -24,7 +40,17 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from lbctl.model import ROLE_SANDBOX, AppSpec, Container, Mode, ReplicaState
+from lbctl.model import (
+    ROLE_HOLD,
+    ROLE_RELEASE,
+    ROLE_REPLICA,
+    ROLE_SANDBOX,
+    AppSpec,
+    Container,
+    Mode,
+    ReplicaState,
+)
+from lbctl.model.hold import hold_tag
 from lbctl.model.options import HOST_NETWORK
 from lbctl.model.rollout import UpdatePolicy
 from lbctl.settings import WorkerSettings
@@ -53,6 +79,10 @@ class Desired:
     paused: bool = False
     # Deleted app: its last spec, so its replicas drain as they served (port, protocol, mode).
     gone: AppSpec | None = None
+    # The traffic hold's deadline (epoch seconds): it holds while `Observed.wall` is before.
+    hold_until: float | None = None
+    # The release command the target revision still has to pass (None: none, or it passed).
+    release: tuple[str, ...] | None = None
 
     @property
     def hash(self) -> str | None:
@@ -86,6 +116,10 @@ class Observed:
     # Clock time of the rollout's last step (a batch started), for the policy's delay;
     # -inf: none yet.
     last_step: float = -math.inf
+    # Hold containers whose listeners the data plane holds (in its socket map): the one that
+    # replaces an older hold takes over once it is in.
+    holding: frozenset[str] = frozenset()
+    release_timeout: float = WorkerSettings.release_timeout  # seconds a release may run
 
 
 @dataclass(frozen=True)
@@ -123,12 +157,24 @@ class AppPlan:
     rollout_step: bool = False  # a new batch starts in this pass (for the policy's delay)
     # Every wanted replica runs the target revision, is ready, and nothing retires.
     converged: bool = False
+    # The traffic hold (module doc): the active deadline, the hold containers to steer new
+    # connections to (preferred first; ebpf mode), and whether one must be created.
+    hold_until: float | None = None
+    holds: tuple[Container, ...] = ()
+    create_hold: bool = False
+    # The release step (module doc): start the target revision's release container; the one
+    # that runs, or that exited (its result to record), or that outlived the release timeout.
+    start_release: bool = False
+    releasing: Container | None = None
+    release_exited: Container | None = None
+    release_overdue: Container | None = None
     # A deleted app with no managed container left: its worker may finish.
     done: bool = False
 
     @property
     def changes(self) -> bool:
-        return bool(self.create_sandbox or self.create or self.retire)
+        return bool(self.create_sandbox or self.create or self.retire or self.create_hold
+                    or self.start_release)
 
 
 def host_namespace(app: str) -> Container:
@@ -154,11 +200,13 @@ def own_namespaces(spec: AppSpec) -> bool:
 def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     spec = desired.spec
     containers = sorted(observed.containers, key=lambda c: c.name)
-    replicas = [c for c in containers if c.role != ROLE_SANDBOX]
+    replicas = [c for c in containers if c.role == ROLE_REPLICA]
     sandboxes = [c for c in containers if c.role == ROLE_SANDBOX and c.managed]
+    # lbctl's one-off and hold containers: never replicas, never adopted.
+    helpers = [c for c in containers if c.role in (ROLE_HOLD, ROLE_RELEASE) and c.managed]
     retiring = observed.retiring
     if spec is None:
-        return _plan_deleted(replicas, sandboxes, retiring)
+        return _plan_deleted(replicas, sandboxes, helpers, retiring)
 
     retire: list[Container] = []
     sandbox: Container | None = None
@@ -235,7 +283,12 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
     retire += expired
     active = [c for c in active if c not in expired]
 
-    roll = _roll(spec, desired, observed, active, states, target)
+    release = _plan_release(spec, desired, observed, replicas, helpers, target)
+    retire += release.retire
+    hold = _plan_hold(spec, desired, observed, sandbox, helpers)
+    retire += hold.retire
+
+    roll = _roll(spec, desired, observed, active, states, target, release.pending)
     retire += roll.retire
     out = {c.id for c in roll.retire}
     serving = [c for c in serving if c.id not in out and c not in expired]
@@ -288,7 +341,7 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         not creates and not roll.create and not dead_indexes and not reclaim
         and not any(c.running for c in retire) and not any(c.id in retiring for c in replicas)
         and not old_left and ready_target == spec.replicas
-        and (own or sandbox is not None)
+        and (own or sandbox is not None) and not release.pending
     )  # fmt: skip
     return AppPlan(
         create_sandbox=create_sandbox,
@@ -310,7 +363,94 @@ def plan_app(desired: Desired, observed: Observed) -> AppPlan:
         and not any(c.running for c in retire),
         rollout_step=roll.step,
         converged=converged,
+        hold_until=hold.until,
+        holds=hold.holds,
+        create_hold=hold.create,
+        start_release=release.start,
+        releasing=release.running,
+        release_exited=release.exited,
+        release_overdue=release.overdue,
     )
+
+
+@dataclass
+class _Release:
+    pending: bool = False  # the target revision's replicas wait for its release
+    start: bool = False
+    running: Container | None = None
+    exited: Container | None = None
+    overdue: Container | None = None
+    retire: list[Container] = field(default_factory=list)
+
+
+def _plan_release(spec: AppSpec, desired: Desired, observed: Observed,
+                  replicas: list[Container], helpers: list[Container], target: str) -> _Release:
+    """The release step of the target revision (module doc). Its container is the one
+    labelled with the target's hash; any other release container is left over (a revision
+    that was replaced while its release ran, one whose result was recorded) and goes."""
+    r = _Release()
+    mine = [c for c in helpers if c.role == ROLE_RELEASE]
+    needed = (
+        desired.release is not None and spec.replicas > 0
+        and not any(c.managed and _hash(c, target) == target for c in replicas)
+    )  # fmt: skip
+    current = [c for c in mine if c.spec_hash == target and c.id not in observed.retiring]
+    if needed:
+        r.pending = True
+        run = next((c for c in current if c.running), None)
+        done = next((c for c in current if not c.running), None)
+        if done is not None:
+            r.exited = done
+        elif run is not None:
+            started = run.started_at if run.started_at is not None else observed.wall
+            if observed.wall - started > observed.release_timeout:
+                r.overdue = run
+            else:
+                r.running = run
+        elif not any(c.spec_hash == target for c in mine):
+            # Not while the rollout is held (paused, or failed with failure_action pause:
+            # `rollout resume` runs it again), nor for an app that failed.
+            r.start = not observed.blocked and not desired.paused
+        keep = {c.id for c in (r.exited, r.running, r.overdue) if c is not None}
+    else:
+        keep = set()
+    r.retire = [c for c in mine if c.id not in keep and c.id not in observed.retiring]
+    return r
+
+
+@dataclass
+class _Hold:
+    until: float | None = None
+    holds: tuple[Container, ...] = ()
+    create: bool = False
+    retire: list[Container] = field(default_factory=list)
+
+
+def _plan_hold(spec: AppSpec, desired: Desired, observed: Observed, sandbox: Container | None,
+               helpers: list[Container]) -> _Hold:
+    """The traffic hold (module doc)."""
+    h = _Hold()
+    mine = [c for c in helpers if c.role == ROLE_HOLD and c.id not in observed.retiring]
+    if desired.hold_until is not None and observed.wall < desired.hold_until:
+        h.until = desired.hold_until
+    if h.until is None or spec.mode is not Mode.EBPF or sandbox is None:
+        # Not held, or not by a container: what is left goes (an ebpf app whose sandbox is
+        # being repaired gets a new hold in its new namespace).
+        h.retire = mine
+        return h
+    want = hold_tag(h.until)
+    live = [c for c in mine if c.running and c.joined_to == sandbox.id]
+    current = next((c for c in live if c.hold == want), None)
+    h.retire = [c for c in mine if c not in live]
+    if current is None:
+        h.holds = tuple(live)  # an earlier pause's hold goes on holding meanwhile
+        h.create = not observed.blocked and not any(c.hold == want for c in mine)
+    elif current.id in observed.holding:
+        h.holds = (current,)
+        h.retire += [c for c in live if c is not current]
+    else:
+        h.holds = (current, *(c for c in live if c is not current))
+    return h
 
 
 @dataclass
@@ -329,8 +469,10 @@ def _roll(
     active: list[Container],
     states: Mapping[str, ReplicaState],
     target: str,
+    release_pending: bool = False,
 ) -> _Roll:
-    """Replica count and revision: what to create and what to retire."""
+    """Replica count and revision: what to create and what to retire. `release_pending`:
+    the target revision's release has not passed, so none of its replicas may start."""
     n = spec.replicas
     policy = spec.update
     new = [c for c in active if _hash(c, target) == target]
@@ -344,7 +486,15 @@ def _roll(
         # Steady state: scale. Surplus goes unready first, then the highest index.
         if len(new) > n:
             r.retire = r.surplus = _by_retire_order(new, ready)[: len(new) - n]
-        r.create = [target] * max(0, n - len(new))
+        if not release_pending:
+            r.create = [target] * max(0, n - len(new))
+        return r
+
+    if release_pending:
+        # The old revision serves as it is until the release passed (a crashed old replica
+        # is replaced by its own revision); no step of the rollout starts.
+        stable = desired.stable_hash or _hash(old[0], target)
+        r.create = [stable] * max(0, n - len(old) - len(new))
         return r
 
     # A rollout is under way: did a new replica fail it?
@@ -401,7 +551,7 @@ def _rollout_failure(
 ) -> tuple[Container, str] | None:
     for c in observed.containers:
         if (
-            c.managed and c.role != ROLE_SANDBOX and not c.running
+            c.managed and c.role == ROLE_REPLICA and not c.running
             and _hash(c, target) == target and c.id not in observed.retiring
         ):  # fmt: skip
             code = f" with code {c.exit_code}" if c.exit_code is not None else ""
@@ -423,16 +573,18 @@ def _rollout_failure(
 
 
 def _plan_deleted(
-    replicas: list[Container], sandboxes: list[Container], retiring: frozenset[str]
+    replicas: list[Container], sandboxes: list[Container], helpers: list[Container],
+    retiring: frozenset[str],
 ) -> AppPlan:
     # Its data plane entry goes in this pass (the worker removes it whatever the plan says):
     # running replicas then only wait for their established connections before they stop.
-    retire = [c for c in replicas if c.managed and c.id not in retiring]
+    members = [c for c in replicas if c.managed] + helpers
+    retire = [c for c in members if c.id not in retiring]
     states = {c.id: ReplicaState.DRAINING for c in replicas if c.managed and c.running}
-    # Podman keeps a sandbox while containers that joined it exist: replicas go first.
-    if not any(c.managed for c in replicas):
+    # Podman keeps a sandbox while containers that joined it exist: they go first.
+    if not members:
         retire += [s for s in sandboxes if s.id not in retiring]
-    done = not any(c.managed for c in replicas) and not sandboxes
+    done = not members and not sandboxes
     return AppPlan(retire=tuple(retire), states=states, done=done)
 
 

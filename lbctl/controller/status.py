@@ -18,6 +18,7 @@ from lbctl.controller.counters import KernelCounters
 from lbctl.controller.supervisor import Controller
 from lbctl.controller.view import AppView
 from lbctl.model import ROLE_REPLICA, Mode, ReplicaState, sandbox_name
+from lbctl.model.hold import Hold
 from lbctl.model.spec import shared_port_check
 
 
@@ -49,6 +50,22 @@ class Status:
         return [_app(self.apps, n, self.controller.view(n), counts.get(n, {}), self.wall(),
                      self.listeners, rules.error(n))
                 for n in names]
+
+
+def _hold(hold: Hold | None, view: AppView | None, now: float) -> dict[str, Any] | None:
+    """The traffic hold: asked for (`paused`, since, until) and in the data plane (`holding`,
+    `held`: connections waiting in it now, ebpf mode); None when neither."""
+    paused = hold is not None and hold.active(now)
+    holding = bool(view is not None and view.holding)
+    if not paused and not holding:
+        return None
+    return {
+        "paused": paused,
+        "since": hold.since if hold is not None else None,
+        "until": hold.until if hold is not None else None,
+        "holding": holding,
+        "held": view.held if view is not None and view.holding else None,
+    }
 
 
 def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, int],
@@ -131,6 +148,8 @@ def _app(apps: AppsService, name: str, view: AppView | None, counts: dict[str, i
         "revision": rec.revision,
         "rollout": ro.to_json() if ro else None,
         "crash": view.crash.to_json() if view and view.crash else None,
+        "hold": _hold(rec.hold, view, now),
+        "release": view.release.to_json() if view and view.release else None,
         # Something else bound the host port while the daemon was down: our rule still sends
         # the traffic to the app, but that process may believe it serves the port.
         "port_conflict": apps.port_conflict(name),

@@ -19,6 +19,7 @@ from typing import Any
 
 from lbctl.fsutil import atomic_write
 from lbctl.model import AppSpec, InvalidInput
+from lbctl.model.hold import Hold
 from lbctl.model.rollout import MAX_HISTORY, Revision, Rollout
 
 STATE_VERSION = 2
@@ -39,6 +40,10 @@ class AppRecord:
     # kept), else the member's uid. A member's app is judged as theirs at every replica
     # create (controller.sources) and counts against the members' ceilings (limits).
     owner: int | None = None
+    hold: Hold | None = None  # `lbctl pause`: new connections wait until resume or its end
+    # Revisions whose release command ran and exited 0 (of those in `history`): a rollout to
+    # one of them (an undo, a scale-up) does not run it again.
+    released: tuple[int, ...] = ()
 
     def revision_of(self, number: int) -> Revision | None:
         return next((r for r in self.history if r.number == number), None)
@@ -46,6 +51,11 @@ class AppRecord:
     def with_history(self, rev: Revision) -> tuple[Revision, ...]:
         kept = [r for r in self.history if r.number != rev.number] + [rev]
         return tuple(kept[-MAX_HISTORY:])
+
+    def with_released(self, revision: int) -> tuple[int, ...]:
+        """`released` plus `revision`, for the revisions still in the history."""
+        kept = {r.number for r in self.history}
+        return tuple(sorted({n for n in (*self.released, revision) if n in kept}))
 
 
 @dataclass
@@ -83,7 +93,7 @@ class StateStore:
                 if not rec.history:
                     rec = AppRecord(rec.spec, rec.revision,
                                     (Revision(rec.revision, rec.spec, 0.0, "adopted"),),
-                                    rec.rollout, rec.owner)
+                                    rec.rollout, rec.owner, rec.hold, rec.released)
                 state.apps[rec.spec.name] = rec
             for item in raw.get("deleted", []):
                 spec = AppSpec.from_json(item)
@@ -110,7 +120,7 @@ class StateStore:
 
 
 def _record_json(rec: AppRecord) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         "spec": rec.spec.to_json(),
         "revision": rec.revision,
         "history": [r.to_json() for r in rec.history],
@@ -118,6 +128,11 @@ def _record_json(rec: AppRecord) -> dict[str, Any]:
     }
     if rec.owner is not None:  # root's records stay as they were (older daemons read both)
         out["owner"] = rec.owner
+    # Only when there is something to say: a file an older lbctl reads stays the same.
+    if rec.hold is not None:
+        out["hold"] = rec.hold.to_json()
+    if rec.released:
+        out["released"] = list(rec.released)
     return out
 
 
@@ -134,4 +149,7 @@ def _record(item: Any) -> AppRecord:
     owner = item.get("owner")
     if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int)):
         raise TypeError(f"owner {owner!r} is not a uid")
-    return AppRecord(spec, int(item.get("revision", 1)), history, rollout, owner)
+    hold = Hold.from_json(item["hold"]) if item.get("hold") else None
+    released = tuple(int(n) for n in item.get("released", []))
+    return AppRecord(spec, int(item.get("revision", 1)), history, rollout, owner, hold,
+                     released)

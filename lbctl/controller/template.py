@@ -19,21 +19,34 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lbctl.model import (
+    LABEL_HOLD,
     LABEL_MANAGED,
     LABEL_NETWORK,
+    ROLE_HOLD,
+    ROLE_RELEASE,
     ROLE_REPLICA,
     ROLE_SANDBOX,
     AppSpec,
     InvalidInput,
 )
 from lbctl.model.activation import SHIM_IN, SOCKET_DIR_IN
-from lbctl.model.names import OWN_NETWORK, replica_labels, replica_name, sandbox_name
-from lbctl.model.options import DEFAULT_NETWORK, NAMESPACE_FIELDS, RunOptions
+from lbctl.model.dataplane import Bound
+from lbctl.model.hold import hold_tag
+from lbctl.model.names import (
+    OWN_NETWORK,
+    hold_name,
+    release_name,
+    replica_labels,
+    replica_name,
+    sandbox_name,
+)
+from lbctl.model.options import DEFAULT_NETWORK, HOST_NETWORK, NAMESPACE_FIELDS, RunOptions
 from lbctl.model.runtime import CreateRequest, ImageFacts, NetworkSpec
 
 # lbctl's own bridge network, for apps that publish IPv6: the engine's default bridge has no
@@ -203,4 +216,60 @@ def sandbox_request(spec: AppSpec, image: str) -> CreateRequest:
         options=RunOptions(add_host=o.add_host, dns=o.dns),
         networks=where.networks,
         aliases=where.aliases,
+    )
+
+
+def release_request(spec: AppSpec, revision: int, spec_hash: str,
+                    default_pids_limit: int | None) -> CreateRequest:
+    """The one-off container that runs `spec`'s release command for `revision`: the
+    revision's image, environment, volumes, networks, user and the rest of its options, as a
+    replica gets them, the command in place of the replica's; but no place in any data plane:
+    a network namespace of its own on the app's networks (ebpf mode's sandbox holds the
+    replicas' port; the host's with `--network host`), without the app's name as an alias
+    (other containers calling the app by name must never reach it). It learns its app and
+    revision from LBCTL_APP and LBCTL_REVISION."""
+    env = dict(spec.env)
+    env.update({"LBCTL_APP": spec.name, "LBCTL_REVISION": str(revision)})
+    options = spec.options
+    if options.pids_limit is None and default_pids_limit is not None:
+        options = replace(options, pids_limit=default_pids_limit)
+    join: str | None = None
+    networks: tuple[str, ...] = ()
+    if spec.host_network:
+        join = HOST_NETWORK
+        options = options.without(*NAMESPACE_FIELDS)
+    else:
+        networks = attachment(spec).networks
+    return CreateRequest(
+        name=release_name(spec.name, revision),
+        image=spec.image,
+        labels=replica_labels(spec.name, ROLE_RELEASE, spec_hash=spec_hash, revision=revision),
+        env=env,
+        command=spec.release_argv(),
+        join=join,
+        options=options,
+        networks=networks,
+    )
+
+
+def hold_request(app: str, join: str, bound: Sequence[Bound], until: float, margin: float,
+                 image: str) -> CreateRequest:
+    """ebpf mode's traffic hold: `pause hold` (images/pause) in the replicas' network
+    namespace (`join`: the sandbox, or the host's), listening beside them on every address
+    they listen on (`bound`, read from a replica's listeners) with SO_REUSEPORT, as their
+    user (the kernel puts only sockets of one owner in a reuseport group), so the program
+    can steer new connections to it; it never accepts one. It exits by itself `margin`
+    seconds after the deadline, so that a hold ends even with no daemon running."""
+    tag = hold_tag(until)
+    labels = replica_labels(app, ROLE_HOLD)
+    labels[LABEL_HOLD] = tag
+    deadline = math.ceil(until + margin)
+    return CreateRequest(
+        name=hold_name(app, tag),
+        image=image,
+        labels=labels,
+        env={"LBCTL_APP": app},
+        command=("hold", str(deadline), *sorted({b.text for b in bound})),
+        join=join,
+        options=RunOptions(user=str(bound[0].uid)),
     )

@@ -33,6 +33,23 @@ class CrashReport:
 
 
 @dataclass
+class ReleaseReport:
+    """The last release command the worker ran or watched: what `status` shows, and the one
+    line a failed one fails its rollout (or a first `run`) with."""
+
+    revision: int
+    state: str  # running, succeeded, failed
+    exit_code: int | None = None
+    log: str = ""
+    at: float = 0.0  # epoch seconds it started (running) or ended
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "state": self.state, "exit_code": self.exit_code,
+                "log": self.log, "at": self.at, "message": self.message}
+
+
+@dataclass
 class AppView:
     """What the worker last saw and did: `status` reads it, never the engine."""
 
@@ -51,3 +68,6 @@ class AppView:
     synced: bool = False  # one pass went through
     # container id -> its readiness record (the probes' own, live: a probe updates it).
     probes: Mapping[str, ProbeRecord] = field(default_factory=dict)
+    holding: bool = False  # the data plane holds new connections (the traffic hold is in)
+    held: int | None = None  # connections a hold container holds now (ebpf mode)
+    release: ReleaseReport | None = None

@@ -27,15 +27,16 @@ from lbctl.controller.apply import AppDataplane
 from lbctl.controller.apps import AppsService
 from lbctl.controller.draining import Drains
 from lbctl.controller.interfaces import ActivationPort, EnginePort
-from lbctl.controller.metrics import Metrics
+from lbctl.controller.metrics import RELEASE_RESULTS, Metrics
 from lbctl.controller.planner import AppPlan, Desired, Observed, plan_app
 from lbctl.controller.readiness.rounds import ReplicaProbes
 from lbctl.controller.retire import Retirements
 from lbctl.controller.sources import SourceGuard
-from lbctl.controller.view import AppView, CrashReport
+from lbctl.controller.view import AppView, CrashReport, ReleaseReport
 from lbctl.model import ROLE_REPLICA, AppSpec, Container, Mode, ReplicaState
 from lbctl.model.errors import EbpfError, EngineError, InvalidInput
 from lbctl.model.names import replica_name
+from lbctl.model.options import HOST_NETWORK
 from lbctl.model.readiness import ReadinessProbe
 from lbctl.model.runtime import CreateRequest, EngineEvent, ImageFacts, NetworkSpec
 from lbctl.settings import Settings
@@ -59,13 +60,15 @@ class AppWorker:
         activation: ActivationPort | None = None,
         guard: SourceGuard | None = None,
         now: Callable[[], float] = clock.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         """`settings`: the tree; a worker reads its `worker` section, the drains' `drain`
         (for its retirements) and the replicas' default pids limit. `own_network`: lbctl's
         network (template.network_spec of this host's subnet), for apps placed there.
         `activation`: the hand-over of activated apps' listeners (None: this host has no
         eBPF data plane, so no app is activated). `guard`: judges what a member's replica
-        mounts again before it is created."""
+        mounts again before it is created. `wall`: epoch seconds (start times, a hold's
+        deadline; tests put the loop's)."""
         self.name = name
         self.engine = engine
         self.apps = apps
@@ -80,6 +83,7 @@ class AppWorker:
         self.shim_timeout = settings.activation.shim_timeout
         self.guard = guard
         self.now = now
+        self.wall = wall
         self.view = AppView(probes=probes.records)
         probes.on_change = self.wake  # a verdict changed: put the replica in, or take it out
         self.retirements = Retirements(engine, settings.drain, self.wake, now)
@@ -89,12 +93,16 @@ class AppWorker:
         self.last_step = -math.inf  # clock time of the last rollout step (never)
         self.create_failures = 0
         self.create_not_before = -math.inf
+        self.holding: frozenset[str] = frozenset()  # hold containers the socket map holds
+        self._hold_timer: tuple[float, asyncio.TimerHandle] | None = None
         self._wake = asyncio.Event()
         self._fast = False  # a replica is going away: take it out before asking the engine
         self._passed = asyncio.Condition()
         self._had_sandbox = False
         for counter in (metrics.pass_errors, metrics.sandbox_repairs, metrics.rollout_failures):
             counter.labels(app=name)  # at 0 from the start: a rate() works before the first
+        for result in RELEASE_RESULTS:
+            metrics.release_runs.labels(app=name, result=result)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- feeding --------------------------------------------------------------------------
@@ -149,6 +157,8 @@ class AppWorker:
                     return
         finally:
             probe.cancel()
+            if self._hold_timer is not None:
+                self._hold_timer[1].cancel()
             for t in list(self._tasks):
                 t.cancel()
             await self.retirements.cancel_all()
@@ -215,10 +225,12 @@ class AppWorker:
             doomed=frozenset(self.doomed),
             ever_ready=frozenset(self.probes.ever_ready),
             now=self.now(),
-            wall=time.time(),
+            wall=self.wall(),
             blocked=blocked,
             unhealthy_grace=self.settings.unhealthy_grace,
             last_step=self.last_step,
+            holding=self.holding,
+            release_timeout=self.settings.release_timeout,
         )
         p = plan_app(desired, observed)
         self.view.containers = containers
@@ -232,6 +244,7 @@ class AppWorker:
             await self._create_sandbox(spec)
             self.wake()  # replicas join it in the next pass
         await self._sync(desired, p, containers)
+        await self._after_sync(desired, p)
         self.view.plan = p
         self.view.planned_generation = generation
         self.view.synced = True
@@ -263,6 +276,9 @@ class AppWorker:
                 return True
             return False
 
+        await self._release(spec, desired, p)
+        if p.create_hold:
+            await self._create_hold(spec, desired, p)
         if p.create:
             await self._create_replicas(spec, desired, p)
         if p.converged:
@@ -293,10 +309,12 @@ class AppWorker:
             doomed=frozenset(self.doomed),
             ever_ready=frozenset(self.probes.ever_ready),
             now=now,
-            wall=time.time(),
+            wall=self.wall(),
             blocked=True,  # nothing is created from a stale view
             unhealthy_grace=self.settings.unhealthy_grace,
             last_step=self.last_step,
+            holding=self.holding,
+            release_timeout=self.settings.release_timeout,
         )
         await self._sync(desired, plan_app(desired, observed), containers)
 
@@ -331,6 +349,117 @@ class AppWorker:
                                                  held.values(), self._fail)
         if in_dataplane is not None:
             self.view.in_dataplane = in_dataplane
+
+    async def _after_sync(self, desired: Desired, p: AppPlan) -> None:
+        """What the sync made of the traffic hold: whether the data plane holds (ebpf mode:
+        which hold containers the socket map holds; iptables mode: the rules are in), how
+        many connections wait, its metrics, and the pass at its deadline."""
+        spec = desired.spec
+        if spec is None:
+            return
+        if p.holds:
+            self.holding = await self.dataplane.holding(p)
+            self.view.holding = bool(self.holding)
+            self.view.held = await self.dataplane.held(spec, p)
+        else:
+            self.holding = frozenset()
+            self.view.holding = p.hold_until is not None and spec.mode is Mode.IPTABLES
+            self.view.held = None
+        self.metrics.paused.labels(app=self.name).set(1 if p.hold_until is not None else 0)
+        self.metrics.held.labels(app=self.name).set(self.view.held or 0)
+        until = desired.hold_until
+        if until is None:
+            return
+        left = until - self.wall()
+        if left <= 0:
+            await self.apps.hold_ended(self.name, until)
+            return
+        loop = asyncio.get_running_loop()
+        timer = self._hold_timer
+        if timer is None or timer[0] != until or timer[1].when() <= loop.time():
+            # The pass at the deadline ends the hold (the sync returns the tables before the
+            # hold container stops), whatever else wakes this worker; again when it came a
+            # hair early by the wall clock.
+            if timer is not None:
+                timer[1].cancel()
+            self._hold_timer = (until, loop.call_later(left + 0.01, self.wake))
+
+    async def _create_hold(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
+        """ebpf mode: a hold container that listens where the replicas do, as their user."""
+        assert desired.hold_until is not None and p.sandbox is not None
+        bound = await self.dataplane.hold_sockets(spec, p)
+        if not bound:
+            self._note("paused: no replica listens yet; the hold starts once one does")
+            return
+        join = HOST_NETWORK if spec.host_network else p.sandbox.id
+        req = template.hold_request(self.name, join, bound, desired.hold_until,
+                                    self.settings.hold_exit_margin, self.settings.sandbox_image)
+        try:
+            await self.engine.create_and_start(req)
+        except EngineError as e:
+            self._note(f"pause: {e}")
+            raise
+        log.info("hold started: new connections wait in %s", req.name,
+                 extra={"app": self.name, "until": desired.hold_until})
+        self.wake()  # the next sync steers new connections to it
+
+    # ---- the release step -------------------------------------------------------------
+
+    async def _release(self, spec: AppSpec, desired: Desired, p: AppPlan) -> None:
+        """Start the target revision's release container, or record how it ended (a failed
+        one fails the rollout, or the first `run`), then let it go: removed by a retirement,
+        so a long stop never holds the pass."""
+        revision = desired.revision
+        if revision is None or desired.hash is None:
+            return
+        if p.start_release:
+            await self._ensure_network(spec)
+            req = template.release_request(spec, revision, desired.hash,
+                                           self.default_pids_limit)
+            try:
+                await self.engine.create_and_start(req)
+            except EngineError as e:
+                self._note(f"release of revision {revision}: {e}")
+                raise
+            self.view.release = ReleaseReport(revision, "running", at=self.wall())
+            log.info("release of revision %d started: %s", revision, " ".join(req.command),
+                     extra={"app": self.name, "revision": revision})
+        elif p.releasing is not None and self.view.release is None:
+            # A daemon restarted while it runs: status says so again.
+            self.view.release = ReleaseReport(revision, "running",
+                                              at=p.releasing.started_at or self.wall())
+        c = p.release_exited or p.release_overdue
+        if c is None:
+            return
+        rev = c.revision or revision
+        tail = await self.engine.logs_tail(c.id, 1)
+        if c is p.release_overdue:
+            result = "timed_out"
+            reason = (f"release of revision {rev} did not finish within "
+                      f"{self.settings.release_timeout:g}s")
+        else:
+            result = "succeeded" if c.exit_code == 0 else "failed"
+            code = "exited" if c.exit_code is None else f"exited with code {c.exit_code}"
+            reason = f"release of revision {rev} {code}" + (f": {tail}" if tail else "")
+        self.metrics.release_runs.labels(app=self.name, result=result).inc()
+        self.view.release = ReleaseReport(rev, "succeeded" if result == "succeeded"
+                                          else "failed", c.exit_code, tail, self.wall(), reason)
+        self._note(reason)
+        if result == "succeeded":
+            log.info("%s", reason, extra={"app": self.name, "revision": rev})
+            await self.apps.release_passed(self.name, rev)
+        else:
+            log.warning("%s", reason, extra={"app": self.name, "revision": rev})
+            rec = self.apps.record(self.name)
+            ro = rec.rollout if rec is not None else None
+            if ro is not None and ro.active and ro.target == rev:
+                self.metrics.rollout_failures.labels(app=self.name).inc()
+                await self.apps.rollout_failed(self.name, rev, reason, release=True)
+            else:
+                self._fail(reason)  # a first run: nothing to go back to
+        # Recorded first: a daemon that dies now finds the container again and reads it again.
+        self.retirements.start(c, None)
+        self.wake()
 
     async def _ensure_network(self, spec: AppSpec) -> None:
         """lbctl's own network, before a container that template.attachment puts there."""

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lbctl.dataplane import bpfsys
+from lbctl.model.dataplane import Bound
 
 TCP_LISTEN = 0x0A
 # An unconnected UDP socket is in TCP_CLOSE as far as the kernel's state field goes.
@@ -323,6 +324,23 @@ def take(listener: Listener) -> int:
         os.close(fd)
         raise OSError(f"fd {listener.fd} of pid {listener.pid} changed while being taken")
     return fd
+
+
+def describe(listener: Listener, port: int) -> Bound:
+    """Where and as whom the listener is bound: its family, address, IPV6_V6ONLY and owner
+    (the socket inode's uid, which is the kernel's sk_uid, what reuseport groups match on);
+    read from a borrowed copy, closed again."""
+    fd = take(listener)
+    try:
+        uid = os.fstat(fd).st_uid
+        v6only = False
+        if listener.family == socket.AF_INET6:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                v6only = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    finally:
+        os.close(fd)
+    family = 6 if listener.family == socket.AF_INET6 else 4
+    return Bound(family, listener.addr, port, v6only, uid)
 
 
 def has_reuseport(fd: int) -> bool:

@@ -44,6 +44,8 @@ def to_compose(spec: AppSpec) -> str:
         x_lbctl["update"] = spec.update.to_json()
     if spec.readiness.changed():
         x_lbctl["readiness"] = spec.readiness.changed()
+    if spec.release is not None:
+        x_lbctl["release"] = spec.to_json()["release"]
     service["x-lbctl"] = x_lbctl
     if spec.command:
         service["command"] = list(spec.command)

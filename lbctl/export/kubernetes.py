@@ -227,7 +227,15 @@ def to_kubernetes(spec: AppSpec) -> str:
            "node).\n" if pod.get("hostNetwork") else "")
         + "".join(f"# Rollout: {note}.\n" for note in rollout_notes)
         + "".join(f"# Probe: {note}.\n" for note in probe_notes)
+        + (f"# Release command ({_release_text(spec)}): run it before applying a new image,\n"
+           "# e.g. as a Job of that image (a Deployment has no pre-rollout step).\n"
+           if spec.release is not None else "")
         + (f"# Not in these manifests (no one-to-one Kubernetes field; add them by hand):\n"
            f"#   {', '.join(left)}\n" if left else "")
     )
     return header + dump(deployment, *claims, service)
+
+
+def _release_text(spec: AppSpec) -> str:
+    r = spec.release
+    return r if isinstance(r, str) else " ".join(r or ())

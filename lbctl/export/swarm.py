@@ -167,6 +167,9 @@ def to_swarm(spec: AppSpec) -> str:
     if doc_networks:
         doc["networks"] = doc_networks
     left = list(notes)
+    if spec.release is not None:
+        left.append("the release command (run it with `docker run` of the new image before "
+                    "the deploy)")
     if spec.update.max_unavailable:
         left.append(f"max-unavailable {spec.update.max_unavailable} (Swarm replaces "
                     "parallelism tasks at a time)")

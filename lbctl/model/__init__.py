@@ -8,6 +8,7 @@ from lbctl.model.container import Container, ReplicaState
 from lbctl.model.errors import Forbidden, InvalidInput
 from lbctl.model.names import (
     LABEL_APP,
+    LABEL_HOLD,
     LABEL_INDEX,
     LABEL_MANAGED,
     LABEL_NETWORK,
@@ -17,6 +18,8 @@ from lbctl.model.names import (
     LABEL_SPEC_HASH,
     MAX_NAME_LEN,
     MAX_REPLICAS,
+    ROLE_HOLD,
+    ROLE_RELEASE,
     ROLE_REPLICA,
     ROLE_SANDBOX,
     parse_replicas,
@@ -31,6 +34,7 @@ from lbctl.model.spec import AppSpec, DataPath, Mode, parse_env
 
 __all__ = [
     "LABEL_APP",
+    "LABEL_HOLD",
     "LABEL_INDEX",
     "LABEL_MANAGED",
     "LABEL_NETWORK",
@@ -40,6 +44,8 @@ __all__ = [
     "LABEL_SPEC_HASH",
     "MAX_NAME_LEN",
     "MAX_REPLICAS",
+    "ROLE_HOLD",
+    "ROLE_RELEASE",
     "ROLE_REPLICA",
     "ROLE_SANDBOX",
     "AppSpec",

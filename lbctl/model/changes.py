@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from lbctl.model.docker_syntax import resource_name
 from lbctl.model.errors import Conflict, Forbidden, InvalidInput, NotFound
+from lbctl.model.hold import Hold, parse_max
 from lbctl.model.names import OWN_NETWORK, validate_replicas
 from lbctl.model.option_values import check_own_labels
 from lbctl.model.options import FIELDS as OPTION_FIELDS
@@ -36,6 +37,7 @@ from lbctl.model.spec import (
     validate_command,
     validate_env,
     validate_image,
+    validate_release,
 )
 
 MAX_RESOURCES = 64  # networks or volumes one apply may declare
@@ -111,7 +113,7 @@ class Replace:
 
 # What an update body may hold besides docker run's options (named like the long flag).
 _UPDATE_KEYS = frozenset({"name", "image", "env", "env_add", "env_rm", "command", "replicas",
-                          "update", "readiness", "unset", "canary"})
+                          "update", "readiness", "unset", "canary", "release"})
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ class Update:
     whole list), `unset` resets options to the image's or engine's default; `policy` sets the
     named fields of the update policy and `readiness` those of the readiness probe (neither
     rolls the app); `canary` holds that percentage of new connections for the new revision
-    until `rollout resume`."""
+    until `rollout resume`; `release` sets the release command (None: not named; "" or []:
+    remove it)."""
 
     name: str
     image: str | None = None
@@ -137,6 +140,7 @@ class Update:
     options: Mapping[str, Any] = field(default_factory=dict)  # option -> validated JSON value
     unset: frozenset[str] = frozenset()
     canary: int | None = None
+    release: str | tuple[str, ...] | None = None
     admitted: ClassVar[bool] = True
 
     @classmethod
@@ -195,6 +199,7 @@ class Update:
             options=options,
             unset=frozenset(unset) | reset,
             canary=canary(body.get("canary")),
+            release=_release_change(body),
         )
 
     def target(self, current: AppSpec | None) -> AppSpec:
@@ -218,6 +223,9 @@ class Update:
         data["update"] = {**data["update"], **self.policy}
         if self.readiness:
             data["readiness"] = {**current.readiness.to_json(), **self.readiness}
+        if self.release is not None:
+            data["release"] = (self.release if isinstance(self.release, str)
+                               else list(self.release)) or None
         # The whole app, checked as one: a delta valid alone may not be beside what the app
         # has (a volume on the target of its tmpfs, --dns beside --network host).
         spec = AppSpec.from_json(data, current.mode)
@@ -284,6 +292,15 @@ def _readiness_delta(raw: object) -> dict[str, Any]:
     return {k: full[k] for k in raw}
 
 
+def _release_change(body: dict[str, Any]) -> str | tuple[str, ...] | None:
+    """The release command an update sets: as given (checked), "" to remove it; None when the
+    body does not name it."""
+    if "release" not in body:
+        return None
+    given = validate_release(body["release"])
+    return "" if given is None else given
+
+
 def canary(value: object) -> int | None:
     if value is None:
         return None
@@ -342,6 +359,43 @@ class Undo:
 RolloutChange = Pause | Resume | Undo
 
 
+# ---- changes of the traffic hold ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HoldTraffic:
+    """`POST /apps/NAME/pause` (`lbctl pause NAME [--max S]`): hold the app's new connections
+    for at most `seconds`, from when it is committed (a paused app's hold gets the new
+    deadline)."""
+
+    name: str
+    seconds: float
+
+    @classmethod
+    def parse(cls, name: str, body: object) -> HoldTraffic:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or not set(body) <= {"max"}:
+            raise InvalidInput('body must be {"max": SECONDS} (or empty: the default)')
+        return cls(name, parse_max(body.get("max")))
+
+
+@dataclass(frozen=True)
+class ResumeTraffic:
+    """`POST /apps/NAME/resume` (`lbctl resume NAME`): end the hold; what it held is served."""
+
+    name: str
+
+    @classmethod
+    def parse(cls, name: str, body: object) -> ResumeTraffic:
+        if body not in (None, {}):
+            raise InvalidInput("resume takes no body")
+        return cls(name)
+
+
+HoldChange = HoldTraffic | ResumeTraffic
+
+
 def parse_rollout(name: str, action: str, body: object) -> RolloutChange:
     if action == "pause":
         return Pause(name)
@@ -371,11 +425,14 @@ class Outcome:
     generation: int
     spec: AppSpec
     rollout: Rollout | None = None
+    hold: Hold | None = None  # the app's traffic hold after the change (None: not paused)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"app": self.spec.to_json(), "result": self.result,
                                "revision": self.revision, "generation": self.generation}
         if self.rollout is not None:
             out["rollout"] = self.rollout.to_json()
+        if self.hold is not None:
+            out["hold"] = self.hold.to_json()
         return out
 

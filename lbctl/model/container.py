@@ -32,7 +32,7 @@ class Container:
     id: str
     name: str
     app: str
-    role: str  # ROLE_REPLICA or ROLE_SANDBOX
+    role: str  # ROLE_REPLICA, ROLE_SANDBOX, ROLE_HOLD or ROLE_RELEASE
     managed: bool  # created by lbctl (never remove one that is not)
     index: int | None  # replica index for managed replicas
     running: bool
@@ -48,3 +48,4 @@ class Container:
     exit_code: int | None = None  # for a container that is not running: how it ended
     stop_timeout: int | None = None  # seconds it was created to get between TERM and KILL
     ip6: str | None = None  # global IPv6 address on that network, where it has IPv6
+    hold: str | None = None  # a hold container's deadline (lbctl.hold-until: model.hold_tag)

@@ -37,10 +37,34 @@ class Service:
     # Further publishes of the app (model.AppSpec.extra_publishes): same container port and
     # protocol, another address or family.
     extra_publishes: tuple[Publish, ...] = ()
+    # The app's traffic hold (epoch seconds, lbctl.model.hold): new connections to its
+    # publishes wait until then (iptables mode: their SYNs are dropped, and sent again).
+    hold_until: float | None = None
 
     @property
     def publishes(self) -> tuple[Publish, ...]:
         return (self.publish, *self.extra_publishes)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where and as whom a replica's listener is bound: what another socket must copy to join
+    its reuseport group (the kernel groups sockets of one family, v6only setting, address,
+    port and owner)."""
+
+    family: int  # 4 or 6
+    addr: str  # "0.0.0.0", "::", "10.1.2.3" (compressed)
+    port: int
+    v6only: bool
+    uid: int
+
+    @property
+    def text(self) -> str:
+        """ADDR:PORT, an IPv6 address in brackets, "/v6only" for an IPv6-only socket (what
+        the hold container's `pause hold` takes)."""
+        if self.family == 4:
+            return f"{self.addr}:{self.port}"
+        return f"[{self.addr}]:{self.port}" + ("/v6only" if self.v6only else "")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,17 @@ LABEL_NETWORK = "lbctl.network"
 LABEL_OWNER = "lbctl.owner"
 # lbctl's own bridge network, for apps that publish IPv6 (lbctl.controller.template).
 OWN_NETWORK = "lbctl"
+# The deadline a traffic hold's container was made for (lbctl.model.hold.hold_tag): a hold
+# container of another deadline is replaced (see controller.planner).
+LABEL_HOLD = "lbctl.hold-until"
 ROLE_REPLICA = "replica"
 ROLE_SANDBOX = "sandbox"
+# ebpf mode: the listener that holds an app's new connections while it is paused
+# (lbctl.model.hold); it joins the replicas' reuseport group and never accepts.
+ROLE_HOLD = "hold"
+# A one-off container of a new revision that runs the app's release command before the
+# revision's first replica starts.
+ROLE_RELEASE = "release"
 
 MAX_NAME_LEN = 20
 MAX_REPLICAS = 64
@@ -71,6 +80,15 @@ def replica_name(app: str, index: int) -> str:
 
 def sandbox_name(app: str) -> str:
     return f"{app}-sandbox"
+
+
+def hold_name(app: str, tag: str) -> str:
+    """The hold container of the hold with this tag (a replacement gets its own name)."""
+    return f"{app}-hold-{tag}"
+
+
+def release_name(app: str, revision: int) -> str:
+    return f"{app}-release-{revision}"
 
 
 def replica_labels(

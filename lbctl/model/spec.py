@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -24,7 +25,7 @@ _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*\Z")
 
 
 _KNOWN = frozenset({"name", "image", "publish", "replicas", "mode", "env", "command", "update",
-                    "activation", "readiness", *OPTION_FIELDS})
+                    "activation", "readiness", "release", *OPTION_FIELDS})
 
 
 class Mode(StrEnum):
@@ -76,6 +77,12 @@ class AppSpec:
     # How lbctl asks each replica whether it answers (lbctl.model.readiness); not part of the
     # template either: replicas are not created from it, so changing it restarts nothing.
     readiness: ReadinessProbe = field(default_factory=ReadinessProbe)
+    # The release command (`--release`): run once in a one-off container of each new
+    # revision before its first replica starts (controller.planner, "release"). Not part of
+    # the template: no replica runs it, so changing it alone rolls nothing, and it is the
+    # command of the revision a rollout goes to. As the user wrote it: a string (split like
+    # a shell would, as compose's `command:`) or a list; None: no release step.
+    release: str | tuple[str, ...] | None = None
 
     @property
     def publishes(self) -> tuple[Publish, ...]:
@@ -126,8 +133,18 @@ class AppSpec:
             # file) an lbctl without probes reads.
             **({"readiness": self.readiness.to_json()}
                if self.readiness != ReadinessProbe() else {}),
+            # Only when set: an app without one keeps the JSON (and state file) it had.
+            **({"release": _release_json(self.release)} if self.release is not None else {}),
             **self.options.to_json(),
         }
+
+    def release_argv(self) -> tuple[str, ...]:
+        """The release command as the engine takes it (the container's command: the image's
+        entrypoint, or --entrypoint, runs it as it runs a replica's command)."""
+        if self.release is None:
+            return ()
+        return tuple(shlex.split(self.release)) if isinstance(self.release, str) \
+            else self.release
 
     def template_json(self) -> dict[str, Any]:
         """What every replica is created from. Two specs with the same template run the same
@@ -172,7 +189,8 @@ class AppSpec:
         if activation is not None and not isinstance(activation, bool):
             raise InvalidInput(f"activation must be true or false, not {activation!r}")
         spec = cls(name, image, publishes[0], replicas, mode, env, command, update,
-                   options, publishes[1:], activation, readiness)
+                   options, publishes[1:], activation, readiness,
+                   release=validate_release(data.get("release")))
         check_host_network(spec)
         check_activation(spec)
         if readiness.path is not None and spec.publish.proto != "tcp":
@@ -252,6 +270,31 @@ def validate_command(command: object) -> tuple[str, ...]:
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
         raise InvalidInput("command must be a list of strings")
     return tuple(command)
+
+
+def validate_release(v: object) -> str | tuple[str, ...] | None:
+    """The release command: a string split like a shell would (compose's `command:`), or
+    the exec form as a list; None, "" or []: none."""
+    if v is None or v == "" or v == []:
+        return None
+    if isinstance(v, str):
+        if len(v) > 4096:
+            raise InvalidInput("release is longer than 4096 characters")
+        try:
+            words = shlex.split(v)
+        except ValueError as e:
+            raise InvalidInput(f"invalid release command {v!r}: {e}") from None
+        if not words:
+            raise InvalidInput("release must name a command")
+        return v
+    if (not isinstance(v, list) or not all(isinstance(w, str) for w in v) or not v[0]
+            or len(v) > 256):
+        raise InvalidInput("release must be a command (a string) or a list of strings")
+    return tuple(v)
+
+
+def _release_json(v: str | tuple[str, ...]) -> str | list[str]:
+    return v if isinstance(v, str) else list(v)
 
 
 def validate_env(raw: object) -> dict[str, str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from lbctl.model import (
     LABEL_APP,
+    LABEL_HOLD,
     LABEL_INDEX,
     LABEL_MANAGED,
     LABEL_NETWORK,
@@ -114,6 +115,7 @@ def to_container(d: dict[str, Any], bridge: str | None) -> Container:
         revision=_int(labels.get(LABEL_REVISION)),
         exit_code=exit_code,
         stop_timeout=_int(cfg.get("StopTimeout")),
+        hold=labels.get(LABEL_HOLD) or None,
     )
 
 

@@ -139,3 +139,31 @@ async def test_rollout_history_pause_resume_undo(
     hist = await (await client.get("/apps/web/rollout")).json()
     assert [x["revision"] for x in hist["history"]] == [1, 2]
     assert [x["current"] for x in hist["history"]] == [True, False]
+
+
+async def test_pause_and_resume_answer_with_the_hold(
+    api: tuple[TestClient[Any, Any], Harness],
+) -> None:
+    client, h = api
+    assert (await client.post("/apps", json=app_body())).status == 201
+    r = await client.post("/apps/web/pause", json={"max": 12})
+    body = await r.json()
+    assert r.status == 200 and body["result"] == "paused"
+    assert body["hold"]["until"] - body["hold"]["since"] == pytest.approx(12)
+    r = await client.post("/apps/web/pause")  # no body: the default --max
+    assert r.status == 200 and (await r.json())["hold"]["until"] > body["hold"]["until"]
+    for path, payload, status in (("/apps/web/pause", {"max": 0}, 400),
+                                  ("/apps/web/pause", {"for": 3}, 400),
+                                  ("/apps/nosuch/pause", {}, 404),
+                                  ("/apps/web/resume", {"max": 1}, 400)):
+        r = await client.post(path, json=payload)
+        assert r.status == status, (path, payload, await r.text())
+    r = await client.post("/apps/web/resume")
+    assert r.status == 200 and (await r.json())["result"] == "resumed"
+    assert "hold" not in await (await client.post("/apps/web/resume")).json()
+    udp = app_body("dns", publish="127.0.0.1:18053:53/udp")
+    assert (await client.post("/apps", json=udp)).status == 201
+    r = await client.post("/apps/dns/pause")
+    assert r.status == 400 and "UDP" in (await r.json())["error"]
+    rec = h.apps.record("dns")
+    assert rec is not None and rec.hold is None

@@ -45,6 +45,7 @@ def test_wrk_parse() -> None:
     r = parse(WRK_OUT)
     assert (r.requests, r.rps) == (16730, 16685.62)
     assert r.p50_ms == pytest.approx(0.812) and r.p99_ms == pytest.approx(1200.0)
+    assert r.max_ms == pytest.approx(1200.0)
     assert (r.socket_errors, r.non2xx, r.failed) == (10, 5, 15)
 
 

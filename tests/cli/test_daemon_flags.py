@@ -30,7 +30,8 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
                "--bpf-pin-root", "/sys/fs/bpf/x", "--max-apps", "6", "--max-containers", "0",
                "--default-pids-limit", "0", "--activation-shim", "/opt/activate",
                "--max-log-streams", "2", "--max-pids-total", "20000",
-               "--max-memory-total", "16g", "--min-health-interval", "1")
+               "--max-memory-total", "16g", "--min-health-interval", "1",
+               "--release-timeout", "7", "--sandbox-image", "p:1")
     assert (s.daemon.state_dir, s.daemon.metrics_addr, s.daemon.log_level) == (
         Path("/srv/lbctl"), "127.0.0.1:1", "debug")
     assert (s.engine.docker_host, s.engine.call_timeout) == ("unix:///x.sock", 2.0)
@@ -39,6 +40,7 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
     assert s.activation.shim == Path("/opt/activate")
     assert s.activation.shim_timeout == Settings().activation.shim_timeout
     assert (s.limits.max_apps, s.limits.max_containers, s.limits.default_pids_limit) == (6, 0, 0)
+    assert (s.worker.release_timeout, s.worker.sandbox_image) == (7.0, "p:1")
     assert (s.limits.max_pids_total, s.limits.max_memory_total,
             s.limits.min_health_interval) == (20000, 16 << 30, 1.0)
     assert s.logs.max_streams_per_caller == 2
@@ -47,7 +49,7 @@ def test_each_flag_sets_its_field_and_nothing_else(monkeypatch: pytest.MonkeyPat
         d.worker.resync_interval, d.probes, d.hostrules, d.iptables, d.api)
     assert (s.logs.reorder_window, s.logs.read_ahead) == (d.logs.reorder_window,
                                                           d.logs.read_ahead)
-    assert len(FLAGS) == 17 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
+    assert len(FLAGS) == 19 + len(LISTENER_FLAGS)  # every flag above, and the listeners'
 
 
 LISTENER_FLAGS = ("--api-max-connections", "--api-max-connections-per-uid",

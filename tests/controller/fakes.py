@@ -50,6 +50,7 @@ from lbctl.controller.supervisor import Controller
 from lbctl.controller.worker import AppWorker
 from lbctl.model import (
     LABEL_APP,
+    LABEL_HOLD,
     LABEL_INDEX,
     LABEL_MANAGED,
     LABEL_REVISION,
@@ -60,7 +61,7 @@ from lbctl.model import (
     Container,
     Publish,
 )
-from lbctl.model.dataplane import Member, Service
+from lbctl.model.dataplane import Bound, Member, Service
 from lbctl.model.errors import EngineError
 from lbctl.model.log_lines import LogLine
 from lbctl.model.runtime import (
@@ -86,7 +87,8 @@ class FakeContainer:
 class FakeEngine:
     url = "fake://engine"
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall  # containers' start times
         self.containers: dict[str, FakeContainer] = {}
         self.ids = itertools.count(1)
         self.pids = itertools.count(1000)
@@ -102,6 +104,7 @@ class FakeEngine:
         self.removed: list[str] = []
         self.created: list[str] = []
         self.requests: dict[str, CreateRequest] = {}  # the last create of each name
+        self.log: list[CreateRequest] = []  # every create, in order
         self.output: dict[str, list[LogLine]] = {}  # container id -> what it wrote
         self.log_reads: list[tuple[str, bool, int | None, int | None]] = []
         self.log_error: Callable[[str], str | None] = lambda cid: None
@@ -136,13 +139,14 @@ class FakeEngine:
             managed=labels.get(LABEL_MANAGED) == "true", index=int(index) if index else None,
             running=code is None, health=None, ip=f"10.1.{len(self.containers) % 250}.{cid[-2:]}",
             pid=next(self.pids) if code is None else None,
-            started_at=time.time(), joined_to=req.join, bridge="docker0",
+            started_at=self.wall(), joined_to=req.join, bridge="docker0",
             spec_hash=labels.get(LABEL_SPEC_HASH), revision=int(rev) if rev else None,
-            exit_code=code,
+            exit_code=code, hold=labels.get(LABEL_HOLD),
         )
         self.containers[cid] = FakeContainer(c, req.image, dict(req.env))
         self.created.append(req.name)
         self.requests[req.name] = req
+        self.log.append(req)
         return cid
 
     async def stop_and_remove(self, container_id: str, grace: int) -> None:
@@ -284,21 +288,32 @@ class FakeEbpf:
         self.pinned: set[str] = set()
         self.fail: dict[str, str] = {}
         self.lost: set[str] = set()  # replicas whose listeners are not in the map
+        # app -> the members in its socket map (ready, draining, probing, holds): name -> pid
+        self.members: dict[str, dict[str, int]] = {}
+        self.queue = 0  # what a hold's accept queue holds (queued())
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
                    draining: Sequence[Member] = (), proto: str = "tcp",
-                   probing: Sequence[Member] = ()) -> None:
+                   probing: Sequence[Member] = (), holds: Sequence[Member] = ()) -> None:
         from lbctl.model.errors import EbpfError
 
         if app in self.fail:
             raise EbpfError(self.fail[app])
         self.pinned.add(app)
-        self.tables[app] = sorted(m.name for m in ready)
+        # As the real one: while there is a hold, every group's table is its first hold.
+        self.tables[app] = [holds[0].name] if holds else sorted(m.name for m in ready)
         self.probing[app] = sorted(m.name for m in probing)
+        self.members[app] = {m.name: m.pid for m in (*ready, *draining, *probing, *holds)}
 
     async def probe_socket(self, app: str, replica: str, pid: int,
                            family: int) -> tuple[socket.socket, str] | None:
         return None
+
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]:
+        return [Bound(4, "0.0.0.0", port, False, 1000)]
+
+    async def queued(self, pid: int, port: int) -> int:
+        return self.queue
 
     async def has_listener(self, pid: int, port: int, name: str | None = None,
                            proto: str = "tcp") -> bool:
@@ -314,8 +329,11 @@ class FakeEbpf:
         return {}
 
     async def holds(self, app: str, replica: str, pid: int) -> bool | None:
-        # What the hand-over put in the map: every replica but those a test says lost theirs.
-        return None if replica in self.lost else True
+        if replica in self.lost:  # a test says it lost its listeners
+            return None
+        if "-hold-" in replica:  # a hold is in the map once a sync put it there
+            return self.members.get(app, {}).get(replica) == pid or None
+        return True  # what the hand-over put in the map (socket activation)
 
     async def remove(self, app: str) -> None:
         self.pinned.discard(app)
@@ -487,6 +505,7 @@ class Harness:
     status: Status
     settings: Settings
     activation: FakeActivation
+    metrics: Metrics
     task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -509,18 +528,26 @@ class Harness:
         return loop.time() - t0
 
 
+def loop_wall() -> float:
+    """Epoch seconds on the loop's clock: what tests of deadlines give the apps service, the
+    workers and the fake engine, so that a virtual 30 s passes for them all at once."""
+    return 1.8e9 + asyncio.get_running_loop().time()
+
+
 def harness(tmp: Path, engine: FakeEngine | None = None,
             host_ports: HostPortHolder | None = None, limits: Limits | None = None,
             settings: Settings = FAST, answers: AnswersFor = always_ready,
             open_connections: ConnectionCounter = no_connections,
             activation: FakeActivation | None = None,
             files: HostFiles | None = None,
-            defaults: Defaults = Defaults()) -> Harness:  # noqa: B008 (frozen)
+            defaults: Defaults = Defaults(),  # noqa: B008 (frozen)
+            wall: Callable[[], float] = time.time) -> Harness:
     """The controller on fakes, wired as lbctl.daemon.build wires it on the real adapters;
     `host_ports` (a HostPorts on a fake binder) and `limits` as the daemon wires them, for the
     tests of what holds host ports and what caps apps; `files` (a FakeHostFiles): members'
-    bind sources and volumes are judged on them, and `defaults` what replicas get."""
-    engine = engine or FakeEngine()
+    bind sources and volumes are judged on them, and `defaults` what replicas get; `wall`:
+    epoch seconds (loop_wall for tests of deadlines: then `engine` must use it too)."""
+    engine = engine or FakeEngine(wall)
     ebpf, rules, conntrack = FakeEbpf(), FakeRules(), FakeConntrack(engine)
     metrics = Metrics()
     activation = activation or FakeActivation()
@@ -528,7 +555,8 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
     apps = AppsService(StateStore(tmp),
                        Admission(engine, lambda: None, lambda: None, port_check=lambda s: None,
                                  activation_unavailable=activation.unavailable),
-                       host_ports=host_ports, limits=limits, guard=guard, defaults=defaults)
+                       host_ports=host_ports, limits=limits, guard=guard, defaults=defaults,
+                       clock=wall)
     listeners = ListenerStates()
     questions = ActivationQuestions(answers, ebpf, activation, listeners)
     hostrules = HostRules(rules, tmp, settings.hostrules)
@@ -541,7 +569,7 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
             dataplane=AppDataplane(app, hostrules, ebpf, lambda: None, None, metrics),
             drains=drains, probes=ReplicaProbes(app, questions, ebpf, settings.probes),
             metrics=metrics, settings=settings, own_network=own_network, activation=activation,
-            guard=guard,
+            guard=guard, wall=wall,
         )
 
     controller = Controller(apps=apps, hostrules=hostrules, engine=engine, new_worker=new_worker,
@@ -550,9 +578,9 @@ def harness(tmp: Path, engine: FakeEngine | None = None,
     apps.on_change = controller.on_change
     apps.load()
     counters = KernelCounters(rules, ebpf, apps, metrics, settings.api.counters_max_age)
-    status = Status(apps, counters, controller, listeners=listeners)
+    status = Status(apps, counters, controller, listeners=listeners, wall=wall)
     return Harness(engine, ebpf, rules, conntrack, controller, apps, hostrules, status, settings,
-                   activation)
+                   activation, metrics)
 
 
 # mypy checks each fake against the Protocol it stands in for (`make lint`).

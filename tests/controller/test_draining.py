@@ -15,7 +15,7 @@ from lbctl.controller import retire
 from lbctl.controller.draining import Drains, Pending
 from lbctl.controller.interfaces import ConnectionCounter, EbpfPort, EnginePort
 from lbctl.model import AppSpec, Container, Mode, Publish
-from lbctl.model.dataplane import Member
+from lbctl.model.dataplane import Bound, Member
 from lbctl.model.log_lines import LogLine
 from lbctl.model.runtime import (
     CreateRequest,
@@ -63,11 +63,18 @@ class FakeEbpf:
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
                    draining: Sequence[Member] = (), proto: str = "tcp",
-                   probing: Sequence[Member] = ()) -> None: ...
+                   probing: Sequence[Member] = (),
+                   holds: Sequence[Member] = ()) -> None: ...
 
     async def probe_socket(self, app: str, replica: str, pid: int,
                            family: int) -> tuple[socket.socket, str] | None:
         return None
+
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]:
+        return []
+
+    async def queued(self, pid: int, port: int) -> int:
+        return 0
 
     async def has_listener(self, pid: int, port: int, name: str | None = None,
                            proto: str = "tcp") -> bool:

@@ -356,3 +356,46 @@ def test_a_probe_names_the_slot_of_the_listener_of_its_family(
     assert (None if t is None else (t.family, t.address, t.slot)) == expect
     if t is not None:
         assert t.source_port == probe.PROBE_PORT_BASE + t.slot
+
+
+def test_a_hold_takes_every_group_it_listens_in_and_gives_it_back() -> None:
+    """lbctl pause (plan.Want.holds): the group's table is the hold's slot alone, the ready
+    members stay in the map; a group the hold does not listen in is steered as before; once
+    the hold is gone from `holds` (draining) the table is the ready members' again, with the
+    hold still in the map until its socket closes (its queue then migrates to them)."""
+    a, b, hold = member("web-1"), member("web-2"), Member("web-hold-9", 300)
+    book, tables = settled([a, b])
+    book.groups[T6] = 1
+    book.slots[slot_key(a.name, T6)] = 2
+    book.held[2] = held(a)
+    tables[1] = TableState(1, (2,))
+    registered: dict[str, int | None] = {T4: 0, T6: 1}
+    h = have(book, in_map=list(book.slots), tables=tables, registered=registered,
+             borrowed=[borrowed(hold)])
+    p = plan.plan(h, Want(PORT, "tcp", (a, b), holds=(hold,)))
+    [ins] = p.insert
+    assert ins.key == f"web-hold-9 {T4}"
+    assert p.tables == [plan.TableWrite(0, 0, (ins.slot,))]  # tcp6: no hold socket there
+    assert not p.retire
+    # Resumed: the hold drains (in the map, in no table) and the replicas are back.
+    h = have(p.book, in_map=list(p.book.slots), tables=p.live, registered=registered)
+    p = plan.plan(h, Want(PORT, "tcp", (a, b), draining=(hold,)))
+    assert p.tables == [plan.TableWrite(0, 1, (0, 1))] and not p.retire
+    # Its socket closed: its slot goes.
+    h = have(p.book, in_map=[k for k in p.book.slots if "hold" not in k], tables=p.live,
+             registered=registered)
+    p = plan.plan(h, Want(PORT, "tcp", (a, b)))
+    assert p.retire == [ins.slot] and not p.tables
+
+
+def test_of_two_holds_the_first_with_a_socket_in_the_group_takes_it() -> None:
+    a = member("web-1")
+    old, new = Member("web-hold-1", 301), Member("web-hold-2", 302)
+    book, tables = settled([a, old])
+    h = have(book, in_map=list(book.slots), tables=tables, registered={T4: 0})
+    p = plan.plan(h, Want(PORT, "tcp", (a,), holds=(new, old)))  # `new` not found yet
+    assert p.tables == [plan.TableWrite(0, 0, (1,))]  # the old hold's slot
+    h = have(p.book, in_map=list(p.book.slots), tables=p.live, registered={T4: 0},
+             borrowed=[borrowed(new)])
+    p = plan.plan(h, Want(PORT, "tcp", (a,), holds=(new, old)))
+    assert p.tables == [plan.TableWrite(0, 1, (p.insert[0].slot,))]

@@ -344,6 +344,47 @@ async def test_zero_backends_refused_at_once(
     assert_restored(host[0])
 
 
+async def test_a_held_service_drops_new_connections_until_its_deadline(
+    host: tuple[list[str], str], tmp_path: pathlib.Path
+) -> None:
+    """A traffic hold (lbctl pause, iptables mode): the SYN of a new connection is dropped in
+    raw, so the client is neither refused nor reset and connects at a retry once the hold is
+    over; a connection open before it goes on; the deadline is the rule's own."""
+    port = free_port(socket.SOCK_STREAM)
+    dp = IptablesDataplane(tmp_path)
+    await dp.sync([service(2, port)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # open before the hold
+    await dp.sync([dataclasses.replace(service(2, port), hold_until=time.time() + 3)])
+    try:
+        assert "-j DROP" in sh("iptables", "-w", "-t", "raw", "-S", "LBCTL-HOLD-OUTPUT")
+        started = time.monotonic()
+        answered = await asyncio.wait_for(get_waiting(port), 20)
+        waited = time.monotonic() - started
+        assert answered in NAMES[:2]
+        assert waited >= 2.0, waited  # held to its deadline (then a SYN retry, 1 s apart)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 2)).decode().endswith(tuple(NAMES[:2]))
+    finally:
+        writer.close()
+    await dp.sync([service(2, port)])
+    assert sh("iptables", "-w", "-t", "raw", "-S", "LBCTL-HOLD-OUTPUT").strip() == \
+        "-N LBCTL-HOLD-OUTPUT"
+    await dp.sync([])
+    assert_restored(host[0])
+    assert "LBCTL-" not in sh("iptables-save", "-t", "raw")
+
+
+async def get_waiting(port: int) -> str:
+    """As get(), but the connect may take as long as the kernel retries its SYN."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 2)
+    finally:
+        writer.close()
+    return data.decode().partition("\r\n\r\n")[2]
+
+
 async def test_refused_rules_are_one_line_and_the_app_keeps_its_previous_ones(
     host: tuple[list[str], str], tmp_path: pathlib.Path
 ) -> None:

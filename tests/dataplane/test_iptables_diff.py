@@ -21,6 +21,7 @@ import pytest
 from lbctl.dataplane.iptables import IptablesDataplane, IptablesError, save
 from lbctl.dataplane.iptables.chains import (
     FWD_PREFIX,
+    JUMPS,
     MAX_CHAIN_LEN,
     SEP_PREFIX,
     SNAT_PREFIX,
@@ -201,7 +202,8 @@ class FakeExec(IptablesDataplane):
             chain = cmd[cmd.index("-S") + 1]
             if chain in self.listings:
                 return 0, self.listings[chain], ""
-            target = "LBCTL-" + chain
+            table = cmd[cmd.index("-t") + 1]
+            target = next((t for tb, b, t in JUMPS if (tb, b) == (table, chain)), "LBCTL-" + chain)
             return 0, f"-P {chain} ACCEPT\n-A {chain} -m comment --comment lbctl -j {target}\n", ""
         return 0, "", ""
 

@@ -134,8 +134,9 @@ class Kernel(IptablesDataplane):
             return 0, "", ""
         if "-S" in cmd:
             chain = cmd[cmd.index("-S") + 1]
+            ours = f"LBCTL-HOLD-{chain}" if "raw" in cmd else f"LBCTL-{chain}"  # pause's in raw
             return 0, f"-P {chain} ACCEPT\n-A {chain} -m comment --comment lbctl " \
-                      f"-j LBCTL-{chain}\n", ""
+                      f"-j {ours}\n", ""
         return 0, "", ""
 
     def _bridge_nets(self, services: object) -> dict[str, list[str]]:

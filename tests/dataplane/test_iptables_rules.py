@@ -54,6 +54,10 @@ def test_zero_backends_rejects_and_has_no_dnat() -> None:
         ":LBCTL-INPUT - [0:0]\n"
         '-A LBCTL-INPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -m comment --comment "web has no replicas" -j REJECT --reject-with tcp-reset\n'
         "COMMIT\n"
+        "*raw\n"
+        ":LBCTL-HOLD-PREROUTING - [0:0]\n"
+        ":LBCTL-HOLD-OUTPUT - [0:0]\n"
+        "COMMIT\n"
     )
     # No backends and no draining container: no bridge needs route_localnet.
     assert localnet_bridges([gone]) == frozenset()
@@ -78,6 +82,10 @@ def test_one_backend_is_unconditional() -> None:
         ":LBCTL-FORWARD - [0:0]\n"
         ":LBCTL-INPUT - [0:0]\n"
         '-A LBCTL-INPUT -i docker0 -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "route_localnet guard for docker0" -j DROP\n'
+        "COMMIT\n"
+        "*raw\n"
+        ":LBCTL-HOLD-PREROUTING - [0:0]\n"
+        ":LBCTL-HOLD-OUTPUT - [0:0]\n"
         "COMMIT\n"
     )
     assert localnet_bridges([web(1)]) == frozenset({"docker0"})
@@ -155,6 +163,10 @@ def test_five_backends_on_all_addresses() -> None:
         '-A LBCTL-FORWARD -s 172.17.0.6/32 -p tcp -m tcp --sport 80 -m conntrack --ctstate DNAT --ctorigdstport 8080 --ctdir REPLY -m comment --comment "web/web-4 replies" -j ACCEPT\n'
         '-A LBCTL-INPUT -i docker0 -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "route_localnet guard for docker0" -j DROP\n'
         "COMMIT\n"
+        "*raw\n"
+        ":LBCTL-HOLD-PREROUTING - [0:0]\n"
+        ":LBCTL-HOLD-OUTPUT - [0:0]\n"
+        "COMMIT\n"
     )
 
 
@@ -181,6 +193,10 @@ def test_specific_host_ip_udp_is_remote_only() -> None:
         ":LBCTL-INPUT - [0:0]\n"
         '-A LBCTL-FORWARD -d 10.1.0.5/32 -p udp -m udp --dport 5353 -m conntrack --ctstate DNAT --ctorigdst 192.0.2.2/32 --ctorigdstport 53 --ctdir ORIGINAL -m comment --comment "dns/dns-0" -j ACCEPT\n'
         '-A LBCTL-FORWARD -s 10.1.0.5/32 -p udp -m udp --sport 5353 -m conntrack --ctstate DNAT --ctorigdst 192.0.2.2/32 --ctorigdstport 53 --ctdir REPLY -m comment --comment "dns/dns-0 replies" -j ACCEPT\n'
+        "COMMIT\n"
+        "*raw\n"
+        ":LBCTL-HOLD-PREROUTING - [0:0]\n"
+        ":LBCTL-HOLD-OUTPUT - [0:0]\n"
         "COMMIT\n"
     )
 

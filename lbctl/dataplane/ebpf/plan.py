@@ -40,19 +40,26 @@ class Want:
     in the map (queued connections, UDP flows) but are in no table; probing ones (starting,
     or out for failing readiness) are in the map, in no table, so that the daemon's probes
     reach them through their slot (PROBE_PORT_BASE in bpf/lbctl_shared.h); anyone else
-    leaves."""
+    leaves.
+
+    `holds`: a traffic hold (lbctl.model.hold): while there is one, each group's table is the
+    slot of the first hold member with a socket of that group in the map, so every new
+    connection waits in that listener's accept queue; the ready members stay in the map
+    without a table entry.  A group none of them listens in is steered as usual."""
 
     port: int
     proto: str
     ready: tuple[Member, ...] = ()
     draining: tuple[Member, ...] = ()
     probing: tuple[Member, ...] = ()
+    holds: tuple[Member, ...] = ()
 
     def members(self) -> dict[str, Member]:
-        """Every member by name; ready wins over the others when listed twice."""
+        """Every member by name; a hold, then ready, win over the others when listed twice."""
         out = {m.name: m for m in self.draining}
         out.update({m.name: m for m in self.probing})
         out.update({m.name: m for m in self.ready})
+        out.update({m.name: m for m in self.holds})
         return out
 
 
@@ -213,13 +220,19 @@ def _plan_tables(p: Plan, have: Have, want: Want, listening: set[str]) -> None:
     weight; empty when all drain), written where it differs from the live one, and then its
     registration; a group with no socket left is unregistered and its index freed."""
     book = p.book
-    weights = {m.name: max(0, m.weight) for m in want.ready}
+    holds = {m.name for m in want.holds}
+    weights = {m.name: max(0, m.weight) for m in want.ready if m.name not in holds}
     by_group: dict[str, list[tuple[int, int]]] = {}
     for key in sorted(listening, key=lambda k: book.slots[k]):
         ready = by_group.setdefault(slots.group_of(key) or "", [])
         name = slots.replica_of(key)
         if name in weights:
             ready.append((book.slots[key], weights[name]))
+    for group in by_group:
+        held = next((book.slots[k] for m in want.holds
+                     if (k := slots.slot_key(m.name, group)) in listening), None)
+        if held is not None:
+            by_group[group] = [(held, 1)]
     p.live = dict(have.tables)
     for group, members in sorted(by_group.items()):
         idx = book.alloc_group(group)

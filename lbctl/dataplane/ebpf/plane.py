@@ -53,7 +53,7 @@ from lbctl.dataplane.ebpf.plan import Want
 from lbctl.dataplane.ebpf.slots import Held, SlotBook, Snapshot
 from lbctl.dataplane.ebpf.table import REASONS
 from lbctl.dataplane.monotonic import Monotonic
-from lbctl.model.dataplane import Member
+from lbctl.model.dataplane import Bound, Member
 from lbctl.settings import EbpfSettings
 
 __all__ = ["EbpfDataplane"]
@@ -209,6 +209,27 @@ class EbpfDataplane:
         s = await asyncio.to_thread(probe.open_socket, pid, t)
         return s, t.address
 
+    async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]:
+        """Where and as whom the process's listeners on `port` are bound (what a traffic
+        hold's listener copies to join their groups); empty when it has none."""
+        return await asyncio.to_thread(self._bound, pid, port, proto)
+
+    @staticmethod
+    def _bound(pid: int, port: int, proto: str) -> list[Bound]:
+        out = []
+        for listener in sockets.find_listeners(pid, port, proto):
+            try:
+                out.append(sockets.describe(listener, port))
+            except OSError:
+                continue  # closed meanwhile
+        return out
+
+    async def queued(self, pid: int, port: int) -> int:
+        """Connections waiting in the accept queues of the process's TCP listeners on `port`
+        (a traffic hold's: the connections it holds now; sock_diag's idiag_rqueue)."""
+        found = await asyncio.to_thread(sockets.find_listeners, pid, port, "tcp")
+        return sum(lst.accept_queue for lst in found)
+
     async def established(self, pid: int, port: int) -> int:
         """Connections the replica accepted on `port` and still holds, plus its accept queue."""
         return await sockets.established_connections(pid, port)
@@ -232,16 +253,19 @@ class EbpfDataplane:
         draining: Sequence[Member] = (),
         proto: str = "tcp",
         probing: Sequence[Member] = (),
+        holds: Sequence[Member] = (),
     ) -> None:
         """Make the app's data plane match: ready, draining and probing members' sockets of
         `proto` on `port` in the sockmap, each reuseport group's selection table = its ready
-        members' sockets by weight, the program attached to every group; other members out.
+        members' sockets by weight (while the app is paused: the first of `holds` with a
+        socket in that group, plan.Want), the program attached to every group; other members
+        out.
         Idempotent and cheap when nothing changed (one map lookup per listener).  Raises
         ListenerError after applying everything else when a member's listener is unusable (no
         SO_REUSEPORT, other namespace), EbpfError when lbctl or the kernel failed (for this
         app only: the caller goes on with the others and retries)."""
         st = self._apps.setdefault(app, _App())
-        want = Want(port, proto, tuple(ready), tuple(draining), tuple(probing))
+        want = Want(port, proto, tuple(ready), tuple(draining), tuple(probing), tuple(holds))
         async with st.lock:
             try:
                 await self._ensure_program(app, st)

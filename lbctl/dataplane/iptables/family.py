@@ -51,7 +51,7 @@ def for_family(services: Iterable[Service], family: Family) -> list[Service]:
             backends = tuple(b for b in s.backends if b.ip)
         else:
             backends = tuple(replace(b, ip=b.ip6, ip6=None) for b in s.backends if b.ip6)
-        out.append(Service(s.app, pubs[0], backends, s.bridges, tuple(pubs[1:])))
+        out.append(Service(s.app, pubs[0], backends, s.bridges, tuple(pubs[1:]), s.hold_until))
     return out
 
 

@@ -44,6 +44,13 @@ Chain layout (T = tcp|udp, P = host port, p = container port)::
       --ctorigdstport P --ctdir ORIGINAL -j ACCEPT, and the same for the replies
       (-s BACKEND --sport p ... --ctdir REPLY), for services reachable from other hosts
       (Docker's FORWARD policy is DROP). Never a blanket ACCEPT.
+  raw PREROUTING, OUTPUT -> LBCTL-HOLD-PREROUTING, LBCTL-HOLD-OUTPUT   (jumped to by TCP
+      SYNs only) the traffic hold of a paused app (lbctl pause): per publish, as the nat
+      rules match it, `-m time --datestop DEADLINE -j DROP`. A new connection's SYN is
+      dropped before conntrack or NAT see it, so nothing is refused or reset: the client
+      sends it again (after 1, 3, 7, 15, 31, 63 s with Linux's defaults) and is served by the
+      first retry after the hold. The deadline is in the rule (UTC, to the second): the hold
+      ends by itself even when no daemon runs to remove it;
   filter INPUT    -> LBCTL-INPUT
       * services with 0 backends: REJECT (tcp-reset / icmp(6)-port-unreachable) on the host
         port, so a client is refused at once and the port never falls through to whatever
@@ -75,11 +82,14 @@ chains, not 15,000: creating a chain costs ~0.1 ms in nf_tables and an iptables-
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from lbctl.dataplane.iptables.chains import (
     BASE_CHAINS,
     CHAIN_FORWARD,
+    CHAIN_HOLD_OUTPUT,
+    CHAIN_HOLD_PREROUTING,
     CHAIN_INPUT,
     CHAIN_OUTPUT,
     CHAIN_POSTROUTING,
@@ -225,6 +235,10 @@ def _chain_rules(
             ))  # fmt: skip
     for s in services:
         proto = s.publish.proto
+        if s.hold_until is not None and proto == "tcp":
+            for hook, chain in ((CHAIN_PREROUTING, CHAIN_HOLD_PREROUTING),
+                                (CHAIN_OUTPUT, CHAIN_HOLD_OUTPUT)):
+                rules[chain].extend(_hold_rules(s, s.hold_until, family, hook, chain))
         if not s.backends:
             for pub in s.publishes:
                 # Refuse at once rather than let the port fall through to the host. In INPUT
@@ -291,6 +305,21 @@ def _chain_rules(
         rules[CHAIN_POSTROUTING].extend(
             " ".join(r) for r in _bridge_snat(s, natted, family, bridge_nets))
     return rules
+
+
+def _hold_rules(s: Service, until: float, family: Family, hook: str, chain: str) -> list[str]:
+    """The hold's DROP of new connections to each publish (module doc), matched as the nat
+    `hook`'s rules match it (a loopback publish takes no remote client)."""
+    stop = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(until))
+    out = []
+    for pub in s.publishes:
+        if hook == CHAIN_PREROUTING and not is_remote_reachable(pub):
+            continue
+        match = [*_dst_match(pub, family, hook), "-p", "tcp", "-m", "tcp", "--dport",
+                 str(pub.host_port)]
+        out.append(" ".join(["-A", chain, *match, "-m", "time", "--datestop", stop,
+                             *_comment(f"{s.app} paused"), "-j", "DROP"]))
+    return out
 
 
 def _dnat_chain(s: Service, chain: str, backends: Sequence[Backend], family: Family) -> list[str]:
