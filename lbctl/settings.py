@@ -32,6 +32,9 @@ class EngineSettings:
     # `lbctl logs`: a longer line is cut here (Docker's own log splits lines at 16 KiB), so
     # that what a stream holds in memory is bounded whatever a container writes.
     log_line_max: int = 16 * 1024
+    # Podman: how long a stopped container's removal waits for `lbctl logs -f` to read its
+    # last lines (Podman deletes the log with the container); a follow reads them in ms.
+    log_remove_wait: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ class Engine:
         self.flavor = "docker"  # or "podman", learned from /version
         self._version_known = False
         self.default_ulimits: list[dict[str, Any]] = []
+        # Podman: container id -> log follows still reading it (Engine.logs); its removal
+        # waits for them, at most log_remove_wait (see _stop_and_remove).
+        self._following: dict[str, int] = {}
+        self._follow_ended = asyncio.Event()
+        self.log_remove_wait = settings.log_remove_wait
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -452,6 +457,7 @@ class Engine:
         try:
             with contextlib.suppress(aiodocker.DockerError):
                 await c.stop(t=grace)
+            await self._followers_done(container_id)
             # v: a replica's anonymous volumes (`-v /data`, an image's VOLUME) are its own
             # and would pile up otherwise; named volumes are never removed by this.
             await c.delete(force=True, v=True)
@@ -492,6 +498,79 @@ class Engine:
         caller ends it. Nothing is read ahead of the caller (aiohttp stops reading the socket
         when its buffer is full), so a slow reader holds the engine's stream, not memory.
         """
+        if not (follow and self.flavor == "podman"):
+            async for line in self._read_log(container_id, follow, since, tail):
+                yield line
+            return
+        self._following[container_id] = self._following.get(container_id, 0) + 1
+        try:
+            async for line in self._podman_follow(container_id, since, tail):
+                yield line
+        finally:
+            left = self._following.get(container_id, 1) - 1
+            if left > 0:
+                self._following[container_id] = left
+            else:
+                self._following.pop(container_id, None)
+            self._follow_ended.set()
+
+    async def _podman_follow(self, container_id: str, since: int | None,
+                             tail: int | None) -> AsyncIterator[LogLine]:
+        """Podman 4.3 ends a follow once the container stops, now and then before it read the
+        container's last lines, and loses them for good when the container is removed at once
+        (lbctl's drain does: 2 of 4 stops lost lines here): read again from the last stamp
+        given (to the second: Podman stamps no finer), skipping what was given, following
+        while it runs; its removal waits for this (_followers_done)."""
+        last, same = None, 0  # the last stamp given, and how many lines had it
+        async for line in self._read_log(container_id, True, since, tail):
+            last, same = line.time, same + 1 if line.time == last else 1
+            yield line
+        while True:
+            running = await self._running(container_id)
+            skip = same
+            again = self._read_log(container_id, bool(running),
+                                   since if last is None else last,
+                                   tail if last is None else None)
+            async for line in again:
+                if last is not None and line.time < last:
+                    continue  # given already
+                if line.time == last and skip > 0:
+                    skip -= 1  # given already: as many lines of that stamp as were
+                    continue
+                last, same = line.time, same + 1 if line.time == last else 1
+                yield line
+            if not running:
+                return
+            await asyncio.sleep(0.2)  # a follow that ends at once must not spin
+
+    async def _followers_done(self, container_id: str) -> None:
+        """Podman: wait (at most log_remove_wait) until no `lbctl logs -f` still reads the
+        stopped container: removing it deletes its log, which the follow may not have read
+        to the end (Engine._podman_follow)."""
+        def followed() -> bool:
+            return any(container_id.startswith(k) or k.startswith(container_id)
+                       for k in self._following)
+
+        if self.flavor != "podman" or not followed():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.log_remove_wait):
+                while followed():
+                    self._follow_ended.clear()
+                    await self._follow_ended.wait()
+
+    async def _running(self, container_id: str) -> bool | None:
+        """Whether the container runs; None when it is gone (or cannot be asked)."""
+        try:
+            async with asyncio.timeout(self.call_timeout):
+                info = await self.log_docker.containers.container(container_id).show()
+        except (aiodocker.DockerError, TimeoutError, aiohttp.ClientError, OSError):
+            return None
+        return bool((info.get("State") or {}).get("Running"))
+
+    async def _read_log(self, container_id: str, follow: bool, since: int | None,
+                        tail: int | None) -> AsyncIterator[LogLine]:
+        """One log request's lines (Engine.logs)."""
         params = {"stdout": "1", "stderr": "1", "timestamps": "1",
                   "follow": "1" if follow else "0"}
         if tail is not None:
@@ -518,7 +597,6 @@ class Engine:
         except (aiohttp.ClientError, OSError) as e:
             raise EngineError(f"container engine at {self.url} is not reachable: {e}") from e
         decoder = LogDecoder(bool((info.get("Config") or {}).get("Tty")), self.log_line_max)
-        last, same = None, 0  # the last stamp given, and how many lines had it
         try:
             while True:
                 if follow:
@@ -529,10 +607,8 @@ class Engine:
                 if not chunk:
                     break
                 for line in decoder.feed(chunk):
-                    last, same = line.time, same + 1 if line.time == last else 1
                     yield line
             for line in decoder.end():
-                last, same = line.time, same + 1 if line.time == last else 1
                 yield line
             if decoder.garbage is not None and b"no such container" not in decoder.garbage:
                 text = decoder.garbage.decode("utf-8", "replace").strip()[:300]
@@ -544,18 +620,6 @@ class Engine:
             raise EngineError(f"{what}: {e}") from e
         finally:
             resp.close()  # a stream cut short cannot go back to the pool
-        if follow and self.flavor == "podman":
-            # Podman 4.3 ends a follow once the container died, now and then before it read
-            # the container's last lines (1 to 5 stops in 8 here, removed or not), or any
-            # line at all: read what is there once more, past what was given (all of what was
-            # asked when nothing was), while the container still exists.
-            again = (self.logs(container_id, follow=False, since=since, tail=tail)
-                     if last is None else self.logs(container_id, follow=False, since=last))
-            async for line in again:
-                if line.time == last and same > 0:
-                    same -= 1  # given already
-                else:
-                    yield line
 
     async def events(self) -> AsyncIterator[EngineEvent | None]:
         """Container events for lbctl's containers, and (Docker) network creations, for as
