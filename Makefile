@@ -24,7 +24,7 @@ lint: setup
 
 test: ENGINE = podman
 test: setup lint
-	$(VENV)/bin/pytest -v -p no:cacheprovider tests
+	$(VENV)/bin/pytest -v -p no:cacheprovider --durations=40 tests
 
 unit: setup
 	$(VENV)/bin/pytest -q -m "not engine and not kernel" tests
@@ -39,4 +39,4 @@ bench: setup
 	$(PY) -m bench
 
 bench-smoke: setup
-	$(VENV)/bin/pytest -v -p no:cacheprovider tests/bench
+	$(VENV)/bin/pytest -v -p no:cacheprovider --durations=40 tests/bench

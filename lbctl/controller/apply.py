@@ -142,7 +142,9 @@ class AppDataplane:
             assert p.sandbox is not None and p.sandbox.pid is not None
             netns_pid = p.sandbox.pid
         assert self.ebpf is not None
-        ready, drains, probing = backends.ebpf_members(p, containers, leaving, spec.activated)
+        probed = spec.readiness.path is not None and spec.publish.proto == "tcp"
+        ready, drains, probing = backends.ebpf_members(p, containers, leaving, spec.activated,
+                                                       probed)
         # An activated app's listeners are bound to HOST_PORT (the others' to the container
         # port, which `--network host` makes the same).
         port = spec.publish.host_port if spec.activated else spec.publish.container_port

@@ -41,15 +41,17 @@ def dnat_target(c: Container, port: int, weight: int = 1) -> Backend:
 
 def ebpf_members(
     p: AppPlan, containers: Iterable[Container], leaving: frozenset[str],
-    activated: bool = False,
+    activated: bool = False, probed: bool = True,
 ) -> tuple[list[Member], list[Member], list[Member]]:
     """(ready, draining, probing) members: ready replicas by weight in the selection table;
     draining ones stay in the socket map only, so their queued connections can still migrate;
-    the app's other running replicas (starting, unready, unhealthy) are in the socket map
-    only too, so that readiness probes reach each of them through its slot (and an unready
-    one is seen to pass again), while no table sends them a client. `activated`: of an
-    activated app's, the ones lbctl created (it put their listeners in the map when it handed
-    them over; an adopted one was handed nothing)."""
+    where `probed` (an HTTP readiness probe, which reaches a replica through its slot) the
+    app's other running replicas (starting, unready, unhealthy) are in the socket map only
+    too, so that each is probed (and an unready one seen to pass again), while no table
+    sends them a client. Not otherwise: a UDP flow the program remembers goes to its
+    replica's socket while it is in the map, and one frozen or failing must lose its flows.
+    `activated`: of an activated app's, the ones lbctl created, probed or not (it put their
+    listeners in the map when it handed them over; an adopted one was handed nothing)."""
     ready = [Member(c.name, c.pid, p.weights.get(c.id, 1)) for c in p.backends if c.pid]
     # Only replicas in the app's namespace: one left in a lost sandbox's namespace has no
     # listener in the app's groups, and asking for it would fail the sync.
@@ -62,7 +64,8 @@ def ebpf_members(
             continue
         if c.id in leaving:
             draining.append(Member(c.name, c.pid))  # a replica, or a hold handing back
-        elif c.role == ROLE_REPLICA and c.id not in served and (c.managed or not activated):
+        elif c.role == ROLE_REPLICA and c.id not in served and (
+                c.managed if activated else probed):
             probing.append(Member(c.name, c.pid))
     return ready, draining, probing
 

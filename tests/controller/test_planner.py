@@ -461,3 +461,9 @@ def test_an_activated_apps_members_keep_starting_replicas_in_the_map() -> None:
     _, draining, probing = ebpf_members(p, cs, frozenset({cs[1].id}))
     assert [m.name for m in draining] == ["web-2"]
     assert sorted(m.name for m in probing) == ["web-3", "web-4"]
+    # No HTTP probe to reach them (a TCP check, a UDP app): only ready and draining ones, so
+    # a UDP flow the program remembers leaves a replica that is out; activated ones stay.
+    _, draining, probing = ebpf_members(p, cs, frozenset({cs[1].id}), probed=False)
+    assert [m.name for m in draining] == ["web-2"] and probing == []
+    _, _, probing = ebpf_members(p, cs, frozenset({cs[1].id}), activated=True, probed=False)
+    assert [m.name for m in probing] == ["web-3"]

@@ -353,6 +353,8 @@ async def test_a_held_service_drops_new_connections_until_its_deadline(
     port = free_port(socket.SOCK_STREAM)
     dp = IptablesDataplane(tmp_path)
     await dp.sync([service(2, port)])
+    # Nothing of lbctl's in raw before an app is paused: hooks every packet would cross.
+    assert "LBCTL-" not in sh("iptables-save", "-t", "raw")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)  # open before the hold
     await dp.sync([dataclasses.replace(service(2, port), hold_until=time.time() + 3)])
     try:

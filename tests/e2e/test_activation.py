@@ -130,8 +130,11 @@ def test_the_images_label_makes_it_activated_and_both_families_are_served_to_loc
 def test_scaling_and_a_daemon_kill_under_load_fail_no_request(
         daemon: Daemon, app_name: str, act_image: str) -> None:
     port = free_port()
+    # wrk keeps its connections alive and does not retry: a stopping replica closes an idle
+    # one only after 200 ms of Connection: close answers (the demo's IDLE_CLOSE_MS), as a
+    # server that drains keep-alive clients gracefully does.
     daemon.ok("run", app_name, "--image", act_image, "-p", f"127.0.0.1:{port}:8080",
-              "--replicas", "3", timeout=90)
+              "--replicas", "3", "-e", "IDLE_CLOSE_MS=200", timeout=90)
     wrk = Wrk(f"http://127.0.0.1:{port}/", seconds=30)
     cycles = 0
     try:

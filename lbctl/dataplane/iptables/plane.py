@@ -63,7 +63,7 @@ import logging
 import pathlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from lbctl.dataplane import conntrack, hostnet
 from lbctl.dataplane.iptables.chains import JUMPS, PREFIX, jump_spec
@@ -244,7 +244,12 @@ class IptablesDataplane:
         if not services:
             raise RestoreError("nothing left to apply", "nothing left to apply", "")
         nets = self._bridge_nets(services)
-        chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket)
+        raw = any(table == "raw" for table, _ in old)
+        chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket,
+                               raw=raw)
+        if not raw and any(table == "raw" for table, _ in chains):
+            # A first hold: its chains need their jumps, which only a full pass adds.
+            raise RestoreError("the raw table's chains are new", "", "")
         text = ""
         if chains != old:
             rewritten = changed_dnat_chains(old, chains)
@@ -308,8 +313,9 @@ class IptablesDataplane:
         jumps_removed = False
         failures: list[str] = []  # what each refused attempt said, apps' words aside
         while True:
+            raw = any(table == "raw" for table, _ in ours)  # sticky once a hold made them
             chains = render_chains(services, self.family, nets, self._cache,
-                                   self.settings.bucket)
+                                   self.settings.bucket, raw=raw)
             stale = sorted(ours - set(chains))
             unchanged = {
                 key
@@ -321,7 +327,7 @@ class IptablesDataplane:
             }
             text = render(services, [f"{t}:{c}" for t, c in stale], dnat_counters(saved),
                           unchanged=unchanged, family=self.family, bridge_nets=nets,
-                          bucket=self.settings.bucket)
+                          bucket=self.settings.bucket, raw=raw)
             self._localnet_off(services)
             if not services and not jumps_removed:
                 # Our chains cannot be deleted while a built-in chain still jumps to them.
@@ -349,7 +355,7 @@ class IptablesDataplane:
                 if prev is not None and prev != failing:
                     services = sorted([*services, prev], key=lambda s: s.app)
         if services:
-            await self._ensure_jumps(saved)
+            await self._ensure_jumps(saved, set(chains))
         await self._clean_conntrack(services, old_udp)
         errors = self._done(services, chains, refused)
         self._last_full = started
@@ -384,7 +390,8 @@ class IptablesDataplane:
 
     # --- jump rules ----------------------------------------------------------------------
 
-    async def _ensure_jumps(self, saved: Mapping[str, SavedTable]) -> None:
+    async def _ensure_jumps(self, saved: Mapping[str, SavedTable],
+                            chains: Collection[tuple[str, str]]) -> None:
         """Exactly one jump per hook, and it comes first in its built-in chain.
 
         First, because Docker puts its own jumps (DOCKER-USER, DOCKER-ISOLATION-STAGE-1) back
@@ -395,6 +402,8 @@ class IptablesDataplane:
         never without our jump.
         """
         for table, builtin, target in JUMPS:
+            if (table, target) not in chains:
+                continue  # the raw table's, while no app was paused: not made at all
             tab = saved.get(table)
             rules = [r for r in (tab.rules if tab else []) if r.chain == builtin]
             present = [r for r in rules if r.target == target]

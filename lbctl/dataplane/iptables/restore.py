@@ -40,6 +40,7 @@ def render(
     family: Family = IPV4,
     bridge_nets: Mapping[str, Sequence[str]] = {},  # read-only, never mutated
     bucket: int = IptablesSettings.bucket,
+    raw: bool = True,
 ) -> str:
     """The complete `iptables-restore --noflush --counters` text for lbctl's chains.
 
@@ -53,9 +54,9 @@ def render(
     (kube-proxy's partial sync: a re-sync of the same state then writes nothing).
     `bridge_nets`: bridge -> its networks of `family` (CIDR), for the same-bridge hairpin
     rules; a bridge not in it gets none.
-    `bucket`: backends per bucket chain (rules.py, "Large services").
+    `bucket`: backends per bucket chain (rules.py, "Large services"). `raw`: as render_chains.
     """
-    chains = render_chains(services, family, bridge_nets, bucket=bucket)
+    chains = render_chains(services, family, bridge_nets, bucket=bucket, raw=raw)
     stale: list[tuple[str, str]] = []
     for item in stale_chains:
         table, sep, chain = item.partition(":")

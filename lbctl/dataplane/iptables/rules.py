@@ -173,12 +173,15 @@ def render_chains(
     bridge_nets: Mapping[str, Sequence[str]] = {},  # read-only, never mutated
     cache: RenderCache | None = None,
     bucket: int = IptablesSettings.bucket,
+    raw: bool = True,
 ) -> dict[tuple[str, str], list[str]]:
     """(table, chain) -> its rule lines (without counters): every chain lbctl wants for
     `services`, and what the applier keeps in memory between syncs. No services: {}.
     `cache`: the buckets of the previous render, reused where nothing they depend on
     changed (the result is the same with or without it).  `bucket`: backends per bucket
-    chain (module doc, "Large services")."""
+    chain (module doc, "Large services"). `raw`: declare the traffic hold's raw chains even
+    while no service holds (False: only when one does; a host where no app was ever paused
+    never gets a raw table from lbctl, whose hooks every packet would cross)."""
     if not services:
         return {}
     apps = [s.app for s in services]
@@ -187,6 +190,9 @@ def render_chains(
     if bucket < 1:
         raise ValueError(f"bucket must be at least 1, not {bucket}")
     rules = _chain_rules(services, family, bridge_nets, cache or RenderCache(), bucket)
+    if not raw and not any(rules[c] for c in BASE_CHAINS["raw"]):
+        for c in BASE_CHAINS["raw"]:
+            del rules[c]
     if cache is not None:
         cache.rotate()
     return {(chain_table(c), c): lines for c, lines in rules.items()}
