@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,14 @@ class Wrk:
         self.proc = subprocess.Popen([*cmd, url], stdout=subprocess.PIPE, text=True)
         self.output = ""
 
-    def result(self) -> dict[str, Any]:
-        """wrk's counts as a dict (requests, connect/read/write/timeout, non2xx, failed)."""
-        self.output, _ = self.proc.communicate(timeout=120)
+    def result(self, linger: float | None = 3.0) -> dict[str, Any]:
+        """wrk's counts as a dict (requests, connect/read/write/timeout, non2xx, failed).
+        The load goes on `linger` seconds more (what follows the test's last step is measured
+        too), then SIGINT ends it, if `seconds` did not: a bound, not a duration to sit out
+        (wrk prints its report either way). None: its whole `seconds`."""
+        try:
+            self.output, _ = self.proc.communicate(timeout=linger)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGINT)
+            self.output, _ = self.proc.communicate(timeout=120)
         return parse(self.output).to_json()

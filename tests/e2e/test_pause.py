@@ -139,7 +139,7 @@ def test_iptables_hold_ends_at_max_with_no_daemon(held: Daemon, app_name: str) -
         held.ok("pause", app_name, "--max", "6")
         until = held.status(app_name)["hold"]["until"]
         held.kill(signal.SIGKILL)
-        res = load.result()  # its whole run, the daemon dead from the 2nd second on
+        res = load.result(linger=None)  # its whole run, the daemon dead from the 2nd second on
     held.start()
     st = held.status(app_name)
     print(f"\n[iptables] a 6 s hold with its daemon killed at once: {res['requests']} "
