@@ -3,6 +3,7 @@ results.json's "rollout" list (bench.rollout.Sample.to_json)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,24 @@ def _k(x: float | None) -> str:
     if x is None:
         return "n/a"
     return f"{x / 1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+
+
+
+def _table(w: Callable[[str], None], rows: Sequence[dict[str, Any]]) -> None:
+    """The rollout cases' table, a row per case and each cell per round (both sections)."""
+    w("| case | rollout time | requests | failed | req/s before | req/s during | lowest | "
+      "daemon CPU |")
+    w("|---|---|---|---|---|---|---|---|")
+    for s in rows:
+        rs = s["rounds"]
+        cpu = _per_round(rs, lambda r: "-" if r.get("daemon_cpu_pct") is None
+                         else f"{r['daemon_cpu_pct']:.0f}%")
+        took = _per_round(rs, lambda r: f"{r['rollout_s']:.1f} s")
+        reqs = _per_round(rs, lambda r: f"{r['requests']:,}")
+        w(f"| {s['label']} | {took} | {reqs} | "
+          f"{_per_round(rs, _failed)} | {_per_round(rs, lambda r: _k(r['before_rps']))} | "
+          f"{_per_round(rs, lambda r: _k(r['during_rps']))} | "
+          f"{_per_round(rs, lambda r: _k(r['lowest_rps']))} | {cpu} |")
 
 
 def _per_round(rounds: list[dict[str, Any]], fmt: Any) -> str:
@@ -88,19 +107,7 @@ def markdown(res: Results) -> list[str]:
       f"second before the rollout and while it runs; *lowest*: the slowest {BUCKET_S:g} s "
       "during the rollout, per second. *daemon CPU*: lbctl's daemon during the rollout, % of "
       "one core.\n")
-    w("| case | rollout time | requests | failed | req/s before | req/s during | lowest | "
-      "daemon CPU |")
-    w("|---|---|---|---|---|---|---|---|")
-    for s in rows:
-        rs = s["rounds"]
-        cpu = _per_round(rs, lambda r: "-" if r.get("daemon_cpu_pct") is None
-                         else f"{r['daemon_cpu_pct']:.0f}%")
-        took = _per_round(rs, lambda r: f"{r['rollout_s']:.1f} s")
-        reqs = _per_round(rs, lambda r: f"{r['requests']:,}")
-        w(f"| {s['label']} | {took} | {reqs} | "
-          f"{_per_round(rs, _failed)} | {_per_round(rs, lambda r: _k(r['before_rps']))} | "
-          f"{_per_round(rs, lambda r: _k(r['during_rps']))} | "
-          f"{_per_round(rs, lambda r: _k(r['lowest_rps']))} | {cpu} |")
+    _table(w, rows)
     w("")
     w("### What the drain saves\n")
     for line in summary(res):
@@ -153,19 +160,7 @@ def warmup_markdown(res: Results) -> list[str]:
       "`lbctl run ... --ready-path /ready`: it joins once its `/ready` answers 200 (probes "
       "0.25 s apart), so the rollout also waits out the warm-up. Cases in alternating order, "
       f"{len(s0['rounds'])} round(s).\n")
-    w("| case | rollout time | requests | failed | req/s before | req/s during | lowest | "
-      "daemon CPU |")
-    w("|---|---|---|---|---|---|---|---|")
-    for s in rows:
-        rs = s["rounds"]
-        cpu = _per_round(rs, lambda r: "-" if r.get("daemon_cpu_pct") is None
-                         else f"{r['daemon_cpu_pct']:.0f}%")
-        took = _per_round(rs, lambda r: f"{r['rollout_s']:.1f} s")
-        reqs = _per_round(rs, lambda r: f"{r['requests']:,}")
-        w(f"| {s['label']} | {took} | {reqs} | "
-          f"{_per_round(rs, _failed)} | {_per_round(rs, lambda r: _k(r['before_rps']))} | "
-          f"{_per_round(rs, lambda r: _k(r['during_rps']))} | "
-          f"{_per_round(rs, lambda r: _k(r['lowest_rps']))} | {cpu} |")
+    _table(w, rows)
     w("")
     by = {s["id"]: s for s in rows}
     for mode in ("ebpf", "iptables"):
