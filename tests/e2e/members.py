@@ -89,11 +89,10 @@ def make_member() -> Iterator[Member]:
 
 
 @contextlib.contextmanager
-def with_policy(daemon: Daemon, policy: Path, *flags: str) -> Iterator[Path]:
-    """The test's daemon again, with `policy` given by --policy (as /etc/lbctl/policy.toml
-    would be) and its socket in /run/lbctl-test-PREFIX (others can traverse it); back to
-    how it was afterwards."""
-    policy.chmod(0o644)
+def open_socket_daemon(daemon: Daemon, *flags: str) -> Iterator[Daemon]:
+    """The test's daemon again, started with `flags` and its socket in
+    /run/lbctl-test-PREFIX, a directory members can traverse (pytest's are root's alone);
+    back to how it was afterwards."""
     sock_dir = Path(f"/run/lbctl-test-{PREFIX}")
     sock_dir.mkdir(mode=0o755, exist_ok=True)
     sock_dir.chmod(0o755)
@@ -101,10 +100,8 @@ def with_policy(daemon: Daemon, policy: Path, *flags: str) -> Iterator[Path]:
     daemon.kill(signal.SIGTERM)
     daemon.socket = sock_dir / "lbctl.sock"
     try:
-        daemon.start("--policy", str(policy), *flags)
-        st = daemon.socket.stat()
-        assert (st.st_mode & 0o777, grp.getgrgid(st.st_gid).gr_name) == (0o660, GROUP)
-        yield policy
+        daemon.start(*flags)
+        yield daemon
     finally:
         daemon.kill(signal.SIGTERM)
         daemon.socket = original
@@ -113,3 +110,14 @@ def with_policy(daemon: Daemon, policy: Path, *flags: str) -> Iterator[Path]:
             (sock_dir / "lbctl.sock").unlink()
         with contextlib.suppress(OSError):
             sock_dir.rmdir()
+
+
+@contextlib.contextmanager
+def with_policy(daemon: Daemon, policy: Path, *flags: str) -> Iterator[Path]:
+    """The test's daemon again, with `policy` given by --policy (as /etc/lbctl/policy.toml
+    would be) and its socket where others can traverse (open_socket_daemon)."""
+    policy.chmod(0o644)
+    with open_socket_daemon(daemon, "--policy", str(policy), *flags):
+        st = daemon.socket.stat()
+        assert (st.st_mode & 0o777, grp.getgrgid(st.st_gid).gr_name) == (0o660, GROUP)
+        yield policy

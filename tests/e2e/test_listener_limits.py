@@ -14,27 +14,24 @@ replica over.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import PREFIX
 from harness.daemon import Daemon
 from harness.engine import app_containers, docker
 from harness.host import free_port, iptables_save
 from harness.traffic import spread
+from tests.e2e.members import open_socket_daemon
 
 pytestmark = pytest.mark.engine
 
@@ -142,23 +139,8 @@ def open_socket(daemon: Daemon) -> Iterator[Daemon]:
     are root's alone), with short timeouts so that the cuts show within the test."""
     if subprocess.run(["getent", "group", "lbctl"], capture_output=True).returncode != 0:
         subprocess.run(["groupadd", "--system", "lbctl"], check=True)  # as `make setup` does
-    sock_dir = Path(f"/run/lbctl-test-{PREFIX}")
-    sock_dir.mkdir(mode=0o755, exist_ok=True)
-    sock_dir.chmod(0o755)
-    original = daemon.socket
-    daemon.kill(signal.SIGTERM)
-    daemon.socket = sock_dir / "lbctl.sock"
-    try:
-        daemon.start("--api-idle-timeout", "3", "--api-header-timeout", "2")
+    with open_socket_daemon(daemon, "--api-idle-timeout", "3", "--api-header-timeout", "2"):
         yield daemon
-    finally:
-        daemon.kill(signal.SIGTERM)
-        daemon.socket = original
-        daemon.start()
-        with contextlib.suppress(OSError):
-            (sock_dir / "lbctl.sock").unlink()
-        with contextlib.suppress(OSError):
-            sock_dir.rmdir()
 
 
 def targets(d: Daemon) -> list[dict[str, Any]]:
