@@ -23,6 +23,7 @@ from typing import Any
 from harness import PREFIX
 from harness.activation import build_shim
 from harness.host import free_port
+from harness.wrk import Wrk
 
 LBCTL = [sys.executable, "-m", "lbctl"]
 
@@ -132,3 +133,24 @@ class Daemon:
                     return
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}")
+
+
+def scale_cycles_and_a_kill_under_load(d: Daemon, app: str, port: int) -> tuple[dict[str, Any],
+                                                                                 str]:
+    """wrk (new connection per request) on 127.0.0.1:`port` while `app` is scaled 3 -> 1 -> 3
+    three times, the daemon is SIGKILLed, started again, and the app scaled 3 -> 1 -> 3 once
+    more: wrk's counts and its output."""
+    wrk = Wrk(f"http://127.0.0.1:{port}/", seconds=30)
+    try:
+        time.sleep(1.0)
+        for _ in range(3):
+            d.ok("scale", f"{app}=1")
+            d.ok("scale", f"{app}=3")
+        d.kill()
+        time.sleep(1.0)  # serving on without the daemon: the program and maps are pinned
+        d.start()
+        d.ok("scale", f"{app}=1")
+        d.ok("scale", f"{app}=3")
+    finally:
+        res = wrk.result()
+    return res, wrk.output

@@ -28,11 +28,10 @@ from typing import Any
 import pytest
 
 from harness.activation import activation_image
-from harness.daemon import Daemon
+from harness.daemon import Daemon, scale_cycles_and_a_kill_under_load
 from harness.engine import ENGINES, app_containers, docker
 from harness.host import free_port, iptables_save
 from harness.traffic import get, spread
-from harness.wrk import Wrk
 from lbctl.dataplane.ebpf.pins import pin_dir
 from tests.clients import ip6tables_save, local_requests, ns_requests, remote_host
 
@@ -135,24 +134,10 @@ def test_scaling_and_a_daemon_kill_under_load_fail_no_request(
     # server that drains keep-alive clients gracefully does.
     daemon.ok("run", app_name, "--image", act_image, "-p", f"127.0.0.1:{port}:8080",
               "--replicas", "3", "-e", "IDLE_CLOSE_MS=200", timeout=90)
-    wrk = Wrk(f"http://127.0.0.1:{port}/", seconds=30)
-    cycles = 0
-    try:
-        time.sleep(1.0)
-        for _ in range(3):
-            daemon.ok("scale", f"{app_name}=1")
-            daemon.ok("scale", f"{app_name}=3")
-            cycles += 1
-        daemon.kill()
-        time.sleep(1.0)  # serving on without the daemon: the program and maps are pinned
-        daemon.start()
-        daemon.ok("scale", f"{app_name}=1")
-        daemon.ok("scale", f"{app_name}=3")
-    finally:
-        res = wrk.result()
-    print(f"activation, scale 3->1->3 x{cycles} + daemon SIGKILL under load: {res}")
+    res, output = scale_cycles_and_a_kill_under_load(daemon, app_name, port)
+    print(f"activation, scale 3->1->3 x3 + daemon SIGKILL under load: {res}")
     assert res["requests"] > 2000
-    assert res["failed"] == 0, wrk.output
+    assert res["failed"] == 0, output
     st = daemon.status(app_name)
     assert st["ready"] == 3 and {r["listener"] for r in st["replicas"]} == {"held"}, st
     assert set(spread(port, 30)) == _names(app_name, 3)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 
 import pytest
 
-from harness.daemon import Daemon
+from harness.daemon import Daemon, scale_cycles_and_a_kill_under_load
 from harness.engine import app_containers
 from harness.host import free_port, iptables_save
 from harness.traffic import spread
-from harness.wrk import Wrk
 from tests.clients import ns_requests, remote_host
 
 pytestmark = pytest.mark.engine
@@ -63,24 +61,10 @@ def test_host_network_scales_under_load_and_survives_a_daemon_kill(
 ) -> None:
     port = free_port()
     run_host_app(daemon, app_name, port, 3)
-    wrk = Wrk(f"http://127.0.0.1:{port}/", seconds=30)
-    cycles = 0
-    try:
-        time.sleep(1.0)
-        for _ in range(3):
-            daemon.ok("scale", f"{app_name}=1")
-            daemon.ok("scale", f"{app_name}=3")
-            cycles += 1
-        daemon.kill()
-        time.sleep(1.0)  # serving on without the daemon: the program and maps are pinned
-        daemon.start()
-        daemon.ok("scale", f"{app_name}=1")
-        daemon.ok("scale", f"{app_name}=3")
-    finally:
-        res = wrk.result()
-    print(f"host network, scale 3->1->3 x{cycles} + daemon SIGKILL under load: {res}")
+    res, output = scale_cycles_and_a_kill_under_load(daemon, app_name, port)
+    print(f"host network, scale 3->1->3 x3 + daemon SIGKILL under load: {res}")
     assert res["requests"] > 2000
-    assert res["failed"] == 0, wrk.output
+    assert res["failed"] == 0, output
     assert set(spread(port, 30)) == _names(app_name, 3)
     st = daemon.status(app_name)
     assert st["ready"] == 3 and len(app_containers(app_name)) == 3, json.dumps(st)
