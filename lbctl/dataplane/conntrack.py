@@ -22,13 +22,11 @@ finds nothing left to delete. `conntrack -D` is no help here: it deletes by the 
 from __future__ import annotations
 
 import asyncio
-import errno
 import re
 import socket
-from typing import Any
 
 from lbctl import malloc
-from lbctl.dataplane.netlink import NetlinkError, NFCTAttrTuple, NFCTSocket
+from lbctl.dataplane.ctnetlink import CtSocket, Match
 
 CONNTRACK = "conntrack"
 _PROTO_NUMS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
@@ -90,93 +88,51 @@ async def delete_flows(
 _ESTABLISHED = 3  # TCP_CONNTRACK_ESTABLISHED
 
 
-def _tcp_state(msg: Any) -> int | None:
-    info = msg.get_attr("CTA_PROTOINFO")
-    tcp = info.get_attr("CTA_PROTOINFO_TCP") if info is not None else None
-    return tcp.get_attr("CTA_PROTOINFO_TCP_STATE") if tcp is not None else None
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def _forget_backend(ip: str, port: int, proto: str) -> int:
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    key = "CTA_IP_V6" if family == socket.AF_INET6 else "CTA_IP_V4"
-    num = _PROTO_NUMS[proto]
-    # The kernel filters on the reply tuple; it finds no IPv6 address this way (kernel 6.18,
-    # pyroute2 0.9), so for IPv6 it filters on the port alone and the check below does the rest.
-    wanted = NFCTAttrTuple(family=family, saddr=None if family == socket.AF_INET6 else ip,
-                           proto=num, sport=port)
-    # Only what the deletes need is kept from the dump, one small tuple per entry: a drained
-    # replica of a busy app leaves tens of thousands of TIME_WAIT entries, and holding them
-    # as parsed messages (kilobytes of Python objects each) took the daemon from 50 MB to
-    # 200 MB and more, which glibc then kept (bench/RESULTS.md, controller footprint).
-    found: list[tuple[str, int, int]] = []
-    gone = 0
-    with NFCTSocket(nfgen_family=family) as ct:
-        for msg in ct.dump(tuple_reply=wanted):
-            reply = msg.get_attr("CTA_TUPLE_REPLY")
-            if reply is None:
-                continue
-            r_ip, r_proto = reply.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_PROTO")
+    family, num = _family(ip), _PROTO_NUMS[proto]
+    # The kernel filters on the reply tuple's address, but finds no IPv6 one (kernel 6.18):
+    # for IPv6 it filters on the port alone and the check below does the rest.
+    wanted = Match(src=ip if family == socket.AF_INET else None, sport=port)
+    with CtSocket() as ct:
+        # Only the tuple each delete needs is kept from the dump: a drained replica of a busy
+        # app leaves tens of thousands of TIME_WAIT entries (bench/RESULTS.md, controller
+        # footprint, for what holding whole parsed messages cost).
+        found = [
+            (e.reply, e.id) for e in ct.dump(family, num, reply=wanted)
             # Older kernels' reply-tuple filters had bugs too: every entry is checked here.
-            if (r_ip.get_attr(f"{key}_SRC") != ip or r_proto.get_attr("CTA_PROTO_SRC_PORT") != port
-                    or r_proto.get_attr("CTA_PROTO_NUM") != num):
-                continue
-            if _tcp_state(msg) == _ESTABLISHED:
-                # Still open after the drain's timeout (a keep-alive client): the replica's
-                # graceful stop closes it; deleting its entry now would send its next packet
-                # through the DNAT afresh, to a replica that answers with a reset.
-                continue
-            found.append((r_ip.get_attr(f"{key}_DST"), r_proto.get_attr("CTA_PROTO_DST_PORT"),
-                          msg.get_attr("CTA_ID")))
-        for daddr, dport, ct_id in found:
-            tuple_reply = NFCTAttrTuple(family=family, saddr=ip, daddr=daddr, proto=num,
-                                        sport=port, dport=dport)
-            try:
-                # By the REPLY tuple, which names this replica: a new connection that took the
-                # same original tuple since the dump (a client port reused) went to another
-                # replica, has another reply tuple and is not found. Neither the original tuple
-                # nor the id tells them apart (the id hashes the entry's address and original
-                # tuple, and the new entry usually gets the old one's memory).
-                ct.entry("del", tuple_reply=tuple_reply, id=ct_id)
-                gone += 1
-            except NetlinkError as e:
-                if e.code != errno.ENOENT:
-                    raise ConntrackError(f"deleting a conntrack entry of {ip}: {e}") from None
+            if e.reply.src == ip and e.reply.sport == port
+            # Still open after the drain's timeout (a keep-alive client): the replica's
+            # graceful stop closes it; deleting its entry now would send its next packet
+            # through the DNAT afresh, to a replica that answers with a reset.
+            and e.tcp_state != _ESTABLISHED
+        ]
+        # By the REPLY tuple, which names this replica: a new connection that took the same
+        # original tuple since the dump (a client port reused) went to another replica, has
+        # another reply tuple and is not found. Neither the original tuple nor the id tells
+        # them apart (the id hashes the entry's address and original tuple, and the new entry
+        # usually gets the old one's memory); the id still spares an entry that replaced the
+        # dumped one with the same reply tuple (the same client back to this replica).
+        gone = ct.delete_by_reply(family, num, found)
     del found
-    malloc.trim()  # pyroute2 parsed the whole dump at once: give that back now
+    malloc.trim()
     return gone
 
 
 def _forget_unnated(port: int, proto: str, family: int) -> int:
-    fam = socket.AF_INET6 if family == 6 else socket.AF_INET
-    key = "CTA_IP_V6" if fam == socket.AF_INET6 else "CTA_IP_V4"
-    num = _PROTO_NUMS[proto]
-    found: list[tuple[str, str, int]] = []  # (host address, client address, client port)
-    gone = 0
-    with NFCTSocket(nfgen_family=fam) as ct:
-        for msg in ct.dump(tuple_orig=NFCTAttrTuple(family=fam, proto=num, dport=port)):
-            orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
-            if orig is None or reply is None:
-                continue
-            o_ip, o_proto = orig.get_attr("CTA_TUPLE_IP"), orig.get_attr("CTA_TUPLE_PROTO")
-            r_ip, r_proto = reply.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_PROTO")
-            if (o_proto.get_attr("CTA_PROTO_NUM") != num
-                    or o_proto.get_attr("CTA_PROTO_DST_PORT") != port
-                    or r_proto.get_attr("CTA_PROTO_SRC_PORT") != port
-                    or r_ip.get_attr(f"{key}_SRC") != o_ip.get_attr(f"{key}_DST")):
-                continue  # NATed (its reply comes from a backend), or not this port's
-            found.append((r_ip.get_attr(f"{key}_SRC"), r_ip.get_attr(f"{key}_DST"),
-                          r_proto.get_attr("CTA_PROTO_DST_PORT")))
-        for host, client, cport in found:
-            try:
-                # By the reply tuple, which names the host itself: a NATed connection that
-                # took the same client port since the dump has a backend's, and stays.
-                ct.entry("del", tuple_reply=NFCTAttrTuple(family=fam, saddr=host, daddr=client,
-                                                          proto=num, sport=port, dport=cport))
-                gone += 1
-            except NetlinkError as e:
-                if e.code != errno.ENOENT:
-                    raise ConntrackError(f"deleting a conntrack entry of port {port}: {e}"
-                                         ) from None
+    fam, num = (socket.AF_INET6 if family == 6 else socket.AF_INET), _PROTO_NUMS[proto]
+    with CtSocket() as ct:
+        found = [
+            # By the reply tuple, which names the host itself: a NATed connection that took
+            # the same client port since the dump has a backend's, and stays.
+            (e.reply, None) for e in ct.dump(fam, num, orig=Match(dport=port))
+            # NATed entries (the reply comes from a backend) and other ports' stay.
+            if e.orig.dport == port and e.reply.sport == port and e.reply.src == e.orig.dst
+        ]
+        gone = ct.delete_by_reply(fam, num, found)
     del found
     malloc.trim()
     return gone
@@ -193,7 +149,7 @@ async def forget_unnated(port: int, proto: str = "tcp", family: int = 4) -> int:
         raise ValueError(f"unsupported protocol {proto!r}")
     try:
         return await asyncio.to_thread(_forget_unnated, port, proto, family)
-    except (OSError, NetlinkError) as e:
+    except OSError as e:
         raise ConntrackError(f"conntrack entries of port {port}: {e}") from None
 
 
@@ -207,5 +163,5 @@ async def forget_backend(ip: str, port: int, proto: str = "tcp") -> int:
         raise ValueError(f"unsupported protocol {proto!r}")
     try:
         return await asyncio.to_thread(_forget_backend, ip, port, proto)
-    except (OSError, NetlinkError) as e:
+    except OSError as e:
         raise ConntrackError(f"conntrack entries of {ip}:{port}: {e}") from None

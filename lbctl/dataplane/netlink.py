@@ -1,4 +1,4 @@
-"""The netlink lbctl speaks: pyroute2's sock_diag and ctnetlink sockets, loaded without the
+"""The netlink lbctl speaks: pyroute2's sock_diag socket, loaded without the
 rest of pyroute2, and a link dump of its own.
 
 Why: `import pyroute2` (and so any `from pyroute2.x import y`, which runs the package's
@@ -49,9 +49,8 @@ _bare_pyroute2()
 
 from pyroute2.netlink.diag import DiagSocket  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, NFCTSocket  # noqa: E402
 
-__all__ = ["DiagSocket", "NFCTAttrTuple", "NFCTSocket", "NetlinkError", "link_peers"]
+__all__ = ["DiagSocket", "NetlinkError", "link_peers"]
 
 _NETLINK_ROUTE = 0
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
