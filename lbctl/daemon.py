@@ -261,7 +261,9 @@ async def _serve(settings: Settings, sock: Path, policy: Policy) -> None:
 
     run = asyncio.create_task(controller.run())
     ready = asyncio.create_task(_notify_ready(controller, d.apps))
-    watchdog = asyncio.create_task(_watchdog(controller))
+    # Stalled: no full list for one discovery period plus an engine call's whole timeout.
+    watchdog = asyncio.create_task(_watchdog(
+        controller, settings.worker.discovery_interval + settings.engine.call_timeout))
     trimmer = asyncio.create_task(_trim_memory(settings.daemon.trim_interval))
     stopper = asyncio.create_task(stop.wait())
     try:
@@ -303,7 +305,7 @@ async def _trim_memory(interval: float) -> None:
         malloc.trim()
 
 
-async def _watchdog(controller: Controller) -> None:
+async def _watchdog(controller: Controller, stall: float) -> None:
     """Fed only while the controller works: the engine answered a full list and every
     worker finished a pass recently. A wedged engine stops the feeding, and systemd restarts
     the daemon (the data plane keeps serving meanwhile)."""
@@ -315,7 +317,7 @@ async def _watchdog(controller: Controller) -> None:
     # (which READY does not wait for when there is no app) the time to arrive, instead of
     # reporting a stall that is only a start.
     await controller.first_sync.wait()
-    window = max(2 * interval, 15.0)
+    window = max(2 * interval, stall)
     stalled = False
     while True:
         await asyncio.sleep(interval)
