@@ -94,8 +94,9 @@ def _family(ip: str) -> int:
 
 def _forget_backend(ip: str, port: int, proto: str) -> int:
     family, num = _family(ip), _PROTO_NUMS[proto]
-    # The kernel filters on the reply tuple's address, but finds no IPv6 one (kernel 6.18):
-    # for IPv6 it filters on the port alone and the check below does the rest.
+    # The kernel's filter on a reply tuple's IPv6 address compares the wrong way round (kernel
+    # 6.18: it returned the other backends' entries): for IPv6 it filters on the port alone
+    # and the check below does the rest.
     wanted = Match(src=ip if family == socket.AF_INET else None, sport=port)
     with CtSocket() as ct:
         # Only the tuple each delete needs is kept from the dump: a drained replica of a busy
