@@ -89,7 +89,12 @@ def _dispatch(args: argparse.Namespace, command: list[str]) -> int:
     if args.cmd == "status":
         if args.name:
             validate_name(args.name)
-        return asyncio.run(commands.status(sock, args.name, args.output, args.watch))
+        try:
+            return asyncio.run(commands.status(sock, args.name, args.output, args.watch))
+        except KeyboardInterrupt:
+            if not args.watch:
+                raise
+            return 0  # how a watch ends, as `lbctl logs -f` does: nothing went wrong
     if args.cmd == "rollout":
         validate_name(args.name)
         return asyncio.run(commands.rollout(sock, args.action, args.name, args.to_revision,

@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show apps and replicas")
     st.add_argument("name", nargs="?")
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    st.add_argument("-w", "--watch", action="store_true")
+    st.add_argument("-w", "--watch", action="store_true",
+                    help="redraw the table every second in place until Ctrl-C (exit 0)")
 
     ro = sub.add_parser("rollout", help="follow and steer an app's rollout")
     ro.add_argument("action", choices=["status", "pause", "resume", "undo", "history"])
