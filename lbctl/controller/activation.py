@@ -11,8 +11,12 @@ handed to it (lbctl.dataplane.activation); it is ready when
   a queue nobody accepts from, even while no replica is ready and the kernel picks), it is
   never steered to, and the app's error says so in one line (the image must change, or the
   app run without --activation), and
-- with a readiness path, it answers it: the probe goes from the host's namespace (where
-  those listeners are) to the published address, through the replica's slot.
+- it accepts from them: a connection through the replica's slot, from the host's namespace
+  (where those listeners are) to the published address, is accept()ed (the listeners' accept
+  queue empties), once; holding a socket is not serving it (an image that ignores
+  LISTEN_FDS holds it unused until it binds its own port, a JVM seconds later), and
+- with a readiness path, it answers it: the probe goes the same way (an answer proves the
+  accept).
 
 `ActivationQuestions` asks that of activated apps' replicas and hands every other app to the
 probe it wraps (readiness.answers.Questions), so readiness keeps one entry point per replica;
@@ -38,10 +42,18 @@ class Listener(StrEnum):
 
 
 class ListenerStates:
-    """app -> replica container id -> its listener's state, as last asked."""
+    """app -> replica container id -> its listener's state, as last asked; and the replicas
+    seen accepting from it (once is enough: after that, readiness is the probe's)."""
 
     def __init__(self) -> None:
         self._apps: dict[str, dict[str, Listener]] = {}
+        self._accepting: dict[str, set[str]] = {}
+
+    def accepting(self, app: str, container_id: str) -> bool:
+        return container_id in self._accepting.get(app, ())
+
+    def accepted(self, app: str, container_id: str) -> None:
+        self._accepting.setdefault(app, set()).add(container_id)
 
     def get(self, app: str, container_id: str) -> Listener | None:
         return self._apps.get(app, {}).get(container_id)
@@ -54,6 +66,8 @@ class ListenerStates:
         if mine is not None:
             for cid in [c for c in mine if c not in container_ids]:
                 del mine[cid]
+        if app in self._accepting:
+            self._accepting[app] &= set(container_ids)
 
 
 def not_taken(replica: str, port: int, proto: str) -> str:
@@ -98,7 +112,7 @@ class ActivationQuestions:
             states.set(spec.name, c.id, Listener.HELD if held else Listener.NONE)
             if not held:
                 return failed(Failure.NO_LISTENER, "holds no listener lbctl handed it")
-            if probe.path is None or proto != "tcp":
+            if proto != "tcp" or (probe.path is None and states.accepting(spec.name, c.id)):
                 return OK
             # Its listeners are the host's: the probe is made in the daemon's own namespace,
             # to the published address, through the slot (as for `--network host`).
@@ -108,9 +122,18 @@ class ActivationQuestions:
                 if got is None:
                     return failed(Failure.JOINING, "listening, not in the socket map yet")
                 sock, address = got
-                result = await http.ask(sock, (address, spec.publish.host_port), probe)
-                if not result.ok:
-                    return result
+                to = (address, spec.publish.host_port)
+                if probe.path is not None:
+                    result = await http.ask(sock, to, probe)
+                    if not result.ok:
+                        return result
+                    continue
+                # Not serving yet is readiness, not liveness: such a replica is kept.
+                why = await activation.accepts(sock, to, c.pid, probe.timeout)
+                if why is not None:
+                    return failed(Failure.TIMEOUT, why)
+            if probe.path is None:
+                states.accepted(spec.name, c.id)
             return result
 
         return answers

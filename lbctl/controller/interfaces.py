@@ -122,6 +122,9 @@ class ActivationPort(Protocol):
 
     async def own_listener(self, pid: int, port: int, proto: str) -> bool: ...
 
+    async def accepts(self, sock: socket.socket, address: tuple[str, int], pid: int,
+                      timeout: float) -> str | None: ...
+
     async def shut_down(self, pid: int, port: int, proto: str) -> int: ...
 
 

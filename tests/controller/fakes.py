@@ -291,6 +291,10 @@ class FakeEbpf:
         # app -> the members in its socket map (ready, draining, probing, holds): name -> pid
         self.members: dict[str, dict[str, int]] = {}
         self.queue = 0  # what a hold's accept queue holds (queued())
+        # probe_socket() gives a socket (never connected here) for a replica whose listeners
+        # are in the map, as the real one does; off by default: an HTTP probe would connect
+        # it, to this machine's ports.
+        self.probe_sockets = False
 
     async def sync(self, app: str, port: int, netns_pid: int, ready: Sequence[Member],
                    draining: Sequence[Member] = (), proto: str = "tcp",
@@ -307,7 +311,9 @@ class FakeEbpf:
 
     async def probe_socket(self, app: str, replica: str, pid: int,
                            family: int) -> tuple[socket.socket, str] | None:
-        return None
+        if not self.probe_sockets or replica in self.lost:
+            return None
+        return socket.socket(), "127.0.0.1"
 
     async def bound(self, pid: int, port: int, proto: str = "tcp") -> list[Bound]:
         return [Bound(4, "0.0.0.0", port, False, 1000)]
@@ -355,6 +361,9 @@ class FakeActivation:
         self.served: dict[str, set[str]] = {}  # app -> replicas
         self.removed: list[str] = []
         self.not_taken: set[int] = set()
+        self.accepting = True  # False: no replica accepts (connections stay in the queue)
+        self.not_accepting: set[int] = set()  # pids whose connections stay in the queue
+        self.accept_checks: list[int] = []
         self.shut: list[tuple[int, int, str]] = []
         self.why: str | None = None  # unavailable()
 
@@ -374,6 +383,13 @@ class FakeActivation:
 
     async def own_listener(self, pid: int, port: int, proto: str) -> bool:
         return pid in self.not_taken
+
+    async def accepts(self, sock: socket.socket, address: tuple[str, int], pid: int,
+                      timeout: float) -> str | None:
+        sock.close()
+        self.accept_checks.append(pid)
+        refused = not self.accepting or pid in self.not_accepting
+        return "a connection was not accepted" if refused else None
 
     async def shut_down(self, pid: int, port: int, proto: str) -> int:
         self.shut.append((pid, port, proto))

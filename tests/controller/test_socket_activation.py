@@ -5,6 +5,7 @@ on the real engine and kernel.)"""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,19 @@ import pytest
 from lbctl.model import InvalidInput
 from lbctl.model.activation import LABEL_LISTEN_FDS, SHIM_IN
 from lbctl.model.spec import Mode
-from tests.controller.fakes import FakeActivation, FakeEngine, harness, spec
+from tests.controller.fakes import FakeActivation, FakeEngine, Harness, harness, spec
 
 LABELLED = "img:2"
+
+
+def activated(tmp_path: Path, e: FakeEngine, activation: FakeActivation | None = None
+              ) -> Harness:
+    """A harness whose ebpf fake hands out probe sockets: an activated replica is ready once
+    a connection through its slot was accepted (FakeActivation.accepts says whether)."""
+    h = harness(tmp_path, e) if activation is None else harness(tmp_path, e,
+                                                                activation=activation)
+    h.ebpf.probe_sockets = True
+    return h
 
 
 def engine() -> FakeEngine:
@@ -25,7 +36,7 @@ def engine() -> FakeEngine:
 
 async def test_the_images_label_decides_at_admission_and_the_app_keeps_the_answer(
         tmp_path: Path) -> None:
-    h = harness(tmp_path, engine())
+    h = activated(tmp_path, engine())
     await h.apps.apply([
         spec("lab", image=LABELLED, mode=Mode.EBPF),
         spec("plain", image="img:1", mode=Mode.EBPF, port=18001),
@@ -43,7 +54,7 @@ async def test_the_images_label_decides_at_admission_and_the_app_keeps_the_answe
 
 
 async def test_changing_the_path_is_refused_like_the_mode(tmp_path: Path) -> None:
-    h = harness(tmp_path, engine())
+    h = activated(tmp_path, engine())
     await h.apps.apply([spec("web", image=LABELLED, mode=Mode.EBPF)])
     before = h.apps.spec("web")
     with pytest.raises(InvalidInput, match=r"runs with socket activation.*lbctl rm"):
@@ -59,7 +70,7 @@ async def test_asked_for_where_it_cannot_be_is_one_line_and_the_label_falls_back
         tmp_path: Path) -> None:
     act = FakeActivation()
     act.why = "the socket-activation shim /x is missing"
-    h = harness(tmp_path, engine(), activation=act)
+    h = activated(tmp_path, engine(), activation=act)
     with pytest.raises(InvalidInput, match=r"not available here.*shim /x is missing"):
         await h.apps.apply([spec("web", mode=Mode.EBPF, activation=True)])
     assert "web" not in h.apps.state.apps
@@ -69,7 +80,7 @@ async def test_asked_for_where_it_cannot_be_is_one_line_and_the_label_falls_back
 
 async def test_an_activated_replica_is_created_behind_the_shim_with_its_socket_served_first(
         tmp_path: Path) -> None:
-    h = harness(tmp_path, engine())
+    h = activated(tmp_path, engine())
     await h.start()
     try:
         await h.apps.apply([spec("web", 3, image=LABELLED, mode=Mode.EBPF)])
@@ -96,7 +107,7 @@ async def test_an_activated_replica_is_created_behind_the_shim_with_its_socket_s
 
 async def test_a_replica_that_did_not_take_its_listener_is_never_steered_to(
         tmp_path: Path) -> None:
-    h = harness(tmp_path, engine())
+    h = activated(tmp_path, engine())
     await h.start()
     try:
         await h.apps.apply([spec("web", 2, image=LABELLED, mode=Mode.EBPF)])
@@ -123,7 +134,7 @@ async def test_a_replica_that_did_not_take_its_listener_is_never_steered_to(
 
 async def test_a_replica_whose_listeners_are_not_in_the_map_is_not_ready(
         tmp_path: Path) -> None:
-    h = harness(tmp_path, engine())
+    h = activated(tmp_path, engine())
     h.ebpf.lost.add("web-2")  # its shim has not asked yet
     await h.start()
     try:
@@ -134,5 +145,33 @@ async def test_a_replica_whose_listeners_are_not_in_the_map_is_not_ready(
             "web-1": "held", "web-2": "none"}
         h.ebpf.lost.clear()  # handed over
         await h.until(lambda: h.ebpf.tables.get("web") == ["web-1", "web-2"], 5, "web-2 in")
+    finally:
+        await h.stop()
+
+
+async def test_holding_the_listener_is_not_serving_it_a_replica_is_ready_once_it_accepts(
+        tmp_path: Path) -> None:
+    """An image that ignores LISTEN_FDS holds the listeners unused until it binds its own port
+    (a JVM: seconds later), and one that takes them may not accept yet: neither is ready, both
+    are kept (readiness, not liveness). The accept is asked once: then the probe decides."""
+    h = activated(tmp_path, engine())
+    h.activation.accepting = False
+    await h.start()
+    try:
+        await h.apps.apply([spec("web", 2, image=LABELLED, mode=Mode.EBPF)])
+        await h.until(lambda: len(h.activation.accept_checks) >= 6, 10, "asked, and again")
+        assert not h.ebpf.tables.get("web")
+        st = (await h.status.report("web"))[0]
+        # never ready yet: starting, the probe says why
+        assert {r["name"]: r["state"] for r in st["replicas"]} == {
+            "web-1": "starting", "web-2": "starting"}, st
+        assert all("not accepted" in str(r["probe"]) for r in st["replicas"]), st["replicas"]
+        ids = sorted(c.id for c in h.engine.running("web"))
+        h.activation.accepting = True  # they accept now
+        await h.until(lambda: h.ebpf.tables.get("web") == ["web-1", "web-2"], 5, "both in")
+        assert sorted(c.id for c in h.engine.running("web")) == ids  # kept, not replaced
+        checks = len(h.activation.accept_checks)
+        await asyncio.sleep(5)
+        assert len(h.activation.accept_checks) == checks, "asked again after it accepted"
     finally:
         await h.stop()

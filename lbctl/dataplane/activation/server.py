@@ -142,6 +142,35 @@ class ActivationServer:
         LISTEN_FDS)."""
         return bool(await asyncio.to_thread(sockets.find_listeners, pid, port, proto))
 
+    async def accepts(self, sock: socket.socket, address: tuple[str, int], pid: int,
+                      timeout: float) -> str | None:
+        """Does the replica accept connections from the listeners lbctl handed it? `sock` (a
+        probe socket through the replica's slot, closed here) is connected to `address`, and
+        the replica's listeners' accept queue must then empty within `timeout`: a connection
+        the kernel completed sits there until the replica accept()s it. An image that ignores
+        LISTEN_FDS (and binds its own port only later: a JVM after seconds) or one that takes
+        the socket but does not accept yet would otherwise be called ready on holding it, and
+        be sent clients nobody accepts. None when it accepted; else why not, in one line."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, address)
+                # The handshake's last ACK reaches the listener a moment after connect()
+                # returns here: until then an unaccepting listener's queue still reads empty.
+                await asyncio.sleep(_ACK_SETTLE)
+                # Polled: the kernel tells no one when a connection leaves an accept queue.
+                while True:
+                    if not await asyncio.to_thread(_queued, pid, address[1]):
+                        return None
+                    await asyncio.sleep(_QUEUE_POLL)
+        except TimeoutError:
+            return (f"a connection to the listener lbctl handed it was not accepted within "
+                    f"{timeout:g}s")
+        except OSError as e:
+            return f"connecting to the listener lbctl handed it: {e.strerror or e}"
+        finally:
+            sock.close()
+
     async def shut_down(self, pid: int, port: int, proto: str) -> int:
         """Stop the host's listeners on `port` that the replica holds and does not serve (it
         did not take them): shutdown() takes a TCP listener out of its reuseport group at
@@ -220,6 +249,15 @@ class ActivationServer:
             return ("it holds the listeners of an earlier hand-over: one set at a time (the "
                     "shim runs once per container start)")
         return None
+
+
+_ACK_SETTLE = 0.02
+_QUEUE_POLL = 0.02
+
+
+def _queued(pid: int, port: int) -> int:
+    """Connections waiting in the accept queues of the replica's host listeners on `port`."""
+    return sum(lst.accept_queue for lst in sockets.find_listeners(pid, port, "tcp", os.getpid()))
 
 
 def _shut_down(pid: int, port: int, proto: str) -> int:
