@@ -78,7 +78,9 @@ class EngineProxy:
         )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handler(session))
-        runner = web.AppRunner(app, access_log=None)
+        # The daemon's event stream (and a wedged request) never ends by itself: cleanup()
+        # would wait its default 60 s for them (the join below, 10 s, after every test).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         if self.listen.exists():
             self.listen.unlink()
