@@ -133,8 +133,10 @@ def test_iptables_hold_ends_at_max_with_no_daemon(held: Daemon, app_name: str) -
     port = free_port()
     run(held, app_name, port, "iptables")
     url = f"http://127.0.0.1:{port}/"
-    load = Wrk(url, seconds=HOLD + 12, timeout=WRK_TIMEOUT)
-    with Load(port, clients=4, seconds=HOLD + 12, timeout=WRK_TIMEOUT) as timed:
+    # Paused 2 s in for 6 s; a SYN dropped then is retried 1, 3, 7 s after it was sent: the
+    # last ones reach a replica by 2 + 6 + 4 s. wrk runs 4 s past that.
+    load = Wrk(url, seconds=16, timeout=WRK_TIMEOUT)
+    with Load(port, clients=4, seconds=16, timeout=WRK_TIMEOUT) as timed:
         time.sleep(2)
         held.ok("pause", app_name, "--max", "6")
         until = held.status(app_name)["hold"]["until"]
