@@ -209,25 +209,19 @@ class CtSocket:
                 attrs += tup + _nest(CTA_FILTER, _nla(flag_kind, struct.pack("=I", flags)))
         seq = self._next_seq()
         self._sock.send(_message(MSG_CT_GET, _F_REQUEST | _F_DUMP, seq, family, attrs))
-        while True:
-            data = self._sock.recv(_BUF)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, kind, _, mseq, _ = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise CtnetlinkError(errno.EPROTO, "ctnetlink dump: malformed message")
-                if mseq == seq:
-                    if kind == _NLMSG_DONE:
-                        return
-                    if kind == _NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        if err:
-                            raise CtnetlinkError(-err, f"ctnetlink dump: {_name(-err)}")
-                    else:
-                        entry = _entry(data, off + _HDR.size + _NFGEN.size, off + length, family)
-                        if entry is not None and entry.proto == proto:
-                            yield entry
-                off += _align(length)
+        for kind, mseq, data, body, end in self._received("dump"):
+            if mseq != seq:
+                continue
+            if kind == _NLMSG_DONE:
+                return
+            if kind == _NLMSG_ERROR:
+                err = _error(data, body)
+                if err:
+                    raise CtnetlinkError(err, f"ctnetlink dump: {_name(err)}")
+                continue
+            entry = _entry(data, body + _NFGEN.size, end, family)
+            if entry is not None and entry.proto == proto:
+                yield entry
 
     def delete_by_reply(self, family: int, proto: int,
                         replies: Iterable[tuple[Tuple, int | None]]) -> int:
@@ -284,22 +278,35 @@ class CtSocket:
         # (NLM_F_ACK) in order: the answers are read until every sequence number has one.
         self._sock.send(out)
         done = 0
-        while pending:
+        for kind, mseq, data, body, _ in self._received(what):
+            if kind == _NLMSG_ERROR and mseq in pending:
+                del pending[mseq]
+                err = _error(data, body)
+                if err == 0:
+                    done += 1
+                elif err != errno.ENOENT:
+                    raise CtnetlinkError(err, f"ctnetlink {what}: {_name(err)}")
+                if not pending:
+                    return done
+        return done  # not reached: _received() never ends
+
+    def _received(self, what: str) -> Iterator[tuple[int, int, bytes, int, int]]:
+        """Every message the kernel sends this socket: (type, sequence number, the datagram,
+        where the message's payload starts in it, where the message ends)."""
+        while True:
             data = self._sock.recv(_BUF)
             off = 0
             while off + _HDR.size <= len(data):
-                length, kind, _, mseq, _ = _HDR.unpack_from(data, off)
+                length, kind, _, seq, _ = _HDR.unpack_from(data, off)
                 if length < _HDR.size:
-                    raise CtnetlinkError(errno.EPROTO, f"ctnetlink {what}: malformed answer")
-                if kind == _NLMSG_ERROR and mseq in pending:
-                    del pending[mseq]
-                    (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                    if err == 0:
-                        done += 1
-                    elif -err != errno.ENOENT:
-                        raise CtnetlinkError(-err, f"ctnetlink {what}: {_name(-err)}")
+                    raise CtnetlinkError(errno.EPROTO, f"ctnetlink {what}: malformed message")
+                yield kind, seq, data, off + _HDR.size, off + length
                 off += _align(length)
-        return done
+
+
+def _error(data: bytes, at: int) -> int:
+    """The errno of an NLMSG_ERROR message (0: an ack)."""
+    return -int(struct.unpack_from("=i", data, at)[0])
 
 
 def _name(code: int) -> str:
