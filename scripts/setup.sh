@@ -126,11 +126,21 @@ if ! getent group lbctl >/dev/null; then
     say "created system group lbctl"
 fi
 
-# What members of that group may ask for. Installed only where none exists: the file is the
-# host admin's once written (the daemon uses the same values when it is absent).
-if [[ ! -e /etc/lbctl/policy.toml ]]; then
-    install -D -o root -g root -m 0644 "$REPO/etc/policy.toml" /etc/lbctl/policy.toml
-    say "installed /etc/lbctl/policy.toml (members: ports >= 1024 on 127.0.0.0/8, no bind mounts)"
+# What members of that group may ask for: /etc/lbctl/policy.toml is the package's (a conffile),
+# and the daemon uses the same values when it is absent (tests/controller/test_policy_rules.py),
+# so this setup writes none. It removes one an earlier setup wrote, left unedited (byte for
+# byte a version of etc/policy.toml in this repository's history, owned by no package):
+# installing the package later would otherwise stop to ask whose the file is.
+pol=/etc/lbctl/policy.toml
+if [[ -f $pol ]] && ! dpkg -S "$pol" >/dev/null 2>&1; then
+    blob=$(git -C "$REPO" hash-object "$pol" 2>/dev/null || true)
+    if [[ -n $blob ]] && git -C "$REPO" log --format= --raw --abbrev=40 -- etc/policy.toml \
+            2>/dev/null | awk '{print $4}' | grep -qx "$blob"; then
+        rm -f "$pol"
+        rmdir --ignore-fail-on-non-empty /etc/lbctl
+        say "removed $pol, as an earlier make setup wrote it: the package owns it now" \
+            "(the daemon's built-in policy is the same)"
+    fi
 fi
 
 # --- 5. Python venv ----------------------------------------------------------

@@ -38,7 +38,7 @@ def refused(p: Policy, body: dict[str, Any], *words: str) -> str:
 
 
 def test_the_shipped_file_is_the_built_in_default() -> None:
-    """etc/policy.toml (what `make setup` installs) and no file at all mean the same."""
+    """etc/policy.toml (what the package installs) and no file at all mean the same."""
     shipped = policy.parse(__import__("tomllib").loads(SHIPPED.read_text()), SHIPPED)
     assert replace(shipped, path=Policy().path, from_file=False) == Policy()
 
