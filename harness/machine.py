@@ -93,6 +93,14 @@ class Machine:
         # The host's policy-rc.d (no service starts during apt-get install, without systemd)
         # is not a server's: removed in the machine's layer only.
         self.sh("rm", "-f", "/usr/sbin/policy-rc.d")
+        # A host with lbctl's package installed (the README's way to run it; make test runs
+        # there too) lends it to the machine through its /usr and dpkg database: purged in
+        # the machine's layers only, so that each test installs it as on a new server.
+        state = self.sh("dpkg-query", "-W", "-f", "${db:Status-Status}", "lbctl",
+                        check=False).stdout.strip()
+        # (config-files too: dpkg would not write a conffile it remembers the admin deleted)
+        if state not in ("", "not-installed"):
+            self.sh("dpkg", "--purge", "--force-all", "lbctl")
         self.sh("systemctl", "start", "docker.service")
         self.wait(lambda: self.sh("docker", "info", check=False).returncode == 0, timeout,
                   "the machine's Docker engine")

@@ -20,6 +20,15 @@ from harness.engine import ENGINES, checkout_image, cleanup_leftovers
 from harness.host import host_lock
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background of a shell without job control (`make test &` in a
+    script) has SIGINT ignored, and so would every `lbctl logs -f` and `status -w` the tests
+    end with Ctrl-C as a user does (an ignored signal stays ignored across exec; a handled
+    one is reset to the default)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture
 def engine() -> str:
     """The engine the `daemon` fixture's daemon talks to: "docker" unless a test parametrizes
