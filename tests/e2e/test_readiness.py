@@ -32,7 +32,7 @@ from harness.wrk import Wrk
 
 pytestmark = pytest.mark.engine
 
-WARMUP = 3  # seconds the warming replicas answer 503
+WARMUP = 2  # seconds the warming replicas answer 503 (each of 3 in turn: the rollout waits 3 x 2 s)
 READY = ("--ready-path", "/ready")
 MODES = ["iptables", "ebpf"]
 
