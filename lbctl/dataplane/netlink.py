@@ -21,6 +21,8 @@ import struct
 import sys
 from typing import Any
 
+from lbctl.dataplane import nlmsg
+
 
 def _bare_pyroute2() -> None:
     if "pyroute2" in sys.modules:
@@ -53,19 +55,10 @@ from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 __all__ = ["DiagSocket", "NetlinkError", "link_peers"]
 
 _NETLINK_ROUTE = 0
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _RTM_NEWLINK, _RTM_GETLINK = 16, 18
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _IFLA_LINK, _IFLA_LINK_NETNSID = 5, 37
-_NLA_TYPE_MASK = 0x3FFF
-_HDR = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
-_RTA = struct.Struct("=HH")
 _BUF = 1 << 16  # the kernel fills a dump's messages up to 32 KB
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
 
 
 def link_peers() -> list[tuple[int, int]]:
@@ -76,44 +69,23 @@ def link_peers() -> list[tuple[int, int]]:
                        _NETLINK_ROUTE) as s:
         s.bind((0, 0))
         seq = 1
-        s.send(_HDR.pack(_HDR.size + _IFINFO.size, _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_DUMP,
-                         seq, 0) + _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
-        while True:
-            data, _, flags, _ = s.recvmsg(_BUF)
-            if flags & socket.MSG_TRUNC:
-                raise OSError("netlink link dump: message larger than the receive buffer")
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, kind, _, mseq, _ = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise OSError("netlink link dump: malformed message")
-                body = off + _HDR.size
-                if mseq == seq:
-                    if kind == _NLMSG_DONE:
-                        return out
-                    if kind == _NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, body)
-                        if err:
-                            raise OSError(-err, "netlink link dump")
-                    elif kind == _RTM_NEWLINK:
-                        index = _IFINFO.unpack_from(data, body)[2]
-                        link, netnsid = _link_attrs(data, body + _IFINFO.size, off + length)
-                        if link and netnsid:
-                            out.append((index, link))
-                off += _align(length)
-
-
-def _link_attrs(data: bytes, start: int, end: int) -> tuple[int, bool]:
-    link, netnsid = 0, False
-    pos = start
-    while pos + _RTA.size <= end:
-        rlen, rtype = _RTA.unpack_from(data, pos)
-        if rlen < _RTA.size:
-            break
-        rtype &= _NLA_TYPE_MASK
-        if rtype == _IFLA_LINK:
-            (link,) = struct.unpack_from("=I", data, pos + _RTA.size)
-        elif rtype == _IFLA_LINK_NETNSID:
-            netnsid = True
-        pos += _align(rlen)
-    return link, netnsid
+        s.send(nlmsg.HDR.pack(nlmsg.HDR.size + _IFINFO.size, _RTM_GETLINK,
+                              nlmsg.F_REQUEST | nlmsg.F_DUMP, seq, 0)
+               + _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        for kind, mseq, data, body, end in nlmsg.received(s, _BUF, "link dump"):
+            if mseq != seq:
+                continue
+            if kind == nlmsg.DONE:
+                return out
+            if kind == nlmsg.ERROR:
+                err = nlmsg.error(data, body)
+                if err:
+                    raise OSError(err, "netlink link dump")
+            elif kind == _RTM_NEWLINK:
+                index = _IFINFO.unpack_from(data, body)[2]
+                found = nlmsg.attrs(data, body + _IFINFO.size, end)
+                at = found.get(_IFLA_LINK)
+                link = struct.unpack_from("=I", data, at[0])[0] if at else 0
+                if link and _IFLA_LINK_NETNSID in found:
+                    out.append((index, link))
+    return out  # not reached: received() ends only with the dump
