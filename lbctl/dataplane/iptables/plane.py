@@ -63,7 +63,7 @@ import logging
 import pathlib
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from lbctl.dataplane import conntrack, hostnet
 from lbctl.dataplane.iptables.chains import JUMPS, PREFIX, jump_spec
@@ -244,10 +244,10 @@ class IptablesDataplane:
         if not services:
             raise RestoreError("nothing left to apply", "nothing left to apply", "")
         nets = self._bridge_nets(services)
-        raw = any(table == "raw" for table, _ in old)
+        raw = _has_raw(old)
         chains = render_chains(services, self.family, nets, self._cache, self.settings.bucket,
                                raw=raw)
-        if not raw and any(table == "raw" for table, _ in chains):
+        if not raw and _has_raw(chains):
             # A first hold: its chains need their jumps, which only a full pass adds.
             raise RestoreError("the raw table's chains are new", "", "")
         text = ""
@@ -313,7 +313,7 @@ class IptablesDataplane:
         jumps_removed = False
         failures: list[str] = []  # what each refused attempt said, apps' words aside
         while True:
-            raw = any(table == "raw" for table, _ in ours)  # sticky once a hold made them
+            raw = _has_raw(ours)  # sticky once a hold made them
             chains = render_chains(services, self.family, nets, self._cache,
                                    self.settings.bucket, raw=raw)
             stale = sorted(ours - set(chains))
@@ -550,3 +550,9 @@ class DualStackRules:
         for key, n in (await self.v6.counters()).items():
             out[key] = out.get(key, 0) + n
         return out
+
+
+def _has_raw(chains: Iterable[tuple[str, str]]) -> bool:
+    """Are the traffic hold's raw-table chains among these (table, chain) pairs? Once a hold
+    made them they stay (render_chains' `raw`)."""
+    return any(table == "raw" for table, _ in chains)
