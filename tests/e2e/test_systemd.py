@@ -8,12 +8,15 @@ exposure score) is printed, so `pytest -s` and CI logs show them.
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,13 @@ from harness import ROOT
 from harness.host import host_lock
 from harness.machine import Machine, assert_no_leftovers, machine
 from harness.wrk import finish
+from lbctl.dataplane import netns
 
 pytestmark = pytest.mark.engine
 
 IMAGE = "lbctl/demo:latest"
 WEB, API = 8080, 8081  # web: ebpf, replicas as uid 1000 (root's app); api: iptables (alice's)
+WARMUP = 2  # seconds web's replicas answer 503 on /ready after they start listening
 # systemd's own message when a unit's start job finished (for Type=notify: READY=1 came).
 STARTED = "39f53479d3a045ac8e11786248231fbf"
 # What `make setup` installs for development and tests, never what the daemon needs.
@@ -107,6 +112,30 @@ def gap_seconds(entries: list[dict[str, Any]]) -> float:
     return (ready[-1] - died) / 1e6
 
 
+def keepalive(m: Machine, port: int) -> http.client.HTTPConnection:
+    """An HTTP/1.1 connection to the machine's 127.0.0.1:`port`, made in its network
+    namespace (a socket stays in the namespace it was made in), kept open between requests."""
+    def connect() -> socket.socket:
+        with netns.inside(m.pid):
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    with ThreadPoolExecutor(1) as pool:  # setns moves only the calling thread
+        sock = pool.submit(connect).result()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.sock = sock
+    return conn
+
+
+def ask(conn: http.client.HTTPConnection) -> str:
+    """GET / on the held connection: the replica that answered (the demo says its name)."""
+    conn.request("GET", "/")
+    r = conn.getresponse()
+    body = r.read().decode()
+    assert r.status == 200 and r.getheader("Connection", "").lower() != "close", (r.status,
+                                                                                 body)
+    return body.strip()
+
+
 def ready_count(m: Machine, app: str) -> int:
     return int(json.loads(lbctl(m, "status", app, "-o", "json").stdout)["apps"][0]["ready"])
 
@@ -173,9 +202,15 @@ def test_install_starts_the_daemon_ready_only_after_its_first_sync(m: Machine, d
 
 
 def test_root_and_a_group_member_run_apps_within_the_policy(m: Machine) -> None:
-    # Root's app in ebpf mode; its replicas run as another user (their /proc/PID/fd is theirs).
+    # Root's app in ebpf mode; its replicas run as another user (their /proc/PID/fd is theirs)
+    # and, as a real service, listen 2 s before they are ready (503 on /ready until then):
+    # `run` returns once both passed the probe, and every later fault test restarts the
+    # daemon over probed replicas.
+    t0 = time.monotonic()
     lbctl(m, "run", "web", "--image", IMAGE, "-p", f"127.0.0.1:{WEB}:8080", "--replicas", "2",
-          "--mode", "ebpf", "--user", "1000:1000")
+          "--mode", "ebpf", "--user", "1000:1000", "-e", f"WARMUP={WARMUP}",
+          "--ready-path", "/ready")
+    assert time.monotonic() - t0 >= WARMUP and ready_count(m, "web") == 2
     m.sh("useradd", "-m", "-G", "lbctl", "alice")
     m.sh("useradd", "-m", "bob")
     refused = lbctl(m, "run", "api", "--image", IMAGE, "-p", "127.0.0.1:80:8080",
@@ -319,7 +354,12 @@ def test_upgrade_restarts_the_daemon_with_the_data_plane_serving(
 def test_remove_leaves_apps_serving_and_purge_says_what_it_leaves(m: Machine) -> None:
     kver = m.sh("uname", "-r").stdout.strip()
     env = ("env", "DEBIAN_FRONTEND=noninteractive")
+    # A client that holds its keep-alive connections through the removal, one per mode.
+    held = {port: keepalive(m, port) for port in (WEB, API)}
+    before = {port: ask(conn) for port, conn in held.items()}
     m.sh(*env, "apt-get", "remove", "-y", "lbctl", timeout=300)
+    # the same connections, the same replicas, after the daemon and its package went
+    assert {port: ask(conn) for port, conn in held.items()} == before
     assert m.show("lbctl", "ActiveState")["ActiveState"] == "inactive"
     assert m.sh("test", "-e", "/usr/bin/lbctl", check=False).returncode != 0
     assert m.sh("test", "-f", "/etc/lbctl/policy.toml", check=False).returncode == 0
@@ -330,6 +370,9 @@ def test_remove_leaves_apps_serving_and_purge_says_what_it_leaves(m: Machine) ->
     for gone in ("/var/lib/lbctl", "/etc/lbctl", f"/usr/lib/modules/{kver}/build"):
         assert m.sh("test", "-e", gone, check=False).returncode != 0, f"{gone} survived purge"
     assert serves(m, WEB) and serves(m, API)
+    assert {port: ask(conn) for port, conn in held.items()} == before
+    for conn in held.values():
+        conn.close()
 
 
 def _with_version(deb: Path, tmp: Path, suffix: str) -> Path:
